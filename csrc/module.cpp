@@ -1,0 +1,23 @@
+// pyengine._C — the private compiled module. Thin Python in pyengine/ re-exports it.
+// Each area registers its own functions; bindings only check arguments and document.
+#include <pybind11/pybind11.h>
+
+namespace py = pybind11;
+
+void bind_cpu(py::module_& m);  // csrc/bind_cpu.cpp: CPU matmul kernels, ops, thread pool, CPU info
+#ifdef PYENGINE_WITH_CUDA
+void bind_cuda(py::module_& m);  // kernels/cuda/bind_cuda.cu
+#endif
+
+PYBIND11_MODULE(_C, m) {
+    m.doc() = "pyengine native kernels (CPU: scalar/AVX2/AVX-512; CUDA when built with nvcc)";
+#ifdef PYENGINE_WITH_CUDA
+    m.attr("has_cuda") = true;
+#else
+    m.attr("has_cuda") = false;
+#endif
+    bind_cpu(m);
+#ifdef PYENGINE_WITH_CUDA
+    bind_cuda(m);
+#endif
+}

@@ -1,0 +1,53 @@
+"""The GGML tensor types pyengine knows: id, elements per block, bytes per block.
+
+Ids and sizes are those of the GGUF format (ggml's ``enum ggml_type``); a weight of
+``n`` elements of type ``t`` occupies ``n // t.block_size * t.type_size`` bytes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class GGMLType:
+    name: str
+    id: int
+    block_size: int  # elements per block
+    type_size: int  # bytes per block
+
+    def n_bytes(self, n_elements: int) -> int:
+        if n_elements % self.block_size:
+            raise ValueError(f"{self.name}: {n_elements} elements is not a multiple of the block size {self.block_size}")
+        return n_elements // self.block_size * self.type_size
+
+
+_TYPES = [
+    GGMLType("F32", 0, 1, 4),
+    GGMLType("F16", 1, 1, 2),
+    GGMLType("Q4_0", 2, 32, 18),
+    GGMLType("Q4_1", 3, 32, 20),
+    GGMLType("Q5_0", 6, 32, 22),
+    GGMLType("Q5_1", 7, 32, 24),
+    GGMLType("Q8_0", 8, 32, 34),
+    GGMLType("Q8_1", 9, 32, 36),
+    GGMLType("Q2_K", 10, 256, 84),
+    GGMLType("Q3_K", 11, 256, 110),
+    GGMLType("Q4_K", 12, 256, 144),
+    GGMLType("Q5_K", 13, 256, 176),
+    GGMLType("Q6_K", 14, 256, 210),
+    GGMLType("Q8_K", 15, 256, 292),
+    GGMLType("BF16", 30, 1, 2),
+]
+
+BY_NAME: dict[str, GGMLType] = {t.name: t for t in _TYPES}
+BY_ID: dict[int, GGMLType] = {t.id: t for t in _TYPES}
+
+# Types whose weights pyengine can run (dequantize in the reference path).
+SUPPORTED = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
+
+
+def ggml_type(name: str) -> GGMLType:
+    try:
+        return BY_NAME[name.upper()]
+    except KeyError:
+        raise ValueError(f"unknown GGML type {name!r} (known: {', '.join(BY_NAME)})") from None
