@@ -1,0 +1,703 @@
+"""GGML quantization formats in NumPy: the readable reference every native kernel is tested against.
+
+A quantized GGUF weight is a sequence of fixed-size *blocks*. Each block encodes
+``block_size`` consecutive values (32 for the classic formats, 256 for the
+"K-quants") in ``type_size`` bytes: a few scale fields (usually fp16) plus packed
+small integers. This module spells every block out twice:
+
+* as a NumPy structured dtype (:data:`BLOCK_DTYPES`), so ``raw.view(BLOCK_DTYPES["Q4_K"])``
+  turns the bytes of a tensor into an array of blocks with named fields;
+* as one ``dequantize_<type>(blocks)`` function per type whose docstring gives the
+  layout byte by byte and the formula, vectorised over all blocks at once.
+
+:func:`dequantize` is the entry point the engine uses (bytes in, float32 out);
+:func:`quantize_q8_0`, :func:`quantize_q8_1` and :func:`quantize_q8_k` produce the
+8-bit activation formats native dot-product kernels consume, rounding exactly as
+ggml's reference C code does; :func:`random_raw` makes random but valid blocks for
+property tests of kernels.
+
+Conventions: everything is little-endian; "fp16" is IEEE binary16; ``q`` is the
+stored small integer; ``x`` the decoded float32 value. Products are evaluated in
+float32 in the order the formulas are written (``d*sc*q`` means ``(d*sc)*q``),
+which is also ggml's scalar order, so results are bit-exact with
+``gguf.quants``. A compiled kernel that fuses multiply-adds may differ in the
+last bit; compare such kernels within float32 rounding, not bit for bit.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .errors import PyEngineError
+from .ggml_types import BY_NAME, GGMLType
+
+QK = 32  # values per block of the classic formats (Q4_0 .. Q8_1)
+QK_K = 256  # values per super-block of the K-quants
+
+
+class QuantError(PyEngineError, ValueError):
+    """Bad input to this module: unknown type, wrong byte count, wrong element count."""
+
+
+# ---------------------------------------------------------------------------------
+# Block layouts. Field order and sizes are the on-disk byte order; no padding.
+# ---------------------------------------------------------------------------------
+_F16 = "<f2"
+BLOCK_DTYPES: dict[str, np.dtype] = {
+    # d | 16 bytes of nibbles
+    "Q4_0": np.dtype([("d", _F16), ("qs", "u1", (16,))]),
+    # d | m | 16 bytes of nibbles
+    "Q4_1": np.dtype([("d", _F16), ("m", _F16), ("qs", "u1", (16,))]),
+    # d | 32-bit mask of 5th bits | 16 bytes of nibbles
+    "Q5_0": np.dtype([("d", _F16), ("qh", "<u4"), ("qs", "u1", (16,))]),
+    # d | m | 32-bit mask of 5th bits | 16 bytes of nibbles
+    "Q5_1": np.dtype([("d", _F16), ("m", _F16), ("qh", "<u4"), ("qs", "u1", (16,))]),
+    # d | 32 signed bytes
+    "Q8_0": np.dtype([("d", _F16), ("qs", "i1", (32,))]),
+    # d | s = d * sum(qs) | 32 signed bytes
+    "Q8_1": np.dtype([("d", _F16), ("s", _F16), ("qs", "i1", (32,))]),
+    # d | dmin | 12 bytes of packed 6-bit scales and mins | 128 bytes of nibbles
+    "Q4_K": np.dtype([("d", _F16), ("dmin", _F16), ("scales", "u1", (12,)), ("qs", "u1", (128,))]),
+    # d | dmin | 12 bytes of packed scales and mins | 32 bytes of 5th bits | 128 bytes of nibbles
+    "Q5_K": np.dtype([("d", _F16), ("dmin", _F16), ("scales", "u1", (12,)), ("qh", "u1", (32,)),
+                      ("qs", "u1", (128,))]),
+    # 128 bytes of low nibbles | 64 bytes of 2-bit high parts | 16 int8 scales | d
+    "Q6_K": np.dtype([("ql", "u1", (128,)), ("qh", "u1", (64,)), ("scales", "i1", (16,)), ("d", _F16)]),
+    # d (float32!) | 256 signed bytes | 16 int16 sums of groups of 16 qs
+    "Q8_K": np.dtype([("d", "<f4"), ("qs", "i1", (256,)), ("bsums", "<i2", (16,))]),
+}
+
+# The plain float "formats": one value per "block".
+_FLOAT_DTYPES: dict[str, np.dtype] = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
+
+for _name, _dt in {**BLOCK_DTYPES, **_FLOAT_DTYPES}.items():
+    _t = BY_NAME[_name]
+    assert _dt.itemsize == _t.type_size, f"{_name}: block dtype is {_dt.itemsize} bytes, GGUF says {_t.type_size}"
+    assert _name not in BLOCK_DTYPES or _t.block_size in (QK, QK_K), _name
+del _name, _dt, _t
+
+
+def _as_blocks(type_name: str, blocks) -> np.ndarray:
+    """Accept structured blocks, or raw uint8 (any shape, C-contiguous) of whole blocks."""
+    dt = BLOCK_DTYPES[type_name]
+    if isinstance(blocks, np.ndarray) and blocks.dtype == dt:
+        return blocks.reshape(-1)
+    return _raw_u8(blocks).view(dt)
+
+
+def _raw_u8(raw) -> np.ndarray:
+    """``raw`` as a flat uint8 array, copying only if it is not contiguous."""
+    if isinstance(raw, np.ndarray):
+        a = raw if raw.flags.c_contiguous else np.ascontiguousarray(raw)
+        return a.reshape(-1).view(np.uint8)
+    return np.frombuffer(raw, dtype=np.uint8)
+
+
+def _out(out: np.ndarray | None, n_blocks: int, block_size: int) -> np.ndarray:
+    if out is None:
+        return np.empty((n_blocks, block_size), dtype=np.float32)
+    return out.reshape(n_blocks, block_size)
+
+
+# ---------------------------------------------------------------------------------
+# Float types
+# ---------------------------------------------------------------------------------
+def dequantize_f32(raw) -> np.ndarray:
+    """F32: 4 bytes per value, IEEE binary32. Returned as a read-through view (no copy)."""
+    return _raw_u8(raw).view("<f4")
+
+
+def dequantize_f16(raw) -> np.ndarray:
+    """F16: 2 bytes per value, IEEE binary16; widened exactly to float32."""
+    return _raw_u8(raw).view(_F16).astype(np.float32)
+
+
+def dequantize_bf16(raw) -> np.ndarray:
+    """BF16: 2 bytes per value, the top 16 bits of a float32: ``x = bits << 16`` reinterpreted."""
+    bits = _raw_u8(raw).view("<u2").astype(np.uint32)
+    bits <<= 16
+    return bits.view(np.float32)
+
+
+# ---------------------------------------------------------------------------------
+# Classic 32-value blocks
+# ---------------------------------------------------------------------------------
+def _nibbles_32(qs: np.ndarray) -> np.ndarray:
+    """16 bytes -> 32 values: byte j holds value j (low nibble) and value j+16 (high nibble)."""
+    n = qs.shape[0]
+    q = np.empty((n, 2, 16), dtype=np.uint8)
+    np.bitwise_and(qs, 0x0F, out=q[:, 0])
+    np.right_shift(qs, 4, out=q[:, 1])
+    return q.reshape(n, 32)
+
+
+def _high_bits_32(qh: np.ndarray) -> np.ndarray:
+    """32-bit little-endian mask -> (n, 32) uint8 holding 16 where bit j is set (the 5th bit of value j)."""
+    shifts = np.arange(32, dtype=np.uint32)
+    return (((qh[:, None] >> shifts) & 1) << 4).astype(np.uint8)
+
+
+def dequantize_q4_0(blocks, out=None) -> np.ndarray:
+    """Q4_0: 32 values in 18 bytes, symmetric 4-bit.
+
+    ====== ====== =====================================================
+    bytes  field  meaning
+    ====== ====== =====================================================
+    0-1    d      fp16 scale
+    2-17   qs     byte ``j`` (0..15): low nibble = q of value ``j``,
+                  high nibble = q of value ``j + 16``
+    ====== ====== =====================================================
+
+    ``x = d * (q - 8)`` with ``q`` in 0..15, so ``x`` spans ``-8d .. 7d``.
+    """
+    b = _as_blocks("Q4_0", blocks)
+    d = b["d"].astype(np.float32)[:, None]
+    q = _nibbles_32(b["qs"]).view(np.int8)
+    q -= 8
+    return np.multiply(d, q, out=_out(out, len(b), 32))
+
+
+def dequantize_q4_1(blocks, out=None) -> np.ndarray:
+    """Q4_1: 32 values in 20 bytes, 4-bit with an offset.
+
+    ====== ====== =====================================================
+    bytes  field  meaning
+    ====== ====== =====================================================
+    0-1    d      fp16 scale
+    2-3    m      fp16 offset (the block minimum)
+    4-19   qs     nibbles as in Q4_0: byte ``j`` = values ``j`` (low), ``j+16`` (high)
+    ====== ====== =====================================================
+
+    ``x = d * q + m`` with ``q`` in 0..15.
+    """
+    b = _as_blocks("Q4_1", blocks)
+    d = b["d"].astype(np.float32)[:, None]
+    m = b["m"].astype(np.float32)[:, None]
+    o = np.multiply(d, _nibbles_32(b["qs"]), out=_out(out, len(b), 32))
+    o += m
+    return o
+
+
+def dequantize_q5_0(blocks, out=None) -> np.ndarray:
+    """Q5_0: 32 values in 22 bytes, symmetric 5-bit.
+
+    ====== ====== =====================================================
+    bytes  field  meaning
+    ====== ====== =====================================================
+    0-1    d      fp16 scale
+    2-5    qh     little-endian uint32; bit ``j`` is the 5th (value 16) bit of value ``j``
+    6-21   qs     low 4 bits as in Q4_0: byte ``j`` = values ``j`` (low), ``j+16`` (high)
+    ====== ====== =====================================================
+
+    ``q = nibble | (bit << 4)`` in 0..31; ``x = d * (q - 16)``.
+    """
+    b = _as_blocks("Q5_0", blocks)
+    d = b["d"].astype(np.float32)[:, None]
+    q = _nibbles_32(b["qs"])
+    q |= _high_bits_32(b["qh"])
+    q = q.view(np.int8)
+    q -= 16
+    return np.multiply(d, q, out=_out(out, len(b), 32))
+
+
+def dequantize_q5_1(blocks, out=None) -> np.ndarray:
+    """Q5_1: 32 values in 24 bytes, 5-bit with an offset.
+
+    ====== ====== =====================================================
+    bytes  field  meaning
+    ====== ====== =====================================================
+    0-1    d      fp16 scale
+    2-3    m      fp16 offset
+    4-7    qh     little-endian uint32; bit ``j`` is the 5th bit of value ``j``
+    8-23   qs     low 4 bits as in Q4_0
+    ====== ====== =====================================================
+
+    ``q = nibble | (bit << 4)`` in 0..31; ``x = d * q + m``.
+    """
+    b = _as_blocks("Q5_1", blocks)
+    d = b["d"].astype(np.float32)[:, None]
+    m = b["m"].astype(np.float32)[:, None]
+    q = _nibbles_32(b["qs"])
+    q |= _high_bits_32(b["qh"])
+    o = np.multiply(d, q, out=_out(out, len(b), 32))
+    o += m
+    return o
+
+
+def dequantize_q8_0(blocks, out=None) -> np.ndarray:
+    """Q8_0: 32 values in 34 bytes, symmetric 8-bit.
+
+    ====== ====== =====================================================
+    bytes  field  meaning
+    ====== ====== =====================================================
+    0-1    d      fp16 scale
+    2-33   qs     int8 ``q`` of values 0..31, in order
+    ====== ====== =====================================================
+
+    ``x = d * q``.
+    """
+    b = _as_blocks("Q8_0", blocks)
+    d = b["d"].astype(np.float32)[:, None]
+    return np.multiply(d, b["qs"], out=_out(out, len(b), 32))
+
+
+def dequantize_q8_1(blocks, out=None) -> np.ndarray:
+    """Q8_1: 32 values in 36 bytes; Q8_0 plus a precomputed sum (an activation format).
+
+    ====== ====== =====================================================
+    bytes  field  meaning
+    ====== ====== =====================================================
+    0-1    d      fp16 scale
+    2-3    s      fp16 ``d * sum(q)`` (lets a kernel apply Q4_1/Q5_1 offsets cheaply)
+    4-35   qs     int8 ``q`` of values 0..31
+    ====== ====== =====================================================
+
+    ``x = d * q`` (``s`` is redundant for decoding).
+    """
+    b = _as_blocks("Q8_1", blocks)
+    d = b["d"].astype(np.float32)[:, None]
+    return np.multiply(d, b["qs"], out=_out(out, len(b), 32))
+
+
+# ---------------------------------------------------------------------------------
+# K-quants: 256-value super-blocks
+# ---------------------------------------------------------------------------------
+def unpack_scales_k4(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 12 packed bytes of Q4_K/Q5_K -> (sc, m), each (n, 8) uint8 in 0..63.
+
+    Eight 6-bit scales ``sc[0..7]`` and eight 6-bit mins ``m[0..7]`` share 96 bits.
+    With ``b`` the 12 bytes:
+
+    * sub-blocks 0..3: ``sc[j] = b[j] & 63``, ``m[j] = b[j+4] & 63``;
+    * sub-blocks 4..7: the low 4 bits sit in ``b[j+4]`` (scale low nibble, min high
+      nibble) and the top 2 bits are the spare top bits of ``b[j-4]`` (scale) and
+      ``b[j]`` (min): ``sc[j] = (b[j+4] & 15) | (b[j-4] >> 6) << 4``,
+      ``m[j] = (b[j+4] >> 4) | (b[j] >> 6) << 4``.
+    """
+    b = scales.reshape(-1, 12)
+    lo, mid, hi = b[:, 0:4], b[:, 4:8], b[:, 8:12]
+    sc = np.empty((len(b), 8), dtype=np.uint8)
+    m = np.empty((len(b), 8), dtype=np.uint8)
+    sc[:, :4] = lo & 63
+    m[:, :4] = mid & 63
+    sc[:, 4:] = (hi & 15) | ((lo >> 6) << 4)
+    m[:, 4:] = (hi >> 4) | ((mid >> 6) << 4)
+    return sc, m
+
+
+def _nibbles_k(qs: np.ndarray) -> np.ndarray:
+    """128 bytes -> 256 values in 8 sub-blocks of 32: bytes ``32g .. 32g+31`` hold
+    sub-block ``2g`` in their low nibbles and sub-block ``2g+1`` in their high nibbles."""
+    n = qs.shape[0]
+    g = qs.reshape(n, 4, 32)
+    q = np.empty((n, 4, 2, 32), dtype=np.uint8)
+    np.bitwise_and(g, 0x0F, out=q[:, :, 0])
+    np.right_shift(g, 4, out=q[:, :, 1])
+    return q.reshape(n, 8, 32)
+
+
+def _scale_min_apply(b: np.ndarray, q: np.ndarray, out) -> np.ndarray:
+    """``x = (d*sc[s]) * q - dmin*m[s]`` for q (n, 8, 32)."""
+    n = len(b)
+    sc, m = unpack_scales_k4(b["scales"])
+    ds = b["d"].astype(np.float32)[:, None] * sc  # (n, 8) float32
+    dm = b["dmin"].astype(np.float32)[:, None] * m
+    o = _out(out, n, QK_K).reshape(n, 8, 32)
+    np.multiply(ds[:, :, None], q, out=o)
+    o -= dm[:, :, None]
+    return o.reshape(n, QK_K)
+
+
+def dequantize_q4_k(blocks, out=None) -> np.ndarray:
+    """Q4_K: 256 values in 144 bytes; 8 sub-blocks of 32, each with its own 6-bit scale and min.
+
+    ======= ====== =====================================================
+    bytes   field  meaning
+    ======= ====== =====================================================
+    0-1     d      fp16 super-scale for the sub-block scales
+    2-3     dmin   fp16 super-scale for the sub-block mins
+    4-15    scales 8 six-bit scales ``sc`` and 8 six-bit mins ``m``, packed
+                   as described in :func:`unpack_scales_k4`
+    16-143  qs     4-bit ``q``: 4 groups of 32 bytes; group ``g`` holds sub-block
+                   ``2g`` in the low nibbles and ``2g+1`` in the high nibbles
+    ======= ====== =====================================================
+
+    For value ``l`` of sub-block ``s``: ``x = d*sc[s] * q - dmin*m[s]``.
+    """
+    b = _as_blocks("Q4_K", blocks)
+    return _scale_min_apply(b, _nibbles_k(b["qs"]), out)
+
+
+def dequantize_q5_k(blocks, out=None) -> np.ndarray:
+    """Q5_K: 256 values in 176 bytes; Q4_K plus a 5th bit per value.
+
+    ======= ====== =====================================================
+    bytes   field  meaning
+    ======= ====== =====================================================
+    0-1     d      fp16 super-scale for the sub-block scales
+    2-3     dmin   fp16 super-scale for the sub-block mins
+    4-15    scales packed 6-bit scales and mins (:func:`unpack_scales_k4`)
+    16-47   qh     byte ``l`` (0..31), bit ``s``: the 5th bit of value ``l`` of sub-block ``s``
+    48-175  qs     low 4 bits, laid out as Q4_K's ``qs``
+    ======= ====== =====================================================
+
+    ``q = nibble | (bit << 4)`` in 0..31; ``x = d*sc[s] * q - dmin*m[s]``.
+    """
+    b = _as_blocks("Q5_K", blocks)
+    q = _nibbles_k(b["qs"])  # (n, 8, 32)
+    shifts = np.arange(8, dtype=np.uint8)[None, :, None]
+    q |= ((b["qh"][:, None, :] >> shifts) & 1) << 4
+    return _scale_min_apply(b, q, out)
+
+
+def dequantize_q6_k(blocks, out=None) -> np.ndarray:
+    """Q6_K: 256 values in 210 bytes; 16 sub-blocks of 16, each with an int8 scale.
+
+    ======= ====== =====================================================
+    bytes   field  meaning
+    ======= ====== =====================================================
+    0-127   ql     low 4 bits of each value
+    128-191 qh     high 2 bits of each value
+    192-207 scales int8 scale ``sc[k]`` of values ``16k .. 16k+15``
+    208-209 d      fp16 super-scale
+    ======= ====== =====================================================
+
+    The 256 values are two halves of 128; half ``h`` uses ``ql[64h : 64h+64]``
+    and ``qh[32h : 32h+32]``. Within a half, for ``l`` in 0..31:
+
+    * value ``l``      = ``ql[l]    & 15`` | bits 0-1 of ``qh[l]`` << 4
+    * value ``l + 32`` = ``ql[l+32] & 15`` | bits 2-3 of ``qh[l]`` << 4
+    * value ``l + 64`` = ``ql[l]    >> 4`` | bits 4-5 of ``qh[l]`` << 4
+    * value ``l + 96`` = ``ql[l+32] >> 4`` | bits 6-7 of ``qh[l]`` << 4
+
+    (so the low nibbles of the 64 ``ql`` bytes are values 0..63 in order, the high
+    nibbles values 64..127). ``q`` is 0..63; ``x = d*sc[k] * (q - 32)`` with
+    ``k = value_index // 16``.
+    """
+    b = _as_blocks("Q6_K", blocks)
+    n = len(b)
+    ql = b["ql"].reshape(n, 2, 64)
+    qh = b["qh"].reshape(n, 2, 32)
+    q = np.empty((n, 2, 128), dtype=np.uint8)
+    np.bitwise_and(ql, 0x0F, out=q[:, :, :64])
+    np.right_shift(ql, 4, out=q[:, :, 64:])
+    shifts = np.array([0, 2, 4, 6], dtype=np.uint8)[None, None, :, None]
+    hi = ((qh[:, :, None, :] >> shifts) & 3) << 4  # (n, 2, 4, 32): value 32*i + l of each half
+    q |= hi.reshape(n, 2, 128)
+    qi = q.view(np.int8).reshape(n, 16, 16)
+    qi -= 32
+    ds = b["d"].astype(np.float32)[:, None] * b["scales"]  # (n, 16) float32
+    o = _out(out, n, QK_K).reshape(n, 16, 16)
+    np.multiply(ds[:, :, None], qi, out=o)
+    return o.reshape(n, QK_K)
+
+
+def dequantize_q8_k(blocks, out=None) -> np.ndarray:
+    """Q8_K: 256 values in 292 bytes; the activation format of K-quant dot products.
+
+    ======= ====== =====================================================
+    bytes   field  meaning
+    ======= ====== =====================================================
+    0-3     d      **float32** scale
+    4-259   qs     int8 ``q`` of values 0..255
+    260-291 bsums  int16 ``bsums[k] = sum(q[16k : 16k+16])`` (redundant, for kernels)
+    ======= ====== =====================================================
+
+    ``x = d * q``.
+    """
+    b = _as_blocks("Q8_K", blocks)
+    return np.multiply(b["d"][:, None], b["qs"], out=_out(out, len(b), QK_K))
+
+
+#: type name -> block dequantizer ``f(blocks, out=None) -> (n_blocks, block_size) float32``
+BLOCK_DEQUANTIZERS: dict[str, Callable[..., np.ndarray]] = {
+    "Q4_0": dequantize_q4_0,
+    "Q4_1": dequantize_q4_1,
+    "Q5_0": dequantize_q5_0,
+    "Q5_1": dequantize_q5_1,
+    "Q8_0": dequantize_q8_0,
+    "Q8_1": dequantize_q8_1,
+    "Q4_K": dequantize_q4_k,
+    "Q5_K": dequantize_q5_k,
+    "Q6_K": dequantize_q6_k,
+    "Q8_K": dequantize_q8_k,
+}
+_FLOAT_DEQUANTIZERS = {"F32": dequantize_f32, "F16": dequantize_f16, "BF16": dequantize_bf16}
+
+#: every type :func:`dequantize` accepts
+DEQUANT_TYPES: tuple[str, ...] = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q8_1",
+                                  "Q4_K", "Q5_K", "Q6_K", "Q8_K")
+
+# Blocks dequantized per step: large enough that NumPy's per-call overhead vanishes,
+# small enough that the temporaries stay in cache (and a huge table never needs
+# several times its own size in scratch memory).
+_CHUNK_VALUES = 1 << 18
+
+
+def _check(type_name: str) -> tuple[str, GGMLType]:
+    name = str(type_name).upper()
+    if name not in DEQUANT_TYPES:
+        what = "unsupported" if name in BY_NAME else "unknown"
+        raise QuantError(f"{what} type {type_name!r} for dequantize (supported: {', '.join(DEQUANT_TYPES)})")
+    return name, BY_NAME[name]
+
+
+def dequantize(type_name: str, raw, n_elements: int) -> np.ndarray:
+    """Decode ``n_elements`` values of GGML type ``type_name`` from ``raw`` -> float32 ``(n_elements,)``.
+
+    ``raw`` is bytes, a memoryview or a uint8 ndarray (typically a slice of a
+    memory-mapped file); it is read in place, not copied. For F32 the result is a
+    view of ``raw`` itself. Raises :class:`QuantError` (a ValueError) for an
+    unknown or unsupported type, an element count that is not a whole number of
+    blocks, or a byte count that does not match.
+    """
+    name, t = _check(type_name)
+    n_elements = int(n_elements)
+    if n_elements < 0 or n_elements % t.block_size:
+        raise QuantError(f"{name}: n_elements {n_elements} is not a multiple of the block size {t.block_size}")
+    u8 = _raw_u8(raw)
+    want = n_elements // t.block_size * t.type_size
+    if u8.size != want:
+        raise QuantError(f"{name}: {n_elements} elements need {want} bytes, got {u8.size}")
+    if name in _FLOAT_DEQUANTIZERS:
+        return _FLOAT_DEQUANTIZERS[name](u8)
+    f = BLOCK_DEQUANTIZERS[name]
+    blocks = u8.view(BLOCK_DTYPES[name])
+    out = np.empty((len(blocks), t.block_size), dtype=np.float32)
+    step = max(1, _CHUNK_VALUES // t.block_size)
+    for i in range(0, len(blocks), step):
+        f(blocks[i:i + step], out=out[i:i + step])
+    return out.reshape(n_elements)
+
+
+# ---------------------------------------------------------------------------------
+# Quantizers for activations (ggml's reference rounding)
+# ---------------------------------------------------------------------------------
+def _round_half_away(v: np.ndarray) -> np.ndarray:
+    """C ``roundf``: to the nearest integer, halves away from zero. Exact in float32
+    (``a - floor(a)`` is exact, so no ``+ 0.5`` double-rounding)."""
+    a = np.abs(v)
+    r = np.floor(a)
+    r += (a - r) >= 0.5
+    return np.copysign(r, v)
+
+
+def _blocks_of(x, block_size: int, what: str) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32).reshape(-1)
+    if x.size % block_size:
+        raise QuantError(f"{what}: length {x.size} is not a multiple of {block_size}")
+    return x.reshape(-1, block_size)
+
+
+def _q8_32(xb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Shared by Q8_0 and Q8_1: float32 ``d = amax/127`` and ``q = roundf(x * (1/d))``."""
+    amax = np.abs(xb).max(axis=1)
+    d = amax / np.float32(127)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
+    q = _round_half_away(xb * inv[:, None]).astype(np.int8)
+    return d, q
+
+
+def quantize_q8_0(x) -> np.ndarray:
+    """float32 values (length a multiple of 32) -> Q8_0 bytes, as ggml's ``quantize_row_q8_0_ref``.
+
+    Per block: ``amax = max|x|``, ``d = amax / 127`` (float32), ``q = roundf(x / d)``
+    computed as ``x * (1/d)`` (0 when ``d == 0``); ``d`` is stored rounded to fp16 (the
+    quants are *not* recomputed for the rounded ``d``). Input must be finite.
+    """
+    xb = _blocks_of(x, QK, "quantize_q8_0")
+    d, q = _q8_32(xb)
+    blocks = np.empty(len(xb), dtype=BLOCK_DTYPES["Q8_0"])
+    with np.errstate(over="ignore"):  # amax > 127 * 65504 gives d = inf, as in ggml
+        blocks["d"] = d.astype(np.float16)
+    blocks["qs"] = q
+    return blocks.view(np.uint8)
+
+
+def quantize_q8_1(x) -> np.ndarray:
+    """float32 values (length a multiple of 32) -> Q8_1 bytes, as ``quantize_row_q8_1_ref``.
+
+    Same ``d`` and ``q`` as :func:`quantize_q8_0`; additionally ``s = fp16(sum(q) * d)``
+    with the float32 ``d`` (before its fp16 rounding).
+    """
+    xb = _blocks_of(x, QK, "quantize_q8_1")
+    d, q = _q8_32(xb)
+    blocks = np.empty(len(xb), dtype=BLOCK_DTYPES["Q8_1"])
+    with np.errstate(over="ignore"):  # overflow to inf, as in ggml
+        blocks["d"] = d.astype(np.float16)
+        blocks["s"] = (q.sum(axis=1, dtype=np.int32).astype(np.float32) * d).astype(np.float16)
+    blocks["qs"] = q
+    return blocks.view(np.uint8)
+
+
+def quantize_q8_k(x) -> np.ndarray:
+    """float32 values (length a multiple of 256) -> Q8_K bytes, as ``quantize_row_q8_K_ref``.
+
+    Per block of 256: ``max`` is the first value of largest magnitude (sign kept);
+    ``iscale = -127 / max`` (float32); ``q = min(127, nearest_int(iscale * x))`` where
+    ggml's ``nearest_int`` rounds halves to *even* (unlike Q8_0's ``roundf``);
+    ``d = 1 / iscale`` stored as float32 (so ``d`` has the opposite sign of ``max``,
+    and ``max`` itself becomes ``q = -127``); ``bsums[k]`` = sum of ``q[16k:16k+16]``.
+    An all-zero block gets ``d = 0``, ``q = 0``, ``bsums = 0`` (ggml leaves that
+    block's bsums unwritten). Input must be finite.
+    """
+    xb = _blocks_of(x, QK_K, "quantize_q8_k")
+    n = len(xb)
+    idx = np.abs(xb).argmax(axis=1)  # first index of the largest |x|
+    mx = xb[np.arange(n), idx]
+    zero = mx == 0
+    with np.errstate(divide="ignore"):
+        iscale = np.where(zero, np.float32(0), np.float32(-127) / np.where(zero, np.float32(1), mx))
+        iscale = iscale.astype(np.float32)
+        d = np.where(zero, np.float32(0), np.float32(1) / np.where(zero, np.float32(1), iscale))
+    q = np.minimum(np.rint(xb * iscale[:, None]), 127).astype(np.int8)
+    blocks = np.empty(n, dtype=BLOCK_DTYPES["Q8_K"])
+    blocks["d"] = d.astype(np.float32)
+    blocks["qs"] = q
+    blocks["bsums"] = q.reshape(n, 16, 16).sum(axis=2, dtype=np.int16)
+    return blocks.view(np.uint8)
+
+
+# ---------------------------------------------------------------------------------
+# Random valid blocks for property tests
+# ---------------------------------------------------------------------------------
+_SCALE_MODES = ("normal", "zero", "extreme")
+
+# fp16 / float scale fields of each block type
+_SCALE_FIELDS: dict[str, tuple[str, ...]] = {
+    "Q4_0": ("d",), "Q4_1": ("d", "m"), "Q5_0": ("d",), "Q5_1": ("d", "m"),
+    "Q8_0": ("d",), "Q8_1": ("d",), "Q4_K": ("d", "dmin"), "Q5_K": ("d", "dmin"),
+    "Q6_K": ("d",), "Q8_K": ("d",),
+}
+
+
+def _random_floats(kind: str, n: int, rng: np.random.Generator, mode: str) -> np.ndarray:
+    """``n`` finite values of float kind ``f16``/``f32``/``bf16`` (returned as that dtype's bits
+    for bf16, else as the float dtype) for a scale mode."""
+    # (exponent bits, mantissa bits) and the largest finite biased exponent
+    ebits, mbits = {"f16": (5, 10), "f32": (8, 23), "bf16": (8, 7)}[kind]
+    emax = (1 << ebits) - 2
+    if mode == "normal":
+        # typical scales: |x| log-uniform in [1e-3, 1e-1]
+        v = np.float32(10.0) ** rng.uniform(-3, -1, n).astype(np.float32)
+        v *= rng.choice(np.array([-1, 1], dtype=np.float32), n)
+        return _encode_float(kind, v)
+    if mode == "zero":
+        v = np.float32(10.0) ** rng.uniform(-3, -1, n).astype(np.float32)
+        v *= rng.choice(np.array([-1, 1], dtype=np.float32), n)
+        v[rng.random(n) < 0.5] = 0.0
+        v[rng.random(n) < 0.25] *= -1  # some -0.0
+        return _encode_float(kind, v)
+    if mode == "extreme":
+        # bit patterns: largest exponent (incl. the max finite value), subnormals
+        # (incl. the smallest), the smallest normal; random sign; never inf/nan
+        cat = rng.integers(0, 5, n)
+        exp = np.where(cat == 0, emax, 0)
+        exp = np.where(cat == 2, 1, exp)
+        mant = rng.integers(1, 1 << mbits, n, dtype=np.int64)
+        mant = np.where(cat == 1, 1, mant)  # smallest subnormal
+        mant = np.where(cat == 2, 0, mant)  # smallest normal
+        mant = np.where(cat == 3, (1 << mbits) - 1, mant)  # largest finite, exponent set below
+        exp = np.where(cat == 3, emax, exp)
+        # cat 4: random subnormal (exp 0, random mantissa)
+        bits = (exp.astype(np.int64) << mbits) | mant
+        bits |= rng.integers(0, 2, n, dtype=np.int64) << (ebits + mbits)
+        if kind == "f16":
+            return bits.astype(np.uint16).view(np.float16)
+        if kind == "bf16":
+            return bits.astype(np.uint16)
+        return bits.astype(np.uint32).view(np.float32)
+    raise QuantError(f"unknown scales mode {mode!r} (use one of: {', '.join(_SCALE_MODES)})")
+
+
+def _encode_float(kind: str, v: np.ndarray) -> np.ndarray:
+    if kind == "f16":
+        return v.astype(np.float16)
+    if kind == "f32":
+        return v.astype(np.float32)
+    return (v.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)  # bf16 by truncation
+
+
+def random_raw(type_name: str, n_elements: int, rng: np.random.Generator, scales: str = "normal") -> np.ndarray:
+    """Random but valid bytes of ``n_elements`` values of type ``type_name`` (uint8, 1-D).
+
+    Quant bits are uniformly random; scale fields are finite and drawn by ``scales``:
+
+    * ``"normal"``: ``|d|`` log-uniform in 1e-3 .. 1e-1, random sign;
+    * ``"zero"``: like normal, but about half of the scale fields are exactly
+      ``±0``, every third block (on average) has all of them zero, and for K-quants
+      some sub-block scales are zero too;
+    * ``"extreme"``: the largest finite magnitudes, the smallest normal, subnormals
+      down to the smallest, random sign; never inf or nan.
+
+    For the float types the values themselves follow the mode (``"normal"`` draws
+    N(0, 1)). Q8_0/Q8_1/Q8_K quants stay in -127..127 as ggml's quantizers produce,
+    Q8_1's ``s`` is ``fp16(d * sum(q))`` and Q8_K's ``bsums`` are the true sums. Q8_K's
+    float32 ``d`` is kept below 2**121 in "extreme" so ``d * q`` stays finite.
+    """
+    name = str(type_name).upper()
+    if name not in BY_NAME or (name not in BLOCK_DTYPES and name not in _FLOAT_DTYPES):
+        raise QuantError(f"random_raw: unknown/unsupported type {type_name!r} "
+                         f"(supported: {', '.join(DEQUANT_TYPES)})")
+    if scales not in _SCALE_MODES:
+        raise QuantError(f"unknown scales mode {scales!r} (use one of: {', '.join(_SCALE_MODES)})")
+    t = BY_NAME[name]
+    n_bytes = t.n_bytes(int(n_elements))
+    if name in _FLOAT_DTYPES:
+        kind = {"F32": "f32", "F16": "f16", "BF16": "bf16"}[name]
+        if scales == "normal":
+            vals = _encode_float(kind, rng.standard_normal(n_elements).astype(np.float32))
+        elif scales == "zero":
+            v = rng.standard_normal(n_elements).astype(np.float32)
+            v[rng.random(n_elements) < 0.5] = 0.0
+            v[rng.random(n_elements) < 0.25] *= -1
+            vals = _encode_float(kind, v)
+        else:
+            vals = _random_floats(kind, n_elements, rng, scales)
+        return np.ascontiguousarray(vals).view(np.uint8).reshape(-1)
+
+    raw = rng.integers(0, 256, n_bytes, dtype=np.uint8)
+    b = raw.view(BLOCK_DTYPES[name])
+    n = len(b)
+    for field in _SCALE_FIELDS[name]:
+        if name == "Q8_K":
+            vals = _random_floats("f32", n, rng, scales)
+            if scales == "extreme":
+                big = np.abs(vals) > np.float32(2.0 ** 120)
+                vals[big] = np.copysign(np.float32(2.0 ** 120) * rng.uniform(1, 2, big.sum()).astype(np.float32),
+                                        vals[big])
+        else:
+            vals = _random_floats("f16", n, rng, scales)
+        b[field] = vals
+    if scales == "zero":
+        all_zero = rng.random(n) < 1 / 3
+        for field in _SCALE_FIELDS[name]:
+            b[field][all_zero] = 0
+        if name in ("Q4_K", "Q5_K", "Q6_K"):
+            sc = b["scales"]
+            sc[rng.random(sc.shape) < 0.25] = 0
+            b["scales"] = sc
+    if name in ("Q8_0", "Q8_1", "Q8_K"):
+        qs = b["qs"]
+        qs[qs == -128] = rng.integers(-127, 128, int((qs == -128).sum()), dtype=np.int8)
+        b["qs"] = qs
+        if name == "Q8_1":
+            d = b["d"].astype(np.float32)
+            s = d * qs.sum(axis=1, dtype=np.int32).astype(np.float32)
+            # keep s finite: where d * sum(q) overflows fp16, mirror the first half of
+            # the quants into the second with opposite sign, so that sum(q) = 0
+            with np.errstate(over="ignore"):
+                over = ~np.isfinite(s.astype(np.float16))
+            qs[over, 16:] = -qs[over, :16]
+            b["qs"] = qs
+            b["s"] = (d * qs.sum(axis=1, dtype=np.int32).astype(np.float32)).astype(np.float16)
+        if name == "Q8_K":
+            b["bsums"] = qs.reshape(n, 16, 16).sum(axis=2, dtype=np.int16)
+    return raw
+
+
+def type_table() -> list[tuple[str, int, int, bool]]:
+    """(name, values per block, bytes per block, dequantize supported) for every known type."""
+    return [(t.name, t.block_size, t.type_size, t.name in DEQUANT_TYPES) for t in BY_NAME.values()]
