@@ -1,4 +1,436 @@
-// CPU non-matmul ops of pyengine._C. (Placeholder: the ops helper replaces this file.)
+// CPU non-matmul ops of pyengine._C: rmsnorm (+ fused forms), rope, gated activations,
+// add, scale and KV-cache attention (float32).
+//
+// Conventions: every op writes into an `out` array the caller allocates (so Python
+// decides about buffer reuse); inputs are float32 NumPy arrays whose last axis is
+// contiguous (a few ops also accept a row stride, said below); nothing is converted or
+// copied behind the caller's back: a wrong dtype or layout raises ValueError. The GIL is
+// released while the kernels run. Work is split into tasks run on the thread pool;
+// small calls (decode) run inline on the calling thread.
 #include <pybind11/pybind11.h>
+#include <pybind11/numpy.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "ops.h"
+
 namespace py = pybind11;
-void bind_cpu_ops(py::module_& m) {}
+using pyengine::ops::AttnArgs;
+using pyengine::ops::OpsTable;
+
+namespace {
+
+// ------------------------------------------------------------ variant choice --------
+
+bool cpu_has_avx512() {
+#if defined(PYENGINE_HAVE_X86_VARIANTS) && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+#else
+    return false;
+#endif
+}
+
+std::vector<const OpsTable*> available_tables() {
+    std::vector<const OpsTable*> v{&pyengine::ops::ops_generic()};
+#if defined(PYENGINE_HAVE_X86_VARIANTS)
+    if (cpu_has_avx512()) v.push_back(&pyengine::ops::ops_avx512());
+#endif
+    return v;
+}
+
+const OpsTable* pick_default() {
+    auto v = available_tables();
+    if (const char* env = std::getenv("PYENGINE_OPS")) {  // e.g. PYENGINE_OPS=generic
+        for (auto* t : v)
+            if (std::string(env) == t->name) return t;
+    }
+    return v.back();  // the widest the CPU runs
+}
+
+const OpsTable* g_ops = nullptr;
+const OpsTable& ops() {
+    if (!g_ops) g_ops = pick_default();
+    return *g_ops;
+}
+
+// ------------------------------------------------------------ work splitting --------
+
+// Until the shared thread pool lands this runs tasks inline; every op below is already
+// cut into independent tasks, so this is the one place that decides where they run.
+int n_threads() { return 1; }
+
+template <class F>
+void run_tasks(int n_tasks, F&& f) {
+    for (int t = 0; t < n_tasks; ++t) f(t);
+}
+
+// Split `items` into at most n_threads()*k tasks of at least `min_items` each.
+int task_count(int64_t items, int64_t min_items) {
+    int64_t t = std::min<int64_t>((int64_t)n_threads() * 4, (items + min_items - 1) / min_items);
+    return (int)std::max<int64_t>(1, t);
+}
+
+// ------------------------------------------------------------ argument checks -------
+
+struct Mat {
+    float* p = nullptr;
+    int64_t rows = 0, cols = 0, stride = 0;  // stride in floats between rows
+};
+
+[[noreturn]] void bad(const std::string& msg) { throw py::value_error(msg); }
+
+// A float32 array seen as a matrix (rows, cols): 1-D arrays are one row, N-D arrays
+// collapse their leading axes. The last axis must be contiguous; with
+// need_contiguous the rows must be back to back too.
+Mat as_mat(const py::array& a, const char* what, bool writable, bool need_contiguous) {
+    if (!a.dtype().is(py::dtype::of<float>()) && !py::dtype::of<float>().equal(a.dtype()))
+        bad(std::string(what) + ": expected float32, got " + std::string(py::str(a.dtype())));
+    if (writable && !a.writeable()) bad(std::string(what) + ": array is read-only");
+    Mat m;
+    m.p = static_cast<float*>(const_cast<void*>(a.data()));
+    const int nd = (int)a.ndim();
+    if (nd == 0) bad(std::string(what) + ": expected an array, got a scalar");
+    m.cols = a.shape(nd - 1);
+    m.rows = 1;
+    for (int i = 0; i < nd - 1; ++i) m.rows *= a.shape(i);
+    if (m.cols > 1 && a.strides(nd - 1) != (py::ssize_t)sizeof(float))
+        bad(std::string(what) + ": last axis must be contiguous");
+    if (nd == 1) {
+        m.stride = m.cols;
+    } else if (nd == 2) {
+        m.stride = a.shape(0) > 1 ? a.strides(0) / (py::ssize_t)sizeof(float) : m.cols;
+        if (a.shape(0) > 1 && a.strides(0) % (py::ssize_t)sizeof(float)) bad(std::string(what) + ": misaligned rows");
+    } else {
+        if (!(a.flags() & py::array::c_style)) bad(std::string(what) + ": must be C-contiguous");
+        m.stride = m.cols;
+    }
+    if (need_contiguous && m.rows > 1 && m.stride != m.cols)
+        bad(std::string(what) + ": must be C-contiguous");
+    return m;
+}
+
+void same_size(const Mat& a, const Mat& b, const char* an, const char* bn) {
+    if (a.rows * a.cols != b.rows * b.cols)
+        bad(std::string(an) + " and " + bn + " differ in size (" + std::to_string(a.rows * a.cols) +
+            " vs " + std::to_string(b.rows * b.cols) + ")");
+}
+
+// ------------------------------------------------------------ ops -------------------
+
+void rmsnorm_common(const Mat& x, const Mat& w, float eps, int64_t& g, int64_t& per_row) {
+    g = w.rows * w.cols;
+    if (g <= 0 || x.cols % g) bad("rmsnorm: x width " + std::to_string(x.cols) +
+                                  " is not a multiple of the weight length " + std::to_string(g));
+    per_row = x.cols / g;
+    if (!(eps >= 0.0f)) bad("rmsnorm: eps must be >= 0");
+}
+
+void op_rmsnorm(const py::array& xa, const py::array& wa, float eps, const py::array& oa) {
+    Mat x = as_mat(xa, "x", false, false), w = as_mat(wa, "w", false, true);
+    Mat o = as_mat(oa, "out", true, true);
+    int64_t g, per_row;
+    rmsnorm_common(x, w, eps, g, per_row);
+    if (o.rows != x.rows || o.cols != x.cols) bad("rmsnorm: out must have x's shape");
+    py::gil_scoped_release nogil;
+    const OpsTable& t = ops();
+    const int nt = task_count(x.rows, std::max<int64_t>(1, 16384 / x.cols));
+    run_tasks(nt, [&](int task) {
+        const int64_t r0 = x.rows * task / nt, r1 = x.rows * (task + 1) / nt;
+        if (x.stride == x.cols) {
+            t.rmsnorm(x.p + r0 * x.cols, w.p, o.p + r0 * o.cols, (r1 - r0) * per_row, g, eps);
+        } else {
+            for (int64_t r = r0; r < r1; ++r) t.rmsnorm(x.p + r * x.stride, w.p, o.p + r * o.cols, per_row, g, eps);
+        }
+    });
+}
+
+void op_rmsnorm_add(const py::array& xa, const py::array& wa, float eps, const py::array& ra,
+                    const py::array& oa) {
+    Mat x = as_mat(xa, "x", false, true), w = as_mat(wa, "w", false, true);
+    Mat r = as_mat(ra, "residual", false, true), o = as_mat(oa, "out", true, true);
+    int64_t g, per_row;
+    rmsnorm_common(x, w, eps, g, per_row);
+    if (o.rows != x.rows || o.cols != x.cols || r.rows != x.rows || r.cols != x.cols)
+        bad("rmsnorm_add: residual and out must have x's shape");
+    py::gil_scoped_release nogil;
+    const OpsTable& t = ops();
+    const int64_t groups = x.rows * per_row;
+    const int nt = task_count(groups, std::max<int64_t>(1, 16384 / g));
+    run_tasks(nt, [&](int task) {
+        const int64_t r0 = groups * task / nt, r1 = groups * (task + 1) / nt;
+        t.rmsnorm_add(x.p + r0 * g, w.p, r.p + r0 * g, o.p + r0 * g, r1 - r0, g, eps);
+    });
+}
+
+void op_add_rmsnorm(const py::array& aa, const py::array& ba, const py::array& wa, float eps,
+                    const py::array& sa, const py::array& na) {
+    Mat a = as_mat(aa, "a", false, true), b = as_mat(ba, "b", false, true), w = as_mat(wa, "w", false, true);
+    Mat s = as_mat(sa, "sum_out", true, true), nrm = as_mat(na, "norm_out", true, true);
+    int64_t g, per_row;
+    rmsnorm_common(a, w, eps, g, per_row);
+    if (b.rows != a.rows || b.cols != a.cols || s.rows != a.rows || s.cols != a.cols ||
+        nrm.rows != a.rows || nrm.cols != a.cols)
+        bad("add_rmsnorm: b, sum_out and norm_out must have a's shape");
+    py::gil_scoped_release nogil;
+    const OpsTable& t = ops();
+    const int64_t groups = a.rows * per_row;
+    const int nt = task_count(groups, std::max<int64_t>(1, 16384 / g));
+    run_tasks(nt, [&](int task) {
+        const int64_t r0 = groups * task / nt, r1 = groups * (task + 1) / nt;
+        t.add_rmsnorm(a.p + r0 * g, b.p + r0 * g, w.p, s.p + r0 * g, nrm.p + r0 * g, r1 - r0, g, eps);
+    });
+}
+
+void op_rope_table(const py::array& pa, double freq_base, int n_rot, const py::array& ca,
+                   const py::array& sa) {
+    if (!py::dtype::of<double>().equal(pa.dtype())) bad("positions: expected float64");
+    if (pa.ndim() != 1 || (pa.shape(0) > 1 && pa.strides(0) != (py::ssize_t)sizeof(double)))
+        bad("positions: expected a contiguous 1-D array");
+    if (n_rot <= 0 || n_rot % 2) bad("rope_table: n_rot must be positive and even");
+    if (!(freq_base > 0.0)) bad("rope_table: freq_base must be > 0");
+    const int64_t n = pa.shape(0);
+    const int half = n_rot / 2;
+    Mat c = as_mat(ca, "cos_out", true, true), s = as_mat(sa, "sin_out", true, true);
+    if (c.rows != n || c.cols != half || s.rows != n || s.cols != half)
+        bad("rope_table: cos_out and sin_out must be (n, n_rot/2)");
+    const double* pos = static_cast<const double*>(pa.data());
+    py::gil_scoped_release nogil;
+    thread_local std::vector<double> inv_freq;
+    inv_freq.resize(half);
+    // same expression as the reference: base ** (-(2i) / n_rot), angles in double
+    for (int i = 0; i < half; ++i) inv_freq[i] = std::pow(freq_base, -(double)i * 2.0 / (double)n_rot);
+    const int nt = task_count(n, std::max(1, 4096 / half));
+    run_tasks(nt, [&](int task) {
+        for (int64_t t = n * task / nt; t < n * (task + 1) / nt; ++t) {
+            for (int i = 0; i < half; ++i) {
+                const double ang = pos[t] * inv_freq[i];
+                c.p[t * half + i] = (float)std::cos(ang);
+                s.p[t * half + i] = (float)std::sin(ang);
+            }
+        }
+    });
+}
+
+void op_rope(const py::array& xa, const py::array& oa, const py::array& ca, const py::array& sa,
+             int n_heads, int head_dim, int n_rot, bool neox) {
+    Mat x = as_mat(xa, "x", false, false), o = as_mat(oa, "out", true, true);
+    Mat c = as_mat(ca, "cos", false, true), s = as_mat(sa, "sin", false, true);
+    if (n_heads <= 0 || head_dim <= 0) bad("rope: n_heads and head_dim must be positive");
+    if (n_rot <= 0 || n_rot % 2 || n_rot > head_dim) bad("rope: need 0 < n_rot <= head_dim, n_rot even");
+    if (x.cols != (int64_t)n_heads * head_dim) bad("rope: x width must be n_heads*head_dim");
+    if (o.rows != x.rows || o.cols != x.cols) bad("rope: out must have x's shape");
+    if (c.rows != x.rows || c.cols != n_rot / 2 || s.rows != x.rows || s.cols != n_rot / 2)
+        bad("rope: cos and sin must be (n, n_rot/2)");
+    if (o.p != x.p) {  // a partial overlap would be read after being written
+        const char *xb = (const char*)x.p, *xe = (const char*)(x.p + (x.rows - 1) * x.stride + x.cols);
+        const char *ob = (const char*)o.p, *oe = (const char*)(o.p + o.rows * o.cols);
+        if (ob < xe && xb < oe) bad("rope: out overlaps x without being x");
+    } else if (x.stride != x.cols) {
+        bad("rope: in place needs contiguous rows");
+    }
+    py::gil_scoped_release nogil;
+    const OpsTable& t = ops();
+    const int nt = task_count(x.rows, std::max<int64_t>(1, 16384 / x.cols));
+    run_tasks(nt, [&](int task) {
+        t.rope(x.p, x.stride, o.p, c.p, s.p, x.rows * task / nt, x.rows * (task + 1) / nt, n_heads,
+               head_dim, n_rot, neox);
+    });
+}
+
+enum class EW { silu_mul, gelu_mul, add };
+
+void op_binary(EW kind, const py::array& aa, const py::array& ba, const py::array& oa) {
+    Mat a = as_mat(aa, "a", false, true), b = as_mat(ba, "b", false, true), o = as_mat(oa, "out", true, true);
+    same_size(a, b, "a", "b");
+    same_size(a, o, "a", "out");
+    const int64_t count = a.rows * a.cols;
+    py::gil_scoped_release nogil;
+    const OpsTable& t = ops();
+    auto fn = kind == EW::silu_mul ? t.silu_mul : kind == EW::gelu_mul ? t.gelu_mul : t.add;
+    const int nt = task_count(count, kind == EW::add ? 65536 : 16384);
+    run_tasks(nt, [&](int task) {
+        // 16-float aligned cuts keep every task but the last on whole vectors
+        const int64_t c0 = (count * task / nt) & ~int64_t(15);
+        const int64_t c1 = task + 1 == nt ? count : (count * (task + 1) / nt) & ~int64_t(15);
+        fn(a.p + c0, b.p + c0, o.p + c0, c1 - c0);
+    });
+}
+
+void op_scale(const py::array& xa, float s, const py::array& oa) {
+    Mat x = as_mat(xa, "x", false, true), o = as_mat(oa, "out", true, true);
+    same_size(x, o, "x", "out");
+    const int64_t count = x.rows * x.cols;
+    py::gil_scoped_release nogil;
+    const OpsTable& t = ops();
+    const int nt = task_count(count, 65536);
+    run_tasks(nt, [&](int task) {
+        const int64_t c0 = (count * task / nt) & ~int64_t(15);
+        const int64_t c1 = task + 1 == nt ? count : (count * (task + 1) / nt) & ~int64_t(15);
+        t.scale(x.p + c0, s, o.p + c0, c1 - c0);
+    });
+}
+
+// Below this many query tokens attention uses the dot-product kernel split over keys;
+// from here on the blocked kernel split over query tokens.
+constexpr int kTiledMinTokens = 8;
+constexpr int kTileRows = 32;       // query rows (tokens x heads of a group) per tile task
+constexpr int kMinKeysPerSplit = 128;
+
+void op_attention(const py::array& qa, const py::array& ka, const py::array& va, const py::array& oa,
+                  int pos0, int n_heads, int n_kv_heads, int head_dim, float scale, int window,
+                  const std::string& path) {
+    Mat q = as_mat(qa, "q", false, false), k = as_mat(ka, "k", false, false);
+    Mat v = as_mat(va, "v", false, false), o = as_mat(oa, "out", true, false);
+    if (qa.ndim() != 2 || ka.ndim() != 2 || va.ndim() != 2 || oa.ndim() != 2)
+        bad("attention: q, k, v and out must be 2-D");
+    if (n_heads <= 0 || n_kv_heads <= 0 || head_dim <= 0 || n_heads % n_kv_heads)
+        bad("attention: need n_heads a positive multiple of n_kv_heads and head_dim > 0");
+    if (q.cols != (int64_t)n_heads * head_dim) bad("attention: q width must be n_heads*head_dim");
+    if (o.rows != q.rows || o.cols != q.cols) bad("attention: out must have q's shape");
+    if (k.cols != (int64_t)n_kv_heads * head_dim || v.cols != k.cols || v.rows != k.rows)
+        bad("attention: k and v must both be (n_ctx, n_kv_heads*head_dim)");
+    if (k.stride != v.stride) bad("attention: k and v must have the same row stride");
+    if (pos0 < 0 || window < 0) bad("attention: pos0 and window must be >= 0");
+    if (pos0 + q.rows > k.rows)
+        bad("attention: positions up to " + std::to_string(pos0 + q.rows) + " but the cache holds " +
+            std::to_string(k.rows));
+    if (path != "auto" && path != "dot" && path != "tiled") bad("attention: path must be auto, dot or tiled");
+    {
+        const char *ob = (const char*)o.p, *oe = (const char*)(o.p + (o.rows - 1) * o.stride + o.cols);
+        for (const Mat* in : {&q, &k, &v}) {
+            const char *ib = (const char*)in->p, *ie = (const char*)(in->p + (in->rows - 1) * in->stride + in->cols);
+            if (ob < ie && ib < oe) bad("attention: out overlaps an input");
+        }
+    }
+    const int n = (int)q.rows;
+    if (n == 0) return;
+    AttnArgs a;
+    a.q = q.p; a.q_stride = q.stride;
+    a.k = k.p; a.v = v.p; a.kv_stride = k.stride;
+    a.out = o.p; a.out_stride = o.stride;
+    a.n = n; a.pos0 = pos0; a.n_heads = n_heads; a.n_kv_heads = n_kv_heads;
+    a.head_dim = head_dim; a.window = window; a.scale = scale;
+    const int group = n_heads / n_kv_heads;
+    const bool tiled = path == "tiled" || (path == "auto" && n >= kTiledMinTokens);
+
+    py::gil_scoped_release nogil;
+    const OpsTable& t = ops();
+    if (tiled) {
+        const int tq = std::max(1, kTileRows / group);
+        const int blocks = (n + tq - 1) / tq;
+        // later query blocks see more keys: hand them out first
+        run_tasks(n_kv_heads * blocks, [&](int task) {
+            const int g = task % n_kv_heads, b = blocks - 1 - task / n_kv_heads;
+            t.attn_tile(a, g, b * tq, std::min(n, (b + 1) * tq));
+        });
+        return;
+    }
+    // dot path: split the keys so every thread has work even with one KV head
+    const int jlo = a.key_lo(pos0), jhi = a.key_hi(pos0 + n - 1);
+    const int keys = jhi - jlo;
+    int splits = std::max(1, (n_threads() + n_kv_heads - 1) / n_kv_heads);
+    splits = std::max(1, std::min(splits, keys / kMinKeysPerSplit));
+    if (splits == 1) {
+        run_tasks(n_kv_heads, [&](int g) {
+            thread_local std::vector<float> ml;
+            ml.resize(2 * (size_t)n * group);
+            t.attn_partial(a, g, 0, n, jlo, jhi, o.p + (int64_t)g * group * head_dim, o.stride,
+                           ml.data(), ml.data() + (size_t)n * group, true);
+        });
+        return;
+    }
+    const int64_t rows_g = (int64_t)n * group;  // rows of one KV head
+    thread_local std::vector<float> part_acc, part_ml;
+    part_acc.resize((size_t)splits * n_kv_heads * rows_g * head_dim);
+    part_ml.resize(2 * (size_t)splits * n_kv_heads * rows_g);
+    float* pacc = part_acc.data();
+    float* pm = part_ml.data();
+    float* pl = pm + (size_t)splits * n_kv_heads * rows_g;
+    run_tasks(splits * n_kv_heads, [&](int task) {
+        const int g = task % n_kv_heads, c = task / n_kv_heads;
+        const int j0 = jlo + (int)((int64_t)keys * c / splits), j1 = jlo + (int)((int64_t)keys * (c + 1) / splits);
+        const int64_t slot = (int64_t)c * n_kv_heads + g;
+        t.attn_partial(a, g, 0, n, j0, j1, pacc + slot * rows_g * head_dim, group * head_dim,
+                       pm + slot * rows_g, pl + slot * rows_g, false);
+    });
+    // merge: out = sum_c e^(m_c - M) acc_c / sum_c e^(m_c - M) l_c
+    const float ninf = -std::numeric_limits<float>::infinity();
+    for (int g = 0; g < n_kv_heads; ++g) {
+        for (int64_t r = 0; r < rows_g; ++r) {
+            const int i = (int)(r / group), hh = (int)(r % group);
+            float* out = o.p + (int64_t)i * o.stride + ((int64_t)g * group + hh) * head_dim;
+            float M = ninf;
+            for (int c = 0; c < splits; ++c) M = std::max(M, pm[((int64_t)c * n_kv_heads + g) * rows_g + r]);
+            std::fill(out, out + head_dim, 0.0f);
+            if (M == ninf) continue;  // cannot happen: a query always sees its own key
+            float L = 0.0f;
+            for (int c = 0; c < splits; ++c) {
+                const int64_t slot = (int64_t)c * n_kv_heads + g;
+                const float mc = pm[slot * rows_g + r];
+                if (mc == ninf) continue;
+                const float wgt = std::exp(mc - M);
+                L += wgt * pl[slot * rows_g + r];
+                const float* ac = pacc + (slot * rows_g + r) * head_dim;
+                for (int e = 0; e < head_dim; ++e) out[e] += wgt * ac[e];
+            }
+            const float inv = 1.0f / L;
+            for (int e = 0; e < head_dim; ++e) out[e] *= inv;
+        }
+    }
+}
+
+}  // namespace
+
+void bind_cpu_ops(py::module_& m) {
+    m.def("ops_variants", []() {
+        py::list l;
+        for (auto* t : available_tables()) l.append(t->name);
+        return l;
+    }, "Names of the op-kernel variants this CPU can run (widest last).");
+    m.def("ops_variant", []() { return std::string(ops().name); },
+          "Name of the op-kernel variant in use (override at start-up with PYENGINE_OPS=generic).");
+    m.def("set_ops_variant", [](const std::string& name) {
+        std::string prev = ops().name;
+        for (auto* t : available_tables())
+            if (name == t->name) { g_ops = t; return prev; }
+        bad("unknown or unsupported ops variant " + name);
+    }, py::arg("name"), "Switch the op-kernel variant (for tests and benchmarks); returns the previous one.");
+
+    m.def("rmsnorm", &op_rmsnorm, py::arg("x"), py::arg("w"), py::arg("eps"), py::arg("out"),
+          "out = x / sqrt(mean(x^2) + eps) * w over each group of len(w) values of x (n, k*len(w)).\n"
+          "x may have a row stride; out (x's shape) must be contiguous and may be x.");
+    m.def("rmsnorm_add", &op_rmsnorm_add, py::arg("x"), py::arg("w"), py::arg("eps"), py::arg("residual"),
+          py::arg("out"), "out = residual + rmsnorm(x, w, eps) (out may be residual).");
+    m.def("add_rmsnorm", &op_add_rmsnorm, py::arg("a"), py::arg("b"), py::arg("w"), py::arg("eps"),
+          py::arg("sum_out"), py::arg("norm_out"), "sum_out = a + b; norm_out = rmsnorm(sum_out, w, eps).");
+    m.def("rope_table", &op_rope_table, py::arg("positions"), py::arg("freq_base"), py::arg("n_rot"),
+          py::arg("cos_out"), py::arg("sin_out"),
+          "cos/sin of pos * freq_base**(-2i/n_rot) (computed in float64) into (n, n_rot/2) float32 arrays;\n"
+          "positions: float64 (n,).");
+    m.def("rope", &op_rope, py::arg("x"), py::arg("out"), py::arg("cos"), py::arg("sin"), py::arg("n_heads"),
+          py::arg("head_dim"), py::arg("n_rot"), py::arg("neox"),
+          "Rotary embedding of x (n, n_heads*head_dim) with tables from rope_table; NEOX pairs (i, i+n_rot/2),\n"
+          "NORM pairs (2i, 2i+1); dims >= n_rot pass through. out may be x (in place).");
+    m.def("silu_mul", [](const py::array& g, const py::array& u, const py::array& o) { op_binary(EW::silu_mul, g, u, o); },
+          py::arg("gate"), py::arg("up"), py::arg("out"), "out = silu(gate) * up (same-size contiguous float32).");
+    m.def("gelu_mul", [](const py::array& g, const py::array& u, const py::array& o) { op_binary(EW::gelu_mul, g, u, o); },
+          py::arg("gate"), py::arg("up"), py::arg("out"), "out = gelu_tanh(gate) * up.");
+    m.def("add", [](const py::array& a, const py::array& b, const py::array& o) { op_binary(EW::add, a, b, o); },
+          py::arg("a"), py::arg("b"), py::arg("out"), "out = a + b (same size, no broadcasting).");
+    m.def("scale", &op_scale, py::arg("x"), py::arg("s"), py::arg("out"), "out = x * s.");
+    m.def("attention", &op_attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("pos0"),
+          py::arg("n_heads"), py::arg("n_kv_heads"), py::arg("head_dim"), py::arg("scale"), py::arg("window") = 0,
+          py::arg("path") = "auto",
+          "Causal grouped-query attention of q (n, H*hd) at positions pos0.. over k, v (n_ctx, Hkv*hd)\n"
+          "into out (n, H*hd). Key j is visible from position p iff j <= p and (window == 0 or p - j < window).\n"
+          "path: 'dot' (few queries, split over keys), 'tiled' (blocked, online softmax) or 'auto'.");
+}

@@ -1,0 +1,496 @@
+// AVX-512 versions of the non-matmul ops (see ops.h). Compiled with AVX-512 flags by
+// CMake whatever the build machine has; only called when CPUID says the CPU has
+// AVX-512F/BW/DQ/VL (csrc/bind_ops.cpp checks).
+//
+// exp() is a vector Cephes-style expf: range reduction x = n ln2 + r with a split ln2,
+// a degree-7 polynomial for e^r on [-ln2/2, ln2/2] (about 1 ulp) and scalef for 2^n,
+// which also gives inf above ~88.7 and 0 below ~-103.9 without special cases.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "ops.h"
+
+namespace pyengine {
+namespace ops {
+namespace {
+
+inline __mmask16 tail_mask(int64_t remaining) {
+    return remaining >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << remaining) - 1u);
+}
+
+inline __m512 exp_ps(__m512 x) {
+    // min/max with the constant first so a NaN input stays NaN
+    x = _mm512_min_ps(_mm512_set1_ps(88.9f), x);
+    x = _mm512_max_ps(_mm512_set1_ps(-104.0f), x);
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, n);
+}
+
+// ---------------------------------------------------------------- rmsnorm ----------
+
+inline float sum_squares(const float* x, int64_t g) {
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    __m512 s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 64 <= g; i += 64) {
+        __m512 a = _mm512_loadu_ps(x + i), b = _mm512_loadu_ps(x + i + 16);
+        __m512 c = _mm512_loadu_ps(x + i + 32), d = _mm512_loadu_ps(x + i + 48);
+        s0 = _mm512_fmadd_ps(a, a, s0);
+        s1 = _mm512_fmadd_ps(b, b, s1);
+        s2 = _mm512_fmadd_ps(c, c, s2);
+        s3 = _mm512_fmadd_ps(d, d, s3);
+    }
+    for (; i < g; i += 16) {
+        __m512 a = _mm512_maskz_loadu_ps(tail_mask(g - i), x + i);
+        s0 = _mm512_fmadd_ps(a, a, s0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+}
+
+inline float inv_rms(const float* x, int64_t g, float eps) {
+    return 1.0f / std::sqrt(sum_squares(x, g) / (float)g + eps);
+}
+
+void rmsnorm(const float* x, const float* w, float* out, int64_t rows, int64_t g, float eps) {
+    for (int64_t r = 0; r < rows; ++r) {
+        const float* xr = x + r * g;
+        float* o = out + r * g;
+        const __m512 inv = _mm512_set1_ps(inv_rms(xr, g, eps));
+        for (int64_t i = 0; i < g; i += 16) {
+            const __mmask16 k = tail_mask(g - i);
+            __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, xr + i), inv);
+            _mm512_mask_storeu_ps(o + i, k, _mm512_mul_ps(v, _mm512_maskz_loadu_ps(k, w + i)));
+        }
+    }
+}
+
+void rmsnorm_add(const float* x, const float* w, const float* res, float* out, int64_t rows,
+                 int64_t g, float eps) {
+    for (int64_t r = 0; r < rows; ++r) {
+        const float* xr = x + r * g;
+        const __m512 inv = _mm512_set1_ps(inv_rms(xr, g, eps));
+        for (int64_t i = 0; i < g; i += 16) {
+            const __mmask16 k = tail_mask(g - i);
+            __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, xr + i), inv);
+            v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(k, w + i));
+            v = _mm512_add_ps(_mm512_maskz_loadu_ps(k, res + r * g + i), v);
+            _mm512_mask_storeu_ps(out + r * g + i, k, v);
+        }
+    }
+}
+
+void add_rmsnorm(const float* a, const float* b, const float* w, float* sum, float* norm,
+                 int64_t rows, int64_t g, float eps) {
+    for (int64_t r = 0; r < rows; ++r) {
+        float* s = sum + r * g;
+        for (int64_t i = 0; i < g; i += 16) {
+            const __mmask16 k = tail_mask(g - i);
+            _mm512_mask_storeu_ps(s + i, k, _mm512_add_ps(_mm512_maskz_loadu_ps(k, a + r * g + i),
+                                                          _mm512_maskz_loadu_ps(k, b + r * g + i)));
+        }
+        const __m512 inv = _mm512_set1_ps(inv_rms(s, g, eps));
+        for (int64_t i = 0; i < g; i += 16) {
+            const __mmask16 k = tail_mask(g - i);
+            __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, s + i), inv);
+            _mm512_mask_storeu_ps(norm + r * g + i, k, _mm512_mul_ps(v, _mm512_maskz_loadu_ps(k, w + i)));
+        }
+    }
+}
+
+// ------------------------------------------------------------------- rope ----------
+
+void rope(const float* x, int64_t x_stride, float* out, const float* cos_t, const float* sin_t,
+          int64_t t0, int64_t t1, int n_heads, int head_dim, int n_rot, bool neox) {
+    const int half = n_rot / 2;
+    const int64_t width = (int64_t)n_heads * head_dim;
+    // NORM mode: lane 2i and 2i+1 both use pair i
+    const __m512i dup = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
+    const __m512 zero = _mm512_setzero_ps();
+    for (int64_t t = t0; t < t1; ++t) {
+        const float* c = cos_t + t * half;
+        const float* s = sin_t + t * half;
+        for (int h = 0; h < n_heads; ++h) {
+            const float* xh = x + t * x_stride + (int64_t)h * head_dim;
+            float* oh = out + t * width + (int64_t)h * head_dim;
+            if (neox) {
+                for (int i = 0; i < half; i += 16) {
+                    const __mmask16 k = tail_mask(half - i);
+                    const __m512 cv = _mm512_maskz_loadu_ps(k, c + i), sv = _mm512_maskz_loadu_ps(k, s + i);
+                    const __m512 a = _mm512_maskz_loadu_ps(k, xh + i);
+                    const __m512 b = _mm512_maskz_loadu_ps(k, xh + i + half);
+                    _mm512_mask_storeu_ps(oh + i, k, _mm512_fmsub_ps(a, cv, _mm512_mul_ps(b, sv)));
+                    _mm512_mask_storeu_ps(oh + i + half, k, _mm512_fmadd_ps(a, sv, _mm512_mul_ps(b, cv)));
+                }
+            } else {
+                for (int e = 0; e < n_rot; e += 16) {
+                    const __mmask16 k = tail_mask(n_rot - e);        // n_rot is even
+                    const __mmask16 kp = tail_mask((n_rot - e) / 2);  // pairs
+                    const __m512 cv = _mm512_permutexvar_ps(dup, _mm512_maskz_loadu_ps(kp, c + e / 2));
+                    __m512 sv = _mm512_permutexvar_ps(dup, _mm512_maskz_loadu_ps(kp, s + e / 2));
+                    sv = _mm512_mask_sub_ps(sv, 0x5555, zero, sv);  // -sin on even lanes
+                    const __m512 xv = _mm512_maskz_loadu_ps(k, xh + e);
+                    const __m512 xs = _mm512_permute_ps(xv, 0xB1);  // swap within pairs
+                    _mm512_mask_storeu_ps(oh + e, k, _mm512_fmadd_ps(xv, cv, _mm512_mul_ps(xs, sv)));
+                }
+            }
+            if (oh != xh && n_rot < head_dim)
+                std::memcpy(oh + n_rot, xh + n_rot, sizeof(float) * (size_t)(head_dim - n_rot));
+        }
+    }
+}
+
+// ------------------------------------------------------------ elementwise ----------
+
+void silu_mul(const float* g, const float* u, float* out, int64_t count) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (int64_t i = 0; i < count; i += 16) {
+        const __mmask16 k = tail_mask(count - i);
+        const __m512 x = _mm512_maskz_loadu_ps(k, g + i);
+        const __m512 d = _mm512_add_ps(one, exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), x)));
+        _mm512_mask_storeu_ps(out + i, k, _mm512_mul_ps(_mm512_div_ps(x, d), _mm512_maskz_loadu_ps(k, u + i)));
+    }
+}
+
+void gelu_mul(const float* g, const float* u, float* out, int64_t count) {
+    // 0.5 x (1 + tanh(y)) == x / (1 + exp(-2y)), y = sqrt(2/pi) (x + 0.044715 x^3)
+    const __m512 one = _mm512_set1_ps(1.0f);
+    const __m512 c0 = _mm512_set1_ps(-2.0f * 0.7978845608028654f);
+    const __m512 c1 = _mm512_set1_ps(0.044715f);
+    for (int64_t i = 0; i < count; i += 16) {
+        const __mmask16 k = tail_mask(count - i);
+        const __m512 x = _mm512_maskz_loadu_ps(k, g + i);
+        const __m512 x3 = _mm512_mul_ps(_mm512_mul_ps(x, x), x);
+        const __m512 m2y = _mm512_mul_ps(c0, _mm512_fmadd_ps(c1, x3, x));
+        const __m512 d = _mm512_add_ps(one, exp_ps(m2y));
+        _mm512_mask_storeu_ps(out + i, k, _mm512_mul_ps(_mm512_div_ps(x, d), _mm512_maskz_loadu_ps(k, u + i)));
+    }
+}
+
+void add(const float* a, const float* b, float* out, int64_t count) {
+    for (int64_t i = 0; i < count; i += 16) {
+        const __mmask16 k = tail_mask(count - i);
+        _mm512_mask_storeu_ps(out + i, k, _mm512_add_ps(_mm512_maskz_loadu_ps(k, a + i), _mm512_maskz_loadu_ps(k, b + i)));
+    }
+}
+
+void scale(const float* x, float s, float* out, int64_t count) {
+    const __m512 sv = _mm512_set1_ps(s);
+    for (int64_t i = 0; i < count; i += 16) {
+        const __mmask16 k = tail_mask(count - i);
+        _mm512_mask_storeu_ps(out + i, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + i), sv));
+    }
+}
+
+// -------------------------------------------------------------- attention ----------
+
+// Row-wise softmax helpers over a contiguous score row of length len.
+inline float row_max(const float* s, int len) {
+    __m512 mx = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    for (int j = 0; j < len; j += 16)
+        mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(mx, tail_mask(len - j), s + j));
+    return _mm512_reduce_max_ps(mx);
+}
+
+// s[j] = exp(s[j] - mx); returns the sum
+inline float row_exp_sum(float* s, int len, float mx) {
+    const __m512 m = _mm512_set1_ps(mx);
+    __m512 sum = _mm512_setzero_ps();
+    for (int j = 0; j < len; j += 16) {
+        const __mmask16 k = tail_mask(len - j);
+        const __m512 p = exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, s + j), m));
+        _mm512_mask_storeu_ps(s + j, k, p);
+        sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(k, p));
+    }
+    return _mm512_reduce_add_ps(sum);
+}
+
+// d[r] = q[r] . k for R rows
+template <int R>
+inline void dots(const float* const* q, const float* k, int hd, float* d) {
+    __m512 acc[R];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+    for (int e = 0; e < hd; e += 16) {
+        const __mmask16 m = tail_mask(hd - e);
+        const __m512 kv = _mm512_maskz_loadu_ps(m, k + e);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q[r] + e), kv, acc[r]);
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) d[r] = _mm512_reduce_add_ps(acc[r]);
+}
+
+// acc[r][0:hd] = pre[r] * acc[r] + sum_j p[r][j] v[j]   for R rows (p rows have stride ps)
+// (pre == nullptr: start from zero). v rows at v + j*vs.
+template <int R>
+inline void pv(float* const* acc, const float* pre, const float* p, int64_t ps, const float* v,
+               int64_t vs, int nj, int hd) {
+    for (int e = 0; e < hd; e += 64) {
+        __mmask16 mk[4];
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; ++c) mk[c] = (e + 16 * c < hd) ? tail_mask(hd - e - 16 * c) : (__mmask16)0;
+        __m512 a[R][4];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; ++c) {
+                if (pre) {
+                    a[r][c] = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk[c], acc[r] + e + 16 * c), _mm512_set1_ps(pre[r]));
+                } else {
+                    a[r][c] = _mm512_setzero_ps();
+                }
+            }
+        }
+        for (int j = 0; j < nj; ++j) {
+            const float* vr = v + (int64_t)j * vs + e;
+            __m512 vv[4];
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; ++c) vv[c] = _mm512_maskz_loadu_ps(mk[c], vr + 16 * c);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; ++r) {
+                const __m512 pj = _mm512_set1_ps(p[r * ps + j]);
+#pragma GCC unroll 4
+                for (int c = 0; c < 4; ++c) a[r][c] = _mm512_fmadd_ps(pj, vv[c], a[r][c]);
+            }
+        }
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; ++c) _mm512_mask_storeu_ps(acc[r] + e + 16 * c, mk[c], a[r][c]);
+        }
+    }
+}
+
+template <typename F>
+inline void by_four(int n, F&& f) {  // f(start, count) with count 1..4 as a template
+    int r = 0;
+    for (; r + 4 <= n; r += 4) f(r, std::integral_constant<int, 4>{});
+    switch (n - r) {
+        case 3: f(r, std::integral_constant<int, 3>{}); break;
+        case 2: f(r, std::integral_constant<int, 2>{}); break;
+        case 1: f(r, std::integral_constant<int, 1>{}); break;
+        default: break;
+    }
+}
+
+void attn_partial(const AttnArgs& a, int g, int i0, int i1, int j0, int j1, float* acc,
+                  int64_t acc_tok_stride, float* m, float* l, bool normalize) {
+    thread_local std::vector<float> sbuf;
+    const int group = a.group(), hd = a.head_dim;
+    const float ninf = -std::numeric_limits<float>::infinity();
+    const float* kbase = a.k + (int64_t)g * hd;
+    const float* vbase = a.v + (int64_t)g * hd;
+    for (int i = i0; i < i1; ++i) {
+        const int p = a.pos0 + i;
+        const int lo = std::max(j0, a.key_lo(p)), hi = std::min(j1, a.key_hi(p));
+        float* arow0 = acc + (int64_t)(i - i0) * acc_tok_stride;
+        float* mrow = m + (i - i0) * group;
+        float* lrow = l + (i - i0) * group;
+        if (hi <= lo) {
+            for (int hh = 0; hh < group; ++hh) {
+                std::fill(arow0 + (int64_t)hh * hd, arow0 + (int64_t)(hh + 1) * hd, 0.0f);
+                mrow[hh] = ninf;
+                lrow[hh] = 0.0f;
+            }
+            continue;
+        }
+        const int len = hi - lo;
+        if (sbuf.size() < (size_t)group * len) sbuf.resize((size_t)group * len);
+        float* S = sbuf.data();
+        const float* qrow0 = a.q + (int64_t)i * a.q_stride + (int64_t)g * group * hd;
+        // scores
+        by_four(group, [&](int r0, auto R_) {
+            constexpr int R = decltype(R_)::value;
+            const float* qp[R];
+            for (int r = 0; r < R; ++r) qp[r] = qrow0 + (int64_t)(r0 + r) * hd;
+            float d[R];
+            for (int j = lo; j < hi; ++j) {
+                dots<R>(qp, kbase + (int64_t)j * a.kv_stride, hd, d);
+                for (int r = 0; r < R; ++r) S[(int64_t)(r0 + r) * len + (j - lo)] = d[r] * a.scale;
+            }
+        });
+        // softmax numerators
+        for (int hh = 0; hh < group; ++hh) {
+            float* s = S + (int64_t)hh * len;
+            const float mx = row_max(s, len);
+            mrow[hh] = mx;
+            lrow[hh] = row_exp_sum(s, len, mx);
+        }
+        // weighted values
+        by_four(group, [&](int r0, auto R_) {
+            constexpr int R = decltype(R_)::value;
+            float* ap[R];
+            for (int r = 0; r < R; ++r) ap[r] = arow0 + (int64_t)(r0 + r) * hd;
+            pv<R>(ap, nullptr, S + (int64_t)r0 * len, len, vbase + (int64_t)lo * a.kv_stride, a.kv_stride, len, hd);
+            if (normalize) {
+                for (int r = 0; r < R; ++r) {
+                    const __m512 inv = _mm512_set1_ps(1.0f / lrow[r0 + r]);
+                    for (int e = 0; e < hd; e += 16) {
+                        const __mmask16 k = tail_mask(hd - e);
+                        _mm512_mask_storeu_ps(ap[r] + e, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, ap[r] + e), inv));
+                    }
+                }
+            }
+        });
+    }
+}
+
+// Blocked attention for many query rows: keys in blocks of KB, each block's keys packed
+// transposed (hd x KB) so a 4-row x 64-key score tile is 16 register accumulators fed
+// by broadcasts of q; then an online-softmax update of m, l and the output rows.
+constexpr int KB = 64;
+
+template <int R>
+inline void qk_tile(const float* const* q, const float* kt, int hd, float* S /* R x KB */) {
+    __m512 acc[R][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; ++c) acc[r][c] = _mm512_setzero_ps();
+    for (int e = 0; e < hd; ++e) {
+        const float* kr = kt + (int64_t)e * KB;
+        const __m512 k0 = _mm512_loadu_ps(kr), k1 = _mm512_loadu_ps(kr + 16);
+        const __m512 k2 = _mm512_loadu_ps(kr + 32), k3 = _mm512_loadu_ps(kr + 48);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r) {
+            const __m512 b = _mm512_set1_ps(q[r][e]);
+            acc[r][0] = _mm512_fmadd_ps(b, k0, acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(b, k1, acc[r][1]);
+            acc[r][2] = _mm512_fmadd_ps(b, k2, acc[r][2]);
+            acc[r][3] = _mm512_fmadd_ps(b, k3, acc[r][3]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; ++c) _mm512_storeu_ps(S + r * KB + 16 * c, acc[r][c]);
+}
+
+void attn_tile(const AttnArgs& a, int g, int i0, int i1) {
+    thread_local std::vector<float> kt_buf, s_buf, ml_buf;
+    thread_local std::vector<const float*> qp_buf;
+    thread_local std::vector<float*> op_buf;
+    const int group = a.group(), hd = a.head_dim;
+    const int rows = (i1 - i0) * group;
+    const float ninf = -std::numeric_limits<float>::infinity();
+    if (kt_buf.size() < (size_t)hd * KB) kt_buf.resize((size_t)hd * KB);
+    if (s_buf.size() < (size_t)rows * KB) s_buf.resize((size_t)rows * KB);
+    if (ml_buf.size() < 3 * (size_t)rows) ml_buf.resize(3 * (size_t)rows);
+    qp_buf.resize(rows);
+    op_buf.resize(rows);
+    float* kt = kt_buf.data();
+    float* S = s_buf.data();
+    float* m = ml_buf.data();
+    float* l = m + rows;
+    float* corr = l + rows;
+    const float** qp = qp_buf.data();
+    float** op = op_buf.data();
+    for (int r = 0; r < rows; ++r) {
+        const int i = i0 + r / group, h = g * group + r % group;
+        qp[r] = a.q + (int64_t)i * a.q_stride + (int64_t)h * hd;
+        op[r] = a.out + (int64_t)i * a.out_stride + (int64_t)h * hd;
+        std::memset(op[r], 0, sizeof(float) * hd);
+        m[r] = ninf;
+        l[r] = 0.0f;
+    }
+    auto pos_of = [&](int r) { return a.pos0 + i0 + r / group; };
+    const int jlo = a.key_lo(pos_of(0)), jhi = a.key_hi(pos_of(rows - 1));
+    const float* kbase = a.k + (int64_t)g * hd;
+    const float* vbase = a.v + (int64_t)g * hd;
+    const __m512 ninf_v = _mm512_set1_ps(ninf);
+    const __m512 scale_v = _mm512_set1_ps(a.scale);
+
+    for (int jb = jlo; jb < jhi; jb += KB) {
+        const int nb = std::min(KB, jhi - jb);
+        // rows are sorted by position: active ones see some key in [jb, jb + nb)
+        int rs = 0, re = rows;
+        while (rs < rows && pos_of(rs) < jb) ++rs;
+        while (re > rs && a.key_lo(pos_of(re - 1)) >= jb + nb) --re;
+        if (rs >= re) continue;
+        // pack K^T for this block, zero-padding missing keys
+        for (int jj = 0; jj < KB; ++jj) {
+            if (jj < nb) {
+                const float* kr = kbase + (int64_t)(jb + jj) * a.kv_stride;
+                for (int e = 0; e < hd; ++e) kt[(int64_t)e * KB + jj] = kr[e];
+            } else {
+                for (int e = 0; e < hd; ++e) kt[(int64_t)e * KB + jj] = 0.0f;
+            }
+        }
+        by_four(re - rs, [&](int r0, auto R_) {
+            constexpr int R = decltype(R_)::value;
+            qk_tile<R>(qp + rs + r0, kt, hd, S + (int64_t)(rs + r0) * KB);
+        });
+        // scale, mask, online softmax update
+        for (int r = rs; r < re; ++r) {
+            const int p = pos_of(r);
+            const int lo = std::max(a.key_lo(p) - jb, 0), hi = std::min(p + 1 - jb, nb);
+            float* s = S + (int64_t)r * KB;
+            uint64_t vis = (hi >= 64 ? ~0ull : ((1ull << hi) - 1)) & ~((1ull << lo) - 1);
+            if (lo >= hi) vis = 0;
+            __m512 mx = ninf_v;
+            for (int c = 0; c < 4; ++c) {
+                const __mmask16 k = (__mmask16)(vis >> (16 * c));
+                const __m512 v = _mm512_mask_mov_ps(ninf_v, k, _mm512_mul_ps(_mm512_loadu_ps(s + 16 * c), scale_v));
+                _mm512_storeu_ps(s + 16 * c, v);
+                mx = _mm512_max_ps(mx, v);
+            }
+            const float bm = _mm512_reduce_max_ps(mx);
+            if (bm == ninf) {  // nothing visible for this row in this block
+                std::memset(s, 0, sizeof(float) * KB);
+                corr[r] = 1.0f;
+                continue;
+            }
+            const float mnew = std::max(m[r], bm);
+            corr[r] = (m[r] == ninf) ? 0.0f : std::exp(m[r] - mnew);
+            const __m512 mv = _mm512_set1_ps(mnew);
+            __m512 sum = _mm512_setzero_ps();
+            for (int c = 0; c < 4; ++c) {
+                const __m512 pexp = exp_ps(_mm512_sub_ps(_mm512_loadu_ps(s + 16 * c), mv));
+                _mm512_storeu_ps(s + 16 * c, pexp);
+                sum = _mm512_add_ps(sum, pexp);
+            }
+            l[r] = l[r] * corr[r] + _mm512_reduce_add_ps(sum);
+            m[r] = mnew;
+        }
+        by_four(re - rs, [&](int r0, auto R_) {
+            constexpr int R = decltype(R_)::value;
+            pv<R>(op + rs + r0, corr + rs + r0, S + (int64_t)(rs + r0) * KB, KB,
+                  vbase + (int64_t)jb * a.kv_stride, a.kv_stride, nb, hd);
+        });
+    }
+    for (int r = 0; r < rows; ++r) {
+        const __m512 inv = _mm512_set1_ps(1.0f / l[r]);
+        for (int e = 0; e < hd; e += 16) {
+            const __mmask16 k = tail_mask(hd - e);
+            _mm512_mask_storeu_ps(op[r] + e, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, op[r] + e), inv));
+        }
+    }
+}
+
+const OpsTable kTable = {
+    "avx512", rmsnorm,  rmsnorm_add, add_rmsnorm, rope,         silu_mul,
+    gelu_mul, add,      scale,       attn_partial, attn_tile,
+};
+
+}  // namespace
+
+const OpsTable& ops_avx512() { return kTable; }
+
+}  // namespace ops
+}  // namespace pyengine
