@@ -1,0 +1,49 @@
+#!/usr/bin/env python3
+"""Write Llama-shaped GGUF files with random but valid weights in llama.cpp's Q4_K_M mix.
+
+    python benchmarks/make_synthetic.py                 # 1B and 7B into benchmarks/out/
+    python benchmarks/make_synthetic.py --shapes tiny --out /tmp/syn
+
+Shapes: tiny (dim 256, 2 layers; for tests), 1B (dim 2048, 16 layers, FFN 8192,
+32 heads, 8 KV heads), 7B (dim 4096, 32 layers, FFN 11008, 32 heads, 32 KV heads).
+Types follow Q4_K_M: Q4_K everywhere, Q6_K for output.weight and for attn_v /
+ffn_down in the layers llama.cpp's ``use_more_bits`` picks; norms F32 (ones).
+The tokenizer metadata (vocab 49152) is copied from SmolLM2-135M when it is in the
+model cache (``pyengine pull smollm2-135m``), so llama.cpp loads the files too.
+The files are written tensor by tensor (7B: ~4 GB, written in under a minute);
+benchmarks/out/ is git-ignored -- never commit them.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from pyengine.bench import SYNTHETIC_SHAPES, make_synthetic
+from pyengine.errors import PyEngineError
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shapes", default="1B,7B", help=f"comma list of {', '.join(SYNTHETIC_SHAPES)} (default 1B,7B)")
+    p.add_argument("--out", default="benchmarks/out", help="output directory (default benchmarks/out, git-ignored)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tokenizer", default="auto",
+                   help="GGUF file to copy tokenizer.* metadata from; 'auto' = SmolLM2-135M from the model "
+                        "cache if present, else 'bytes' (a built-in byte-level vocabulary)")
+    p.add_argument("--keep", action="store_true", help="do not rewrite files that already exist")
+    args = p.parse_args(argv)
+    try:
+        for shape in [s.strip() for s in args.shapes.split(",") if s.strip()]:
+            t0 = time.perf_counter()
+            path = make_synthetic(shape, args.out, seed=args.seed, tokenizer=args.tokenizer,
+                                  overwrite=not args.keep, progress=True)
+            print(f"{path}  {path.stat().st_size / 1e9:.2f} GB  ({time.perf_counter() - t0:.1f} s)")
+    except PyEngineError as e:
+        print(f"make_synthetic: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
