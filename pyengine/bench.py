@@ -1009,13 +1009,13 @@ def run_model_bench(model: str, n_prompt: int = 512, n_gen: int = 128, reps: int
     threads = set_threads(threads)
     if n_prompt < 0 or n_gen < 0 or reps < 1:
         raise PyEngineError("-p and -n must be >= 0 and -r >= 1")
+    t0 = time.perf_counter()
+    m = pyengine.load(model, backend=backend, n_ctx=max(n_prompt, n_gen + 1, 64) + 8)
+    load_s = time.perf_counter() - t0
     if bw is None:
         if log:
             log(f"measuring memory read bandwidth ({bw_bytes / 2**30:.2g} GiB buffer) ...")
         bw = measure_bandwidth(bw_bytes, threads)
-    t0 = time.perf_counter()
-    m = pyengine.load(model, backend=backend, n_ctx=max(n_prompt, n_gen + 1, 64) + 8)
-    load_s = time.perf_counter() - t0
     n_vocab = int(getattr(m, "n_vocab", None) or m.config.n_vocab)
     rng = np.random.default_rng(seed)
     info = machine_info()
