@@ -1,9 +1,138 @@
-// CPU side of pyengine._C: matmul kernels, dispatch, thread pool, CPU info.
-// (Placeholder: the kernels helper replaces this file.)
+// CPU side of pyengine._C: quantized matmul kernels, embedding lookup, thread pool,
+// CPU info. Thin: check arguments, release the GIL, call csrc/dispatch.cpp.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <string>
+
+#include "common.h"
+#include "cpu_features.h"
+#include "dispatch.h"
+#include "threadpool.h"
+
 namespace py = pybind11;
+
 void bind_cpu_ops(py::module_& m);  // csrc/bind_ops.cpp: rmsnorm, rope, attention, gates, ...
+
+namespace {
+
+pe::WType parse_type(const std::string& name) {
+    pe::WType t;
+    if (!pe::wtype_from_name(name.c_str(), &t))
+        throw py::value_error("unsupported weight type '" + name +
+                              "' (native kernels: F32, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K)");
+    return t;
+}
+
+template <typename T>
+void check_array(const py::array& a, const char* what, const char* dtype_name, bool writeable) {
+    if (!a.dtype().is(py::dtype::of<T>()))
+        throw py::type_error(std::string(what) + " must be a " + dtype_name + " array, got dtype " +
+                             std::string(py::str(a.dtype())));
+    if (!(a.flags() & py::array::c_style))
+        throw py::value_error(std::string(what) + " must be C-contiguous");
+    if (writeable && !a.writeable()) throw py::value_error(std::string(what) + " must be writeable");
+}
+
+const uint8_t* weight_ptr(const py::array& w, pe::WType t, int64_t rows, int64_t cols) {
+    check_array<uint8_t>(w, "w", "uint8", false);
+    if (rows < 0 || cols < 0) throw py::value_error("rows and cols must be >= 0");
+    const pe::WTypeInfo& ti = pe::wtype_info(t);
+    const int64_t rb = pe::row_bytes(t, cols);
+    if (rb < 0)
+        throw py::value_error(std::string(ti.name) + ": cols=" + std::to_string(cols) +
+                              " is not a multiple of the block size " + std::to_string(ti.block_elems));
+    if ((int64_t)w.nbytes() != rows * rb)
+        throw py::value_error(std::string(ti.name) + " weight of shape (" + std::to_string(rows) + ", " +
+                              std::to_string(cols) + ") needs " + std::to_string(rows * rb) + " bytes, got " +
+                              std::to_string(w.nbytes()));
+    return (const uint8_t*)w.data();
+}
+
+void py_matmul(const std::string& type_name, const py::array& w, int64_t rows, int64_t cols, const py::array& x,
+               py::array& out, const std::string& variant) {
+    const pe::WType t = parse_type(type_name);
+    const pe::MatmulKernels* k;
+    try {
+        k = &pe::select_variant(variant);
+    } catch (const std::invalid_argument& e) {
+        throw py::value_error(e.what());
+    }
+    const uint8_t* wp = weight_ptr(w, t, rows, cols);
+    check_array<float>(x, "x", "float32", false);
+    check_array<float>(out, "out", "float32", true);
+    if (x.ndim() != 2 || x.shape(1) != cols)
+        throw py::value_error("x must have shape (n, " + std::to_string(cols) + "), got " +
+                              std::string(py::str(py::tuple(py::cast(std::vector<py::ssize_t>(
+                                  x.shape(), x.shape() + x.ndim()))))));
+    const int64_t n = x.shape(0);
+    if (out.ndim() != 2 || out.shape(0) != n || out.shape(1) != rows)
+        throw py::value_error("out must have shape (" + std::to_string(n) + ", " + std::to_string(rows) + "), got " +
+                              std::string(py::str(py::tuple(py::cast(std::vector<py::ssize_t>(
+                                  out.shape(), out.shape() + out.ndim()))))));
+    if (out.data() == x.data() && n * cols > 0) throw py::value_error("out must not alias x");
+    const float* xp = (const float*)x.data();
+    float* op = (float*)out.mutable_data();
+    py::gil_scoped_release nogil;
+    pe::matmul(t, wp, rows, cols, xp, n, op, *k);
+}
+
+void py_get_rows(const std::string& type_name, const py::array& w, int64_t rows, int64_t cols, const py::array& ids,
+                 py::array& out) {
+    const pe::WType t = parse_type(type_name);
+    const uint8_t* wp = weight_ptr(w, t, rows, cols);
+    check_array<int32_t>(ids, "ids", "int32", false);
+    check_array<float>(out, "out", "float32", true);
+    if (ids.ndim() != 1) throw py::value_error("ids must be 1-D");
+    const int64_t n = ids.shape(0);
+    if (out.ndim() != 2 || out.shape(0) != n || out.shape(1) != cols)
+        throw py::value_error("out must have shape (" + std::to_string(n) + ", " + std::to_string(cols) + ")");
+    const int32_t* ip = (const int32_t*)ids.data();
+    for (int64_t i = 0; i < n; ++i)
+        if (ip[i] < 0 || ip[i] >= rows)
+            throw py::index_error("ids[" + std::to_string(i) + "] = " + std::to_string(ip[i]) +
+                                  " is out of range for " + std::to_string(rows) + " rows");
+    float* op = (float*)out.mutable_data();
+    py::gil_scoped_release nogil;
+    pe::get_rows(t, wp, rows, cols, ip, n, op);
+}
+
+}  // namespace
+
 void bind_cpu(py::module_& m) {
-    m.def("cpu_features", []() { return py::dict(); });
+    m.def("matmul", &py_matmul, py::arg("type_name"), py::arg("w"), py::arg("rows"), py::arg("cols"), py::arg("x"),
+          py::arg("out"), py::arg("variant") = "auto",
+          R"doc(out[:] = x @ W.T for a GGUF weight W of shape (rows, cols).
+
+type_name: F32, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K or Q6_K.
+w: the weight's raw GGUF bytes, uint8, C-contiguous, rows * row_bytes long.
+x: float32 (n, cols) C-contiguous; out: float32 (n, rows) C-contiguous, writeable.
+variant: "generic", "avx2", "avx512" or "auto" (best this CPU runs).
+x is quantized to int8 per 32 values inside the call; the GIL is released and the
+work is split over the thread pool.)doc");
+    m.def("get_rows", &py_get_rows, py::arg("type_name"), py::arg("w"), py::arg("rows"), py::arg("cols"),
+          py::arg("ids"), py::arg("out"),
+          "out[i] = dequantized row ids[i] of W (rows, cols): ids int32 (n,), out float32 (n, cols).");
+    m.def(
+        "cpu_features",
+        []() {
+            py::dict d;
+            for (const auto& kv : pe::cpu_features().as_list()) d[py::str(kv.first)] = kv.second;
+            d["logical_cores"] = pe::cpu_features().logical_cores;
+            return d;
+        },
+        "CPUID feature flags of this CPU (avx2, fma, f16c, avx512f, avx512bw, avx512vl, avx512_vnni, ...).");
+    m.def("kernel_variants", &pe::available_variants,
+          "Kernel tiers this CPU and build can run, slowest first (\"generic\" always).");
+    m.def(
+        "set_num_threads", [](int n) { pe::ThreadPool::instance().set_num_threads(n); }, py::arg("n"),
+        "Threads used by native kernels (n <= 0: one per core).");
+    m.def(
+        "get_num_threads", []() { return pe::ThreadPool::instance().num_threads(); },
+        "Threads used by native kernels.");
+    m.def(
+        "set_spin_us", [](int us) { pe::ThreadPool::instance().set_spin_us(us); }, py::arg("us"),
+        "How long idle pool workers spin before sleeping (microseconds).");
     bind_cpu_ops(m);
 }

@@ -1,0 +1,146 @@
+#include "dispatch.h"
+
+#include <cstdlib>
+#include <mutex>
+#include <stdexcept>
+
+#include "common.h"
+#include "cpu_features.h"
+#include "threadpool.h"
+
+namespace pe {
+
+std::vector<std::string> available_variants() {
+    std::vector<std::string> v{"generic"};
+#ifdef PYENGINE_HAVE_X86_VARIANTS
+    const CpuFeatures& f = cpu_features();
+    // A tier whose table is empty was compiled as a stub (not implemented in this build).
+    if (f.can_avx2() && matmul_kernels_avx2.gemm) v.push_back("avx2");
+    if (f.can_avx512() && matmul_kernels_avx512.gemm) v.push_back("avx512");
+#endif
+    return v;
+}
+
+const MatmulKernels& select_variant(const std::string& name_in) {
+    std::string name = name_in;
+    if (name == "auto") {
+        const char* env = std::getenv("PYENGINE_CPU_VARIANT");
+        name = (env && *env) ? env : available_variants().back();
+        if (name == "auto") name = available_variants().back();
+    }
+    if (name == "generic") return matmul_kernels_generic;
+    if (name != "avx2" && name != "avx512")
+        throw std::invalid_argument("unknown kernel variant '" + name + "' (expected generic, avx2, avx512 or auto)");
+    for (const auto& v : available_variants()) {
+        if (v != name) continue;
+#ifdef PYENGINE_HAVE_X86_VARIANTS
+        return name == "avx2" ? matmul_kernels_avx2 : matmul_kernels_avx512;
+#endif
+    }
+    std::string avail;
+    for (const auto& v : available_variants()) avail += (avail.empty() ? "" : ", ") + v;
+    throw std::invalid_argument("kernel variant '" + name + "' is not available on this CPU/build (available: " +
+                                avail + ")");
+}
+
+namespace {
+
+// Grow-only 64-byte aligned scratch buffer.
+struct Scratch {
+    uint8_t* p = nullptr;
+    size_t cap = 0;
+    uint8_t* get(size_t n) {
+        if (n > cap) {
+            std::free(p);
+            cap = (n + 4095) & ~(size_t)4095;
+            p = (uint8_t*)std::aligned_alloc(64, cap);
+            if (!p) {
+                cap = 0;
+                throw std::bad_alloc();
+            }
+        }
+        return p;
+    }
+    ~Scratch() { std::free(p); }
+};
+
+std::mutex g_matmul_mutex;  // one matmul at a time owns the scratch and the pool
+Scratch g_act;
+std::vector<Scratch> g_wbuf;  // one per pool thread
+
+constexpr int64_t kL2Budget = 256 * 1024;  // bytes of packed weight rows a thread keeps hot
+
+void matmul_float(WType t, const uint8_t* w, int64_t rows, int64_t cols, const float* x, int64_t n, float* out,
+                  const MatmulKernels& k) {
+    const int64_t rb = row_bytes(t, cols);
+    ThreadPool& pool = ThreadPool::instance();
+    const int64_t chunk = rows >= 64 * pool.num_threads() ? 16 : 4;
+    pool.parallel_for(rows, chunk, [&](int64_t r0, int64_t r1, int) {
+        for (int64_t t0 = 0; t0 < n; t0 += 64) {
+            const int nt = (int)(n - t0 < 64 ? n - t0 : 64);
+            k.gemm_float(t, w + r0 * rb, rb, cols, (int)(r1 - r0), x + t0 * cols, cols, nt, out + t0 * rows + r0,
+                         rows);
+        }
+    });
+}
+
+}  // namespace
+
+void matmul(WType t, const uint8_t* w, int64_t rows, int64_t cols, const float* x, int64_t n, float* out,
+            const MatmulKernels& k) {
+    if (rows <= 0 || n <= 0) return;
+    std::lock_guard<std::mutex> lock(g_matmul_mutex);
+    if (!wtype_is_quant(t)) return matmul_float(t, w, rows, cols, x, n, out, k);
+
+    const WTypeInfo& ti = wtype_info(t);
+    const int G = ti.group;
+    const int64_t np = n_panels(k, G, cols);
+    const int64_t stride = np * panel_bytes(k, G);  // bytes of one packed row / token
+    const int64_t rb = row_bytes(t, cols);
+    ThreadPool& pool = ThreadPool::instance();
+    const int nth = pool.num_threads();
+
+    // 1. Quantize the activations once for the whole call.
+    uint8_t* act = g_act.get((size_t)(n * stride));
+    if (n * cols <= 16384 || nth == 1) {
+        for (int64_t i = 0; i < n; ++i) k.pack_act(x + i * cols, cols, G, act + i * stride);
+    } else {
+        pool.parallel_for(n, (n + 4 * nth - 1) / (4 * nth), [&](int64_t a, int64_t b, int) {
+            for (int64_t i = a; i < b; ++i) k.pack_act(x + i * cols, cols, G, act + i * stride);
+        });
+    }
+
+    // 2. Rows in chunks: unpack a few weight rows into the thread's buffer, then
+    //    run every token against them (each unpacked weight byte is reused n times).
+    int64_t rb_rows;  // rows unpacked at a time
+    if (n <= 4) {
+        rb_rows = 4;
+    } else {
+        rb_rows = kL2Budget / stride;
+        rb_rows = rb_rows < 8 ? 8 : (rb_rows > 128 ? 128 : rb_rows);
+        rb_rows &= ~(int64_t)3;
+    }
+    // Scheduling unit: a few chunks per thread so a slow core does not hold up the rest.
+    int64_t sched = (rows + 4 * nth - 1) / (4 * nth);
+    sched = (sched + rb_rows - 1) / rb_rows * rb_rows;
+    if (sched < rb_rows) sched = rb_rows;
+    if ((int)g_wbuf.size() < nth) g_wbuf.resize(nth);
+    for (int i = 0; i < nth; ++i) g_wbuf[i].get((size_t)(rb_rows * stride));
+
+    pool.parallel_for(rows, sched, [&](int64_t r0, int64_t r1, int tid) {
+        uint8_t* wbuf = g_wbuf[tid].p;
+        for (int64_t a = r0; a < r1; a += rb_rows) {
+            const int nr = (int)(r1 - a < rb_rows ? r1 - a : rb_rows);
+            for (int i = 0; i < nr; ++i) k.pack_w(t, w + (a + i) * rb, cols, wbuf + i * stride);
+            k.gemm(t, G, np, wbuf, nr, act, (int)n, out + a, rows);
+        }
+    }, nth);
+}
+
+void get_rows(WType t, const uint8_t* w, int64_t rows, int64_t cols, const int32_t* ids, int64_t n, float* out) {
+    const int64_t rb = row_bytes(t, cols);
+    (void)rows;
+    for (int64_t i = 0; i < n; ++i) dequantize_row(t, w + (int64_t)ids[i] * rb, cols, out + i * cols);
+}
+
+}  // namespace pe

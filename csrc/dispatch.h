@@ -1,0 +1,27 @@
+// Run-time selection of the CPU kernel tier and the multi-threaded matmul driver.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "matmul_kernels.h"
+
+namespace pe {
+
+// Tiers this CPU can run, slowest first: "generic" always, then "avx2", "avx512".
+std::vector<std::string> available_variants();
+
+// "auto" -> the best available (or $PYENGINE_CPU_VARIANT if set); otherwise the named tier.
+// Throws std::invalid_argument (unknown name / not runnable on this CPU).
+const MatmulKernels& select_variant(const std::string& name);
+
+// out (n, rows) = x (n, cols) @ W.T for W (rows, cols) given as GGUF bytes of type t.
+// Quantizes x once (per call), splits rows over the thread pool. Thread-safe.
+void matmul(WType t, const uint8_t* w, int64_t rows, int64_t cols, const float* x, int64_t n, float* out,
+            const MatmulKernels& k);
+
+// out (n, cols) = dequantized rows ids[0..n) of W (rows, cols). ids must be in range.
+void get_rows(WType t, const uint8_t* w, int64_t rows, int64_t cols, const int32_t* ids, int64_t n, float* out);
+
+}  // namespace pe

@@ -1,0 +1,126 @@
+#include "threadpool.h"
+
+#include <chrono>
+#include <cstdlib>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+static inline void cpu_relax() { _mm_pause(); }
+#elif defined(__aarch64__)
+static inline void cpu_relax() { __asm__ __volatile__("yield"); }
+#else
+static inline void cpu_relax() {}
+#endif
+
+namespace pe {
+
+ThreadPool& ThreadPool::instance() {
+    // Leaked on purpose: joining threads from a static destructor at interpreter exit is fragile.
+    static ThreadPool* pool = new ThreadPool();
+    return *pool;
+}
+
+ThreadPool::ThreadPool() {
+    if (const char* s = std::getenv("PYENGINE_SPIN_US")) spin_us_ = std::atoi(s);
+    int n = 0;
+    if (const char* s = std::getenv("PYENGINE_NUM_THREADS")) n = std::atoi(s);
+    set_num_threads(n);
+}
+
+ThreadPool::~ThreadPool() { stop_workers(); }
+
+void ThreadPool::set_num_threads(int n) {
+    if (n <= 0) {
+        unsigned hc = std::thread::hardware_concurrency();
+        n = hc ? (int)hc : 1;
+    }
+    if (n > 256) n = 256;
+    std::lock_guard<std::mutex> lk(run_mutex_);
+    if (n - 1 != (int)workers_.size()) resize(n - 1);
+    n_threads_ = n;
+}
+
+void ThreadPool::stop_workers() {
+    {
+        std::lock_guard<std::mutex> lk(sleep_mutex_);
+        stop_.store(true, std::memory_order_seq_cst);
+    }
+    sleep_cv_.notify_all();
+    for (auto& t : workers_) t.join();
+    workers_.clear();
+    stop_.store(false);
+}
+
+void ThreadPool::resize(int n_workers) {
+    stop_workers();
+    generation_.store(0);
+    for (int i = 0; i < n_workers; ++i) workers_.emplace_back([this, i] { worker_main(i + 1); });
+}
+
+void ThreadPool::worker_main(int id) {
+    uint64_t seen = 0;
+    for (;;) {
+        // Spin first: back-to-back kernel calls (a decode step) find us awake.
+        auto t0 = std::chrono::steady_clock::now();
+        const auto budget = std::chrono::microseconds(spin_us_.load(std::memory_order_relaxed));
+        for (int i = 0; generation_.load(std::memory_order_acquire) == seen && !stop_.load(std::memory_order_relaxed); ++i) {
+            cpu_relax();
+            if ((i & 255) == 255 && std::chrono::steady_clock::now() - t0 > budget) {
+                std::unique_lock<std::mutex> lk(sleep_mutex_);
+                sleep_cv_.wait(lk, [&] {
+                    return generation_.load(std::memory_order_acquire) != seen || stop_.load();
+                });
+                break;
+            }
+        }
+        if (stop_.load()) return;
+        seen = generation_.load(std::memory_order_acquire);
+        const int nth = active_.load(std::memory_order_relaxed);
+        if (id < nth) (*job_)(id, nth);
+        pending_.fetch_sub(1, std::memory_order_acq_rel);
+    }
+}
+
+void ThreadPool::run(const std::function<void(int, int)>& fn, int nth) {
+    std::lock_guard<std::mutex> lk(run_mutex_);
+    const int max_t = (int)workers_.size() + 1;
+    if (nth <= 0 || nth > max_t) nth = max_t;
+    if (nth == 1) {
+        fn(0, 1);
+        return;
+    }
+    job_ = &fn;
+    active_.store(nth, std::memory_order_relaxed);
+    pending_.store((int)workers_.size(), std::memory_order_relaxed);
+    {
+        // Bump under the sleep mutex so a worker about to sleep cannot miss it.
+        std::lock_guard<std::mutex> slk(sleep_mutex_);
+        generation_.fetch_add(1, std::memory_order_acq_rel);
+    }
+    sleep_cv_.notify_all();
+    fn(0, nth);
+    while (pending_.load(std::memory_order_acquire) != 0) cpu_relax();
+    job_ = nullptr;
+}
+
+void ThreadPool::parallel_for(int64_t n, int64_t chunk, const std::function<void(int64_t, int64_t, int)>& fn,
+                              int nth) {
+    if (n <= 0) return;
+    if (chunk <= 0) chunk = 1;
+    std::atomic<int64_t> next{0};
+    const int64_t n_chunks = (n + chunk - 1) / chunk;
+    int want = nth <= 0 ? n_threads_ : nth;
+    if (want > n_chunks) want = (int)n_chunks;
+    run(
+        [&](int tid, int) {
+            for (;;) {
+                const int64_t c = next.fetch_add(1, std::memory_order_relaxed);
+                if (c >= n_chunks) break;
+                const int64_t b = c * chunk;
+                fn(b, b + chunk < n ? b + chunk : n, tid);
+            }
+        },
+        want);
+}
+
+}  // namespace pe

@@ -1,0 +1,62 @@
+// A persistent fork-join thread pool: workers are started once and then spin
+// (briefly) or sleep between jobs, so a kernel call costs no thread creation.
+//
+//   pe::ThreadPool::instance().run([&](int tid, int nth) { ... });
+//
+// run() executes fn(tid, nth) on nth threads (the caller is tid 0) and returns
+// when all have finished. Calls from different Python threads are serialised;
+// calling run() from inside a job is not allowed (it would deadlock).
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace pe {
+
+class ThreadPool {
+public:
+    static ThreadPool& instance();
+
+    // Number of threads a job uses by default (including the caller). n <= 0: all cores.
+    void set_num_threads(int n);
+    int num_threads() const { return n_threads_; }
+
+    // How long an idle worker spins before it sleeps on a condition variable.
+    void set_spin_us(int us) { spin_us_.store(us < 0 ? 0 : us, std::memory_order_relaxed); }
+    int spin_us() const { return spin_us_.load(std::memory_order_relaxed); }
+
+    void run(const std::function<void(int tid, int nth)>& fn, int nth = 0);
+
+    // Split [0, n) into chunks of `chunk` handed out dynamically: fn(begin, end, tid).
+    void parallel_for(int64_t n, int64_t chunk, const std::function<void(int64_t, int64_t, int)>& fn,
+                      int nth = 0);
+
+    ~ThreadPool();
+
+private:
+    ThreadPool();
+    void resize(int n_workers);  // workers besides the caller
+    void stop_workers();
+    void worker_main(int id);
+
+    int n_threads_ = 1;
+    std::vector<std::thread> workers_;
+    std::mutex run_mutex_;  // one job at a time
+
+    // Job hand-off.
+    std::atomic<uint64_t> generation_{0};
+    std::atomic<int> pending_{0};
+    std::atomic<int> active_{0};
+    std::atomic<bool> stop_{false};
+    std::atomic<int> spin_us_{200};
+    const std::function<void(int, int)>* job_ = nullptr;
+    std::mutex sleep_mutex_;
+    std::condition_variable sleep_cv_;
+};
+
+}  // namespace pe

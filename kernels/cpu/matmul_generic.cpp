@@ -1,0 +1,219 @@
+// Scalar reference tier of the quantized matmul: the native oracle every SIMD tier
+// is tested against, and what non-x86 builds run. Same panels, same integer dots,
+// same float epilogue as the SIMD tiers (see matmul_kernels.h); only the byte order
+// inside a panel is natural here (no transposition) and lanes are plain arrays.
+#include <cmath>
+
+#include "matmul_kernels.h"
+
+namespace pe {
+namespace {
+
+constexpr int PG = 8;  // groups per panel
+
+// ---- weights: one GGUF block -> groups of (q bytes, D, E) with w_i = D*q_i - E ----
+// Returns the number of groups written (q gets ngroups*G bytes in element order).
+int unpack_block_generic(WType t, const uint8_t* blk, uint8_t* q, float* D, float* E) {
+    switch (t) {
+        case WType::Q4_0: {
+            const float d = fp16_to_fp32(load_u16(blk));
+            for (int i = 0; i < 16; ++i) {
+                q[i] = blk[2 + i] & 15;
+                q[i + 16] = blk[2 + i] >> 4;
+            }
+            D[0] = d;
+            E[0] = 8.0f * d;
+            return 1;
+        }
+        case WType::Q4_1: {
+            for (int i = 0; i < 16; ++i) {
+                q[i] = blk[4 + i] & 15;
+                q[i + 16] = blk[4 + i] >> 4;
+            }
+            D[0] = fp16_to_fp32(load_u16(blk));
+            E[0] = -fp16_to_fp32(load_u16(blk + 2));
+            return 1;
+        }
+        case WType::Q5_0: {
+            const float d = fp16_to_fp32(load_u16(blk));
+            const uint32_t qh = load_u32(blk + 2);
+            for (int i = 0; i < 16; ++i) {
+                q[i] = (uint8_t)((blk[6 + i] & 15) | ((qh >> i) & 1) << 4);
+                q[i + 16] = (uint8_t)((blk[6 + i] >> 4) | ((qh >> (i + 16)) & 1) << 4);
+            }
+            D[0] = d;
+            E[0] = 16.0f * d;
+            return 1;
+        }
+        case WType::Q8_0: {
+            const float d = fp16_to_fp32(load_u16(blk));
+            for (int i = 0; i < 32; ++i) q[i] = (uint8_t)(blk[2 + i] ^ 0x80);  // int8 + 128
+            D[0] = d;
+            E[0] = 128.0f * d;
+            return 1;
+        }
+        case WType::Q4_K: {
+            const float d = fp16_to_fp32(load_u16(blk)), dmin = fp16_to_fp32(load_u16(blk + 2));
+            uint8_t sc[8], m[8];
+            q4k_scales_mins(blk + 4, sc, m);
+            const uint8_t* qs = blk + 16;
+            for (int c = 0; c < 4; ++c)
+                for (int i = 0; i < 32; ++i) {
+                    q[64 * c + i] = qs[32 * c + i] & 15;
+                    q[64 * c + 32 + i] = qs[32 * c + i] >> 4;
+                }
+            for (int j = 0; j < 8; ++j) {
+                D[j] = d * (float)sc[j];
+                E[j] = dmin * (float)m[j];
+            }
+            return 8;
+        }
+        case WType::Q6_K: {
+            const block_q6_K* b = (const block_q6_K*)blk;
+            const float d = fp16_to_fp32(load_u16(blk + 208));
+            for (int h = 0; h < 2; ++h) {
+                const uint8_t* ql = b->ql + 64 * h;
+                const uint8_t* qh = b->qh + 32 * h;
+                uint8_t* o = q + 128 * h;
+                for (int l = 0; l < 32; ++l) {
+                    o[l] = (uint8_t)((ql[l] & 15) | ((qh[l] >> 0) & 3) << 4);
+                    o[l + 32] = (uint8_t)((ql[l + 32] & 15) | ((qh[l] >> 2) & 3) << 4);
+                    o[l + 64] = (uint8_t)((ql[l] >> 4) | ((qh[l] >> 4) & 3) << 4);
+                    o[l + 96] = (uint8_t)((ql[l + 32] >> 4) | ((qh[l] >> 6) & 3) << 4);
+                }
+            }
+            for (int j = 0; j < 16; ++j) {
+                D[j] = d * (float)b->scales[j];
+                E[j] = 32.0f * D[j];
+            }
+            return 16;
+        }
+        default:
+            return 0;
+    }
+}
+
+void pack_w_generic(WType t, const uint8_t* row, int64_t cols, uint8_t* dst) {
+    const WTypeInfo& ti = wtype_info(t);
+    const int G = ti.group;
+    const int64_t pb = (int64_t)PG * (G + 8);
+    const int64_t ngroups = cols / G;
+    const int64_t np = (cols + PG * G - 1) / (PG * G);
+    std::memset(dst + (np - 1) * pb, 0, (size_t)pb);  // the last panel may be partial
+    uint8_t q[256];
+    float D[16], E[16];
+    int64_t g = 0;
+    for (int64_t b = 0; b < cols / ti.block_elems; ++b) {
+        const int ng = unpack_block_generic(t, row + b * ti.block_bytes, q, D, E);
+        for (int j = 0; j < ng; ++j, ++g) {
+            uint8_t* panel = dst + (g / PG) * pb;
+            const int lane = (int)(g % PG);
+            std::memcpy(panel + lane * G, q + j * G, (size_t)G);
+            std::memcpy(panel + PG * G + 4 * lane, &D[j], 4);
+            std::memcpy(panel + PG * G + 4 * PG + 4 * lane, &E[j], 4);
+        }
+    }
+    (void)ngroups;
+}
+
+// ---- activations: per 32 values y = round(x * 127/amax), dy = amax/127 ----
+// This exact sequence (float amax, one division each way, round-to-nearest-even)
+// is what the SIMD tiers reproduce bit for bit.
+static inline void quantize_block32(const float* x, int8_t* y, float* dy) {
+    float amax = 0.0f;
+    for (int i = 0; i < 32; ++i) amax = std::fmax(amax, std::fabs(x[i]));
+    if (!(amax >= 1e-30f)) {  // all zero (or tiny/NaN): an all-zero block
+        std::memset(y, 0, 32);
+        *dy = 0.0f;
+        return;
+    }
+    const float id = 127.0f / amax;
+    for (int i = 0; i < 32; ++i) {
+        float v = std::nearbyint(x[i] * id);
+        v = v > 127.0f ? 127.0f : (v < -128.0f ? -128.0f : v);
+        y[i] = (int8_t)v;
+    }
+    *dy = amax / 127.0f;
+}
+
+void pack_act_generic(const float* x, int64_t cols, int G, uint8_t* dst) {
+    const int64_t pb = (int64_t)PG * (G + 8);
+    const int64_t np = (cols + PG * G - 1) / (PG * G);
+    std::memset(dst + (np - 1) * pb, 0, (size_t)pb);
+    int8_t y[32];
+    float dy;
+    int64_t g = 0;
+    for (int64_t b = 0; b < cols / 32; ++b) {
+        quantize_block32(x + 32 * b, y, &dy);
+        for (int j = 0; j < 32 / G; ++j, ++g) {
+            uint8_t* panel = dst + (g / PG) * pb;
+            const int lane = (int)(g % PG);
+            int s = 0;
+            for (int i = 0; i < G; ++i) s += y[j * G + i];
+            const float sy = dy * (float)s;
+            std::memcpy(panel + lane * G, y + j * G, (size_t)G);
+            std::memcpy(panel + PG * G + 4 * lane, &dy, 4);
+            std::memcpy(panel + PG * G + 4 * PG + 4 * lane, &sy, 4);
+        }
+    }
+}
+
+// ---- the dot products: lane l accumulates group l of every panel ----
+void gemm_generic(WType, int G, int64_t np, const uint8_t* wp, int nr, const uint8_t* ap, int nt, float* out,
+                  int64_t ldo) {
+    const int64_t pb = (int64_t)PG * (G + 8);
+    const int64_t stride = np * pb;
+    for (int t = 0; t < nt; ++t) {
+        for (int r = 0; r < nr; ++r) {
+            float acc[PG] = {0};
+            for (int64_t p = 0; p < np; ++p) {
+                const uint8_t* wq = wp + r * stride + p * pb;
+                const uint8_t* aq = ap + t * stride + p * pb;
+                const float* D = (const float*)(wq + PG * G);
+                const float* E = D + PG;
+                const float* DY = (const float*)(aq + PG * G);
+                const float* SY = DY + PG;
+                for (int l = 0; l < PG; ++l) {
+                    int32_t dot = 0;
+                    for (int i = 0; i < G; ++i) dot += (int32_t)wq[l * G + i] * (int32_t)(int8_t)aq[l * G + i];
+                    acc[l] += ((float)dot * D[l]) * DY[l];
+                    acc[l] -= E[l] * SY[l];
+                }
+            }
+            float s = 0.0f;
+            for (int l = 0; l < PG; ++l) s += acc[l];
+            out[(int64_t)t * ldo + r] = s;
+        }
+    }
+}
+
+void gemm_float_generic(WType t, const uint8_t* w, int64_t row_bytes, int64_t cols, int nr, const float* x,
+                        int64_t ldx, int nt, float* out, int64_t ldo) {
+    float wrow[256];
+    for (int r = 0; r < nr; ++r) {
+        const uint8_t* wr = w + r * row_bytes;
+        for (int tk = 0; tk < nt; ++tk) {
+            const float* xt = x + tk * ldx;
+            float acc[8] = {0};
+            for (int64_t i0 = 0; i0 < cols; i0 += 256) {
+                const int len = (int)(cols - i0 < 256 ? cols - i0 : 256);
+                if (t == WType::F32)
+                    std::memcpy(wrow, wr + 4 * i0, (size_t)len * 4);
+                else
+                    for (int i = 0; i < len; ++i) wrow[i] = fp16_to_fp32(load_u16(wr + 2 * (i0 + i)));
+                for (int i = 0; i < len; ++i) acc[i & 7] += wrow[i] * xt[i0 + i];
+            }
+            float s = 0.0f;
+            for (int l = 0; l < 8; ++l) s += acc[l];
+            out[(int64_t)tk * ldo + r] = s;
+        }
+    }
+}
+
+}  // namespace
+
+const MatmulKernels matmul_kernels_generic = {
+    "generic", PG, pack_act_generic, pack_w_generic, gemm_generic, gemm_float_generic,
+};
+
+}  // namespace pe

@@ -1,0 +1,65 @@
+// The contract between csrc/dispatch.cpp and the per-ISA matmul kernels
+// (matmul_generic.cpp, matmul_avx2.cpp, matmul_avx512.cpp).
+//
+// How a quantized matmul runs (every tier does the same arithmetic):
+//
+//  1. Each weight row is cut into *groups* of G elements that share one scale
+//     (G = 32 for Q4_0/Q4_1/Q5_0/Q8_0/Q4_K, 16 for Q6_K). A group unpacks to
+//     unsigned bytes q_i and two floats D, E with  w_i = D * q_i - E:
+//        Q4_0: q = nibble,        D = d,      E = 8 d
+//        Q4_1: q = nibble,        D = d,      E = -m
+//        Q5_0: q = 5-bit value,   D = d,      E = 16 d
+//        Q8_0: q = int8 + 128,    D = d,      E = 128 d    (AVX2 keeps q signed, E = 0; see there)
+//        Q4_K: q = nibble,        D = d sc_j, E = dmin m_j
+//        Q6_K: q = 6-bit value,   D = d sc_j, E = 32 d sc_j
+//  2. Activations are quantized per 32 values to int8 (y = round(x * 127/amax)),
+//     scale dy = amax/127; for each group we keep DY = dy and SY = dy * sum(y).
+//  3. sum_i w_i x_i  ~=  D * DY * sum_i q_i y_i  -  E * SY     (the integer dot is exact:
+//     u8 x s8 products are what VNNI's vpdpbusd and maddubs compute.)
+//
+// Both sides are stored as *panels* of `lanes` groups (PG): per panel
+//     [ PG*G bytes of q (or y) | PG floats D (or DY) | PG floats E (or SY) ]
+// A row of `cols` values is ceil(cols / (PG*G)) panels; groups past `cols` are zero.
+// Inside a panel a SIMD tier transposes the bytes so that 32-bit lane l of every
+// vector holds 4 bytes of one group: one vpdpbusd per vector then accumulates whole
+// group dots per lane, and the float epilogue (D, DY, E, SY) runs once per panel.
+// Weights and activations go through the same transposition, so they always match.
+#pragma once
+
+#include <cstdint>
+
+#include "quants.h"
+
+namespace pe {
+
+struct MatmulKernels {
+    const char* name;
+    int lanes;  // PG: groups per panel
+
+    // Quantize one token x[0..cols) into panels of group size G (dst: n_panels * panel_bytes).
+    void (*pack_act)(const float* x, int64_t cols, int G, uint8_t* dst);
+    // Unpack one GGUF weight row (cols elements of type t) into panels.
+    void (*pack_w)(WType t, const uint8_t* row, int64_t cols, uint8_t* dst);
+    // out[t*ldo + r] = dot(weight row r, token t) for r < nr, t < nt; rows and tokens are
+    // packed with stride n_panels * panel_bytes.
+    void (*gemm)(WType t, int G, int64_t n_panels, const uint8_t* wp, int nr, const uint8_t* ap, int nt,
+                 float* out, int64_t ldo);
+    // F32 / F16 weights (no quantization): out[t*ldo + r] = sum_i w[r][i] * x[t*ldx + i].
+    void (*gemm_float)(WType t, const uint8_t* w, int64_t row_bytes, int64_t cols, int nr, const float* x,
+                       int64_t ldx, int nt, float* out, int64_t ldo);
+};
+
+static inline int64_t panel_elems(const MatmulKernels& k, int G) { return (int64_t)k.lanes * G; }
+static inline int64_t panel_bytes(const MatmulKernels& k, int G) { return (int64_t)k.lanes * (G + 8); }
+static inline int64_t n_panels(const MatmulKernels& k, int G, int64_t cols) {
+    const int64_t pe_ = panel_elems(k, G);
+    return (cols + pe_ - 1) / pe_;
+}
+
+extern const MatmulKernels matmul_kernels_generic;
+#ifdef PYENGINE_HAVE_X86_VARIANTS
+extern const MatmulKernels matmul_kernels_avx2;
+extern const MatmulKernels matmul_kernels_avx512;
+#endif
+
+}  // namespace pe
