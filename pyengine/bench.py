@@ -220,14 +220,18 @@ def measure_bandwidth(size_bytes: int = 1 << 30, threads: int | None = None, rep
             "gbps_1": gbps.get(1, float("nan")), "gbps_all": gbps[max(gbps)]}
 
 
-def bandwidth_at(bw: dict, threads: int) -> float:
-    """Measured GB/s for ``threads`` threads (the nearest measured count)."""
+def bandwidth_at(bw: dict | None, threads: int) -> float | None:
+    """Measured GB/s for ``threads`` threads (the nearest measured count); None without a measurement."""
+    if not bw:
+        return None
     g = {int(k): v for k, v in bw["gbps"].items()}
     k = min(g, key=lambda c: (abs(c - threads), -c))
     return g[k]
 
 
-def format_bandwidth(bw: dict) -> str:
+def format_bandwidth(bw: dict | None) -> str:
+    if not bw:
+        return "memory read bandwidth: not measured (--bw-size 0)"
     parts = [f"{v:.1f} GB/s at {k} thread{'s' if int(k) > 1 else ''}" for k, v in bw["gbps"].items()]
     return (f"memory read bandwidth: {', '.join(parts)} "
             f"({bw['method']}, {bw['size_bytes'] / 2**30:.2g} GiB, best of {bw['repeats']})")
@@ -527,7 +531,7 @@ def format_result(r: KernelResult) -> str:
     return s
 
 
-def plot_kernels(results: list[dict], bw: dict, threads: int, path: str | os.PathLike, title: str = "") -> None:
+def plot_kernels(results: list[dict], bw: dict | None, threads: int, path: str | os.PathLike, title: str = "") -> None:
     """Roofline-style PNG: achieved GB/s per matrix-vector kernel vs the measured bandwidth
     (left), and GFLOP/s against arithmetic intensity with the bandwidth roof (right)."""
     try:
@@ -555,8 +559,9 @@ def plot_kernels(results: list[dict], bw: dict, threads: int, path: str | os.Pat
                     xs.append(i + (j - (len(labels) - 1) / 2) * width)
                     ys.append(r["gbps"])
         a1.bar(xs, ys, width, label=lab, color=colors[lab])
-    a1.axhline(bwv, color="k", ls="--", lw=1.2, label=f"measured read bandwidth {bwv:.1f} GB/s ({threads} thr)")
-    a1.axhline(0.8 * bwv, color="k", ls=":", lw=1, label="80% of it (Q4_K/Q6_K target)")
+    if bwv:
+        a1.axhline(bwv, color="k", ls="--", lw=1.2, label=f"measured read bandwidth {bwv:.1f} GB/s ({threads} thr)")
+        a1.axhline(0.8 * bwv, color="k", ls=":", lw=1, label="80% of it (Q4_K/Q6_K target)")
     a1.set_xticks(range(len(cases)))
     a1.set_xticklabels([f"{t}\n{r}x{c}" for t, r, c in cases], fontsize=7)
     a1.set_yscale("log")
@@ -568,13 +573,15 @@ def plot_kernels(results: list[dict], bw: dict, threads: int, path: str | os.Pat
         a2.scatter(ai, r["gflops"], color=colors[r["kernel"]], marker="o" if r["n"] == 1 else "s", s=22)
     ais = [2.0 * r["rows"] * r["cols"] * r["n"] / r["weight_bytes"] for r in ok]
     xr = np.logspace(math.log10(min(ais) / 2), math.log10(max(ais) * 2), 50)
-    a2.plot(xr, bwv * xr, "k--", lw=1.2, label=f"bandwidth roof {bwv:.1f} GB/s x FLOP/byte")
+    if bwv:
+        a2.plot(xr, bwv * xr, "k--", lw=1.2, label=f"bandwidth roof {bwv:.1f} GB/s x FLOP/byte")
     a2.set_xscale("log")
     a2.set_yscale("log")
     a2.set_xlabel("arithmetic intensity (FLOP per weight byte); circles n=1, squares n>1")
     a2.set_ylabel("GFLOP/s")
     a2.set_title("roofline")
-    a2.legend(fontsize=7, loc="lower right")
+    if bwv:
+        a2.legend(fontsize=7, loc="lower right")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -607,11 +614,11 @@ def run_kernel_bench(types: Sequence[str] | None = None, shapes: Sequence[tuple[
     if model_cases:
         cases += [(tn, r, c) for tn, r, c, _ in MODEL_CASES if (tn, r, c) not in cases]
     batch = list(batch or DEFAULT_BATCH)
-    if bw is None:
+    if bw is None and bw_bytes > 0:
         if log:
             log(f"measuring memory read bandwidth ({bw_bytes / 2**30:.2g} GiB buffer) ...")
         bw = measure_bandwidth(bw_bytes, threads)
-    bwv = bandwidth_at(bw, threads)
+    bwv = bandwidth_at(bw, threads) if bw else None
     info = machine_info()
     if log:
         log(f"{info['cpu']}, {info['cores']} cores; {threads} threads; "
@@ -1012,7 +1019,7 @@ def run_model_bench(model: str, n_prompt: int = 512, n_gen: int = 128, reps: int
     t0 = time.perf_counter()
     m = pyengine.load(model, backend=backend, n_ctx=max(n_prompt, n_gen + 1, 64) + 8)
     load_s = time.perf_counter() - t0
-    if bw is None:
+    if bw is None and bw_bytes > 0:
         if log:
             log(f"measuring memory read bandwidth ({bw_bytes / 2**30:.2g} GiB buffer) ...")
         bw = measure_bandwidth(bw_bytes, threads)
@@ -1062,8 +1069,9 @@ def run_model_bench(model: str, n_prompt: int = 512, n_gen: int = 128, reps: int
         tps = res["tests"][-1]["avg_ts"]
         res["tg_bytes_per_token"] = bpt
         res["tg_effective_gbps"] = bpt * tps / 1e9
-        res["tg_bandwidth_bound_ts"] = bwv * 1e9 / bpt
-        res["tg_pct_of_bandwidth"] = 100.0 * res["tg_effective_gbps"] / bwv
+        if bwv:
+            res["tg_bandwidth_bound_ts"] = bwv * 1e9 / bpt
+            res["tg_pct_of_bandwidth"] = 100.0 * res["tg_effective_gbps"] / bwv
         if log:
             log(_test_line(res["tests"][-1]))
         if python_steps:
@@ -1095,9 +1103,11 @@ def format_model_table(res: dict) -> str:
                                             f"(load: {res['load_s']:.2f} s)"))
     if "tg_effective_gbps" in res:
         rows.append(("tg weight bytes/token", f"{res['tg_bytes_per_token'] / 1e6:.1f} MB"))
-        rows.append(("tg effective bandwidth", f"{res['tg_effective_gbps']:.1f} GB/s = "
-                                               f"{res['tg_pct_of_bandwidth']:.0f}% of measured {bwv:.1f} GB/s "
-                                               f"(bound: {res['tg_bandwidth_bound_ts']:.1f} tokens/s)"))
+        s = f"{res['tg_effective_gbps']:.1f} GB/s"
+        if bwv:
+            s += (f" = {res['tg_pct_of_bandwidth']:.0f}% of measured {bwv:.1f} GB/s "
+                  f"(bound: {res['tg_bandwidth_bound_ts']:.1f} tokens/s)")
+        rows.append(("tg effective bandwidth", s))
     if res.get("python"):
         p = res["python"]
         s = f"{100 * p['python_share']:.0f}% of a {p['step_ms']:.2f} ms decode step outside backend ops"
@@ -1151,7 +1161,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     b.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
                    help="write the results as JSON to FILE (or stdout with no FILE; the table then goes to stderr)")
     b.add_argument("--bw-size", type=float, default=1.0, metavar="GIB",
-                   help="bandwidth probe buffer in GiB; keep it far above the last-level cache (default 1)")
+                   help="bandwidth probe buffer in GiB; keep it far above the last-level cache (default 1; "
+                        "0 skips the probe and the %% figures)")
     b.add_argument("--seed", type=int, default=0, help="random seed for token ids / weights (default 0)")
     g = b.add_argument_group("model benchmark (pyengine bench MODEL)")
     g.add_argument("-p", "--n-prompt", type=int, default=512, metavar="N",

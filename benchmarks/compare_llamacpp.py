@@ -1,0 +1,278 @@
+#!/usr/bin/env python3
+"""pyengine vs llama.cpp, side by side: pp512 and tg128 on the same GGUF file, same threads.
+
+    python benchmarks/compare_llamacpp.py gemma3-270m smollm2-135m -t 2 -r 3
+    python benchmarks/compare_llamacpp.py benchmarks/out/synthetic-1B-Q4_K_M.gguf --markdown
+
+For each model, ``-r`` rounds are run; in every round each tool runs once (one
+warm-up plus one timed repetition of pp and of tg), and the order alternates
+between rounds (pyengine first, then llama.cpp first, ...), so slow drift on a
+shared machine hits both sides alike. The figures are the mean ± sd over rounds
+and the ratio pyengine / llama.cpp of the means (> 1: pyengine is faster).
+
+pyengine runs as ``python -m pyengine.bench MODEL -p P -n N -r 1 -t T --json``;
+llama.cpp as ``llama-bench -m FILE -p P -n N -t T -r 1 -o json`` (its defaults
+otherwise: mmap, batch 2048, ubatch 512). llama-bench is looked up from
+--llama-bench, then $PATH, then /tmp/llama-build/bin/llama-bench; build it as the
+README says. Memory read bandwidth is measured once, here, to put tg in context.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pyengine.errors import PyEngineError
+
+DEFAULT_LLAMA_BENCH = "/tmp/llama-build/bin/llama-bench"
+
+#: targets from the issues: (substring of the file name, tg ratio, pp ratio, tg share of bandwidth bound)
+TARGETS = [
+    ("gemma-3-270m", 1.3, 1.0, None),
+    ("smollm2-135m", 1.3, 1.0, None),
+    ("synthetic-1b", 1.1, 1.0, None),
+    ("synthetic-7b", 1.1, 1.0, 0.80),
+]
+
+
+def target_for(path: str):
+    name = Path(path).name.lower()
+    for key, tg, pp, bwshare in TARGETS:
+        if key in name:
+            return {"tg": tg, "pp": pp, "bw_share": bwshare}
+    return None
+
+
+def find_llama_bench(flag: str | None) -> str:
+    cands = [flag] if flag else [shutil.which("llama-bench"), DEFAULT_LLAMA_BENCH]
+    for c in cands:
+        if c and Path(c).is_file() and os.access(c, os.X_OK):
+            return str(c)
+    where = flag or f"$PATH or {DEFAULT_LLAMA_BENCH}"
+    raise PyEngineError(f"llama-bench not found ({where}); build it as benchmarks/README.md shows, "
+                        "or pass --llama-bench PATH")
+
+
+def resolve_model(name: str) -> str:
+    if Path(name).exists():
+        return str(Path(name).resolve())
+    from pyengine.registry import resolve
+
+    return str(resolve(name, pull_if_missing=True, progress=True))
+
+
+def _run(cmd: list[str], timeout: float) -> str:
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise PyEngineError(f"timed out after {timeout:.0f} s: {' '.join(cmd)}") from None
+    if p.returncode != 0:
+        tail = (p.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise PyEngineError(f"{Path(cmd[0]).name} {' '.join(cmd[1:4])} ... failed (exit {p.returncode}): {tail}")
+    return p.stdout
+
+
+def run_pyengine(path: str, p: int, n: int, t: int, backend: str, timeout: float) -> dict:
+    cmd = [sys.executable, "-m", "pyengine.bench", path, "-p", str(p), "-n", str(n), "-r", "1", "-t", str(t),
+           "--backend", backend, "--bw-size", "0", "--python-steps", "0", "--json"]
+    out = json.loads(_run(cmd, timeout))
+    res = {"raw": out}
+    for test in out["tests"]:
+        res["pp" if test["n_prompt"] else "tg"] = test["avg_ts"]
+    res["bytes_per_token"] = out.get("tg_bytes_per_token")
+    res["backend"] = out.get("backend_description") or out.get("backend")
+    return res
+
+
+def run_llama(exe: str, path: str, p: int, n: int, t: int, timeout: float) -> dict:
+    cmd = [exe, "-m", path, "-p", str(p), "-n", str(n), "-t", str(t), "-r", "1", "-o", "json"]
+    out = json.loads(_run(cmd, timeout))
+    res = {"raw": out}
+    for test in out:
+        if test.get("n_prompt") and not test.get("n_gen"):
+            res["pp"] = test["avg_ts"]
+        elif test.get("n_gen") and not test.get("n_prompt"):
+            res["tg"] = test["avg_ts"]
+    if out:
+        res["build"] = f"{out[0].get('build_commit', '?')} ({out[0].get('backends', '?')})"
+    return res
+
+
+def _ms(xs):
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return None, None
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def compare_model(path: str, args, exe: str | None, log) -> dict:
+    rounds = []
+    for r in range(args.repetitions):
+        order = ["pyengine", "llama.cpp"] if r % 2 == 0 else ["llama.cpp", "pyengine"]
+        got = {}
+        for who in order:
+            if who == "pyengine" and not args.skip_pyengine:
+                got[who] = run_pyengine(path, args.n_prompt, args.n_gen, args.threads, args.backend, args.timeout)
+            elif who == "llama.cpp" and exe:
+                got[who] = run_llama(exe, path, args.n_prompt, args.n_gen, args.threads, args.timeout)
+        rounds.append(got)
+        log(f"  round {r + 1}/{args.repetitions}: " + "; ".join(
+            f"{w} pp {g.get('pp', float('nan')):.1f} tg {g.get('tg', float('nan')):.2f}" for w, g in got.items()))
+    res = {"model": path, "file_size": Path(path).stat().st_size, "rounds": args.repetitions,
+           "threads": args.threads, "n_prompt": args.n_prompt, "n_gen": args.n_gen, "target": target_for(path)}
+    for who in ("pyengine", "llama.cpp"):
+        for test in ("pp", "tg"):
+            m, sd = _ms([g[who].get(test) for g in rounds if who in g])
+            res[f"{who}_{test}"] = m
+            res[f"{who}_{test}_sd"] = sd
+    for test in ("pp", "tg"):
+        a, b = res[f"pyengine_{test}"], res[f"llama.cpp_{test}"]
+        res[f"ratio_{test}"] = a / b if a and b else None
+    bpt = next((g["pyengine"]["bytes_per_token"] for g in rounds if "pyengine" in g), None)
+    res["tg_bytes_per_token"] = bpt
+    res["pyengine_backend"] = next((g["pyengine"]["backend"] for g in rounds if "pyengine" in g), None)
+    res["llama_build"] = next((g["llama.cpp"].get("build") for g in rounds if "llama.cpp" in g), None)
+    res["samples"] = [{w: {k: v for k, v in g.items() if k in ("pp", "tg")} for w, g in rd.items()} for rd in rounds]
+    return res
+
+
+def _fmt(m, sd, digits):
+    return "n/a" if m is None else f"{m:.{digits}f} ± {sd:.{digits}f}"
+
+
+def table(res: dict, bw: float | None) -> str:
+    lines = [f"{Path(res['model']).name} ({res['file_size'] / 1e6:.0f} MB), {res['threads']} threads, "
+             f"{res['rounds']} alternating rounds; pyengine: {res['pyengine_backend']}; llama.cpp {res['llama_build']}",
+             f"{'test':<8}{'pyengine tok/s':>20}{'llama.cpp tok/s':>20}{'ratio':>9}{'target':>9}"]
+    tgt = res["target"] or {}
+    for test, n in (("pp", res["n_prompt"]), ("tg", res["n_gen"])):
+        if not n:
+            continue
+        ratio = res[f"ratio_{test}"]
+        t = tgt.get(test)
+        ok = "" if ratio is None or t is None else (" ok" if ratio >= t else " MISS")
+        lines.append(f"{test}{n:<6}{_fmt(res[f'pyengine_{test}'], res[f'pyengine_{test}_sd'], 2):>20}"
+                     f"{_fmt(res[f'llama.cpp_{test}'], res[f'llama.cpp_{test}_sd'], 2):>20}"
+                     f"{'n/a' if ratio is None else f'{ratio:.2f}x':>9}{'' if t is None else f'>={t}x':>9}{ok}")
+    bpt = res.get("tg_bytes_per_token")
+    if bw and bpt:
+        bound = bw * 1e9 / bpt
+        parts = [f"tg bandwidth bound {bound:.1f} tok/s ({bpt / 1e6:.0f} MB/token at {bw:.1f} GB/s):"]
+        for who in ("pyengine", "llama.cpp"):
+            if res[f"{who}_tg"]:
+                parts.append(f"{who} {100 * res[f'{who}_tg'] / bound:.0f}%")
+        share = tgt.get("bw_share")
+        if share:
+            parts.append(f"(target pyengine >= {100 * share:.0f}%)")
+        lines.append("  " + " ".join(parts))
+    return "\n".join(lines)
+
+
+def markdown(results: list[dict], bw: float | None) -> str:
+    out = ["| model | test | pyengine tok/s | llama.cpp tok/s | pyengine / llama.cpp | target |",
+           "|---|---|---:|---:|---:|---:|"]
+    for res in results:
+        tgt = res["target"] or {}
+        for test, n in (("pp", res["n_prompt"]), ("tg", res["n_gen"])):
+            if not n:
+                continue
+            ratio = res[f"ratio_{test}"]
+            t = tgt.get(test)
+            out.append(f"| {Path(res['model']).name} | {test}{n} | {_fmt(res[f'pyengine_{test}'], res[f'pyengine_{test}_sd'], 2)}"
+                       f" | {_fmt(res[f'llama.cpp_{test}'], res[f'llama.cpp_{test}_sd'], 2)}"
+                       f" | {'n/a' if ratio is None else f'{ratio:.2f}x'} | {'' if t is None else f'>= {t}x'} |")
+    return "\n".join(out)
+
+
+def plot(results: list[dict], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    names = [Path(r["model"]).stem.replace("-Q4_K_M", "") for r in results]
+    for ax, test in zip(axes, ("pp", "tg")):
+        xs = range(len(results))
+        for k, (who, col) in enumerate((("pyengine", "tab:blue"), ("llama.cpp", "tab:gray"))):
+            vals = [r[f"{who}_{test}"] or 0 for r in results]
+            errs = [r[f"{who}_{test}_sd"] or 0 for r in results]
+            ax.bar([x + (k - 0.5) * 0.38 for x in xs], vals, 0.38, yerr=errs, label=who, color=col, capsize=3)
+        for x, r in zip(xs, results):
+            if r[f"ratio_{test}"]:
+                top = max(r["pyengine_" + test] or 0, r["llama.cpp_" + test] or 0)
+                ax.text(x, top * 1.03, f"{r[f'ratio_{test}']:.2f}x", ha="center", fontsize=8)
+        n = results[0]["n_prompt"] if test == "pp" else results[0]["n_gen"]
+        ax.set_title(f"{test}{n} (tokens/s, higher is better)")
+        ax.set_xticks(list(xs))
+        ax.set_xticklabels(names, fontsize=8, rotation=10)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 epilog="ratio > 1 means pyengine is faster; targets are from the issues "
+                                        "(see benchmarks/README.md)")
+    ap.add_argument("models", nargs="+", metavar="MODEL", help=".gguf paths or registry names")
+    ap.add_argument("--llama-bench", default=None, metavar="PATH", help="llama-bench executable")
+    ap.add_argument("-t", "--threads", type=int, default=2, help="threads for both (default 2)")
+    ap.add_argument("-r", "--repetitions", type=int, default=3, help="alternating rounds (default 3)")
+    ap.add_argument("-p", "--n-prompt", type=int, default=512, help="prompt tokens for pp (default 512)")
+    ap.add_argument("-n", "--n-gen", type=int, default=128, help="generated tokens for tg (default 128)")
+    ap.add_argument("--backend", default="auto", help="pyengine backend (default auto)")
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds per single run (default 1800)")
+    ap.add_argument("--skip-pyengine", action="store_true", help="only run llama-bench (record its figures)")
+    ap.add_argument("--skip-llama", action="store_true", help="only run pyengine")
+    ap.add_argument("--json", default=None, metavar="FILE", help="write all results as JSON")
+    ap.add_argument("--plot", default=None, metavar="FILE.png", help="bar chart of both sides (needs matplotlib)")
+    ap.add_argument("--markdown", action="store_true", help="also print a Markdown table for benchmarks/README.md")
+    ap.add_argument("--bw-size", type=float, default=1.0, metavar="GIB", help="bandwidth probe size; 0 skips it")
+    args = ap.parse_args(argv)
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        exe = None if args.skip_llama else find_llama_bench(args.llama_bench)
+        paths = [resolve_model(m) for m in args.models]
+        from pyengine import bench
+
+        info = bench.machine_info()
+        bw = None
+        if args.bw_size > 0:
+            bwd = bench.measure_bandwidth(int(args.bw_size * 2**30), args.threads)
+            bw = bench.bandwidth_at(bwd, args.threads)
+            log(bench.format_bandwidth(bwd))
+        print(f"machine: {info['cpu']}, {info['cores']} cores; llama-bench: {exe or 'skipped'}")
+        results = []
+        for path in paths:
+            log(f"{Path(path).name}:")
+            t0 = time.perf_counter()
+            res = compare_model(path, args, exe, log)
+            results.append(res)
+            print(table(res, bw))
+            print(f"  ({time.perf_counter() - t0:.0f} s)")
+        if args.markdown:
+            print()
+            print(markdown(results, bw))
+        if args.json:
+            Path(args.json).write_text(json.dumps({"machine": info, "bandwidth_gbps": bw, "results": results},
+                                                  indent=1, default=str) + "\n", encoding="utf-8")
+        if args.plot:
+            plot(results, args.plot, f"{info['cpu']}, {args.threads} threads, {args.repetitions} alternating rounds")
+            log(f"plot written to {args.plot}")
+    except PyEngineError as e:
+        print(f"compare_llamacpp: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
