@@ -99,8 +99,8 @@ def machine_info() -> dict:
         from . import _C
 
         feats = _C.cpu_features()
-        if isinstance(feats, dict):
-            feats = [k for k, v in feats.items() if v]
+        if isinstance(feats, dict):  # {"avx2": True, ..., "logical_cores": 2}
+            feats = [k for k, v in feats.items() if v is True]
         info["cpu_features"] = list(feats)
     except (ImportError, AttributeError):
         pass
