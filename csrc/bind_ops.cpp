@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "ops.h"
+#include "threadpool.h"
 
 namespace py = pybind11;
 using pyengine::ops::AttnArgs;
@@ -64,13 +65,19 @@ const OpsTable& ops() {
 
 // ------------------------------------------------------------ work splitting --------
 
-// Until the shared thread pool lands this runs tasks inline; every op below is already
-// cut into independent tasks, so this is the one place that decides where they run.
-int n_threads() { return 1; }
+// Tasks run on the shared persistent pool (csrc/threadpool.h), handed out one at a time
+// so uneven tasks (causal attention) balance; a single task runs inline.
+int n_threads() { return pe::ThreadPool::instance().num_threads(); }
 
 template <class F>
 void run_tasks(int n_tasks, F&& f) {
-    for (int t = 0; t < n_tasks; ++t) f(t);
+    if (n_tasks <= 1) {
+        if (n_tasks == 1) f(0);
+        return;
+    }
+    pe::ThreadPool::instance().parallel_for(n_tasks, 1, [&](int64_t b, int64_t e, int) {
+        for (int64_t t = b; t < e; ++t) f((int)t);
+    });
 }
 
 // Split `items` into at most n_threads()*k tasks of at least `min_items` each.
@@ -204,10 +211,11 @@ void op_rope_table(const py::array& pa, double freq_base, int n_rot, const py::a
         bad("rope_table: cos_out and sin_out must be (n, n_rot/2)");
     const double* pos = static_cast<const double*>(pa.data());
     py::gil_scoped_release nogil;
-    thread_local std::vector<double> inv_freq;
-    inv_freq.resize(half);
+    thread_local std::vector<double> inv_freq_buf;
+    inv_freq_buf.resize(half);
+    const double* inv_freq = inv_freq_buf.data();  // workers need the caller's buffer
     // same expression as the reference: base ** (-(2i) / n_rot), angles in double
-    for (int i = 0; i < half; ++i) inv_freq[i] = std::pow(freq_base, -(double)i * 2.0 / (double)n_rot);
+    for (int i = 0; i < half; ++i) inv_freq_buf[i] = std::pow(freq_base, -(double)i * 2.0 / (double)n_rot);
     const int nt = task_count(n, std::max(1, 4096 / half));
     run_tasks(nt, [&](int task) {
         for (int64_t t = n * task / nt; t < n * (task + 1) / nt; ++t) {
@@ -287,7 +295,7 @@ constexpr int kMinKeysPerSplit = 128;
 
 void op_attention(const py::array& qa, const py::array& ka, const py::array& va, const py::array& oa,
                   int pos0, int n_heads, int n_kv_heads, int head_dim, float scale, int window,
-                  const std::string& path) {
+                  const std::string& path, int key_splits) {
     Mat q = as_mat(qa, "q", false, false), k = as_mat(ka, "k", false, false);
     Mat v = as_mat(va, "v", false, false), o = as_mat(oa, "out", true, false);
     if (qa.ndim() != 2 || ka.ndim() != 2 || va.ndim() != 2 || oa.ndim() != 2)
@@ -304,6 +312,7 @@ void op_attention(const py::array& qa, const py::array& ka, const py::array& va,
         bad("attention: positions up to " + std::to_string(pos0 + q.rows) + " but the cache holds " +
             std::to_string(k.rows));
     if (path != "auto" && path != "dot" && path != "tiled") bad("attention: path must be auto, dot or tiled");
+    if (key_splits < 0) bad("attention: key_splits must be >= 0");
     {
         const char *ob = (const char*)o.p, *oe = (const char*)(o.p + (o.rows - 1) * o.stride + o.cols);
         for (const Mat* in : {&q, &k, &v}) {
@@ -325,12 +334,32 @@ void op_attention(const py::array& qa, const py::array& ka, const py::array& va,
     py::gil_scoped_release nogil;
     const OpsTable& t = ops();
     if (tiled) {
+        // keys packed once per call (every tile of a KV head shares them)
+        const int KB = pyengine::ops::kAttnKeyBlock;
+        const int b_first = a.key_lo(pos0) / KB;
+        const int nblk = (a.key_hi(pos0 + n - 1) + KB - 1) / KB - b_first;
+        const int64_t panel = pyengine::ops::attn_panel_floats(head_dim);
+        thread_local std::vector<float> packed;
+        if (t.attn_pack_k) {
+            if (packed.size() < (size_t)n_kv_heads * nblk * panel) packed.resize((size_t)n_kv_heads * nblk * panel);
+            // (a thread_local is not captured by a lambda: workers must get the pointer)
+            float* const dst = packed.data();
+            const int per_task = std::max(1, nblk / std::max(1, 2 * n_threads() / n_kv_heads));
+            const int chunks = (nblk + per_task - 1) / per_task;
+            run_tasks(n_kv_heads * chunks, [&](int task) {
+                const int g = task % n_kv_heads, c = task / n_kv_heads;
+                const int b0 = c * per_task, b1 = std::min(nblk, b0 + per_task);
+                t.attn_pack_k(a, g, b_first + b0, b_first + b1, dst + ((int64_t)g * nblk + b0) * panel);
+            });
+        }
+        const float* kt = t.attn_pack_k ? packed.data() : nullptr;
         const int tq = std::max(1, kTileRows / group);
         const int blocks = (n + tq - 1) / tq;
         // later query blocks see more keys: hand them out first
         run_tasks(n_kv_heads * blocks, [&](int task) {
             const int g = task % n_kv_heads, b = blocks - 1 - task / n_kv_heads;
-            t.attn_tile(a, g, b * tq, std::min(n, (b + 1) * tq));
+            t.attn_tile(a, g, b * tq, std::min(n, (b + 1) * tq), kt ? kt + (int64_t)g * nblk * panel : nullptr,
+                        b_first);
         });
         return;
     }
@@ -339,6 +368,7 @@ void op_attention(const py::array& qa, const py::array& ka, const py::array& va,
     const int keys = jhi - jlo;
     int splits = std::max(1, (n_threads() + n_kv_heads - 1) / n_kv_heads);
     splits = std::max(1, std::min(splits, keys / kMinKeysPerSplit));
+    if (key_splits > 0) splits = key_splits;  // forced (tests); empty splits are fine
     if (splits == 1) {
         run_tasks(n_kv_heads, [&](int g) {
             thread_local std::vector<float> ml;
@@ -429,8 +459,9 @@ void bind_cpu_ops(py::module_& m) {
     m.def("scale", &op_scale, py::arg("x"), py::arg("s"), py::arg("out"), "out = x * s.");
     m.def("attention", &op_attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("pos0"),
           py::arg("n_heads"), py::arg("n_kv_heads"), py::arg("head_dim"), py::arg("scale"), py::arg("window") = 0,
-          py::arg("path") = "auto",
+          py::arg("path") = "auto", py::arg("key_splits") = 0,
           "Causal grouped-query attention of q (n, H*hd) at positions pos0.. over k, v (n_ctx, Hkv*hd)\n"
           "into out (n, H*hd). Key j is visible from position p iff j <= p and (window == 0 or p - j < window).\n"
-          "path: 'dot' (few queries, split over keys), 'tiled' (blocked, online softmax) or 'auto'.");
+          "path: 'dot' (few queries, split over keys), 'tiled' (blocked, online softmax) or 'auto';\n"
+          "key_splits: for 'dot', how many key ranges to compute separately and merge (0: by thread count).");
 }

@@ -49,8 +49,17 @@ using AttnPartialFn = void (*)(const AttnArgs& a, int g, int i0, int i1, int j0,
                                float* acc, int64_t acc_tok_stride, float* m, float* l,
                                bool normalize);
 
+// Keys packed for the blocked kernel: block b holds keys [b*kAttnKeyBlock, (b+1)*kAttnKeyBlock)
+// of one KV head transposed, as head_dim rows of kAttnKeyBlock floats (missing keys 0).
+constexpr int kAttnKeyBlock = 64;
+inline int64_t attn_panel_floats(int head_dim) { return (int64_t)head_dim * kAttnKeyBlock; }
+// Pack blocks [b0, b1) of KV head g into dst (one panel after another).
+using AttnPackFn = void (*)(const AttnArgs& a, int g, int b0, int b1, float* dst);
+
 // Full attention for tokens [i0, i1) x the query heads of KV head g, written to a.out.
-using AttnTileFn = void (*)(const AttnArgs& a, int g, int i0, int i1);
+// kt: KV head g's packed keys, starting with block b0 (which must include every key the
+// tile sees); ignored (may be null) by variants whose pack_k is null.
+using AttnTileFn = void (*)(const AttnArgs& a, int g, int i0, int i1, const float* kt, int b0);
 
 struct OpsTable {
     const char* name;
@@ -78,6 +87,7 @@ struct OpsTable {
     void (*scale)(const float* x, float s, float* out, int64_t count);
 
     AttnPartialFn attn_partial;  // few query rows (decode): dot products, split over keys
+    AttnPackFn attn_pack_k;      // null: attn_tile reads keys directly
     AttnTileFn attn_tile;        // many query rows (prefill): blocked, online softmax
 };
 

@@ -236,6 +236,52 @@ inline void dots(const float* const* q, const float* k, int hd, float* d) {
     for (int r = 0; r < R; ++r) d[r] = _mm512_reduce_add_ps(acc[r]);
 }
 
+// Horizontal sums of 16 vectors at once: lane 4*a + b of the result is the sum of the
+// lanes of v[a + 4*b]. (Four halving rounds: 256-bit, 128-bit, then in-lane pairs.)
+inline __m512 hsum16(const __m512* v) {
+    __m512 w[8], x[4], y[2];
+    for (int p = 0; p < 8; ++p)  // blocks {0,1}: v[2p] partials, {2,3}: v[2p+1]
+        w[p] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], 0x44),
+                             _mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], 0xEE));
+    for (int p = 0; p < 4; ++p)  // block k: partials of v[4p + k]
+        x[p] = _mm512_add_ps(_mm512_shuffle_f32x4(w[2 * p], w[2 * p + 1], 0x88),
+                             _mm512_shuffle_f32x4(w[2 * p], w[2 * p + 1], 0xDD));
+    for (int p = 0; p < 2; ++p)  // block k, lanes 0,2: v[8p + k]; lanes 1,3: v[8p + 4 + k]
+        y[p] = _mm512_add_ps(_mm512_unpacklo_ps(x[2 * p], x[2 * p + 1]),
+                             _mm512_unpackhi_ps(x[2 * p], x[2 * p + 1]));
+    // block k: v[k], v[4 + k], v[8 + k], v[12 + k]
+    const __m512d a = _mm512_castps_pd(y[0]), b = _mm512_castps_pd(y[1]);
+    return _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+}
+
+// Scores of R <= 4 rows against 4 consecutive keys (k, k + ks, ...):
+// S[r * ss + kk] = scale * q[r] . k[kk]. Loads per 16 dims: 4 keys + R rows for 4R FMAs.
+template <int R>
+inline void dots4(const float* const* q, const float* k, int64_t ks, int hd, float scale, float* S, int64_t ss) {
+    __m512 acc[16];
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
+    for (int e = 0; e < hd; e += 16) {
+        const __mmask16 m = tail_mask(hd - e);
+        const __m512 k0 = _mm512_maskz_loadu_ps(m, k + e), k1 = _mm512_maskz_loadu_ps(m, k + ks + e);
+        const __m512 k2 = _mm512_maskz_loadu_ps(m, k + 2 * ks + e), k3 = _mm512_maskz_loadu_ps(m, k + 3 * ks + e);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r) {  // acc[r + 4*key]
+            const __m512 qv = _mm512_maskz_loadu_ps(m, q[r] + e);
+            acc[r] = _mm512_fmadd_ps(qv, k0, acc[r]);
+            acc[r + 4] = _mm512_fmadd_ps(qv, k1, acc[r + 4]);
+            acc[r + 8] = _mm512_fmadd_ps(qv, k2, acc[r + 8]);
+            acc[r + 12] = _mm512_fmadd_ps(qv, k3, acc[r + 12]);
+        }
+    }
+    // lane 4r + kk = row r . key kk
+    const __m512 sums = _mm512_mul_ps(hsum16(acc), _mm512_set1_ps(scale));
+    alignas(64) float t[16];
+    _mm512_store_ps(t, sums);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) std::memcpy(S + r * ss, t + 4 * r, 4 * sizeof(float));
+}
+
 // acc[r][0:hd] = pre[r] * acc[r] + sum_j p[r][j] v[j]   for R rows (p rows have stride ps)
 // (pre == nullptr: start from zero). v rows at v + j*vs.
 template <int R>
@@ -320,7 +366,11 @@ void attn_partial(const AttnArgs& a, int g, int i0, int i1, int j0, int j1, floa
             const float* qp[R];
             for (int r = 0; r < R; ++r) qp[r] = qrow0 + (int64_t)(r0 + r) * hd;
             float d[R];
-            for (int j = lo; j < hi; ++j) {
+            int j = lo;
+            for (; j + 4 <= hi; j += 4)
+                dots4<R>(qp, kbase + (int64_t)j * a.kv_stride, a.kv_stride, hd, a.scale,
+                         S + (int64_t)r0 * len + (j - lo), len);
+            for (; j < hi; ++j) {
                 dots<R>(qp, kbase + (int64_t)j * a.kv_stride, hd, d);
                 for (int r = 0; r < R; ++r) S[(int64_t)(r0 + r) * len + (j - lo)] = d[r] * a.scale;
             }
@@ -354,7 +404,7 @@ void attn_partial(const AttnArgs& a, int g, int i0, int i1, int j0, int j1, floa
 // Blocked attention for many query rows: keys in blocks of KB, each block's keys packed
 // transposed (hd x KB) so a 4-row x 64-key score tile is 16 register accumulators fed
 // by broadcasts of q; then an online-softmax update of m, l and the output rows.
-constexpr int KB = 64;
+constexpr int KB = kAttnKeyBlock;
 
 template <int R>
 inline void qk_tile(const float* const* q, const float* kt, int hd, float* S /* R x KB */) {
@@ -382,19 +432,34 @@ inline void qk_tile(const float* const* q, const float* kt, int hd, float* S /* 
         for (int c = 0; c < 4; ++c) _mm512_storeu_ps(S + r * KB + 16 * c, acc[r][c]);
 }
 
-void attn_tile(const AttnArgs& a, int g, int i0, int i1) {
-    thread_local std::vector<float> kt_buf, s_buf, ml_buf;
+void attn_pack_k(const AttnArgs& a, int g, int b0, int b1, float* dst) {
+    const int hd = a.head_dim;
+    const float* kbase = a.k + (int64_t)g * hd;
+    for (int b = b0; b < b1; ++b, dst += attn_panel_floats(hd)) {
+        const int jb = b * KB;
+        const int nb = std::max(0, std::min(KB, a.key_hi(a.pos0 + a.n - 1) - jb));
+        for (int jj = 0; jj < KB; ++jj) {
+            if (jj < nb) {
+                const float* kr = kbase + (int64_t)(jb + jj) * a.kv_stride;
+                for (int e = 0; e < hd; ++e) dst[(int64_t)e * KB + jj] = kr[e];
+            } else {
+                for (int e = 0; e < hd; ++e) dst[(int64_t)e * KB + jj] = 0.0f;
+            }
+        }
+    }
+}
+
+void attn_tile(const AttnArgs& a, int g, int i0, int i1, const float* kt_packed, int b0) {
+    thread_local std::vector<float> s_buf, ml_buf;
     thread_local std::vector<const float*> qp_buf;
     thread_local std::vector<float*> op_buf;
     const int group = a.group(), hd = a.head_dim;
     const int rows = (i1 - i0) * group;
     const float ninf = -std::numeric_limits<float>::infinity();
-    if (kt_buf.size() < (size_t)hd * KB) kt_buf.resize((size_t)hd * KB);
     if (s_buf.size() < (size_t)rows * KB) s_buf.resize((size_t)rows * KB);
     if (ml_buf.size() < 3 * (size_t)rows) ml_buf.resize(3 * (size_t)rows);
     qp_buf.resize(rows);
     op_buf.resize(rows);
-    float* kt = kt_buf.data();
     float* S = s_buf.data();
     float* m = ml_buf.data();
     float* l = m + rows;
@@ -411,27 +476,18 @@ void attn_tile(const AttnArgs& a, int g, int i0, int i1) {
     }
     auto pos_of = [&](int r) { return a.pos0 + i0 + r / group; };
     const int jlo = a.key_lo(pos_of(0)), jhi = a.key_hi(pos_of(rows - 1));
-    const float* kbase = a.k + (int64_t)g * hd;
     const float* vbase = a.v + (int64_t)g * hd;
     const __m512 ninf_v = _mm512_set1_ps(ninf);
     const __m512 scale_v = _mm512_set1_ps(a.scale);
 
-    for (int jb = jlo; jb < jhi; jb += KB) {
+    for (int jb = (jlo / KB) * KB; jb < jhi; jb += KB) {
         const int nb = std::min(KB, jhi - jb);
         // rows are sorted by position: active ones see some key in [jb, jb + nb)
         int rs = 0, re = rows;
         while (rs < rows && pos_of(rs) < jb) ++rs;
         while (re > rs && a.key_lo(pos_of(re - 1)) >= jb + nb) --re;
         if (rs >= re) continue;
-        // pack K^T for this block, zero-padding missing keys
-        for (int jj = 0; jj < KB; ++jj) {
-            if (jj < nb) {
-                const float* kr = kbase + (int64_t)(jb + jj) * a.kv_stride;
-                for (int e = 0; e < hd; ++e) kt[(int64_t)e * KB + jj] = kr[e];
-            } else {
-                for (int e = 0; e < hd; ++e) kt[(int64_t)e * KB + jj] = 0.0f;
-            }
-        }
+        const float* kt = kt_packed + (int64_t)(jb / KB - b0) * attn_panel_floats(hd);
         by_four(re - rs, [&](int r0, auto R_) {
             constexpr int R = decltype(R_)::value;
             qk_tile<R>(qp + rs + r0, kt, hd, S + (int64_t)(rs + r0) * KB);
@@ -484,8 +540,8 @@ void attn_tile(const AttnArgs& a, int g, int i0, int i1) {
 }
 
 const OpsTable kTable = {
-    "avx512", rmsnorm,  rmsnorm_add, add_rmsnorm, rope,         silu_mul,
-    gelu_mul, add,      scale,       attn_partial, attn_tile,
+    "avx512", rmsnorm,  rmsnorm_add, add_rmsnorm, rope,        silu_mul,
+    gelu_mul, add,      scale,       attn_partial, attn_pack_k, attn_tile,
 };
 
 }  // namespace

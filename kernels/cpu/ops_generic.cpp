@@ -143,7 +143,7 @@ void attn_partial(const AttnArgs& a, int g, int i0, int i1, int j0, int j1, floa
     }
 }
 
-void attn_tile(const AttnArgs& a, int g, int i0, int i1) {
+void attn_tile(const AttnArgs& a, int g, int i0, int i1, const float*, int) {
     thread_local std::vector<float> ml;
     const int rows = (i1 - i0) * a.group();
     ml.resize(2 * (size_t)rows);
@@ -155,7 +155,7 @@ void attn_tile(const AttnArgs& a, int g, int i0, int i1) {
 
 const OpsTable kTable = {
     "generic", rmsnorm,  rmsnorm_add, add_rmsnorm, rope,         silu_mul,
-    gelu_mul,  add,      scale,       attn_partial, attn_tile,
+    gelu_mul,  add,      scale,       attn_partial, nullptr,   attn_tile,
 };
 
 }  // namespace
