@@ -1,0 +1,251 @@
+"""The native CPU backend: every op runs in ``pyengine._C`` (AVX-512 where the CPU has it).
+
+Weights stay in their GGUF encoding, memory-mapped: ``matmul`` and ``embed`` hand
+``w.raw`` straight to the quantized kernels (``_C.matmul`` / ``_C.get_rows``); norm
+weights (F32 in every GGUF we run) are read as a float32 view of the same bytes.
+
+Activations are float32 NumPy arrays. Every op returns a freshly allocated array, so a
+result stays valid however long the caller keeps it (allocating a (n, d) float32
+array costs well under a microsecond; the kernels are the cost). The one thing cached
+between calls is the rotary cos/sin table of the last few (positions, base) pairs: a
+forward pass asks for the same table for q and k of every layer.
+
+Non-contract extras (used by a model when present): :meth:`rmsnorm_add` and
+:meth:`add_rmsnorm`, one pass instead of two over the residual stream.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+from .. import _C
+from ..errors import BackendUnavailableError
+from ..tensor import QTensor
+from .base import Backend, KVCache
+
+_F32 = np.dtype(np.float32)
+
+
+def _act(x) -> np.ndarray:
+    """``x`` as float32 with a contiguous last axis (rows may be strided); no copy when it already is."""
+    if isinstance(x, np.ndarray) and x.dtype == _F32 and (x.ndim == 0 or x.strides[-1] == 4 or x.shape[-1] <= 1):
+        return x
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _contig(x) -> np.ndarray:
+    """``x`` as a C-contiguous float32 array (no copy when it already is)."""
+    if isinstance(x, np.ndarray) and x.dtype == _F32 and x.flags.c_contiguous:
+        return x
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _isa_label() -> str:
+    """A short name for the widest instruction set the kernels use here (e.g. "avx512-vnni")."""
+    feats = {}
+    try:
+        feats = dict(_C.cpu_features())
+    except Exception:  # an older extension: fall back to the op variant
+        pass
+    on = {str(k).lower().replace("-", "_") for k, v in feats.items() if v}
+    if {"avx512f", "avx512_vnni"} <= on or {"avx512f", "avx512vnni"} <= on:
+        return "avx512-vnni"
+    if "avx512f" in on:
+        return "avx512"
+    if {"avx2", "avx_vnni"} <= on:
+        return "avx2-vnni"
+    if "avx2" in on:
+        return "avx2"
+    return str(_C.ops_variant())
+
+
+_NATIVE_TYPES: dict[str, bool] = {}
+
+
+def native_type(type_name: str) -> bool:
+    """Whether ``_C.matmul`` / ``_C.get_rows`` take weights of this GGML type (probed once per type)."""
+    ok = _NATIVE_TYPES.get(type_name)
+    if ok is None:
+        from ..ggml_types import ggml_type
+
+        try:
+            t = ggml_type(type_name)
+            bs = t.block_size if t.block_size > 1 else 32
+            w = np.zeros(t.n_bytes(bs), dtype=np.uint8)
+            _C.matmul(t.name, w, 1, bs, np.zeros((1, bs), np.float32), np.empty((1, 1), np.float32))
+            _C.get_rows(t.name, w, 1, bs, np.zeros(1, np.int32), np.empty((1, bs), np.float32))
+            ok = True
+        except ValueError:
+            ok = False
+        _NATIVE_TYPES[type_name] = ok
+    return ok
+
+
+class CpuBackend(Backend):
+    name = "cpu"
+
+    #: rope tables kept (positions x base): a Gemma 3 step uses two bases
+    ROPE_TABLES = 8
+
+    def __init__(self, n_threads: int | None = None):
+        missing = [f for f in ("matmul", "get_rows", "attention", "rmsnorm", "rope") if not hasattr(_C, f)]
+        if missing:
+            raise BackendUnavailableError(
+                f"cpu backend unavailable: pyengine._C lacks {', '.join(missing)} "
+                "(the extension is older than the Python code: rebuild it)")
+        if n_threads is not None and hasattr(_C, "set_num_threads"):
+            _C.set_num_threads(int(n_threads))
+        self._rope_tables: OrderedDict = OrderedDict()
+        threads = self.n_threads()
+        self.description = f"cpu {_isa_label()}, {threads} thread{'s' if threads != 1 else ''}"
+
+    @staticmethod
+    def n_threads() -> int:
+        for f in ("get_num_threads", "num_threads"):
+            if hasattr(_C, f):
+                return int(getattr(_C, f)())
+        return 1
+
+    # -- data movement ---------------------------------------------------------
+    def from_numpy(self, x: np.ndarray) -> np.ndarray:
+        return _contig(x)
+
+    def to_numpy(self, x: np.ndarray) -> np.ndarray:
+        return x
+
+    # -- weights -----------------------------------------------------------------
+    def embed(self, w: QTensor, ids: np.ndarray) -> np.ndarray:
+        ids = np.ascontiguousarray(ids, dtype=np.int32).reshape(-1)
+        out = np.empty((ids.size, w.cols), dtype=np.float32)
+        if native_type(w.type_name):
+            _C.get_rows(w.type_name, w.raw, w.rows, w.cols, ids, out)
+        else:  # a type the kernels lack: decode just these rows in NumPy
+            from .. import quants
+
+            for i, t in enumerate(ids):
+                out[i] = quants.dequantize(w.type_name, w.row_raw(int(t)), w.cols)
+        return out
+
+    def matmul(self, w: QTensor, x: np.ndarray) -> np.ndarray:
+        x = _contig(x)
+        out = np.empty((x.shape[0], w.rows), dtype=np.float32)
+        if native_type(w.type_name):
+            _C.matmul(w.type_name, w.raw, w.rows, w.cols, x, out)
+        else:  # a type the kernels lack: run it as F32, converted once (memory: 4 bytes/weight)
+            raw = w.cache.get("cpu_f32_raw")
+            if raw is None:
+                from .. import quants
+
+                f32 = np.ascontiguousarray(quants.dequantize(w.type_name, w.raw, w.n_elements), dtype=np.float32)
+                raw = w.cache["cpu_f32_raw"] = f32.view(np.uint8)
+            _C.matmul("F32", raw, w.rows, w.cols, x, out)
+        return out
+
+    @staticmethod
+    def _vector(w: QTensor) -> np.ndarray:
+        """A 1-D weight (norm scales) as float32: a view of the mapped bytes for F32."""
+        v = w.cache.get("cpu_f32")
+        if v is None:
+            if w.type_name.upper() == "F32":
+                v = w.raw.view(np.float32).reshape(-1)
+            else:  # not seen in practice; dequantized once and kept
+                from .. import quants
+
+                v = np.ascontiguousarray(quants.dequantize(w.type_name, w.raw, w.n_elements), dtype=np.float32)
+            w.cache["cpu_f32"] = v
+        return v
+
+    # -- elementwise and normalisation -------------------------------------------
+    def rmsnorm(self, x: np.ndarray, w: QTensor, eps: float) -> np.ndarray:
+        x = _act(x)
+        out = np.empty(x.shape, dtype=np.float32)
+        _C.rmsnorm(x, self._vector(w), float(eps), out)
+        return out
+
+    def rmsnorm_add(self, x: np.ndarray, w: QTensor, eps: float, residual: np.ndarray) -> np.ndarray:
+        """``residual + rmsnorm(x, w, eps)`` in one pass (Gemma's post-norms)."""
+        x, residual = _contig(x), _contig(residual)
+        out = np.empty(residual.shape, dtype=np.float32)
+        _C.rmsnorm_add(x, self._vector(w), float(eps), residual, out)
+        return out
+
+    def add_rmsnorm(self, a: np.ndarray, b: np.ndarray, w: QTensor, eps: float) -> tuple[np.ndarray, np.ndarray]:
+        """``s = a + b`` and ``rmsnorm(s, w, eps)`` in one pass; returns both."""
+        a, b = _contig(a), _contig(b)
+        s = np.empty(a.shape, dtype=np.float32)
+        nrm = np.empty(a.shape, dtype=np.float32)
+        _C.add_rmsnorm(a, b, self._vector(w), float(eps), s, nrm)
+        return s, nrm
+
+    def add(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        if getattr(a, "shape", None) != getattr(b, "shape", None):  # broadcasting: NumPy's rules
+            return np.add(a, b, dtype=np.float32)
+        a, b = _contig(a), _contig(b)
+        out = np.empty(a.shape, dtype=np.float32)
+        _C.add(a, b, out)
+        return out
+
+    def scale(self, x: np.ndarray, s: float) -> np.ndarray:
+        x = _contig(x)
+        out = np.empty(x.shape, dtype=np.float32)
+        _C.scale(x, float(np.float32(s)), out)
+        return out
+
+    def _gate(self, fn, gate, up) -> np.ndarray:
+        gate, up = _contig(gate), _contig(up)
+        if gate.shape != up.shape:
+            raise ValueError(f"gate {gate.shape} and up {up.shape} differ in shape")
+        out = np.empty(gate.shape, dtype=np.float32)
+        fn(gate, up, out)
+        return out
+
+    def silu_mul(self, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+        return self._gate(_C.silu_mul, gate, up)
+
+    def gelu_mul(self, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+        return self._gate(_C.gelu_mul, gate, up)
+
+    # -- position and attention --------------------------------------------------
+    def _rope_table(self, positions: np.ndarray, freq_base: float, n_rot: int) -> tuple[np.ndarray, np.ndarray]:
+        pos = np.ascontiguousarray(positions, dtype=np.float64).reshape(-1)
+        key = (float(freq_base), int(n_rot), pos.tobytes())
+        tab = self._rope_tables.get(key)
+        if tab is None:
+            cos = np.empty((pos.size, n_rot // 2), dtype=np.float32)
+            sin = np.empty_like(cos)
+            _C.rope_table(pos, float(freq_base), int(n_rot), cos, sin)
+            tab = (cos, sin)
+            self._rope_tables[key] = tab
+            if len(self._rope_tables) > self.ROPE_TABLES:
+                self._rope_tables.popitem(last=False)
+        else:
+            self._rope_tables.move_to_end(key)
+        return tab
+
+    def rope(self, x, positions, n_heads, head_dim, freq_base, neox, n_rot=None):
+        n_rot = head_dim if n_rot is None else int(n_rot)
+        x = _act(x)
+        cos, sin = self._rope_table(positions, freq_base, n_rot)
+        out = np.empty((x.shape[0], n_heads * head_dim), dtype=np.float32)
+        _C.rope(x, out, cos, sin, int(n_heads), int(head_dim), n_rot, bool(neox))
+        return out
+
+    def kv_cache(self, n_layers: int, n_ctx: int, kv_width: int) -> KVCache:
+        k = [np.zeros((n_ctx, kv_width), dtype=np.float32) for _ in range(n_layers)]
+        v = [np.zeros((n_ctx, kv_width), dtype=np.float32) for _ in range(n_layers)]
+        return KVCache(k, v, n_ctx)
+
+    def kv_write(self, cache: KVCache, layer: int, pos0: int, k: np.ndarray, v: np.ndarray) -> None:
+        n = k.shape[0]
+        if pos0 < 0 or pos0 + n > cache.n_ctx:
+            raise ValueError(f"kv_write: positions {pos0}..{pos0 + n - 1} outside the cache (n_ctx {cache.n_ctx})")
+        cache.k[layer][pos0:pos0 + n] = k
+        cache.v[layer][pos0:pos0 + n] = v
+
+    def attention(self, q, cache, layer, pos0, n_heads, n_kv_heads, head_dim, scale, window=0):
+        q = _act(q)
+        out = np.empty((q.shape[0], n_heads * head_dim), dtype=np.float32)
+        _C.attention(q, cache.k[layer], cache.v[layer], out, int(pos0), int(n_heads), int(n_kv_heads),
+                     int(head_dim), float(scale), int(window or 0))
+        return out
