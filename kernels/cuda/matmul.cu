@@ -1,0 +1,267 @@
+// Quantized matrix products y (n, rows) = x (n, cols) @ W.T reading W in its GGUF
+// block layout, and embedding lookups (get_rows).
+//
+// simple : one thread per output value, dequantizing W value by value in float32.
+// tuned  : x is first quantized to Q8_1 (per 32 values: d8 = max|x|/127, int8
+//          codes, s8 = d8 * sum of codes); then one warp per weight row, each lane
+//          taking every 32nd group of 32 weights ("unit"), decoding it once to int8
+//          codes (quants.cuh: decode_unit) and dotting it with NC token columns by
+//          dp4a. NC = 1 is the decode matrix-vector product; NC = 8 the prompt
+//          matrix-matrix product, which reads each weight row once per 8 tokens.
+//          Float weights (F32/F16/BF16) use the same warp-per-row shape in float.
+#include <stdexcept>
+#include <string>
+
+#include "compat.cuh"
+#include "kernels.h"
+#include "quants.cuh"
+
+namespace pye {
+
+namespace {
+
+constexpr int MM_WARPS = 4;  // rows per block of the tuned kernels
+
+// ---------------------------------------------------------------------------------
+// simple
+// ---------------------------------------------------------------------------------
+template <int T>
+__global__ void matmul_simple_kernel(const uint8_t* __restrict__ w, size_t row_bytes, int rows, int cols,
+                                     const float* __restrict__ x, float* __restrict__ y) {
+    const int r = blockIdx.x * blockDim.x + threadIdx.x;
+    const int c = blockIdx.y;  // token
+    if (r >= rows) return;
+    const uint8_t* wr = w + static_cast<size_t>(r) * row_bytes;
+    const float* xc = x + static_cast<size_t>(c) * cols;
+    float acc = 0.0f;
+    for (int e = 0; e < cols; ++e) acc += dequant_elem<T>(wr, e) * xc[e];
+    y[static_cast<size_t>(c) * rows + r] = acc;
+}
+
+// ---------------------------------------------------------------------------------
+// Q8_1 quantization of activations: one warp per 32 values.
+// ---------------------------------------------------------------------------------
+__global__ void quantize_q8_1_kernel(const float* __restrict__ x, int n, int cols, int8_t* __restrict__ q,
+                                     float2* __restrict__ ds) {
+    const int units = cols / 32;
+    const long long g = static_cast<long long>(blockIdx.x) * blockDim.y + threadIdx.y;  // unit over all tokens
+    if (g >= static_cast<long long>(n) * units) return;  // whole warp leaves together
+    const int lane = threadIdx.x;
+    const float v = x[g * 32 + lane];  // units of a token are contiguous, tokens too
+    const float amax = warp_max(fabsf(v));
+    const float d = amax / 127.0f;
+    const float qf = amax == 0.0f ? 0.0f : roundf(v / d);
+    q[g * 32 + lane] = static_cast<int8_t>(static_cast<int>(qf));
+    const float sum = warp_sum(qf);
+    if (lane == 0) ds[g] = make_float2(d, d * sum);
+}
+
+// ---------------------------------------------------------------------------------
+// tuned: quantized weights, dp4a
+// ---------------------------------------------------------------------------------
+template <int T, int NC>
+__global__ void __launch_bounds__(32 * MM_WARPS)
+matmul_q8_kernel(const uint8_t* __restrict__ w, size_t row_bytes, int rows, int units,
+                 const int8_t* __restrict__ q8, const float2* __restrict__ ds, int n, float* __restrict__ y) {
+    const int lane = threadIdx.x;
+    const int r = blockIdx.x * MM_WARPS + threadIdx.y;  // same for the whole warp
+    const int c0 = blockIdx.y * NC;
+    float acc[NC];
+#pragma unroll
+    for (int c = 0; c < NC; ++c) acc[c] = 0.0f;
+    if (r < rows) {
+        const uint8_t* wr = w + static_cast<size_t>(r) * row_bytes;
+        for (int u = lane; u < units; u += 32) {
+            Unit U;
+            decode_unit<T>(wr, u, U);
+#pragma unroll
+            for (int c = 0; c < NC; ++c) {
+                if (c0 + c < n) {
+                    const size_t cu = static_cast<size_t>(c0 + c) * units + u;
+                    acc[c] += unit_dot(U, q8 + cu * 32, ds[cu]);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int c = 0; c < NC; ++c) acc[c] = warp_sum(acc[c]);
+    if (r < rows && lane == 0) {
+#pragma unroll
+        for (int c = 0; c < NC; ++c)
+            if (c0 + c < n) y[static_cast<size_t>(c0 + c) * rows + r] = acc[c];
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// tuned: float weights
+// ---------------------------------------------------------------------------------
+template <int T, int NC>
+__global__ void __launch_bounds__(32 * MM_WARPS)
+matmul_float_kernel(const uint8_t* __restrict__ w, size_t row_bytes, int rows, int cols,
+                    const float* __restrict__ x, int n, float* __restrict__ y) {
+    const int lane = threadIdx.x;
+    const int r = blockIdx.x * MM_WARPS + threadIdx.y;
+    const int c0 = blockIdx.y * NC;
+    float acc[NC];
+#pragma unroll
+    for (int c = 0; c < NC; ++c) acc[c] = 0.0f;
+    if (r < rows) {
+        const uint8_t* wr = w + static_cast<size_t>(r) * row_bytes;
+        for (int e = lane; e < cols; e += 32) {
+            const float wv = dequant_elem<T>(wr, e);
+#pragma unroll
+            for (int c = 0; c < NC; ++c)
+                if (c0 + c < n) acc[c] += wv * x[static_cast<size_t>(c0 + c) * cols + e];
+        }
+    }
+#pragma unroll
+    for (int c = 0; c < NC; ++c) acc[c] = warp_sum(acc[c]);
+    if (r < rows && lane == 0) {
+#pragma unroll
+        for (int c = 0; c < NC; ++c)
+            if (c0 + c < n) y[static_cast<size_t>(c0 + c) * rows + r] = acc[c];
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// get_rows
+// ---------------------------------------------------------------------------------
+template <int T>
+__global__ void get_rows_simple_kernel(const uint8_t* __restrict__ w, size_t row_bytes, int cols,
+                                       const int32_t* __restrict__ ids, int n, float* __restrict__ out) {
+    const long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= static_cast<long long>(n) * cols) return;
+    const int t = static_cast<int>(i / cols), e = static_cast<int>(i % cols);
+    out[i] = dequant_elem<T>(w + static_cast<size_t>(ids[t]) * row_bytes, e);
+}
+
+// one block per token, its threads striding along the row (coalesced writes)
+template <int T>
+__global__ void get_rows_kernel(const uint8_t* __restrict__ w, size_t row_bytes, int cols,
+                                const int32_t* __restrict__ ids, float* __restrict__ out) {
+    const int t = blockIdx.x;
+    const uint8_t* wr = w + static_cast<size_t>(ids[t]) * row_bytes;
+    float* o = out + static_cast<size_t>(t) * cols;
+    for (int e = threadIdx.x; e < cols; e += blockDim.x) o[e] = dequant_elem<T>(wr, e);
+}
+
+// ---------------------------------------------------------------------------------
+// dispatch
+// ---------------------------------------------------------------------------------
+template <int T, int NC>
+void launch_q8(const uint8_t* w, size_t rb, int rows, int cols, const int8_t* q8, const float2* ds, int n,
+               float* y) {
+    const dim3 grid(ceil_div(rows, MM_WARPS), ceil_div(n, NC));
+    launch("matmul (quantized, dp4a)", matmul_q8_kernel<T, NC>, grid, dim3(32, MM_WARPS), w, rb, rows, cols / 32,
+           q8, ds, n, y);
+}
+
+template <int T, int NC>
+void launch_float(const uint8_t* w, size_t rb, int rows, int cols, const float* x, int n, float* y) {
+    const dim3 grid(ceil_div(rows, MM_WARPS), ceil_div(n, NC));
+    launch("matmul (float weights)", matmul_float_kernel<T, NC>, grid, dim3(32, MM_WARPS), w, rb, rows, cols, x,
+           n, y);
+}
+
+template <int T>
+void matmul_t(const uint8_t* w, int rows, int cols, const float* x, int n, float* y, void* scratch, bool simple) {
+    const size_t rb = row_bytes(T, cols);
+    if (simple) {
+        launch("matmul_simple", matmul_simple_kernel<T>, dim3(ceil_div(rows, 128), n), dim3(128), w, rb, rows,
+               cols, x, y);
+        return;
+    }
+    if constexpr (Traits<T>::quant) {
+        int8_t* q8 = static_cast<int8_t*>(scratch);
+        float2* ds = reinterpret_cast<float2*>(static_cast<uint8_t*>(scratch) +
+                                               ((static_cast<size_t>(n) * cols + 255) / 256) * 256);
+        const size_t units = static_cast<size_t>(n) * (cols / 32);
+        launch("quantize_q8_1", quantize_q8_1_kernel, dim3(ceil_div(units, 8)), dim3(32, 8), x, n, cols, q8, ds);
+        if (n == 1)
+            launch_q8<T, 1>(w, rb, rows, cols, q8, ds, n, y);
+        else if (n == 2)
+            launch_q8<T, 2>(w, rb, rows, cols, q8, ds, n, y);
+        else if (n <= 4)
+            launch_q8<T, 4>(w, rb, rows, cols, q8, ds, n, y);
+        else
+            launch_q8<T, 8>(w, rb, rows, cols, q8, ds, n, y);
+    } else {
+        if (n == 1)
+            launch_float<T, 1>(w, rb, rows, cols, x, n, y);
+        else if (n <= 4)
+            launch_float<T, 4>(w, rb, rows, cols, x, n, y);
+        else
+            launch_float<T, 8>(w, rb, rows, cols, x, n, y);
+    }
+}
+
+template <int T>
+void get_rows_t(const uint8_t* w, int cols, const int32_t* ids, int n, float* out, bool simple) {
+    const size_t rb = row_bytes(T, cols);
+    if (simple) {
+        const size_t total = static_cast<size_t>(n) * cols;
+        launch("get_rows_simple", get_rows_simple_kernel<T>, dim3(ceil_div(total, 256)), dim3(256), w, rb, cols,
+               ids, n, out);
+    } else {
+        launch("get_rows", get_rows_kernel<T>, dim3(n), dim3(256), w, rb, cols, ids, out);
+    }
+}
+
+#define PYE_DISPATCH(type, CALL)                                                          \
+    switch (type) {                                                                       \
+        case T_F32: { constexpr int TT = T_F32; CALL; } break;                             \
+        case T_F16: { constexpr int TT = T_F16; CALL; } break;                             \
+        case T_BF16: { constexpr int TT = T_BF16; CALL; } break;                           \
+        case T_Q4_0: { constexpr int TT = T_Q4_0; CALL; } break;                           \
+        case T_Q4_1: { constexpr int TT = T_Q4_1; CALL; } break;                           \
+        case T_Q5_0: { constexpr int TT = T_Q5_0; CALL; } break;                           \
+        case T_Q8_0: { constexpr int TT = T_Q8_0; CALL; } break;                           \
+        case T_Q4_K: { constexpr int TT = T_Q4_K; CALL; } break;                           \
+        case T_Q6_K: { constexpr int TT = T_Q6_K; CALL; } break;                           \
+        default: throw std::invalid_argument("unsupported GGML type id " + std::to_string(type)); \
+    }
+
+}  // namespace
+
+bool type_supported(int type) {
+    int block, bytes;
+    bool quant;
+    return type_info(type, &block, &bytes, &quant);
+}
+
+size_t row_bytes(int type, int cols) {
+    int block, bytes;
+    bool quant;
+    if (!type_info(type, &block, &bytes, &quant))
+        throw std::invalid_argument("unsupported GGML type id " + std::to_string(type));
+    if (cols <= 0 || cols % block)
+        throw std::invalid_argument("row of " + std::to_string(cols) + " values is not a whole number of " +
+                                    std::to_string(block) + "-value blocks");
+    return static_cast<size_t>(cols / block) * bytes;
+}
+
+size_t matmul_scratch_bytes(int type, int n, int cols) {
+    int block, bytes;
+    bool quant;
+    if (!type_info(type, &block, &bytes, &quant) || !quant || n <= 0 || cols <= 0) return 0;
+    const size_t qbytes = ((static_cast<size_t>(n) * cols + 255) / 256) * 256;
+    return qbytes + static_cast<size_t>(n) * (cols / 32) * sizeof(float2);
+}
+
+void matmul(int type, const uint8_t* w, int rows, int cols, const float* x, int n, float* y, void* scratch,
+            size_t scratch_bytes, bool simple) {
+    (void)row_bytes(type, cols);  // validates type and cols
+    if (rows <= 0 || n <= 0) throw std::invalid_argument("matmul: rows and n must be positive");
+    if (!simple && scratch_bytes < matmul_scratch_bytes(type, n, cols))
+        throw std::invalid_argument("matmul: scratch of " + std::to_string(scratch_bytes) + " bytes, needs " +
+                                    std::to_string(matmul_scratch_bytes(type, n, cols)));
+    PYE_DISPATCH(type, (matmul_t<TT>(w, rows, cols, x, n, y, scratch, simple)));
+}
+
+void get_rows(int type, const uint8_t* w, int cols, const int32_t* ids, int n, float* out, bool simple) {
+    (void)row_bytes(type, cols);
+    if (n <= 0) return;
+    PYE_DISPATCH(type, (get_rows_t<TT>(w, cols, ids, n, out, simple)));
+}
+
+}  // namespace pye
