@@ -360,3 +360,14 @@ def test_verify_not_pulled(cache, fake):
     with pytest.raises(registry.ModelNotPulledError) as ei:
         registry.verify(fake.name, progress=False)
     _assert_one_line(ei.value)
+
+
+@pytest.mark.parametrize("name", sorted(registry.REGISTRY))
+def test_real_cached_models_match_registry_checksums(name):
+    """If a real model is already in the user's cache, its bytes match the entry (no download)."""
+    entry = registry.REGISTRY[name]
+    path = registry.models_dir() / entry.file
+    if not path.is_file():
+        pytest.skip(f"{name} not in the cache ({path})")
+    assert path.stat().st_size == entry.size
+    assert registry.verify(name, progress=False) == path

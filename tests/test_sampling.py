@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 from pyengine.errors import PyEngineError
@@ -37,17 +37,20 @@ def reference_sets(logits, temperature, top_k, top_p, min_p, slack=1e-9):
     p = np.exp(z - z.max())
     p /= p.sum()  # p is in decreasing order (cand is sorted by logit)
 
-    def keep(top_p_eff, min_p_factor):
+    def keep(top_p_eff, min_p_factor, generous):
         ok = np.ones(len(p), bool)
         if top_p < 1.0:
             cum = np.cumsum(p)
             n = int(np.argmax(cum >= top_p_eff)) + 1 if cum[-1] >= top_p_eff else len(p)
-            ok &= p >= p[n - 1]
+            if generous:  # anything tied with (or within slack of) the last kept token
+                ok &= p >= p[n - 1] * (1 - slack)
+            elif n < len(p):  # only tokens clearly more likely than the first dropped one
+                ok &= (np.arange(len(p)) < n) & (p > p[n] * (1 + slack))
         if min_p > 0:
             ok &= p >= min_p * min_p_factor * p[0]
         return {int(cand[i]) for i in np.flatnonzero(ok)}
 
-    return keep(top_p + slack, 1 - slack), keep(top_p - slack, 1 + slack)
+    return keep(top_p + slack, 1 - slack, True), keep(top_p - slack, 1 + slack, False)
 
 
 # --------------------------------------------------------------------------- greedy
@@ -88,6 +91,7 @@ def test_greedy_rejects_nan_and_bad_shapes():
 @given(logits_strategy(unique=True), st.floats(0.05, 3.0), st.integers(0, 50),
        st.floats(0.01, 1.0), st.sampled_from([0.0, 0.01, 0.05, 0.2, 0.7]),
        st.integers(0, 2**32 - 1))
+@example(np.array([0.0, 5.814006e-39], np.float32), 1.0, 0, 0.5, 0.0, 0)  # exact tie in float64
 def test_draws_stay_in_top_k_top_p_min_p_set(logits, temperature, top_k, top_p, min_p, seed):
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                             repeat_penalty=1.0, seed=seed)
