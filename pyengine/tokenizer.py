@@ -519,6 +519,8 @@ class SPMTokenizer(Tokenizer):
 
     def _spm(self, text: str, out: list[int]) -> None:
         n = len(text)
+        if n == 0:
+            return
         vocab = self._tok2id
         scores = self._scores
         # symbol i starts at character i; length[i] == 0 once merged into its left neighbour
@@ -665,6 +667,8 @@ class BPETokenizer(Tokenizer):
             if t is not None:
                 return (t,)
         n = len(word)
+        if n == 0:
+            return ()
         ranks = self._ranks
         length = [1] * n
         nxt = list(range(1, n + 1))
