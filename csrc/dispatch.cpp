@@ -1,6 +1,7 @@
 #include "dispatch.h"
 
 #include <cstdlib>
+#include <memory>
 #include <mutex>
 #include <stdexcept>
 
@@ -49,6 +50,9 @@ namespace {
 struct Scratch {
     uint8_t* p = nullptr;
     size_t cap = 0;
+    Scratch() = default;
+    Scratch(const Scratch&) = delete;
+    Scratch& operator=(const Scratch&) = delete;
     uint8_t* get(size_t n) {
         if (n > cap) {
             std::free(p);
@@ -66,7 +70,7 @@ struct Scratch {
 
 std::mutex g_matmul_mutex;  // one matmul at a time owns the scratch and the pool
 Scratch g_act;
-std::vector<Scratch> g_wbuf;  // one per pool thread
+std::vector<std::unique_ptr<Scratch>> g_wbuf;  // one per pool thread
 
 constexpr int64_t kL2Budget = 256 * 1024;  // bytes of packed weight rows a thread keeps hot
 
@@ -124,11 +128,11 @@ void matmul(WType t, const uint8_t* w, int64_t rows, int64_t cols, const float* 
     int64_t sched = (rows + 4 * nth - 1) / (4 * nth);
     sched = (sched + rb_rows - 1) / rb_rows * rb_rows;
     if (sched < rb_rows) sched = rb_rows;
-    if ((int)g_wbuf.size() < nth) g_wbuf.resize(nth);
-    for (int i = 0; i < nth; ++i) g_wbuf[i].get((size_t)(rb_rows * stride));
+    while ((int)g_wbuf.size() < nth) g_wbuf.emplace_back(new Scratch());
+    for (int i = 0; i < nth; ++i) g_wbuf[i]->get((size_t)(rb_rows * stride));
 
     pool.parallel_for(rows, sched, [&](int64_t r0, int64_t r1, int tid) {
-        uint8_t* wbuf = g_wbuf[tid].p;
+        uint8_t* wbuf = g_wbuf[tid]->p;
         for (int64_t a = r0; a < r1; a += rb_rows) {
             const int nr = (int)(r1 - a < rb_rows ? r1 - a : rb_rows);
             for (int i = 0; i < nr; ++i) k.pack_w(t, w + (a + i) * rb, cols, wbuf + i * stride);

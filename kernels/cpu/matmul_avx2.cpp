@@ -1,5 +1,432 @@
-// Stub: the avx2 tier is not implemented yet; an empty table keeps it out of kernel_variants().
+// AVX2 (+FMA, F16C) tier of the quantized matmul: 8 groups per panel, one ymm =
+// 8 int32 lanes, each lane owning one group. Without VNNI the integer dot is
+// vpmaddubsw (u8 x s8 -> pairs summed to s16) then vpmaddwd by ones (-> s32).
+//
+// vpmaddubsw saturates the s16 pair sum, so the unsigned weight byte must stay small:
+// q <= 63 for every type (63*127*2 < 32767) except Q8_0, whose weights are kept
+// *signed* here (E = 0) and multiplied with the sign trick |w| x sign(y, w).
+//
+// No STL, anonymous namespace: see the note at the top of matmul_avx512.cpp.
+#include <immintrin.h>
+
 #include "matmul_kernels.h"
+
 namespace pe {
-const MatmulKernels matmul_kernels_avx2 = {"avx2", 0, nullptr, nullptr, nullptr, nullptr};
+namespace {
+
+constexpr int PG = 8;  // groups (lanes) per panel
+
+// out_k (128-bit lane i) dword m = in_m (lane i) dword k
+static inline void transpose4_inlane(__m256i& a0, __m256i& a1, __m256i& a2, __m256i& a3) {
+    const __m256i t0 = _mm256_unpacklo_epi32(a0, a1), t1 = _mm256_unpackhi_epi32(a0, a1);
+    const __m256i t2 = _mm256_unpacklo_epi32(a2, a3), t3 = _mm256_unpackhi_epi32(a2, a3);
+    a0 = _mm256_unpacklo_epi64(t0, t2);
+    a1 = _mm256_unpackhi_epi64(t0, t2);
+    a2 = _mm256_unpacklo_epi64(t1, t3);
+    a3 = _mm256_unpackhi_epi64(t1, t3);
 }
+
+// G = 32: v[m] = group m (8 dwords). Afterwards lane l of every v[k] belongs to group l.
+static inline void transpose_g32(__m256i v[8]) {
+    transpose4_inlane(v[0], v[1], v[2], v[3]);
+    transpose4_inlane(v[4], v[5], v[6], v[7]);
+    for (int k = 0; k < 4; ++k) {
+        const __m256i a = v[k], b = v[4 + k];
+        v[k] = _mm256_permute2x128_si256(a, b, 0x20);      // dwords k of groups 0..7
+        v[4 + k] = _mm256_permute2x128_si256(a, b, 0x31);  // dwords 4+k
+    }
+}
+// G = 16: v[m] = groups 2m, 2m+1; afterwards lane 4i+m belongs to group 2m+i.
+static inline void transpose_g16(__m256i v[4]) { transpose4_inlane(v[0], v[1], v[2], v[3]); }
+
+template <int G>
+static inline void store_panel(uint8_t* dst, __m256i* v, __m256 A_nat, __m256 B_nat) {
+    if (G == 32) {
+        transpose_g32(v);
+    } else {
+        transpose_g16(v);
+        const __m256i perm = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+        A_nat = _mm256_permutevar8x32_ps(A_nat, perm);
+        B_nat = _mm256_permutevar8x32_ps(B_nat, perm);
+    }
+    for (int k = 0; k < G / 4; ++k) _mm256_store_si256((__m256i*)(dst + 32 * k), v[k]);
+    _mm256_store_ps((float*)(dst + PG * G), A_nat);
+    _mm256_store_ps((float*)(dst + PG * G + 32), B_nat);
+}
+
+static inline float half(const uint8_t* p) { return _cvtsh_ss(load_u16(p)); }
+
+// fp16 words at p + j*stride, j = 0..7 -> 8 floats.
+static inline __m256 load_f16x8(const uint8_t* p, int stride) {
+    uint64_t w[2];
+    for (int i = 0; i < 2; ++i) {
+        const uint8_t* q = p + 4 * i * stride;
+        w[i] = (uint64_t)load_u16(q) | (uint64_t)load_u16(q + stride) << 16 | (uint64_t)load_u16(q + 2 * stride) << 32 |
+               (uint64_t)load_u16(q + 3 * stride) << 48;
+    }
+    return _mm256_cvtph_ps(_mm_set_epi64x((long long)w[1], (long long)w[0]));
+}
+
+// 16 nibble bytes -> [x & 15 | x >> 4] (elements 0..15, 16..31 of a 32-block).
+static inline __m256i nibbles_16(const uint8_t* p) {
+    const __m128i x = _mm_loadu_si128((const __m128i*)p);
+    const __m256i t = _mm256_inserti128_si256(_mm256_castsi128_si256(x), _mm_srli_epi16(x, 4), 1);
+    return _mm256_and_si256(t, _mm256_set1_epi8(15));
+}
+
+// The 32 bits of Q5_0's qh as 32 bytes: 16 where the bit is set, else 0.
+static inline __m256i q5_high_bits(uint32_t qh) {
+    const __m256i shuf = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,  //
+                                          2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+    const __m256i x = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh), shuf);  // byte j <- byte j/8 of qh
+    const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(x, bit), bit);
+    return _mm256_and_si256(set, _mm256_set1_epi8(16));
+}
+
+// ---- weights -------------------------------------------------------------------------
+template <int T_>
+static inline void pack_panel_32(const uint8_t* blk, uint8_t* dst) {
+    constexpr WType t = (WType)T_;
+    constexpr int BB = t == WType::Q4_0 ? 18 : t == WType::Q4_1 ? 20 : t == WType::Q5_0 ? 22 : 34;
+    __m256i v[8];
+    for (int m = 0; m < 8; ++m) {
+        const uint8_t* b = blk + m * BB;
+        if (t == WType::Q4_0) {
+            v[m] = nibbles_16(b + 2);
+        } else if (t == WType::Q4_1) {
+            v[m] = nibbles_16(b + 4);
+        } else if (t == WType::Q5_0) {
+            v[m] = _mm256_or_si256(nibbles_16(b + 6), q5_high_bits(load_u32(b + 2)));
+        } else {
+            v[m] = _mm256_loadu_si256((const __m256i*)(b + 2));  // signed int8, see top of file
+        }
+    }
+    const __m256 D = load_f16x8(blk, BB);
+    __m256 E;
+    if (t == WType::Q4_0) {
+        E = _mm256_mul_ps(_mm256_set1_ps(8.0f), D);
+    } else if (t == WType::Q4_1) {
+        E = _mm256_sub_ps(_mm256_setzero_ps(), load_f16x8(blk + 2, BB));
+    } else if (t == WType::Q5_0) {
+        E = _mm256_mul_ps(_mm256_set1_ps(16.0f), D);
+    } else {
+        E = _mm256_setzero_ps();
+    }
+    store_panel<32>(dst, v, D, E);
+}
+
+// Q4_K: one panel = one super-block (8 groups of 32).
+static inline void pack_panel_q4k(const uint8_t* blk, uint8_t* dst) {
+    const __m256i lo4 = _mm256_set1_epi8(15);
+    __m256i v[8];
+    for (int c = 0; c < 4; ++c) {
+        const __m256i x = _mm256_loadu_si256((const __m256i*)(blk + 16 + 32 * c));
+        v[2 * c] = _mm256_and_si256(x, lo4);
+        v[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(x, 4), lo4);
+    }
+    const uint32_t w0 = load_u32(blk + 4), w1 = load_u32(blk + 8), w2 = load_u32(blk + 12);
+    const uint32_t lo6 = 0x3f3f3f3fu, l4 = 0x0f0f0f0fu, lo2 = 0x03030303u;
+    const uint64_t sc = (uint64_t)(w0 & lo6) | (uint64_t)((w2 & l4) | (((w0 >> 6) & lo2) << 4)) << 32;
+    const uint64_t mn = (uint64_t)(w1 & lo6) | (uint64_t)(((w2 >> 4) & l4) | (((w1 >> 6) & lo2) << 4)) << 32;
+    const __m256 scf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)sc)));
+    const __m256 mnf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)mn)));
+    store_panel<32>(dst, v, _mm256_mul_ps(_mm256_set1_ps(half(blk)), scf),
+                    _mm256_mul_ps(_mm256_set1_ps(half(blk + 2)), mnf));
+}
+
+// Q6_K: one panel = half a super-block (8 groups of 16).
+static inline void pack_panel_q6k(const uint8_t* blk, int h, uint8_t* dst) {
+    const block_q6_K* b = (const block_q6_K*)blk;
+    const __m256i lo4 = _mm256_set1_epi8(15), lo2 = _mm256_set1_epi8(3);
+    const __m256i qa = _mm256_loadu_si256((const __m256i*)(b->ql + 64 * h));
+    const __m256i qb = _mm256_loadu_si256((const __m256i*)(b->ql + 64 * h + 32));
+    const __m256i qh = _mm256_loadu_si256((const __m256i*)(b->qh + 32 * h));
+    __m256i v[4];
+    v[0] = _mm256_or_si256(_mm256_and_si256(qa, lo4), _mm256_slli_epi16(_mm256_and_si256(qh, lo2), 4));
+    v[1] = _mm256_or_si256(_mm256_and_si256(qb, lo4),
+                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), lo2), 4));
+    v[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qa, 4), lo4),
+                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), lo2), 4));
+    v[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qb, 4), lo4),
+                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), lo2), 4));
+    const __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(b->scales + 8 * h))));
+    const __m256 D = _mm256_mul_ps(_mm256_set1_ps(half(blk + 208)), sc);
+    store_panel<16>(dst, v, D, _mm256_mul_ps(_mm256_set1_ps(32.0f), D));
+}
+
+void pack_w_avx2(WType t, const uint8_t* row, int64_t cols, uint8_t* dst) {
+    const WTypeInfo& ti = wtype_info(t);
+    const int G = ti.group;
+    const int64_t pb = (int64_t)PG * (G + 8);
+    const int64_t nb = cols / ti.block_elems;
+    if (t == WType::Q4_K) {
+        for (int64_t b = 0; b < nb; ++b, dst += pb) pack_panel_q4k(row + b * 144, dst);
+        return;
+    }
+    if (t == WType::Q6_K) {
+        for (int64_t b = 0; b < nb; ++b) {
+            pack_panel_q6k(row + b * 210, 0, dst);
+            pack_panel_q6k(row + b * 210, 1, dst + pb);
+            dst += 2 * pb;
+        }
+        return;
+    }
+    const int BB = ti.block_bytes;
+    alignas(32) uint8_t tail[8 * 34];
+    for (int64_t b = 0; b < nb; b += 8, dst += pb) {
+        const uint8_t* src = row + b * BB;
+        if (nb - b < 8) {  // partial last panel: zero blocks (d = 0) fill it
+            std::memset(tail, 0, sizeof(tail));
+            std::memcpy(tail, src, (size_t)((nb - b) * BB));
+            src = tail;
+        }
+        switch (t) {
+            case WType::Q4_0: pack_panel_32<(int)WType::Q4_0>(src, dst); break;
+            case WType::Q4_1: pack_panel_32<(int)WType::Q4_1>(src, dst); break;
+            case WType::Q5_0: pack_panel_32<(int)WType::Q5_0>(src, dst); break;
+            default: pack_panel_32<(int)WType::Q8_0>(src, dst); break;
+        }
+    }
+}
+
+// ---- activations (bit-identical to the generic tier) ------------------------------------
+static inline float hmax8(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+static inline int hsum8_epi32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+    return _mm_cvtsi128_si32(s);
+}
+
+// One 32-block: int8 values in natural order, dy, and the sums of its two halves.
+static inline __m256i quantize32(const float* x, float& dy, int& s0, int& s1) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 xv[4];
+    __m256 m = _mm256_setzero_ps();
+    for (int i = 0; i < 4; ++i) {
+        xv[i] = _mm256_loadu_ps(x + 8 * i);
+        m = _mm256_max_ps(m, _mm256_andnot_ps(sign, xv[i]));
+    }
+    const float amax = hmax8(m);
+    if (!(amax >= 1e-30f)) {
+        dy = 0.0f;
+        s0 = s1 = 0;
+        return _mm256_setzero_si256();
+    }
+    const __m256 id = _mm256_set1_ps(127.0f / amax);
+    __m256i q[4];
+    for (int i = 0; i < 4; ++i) q[i] = _mm256_cvtps_epi32(_mm256_mul_ps(xv[i], id));  // nearest even
+    s0 = hsum8_epi32(_mm256_add_epi32(q[0], q[1]));
+    s1 = hsum8_epi32(_mm256_add_epi32(q[2], q[3]));
+    dy = amax / 127.0f;
+    // packs work per 128-bit lane: dwords come out as 0,2,4,6,1,3,5,7 of the wanted order
+    const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+    return _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+void pack_act_avx2(const float* x, int64_t cols, int G, uint8_t* dst) {
+    const int64_t pb = (int64_t)PG * (G + 8);
+    const int64_t nblk = cols / 32;
+    const int bpp = PG * G / 32;  // 32-blocks per panel
+    for (int64_t b0 = 0; b0 < nblk; b0 += bpp, dst += pb) {
+        const int nb = (int)(nblk - b0 < bpp ? nblk - b0 : bpp);
+        __m256i v[8];
+        alignas(32) float DY[8] = {0}, SY[8] = {0};
+        for (int j = 0; j < nb; ++j) {
+            float dy;
+            int s0, s1;
+            v[j] = quantize32(x + 32 * (b0 + j), dy, s0, s1);  // G=32: group j; G=16: groups 2j, 2j+1
+            if (G == 32) {
+                DY[j] = dy;
+                SY[j] = dy * (float)(s0 + s1);
+            } else {
+                DY[2 * j] = DY[2 * j + 1] = dy;
+                SY[2 * j] = dy * (float)s0;
+                SY[2 * j + 1] = dy * (float)s1;
+            }
+        }
+        for (int j = nb; j < bpp; ++j) v[j] = _mm256_setzero_si256();
+        if (G == 32)
+            store_panel<32>(dst, v, _mm256_load_ps(DY), _mm256_load_ps(SY));
+        else
+            store_panel<16>(dst, v, _mm256_load_ps(DY), _mm256_load_ps(SY));
+    }
+}
+
+// ---- the micro-kernel: R rows x T tokens -------------------------------------------------
+// SIGNED: Q8_0 (signed weights, sign trick). Otherwise two maddubs results (each pair
+// sum <= 63*127*2) are added in int16 before widening: 2 * 16002 still fits.
+template <int R, int T, int G, bool SIGNED>
+void tile(const uint8_t* wp, const uint8_t* ap, int64_t stride, int64_t np, float* out, int64_t ldo) {
+    constexpr int S = G / 4;
+    constexpr int64_t PB = PG * (G + 8);
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[R][T];
+    for (int r = 0; r < R; ++r)
+        for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
+    for (int64_t p = 0; p < np; ++p) {
+        const uint8_t* w = wp + p * PB;
+        const uint8_t* a = ap + p * PB;
+        __m256i v[R][T];
+        for (int r = 0; r < R; ++r)
+            for (int t = 0; t < T; ++t) v[r][t] = _mm256_setzero_si256();
+        for (int s = 0; s < S; s += 2) {
+            __m256i w0[R], w1[R];
+            for (int r = 0; r < R; ++r) {
+                w0[r] = _mm256_load_si256((const __m256i*)(w + r * stride + 32 * s));
+                w1[r] = _mm256_load_si256((const __m256i*)(w + r * stride + 32 * s + 32));
+            }
+            for (int t = 0; t < T; ++t) {
+                const __m256i y0 = _mm256_load_si256((const __m256i*)(a + t * stride + 32 * s));
+                const __m256i y1 = _mm256_load_si256((const __m256i*)(a + t * stride + 32 * s + 32));
+                for (int r = 0; r < R; ++r) {
+                    __m256i p16;
+                    if (SIGNED) {
+                        const __m256i pa =
+                            _mm256_maddubs_epi16(_mm256_sign_epi8(w0[r], w0[r]), _mm256_sign_epi8(y0, w0[r]));
+                        v[r][t] = _mm256_add_epi32(v[r][t], _mm256_madd_epi16(pa, ones));
+                        p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(w1[r], w1[r]), _mm256_sign_epi8(y1, w1[r]));
+                    } else {
+                        p16 = _mm256_add_epi16(_mm256_maddubs_epi16(w0[r], y0), _mm256_maddubs_epi16(w1[r], y1));
+                    }
+                    v[r][t] = _mm256_add_epi32(v[r][t], _mm256_madd_epi16(p16, ones));  // hot spot
+                }
+            }
+        }
+        for (int r = 0; r < R; ++r) {
+            const __m256 D = _mm256_load_ps((const float*)(w + r * stride + PG * G));
+            const __m256 E = _mm256_load_ps((const float*)(w + r * stride + PG * G + 32));
+            for (int t = 0; t < T; ++t) {
+                const __m256 DY = _mm256_load_ps((const float*)(a + t * stride + PG * G));
+                const __m256 SY = _mm256_load_ps((const float*)(a + t * stride + PG * G + 32));
+                const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(v[r][t]), D);
+                acc[r][t] = _mm256_fnmadd_ps(E, SY, _mm256_fmadd_ps(f, DY, acc[r][t]));
+            }
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int t = 0; t < T; ++t) {
+            const __m256 v8 = acc[r][t];
+            __m128 s = _mm_add_ps(_mm256_castps256_ps128(v8), _mm256_extractf128_ps(v8, 1));
+            s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            s = _mm_add_ss(s, _mm_movehdup_ps(s));
+            out[t * ldo + r] = _mm_cvtss_f32(s);
+        }
+}
+
+constexpr int RMAX = 2, TMAX = 2;
+using TileFn = void (*)(const uint8_t*, const uint8_t*, int64_t, int64_t, float*, int64_t);
+
+template <int G, bool SIGNED>
+struct TileTable {
+    TileFn f[RMAX][TMAX];
+    constexpr TileTable() : f{} {
+        f[0][0] = tile<1, 1, G, SIGNED>;
+        f[0][1] = tile<1, 2, G, SIGNED>;
+        f[1][0] = tile<2, 1, G, SIGNED>;
+        f[1][1] = tile<2, 2, G, SIGNED>;
+    }
+};
+constexpr TileTable<32, false> kTiles32;
+constexpr TileTable<32, true> kTiles32s;
+constexpr TileTable<16, false> kTiles16;
+
+void gemm_avx2(WType t, int G, int64_t np, const uint8_t* wp, int nr, const uint8_t* ap, int nt, float* out,
+               int64_t ldo) {
+    const int64_t stride = np * PG * (G + 8);
+    const TileFn(*f)[TMAX] = G == 16 ? kTiles16.f : (t == WType::Q8_0 ? kTiles32s.f : kTiles32.f);
+    for (int t0 = 0; t0 < nt; t0 += TMAX) {
+        const int tt = nt - t0 < TMAX ? nt - t0 : TMAX;
+        for (int r0 = 0; r0 < nr; r0 += RMAX) {
+            const int rr = nr - r0 < RMAX ? nr - r0 : RMAX;
+            f[rr - 1][tt - 1](wp + r0 * stride, ap + t0 * stride, stride, np, out + t0 * ldo + r0, ldo);
+        }
+    }
+}
+
+// ---- F32 / F16 weights ------------------------------------------------------------------------
+template <bool F16, int R, int T>
+void float_tile(const uint8_t* w, int64_t rb, int64_t cols, const float* x, int64_t ldx, float* out, int64_t ldo) {
+    __m256 acc[R][T];
+    for (int r = 0; r < R; ++r)
+        for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= cols; i += 8) {
+        __m256 wv[R];
+        for (int r = 0; r < R; ++r) {
+            if (F16)
+                wv[r] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(w + r * rb + 2 * i)));
+            else
+                wv[r] = _mm256_loadu_ps((const float*)(const void*)(w + r * rb + 4 * i));
+        }
+        for (int t = 0; t < T; ++t) {
+            const __m256 xv = _mm256_loadu_ps(x + t * ldx + i);
+            for (int r = 0; r < R; ++r) acc[r][t] = _mm256_fmadd_ps(wv[r], xv, acc[r][t]);
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int t = 0; t < T; ++t) {
+            const __m256 v8 = acc[r][t];
+            __m128 s = _mm_add_ps(_mm256_castps256_ps128(v8), _mm256_extractf128_ps(v8, 1));
+            s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            s = _mm_add_ss(s, _mm_movehdup_ps(s));
+            float tot = _mm_cvtss_f32(s);
+            for (int64_t j = i; j < cols; ++j) {
+                float wj;
+                if (F16)
+                    wj = _cvtsh_ss(load_u16(w + r * rb + 2 * j));
+                else
+                    std::memcpy(&wj, w + r * rb + 4 * j, 4);
+                tot += wj * x[t * ldx + j];
+            }
+            out[t * ldo + r] = tot;
+        }
+}
+
+template <bool F16>
+void gemm_float_impl(const uint8_t* w, int64_t rb, int64_t cols, int nr, const float* x, int64_t ldx, int nt,
+                     float* out, int64_t ldo) {
+    for (int t0 = 0; t0 < nt; t0 += 2) {
+        const bool two = nt - t0 >= 2;
+        for (int r0 = 0; r0 < nr;) {
+            const uint8_t* wr = w + r0 * rb;
+            const float* xt = x + t0 * ldx;
+            float* o = out + t0 * ldo + r0;
+            if (nr - r0 >= 4) {
+                if (two)
+                    float_tile<F16, 4, 2>(wr, rb, cols, xt, ldx, o, ldo);
+                else
+                    float_tile<F16, 4, 1>(wr, rb, cols, xt, ldx, o, ldo);
+                r0 += 4;
+            } else {
+                if (two)
+                    float_tile<F16, 1, 2>(wr, rb, cols, xt, ldx, o, ldo);
+                else
+                    float_tile<F16, 1, 1>(wr, rb, cols, xt, ldx, o, ldo);
+                r0 += 1;
+            }
+        }
+    }
+}
+
+void gemm_float_avx2(WType t, const uint8_t* w, int64_t rb, int64_t cols, int nr, const float* x, int64_t ldx,
+                     int nt, float* out, int64_t ldo) {
+    if (t == WType::F16)
+        gemm_float_impl<true>(w, rb, cols, nr, x, ldx, nt, out, ldo);
+    else
+        gemm_float_impl<false>(w, rb, cols, nr, x, ldx, nt, out, ldo);
+}
+
+}  // namespace
+
+const MatmulKernels matmul_kernels_avx2 = {
+    "avx2", PG, pack_act_avx2, pack_w_avx2, gemm_avx2, gemm_float_avx2,
+};
+
+}  // namespace pe

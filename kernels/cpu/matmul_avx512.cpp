@@ -1,5 +1,410 @@
-// Stub: the avx512 tier is not implemented yet; an empty table keeps it out of kernel_variants().
+// AVX-512 tier of the quantized matmul (F + BW + VL + DQ + VNNI): 16 groups per panel,
+// one zmm = 16 int32 lanes, each lane owning one group. vpdpbusd (u8 weights x s8
+// activations, 4 products summed into each int32 lane) does the integer work.
+//
+// Everything lives in an anonymous namespace and uses no STL templates: this TU is
+// compiled with -mavx512*, and no out-of-line copy of anything here may be picked
+// by the linker for code that runs on a CPU without AVX-512.
+#include <immintrin.h>
+
 #include "matmul_kernels.h"
+
 namespace pe {
-const MatmulKernels matmul_kernels_avx512 = {"avx512", 0, nullptr, nullptr, nullptr, nullptr};
+namespace {
+
+constexpr int PG = 16;  // groups (lanes) per panel
+
+// ---- transpositions: natural group order -> "lane l holds group perm[l]" ----------
+// A 4x4 transpose of dwords inside each 128-bit lane of four vectors:
+// out_k (lane i) dword m = in_m (lane i) dword k.
+static inline void transpose4_inlane(__m512i& a0, __m512i& a1, __m512i& a2, __m512i& a3) {
+    const __m512i t0 = _mm512_unpacklo_epi32(a0, a1), t1 = _mm512_unpackhi_epi32(a0, a1);
+    const __m512i t2 = _mm512_unpacklo_epi32(a2, a3), t3 = _mm512_unpackhi_epi32(a2, a3);
+    a0 = _mm512_unpacklo_epi64(t0, t2);
+    a1 = _mm512_unpackhi_epi64(t0, t2);
+    a2 = _mm512_unpacklo_epi64(t1, t3);
+    a3 = _mm512_unpackhi_epi64(t1, t3);
 }
+
+// G = 32: v[m] holds groups 2m, 2m+1 (8 dwords each). After this, every v[k] has in
+// lane 4L+m a dword of group (L&1) + 2m + 8(L>>1): perm32 below. 24 shuffles per panel.
+static inline void transpose_g32(__m512i v[8]) {
+    transpose4_inlane(v[0], v[1], v[2], v[3]);
+    transpose4_inlane(v[4], v[5], v[6], v[7]);
+    for (int k = 0; k < 4; ++k) {
+        const __m512i a = v[k], b = v[4 + k];
+        v[k] = _mm512_shuffle_i32x4(a, b, 0x88);      // 128-bit lanes a0 a2 b0 b2: dwords k
+        v[4 + k] = _mm512_shuffle_i32x4(a, b, 0xDD);  // a1 a3 b1 b3: dwords 4+k
+    }
+}
+static inline __m512i perm32() { return _mm512_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15); }
+
+// G = 16: v[m] holds groups 4m..4m+3 (one per 128-bit lane); lane 4i+m ends up with
+// group 4m+i: perm16 below. 8 shuffles per panel.
+static inline void transpose_g16(__m512i v[4]) { transpose4_inlane(v[0], v[1], v[2], v[3]); }
+static inline __m512i perm16() { return _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15); }
+
+// Store one finished panel: the G/4 step vectors, then the per-lane A and B floats.
+template <int G>
+static inline void store_panel(uint8_t* dst, __m512i* v, __m512 A_nat, __m512 B_nat) {
+    if (G == 32) {
+        transpose_g32(v);
+    } else {
+        transpose_g16(v);
+    }
+    for (int k = 0; k < G / 4; ++k) _mm512_store_si512((void*)(dst + 64 * k), v[k]);
+    const __m512i perm = G == 32 ? perm32() : perm16();
+    _mm512_store_ps((float*)(dst + PG * G), _mm512_permutexvar_ps(perm, A_nat));
+    _mm512_store_ps((float*)(dst + PG * G + 64), _mm512_permutexvar_ps(perm, B_nat));
+}
+
+static inline float half(const uint8_t* p) { return _cvtsh_ss(load_u16(p)); }
+
+// fp16 words at p + j*stride (+2 if hi), j = 0..15 -> 16 floats. Scalar loads packed
+// four to a 64-bit word: cheaper than vpgatherdd on current cores.
+static inline __m512 load_f16x16(const uint8_t* p, int stride) {
+    uint64_t w[4];
+    for (int i = 0; i < 4; ++i) {
+        const uint8_t* q = p + 4 * i * stride;
+        w[i] = (uint64_t)load_u16(q) | (uint64_t)load_u16(q + stride) << 16 | (uint64_t)load_u16(q + 2 * stride) << 32 |
+               (uint64_t)load_u16(q + 3 * stride) << 48;
+    }
+    const __m256i h = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_set_epi64x((long long)w[1], (long long)w[0])),
+                                              _mm_set_epi64x((long long)w[3], (long long)w[2]), 1);
+    return _mm512_cvtph_ps(h);
+}
+
+// ---- weights: GGUF blocks -> natural-order unsigned bytes + D, E --------------------
+
+// Two nibble blocks of 16 bytes -> one zmm [a&15, a>>4, b&15, b>>4] (elements 0..31 of each).
+static inline __m512i nibbles_2x16(const uint8_t* a, const uint8_t* b) {
+    const __m512i sh = _mm512_setr_epi64(0, 0, 0x0004000400040004LL, 0x0004000400040004LL, 0, 0,
+                                         0x0004000400040004LL, 0x0004000400040004LL);
+    const __m512i x = _mm512_inserti64x4(
+        _mm512_castsi256_si512(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)a))),
+        _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)b)), 1);
+    return _mm512_and_si512(_mm512_srlv_epi16(x, sh), _mm512_set1_epi8(15));
+}
+
+// One panel = 16 blocks of a 32-element type, all present (`blk` points at block 0).
+template <int T_>
+static inline void pack_panel_32(const uint8_t* blk, uint8_t* dst) {
+    constexpr WType t = (WType)T_;
+    constexpr int BB = t == WType::Q4_0 ? 18 : t == WType::Q4_1 ? 20 : t == WType::Q5_0 ? 22 : 34;
+    __m512i v[8];
+    __m512 D, E;
+    for (int m = 0; m < 8; ++m) {
+        const uint8_t* b0 = blk + (2 * m) * BB;
+        const uint8_t* b1 = b0 + BB;
+        if (t == WType::Q4_0) {
+            v[m] = nibbles_2x16(b0 + 2, b1 + 2);
+        } else if (t == WType::Q4_1) {
+            v[m] = nibbles_2x16(b0 + 4, b1 + 4);
+        } else if (t == WType::Q5_0) {
+            // bit e of qh is the 5th bit of element e: a byte mask over the 64 elements
+            const uint64_t hb = (uint64_t)load_u32(b0 + 2) | (uint64_t)load_u32(b1 + 2) << 32;
+            v[m] = _mm512_or_si512(nibbles_2x16(b0 + 6, b1 + 6),
+                                   _mm512_maskz_mov_epi8((__mmask64)hb, _mm512_set1_epi8(16)));
+        } else {
+            const __m512i x = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(b0 + 2))),
+                                                 _mm256_loadu_si256((const __m256i*)(b1 + 2)), 1);
+            v[m] = _mm512_xor_si512(x, _mm512_set1_epi8((char)0x80));  // int8 -> int8 + 128
+        }
+    }
+    D = load_f16x16(blk, BB);
+    if (t == WType::Q4_0) {
+        E = _mm512_mul_ps(_mm512_set1_ps(8.0f), D);
+    } else if (t == WType::Q4_1) {
+        E = _mm512_sub_ps(_mm512_setzero_ps(), load_f16x16(blk + 2, BB));
+    } else if (t == WType::Q5_0) {
+        E = _mm512_mul_ps(_mm512_set1_ps(16.0f), D);
+    } else {
+        E = _mm512_mul_ps(_mm512_set1_ps(128.0f), D);
+    }
+    store_panel<32>(dst, v, D, E);
+}
+
+// Q4_K: one panel = two 256-element super-blocks (8 groups of 32 each).
+// The 8 scales / 8 mins of a super-block as two 64-bit words (byte j = sub-block j),
+// same bit surgery as q4k_scales_mins() in quants.h but kept in registers.
+static inline void q4k_scales_mins_u64(const uint8_t* q, uint64_t& sc, uint64_t& mn) {
+    const uint32_t w0 = load_u32(q), w1 = load_u32(q + 4), w2 = load_u32(q + 8);
+    const uint32_t lo6 = 0x3f3f3f3fu, lo4 = 0x0f0f0f0fu, lo2 = 0x03030303u;
+    sc = (uint64_t)(w0 & lo6) | (uint64_t)((w2 & lo4) | (((w0 >> 6) & lo2) << 4)) << 32;
+    mn = (uint64_t)(w1 & lo6) | (uint64_t)(((w2 >> 4) & lo4) | (((w1 >> 6) & lo2) << 4)) << 32;
+}
+
+static inline void q4k_nibbles(const uint8_t* blk, __m512i* v) {
+    // epi16 shift counts: low 256 bits by 0 (low nibbles), high 256 bits by 4 (high nibbles)
+    const __m512i sh = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
+    const __m512i lo4 = _mm512_set1_epi8(15);
+    for (int c = 0; c < 4; ++c) {
+        const __m512i x = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)(blk + 16 + 32 * c)));
+        v[c] = _mm512_and_si512(_mm512_srlv_epi16(x, sh), lo4);  // groups 2c, 2c+1
+    }
+}
+
+static inline void pack_panel_q4k(const uint8_t* b0, const uint8_t* b1, uint8_t* dst) {
+    __m512i v[8];
+    uint64_t sc0, mn0, sc1 = 0, mn1 = 0;
+    float d1 = 0.0f, m1 = 0.0f;
+    q4k_nibbles(b0, v);
+    q4k_scales_mins_u64(b0 + 4, sc0, mn0);
+    if (b1) {
+        q4k_nibbles(b1, v + 4);
+        q4k_scales_mins_u64(b1 + 4, sc1, mn1);
+        d1 = half(b1);
+        m1 = half(b1 + 2);
+    } else {
+        for (int c = 4; c < 8; ++c) v[c] = _mm512_setzero_si512();
+    }
+    const __m512 dv = _mm512_insertf32x8(_mm512_set1_ps(half(b0)), _mm256_set1_ps(d1), 1);
+    const __m512 mv = _mm512_insertf32x8(_mm512_set1_ps(half(b0 + 2)), _mm256_set1_ps(m1), 1);
+    const __m512 scf = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_set_epi64x((long long)sc1, (long long)sc0)));
+    const __m512 mnf = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_set_epi64x((long long)mn1, (long long)mn0)));
+    store_panel<32>(dst, v, _mm512_mul_ps(dv, scf), _mm512_mul_ps(mv, mnf));
+}
+
+// Q6_K: one panel = one super-block = 16 groups of 16.
+static inline void pack_panel_q6k(const uint8_t* blk, uint8_t* dst) {
+    const block_q6_K* b = (const block_q6_K*)blk;
+    const __m512i lo4 = _mm512_set1_epi8(15), lo2 = _mm512_set1_epi8(3);
+    const __m512i shA = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);  // qh bits 0-1 | 2-3
+    const __m512i shB = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(6), 1);    // qh bits 4-5 | 6-7
+    __m512i v[4];
+    for (int h = 0; h < 2; ++h) {
+        const __m512i ql = _mm512_loadu_si512((const void*)(b->ql + 64 * h));
+        const __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)(b->qh + 32 * h)));
+        const __m512i hA = _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(qh, shA), lo2), 4);
+        const __m512i hB = _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(qh, shB), lo2), 4);
+        v[2 * h] = _mm512_or_si512(_mm512_and_si512(ql, lo4), hA);                         // elements 0..63
+        v[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), lo4), hB);  // 64..127
+    }
+    const __m512 sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)b->scales)));
+    const __m512 D = _mm512_mul_ps(_mm512_set1_ps(half(blk + 208)), sc);
+    const __m512 E = _mm512_mul_ps(_mm512_set1_ps(32.0f), D);
+    store_panel<16>(dst, v, D, E);
+}
+
+void pack_w_avx512(WType t, const uint8_t* row, int64_t cols, uint8_t* dst) {
+    const WTypeInfo& ti = wtype_info(t);
+    const int G = ti.group;
+    const int64_t pb = (int64_t)PG * (G + 8);
+    const int64_t nb = cols / ti.block_elems;
+    if (t == WType::Q4_K) {
+        for (int64_t b = 0; b < nb; b += 2, dst += pb)
+            pack_panel_q4k(row + b * 144, b + 1 < nb ? row + (b + 1) * 144 : nullptr, dst);
+        return;
+    }
+    if (t == WType::Q6_K) {
+        for (int64_t b = 0; b < nb; ++b, dst += pb) pack_panel_q6k(row + b * 210, dst);
+        return;
+    }
+    const int BB = ti.block_bytes;
+    alignas(64) uint8_t tail[16 * 34];
+    for (int64_t b = 0; b < nb; b += 16, dst += pb) {
+        const uint8_t* src = row + b * BB;
+        if (nb - b < 16) {  // partial last panel: zero blocks (d = 0) fill it
+            std::memset(tail, 0, sizeof(tail));
+            std::memcpy(tail, src, (size_t)((nb - b) * BB));
+            src = tail;
+        }
+        switch (t) {
+            case WType::Q4_0: pack_panel_32<(int)WType::Q4_0>(src, dst); break;
+            case WType::Q4_1: pack_panel_32<(int)WType::Q4_1>(src, dst); break;
+            case WType::Q5_0: pack_panel_32<(int)WType::Q5_0>(src, dst); break;
+            default: pack_panel_32<(int)WType::Q8_0>(src, dst); break;
+        }
+    }
+}
+
+// ---- activations: quantize per 32 (bit-identical to the generic tier) ------------------
+// Returns the int8 values of one 32-block as two int32 vectors and its scale dy.
+static inline void quantize32(const float* x, __m512i& q0, __m512i& q1, float& dy) {
+    const __m512 x0 = _mm512_loadu_ps(x), x1 = _mm512_loadu_ps(x + 16);
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
+    if (!(amax >= 1e-30f)) {
+        q0 = q1 = _mm512_setzero_si512();
+        dy = 0.0f;
+        return;
+    }
+    const __m512 id = _mm512_set1_ps(127.0f / amax);
+    q0 = _mm512_cvtps_epi32(_mm512_mul_ps(x0, id));  // round to nearest even
+    q1 = _mm512_cvtps_epi32(_mm512_mul_ps(x1, id));
+    dy = amax / 127.0f;
+}
+
+void pack_act_avx512(const float* x, int64_t cols, int G, uint8_t* dst) {
+    const int64_t pb = (int64_t)PG * (G + 8);
+    const int64_t nblk = cols / 32;
+    const int bpp = PG * G / 32;  // 32-blocks per panel
+    alignas(64) uint8_t nat[512];
+    alignas(64) float DY[16], SY[16];
+    for (int64_t b0 = 0; b0 < nblk; b0 += bpp, dst += pb) {
+        const int nb = (int)(nblk - b0 < bpp ? nblk - b0 : bpp);
+        if (nb < bpp) {
+            std::memset(nat, 0, sizeof(nat));
+            for (int i = 0; i < 16; ++i) DY[i] = SY[i] = 0.0f;
+        }
+        for (int j = 0; j < nb; ++j) {
+            __m512i q0, q1;
+            float dy;
+            quantize32(x + 32 * (b0 + j), q0, q1, dy);
+            _mm_store_si128((__m128i*)(nat + 32 * j), _mm512_cvtsepi32_epi8(q0));
+            _mm_store_si128((__m128i*)(nat + 32 * j + 16), _mm512_cvtsepi32_epi8(q1));
+            if (G == 32) {
+                DY[j] = dy;
+                SY[j] = dy * (float)_mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+            } else {
+                DY[2 * j] = DY[2 * j + 1] = dy;
+                SY[2 * j] = dy * (float)_mm512_reduce_add_epi32(q0);
+                SY[2 * j + 1] = dy * (float)_mm512_reduce_add_epi32(q1);
+            }
+        }
+        __m512i v[8];
+        for (int k = 0; k < G / 4; ++k) v[k] = _mm512_load_si512((const void*)(nat + 64 * k));
+        if (G == 32)
+            store_panel<32>(dst, v, _mm512_load_ps(DY), _mm512_load_ps(SY));
+        else
+            store_panel<16>(dst, v, _mm512_load_ps(DY), _mm512_load_ps(SY));
+    }
+}
+
+// ---- the micro-kernel: R weight rows x T tokens over all panels -------------------------
+// Per panel: G/4 vpdpbusd per (row, token) give the 16 group dots in the 16 lanes, then
+//   acc += (float(dot) * D) * DY  -  E * SY        (lane-wise; lanes summed at the end)
+template <int R, int T, int G>
+void tile(const uint8_t* wp, const uint8_t* ap, int64_t stride, int64_t np, float* out, int64_t ldo) {
+    constexpr int S = G / 4;
+    constexpr int64_t PB = PG * (G + 8);
+    __m512 acc[R][T];
+    for (int r = 0; r < R; ++r)
+        for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+    for (int64_t p = 0; p < np; ++p) {
+        const uint8_t* w = wp + p * PB;
+        const uint8_t* a = ap + p * PB;
+        __m512i v[R][T];
+        for (int r = 0; r < R; ++r)
+            for (int t = 0; t < T; ++t) v[r][t] = _mm512_setzero_si512();
+        for (int s = 0; s < S; ++s) {
+            __m512i wv[R];
+            for (int r = 0; r < R; ++r) wv[r] = _mm512_load_si512((const void*)(w + r * stride + 64 * s));
+            for (int t = 0; t < T; ++t) {
+                const __m512i y = _mm512_load_si512((const void*)(a + t * stride + 64 * s));
+                for (int r = 0; r < R; ++r) v[r][t] = _mm512_dpbusd_epi32(v[r][t], wv[r], y);  // hot spot
+            }
+        }
+        for (int r = 0; r < R; ++r) {
+            const __m512 D = _mm512_load_ps((const float*)(w + r * stride + PG * G));
+            const __m512 E = _mm512_load_ps((const float*)(w + r * stride + PG * G + 64));
+            for (int t = 0; t < T; ++t) {
+                const __m512 DY = _mm512_load_ps((const float*)(a + t * stride + PG * G));
+                const __m512 SY = _mm512_load_ps((const float*)(a + t * stride + PG * G + 64));
+                const __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(v[r][t]), D);
+                acc[r][t] = _mm512_fnmadd_ps(E, SY, _mm512_fmadd_ps(f, DY, acc[r][t]));
+            }
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int t = 0; t < T; ++t) out[t * ldo + r] = _mm512_reduce_add_ps(acc[r][t]);
+}
+
+constexpr int RMAX = 4, TMAX = 3;
+using TileFn = void (*)(const uint8_t*, const uint8_t*, int64_t, int64_t, float*, int64_t);
+
+template <int G>
+struct TileTable {
+    TileFn f[RMAX][TMAX];
+    constexpr TileTable() : f{} {
+        f[0][0] = tile<1, 1, G>; f[0][1] = tile<1, 2, G>; f[0][2] = tile<1, 3, G>;
+        f[1][0] = tile<2, 1, G>; f[1][1] = tile<2, 2, G>; f[1][2] = tile<2, 3, G>;
+        f[2][0] = tile<3, 1, G>; f[2][1] = tile<3, 2, G>; f[2][2] = tile<3, 3, G>;
+        f[3][0] = tile<4, 1, G>; f[3][1] = tile<4, 2, G>; f[3][2] = tile<4, 3, G>;
+    }
+};
+constexpr TileTable<32> kTiles32;
+constexpr TileTable<16> kTiles16;
+
+void gemm_avx512(WType, int G, int64_t np, const uint8_t* wp, int nr, const uint8_t* ap, int nt, float* out,
+                 int64_t ldo) {
+    const int64_t stride = np * PG * (G + 8);
+    const TileFn(*f)[TMAX] = G == 32 ? kTiles32.f : kTiles16.f;
+    for (int t0 = 0; t0 < nt; t0 += TMAX) {
+        const int tt = nt - t0 < TMAX ? nt - t0 : TMAX;
+        for (int r0 = 0; r0 < nr; r0 += RMAX) {
+            const int rr = nr - r0 < RMAX ? nr - r0 : RMAX;
+            f[rr - 1][tt - 1](wp + r0 * stride, ap + t0 * stride, stride, np, out + t0 * ldo + r0, ldo);
+        }
+    }
+}
+
+// ---- F32 / F16 weights: plain FMA dot products, 4 rows x up to 4 tokens -------------------
+template <bool F16, int R, int T>
+void float_tile(const uint8_t* w, int64_t rb, int64_t cols, const float* x, int64_t ldx, float* out, int64_t ldo) {
+    __m512 acc[R][T];
+    for (int r = 0; r < R; ++r)
+        for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < cols; i += 16) {
+        const int left = (int)(cols - i);
+        const __mmask16 mk = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+        __m512 wv[R];
+        for (int r = 0; r < R; ++r) {
+            if (F16)
+                wv[r] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, (const void*)(w + r * rb + 2 * i)));
+            else
+                wv[r] = _mm512_maskz_loadu_ps(mk, (const void*)(w + r * rb + 4 * i));
+        }
+        for (int t = 0; t < T; ++t) {
+            const __m512 xv = _mm512_maskz_loadu_ps(mk, x + t * ldx + i);
+            for (int r = 0; r < R; ++r) acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int t = 0; t < T; ++t) out[t * ldo + r] = _mm512_reduce_add_ps(acc[r][t]);
+}
+
+template <bool F16>
+void gemm_float_impl(const uint8_t* w, int64_t rb, int64_t cols, int nr, const float* x, int64_t ldx, int nt,
+                     float* out, int64_t ldo) {
+    for (int t0 = 0; t0 < nt; t0 += 4) {
+        const int tt = nt - t0 < 4 ? nt - t0 : 4;
+        for (int r0 = 0; r0 < nr; ++r0) {
+            const int rr = nr - r0 >= 4 ? 4 : 1;
+            const uint8_t* wr = w + r0 * rb;
+            const float* xt = x + t0 * ldx;
+            float* o = out + t0 * ldo + r0;
+            if (rr == 4) {
+                switch (tt) {
+                    case 4: float_tile<F16, 4, 4>(wr, rb, cols, xt, ldx, o, ldo); break;
+                    case 3: float_tile<F16, 4, 3>(wr, rb, cols, xt, ldx, o, ldo); break;
+                    case 2: float_tile<F16, 4, 2>(wr, rb, cols, xt, ldx, o, ldo); break;
+                    default: float_tile<F16, 4, 1>(wr, rb, cols, xt, ldx, o, ldo); break;
+                }
+                r0 += 3;
+            } else {
+                switch (tt) {
+                    case 4: float_tile<F16, 1, 4>(wr, rb, cols, xt, ldx, o, ldo); break;
+                    case 3: float_tile<F16, 1, 3>(wr, rb, cols, xt, ldx, o, ldo); break;
+                    case 2: float_tile<F16, 1, 2>(wr, rb, cols, xt, ldx, o, ldo); break;
+                    default: float_tile<F16, 1, 1>(wr, rb, cols, xt, ldx, o, ldo); break;
+                }
+            }
+        }
+    }
+}
+
+void gemm_float_avx512(WType t, const uint8_t* w, int64_t rb, int64_t cols, int nr, const float* x, int64_t ldx,
+                       int nt, float* out, int64_t ldo) {
+    if (t == WType::F16)
+        gemm_float_impl<true>(w, rb, cols, nr, x, ldx, nt, out, ldo);
+    else
+        gemm_float_impl<false>(w, rb, cols, nr, x, ldx, nt, out, ldo);
+}
+
+}  // namespace
+
+const MatmulKernels matmul_kernels_avx512 = {
+    "avx512", PG, pack_act_avx512, pack_w_avx512, gemm_avx512, gemm_float_avx512,
+};
+
+}  // namespace pe
