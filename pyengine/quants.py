@@ -505,7 +505,9 @@ def quantize_q8_0(x) -> np.ndarray:
 
     Per block: ``amax = max|x|``, ``d = amax / 127`` (float32), ``q = roundf(x / d)``
     computed as ``x * (1/d)`` (0 when ``d == 0``); ``d`` is stored rounded to fp16 (the
-    quants are *not* recomputed for the rounded ``d``). Input must be finite.
+    quants are *not* recomputed for the rounded ``d``). Input must be finite, and a
+    block's ``amax`` either 0 or above about ``127 * FLT_MIN`` (else ``1/d``
+    overflows: ggml's result is undefined there, and so is this one).
     """
     xb = _blocks_of(x, QK, "quantize_q8_0")
     d, q = _q8_32(xb)
@@ -541,7 +543,8 @@ def quantize_q8_k(x) -> np.ndarray:
     ``d = 1 / iscale`` stored as float32 (so ``d`` has the opposite sign of ``max``,
     and ``max`` itself becomes ``q = -127``); ``bsums[k]`` = sum of ``q[16k:16k+16]``.
     An all-zero block gets ``d = 0``, ``q = 0``, ``bsums = 0`` (ggml leaves that
-    block's bsums unwritten). Input must be finite.
+    block's bsums unwritten). Input must be finite, and a block's largest magnitude
+    either 0 or above about ``127 / FLT_MAX`` (else ``iscale`` overflows).
     """
     xb = _blocks_of(x, QK_K, "quantize_q8_k")
     n = len(xb)
@@ -626,9 +629,9 @@ def random_raw(type_name: str, n_elements: int, rng: np.random.Generator, scales
     Quant bits are uniformly random; scale fields are finite and drawn by ``scales``:
 
     * ``"normal"``: ``|d|`` log-uniform in 1e-3 .. 1e-1, random sign;
-    * ``"zero"``: like normal, but about half of the scale fields are exactly
-      ``±0``, every third block (on average) has all of them zero, and for K-quants
-      some sub-block scales are zero too;
+    * ``"zero"``: like normal, but each scale field is exactly ``±0`` with
+      probability 1/2 (so some blocks have every scale zero), and for K-quants a
+      quarter of the sub-block scale bytes are zero too;
     * ``"extreme"``: the largest finite magnitudes, the smallest normal, subnormals
       down to the smallest, random sign; never inf or nan.
 
@@ -672,9 +675,6 @@ def random_raw(type_name: str, n_elements: int, rng: np.random.Generator, scales
             vals = _random_floats("f16", n, rng, scales)
         b[field] = vals
     if scales == "zero":
-        all_zero = rng.random(n) < 1 / 3
-        for field in _SCALE_FIELDS[name]:
-            b[field][all_zero] = 0
         if name in ("Q4_K", "Q5_K", "Q6_K"):
             sc = b["scales"]
             sc[rng.random(sc.shape) < 0.25] = 0

@@ -1,0 +1,450 @@
+"""pyengine.quants against independent oracles.
+
+* ``gguf.quants`` (llama.cpp's own Python package) for every type it decodes:
+  F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, and Q8_0 quantization.
+* For what gguf lacks (Q8_1, Q8_K, their quantizers) a scalar loop per block written
+  here straight from ggml's C reference (``quantize_row_q8_1_ref``,
+  ``quantize_row_q8_K_ref`` with its ``nearest_int`` bit trick).
+* A byte-offset table written here from the GGUF block structs, for the dtypes.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import gguf.quants as gq
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as GT
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from pyengine import quants as Q
+from pyengine.ggml_types import BY_NAME
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+MODES = ("normal", "zero", "extreme")
+GGUF_DEQUANT = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
+BLOCK_TYPES = tuple(Q.BLOCK_DTYPES)
+
+# GGUF block sizes in bytes, from the C structs (ggml-common.h), not from pyengine.
+EXPECTED_SIZES = {"Q4_0": 18, "Q4_1": 20, "Q5_0": 22, "Q5_1": 24, "Q8_0": 34, "Q8_1": 36,
+                  "Q4_K": 144, "Q5_K": 176, "Q6_K": 210, "Q8_K": 292}
+
+# field -> (byte offset, numpy scalar type, count) of each block struct.
+LAYOUT = {
+    "Q4_0": {"d": (0, "<f2", 1), "qs": (2, "u1", 16)},
+    "Q4_1": {"d": (0, "<f2", 1), "m": (2, "<f2", 1), "qs": (4, "u1", 16)},
+    "Q5_0": {"d": (0, "<f2", 1), "qh": (2, "<u4", 1), "qs": (6, "u1", 16)},
+    "Q5_1": {"d": (0, "<f2", 1), "m": (2, "<f2", 1), "qh": (4, "<u4", 1), "qs": (8, "u1", 16)},
+    "Q8_0": {"d": (0, "<f2", 1), "qs": (2, "i1", 32)},
+    "Q8_1": {"d": (0, "<f2", 1), "s": (2, "<f2", 1), "qs": (4, "i1", 32)},
+    "Q4_K": {"d": (0, "<f2", 1), "dmin": (2, "<f2", 1), "scales": (4, "u1", 12), "qs": (16, "u1", 128)},
+    "Q5_K": {"d": (0, "<f2", 1), "dmin": (2, "<f2", 1), "scales": (4, "u1", 12), "qh": (16, "u1", 32),
+             "qs": (48, "u1", 128)},
+    "Q6_K": {"ql": (0, "u1", 128), "qh": (128, "u1", 64), "scales": (192, "i1", 16), "d": (208, "<f2", 1)},
+    "Q8_K": {"d": (0, "<f4", 1), "qs": (4, "i1", 256), "bsums": (260, "<i2", 16)},
+}
+# the fields holding floating-point scales (must be finite in valid blocks)
+FLOAT_FIELDS = {name: [f for f, (_, dt, _) in lay.items() if dt[1] == "f"] for name, lay in LAYOUT.items()}
+
+
+def gguf_dequant(name: str, raw: np.ndarray) -> np.ndarray:
+    return np.asarray(gq.dequantize(np.asarray(raw, dtype=np.uint8), GT[name]), dtype=np.float32).reshape(-1)
+
+
+def assert_bit_equal(a: np.ndarray, b: np.ndarray) -> None:
+    """Same float32 values, same signs of zeros, same positions of nan."""
+    assert a.dtype == np.float32 and a.shape == b.shape
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(np.signbit(a), np.signbit(b))
+
+
+def flat_field(raw_block: bytes, name: str, field: str) -> np.ndarray:
+    off, dt, count = LAYOUT[name][field]
+    size = np.dtype(dt).itemsize * count
+    return np.frombuffer(raw_block[off:off + size], dtype=dt)
+
+
+# --------------------------------------------------------------------------- layouts
+def test_block_itemsizes_are_the_gguf_sizes():
+    assert set(Q.BLOCK_DTYPES) == set(EXPECTED_SIZES)
+    for name, size in EXPECTED_SIZES.items():
+        assert Q.BLOCK_DTYPES[name].itemsize == size, name
+        assert BY_NAME[name].type_size == size, name
+        assert BY_NAME[name].block_size == (256 if name.endswith("_K") else 32), name
+
+
+@pytest.mark.parametrize("name", BLOCK_TYPES)
+def test_structured_dtype_agrees_with_byte_offsets(name):
+    dt = Q.BLOCK_DTYPES[name]
+    assert set(dt.names) == set(LAYOUT[name])
+    raw = np.random.default_rng(7).integers(0, 256, 3 * dt.itemsize, dtype=np.uint8)
+    blocks = raw.view(dt)
+    for i in range(3):
+        one = raw[i * dt.itemsize:(i + 1) * dt.itemsize].tobytes()
+        for field in dt.names:
+            got = np.asarray(blocks[field][i]).reshape(-1)
+            want = flat_field(one, name, field)
+            np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8), err_msg=f"{name}.{field}")
+            assert got.dtype == want.dtype, f"{name}.{field}"
+
+
+@pytest.mark.parametrize("name", BLOCK_TYPES)
+def test_block_functions_accept_structured_or_flat_blocks(name):
+    raw = Q.random_raw(name, 3 * BY_NAME[name].block_size, np.random.default_rng(1))
+    f = Q.BLOCK_DEQUANTIZERS[name]
+    a = f(raw.view(Q.BLOCK_DTYPES[name]))
+    b = f(raw.reshape(3, -1))
+    c = f(raw)
+    assert a.shape == (3, BY_NAME[name].block_size)
+    assert_bit_equal(a, b)
+    assert_bit_equal(a, c)
+    assert_bit_equal(a.reshape(-1), Q.dequantize(name, raw, a.size))
+
+
+# --------------------------------------------------------------------------- hand-made blocks
+def test_q4_0_hand_block():
+    blk = np.zeros(1, Q.BLOCK_DTYPES["Q4_0"])
+    blk["d"] = 0.5
+    blk["qs"][0, 0] = 0x9F  # value 0: q=15, value 16: q=9
+    blk["qs"][0, 3] = 0x08  # value 3: q=8 -> 0, value 19: q=0 -> -8
+    x = Q.dequantize("Q4_0", blk.view(np.uint8), 32)
+    want = np.full(32, -4.0, np.float32)  # q=0 everywhere else
+    want[0], want[16], want[3], want[19] = 3.5, 0.5, 0.0, -4.0
+    np.testing.assert_array_equal(x, want)
+
+
+def test_q4_k_hand_block_high_sub_blocks():
+    # sub-block 5 (a "high" one): sc = (b[9] & 15) | (b[1] >> 6) << 4, m = (b[9] >> 4) | (b[5] >> 6) << 4
+    blk = np.zeros(1, Q.BLOCK_DTYPES["Q4_K"])
+    blk["d"], blk["dmin"] = 2.0, 0.25
+    sc = np.zeros(12, np.uint8)
+    sc[1] = 0b10_000011  # sc[1] = 3, top bits 2 -> sc[5] high bits
+    sc[5] = 0b01_000111  # m[1] = 7, top bits 1 -> m[5] high bits
+    sc[9] = 0x5A  # sc[5] low = 0xA, m[5] low = 0x5
+    blk["scales"] = sc
+    qs = np.zeros(128, np.uint8)
+    qs[64:96] = 0x30  # group 2: sub-block 4 low nibbles 0, sub-block 5 high nibbles 3
+    qs[32] = 0x01  # group 1: sub-block 2 value 0 -> q = 1, sub-block 3 value 0 -> 0
+    blk["qs"] = qs
+    x = Q.dequantize("Q4_K", blk.view(np.uint8), 256).reshape(8, 32)
+    sc5, m5 = 0xA | (2 << 4), 0x5 | (1 << 4)
+    np.testing.assert_array_equal(x[5], np.float32(2.0 * sc5 * 3 - 0.25 * m5))
+    np.testing.assert_array_equal(x[1], np.float32(2.0 * 3 * 0 - 0.25 * 7))
+    assert x[2, 0] == 0 and np.all(x[2] == 0)  # sub-block 2: sc = 0 (b[2] = 0), m = 0
+    sc_all, m_all = Q.unpack_scales_k4(sc[None])
+    assert list(sc_all[0]) == [0, 3, 0, 0, 0, sc5, 0, 0]
+    assert list(m_all[0]) == [0, 7, 0, 0, 0, m5, 0, 0]
+
+
+# --------------------------------------------------------------------------- dequantize vs gguf
+@SETTINGS
+@given(name=st.sampled_from(GGUF_DEQUANT), n_blocks=st.integers(1, 4), mode=st.sampled_from(MODES),
+       seed=st.integers(0, 2**32 - 1))
+def test_dequantize_matches_gguf_on_random_valid_blocks(name, n_blocks, mode, seed):
+    t = BY_NAME[name]
+    n = n_blocks * (t.block_size if t.block_size > 1 else 64)
+    raw = Q.random_raw(name, n, np.random.default_rng(seed), mode)
+    got = Q.dequantize(name, raw, n)
+    assert got.shape == (n,)
+    assert np.isfinite(got).all()
+    assert_bit_equal(got, gguf_dequant(name, raw))
+
+
+@SETTINGS
+@given(name=st.sampled_from(GGUF_DEQUANT), data=st.data())
+def test_dequantize_matches_gguf_on_arbitrary_bytes(name, data):
+    t = BY_NAME[name]
+    n_blocks = data.draw(st.integers(1, 3 if t.block_size > 1 else 48))
+    raw = np.frombuffer(data.draw(st.binary(min_size=n_blocks * t.type_size, max_size=n_blocks * t.type_size)),
+                        dtype=np.uint8)
+    if name in Q.BLOCK_DTYPES:
+        blocks = raw.view(Q.BLOCK_DTYPES[name])
+        for f in FLOAT_FIELDS[name]:
+            assume(np.isfinite(blocks[f].astype(np.float32)).all())
+    got = Q.dequantize(name, raw, n_blocks * t.block_size)
+    if name not in Q.BLOCK_DTYPES:
+        assume(np.isfinite(got).all())
+    assert_bit_equal(got, gguf_dequant(name, raw))
+
+
+def scalar_q8_dequant(name: str, raw: np.ndarray) -> np.ndarray:
+    """Q8_1 / Q8_K decoded one value at a time from the byte offsets: x = d * q."""
+    off_d, dt_d, _ = LAYOUT[name]["d"]
+    off_q, _, count = LAYOUT[name]["qs"]
+    size = EXPECTED_SIZES[name]
+    out = []
+    for i in range(len(raw) // size):
+        blk = raw[i * size:(i + 1) * size].tobytes()
+        d = np.frombuffer(blk, dt_d, 1, off_d)[0].astype(np.float32)
+        for j in range(count):
+            out.append(d * np.float32(np.frombuffer(blk, np.int8, 1, off_q + j)[0]))
+    return np.array(out, dtype=np.float32)
+
+
+@settings(max_examples=30, deadline=None)
+@given(name=st.sampled_from(["Q8_1", "Q8_K"]), n_blocks=st.integers(1, 3), mode=st.sampled_from(MODES),
+       seed=st.integers(0, 2**32 - 1))
+def test_dequantize_q8_1_q8_k_match_scalar_oracle(name, n_blocks, mode, seed):
+    n = n_blocks * BY_NAME[name].block_size
+    raw = Q.random_raw(name, n, np.random.default_rng(seed), mode)
+    got = Q.dequantize(name, raw, n)
+    assert np.isfinite(got).all()
+    assert_bit_equal(got, scalar_q8_dequant(name, raw))
+
+
+# --------------------------------------------------------------------------- input forms, copies
+def test_dequantize_accepts_bytes_memoryview_and_memmap(tmp_path):
+    raw = Q.random_raw("Q6_K", 4 * 256, np.random.default_rng(3))
+    ref = Q.dequantize("Q6_K", raw, 1024)
+    p = tmp_path / "w.bin"
+    p.write_bytes(b"\0" * 10 + raw.tobytes())
+    mm = np.memmap(p, dtype=np.uint8, mode="r")
+    assert_bit_equal(Q.dequantize("Q6_K", mm[10:], 1024), ref)  # read-only, odd offset
+    assert_bit_equal(Q.dequantize("q6_k", raw.tobytes(), 1024), ref)
+    assert_bit_equal(Q.dequantize("Q6_K", memoryview(raw.tobytes()), 1024), ref)
+    assert_bit_equal(Q.dequantize("Q6_K", raw.reshape(4, 210), 1024), ref)
+
+
+def test_f32_is_not_copied_and_big_inputs_are_chunked_consistently():
+    raw = Q.random_raw("F32", 64, np.random.default_rng(4))
+    out = Q.dequantize("F32", raw, 64)
+    assert np.shares_memory(out, raw)
+    # more blocks than one internal chunk: chunk seams must not show
+    n = (Q._CHUNK_VALUES // 32) * 2 + 5
+    raw = Q.random_raw("Q8_0", n * 32, np.random.default_rng(5))
+    assert_bit_equal(Q.dequantize("Q8_0", raw, n * 32), Q.dequantize_q8_0(raw).reshape(-1))
+
+
+def test_dequantize_is_vectorised():
+    # 20000 Q4_K blocks: milliseconds when vectorised, seconds with a Python loop per block
+    raw = Q.random_raw("Q4_K", 20000 * 256, np.random.default_rng(6))
+    Q.dequantize("Q4_K", raw[:144], 256)
+    t = time.perf_counter()
+    Q.dequantize("Q4_K", raw, 20000 * 256)
+    assert time.perf_counter() - t < 1.0
+
+
+# --------------------------------------------------------------------------- errors
+def one_line_error(fn, *args, match: str):
+    with pytest.raises(ValueError, match=match) as e:
+        fn(*args)
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_errors():
+    raw = np.zeros(144, np.uint8)
+    msg = one_line_error(Q.dequantize, "Q9_X", raw, 256, match="unknown type 'Q9_X'")
+    assert "Q4_K" in msg and "F32" in msg  # lists the supported ones
+    one_line_error(Q.dequantize, "Q2_K", np.zeros(84, np.uint8), 256, match="unsupported type 'Q2_K'")
+    msg = one_line_error(Q.dequantize, "Q4_K", raw, 512, match="need 288 bytes, got 144")
+    one_line_error(Q.dequantize, "Q4_K", raw[:-1], 256, match="need 144 bytes, got 143")
+    one_line_error(Q.dequantize, "Q4_K", raw, 100, match="100 is not a multiple of the block size 256")
+    one_line_error(Q.dequantize, "Q8_0", np.zeros(34, np.uint8), 33, match="not a multiple of the block size 32")
+    one_line_error(Q.dequantize, "F16", np.zeros(6, np.uint8), 4, match="need 8 bytes, got 6")
+    one_line_error(Q.quantize_q8_0, np.zeros(33, np.float32), match="multiple of 32")
+    one_line_error(Q.quantize_q8_1, np.zeros(48, np.float32), match="multiple of 32")
+    one_line_error(Q.quantize_q8_k, np.zeros(255, np.float32), match="multiple of 256")
+    rng = np.random.default_rng(0)
+    one_line_error(Q.random_raw, "Q4_K", 256, rng, "huge", match="scales mode 'huge'")
+    one_line_error(Q.random_raw, "Q4_K", 100, rng, match="multiple of the block size")
+    one_line_error(Q.random_raw, "Q2_K", 256, rng, match="unsupported type 'Q2_K'")
+
+
+# --------------------------------------------------------------------------- quantizers
+def floats32(n: int, lo: float = -1e5, hi: float = 1e5):
+    return hnp.arrays(np.float32, n, elements=st.floats(lo, hi, width=32))
+
+
+def roundf(v: np.float32) -> int:
+    """C roundf on a float32 value (float64 |v| + 0.5 is exact here)."""
+    a = math.floor(abs(float(v)) + 0.5)
+    return int(math.copysign(a, float(v)))
+
+
+def nearest_int(f: np.float32) -> int:
+    """ggml's nearest_int: add 1.5 * 2**23 in float32 and read the low mantissa bits."""
+    val = np.array([np.float32(f) + np.float32(12582912.0)], dtype=np.float32)
+    return int((val.view(np.int32)[0] & 0x007FFFFF) - 0x00400000)
+
+
+def scalar_q8_1(x: np.ndarray) -> bytes:
+    out = bytearray()
+    for blk in x.reshape(-1, 32):
+        amax = np.float32(0)
+        for v in blk:
+            amax = max(amax, np.float32(abs(v)))
+        d = np.float32(amax / np.float32(127))
+        inv = np.float32(1) / d if d else np.float32(0)
+        qs = [roundf(np.float32(v * inv)) for v in blk]
+        with np.errstate(over="ignore"):
+            s = np.float16(np.float32(sum(qs)) * d)
+            out += np.float16(d).tobytes() + s.tobytes()
+        out += np.array(qs, np.int8).tobytes()
+    return bytes(out)
+
+
+def scalar_q8_k(x: np.ndarray) -> bytes:
+    out = bytearray()
+    for blk in x.reshape(-1, 256):
+        amax, mx = np.float32(0), np.float32(0)
+        for v in blk:
+            if abs(v) > amax:
+                amax, mx = np.float32(abs(v)), v
+        if not amax:
+            out += bytes(4 + 256 + 32)
+            continue
+        iscale = np.float32(np.float32(-127) / mx)
+        qs = [min(127, nearest_int(np.float32(iscale * v))) for v in blk]
+        bsums = [sum(qs[16 * k:16 * k + 16]) for k in range(16)]
+        out += np.float32(np.float32(1) / iscale).tobytes()
+        out += np.array(qs, np.int8).tobytes() + np.array(bsums, "<i2").tobytes()
+    return bytes(out)
+
+
+def test_roundings_at_exact_halves():
+    # amax 127 makes d = 1 (Q8_0, ties away from zero) and iscale = -1 (Q8_K, ties to even)
+    x = np.zeros(256, np.float32)
+    x[0] = 127
+    x[1:7] = [2.5, -2.5, 0.5, 1.5, -0.5, 3.5]
+    q0 = Q.quantize_q8_0(x).view(Q.BLOCK_DTYPES["Q8_0"])
+    assert q0["d"][0] == 1.0
+    assert list(q0["qs"][0, :7]) == [127, 3, -3, 1, 2, -1, 4]
+    qk = Q.quantize_q8_k(x).view(Q.BLOCK_DTYPES["Q8_K"])
+    assert qk["d"][0] == -1.0
+    assert list(qk["qs"][0, :7]) == [-127, -2, 2, 0, -2, 0, -4]
+    assert qk["bsums"][0, 0] == -127 - 2 + 2 + 0 - 2 + 0 - 4
+
+
+def near_ties(rng: np.random.Generator, n_blocks: int, block: int) -> np.ndarray:
+    """Values within 2 ulps of (k + 1/2) * d: where x*(1/d), x/d and the tie rule all matter."""
+    d = (10.0 ** rng.uniform(-3, 1, n_blocks)).astype(np.float32)
+    x = ((rng.integers(-126, 126, (n_blocks, block)) + 0.5) * d[:, None]).astype(np.float32)
+    x = (x.view(np.int32) + rng.integers(-2, 3, x.shape).astype(np.int32)).view(np.float32)
+    x[:, 0] = np.float32(127) * d * rng.choice(np.array([-1, 1], np.float32), n_blocks)
+    return x.reshape(-1)
+
+
+def test_quantize_q8_0_near_ties_matches_gguf():
+    x = near_ties(np.random.default_rng(21), 256, 32)
+    np.testing.assert_array_equal(Q.quantize_q8_0(x), gq.quantize(x.reshape(1, -1), GT.Q8_0).reshape(-1))
+    assert Q.quantize_q8_1(x[:32 * 16]).tobytes() == scalar_q8_1(x[:32 * 16])
+
+
+def test_quantize_q8_k_near_ties_matches_ggml_reference_loop():
+    x = near_ties(np.random.default_rng(22), 6, 256)
+    assert Q.quantize_q8_k(x).tobytes() == scalar_q8_k(x)
+
+
+@SETTINGS
+@given(data=st.data(), n_blocks=st.integers(1, 4))
+def test_quantize_q8_0_matches_gguf_and_round_trips(data, n_blocks):
+    scale = data.draw(st.sampled_from([1e-30, 1e-6, 1.0, 1e3]))
+    x = data.draw(floats32(32 * n_blocks, -1e3, 1e3)) * np.float32(scale)
+    amax = np.abs(x.reshape(-1, 32)).max(axis=1)
+    assume(np.all((amax == 0) | (amax > 1e-30)))  # below ~127*FLT_MIN, 1/d overflows (undefined in ggml)
+    got = Q.quantize_q8_0(x)
+    assert got.dtype == np.uint8 and got.shape == (34 * n_blocks,)
+    np.testing.assert_array_equal(got, gq.quantize(x.reshape(1, -1), GT.Q8_0).reshape(-1))
+    # |x - d16*q| <= d/2 (rounding) + 127*|d - d16| (fp16 scale) + float32 rounding
+    xb = x.reshape(-1, 32)
+    d32 = np.abs(xb).max(axis=1) / np.float32(127)
+    d16 = d32.astype(np.float16).astype(np.float32)
+    bound = 0.5 * d32 + 127 * np.abs(d32 - d16) + 2.0**-20 * 127 * d32
+    err = np.abs(Q.dequantize("Q8_0", got, x.size).reshape(-1, 32) - xb)
+    assert np.all(err <= bound[:, None])
+    assert np.all(got.view(Q.BLOCK_DTYPES["Q8_0"])["qs"] >= -127)
+
+
+@settings(max_examples=40, deadline=None)
+@given(x=floats32(64), zero_block=st.booleans())
+def test_quantize_q8_1_matches_ggml_reference_loop(x, zero_block):
+    if zero_block:
+        x = x.copy()
+        x[:32] = 0
+    got = Q.quantize_q8_1(x)
+    assert got.tobytes() == scalar_q8_1(x)
+    b = got.view(Q.BLOCK_DTYPES["Q8_1"])
+    np.testing.assert_array_equal(b["qs"], Q.quantize_q8_0(x).view(Q.BLOCK_DTYPES["Q8_0"])["qs"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), n_blocks=st.integers(1, 2))
+def test_quantize_q8_k_matches_ggml_reference_loop_and_round_trips(data, n_blocks):
+    scale = data.draw(st.sampled_from([1e-20, 1e-3, 1.0, 1e4]))
+    x = data.draw(floats32(256 * n_blocks, -1e3, 1e3)) * np.float32(scale)
+    if data.draw(st.booleans()):
+        x[:256] = 0  # an all-zero block
+    xb = x.reshape(-1, 256)
+    assume(np.all((np.abs(xb).max(axis=1) == 0) | (np.abs(xb).max(axis=1) > 1e-30)))
+    got = Q.quantize_q8_k(x)
+    assert got.dtype == np.uint8 and got.shape == (292 * n_blocks,)
+    assert got.tobytes() == scalar_q8_k(x)
+    b = got.view(Q.BLOCK_DTYPES["Q8_K"])
+    np.testing.assert_array_equal(b["bsums"], b["qs"].astype(np.int32).reshape(-1, 16, 16).sum(axis=2))
+    assert np.all(b["qs"] >= -127)
+    d = np.abs(b["d"])
+    err = np.abs(Q.dequantize("Q8_K", got, x.size).reshape(-1, 256) - xb)
+    amax = np.abs(xb).max(axis=1)
+    assert np.all(err <= (0.5 * d + 2.0**-18 * amax)[:, None])
+    nz = amax > 0
+    # the first largest-magnitude value becomes -127
+    first = np.abs(xb).argmax(axis=1)
+    assert np.all(b["qs"][nz, first[nz]] == -127)
+
+
+# --------------------------------------------------------------------------- random_raw
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", Q.DEQUANT_TYPES)
+def test_random_raw_is_valid(name, mode):
+    t = BY_NAME[name]
+    n = 64 * t.block_size
+    raw = Q.random_raw(name, n, np.random.default_rng(11), mode)
+    assert raw.dtype == np.uint8 and raw.shape == (t.n_bytes(n),)
+    again = Q.random_raw(name, n, np.random.default_rng(11), mode)
+    np.testing.assert_array_equal(raw, again)  # reproducible from the seed
+    x = Q.dequantize(name, raw, n)
+    assert np.isfinite(x).all()
+    if name in Q.BLOCK_DTYPES:
+        b = raw.view(Q.BLOCK_DTYPES[name])
+        scales = np.concatenate([b[f].astype(np.float64).reshape(-1) for f in FLOAT_FIELDS[name]])
+        values = b[FLOAT_FIELDS[name][0]].astype(np.float64)  # d: its magnitudes characterise the mode
+    else:
+        scales = values = x.astype(np.float64)
+    assert np.isfinite(scales).all()
+    if mode == "normal":
+        if name in Q.BLOCK_DTYPES:
+            assert np.all((np.abs(values) >= 9e-4) & (np.abs(values) <= 0.11))
+        assert np.count_nonzero(values == 0) == 0
+    if mode == "zero":
+        assert 0 < np.count_nonzero(values == 0) < values.size
+    if mode == "extreme":
+        finfo = {"F32": np.finfo(np.float32), "F16": np.finfo(np.float16), "BF16": None}.get(name)
+        if name in Q.BLOCK_DTYPES:
+            finfo = np.finfo(np.float32) if name == "Q8_K" else np.finfo(np.float16)
+        tiny = np.float64(finfo.smallest_normal) if finfo else 2.0**-126
+        assert np.any((values != 0) & (np.abs(values) < tiny))  # subnormals
+        top = 2.0**120 if name == "Q8_K" else (float(finfo.max) / 2 if finfo else 1e38)
+        assert np.any(np.abs(values) >= top)
+    if name in ("Q8_0", "Q8_1", "Q8_K"):
+        assert np.all(b["qs"] >= -127)
+    if name == "Q8_1":
+        want = (b["d"].astype(np.float32) * b["qs"].astype(np.int32).sum(axis=1).astype(np.float32)).astype(np.float16)
+        np.testing.assert_array_equal(b["s"], want)
+    if name == "Q8_K":
+        np.testing.assert_array_equal(b["bsums"], b["qs"].astype(np.int32).reshape(-1, 16, 16).sum(axis=2))
+        assert np.all(np.abs(b["d"]) < 2.0**121)
+
+
+def test_random_raw_zero_mode_zeroes_whole_blocks_and_sub_scales():
+    # some blocks with every scale zero, but not all
+    raw = Q.random_raw("Q4_K", 64 * 256, np.random.default_rng(12), "zero")
+    b = raw.view(Q.BLOCK_DTYPES["Q4_K"])
+    both = (b["d"] == 0) & (b["dmin"] == 0)
+    assert 0 < both.sum() < 64
+    assert np.any(Q.dequantize("Q4_K", raw, 64 * 256).reshape(64, 256)[both] == 0)
+    sc, m = Q.unpack_scales_k4(b["scales"])
+    assert np.any(sc == 0)
