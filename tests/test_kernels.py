@@ -1,0 +1,311 @@
+"""pyengine.kernels.matmul / get_rows on every backend and instruction-set variant.
+
+Oracle: ``pyengine.quants.dequantize`` (itself tested against ``gguf.quants``), then
+``x @ W.T`` in float64. The native kernels quantize ``x`` to int8 per 32 values inside
+the call, so they are held to a normalized MSE bound per type (``NMSE_BOUND``) rather
+than to exact equality; the scalar ``generic`` native tier is then the oracle of the
+SIMD tiers, which do the same integer arithmetic and must agree with it to 1e-5 relative.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pyengine import kernels, quants
+from pyengine.ggml_types import ggml_type
+
+# Normalized MSE bound, sum((y - ref)^2) / sum(ref^2), per weight type. The quantized types
+# carry the int8 activation quantization (measured ~3e-5, see test_report_nmse); F16/F32
+# weights are multiplied in float32 with x unquantized (float32 rounding only).
+NMSE_BOUND = {
+    "Q4_0": 5e-4, "Q4_1": 5e-4, "Q5_0": 5e-4, "Q8_0": 5e-4, "Q4_K": 5e-4, "Q6_K": 5e-4,
+    "F16": 1e-10, "F32": 1e-10,
+}
+TYPES = tuple(NMSE_BOUND)
+SIMD_REL_TOL = 1e-5  # max|simd - generic| / max|generic|
+MODES = ("normal", "zero", "extreme")
+
+VARIANTS_HERE = kernels.kernel_variants()
+SETTINGS = settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# (backend, variant) pairs under test; unavailable ones are skipped with the reason.
+CASES = [("numpy", "auto"), ("numba", "auto"), ("cpu", "generic"), ("cpu", "avx2"), ("cpu", "avx512")]
+
+
+def _skip_unavailable(backend: str, variant: str) -> None:
+    if backend == "numba" and not kernels.numba_available():
+        pytest.skip("numba backend unavailable: pyengine.numba_kernels does not import (numba not installed?)")
+    if backend == "cpu":
+        if not kernels.native_available():
+            pytest.skip("cpu backend unavailable: pyengine._C not importable (built with PYENGINE_NO_NATIVE=1?)")
+        if variant not in VARIANTS_HERE:
+            pytest.skip(f"kernel variant {variant!r} not runnable on this CPU/build (have: {VARIANTS_HERE})")
+
+
+def _native():
+    from pyengine import _C
+
+    return _C
+
+
+def block_of(t: str) -> int:
+    return ggml_type(t).block_size if t not in ("F16", "F32") else 32
+
+
+def reference(t: str, raw: np.ndarray, rows: int, cols: int, x: np.ndarray) -> np.ndarray:
+    w = quants.dequantize(t, raw, rows * cols).reshape(rows, cols).astype(np.float64)
+    return x.astype(np.float64) @ w.T
+
+
+def nmse(y: np.ndarray, ref: np.ndarray) -> float:
+    den = float(np.sum(ref * ref))
+    num = float(np.sum((y.astype(np.float64) - ref) ** 2))
+    if den == 0.0:
+        return 0.0 if num == 0.0 else float("inf")
+    return num / den
+
+
+def make_case(t: str, rows: int, cols: int, n: int, mode: str, seed: int):
+    rng = np.random.default_rng(seed)
+    if t == "F32" and mode == "extreme":
+        mode = "zero"  # float32 weights near 3e38 overflow any float32 matmul, reference included
+    raw = quants.random_raw(t, rows * cols, rng, scales=mode)
+    x = rng.standard_normal((n, cols)).astype(np.float32)
+    return raw, x
+
+
+@st.composite
+def shapes(draw, t: str, min_rows: int = 17, max_rows: int = 80, max_cols: int = 1536):
+    blk = block_of(t)
+    rows = draw(st.integers(min_rows, max_rows))  # mostly not a multiple of the SIMD width
+    cols = blk * draw(st.integers(1, max(1, max_cols // blk)))
+    n = draw(st.one_of(st.integers(1, 6), st.integers(7, 300)))
+    return rows, cols, n
+
+
+# ---- accuracy against the NumPy reference --------------------------------------------------
+@pytest.mark.parametrize("t", TYPES)
+@pytest.mark.parametrize("backend,variant", CASES)
+@SETTINGS
+@given(data=st.data(), mode=st.sampled_from(MODES), seed=st.integers(0, 2**32 - 1))
+def test_matmul_matches_reference(t, backend, variant, data, mode, seed):
+    _skip_unavailable(backend, variant)
+    # at least 17 outputs: the NMSE of a handful of outputs is itself too noisy to bound
+    rows, cols, n = data.draw(shapes(t))
+    raw, x = make_case(t, rows, cols, n, mode, seed)
+    ref = reference(t, raw, rows, cols, x)
+    y = kernels.matmul(t, raw, (rows, cols), x, backend=backend, variant=variant)
+    assert y.shape == (n, rows) and y.dtype == np.float32
+    finite = np.isfinite(ref)
+    assert np.isfinite(y[finite]).all(), "NaN/inf where the reference is finite"
+    err = nmse(np.where(finite, y, 0), np.where(finite, ref, 0))
+    assert err <= NMSE_BOUND[t], f"{t} {backend}/{variant} {rows}x{cols} n={n} {mode}: NMSE {err:.3g}"
+
+
+# ---- SIMD tiers against the scalar tier --------------------------------------------------------
+SIMD = [v for v in ("avx2", "avx512")]
+
+
+@pytest.mark.parametrize("t", TYPES)
+@pytest.mark.parametrize("variant", SIMD)
+@SETTINGS
+@given(data=st.data(), mode=st.sampled_from(MODES), seed=st.integers(0, 2**32 - 1))
+def test_simd_agrees_with_generic(t, variant, data, mode, seed):
+    _skip_unavailable("cpu", variant)
+    rows, cols, n = data.draw(shapes(t, min_rows=1, max_rows=70))  # any row count, odd tails
+    raw, x = make_case(t, rows, cols, n, mode, seed)
+    C = _native()
+    a = np.empty((n, rows), np.float32)
+    b = np.empty((n, rows), np.float32)
+    C.matmul(t, raw, rows, cols, x, a, "generic")
+    C.matmul(t, raw, rows, cols, x, b, variant)
+    scale = float(np.max(np.abs(a)))
+    diff = float(np.max(np.abs(a.astype(np.float64) - b)))
+    if scale == 0.0:
+        assert diff == 0.0
+    else:
+        assert diff / scale <= SIMD_REL_TOL, f"{t} {variant} {rows}x{cols} n={n} {mode}: rel diff {diff / scale:.3g}"
+
+
+@pytest.mark.parametrize("variant", ["generic", "avx2", "avx512"])
+@pytest.mark.parametrize("t", ["Q4_0", "Q8_0", "Q4_K", "Q6_K"])
+def test_edge_shapes(t, variant):
+    """Panel tails: one block, an odd number of blocks, one row, rows % 16 != 0."""
+    _skip_unavailable("cpu", variant)
+    blk = block_of(t)
+    for rows, nblk, n in [(1, 1, 1), (3, 1, 2), (33, 3, 5), (16, 17, 1), (7, 9, 4)]:
+        cols = blk * nblk
+        raw, x = make_case(t, rows, cols, n, "normal", rows * 1000 + nblk)
+        ref = reference(t, raw, rows, cols, x)
+        y = kernels.matmul(t, raw, (rows, cols), x, backend="cpu", variant=variant)
+        # few outputs: compare per output against the size of its terms, not by NMSE
+        mag = np.abs(x).astype(np.float64) @ np.abs(quants.dequantize(t, raw, rows * cols).reshape(rows, cols)).T
+        assert np.all(np.abs(y - ref) <= 0.02 * mag + 1e-30), (rows, cols, n)
+
+
+def test_one_dimensional_x_and_bytes_input():
+    rng = np.random.default_rng(5)
+    raw = quants.random_raw("Q4_K", 40 * 512, rng)
+    x = rng.standard_normal(512).astype(np.float32)
+    y1 = kernels.matmul("Q4_K", bytes(raw), (40, 512), x)
+    y2 = kernels.matmul("Q4_K", memoryview(raw), (40, 512), x[None, :])
+    assert y1.shape == (40,) and y2.shape == (1, 40)
+    np.testing.assert_array_equal(y1, y2[0])
+    assert nmse(y1, reference("Q4_K", raw, 40, 512, x[None, :])[0]) <= NMSE_BOUND["Q4_K"]
+
+
+# ---- determinism and threads -------------------------------------------------------------------
+@pytest.mark.parametrize("variant", ["generic", "avx2", "avx512"])
+def test_thread_count_does_not_change_results(variant):
+    _skip_unavailable("cpu", variant)
+    C = _native()
+    rng = np.random.default_rng(11)
+    rows, cols, n = 203, 1024, 37
+    raw = quants.random_raw("Q6_K", rows * cols, rng)
+    x = rng.standard_normal((n, cols)).astype(np.float32)
+    old = C.get_num_threads()
+    outs = []
+    try:
+        for nt in (1, 2, 3):
+            C.set_num_threads(nt)
+            assert C.get_num_threads() == nt
+            o = np.empty((n, rows), np.float32)
+            C.matmul("Q6_K", raw, rows, cols, x, o, variant)
+            outs.append(o)
+    finally:
+        C.set_num_threads(old)
+    for o in outs[1:]:
+        np.testing.assert_array_equal(o, outs[0])  # each output is computed by one thread
+
+
+# ---- get_rows ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("t", TYPES)
+@pytest.mark.parametrize("backend", ["numpy", "numba", "cpu"])
+def test_get_rows(t, backend):
+    _skip_unavailable(backend, "generic")
+    rng = np.random.default_rng(3)
+    rows, cols = 37, 4 * block_of(t) if t not in ("F16", "F32") else 96
+    raw = quants.random_raw(t, rows * cols, rng, scales="extreme" if t != "F32" else "normal")
+    ids = np.array([0, 36, 5, 5, 17], dtype=np.int32)
+    w = quants.dequantize(t, raw, rows * cols).reshape(rows, cols)
+    got = kernels.get_rows(t, raw, (rows, cols), ids, backend=backend)
+    assert got.shape == (len(ids), cols) and got.dtype == np.float32
+    # same formulas as the reference: equal up to one rounding of each value
+    tol = 1e-6 * np.abs(w[ids]).max(axis=1, keepdims=True)
+    assert np.all(np.abs(got - w[ids]) <= tol)
+
+
+# ---- measured accuracy per type (printed; run with -s to see it) -------------------------------------
+def test_report_nmse(capsys):
+    if not kernels.native_available():
+        pytest.skip("cpu backend unavailable: pyengine._C not importable")
+    rng = np.random.default_rng(2024)
+    rows, cols, n = 128, 2048, 16
+    lines = []
+    for t in TYPES:
+        raw = quants.random_raw(t, rows * cols, rng)
+        x = rng.standard_normal((n, cols)).astype(np.float32)
+        ref = reference(t, raw, rows, cols, x)
+        per = {v: nmse(kernels.matmul(t, raw, (rows, cols), x, backend="cpu", variant=v), ref) for v in VARIANTS_HERE}
+        for v, e in per.items():
+            assert e <= NMSE_BOUND[t], (t, v, e)
+        lines.append(f"{t:5s} bound {NMSE_BOUND[t]:.0e}  " + "  ".join(f"{v} {e:.2e}" for v, e in per.items()))
+    with capsys.disabled():
+        print("\nmeasured NMSE per type (128x2048, n=16):\n  " + "\n  ".join(lines))
+
+
+# ---- the extension's surface and its argument checks ---------------------------------------------------
+def test_features_and_variants():
+    if not kernels.native_available():
+        pytest.skip("cpu backend unavailable: pyengine._C not importable")
+    C = _native()
+    f = C.cpu_features()
+    for key in ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16"):
+        assert isinstance(f[key], bool)
+    v = C.kernel_variants()
+    assert v[0] == "generic"
+    assert set(v) <= {"generic", "avx2", "avx512"}
+    if "avx512" in v:
+        assert f["avx512f"] and f["avx512bw"] and f["avx512vl"] and f["avx512_vnni"]
+    if "avx2" in v:
+        assert f["avx2"] and f["fma"] and f["f16c"]
+    assert C.get_num_threads() >= 1
+    assert set(kernels.available_backends()) >= {"numpy", "cpu"}
+
+
+@pytest.fixture
+def args():
+    if not kernels.native_available():
+        pytest.skip("cpu backend unavailable: pyengine._C not importable")
+    rng = np.random.default_rng(0)
+    raw = quants.random_raw("Q4_0", 8 * 64, rng)
+    return raw, rng.standard_normal((3, 64)).astype(np.float32), np.empty((3, 8), np.float32)
+
+
+def test_bad_arguments_native(args):
+    C = _native()
+    raw, x, out = args
+    with pytest.raises(TypeError, match="w must be a uint8"):
+        C.matmul("Q4_0", raw.view(np.int8), 8, 64, x, out)
+    with pytest.raises(ValueError, match="needs 288 bytes, got 287"):
+        C.matmul("Q4_0", raw[:-1], 8, 64, x, out)
+    with pytest.raises(ValueError, match="not a multiple of the block size"):
+        C.matmul("Q4_0", raw, 9, 48, x, out)
+    with pytest.raises(TypeError, match="x must be a float32"):
+        C.matmul("Q4_0", raw, 8, 64, x.astype(np.float64), out)
+    with pytest.raises(ValueError, match="x must be C-contiguous"):
+        C.matmul("Q4_0", raw, 8, 64, np.asfortranarray(x), out)
+    with pytest.raises(ValueError, match=r"x must have shape \(n, 64\)"):
+        C.matmul("Q4_0", raw, 8, 64, x[:, :32].copy(), out)
+    with pytest.raises(ValueError, match=r"out must have shape \(3, 8\)"):
+        C.matmul("Q4_0", raw, 8, 64, x, np.empty((3, 9), np.float32))
+    with pytest.raises(TypeError, match="out must be a float32"):
+        C.matmul("Q4_0", raw, 8, 64, x, np.empty((3, 8), np.float64))
+    ro = np.empty((3, 8), np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="out must be writeable"):
+        C.matmul("Q4_0", raw, 8, 64, x, ro)
+    with pytest.raises(ValueError, match="unsupported weight type 'Q5_K'"):
+        C.matmul("Q5_K", raw, 8, 64, x, out)
+    with pytest.raises(ValueError, match="unknown kernel variant 'sse9'"):
+        C.matmul("Q4_0", raw, 8, 64, x, out, "sse9")
+    with pytest.raises(TypeError, match="ids must be a int32"):
+        C.get_rows("Q4_0", raw, 8, 64, np.array([1], np.int64), np.empty((1, 64), np.float32))
+    with pytest.raises(IndexError, match="out of range for 8 rows"):
+        C.get_rows("Q4_0", raw, 8, 64, np.array([8], np.int32), np.empty((1, 64), np.float32))
+    with pytest.raises(ValueError, match=r"out must have shape \(1, 64\)"):
+        C.get_rows("Q4_0", raw, 8, 64, np.array([1], np.int32), np.empty((1, 63), np.float32))
+    C.matmul("Q4_0", raw, 8, 64, x, out)  # and the good call still works
+
+
+def test_unavailable_variant_is_a_clear_error():
+    if not kernels.native_available():
+        pytest.skip("cpu backend unavailable: pyengine._C not importable")
+    missing = [v for v in ("avx2", "avx512") if v not in VARIANTS_HERE]
+    if not missing:
+        pytest.skip("every variant runs on this CPU")
+    raw = np.zeros(18, np.uint8)
+    with pytest.raises(ValueError, match="not available on this CPU"):
+        _native().matmul("Q4_0", raw, 1, 32, np.zeros((1, 32), np.float32), np.empty((1, 1), np.float32), missing[0])
+
+
+def test_bad_arguments_python_api():
+    raw = np.zeros(18 * 4, np.uint8)
+    x = np.zeros((2, 64), np.float32)
+    with pytest.raises(ValueError, match="needs 72 bytes, got 71"):
+        kernels.matmul("Q4_0", raw[:-1], (2, 64), x)
+    with pytest.raises(ValueError, match=r"x must have shape \(n, 64\)"):
+        kernels.matmul("Q4_0", raw, (2, 64), np.zeros((2, 32), np.float32))
+    with pytest.raises(ValueError, match="unknown backend 'gpu'"):
+        kernels.matmul("Q4_0", raw, (2, 64), x, backend="gpu")
+    with pytest.raises(ValueError, match="only applies to the cpu backend"):
+        kernels.matmul("Q4_0", raw, (2, 64), x, backend="numpy", variant="avx2")
+    with pytest.raises(ValueError, match="unknown GGML type"):
+        kernels.matmul("Q9_9", raw, (2, 64), x)
+    with pytest.raises(IndexError):
+        kernels.get_rows("Q4_0", raw, (2, 64), [2])
+    if kernels.native_available():
+        with pytest.raises(ValueError, match="backend 'cpu' has no kernel for Q5_K"):
+            kernels.matmul("Q5_K", np.zeros(176, np.uint8), (1, 256), np.zeros((1, 256), np.float32), backend="cpu")
