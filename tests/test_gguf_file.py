@@ -106,15 +106,9 @@ def test_missing_tensor_is_named(tmp_path):
         gf.tensor("blk.0.attn_q.weight")
 
 
-def test_real_models_open_fast_and_match_reader_on_tensors(real_model_name):
-    import time
-
+def test_real_models_open(real_model_name):
     from conftest import real_model_path
 
-    path = real_model_path(real_model_name)
-    t = time.perf_counter()
-    gf = open_gguf(path)
-    elapsed = time.perf_counter() - t
-    assert elapsed < 5.0, f"opening {path.name} took {elapsed:.1f} s"
+    gf = open_gguf(real_model_path(real_model_name))
     assert gf.architecture in ("llama", "gemma3")
     assert gf.tensors["token_embd.weight"].shape[0] == len(gf.metadata["tokenizer.ggml.tokens"])
