@@ -1,0 +1,608 @@
+"""The numba tier: the quantized matmul and the transformer ops as numba JIT functions.
+
+The readable middle step between the NumPy reference (``pyengine.quants`` and
+``backends/numpy_backend.py``) and the hand-written SIMD C++ kernels: the same GGUF
+block formats, walked block by block with the bit unpacking spelled out, compiled by
+LLVM instead of interpreted.
+
+Matmul, ``x (n, cols) @ W.T`` with float32 activations throughout (``x`` is never
+quantized, so the only error is float32 summation order). Per type, as in ggml:
+
+* ``vec_dot_<type>(w, x)``: dot product of one weight row (``w``: its bytes) with
+  ``x`` (float32), block by block, unpacking the quants in registers; nothing
+  dequantized is stored;
+* ``dequantize_row_<type>(w, y)``: the row's values into ``y``.
+
+:func:`_matmul_kernel` runs ``prange`` over chunks of rows. For a few tokens each row
+is dotted with every token straight from its bytes (they stay in L1 across tokens);
+from ``_DEQUANT_MIN_TOKENS`` tokens on, each row is dequantized once into a scratch
+row and dotted with the tokens as plain float32, which amortises the unpacking.
+The full matrix is never dequantized.
+
+Compile time: an integer ``kind`` picks the type, so there is one compiled matmul and
+one row gather for all types; the per-type row functions are compiled once each and
+linked in, the type dispatch is inlined, and the wrappers normalise every argument
+(read-only uint8 weights, C-contiguous float32) so nothing is specialised twice.
+``cache=True`` keeps the machine code on disk: only the first run in a checkout pays
+for LLVM (about 20 s of CPU for the matmul).
+
+Numba details that matter for speed (each worth 2-5x here):
+* integer arithmetic is promoted to int64, which does not convert to float in wide
+  SIMD lanes; :func:`_fq` truncates to int32 first so LLVM narrows the unpacking;
+* kernels take row *slices*, not base offsets, so indices are provably non-negative
+  (numba's negative-index wraparound otherwise blocks vectorisation);
+* tiny helpers are inlined at numba level (``inline="always"``); the per-type row
+  functions are ordinary calls, once per row and token.
+
+Floating point: ``FASTMATH`` lets LLVM reassociate sums (so reductions vectorise) and
+fuse multiply-adds, but keeps IEEE infinities/NaNs (masked attention scores,
+overflowing ``exp``, extreme fp16 scales) and exact ``exp``/``tanh``/``cos``.
+The elementwise ops and rope use no fast-math at all, to round like the reference.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import BackendUnavailableError
+from .ggml_types import ggml_type
+
+try:
+    import numba
+    from numba import njit, prange
+except ImportError:  # pragma: no cover - exercised only without numba
+    raise BackendUnavailableError("numba backend: numba is not installed (pip install numba)") from None
+
+FASTMATH = {"reassoc", "contract", "nsz"}
+
+KINDS = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
+K_F32, K_F16, K_BF16, K_Q4_0, K_Q4_1, K_Q5_0, K_Q5_1, K_Q8_0, K_Q4_K, K_Q5_K, K_Q6_K = range(len(KINDS))
+KIND_OF = {name: i for i, name in enumerate(KINDS)}
+
+# From this many tokens on, matmul dequantizes each row once instead of unpacking it per token.
+_DEQUANT_MIN_TOKENS = 4
+_ROWS_PER_CHUNK = 16
+
+
+# -- scalar helpers ----------------------------------------------------------------
+
+_F16_0 = np.float32(16.0)
+_F32_0 = np.float32(32.0)
+
+# 2**(e - 25) for a half-precision exponent field e: value = (1024 + mantissa) * _POW2[e]
+_POW2 = np.array([2.0 ** (e - 25) for e in range(32)], dtype=np.float32)
+
+
+@njit(cache=True, inline="always")
+def _f16(raw, o):
+    """The IEEE binary16 stored little-endian at ``raw[o:o+2]``, as float32 (exact)."""
+    h = np.int32(raw[o]) | (np.int32(raw[o + 1]) << 8)
+    e = (h >> 10) & 0x1F
+    m = h & 0x3FF
+    if e == 0:  # zero or subnormal: m * 2^-24
+        v = np.float32(m) * _POW2[1]
+    elif e == 31:  # inf / nan
+        v = np.float32(np.inf) if m == 0 else np.float32(np.nan)
+    else:  # normal: (1 + m/1024) * 2^(e-15)
+        v = np.float32(m + 1024) * _POW2[e]
+    return -v if h & 0x8000 else v
+
+
+@njit(cache=True, inline="always")
+def _fq(v):
+    """A small integer (an unpacked quant) as float32, through int32 (see module docstring)."""
+    return np.float32(np.int32(v))
+
+
+@njit(cache=True, inline="always")
+def _i8(b):
+    """Byte ``b`` (0..255) read as a signed int8."""
+    v = np.int32(b)
+    return v - ((v & 0x80) << 1)
+
+
+@njit(cache=True, inline="always")
+def _u32(raw, o):
+    """The little-endian uint32 at ``raw[o:o+4]`` (as int64, to shift freely)."""
+    return (np.int64(raw[o]) | (np.int64(raw[o + 1]) << 8)
+            | (np.int64(raw[o + 2]) << 16) | (np.int64(raw[o + 3]) << 24))
+
+
+@njit(cache=True, inline="always")
+def _scale_min_k4(raw, sc, j):
+    """6-bit scale and min of sub-block ``j`` (0..7) from the 12 packed bytes at ``raw[sc:]``.
+
+    Bytes 0-3: low 6 bits = scales 0-3, top 2 bits = high bits of scales 4-7.
+    Bytes 4-7: low 6 bits = mins 0-3, top 2 bits = high bits of mins 4-7.
+    Bytes 8-11: low nibble = low 4 bits of scales 4-7, high nibble = of mins 4-7.
+    """
+    if j < 4:
+        s = np.int32(raw[sc + j]) & 63
+        m = np.int32(raw[sc + j + 4]) & 63
+    else:
+        s = (np.int32(raw[sc + j + 4]) & 0xF) | ((np.int32(raw[sc + j - 4]) >> 6) << 4)
+        m = (np.int32(raw[sc + j + 4]) >> 4) | ((np.int32(raw[sc + j]) >> 6) << 4)
+    return np.float32(s), np.float32(m)
+
+
+# Per type: vec_dot_<type>(w, x) is the dot product of one weight row, ``w`` its bytes,
+# with ``x`` (float32, as many values as the row); dequantize_row_<type>(w, y) writes the
+# row's values into ``y``. Both walk the row block by block.
+# Two shapes that LLVM needs to vectorise well:
+# * row slices rather than offsets, so every index is provably non-negative;
+# * for 32-value blocks, a small ``acc`` array of per-lane partial sums carried across
+#   blocks (as a C++ kernel keeps a __m512 accumulator). A scalar sum per block makes
+#   LLVM unroll the 16-step inner loop and vectorise across blocks with gathers instead,
+#   2-4x slower.
+
+# -- Q4_0: d (f16) | qs[16]; value j = d*(qs[j]&15 - 8), value j+16 = d*(qs[j]>>4 - 8) ------
+
+@njit(cache=True, fastmath=FASTMATH)
+def vec_dot_q4_0(w, x):
+    acc = np.zeros(16, dtype=np.float32)  # one SIMD register of partial sums (see above)
+    for b in range(x.size // 32):
+        o = 18 * b
+        d = _f16(w, o)
+        for j in range(16):
+            q = w[o + 2 + j]
+            acc[j] += d * (_fq((q & 0xF) - 8) * x[32 * b + j] + _fq((q >> 4) - 8) * x[32 * b + j + 16])
+    return acc.sum()
+
+
+@njit(cache=True)
+def dequantize_row_q4_0(w, y):
+    for b in range(y.size // 32):
+        o = 18 * b
+        d = _f16(w, o)
+        for j in range(16):
+            q = w[o + 2 + j]
+            y[32 * b + j] = d * _fq((q & 0xF) - 8)
+            y[32 * b + j + 16] = d * _fq((q >> 4) - 8)
+
+
+# -- Q4_1: d (f16) | m (f16) | qs[16]; value = d*nibble + m ------------------------------
+
+@njit(cache=True, fastmath=FASTMATH)
+def vec_dot_q4_1(w, x):
+    acc = np.zeros(16, dtype=np.float32)  # d * q * x
+    acc_m = np.zeros(16, dtype=np.float32)  # m * x
+    for b in range(x.size // 32):
+        o = 20 * b
+        d = _f16(w, o)
+        m = _f16(w, o + 2)
+        for j in range(16):
+            q = w[o + 4 + j]
+            x0 = x[32 * b + j]
+            x1 = x[32 * b + j + 16]
+            acc[j] += d * (_fq(q & 0xF) * x0 + _fq(q >> 4) * x1)
+            acc_m[j] += m * (x0 + x1)
+    return acc.sum() + acc_m.sum()
+
+
+@njit(cache=True)
+def dequantize_row_q4_1(w, y):
+    for b in range(y.size // 32):
+        o = 20 * b
+        d = _f16(w, o)
+        m = _f16(w, o + 2)
+        for j in range(16):
+            q = w[o + 4 + j]
+            y[32 * b + j] = d * _fq(q & 0xF) + m
+            y[32 * b + j + 16] = d * _fq(q >> 4) + m
+
+
+# -- Q5_0: d (f16) | qh (u32, bit j = 5th bit of value j) | qs[16]; value = d*(q5 - 16) --
+
+@njit(cache=True, fastmath=FASTMATH)
+def vec_dot_q5_0(w, x):
+    acc = np.zeros(16, dtype=np.float32)
+    for b in range(x.size // 32):
+        o = 22 * b
+        d = _f16(w, o)
+        qh = _u32(w, o + 2)
+        for j in range(16):
+            q = w[o + 6 + j]
+            lo = (q & 0xF) | (((qh >> j) & 1) << 4)
+            hi = (q >> 4) | (((qh >> (j + 16)) & 1) << 4)
+            acc[j] += d * (_fq(lo - 16) * x[32 * b + j] + _fq(hi - 16) * x[32 * b + j + 16])
+    return acc.sum()
+
+
+@njit(cache=True)
+def dequantize_row_q5_0(w, y):
+    for b in range(y.size // 32):
+        o = 22 * b
+        d = _f16(w, o)
+        qh = _u32(w, o + 2)
+        for j in range(16):
+            q = w[o + 6 + j]
+            y[32 * b + j] = d * _fq(((q & 0xF) | (((qh >> j) & 1) << 4)) - 16)
+            y[32 * b + j + 16] = d * _fq(((q >> 4) | (((qh >> (j + 16)) & 1) << 4)) - 16)
+
+
+# -- Q5_1: d (f16) | m (f16) | qh (u32) | qs[16]; value = d*q5 + m ----------------------
+
+@njit(cache=True, fastmath=FASTMATH)
+def vec_dot_q5_1(w, x):
+    acc = np.zeros(16, dtype=np.float32)  # d * q * x
+    acc_m = np.zeros(16, dtype=np.float32)  # m * x
+    for b in range(x.size // 32):
+        o = 24 * b
+        d = _f16(w, o)
+        m = _f16(w, o + 2)
+        qh = _u32(w, o + 4)
+        for j in range(16):
+            q = w[o + 8 + j]
+            lo = (q & 0xF) | (((qh >> j) & 1) << 4)
+            hi = (q >> 4) | (((qh >> (j + 16)) & 1) << 4)
+            x0 = x[32 * b + j]
+            x1 = x[32 * b + j + 16]
+            acc[j] += d * (_fq(lo) * x0 + _fq(hi) * x1)
+            acc_m[j] += m * (x0 + x1)
+    return acc.sum() + acc_m.sum()
+
+
+@njit(cache=True)
+def dequantize_row_q5_1(w, y):
+    for b in range(y.size // 32):
+        o = 24 * b
+        d = _f16(w, o)
+        m = _f16(w, o + 2)
+        qh = _u32(w, o + 4)
+        for j in range(16):
+            q = w[o + 8 + j]
+            y[32 * b + j] = d * _fq((q & 0xF) | (((qh >> j) & 1) << 4)) + m
+            y[32 * b + j + 16] = d * _fq((q >> 4) | (((qh >> (j + 16)) & 1) << 4)) + m
+
+
+# -- Q8_0: d (f16) | qs[32] (int8); value = d*q ------------------------------------------
+
+@njit(cache=True, fastmath=FASTMATH)
+def vec_dot_q8_0(w, x):
+    acc = np.zeros(32, dtype=np.float32)
+    for b in range(x.size // 32):
+        o = 34 * b
+        d = _f16(w, o)
+        for j in range(32):
+            acc[j] += d * (_fq(_i8(w[o + 2 + j])) * x[32 * b + j])
+    return acc.sum()
+
+
+@njit(cache=True)
+def dequantize_row_q8_0(w, y):
+    for b in range(y.size // 32):
+        o = 34 * b
+        d = _f16(w, o)
+        for j in range(32):
+            y[32 * b + j] = d * _fq(_i8(w[o + 2 + j]))
+
+
+# -- Q4_K: d (f16) | dmin (f16) | scales[12] | qs[128]; 256 values --------------------------
+# Four groups of 64 values: group g reads qs[32g : 32g+32], low nibbles are sub-block 2g,
+# high nibbles sub-block 2g+1. value = d*scale[s]*q - dmin*min[s].
+
+@njit(cache=True, fastmath=FASTMATH)
+def vec_dot_q4_k(w, x):
+    s = np.float32(0.0)
+    for b in range(x.size // 256):
+        o = 144 * b
+        d = _f16(w, o)
+        dmin = _f16(w, o + 2)
+        for g in range(4):
+            s0, m0 = _scale_min_k4(w, o + 4, 2 * g)
+            s1, m1 = _scale_min_k4(w, o + 4, 2 * g + 1)
+            d0 = d * s0
+            d1 = d * s1
+            c0 = dmin * m0
+            c1 = dmin * m1
+            qs = o + 16 + 32 * g
+            xg = 256 * b + 64 * g
+            sg = np.float32(0.0)
+            for l in range(32):
+                q = w[qs + l]
+                sg += (d0 * _fq(q & 0xF) - c0) * x[xg + l] + (d1 * _fq(q >> 4) - c1) * x[xg + 32 + l]
+            s += sg
+    return s
+
+
+@njit(cache=True)
+def dequantize_row_q4_k(w, y):
+    for b in range(y.size // 256):
+        o = 144 * b
+        d = _f16(w, o)
+        dmin = _f16(w, o + 2)
+        for g in range(4):
+            s0, m0 = _scale_min_k4(w, o + 4, 2 * g)
+            s1, m1 = _scale_min_k4(w, o + 4, 2 * g + 1)
+            d0 = d * s0
+            d1 = d * s1
+            c0 = dmin * m0
+            c1 = dmin * m1
+            qs = o + 16 + 32 * g
+            yg = 256 * b + 64 * g
+            for l in range(32):
+                q = w[qs + l]
+                y[yg + l] = d0 * _fq(q & 0xF) - c0
+                y[yg + 32 + l] = d1 * _fq(q >> 4) - c1
+
+
+# -- Q5_K: d | dmin | scales[12] | qh[32] | qs[128]; Q4_K plus a 5th bit per value -----------
+# In group g, bit 2g of qh[l] tops value l and bit 2g+1 tops value 32+l.
+
+@njit(cache=True, fastmath=FASTMATH)
+def vec_dot_q5_k(w, x):
+    s = np.float32(0.0)
+    for b in range(x.size // 256):
+        o = 176 * b
+        d = _f16(w, o)
+        dmin = _f16(w, o + 2)
+        for g in range(4):
+            s0, m0 = _scale_min_k4(w, o + 4, 2 * g)
+            s1, m1 = _scale_min_k4(w, o + 4, 2 * g + 1)
+            d0 = d * s0
+            d1 = d * s1
+            c0 = dmin * m0
+            c1 = dmin * m1
+            qs = o + 48 + 32 * g
+            xg = 256 * b + 64 * g
+            sg = np.float32(0.0)
+            for l in range(32):
+                q = w[qs + l]
+                h = w[o + 16 + l]
+                lo = (q & 0xF) | (((h >> (2 * g)) & 1) << 4)
+                hi = (q >> 4) | (((h >> (2 * g + 1)) & 1) << 4)
+                sg += (d0 * _fq(lo) - c0) * x[xg + l] + (d1 * _fq(hi) - c1) * x[xg + 32 + l]
+            s += sg
+    return s
+
+
+@njit(cache=True)
+def dequantize_row_q5_k(w, y):
+    for b in range(y.size // 256):
+        o = 176 * b
+        d = _f16(w, o)
+        dmin = _f16(w, o + 2)
+        for g in range(4):
+            s0, m0 = _scale_min_k4(w, o + 4, 2 * g)
+            s1, m1 = _scale_min_k4(w, o + 4, 2 * g + 1)
+            d0 = d * s0
+            d1 = d * s1
+            c0 = dmin * m0
+            c1 = dmin * m1
+            qs = o + 48 + 32 * g
+            yg = 256 * b + 64 * g
+            for l in range(32):
+                q = w[qs + l]
+                h = w[o + 16 + l]
+                y[yg + l] = d0 * _fq((q & 0xF) | (((h >> (2 * g)) & 1) << 4)) - c0
+                y[yg + 32 + l] = d1 * _fq((q >> 4) | (((h >> (2 * g + 1)) & 1) << 4)) - c1
+
+
+# -- Q6_K: ql[128] | qh[64] | scales[16] (int8) | d (f16); 256 values ----------------------
+# Two halves of 128 values. In half h, for l < 32, with a = ql[64h+l], b = ql[64h+32+l],
+# c = qh[32h+l]: values l, l+32, l+64, l+96 are (a&15, b&15, a>>4, b>>4) topped by the bit
+# pairs (0-1, 2-3, 4-5, 6-7) of c, minus 32, times d*scales[8h + l//16 + (0, 2, 4, 6)].
+
+@njit(cache=True, fastmath=FASTMATH)
+def vec_dot_q6_k(w, x):
+    s = np.float32(0.0)
+    for b in range(x.size // 256):
+        o = 210 * b
+        d = _f16(w, o + 208)
+        for half in range(2):
+            ql = o + 64 * half
+            qh = o + 128 + 32 * half
+            sc = o + 192 + 8 * half
+            xh = 256 * b + 128 * half
+            for i in range(2):  # l in [16i, 16i+16) share the scales i, i+2, i+4, i+6
+                s1 = np.float32(0.0)
+                s2 = np.float32(0.0)
+                s3 = np.float32(0.0)
+                s4 = np.float32(0.0)
+                for l in range(16 * i, 16 * i + 16):
+                    qa = w[ql + l]
+                    qb = w[ql + l + 32]
+                    c = w[qh + l]
+                    # q = low 4 bits | high 2 bits << 4, minus 32; written as low + 16*high - 32
+                    # in float32 (exact), which vectorises better than the int64 bit-or numba emits
+                    s1 += (_fq(qa & 0xF) + _F16_0 * _fq(c & 3) - _F32_0) * x[xh + l]
+                    s2 += (_fq(qb & 0xF) + _F16_0 * _fq((c >> 2) & 3) - _F32_0) * x[xh + l + 32]
+                    s3 += (_fq(qa >> 4) + _F16_0 * _fq((c >> 4) & 3) - _F32_0) * x[xh + l + 64]
+                    s4 += (_fq(qb >> 4) + _F16_0 * _fq(c >> 6) - _F32_0) * x[xh + l + 96]
+                s += (d * _fq(_i8(w[sc + i])) * s1 + d * _fq(_i8(w[sc + i + 2])) * s2
+                      + d * _fq(_i8(w[sc + i + 4])) * s3 + d * _fq(_i8(w[sc + i + 6])) * s4)
+    return s
+
+
+@njit(cache=True)
+def dequantize_row_q6_k(w, y):
+    for b in range(y.size // 256):
+        o = 210 * b
+        d = _f16(w, o + 208)
+        for half in range(2):
+            ql = o + 64 * half
+            qh = o + 128 + 32 * half
+            sc = o + 192 + 8 * half
+            yh = 256 * b + 128 * half
+            for l in range(32):
+                k = sc + l // 16
+                qa = w[ql + l]
+                qb = w[ql + l + 32]
+                c = w[qh + l]
+                y[yh + l] = (d * _fq(_i8(w[k]))) * _fq(((qa & 0xF) | ((c & 3) << 4)) - 32)
+                y[yh + l + 32] = (d * _fq(_i8(w[k + 2]))) * _fq(((qb & 0xF) | (((c >> 2) & 3) << 4)) - 32)
+                y[yh + l + 64] = (d * _fq(_i8(w[k + 4]))) * _fq(((qa >> 4) | (((c >> 4) & 3) << 4)) - 32)
+                y[yh + l + 96] = (d * _fq(_i8(w[k + 6]))) * _fq(((qb >> 4) | (((c >> 6) & 3) << 4)) - 32)
+
+
+# -- F32 / F16 / BF16 rows (exact) -------------------------------------------------------
+
+@njit(cache=True)
+def dequantize_row_float(kind, w, y):
+    bits = y.view(np.uint32)  # write float32 bit patterns directly
+    if kind == K_F32:
+        for j in range(y.size):
+            bits[j] = np.uint32(_u32(w, 4 * j))
+    elif kind == K_BF16:  # the top half of a float32
+        for j in range(y.size):
+            bits[j] = (np.uint32(w[2 * j]) << 16) | (np.uint32(w[2 * j + 1]) << 24)
+    else:  # F16: sign | exponent rebiased 15 -> 127 | mantissa widened 10 -> 23 bits
+        for j in range(y.size):
+            h = np.uint32(w[2 * j]) | (np.uint32(w[2 * j + 1]) << 8)
+            e = (h >> 10) & 0x1F
+            sign = (h & 0x8000) << 16
+            if e == 0:
+                bits[j] = sign  # +-0; subnormals are patched below
+            elif e == 31:
+                bits[j] = sign | 0x7F800000 | ((h & 0x3FF) << 13)  # inf / nan
+            else:
+                bits[j] = sign | ((e + 112) << 23) | ((h & 0x3FF) << 13)
+        for j in range(y.size):
+            hi = w[2 * j + 1]
+            if (hi & 0x7C) == 0 and ((hi & 3) != 0 or w[2 * j] != 0):
+                y[j] = _f16(w, 2 * j)  # subnormal half: m * 2^-24
+
+
+# -- dispatch on the type (inlined into the kernels, so it is not compiled on its own) --
+
+@njit(cache=True, inline="always")
+def _vec_dot(kind, w, x):
+    """``vec_dot_<type>`` for a quantized ``kind`` (float kinds go through dequantize_row)."""
+    if kind == K_Q4_0:
+        return vec_dot_q4_0(w, x)
+    if kind == K_Q4_1:
+        return vec_dot_q4_1(w, x)
+    if kind == K_Q5_0:
+        return vec_dot_q5_0(w, x)
+    if kind == K_Q5_1:
+        return vec_dot_q5_1(w, x)
+    if kind == K_Q8_0:
+        return vec_dot_q8_0(w, x)
+    if kind == K_Q4_K:
+        return vec_dot_q4_k(w, x)
+    if kind == K_Q5_K:
+        return vec_dot_q5_k(w, x)
+    return vec_dot_q6_k(w, x)
+
+
+@njit(cache=True, inline="always")
+def _dequantize_row(kind, w, y):
+    if kind <= K_BF16:
+        dequantize_row_float(kind, w, y)
+    elif kind == K_Q4_0:
+        dequantize_row_q4_0(w, y)
+    elif kind == K_Q4_1:
+        dequantize_row_q4_1(w, y)
+    elif kind == K_Q5_0:
+        dequantize_row_q5_0(w, y)
+    elif kind == K_Q5_1:
+        dequantize_row_q5_1(w, y)
+    elif kind == K_Q8_0:
+        dequantize_row_q8_0(w, y)
+    elif kind == K_Q4_K:
+        dequantize_row_q4_k(w, y)
+    elif kind == K_Q5_K:
+        dequantize_row_q5_k(w, y)
+    else:
+        dequantize_row_q6_k(w, y)
+
+
+# -- matmul and row gather -----------------------------------------------------------------
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _matmul_kernel(kind, raw, rows, cols, row_bytes, x, n, out):
+    """out[t*rows + r] = <row r of W, x[t*cols : (t+1)*cols]> (x and out flat float32)."""
+    n_chunks = (rows + _ROWS_PER_CHUNK - 1) // _ROWS_PER_CHUNK
+    direct = kind > K_BF16 and n < _DEQUANT_MIN_TOKENS
+    for c in prange(n_chunks):
+        r0 = c * _ROWS_PER_CHUNK
+        r1 = min(rows, r0 + _ROWS_PER_CHUNK)
+        if direct:  # unpack the row's blocks for every token (its bytes stay in L1)
+            for r in range(r0, r1):
+                w = raw[r * row_bytes:(r + 1) * row_bytes]
+                for t in range(n):
+                    out[t * rows + r] = _vec_dot(kind, w, x[t * cols:(t + 1) * cols])
+        else:  # dequantize each row once, then plain float32 dots
+            wf = np.empty(cols, dtype=np.float32)
+            for r in range(r0, r1):
+                _dequantize_row(kind, raw[r * row_bytes:(r + 1) * row_bytes], wf)
+                for t in range(n):
+                    xt = x[t * cols:(t + 1) * cols]
+                    s = np.float32(0.0)
+                    for j in range(cols):
+                        s += wf[j] * xt[j]
+                    out[t * rows + r] = s
+
+
+@njit(cache=True)
+def _get_rows_kernel(kind, raw, cols, row_bytes, ids, out):
+    """out[i*cols : (i+1)*cols] = row ids[i], dequantized (a few rows: no threads needed)."""
+    for i in range(ids.shape[0]):
+        r = ids[i]
+        _dequantize_row(kind, raw[r * row_bytes:(r + 1) * row_bytes], out[i * cols:(i + 1) * cols])
+
+
+def _weights(raw) -> np.ndarray:
+    """``raw`` as a read-only C-contiguous 1-D uint8 array: mmaps, arrays and bytes all
+    get the same numba type, so each kernel is compiled once."""
+    if isinstance(raw, (bytes, bytearray, memoryview)):
+        a = np.frombuffer(raw, dtype=np.uint8)
+    else:
+        a = np.asarray(raw)
+        if a.dtype != np.uint8:
+            a = np.ascontiguousarray(a).view(np.uint8)
+        a = np.ascontiguousarray(a.reshape(-1))
+    if a.flags.writeable:
+        a = a.view()
+        a.flags.writeable = False
+    return a
+
+
+def _geometry(type_name: str, shape, raw: np.ndarray) -> tuple[int, int, int, int]:
+    """(kind, rows, cols, bytes per row) of a weight (1-D shapes are one row)."""
+    name = type_name.upper()
+    if name not in KIND_OF:
+        raise NotImplementedError(f"numba backend: no kernel for GGML type {type_name} (have {', '.join(KINDS)})")
+    shape = tuple(int(s) for s in shape)
+    rows, cols = (1, shape[0]) if len(shape) == 1 else (int(np.prod(shape[:-1])), shape[-1])
+    row_bytes = ggml_type(name).n_bytes(cols)
+    if raw.size < rows * row_bytes:
+        raise ValueError(f"{name} {shape}: needs {rows * row_bytes} bytes, got {raw.size}")
+    return KIND_OF[name], rows, cols, row_bytes
+
+
+def _f32(a) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def matmul(type_name: str, raw, shape, x) -> np.ndarray:
+    """``x (n, cols) @ W.T`` for ``W (rows, cols)`` stored as GGUF ``type_name`` bytes -> float32 ``(n, rows)``."""
+    raw = _weights(raw)
+    kind, rows, cols, row_bytes = _geometry(type_name, shape, raw)
+    x = _f32(x)
+    if x.ndim != 2 or x.shape[1] != cols:
+        raise ValueError(f"matmul: x has shape {x.shape}, expected (n, {cols})")
+    n = x.shape[0]
+    out = np.empty(n * rows, dtype=np.float32)
+    if n and rows and cols:
+        _matmul_kernel(kind, raw, rows, cols, row_bytes, x.reshape(-1), n, out)
+    else:
+        out[:] = 0.0
+    return out.reshape(n, rows)
+
+
+def get_rows(type_name: str, raw, shape, ids) -> np.ndarray:
+    """Rows ``ids`` of ``W (rows, cols)`` (an embedding table) as float32 ``(len(ids), cols)``."""
+    raw = _weights(raw)
+    kind, rows, cols, row_bytes = _geometry(type_name, shape, raw)
+    ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+    if ids.size and (ids.min() < 0 or ids.max() >= rows):
+        raise IndexError(f"get_rows: row id out of range [0, {rows})")
+    out = np.empty(ids.size * cols, dtype=np.float32)
+    if ids.size and cols:
+        _get_rows_kernel(kind, raw, cols, row_bytes, ids, out)
+    return out.reshape(ids.size, cols)
+
+
+def dequantize(type_name: str, raw, n_elements: int) -> np.ndarray:
+    """All ``n_elements`` values as a flat float32 array (small tensors: norm weights)."""
+    return get_rows(type_name, raw, (1, n_elements), np.zeros(1, dtype=np.int64)).reshape(-1)
