@@ -75,10 +75,38 @@ void ThreadPool::worker_main(int id) {
         }
         if (stop_.load()) return;
         seen = generation_.load(std::memory_order_acquire);
-        const int nth = active_.load(std::memory_order_relaxed);
-        if (id < nth) (*job_)(id, nth);
-        pending_.fetch_sub(1, std::memory_order_acq_rel);
+        // Register, then check the job is still open (seq_cst pairs with the caller's
+        // close-then-drain in dispatch()): either we are counted, or we see it closed.
+        running_.fetch_add(1, std::memory_order_seq_cst);
+        if (open_gen_.load(std::memory_order_seq_cst) == seen) {
+            const int nth = active_.load(std::memory_order_relaxed);
+            if (id < nth) {
+                (*job_)(id, nth);
+                done_.fetch_add(1, std::memory_order_acq_rel);
+            }
+        }
+        running_.fetch_sub(1, std::memory_order_release);
     }
+}
+
+void ThreadPool::dispatch(const std::function<void(int, int)>& fn, int nth, bool all_must_run) {
+    job_ = &fn;
+    active_.store(nth, std::memory_order_relaxed);
+    done_.store(0, std::memory_order_relaxed);
+    {
+        // Bump under the sleep mutex so a worker about to sleep cannot miss it.
+        std::lock_guard<std::mutex> slk(sleep_mutex_);
+        const uint64_t g = generation_.load(std::memory_order_relaxed) + 1;
+        open_gen_.store(g, std::memory_order_seq_cst);
+        generation_.store(g, std::memory_order_seq_cst);
+    }
+    sleep_cv_.notify_all();
+    fn(0, nth);
+    if (all_must_run)
+        while (done_.load(std::memory_order_acquire) != nth - 1) cpu_relax();
+    open_gen_.store(0, std::memory_order_seq_cst);  // close: late workers skip it
+    while (running_.load(std::memory_order_seq_cst) != 0) cpu_relax();
+    job_ = nullptr;
 }
 
 void ThreadPool::run(const std::function<void(int, int)>& fn, int nth) {
@@ -89,18 +117,7 @@ void ThreadPool::run(const std::function<void(int, int)>& fn, int nth) {
         fn(0, 1);
         return;
     }
-    job_ = &fn;
-    active_.store(nth, std::memory_order_relaxed);
-    pending_.store((int)workers_.size(), std::memory_order_relaxed);
-    {
-        // Bump under the sleep mutex so a worker about to sleep cannot miss it.
-        std::lock_guard<std::mutex> slk(sleep_mutex_);
-        generation_.fetch_add(1, std::memory_order_acq_rel);
-    }
-    sleep_cv_.notify_all();
-    fn(0, nth);
-    while (pending_.load(std::memory_order_acquire) != 0) cpu_relax();
-    job_ = nullptr;
+    dispatch(fn, nth, true);
 }
 
 void ThreadPool::parallel_for(int64_t n, int64_t chunk, const std::function<void(int64_t, int64_t, int)>& fn,
@@ -109,18 +126,22 @@ void ThreadPool::parallel_for(int64_t n, int64_t chunk, const std::function<void
     if (chunk <= 0) chunk = 1;
     std::atomic<int64_t> next{0};
     const int64_t n_chunks = (n + chunk - 1) / chunk;
+    std::lock_guard<std::mutex> lk(run_mutex_);
     int want = nth <= 0 ? n_threads_ : nth;
+    if (want > (int)workers_.size() + 1) want = (int)workers_.size() + 1;
     if (want > n_chunks) want = (int)n_chunks;
-    run(
-        [&](int tid, int) {
-            for (;;) {
-                const int64_t c = next.fetch_add(1, std::memory_order_relaxed);
-                if (c >= n_chunks) break;
-                const int64_t b = c * chunk;
-                fn(b, b + chunk < n ? b + chunk : n, tid);
-            }
-        },
-        want);
+    const std::function<void(int, int)> body = [&](int tid, int) {
+        for (;;) {
+            const int64_t c = next.fetch_add(1, std::memory_order_relaxed);
+            if (c >= n_chunks) break;
+            const int64_t b = c * chunk;
+            fn(b, b + chunk < n ? b + chunk : n, tid);
+        }
+    };
+    if (want <= 1)
+        body(0, 1);
+    else
+        dispatch(body, want, false);
 }
 
 }  // namespace pe

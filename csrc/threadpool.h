@@ -4,8 +4,11 @@
 //   pe::ThreadPool::instance().run([&](int tid, int nth) { ... });
 //
 // run() executes fn(tid, nth) on nth threads (the caller is tid 0) and returns
-// when all have finished. Calls from different Python threads are serialised;
-// calling run() from inside a job is not allowed (it would deadlock).
+// when all have finished. parallel_for() hands out chunks dynamically and does not
+// wait for a worker that has not started yet (on a busy machine a descheduled worker
+// would otherwise stall every call): the caller takes the chunks it leaves.
+// Calls from different Python threads are serialised; calling run() or
+// parallel_for() from inside a job is not allowed (it would deadlock).
 #pragma once
 
 #include <atomic>
@@ -48,9 +51,14 @@ private:
     std::vector<std::thread> workers_;
     std::mutex run_mutex_;  // one job at a time
 
-    // Job hand-off.
+    void dispatch(const std::function<void(int, int)>& fn, int nth, bool all_must_run);
+
+    // Job hand-off. A job is open while open_gen_ == its generation; a worker runs it
+    // only if it registers in running_ while the job is still open.
     std::atomic<uint64_t> generation_{0};
-    std::atomic<int> pending_{0};
+    std::atomic<uint64_t> open_gen_{0};
+    std::atomic<int> running_{0};
+    std::atomic<int> done_{0};  // workers that finished the current job
     std::atomic<int> active_{0};
     std::atomic<bool> stop_{false};
     std::atomic<int> spin_us_{200};
