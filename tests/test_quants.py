@@ -355,6 +355,8 @@ def test_quantize_q8_1_matches_ggml_reference_loop(x, zero_block):
     if zero_block:
         x = x.copy()
         x[:32] = 0
+    amax = np.abs(x.reshape(-1, 32)).max(axis=1)
+    assume(np.all((amax == 0) | (amax > 1e-30)))  # below ~127*FLT_MIN, 1/d overflows (undefined in ggml)
     got = Q.quantize_q8_1(x)
     assert got.tobytes() == scalar_q8_1(x)
     b = got.view(Q.BLOCK_DTYPES["Q8_1"])
