@@ -1022,6 +1022,8 @@ def run_model_bench(model: str, n_prompt: int = 512, n_gen: int = 128, reps: int
     tg<N>: ``reps`` times, after a one-token prompt, ``n_gen`` tokens fed one at a
     time through ``Model.decode`` (random ids, as llama-bench does): tokens/s = N /
     seconds. One untimed warm-up of each comes first (JIT, weight preparation).
+    Memory bandwidth is probed after the tests (and after reading the peak RSS, so
+    the probe's buffer does not count in it).
     """
     import pyengine
 
@@ -1031,23 +1033,18 @@ def run_model_bench(model: str, n_prompt: int = 512, n_gen: int = 128, reps: int
     t0 = time.perf_counter()
     m = pyengine.load(model, backend=backend, n_ctx=max(n_prompt, n_gen + 1, 64) + 8)
     load_s = time.perf_counter() - t0
-    if bw is None and bw_bytes > 0:
-        if log:
-            log(f"measuring memory read bandwidth ({bw_bytes / 2**30:.2g} GiB buffer) ...")
-        bw = measure_bandwidth(bw_bytes, threads)
     n_vocab = int(getattr(m, "n_vocab", None) or m.config.n_vocab)
     rng = np.random.default_rng(seed)
     info = machine_info()
     res: dict[str, Any] = {
         "kind": "model", "model": str(getattr(m, "path", model)), "model_size": int(m.file_size),
         "backend": m.backend.name, "backend_description": m.backend.description, "threads": threads,
-        "machine": info, "bandwidth": bw, "load_s": load_s, "n_prompt": n_prompt, "n_gen": n_gen, "reps": reps,
+        "machine": info, "bandwidth": None, "load_s": load_s, "n_prompt": n_prompt, "n_gen": n_gen, "reps": reps,
         "tests": [],
     }
     if log:
         log(f"{info['cpu']}, {info['cores']} cores; {threads} threads; backend {m.backend.name}: "
             f"{m.backend.description}")
-        log(format_bandwidth(bw))
         log(f"loaded {res['model']} ({m.file_size / 1e6:.0f} MB) in {load_s:.2f} s")
     if n_prompt:
         ids = rng.integers(0, n_vocab, n_prompt)
@@ -1077,18 +1074,25 @@ def run_model_bench(model: str, n_prompt: int = 512, n_gen: int = 128, reps: int
             samples.append(time.perf_counter() - t0)
         res["tests"].append(_test_entry(f"tg{n_gen}", 0, n_gen, samples))
         bpt = weight_bytes_per_token(m)
-        bwv = bandwidth_at(bw, threads)
-        tps = res["tests"][-1]["avg_ts"]
         res["tg_bytes_per_token"] = bpt
-        res["tg_effective_gbps"] = bpt * tps / 1e9
-        if bwv:
-            res["tg_bandwidth_bound_ts"] = bwv * 1e9 / bpt
-            res["tg_pct_of_bandwidth"] = 100.0 * res["tg_effective_gbps"] / bwv
+        res["tg_effective_gbps"] = bpt * res["tests"][-1]["avg_ts"] / 1e9
         if log:
             log(_test_line(res["tests"][-1]))
         if python_steps:
             res["python"] = python_share(m, python_steps)
     res["peak_rss"] = peak_rss_bytes()
+    del m
+    if bw is None and bw_bytes > 0:
+        if log:
+            log(f"measuring memory read bandwidth ({bw_bytes / 2**30:.2g} GiB buffer) ...")
+        bw = measure_bandwidth(bw_bytes, threads)
+    res["bandwidth"] = bw
+    bwv = bandwidth_at(bw, threads)
+    if log and bw:
+        log(format_bandwidth(bw))
+    if bwv and "tg_bytes_per_token" in res:
+        res["tg_bandwidth_bound_ts"] = bwv * 1e9 / res["tg_bytes_per_token"]
+        res["tg_pct_of_bandwidth"] = 100.0 * res["tg_effective_gbps"] / bwv
     return res
 
 

@@ -204,6 +204,8 @@ def test_model_bench_on_tiny_model(tmp_path, capsys):
         assert t["avg_ts"] == pytest.approx(sum(t["samples_ts"]) / 2)
     assert res["ttft_ms"] > 0 and res["peak_rss"]["ru_maxrss"] > 10e6
     assert res["tg_effective_gbps"] == pytest.approx(res["tg_bytes_per_token"] * res["tests"][1]["avg_ts"] / 1e9)
+    assert res["tg_pct_of_bandwidth"] == pytest.approx(100 * res["tg_effective_gbps"] / 10.0)
+    assert res["tg_bandwidth_bound_ts"] == pytest.approx(10.0e9 / res["tg_bytes_per_token"])
     p = res["python"]
     assert 0.0 <= p["python_share"] <= 1.0 and p["op_calls_per_step"] > 10  # every layer calls several ops
     text = bench.format_model_table(res)
