@@ -541,7 +541,7 @@ def _get_rows_kernel(kind, raw, cols, row_bytes, ids, out):
         _dequantize_row(kind, raw[r * row_bytes:(r + 1) * row_bytes], out[i * cols:(i + 1) * cols])
 
 
-def _weights(raw) -> np.ndarray:
+def weight_bytes(raw) -> np.ndarray:
     """``raw`` as a read-only C-contiguous 1-D uint8 array: mmaps, arrays and bytes all
     get the same numba type, so each kernel is compiled once."""
     if isinstance(raw, (bytes, bytearray, memoryview)):
@@ -576,7 +576,7 @@ def _f32(a) -> np.ndarray:
 
 def matmul(type_name: str, raw, shape, x) -> np.ndarray:
     """``x (n, cols) @ W.T`` for ``W (rows, cols)`` stored as GGUF ``type_name`` bytes -> float32 ``(n, rows)``."""
-    raw = _weights(raw)
+    raw = weight_bytes(raw)
     kind, rows, cols, row_bytes = _geometry(type_name, shape, raw)
     x = _f32(x)
     if x.ndim != 2 or x.shape[1] != cols:
@@ -592,7 +592,7 @@ def matmul(type_name: str, raw, shape, x) -> np.ndarray:
 
 def get_rows(type_name: str, raw, shape, ids) -> np.ndarray:
     """Rows ``ids`` of ``W (rows, cols)`` (an embedding table) as float32 ``(len(ids), cols)``."""
-    raw = _weights(raw)
+    raw = weight_bytes(raw)
     kind, rows, cols, row_bytes = _geometry(type_name, shape, raw)
     ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
     if ids.size and (ids.min() < 0 or ids.max() >= rows):
@@ -606,3 +606,177 @@ def get_rows(type_name: str, raw, shape, ids) -> np.ndarray:
 def dequantize(type_name: str, raw, n_elements: int) -> np.ndarray:
     """All ``n_elements`` values as a flat float32 array (small tensors: norm weights)."""
     return get_rows(type_name, raw, (1, n_elements), np.zeros(1, dtype=np.int64)).reshape(-1)
+
+
+# -- transformer ops -------------------------------------------------------------------------
+# Activations are C-contiguous float32; kernels take them flattened to 1-D.
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _rmsnorm_kernel(x, g, eps, out):
+    """Each run of ``len(g)`` values of ``x``: ``v / sqrt(mean(v^2) + eps) * g``."""
+    gs = g.size
+    for k in prange(x.size // gs):
+        v = x[k * gs:(k + 1) * gs]
+        y = out[k * gs:(k + 1) * gs]
+        ss = 0.0  # float64: the mean of squares is accurate regardless of the group size
+        for j in range(gs):
+            ss += np.float64(v[j]) * np.float64(v[j])
+        rms = np.sqrt(np.float32(ss / gs) + eps)
+        for j in range(gs):
+            y[j] = v[j] / rms * g[j]
+
+
+@njit(parallel=True, cache=True)
+def _rope_kernel(x, positions, n_heads, head_dim, inv_freq, neox, out):
+    """Rotate pairs of the first ``2*len(inv_freq)`` dims of every head in place in ``out``
+    (a copy of ``x``). NORM pairs (2i, 2i+1), NEOX pairs (i, i + n_rot/2)."""
+    half = inv_freq.size
+    width = n_heads * head_dim
+    for t in prange(positions.size):
+        for i in range(half):
+            theta = np.float64(positions[t]) * inv_freq[i]  # float64 angle, as the reference
+            c = np.float32(np.cos(theta))
+            s = np.float32(np.sin(theta))
+            for h in range(n_heads):
+                base = t * width + h * head_dim
+                if neox:
+                    ia = base + i
+                    ib = base + i + half
+                else:
+                    ia = base + 2 * i
+                    ib = base + 2 * i + 1
+                a = x[ia]
+                b = x[ib]
+                out[ia] = a * c - b * s
+                out[ib] = a * s + b * c
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _attention_kernel(q, k, v, pos0, n, n_heads, n_kv_heads, head_dim, kv_width, scale, window, out):
+    """Causal (optionally sliding-window) grouped-query attention, one (token, head) per task.
+
+    q, out: (n, n_heads*head_dim) flat; k, v: (n_ctx, kv_width) flat caches holding
+    positions 0 .. pos0+n-1. Query at position p sees keys j <= p with p - j < window
+    (window > 0). Scores ``scale * q.k`` and the softmax are float32, as the reference.
+    """
+    group = n_heads // n_kv_heads
+    q_width = n_heads * head_dim
+    for task in prange(n * n_heads):
+        t = task // n_heads
+        h = task % n_heads
+        p = pos0 + t
+        j0 = max(0, p - window + 1) if window > 0 else 0
+        qv = q[t * q_width + h * head_dim:t * q_width + (h + 1) * head_dim]
+        kv_off = (h // group) * head_dim
+        scores = np.empty(p + 1 - j0, dtype=np.float32)
+        mx = np.float32(-np.inf)
+        for j in range(j0, p + 1):
+            kj = k[j * kv_width + kv_off:j * kv_width + kv_off + head_dim]
+            s = np.float32(0.0)
+            for e in range(head_dim):
+                s += qv[e] * kj[e]
+            s = s * scale
+            scores[j - j0] = s
+            mx = max(mx, s)
+        total = np.float32(0.0)
+        for i in range(scores.size):
+            scores[i] = np.exp(scores[i] - mx)
+            total += scores[i]
+        o = out[t * q_width + h * head_dim:t * q_width + (h + 1) * head_dim]
+        o[:] = 0.0
+        for j in range(j0, p + 1):
+            pj = scores[j - j0] / total
+            vj = v[j * kv_width + kv_off:j * kv_width + kv_off + head_dim]
+            for e in range(head_dim):
+                o[e] += pj * vj[e]
+
+
+@njit(parallel=True, cache=True)
+def _silu_mul_kernel(gate, up, out):
+    one = np.float32(1.0)
+    for i in prange(gate.size):
+        g = gate[i]
+        out[i] = g / (one + np.exp(-g)) * up[i]
+
+
+@njit(parallel=True, cache=True)
+def _gelu_mul_kernel(gate, up, out):
+    # GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), in float32
+    half = np.float32(0.5)
+    one = np.float32(1.0)
+    c = np.float32(0.7978845608028654)
+    a = np.float32(0.044715)
+    for i in prange(gate.size):
+        x = gate[i]
+        out[i] = half * x * (one + np.tanh(c * (x + a * x * x * x))) * up[i]
+
+
+def rmsnorm(x, g, eps: float) -> np.ndarray:
+    """RMS-normalise every group of ``len(g)`` values of ``x (n, k*len(g))`` and scale by ``g``."""
+    x = _f32(x)
+    g = _f32(g).reshape(-1)
+    if x.shape[-1] % g.size:
+        raise ValueError(f"rmsnorm: width {x.shape[-1]} is not a multiple of the weight length {g.size}")
+    out = np.empty_like(x)
+    _rmsnorm_kernel(x.reshape(-1), g, np.float32(eps), out.reshape(-1))
+    return out
+
+
+def rope(x, positions, n_heads: int, head_dim: int, freq_base: float, neox: bool,
+         n_rot: int | None = None) -> np.ndarray:
+    """Rotary embedding of ``x (n, n_heads*head_dim)`` at ``positions (n,)`` (see Backend.rope)."""
+    n_rot = head_dim if n_rot is None else int(n_rot)
+    if n_rot % 2 or not 0 < n_rot <= head_dim:
+        raise ValueError(f"rope: n_rot={n_rot} must be even and in (0, {head_dim}]")
+    x = _f32(x)
+    positions = np.ascontiguousarray(positions, dtype=np.int64).reshape(-1)
+    if x.shape != (positions.size, n_heads * head_dim):
+        raise ValueError(f"rope: x has shape {x.shape}, expected ({positions.size}, {n_heads * head_dim})")
+    # theta_i = pos * base^(-2i/n_rot), the exponent computed exactly as the reference does
+    inv_freq = float(freq_base) ** (-np.arange(n_rot // 2, dtype=np.float64) * 2.0 / n_rot)
+    out = x.copy()
+    _rope_kernel(x.reshape(-1), positions, int(n_heads), int(head_dim), inv_freq, bool(neox), out.reshape(-1))
+    return out
+
+
+def attention(q, k_cache, v_cache, pos0: int, n_heads: int, n_kv_heads: int, head_dim: int,
+              scale: float, window: int = 0) -> np.ndarray:
+    """Causal attention of ``q (n, H*hd)`` at positions ``pos0..pos0+n-1`` over the caches
+    ``k_cache, v_cache (n_ctx, Hkv*hd)`` (positions ``0..pos0+n-1`` filled)."""
+    q = _f32(q)
+    k_cache = _f32(k_cache)
+    v_cache = _f32(v_cache)
+    n = q.shape[0]
+    if n_heads % n_kv_heads or q.shape[1] != n_heads * head_dim or k_cache.shape[1] != n_kv_heads * head_dim:
+        raise ValueError("attention: head layout does not match q / cache widths")
+    if pos0 + n > k_cache.shape[0]:
+        raise ValueError(f"attention: positions up to {pos0 + n} exceed the cache ({k_cache.shape[0]})")
+    out = np.empty_like(q)
+    if n:
+        _attention_kernel(q.reshape(-1), k_cache.reshape(-1), v_cache.reshape(-1), int(pos0), n, int(n_heads),
+                          int(n_kv_heads), int(head_dim), k_cache.shape[1], np.float32(scale), int(window),
+                          out.reshape(-1))
+    return out
+
+
+def _same_shape(gate, up):
+    gate, up = _f32(gate), _f32(up)
+    if gate.shape != up.shape:
+        raise ValueError(f"gate {gate.shape} and up {up.shape} differ in shape")
+    return gate, up
+
+
+def silu_mul(gate, up) -> np.ndarray:
+    """SwiGLU: ``silu(gate) * up``."""
+    gate, up = _same_shape(gate, up)
+    out = np.empty_like(gate)
+    _silu_mul_kernel(gate.reshape(-1), up.reshape(-1), out.reshape(-1))
+    return out
+
+
+def gelu_mul(gate, up) -> np.ndarray:
+    """GeGLU: ``gelu_tanh(gate) * up``."""
+    gate, up = _same_shape(gate, up)
+    out = np.empty_like(gate)
+    _gelu_mul_kernel(gate.reshape(-1), up.reshape(-1), out.reshape(-1))
+    return out

@@ -1,0 +1,86 @@
+"""The numba backend: the ops of :mod:`pyengine.numba_kernels` behind the Backend contract.
+
+Weights stay in their GGUF encoding (the memory-mapped bytes); matmul and embedding
+lookups read the blocks directly. Small 1-D weights (norms) are decoded once and kept
+in ``tensor.cache["numba"]``. Activations are NumPy float32 arrays, as in the NumPy
+reference backend.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import BackendUnavailableError
+from ..tensor import QTensor
+from .base import Backend, KVCache
+
+try:
+    from .. import numba_kernels as nk  # raises BackendUnavailableError without numba
+except ImportError as e:  # numba present but broken (e.g. a NumPy it does not support)
+    raise BackendUnavailableError(f"numba backend: numba cannot be imported ({e})") from None
+
+
+class NumbaBackend(Backend):
+    name = "numba"
+
+    def __init__(self):
+        self.description = f"numba {nk.numba.__version__} JIT, {nk.numba.get_num_threads()} threads"
+
+    # -- weights ---------------------------------------------------------------------
+    def _raw(self, w: QTensor) -> np.ndarray:
+        """The weight's bytes as the read-only uint8 array the kernels take (cached)."""
+        raw = w.cache.get(self.name)
+        if raw is None:
+            raw = nk.weight_bytes(w.raw)
+            w.cache[self.name] = raw
+        return raw
+
+    def _vector(self, w: QTensor) -> np.ndarray:
+        """A small weight (norm scale) decoded to float32, cached."""
+        key = self.name + ":f32"
+        v = w.cache.get(key)
+        if v is None:
+            v = nk.dequantize(w.type_name, w.raw, w.n_elements)
+            w.cache[key] = v
+        return v
+
+    def embed(self, w: QTensor, ids: np.ndarray) -> np.ndarray:
+        return nk.get_rows(w.type_name, self._raw(w), w.shape, np.asarray(ids))
+
+    def matmul(self, w: QTensor, x: np.ndarray) -> np.ndarray:
+        return nk.matmul(w.type_name, self._raw(w), w.shape, x)
+
+    # -- elementwise and normalisation -------------------------------------------------
+    def rmsnorm(self, x: np.ndarray, w: QTensor, eps: float) -> np.ndarray:
+        return nk.rmsnorm(x, self._vector(w), eps)
+
+    def add(self, a, b):
+        return a + b
+
+    def scale(self, x, s):
+        return x * np.float32(s)
+
+    def silu_mul(self, gate, up):
+        return nk.silu_mul(gate, up)
+
+    def gelu_mul(self, gate, up):
+        return nk.gelu_mul(gate, up)
+
+    # -- position and attention --------------------------------------------------------
+    def rope(self, x, positions, n_heads, head_dim, freq_base, neox, n_rot=None):
+        return nk.rope(x, positions, n_heads, head_dim, freq_base, neox, n_rot)
+
+    def kv_cache(self, n_layers, n_ctx, kv_width):
+        k = [np.zeros((n_ctx, kv_width), dtype=np.float32) for _ in range(n_layers)]
+        v = [np.zeros((n_ctx, kv_width), dtype=np.float32) for _ in range(n_layers)]
+        return KVCache(k, v, n_ctx)
+
+    def kv_write(self, cache, layer, pos0, k, v):
+        n = k.shape[0]
+        if pos0 + n > cache.n_ctx:
+            raise ValueError(f"kv_write: positions up to {pos0 + n} exceed the cache ({cache.n_ctx})")
+        cache.k[layer][pos0:pos0 + n] = k
+        cache.v[layer][pos0:pos0 + n] = v
+
+    def attention(self, q, cache, layer, pos0, n_heads, n_kv_heads, head_dim, scale, window=0):
+        return nk.attention(q, cache.k[layer], cache.v[layer], pos0, n_heads, n_kv_heads, head_dim,
+                            scale, window)
