@@ -287,32 +287,78 @@ void op_scale(const py::array& xa, float s, const py::array& oa) {
     });
 }
 
-// Below this many query tokens attention uses the dot-product kernel split over keys;
-// from here on the blocked kernel split over query tokens.
-constexpr int kTiledMinTokens = 8;
-constexpr int kTileRows = 32;       // query rows (tokens x heads of a group) per tile task
-constexpr int kMinKeysPerSplit = 128;
+// ------------------------------------------------------------ attention -----------
+
+constexpr int KB = pyengine::ops::kAttnKeyBlock;
+
+// k (n, width) rows -> positions pos0.. of the panel array kt (n_blocks, width, 64)
+void store_panels(const float* k, int64_t k_stride, int64_t n, int64_t width, float* kt, int64_t pos0) {
+    for (int64_t t = 0; t < n; ++t) {
+        const int64_t p = pos0 + t;
+        float* dst = kt + (p / KB) * width * KB + p % KB;
+        const float* src = k + t * k_stride;
+        for (int64_t e = 0; e < width; ++e) dst[e * KB] = src[e];
+    }
+}
+
+void op_kv_store(const py::array& ka, const py::array& kta, int64_t pos0) {
+    Mat k = as_mat(ka, "k", false, false);
+    if (kta.ndim() != 3 || kta.shape(2) != KB || !(kta.flags() & py::array::c_style))
+        bad("kv_store: key panels must be a C-contiguous (n_blocks, kv_width, 64) float32 array");
+    Mat kt = as_mat(kta, "k_panels", true, true);
+    const int64_t width = kta.shape(1), cap = kta.shape(0) * KB;
+    if (k.cols != width) bad("kv_store: k width " + std::to_string(k.cols) + " != panel width " + std::to_string(width));
+    if (pos0 < 0 || pos0 + k.rows > cap)
+        bad("kv_store: positions " + std::to_string(pos0) + ".." + std::to_string(pos0 + k.rows - 1) +
+            " outside the cache (" + std::to_string(cap) + " positions)");
+    py::gil_scoped_release nogil;
+    // tasks by whole blocks so no two write the same cache lines
+    const int64_t b0 = pos0 / KB, b1 = (pos0 + k.rows + KB - 1) / KB;
+    const int nt = (int)std::min<int64_t>(b1 - b0, task_count(k.rows * width, 65536));
+    run_tasks(nt, [&](int task) {
+        const int64_t bs = b0 + (b1 - b0) * task / nt, be = b0 + (b1 - b0) * (task + 1) / nt;
+        const int64_t p0 = std::max(pos0, bs * KB), p1 = std::min(pos0 + k.rows, be * KB);
+        if (p1 > p0) store_panels(k.p + (p0 - pos0) * k.stride, k.stride, p1 - p0, width, kt.p, p0);
+    });
+}
+
+// Query rows per task: 32 (8 tokens of a 4-head group) for prompts; down to 2 so a
+// decode step (one token, a few heads per KV head) still spreads over the threads.
+int rows_per_task(int64_t rows_total) {
+    const int64_t r = rows_total / (4 * (int64_t)n_threads());
+    return (int)std::max<int64_t>(2, std::min<int64_t>(32, r));
+}
 
 void op_attention(const py::array& qa, const py::array& ka, const py::array& va, const py::array& oa,
-                  int pos0, int n_heads, int n_kv_heads, int head_dim, float scale, int window,
-                  const std::string& path, int key_splits) {
-    Mat q = as_mat(qa, "q", false, false), k = as_mat(ka, "k", false, false);
-    Mat v = as_mat(va, "v", false, false), o = as_mat(oa, "out", true, false);
-    if (qa.ndim() != 2 || ka.ndim() != 2 || va.ndim() != 2 || oa.ndim() != 2)
-        bad("attention: q, k, v and out must be 2-D");
+                  int pos0, int n_heads, int n_kv_heads, int head_dim, float scale, int window) {
+    Mat q = as_mat(qa, "q", false, false), v = as_mat(va, "v", false, false);
+    Mat o = as_mat(oa, "out", true, false);
+    if (qa.ndim() != 2 || va.ndim() != 2 || oa.ndim() != 2) bad("attention: q, v and out must be 2-D");
     if (n_heads <= 0 || n_kv_heads <= 0 || head_dim <= 0 || n_heads % n_kv_heads)
         bad("attention: need n_heads a positive multiple of n_kv_heads and head_dim > 0");
+    const int64_t width = (int64_t)n_kv_heads * head_dim;
     if (q.cols != (int64_t)n_heads * head_dim) bad("attention: q width must be n_heads*head_dim");
     if (o.rows != q.rows || o.cols != q.cols) bad("attention: out must have q's shape");
-    if (k.cols != (int64_t)n_kv_heads * head_dim || v.cols != k.cols || v.rows != k.rows)
-        bad("attention: k and v must both be (n_ctx, n_kv_heads*head_dim)");
-    if (k.stride != v.stride) bad("attention: k and v must have the same row stride");
+    if (v.cols != width) bad("attention: v must be (n_ctx, n_kv_heads*head_dim)");
+    const bool panels = ka.ndim() == 3;
+    Mat k;
+    int64_t k_positions;
+    if (panels) {  // (n_blocks, width, 64): the cpu backend's cache
+        if (ka.shape(1) != width || ka.shape(2) != KB || !(ka.flags() & py::array::c_style))
+            bad("attention: key panels must be C-contiguous (n_blocks, n_kv_heads*head_dim, 64)");
+        k = as_mat(ka, "k", false, true);
+        k_positions = ka.shape(0) * KB;
+    } else if (ka.ndim() == 2) {  // (n_ctx, width): transposed into panels for this call
+        k = as_mat(ka, "k", false, false);
+        if (k.cols != width) bad("attention: k must be (n_ctx, n_kv_heads*head_dim)");
+        k_positions = k.rows;
+    } else {
+        bad("attention: k must be (n_ctx, kv_width) or key panels (n_blocks, kv_width, 64)");
+    }
     if (pos0 < 0 || window < 0) bad("attention: pos0 and window must be >= 0");
-    if (pos0 + q.rows > k.rows)
+    if (pos0 + q.rows > std::min(k_positions, v.rows))
         bad("attention: positions up to " + std::to_string(pos0 + q.rows) + " but the cache holds " +
-            std::to_string(k.rows));
-    if (path != "auto" && path != "dot" && path != "tiled") bad("attention: path must be auto, dot or tiled");
-    if (key_splits < 0) bad("attention: key_splits must be >= 0");
+            std::to_string(std::min(k_positions, v.rows)));
     {
         const char *ob = (const char*)o.p, *oe = (const char*)(o.p + (o.rows - 1) * o.stride + o.cols);
         for (const Mat* in : {&q, &k, &v}) {
@@ -324,98 +370,41 @@ void op_attention(const py::array& qa, const py::array& ka, const py::array& va,
     if (n == 0) return;
     AttnArgs a;
     a.q = q.p; a.q_stride = q.stride;
-    a.k = k.p; a.v = v.p; a.kv_stride = k.stride;
+    a.v = v.p; a.v_stride = v.stride;
     a.out = o.p; a.out_stride = o.stride;
     a.n = n; a.pos0 = pos0; a.n_heads = n_heads; a.n_kv_heads = n_kv_heads;
     a.head_dim = head_dim; a.window = window; a.scale = scale;
+    a.kt_block_stride = width * KB;
     const int group = n_heads / n_kv_heads;
-    const bool tiled = path == "tiled" || (path == "auto" && n >= kTiledMinTokens);
 
     py::gil_scoped_release nogil;
+    thread_local std::vector<float> packed;
+    if (panels) {
+        a.kt = k.p;
+        a.kt_b0 = 0;
+    } else {  // only the blocks this call reads
+        const int b_first = a.key_lo(pos0) / KB, b_last = (a.key_hi(pos0 + n - 1) + KB - 1) / KB;
+        const int64_t p_first = (int64_t)b_first * KB, p_end = std::min<int64_t>((int64_t)b_last * KB, k.rows);
+        packed.assign((size_t)(b_last - b_first) * width * KB, 0.0f);
+        float* dst = packed.data();  // (a thread_local is not captured by a lambda: pass the pointer)
+        const int nt = task_count(b_last - b_first, 1);
+        run_tasks(nt, [&](int task) {
+            const int64_t bs = (b_last - b_first) * task / nt, be = (b_last - b_first) * (task + 1) / nt;
+            const int64_t p0 = p_first + bs * KB, p1 = std::min(p_end, p_first + be * KB);
+            if (p1 > p0) store_panels(k.p + p0 * k.stride, k.stride, p1 - p0, width, dst, p0 - p_first);
+        });
+        a.kt = dst;
+        a.kt_b0 = b_first;
+    }
     const OpsTable& t = ops();
-    if (tiled) {
-        // keys packed once per call (every tile of a KV head shares them)
-        const int KB = pyengine::ops::kAttnKeyBlock;
-        const int b_first = a.key_lo(pos0) / KB;
-        const int nblk = (a.key_hi(pos0 + n - 1) + KB - 1) / KB - b_first;
-        const int64_t panel = pyengine::ops::attn_panel_floats(head_dim);
-        thread_local std::vector<float> packed;
-        if (t.attn_pack_k) {
-            if (packed.size() < (size_t)n_kv_heads * nblk * panel) packed.resize((size_t)n_kv_heads * nblk * panel);
-            // (a thread_local is not captured by a lambda: workers must get the pointer)
-            float* const dst = packed.data();
-            const int per_task = std::max(1, nblk / std::max(1, 2 * n_threads() / n_kv_heads));
-            const int chunks = (nblk + per_task - 1) / per_task;
-            run_tasks(n_kv_heads * chunks, [&](int task) {
-                const int g = task % n_kv_heads, c = task / n_kv_heads;
-                const int b0 = c * per_task, b1 = std::min(nblk, b0 + per_task);
-                t.attn_pack_k(a, g, b_first + b0, b_first + b1, dst + ((int64_t)g * nblk + b0) * panel);
-            });
-        }
-        const float* kt = t.attn_pack_k ? packed.data() : nullptr;
-        const int tq = std::max(1, kTileRows / group);
-        const int blocks = (n + tq - 1) / tq;
-        // later query blocks see more keys: hand them out first
-        run_tasks(n_kv_heads * blocks, [&](int task) {
-            const int g = task % n_kv_heads, b = blocks - 1 - task / n_kv_heads;
-            t.attn_tile(a, g, b * tq, std::min(n, (b + 1) * tq), kt ? kt + (int64_t)g * nblk * panel : nullptr,
-                        b_first);
-        });
-        return;
-    }
-    // dot path: split the keys so every thread has work even with one KV head
-    const int jlo = a.key_lo(pos0), jhi = a.key_hi(pos0 + n - 1);
-    const int keys = jhi - jlo;
-    int splits = std::max(1, (n_threads() + n_kv_heads - 1) / n_kv_heads);
-    splits = std::max(1, std::min(splits, keys / kMinKeysPerSplit));
-    if (key_splits > 0) splits = key_splits;  // forced (tests); empty splits are fine
-    if (splits == 1) {
-        run_tasks(n_kv_heads, [&](int g) {
-            thread_local std::vector<float> ml;
-            ml.resize(2 * (size_t)n * group);
-            t.attn_partial(a, g, 0, n, jlo, jhi, o.p + (int64_t)g * group * head_dim, o.stride,
-                           ml.data(), ml.data() + (size_t)n * group, true);
-        });
-        return;
-    }
     const int64_t rows_g = (int64_t)n * group;  // rows of one KV head
-    thread_local std::vector<float> part_acc, part_ml;
-    part_acc.resize((size_t)splits * n_kv_heads * rows_g * head_dim);
-    part_ml.resize(2 * (size_t)splits * n_kv_heads * rows_g);
-    float* pacc = part_acc.data();
-    float* pm = part_ml.data();
-    float* pl = pm + (size_t)splits * n_kv_heads * rows_g;
-    run_tasks(splits * n_kv_heads, [&](int task) {
-        const int g = task % n_kv_heads, c = task / n_kv_heads;
-        const int j0 = jlo + (int)((int64_t)keys * c / splits), j1 = jlo + (int)((int64_t)keys * (c + 1) / splits);
-        const int64_t slot = (int64_t)c * n_kv_heads + g;
-        t.attn_partial(a, g, 0, n, j0, j1, pacc + slot * rows_g * head_dim, group * head_dim,
-                       pm + slot * rows_g, pl + slot * rows_g, false);
+    const int tr = rows_per_task(rows_g * n_kv_heads);
+    const int tiles = (int)((rows_g + tr - 1) / tr);
+    // later rows see more keys: hand them out first
+    run_tasks(n_kv_heads * tiles, [&](int task) {
+        const int g = task % n_kv_heads, b = tiles - 1 - task / n_kv_heads;
+        t.attn_tile(a, g, b * tr, (int)std::min<int64_t>(rows_g, (int64_t)(b + 1) * tr));
     });
-    // merge: out = sum_c e^(m_c - M) acc_c / sum_c e^(m_c - M) l_c
-    const float ninf = -std::numeric_limits<float>::infinity();
-    for (int g = 0; g < n_kv_heads; ++g) {
-        for (int64_t r = 0; r < rows_g; ++r) {
-            const int i = (int)(r / group), hh = (int)(r % group);
-            float* out = o.p + (int64_t)i * o.stride + ((int64_t)g * group + hh) * head_dim;
-            float M = ninf;
-            for (int c = 0; c < splits; ++c) M = std::max(M, pm[((int64_t)c * n_kv_heads + g) * rows_g + r]);
-            std::fill(out, out + head_dim, 0.0f);
-            if (M == ninf) continue;  // cannot happen: a query always sees its own key
-            float L = 0.0f;
-            for (int c = 0; c < splits; ++c) {
-                const int64_t slot = (int64_t)c * n_kv_heads + g;
-                const float mc = pm[slot * rows_g + r];
-                if (mc == ninf) continue;
-                const float wgt = std::exp(mc - M);
-                L += wgt * pl[slot * rows_g + r];
-                const float* ac = pacc + (slot * rows_g + r) * head_dim;
-                for (int e = 0; e < head_dim; ++e) out[e] += wgt * ac[e];
-            }
-            const float inv = 1.0f / L;
-            for (int e = 0; e < head_dim; ++e) out[e] *= inv;
-        }
-    }
 }
 
 }  // namespace
@@ -459,9 +448,12 @@ void bind_cpu_ops(py::module_& m) {
     m.def("scale", &op_scale, py::arg("x"), py::arg("s"), py::arg("out"), "out = x * s.");
     m.def("attention", &op_attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("pos0"),
           py::arg("n_heads"), py::arg("n_kv_heads"), py::arg("head_dim"), py::arg("scale"), py::arg("window") = 0,
-          py::arg("path") = "auto", py::arg("key_splits") = 0,
-          "Causal grouped-query attention of q (n, H*hd) at positions pos0.. over k, v (n_ctx, Hkv*hd)\n"
-          "into out (n, H*hd). Key j is visible from position p iff j <= p and (window == 0 or p - j < window).\n"
-          "path: 'dot' (few queries, split over keys), 'tiled' (blocked, online softmax) or 'auto';\n"
-          "key_splits: for 'dot', how many key ranges to compute separately and merge (0: by thread count).");
+          "Causal grouped-query attention of q (n, H*hd) at positions pos0.. into out (n, H*hd).\n"
+          "k: key panels (n_blocks, Hkv*hd, 64) as kv_store writes them, or plain (n_ctx, Hkv*hd) rows\n"
+          "(transposed for each call: fine for tests, slow for decoding); v: (n_ctx, Hkv*hd).\n"
+          "Key j is visible from position p iff j <= p and (window == 0 or p - j < window).\n"
+          "A row's result does not depend on how many tokens the call holds.");
+    m.def("kv_store", &op_kv_store, py::arg("k"), py::arg("k_panels"), py::arg("pos0"),
+          "Write keys k (n, kv_width) at positions pos0..pos0+n-1 of key panels (n_blocks, kv_width, 64).");
+    m.attr("ATTN_KEY_BLOCK") = KB;
 }

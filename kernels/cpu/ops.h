@@ -15,18 +15,29 @@
 namespace pyengine {
 namespace ops {
 
+// Keys live in "panels": block b of 64 positions is stored transposed, as a
+// (kv_width, 64) float32 matrix (row g*head_dim + e holds dim e of KV head g for the
+// block's 64 positions; positions never written are 0). A whole cache of n_ctx positions
+// is one C-contiguous (ceil(n_ctx / 64), kv_width, 64) array. The attention kernel then
+// scores 4 query rows x 64 keys per step from broadcasts of q, with no horizontal sums
+// and no per-call transposition; values stay row-major (n_ctx, kv_width).
+constexpr int kAttnKeyBlock = 64;
+
 // Causal grouped-query attention over a KV cache, for one call.
 // Query row (i, h): token i in [0, n) at position pos0 + i, head h in [0, n_heads).
 // It reads q + i*q_stride + h*head_dim and sees key j iff
 //   j <= pos0 + i  and  (window == 0 or pos0 + i - j < window),
-// using key/value head h / (n_heads / n_kv_heads) at k|v + j*kv_stride + g*head_dim.
+// using KV head g = h / (n_heads / n_kv_heads): key j from panel j / 64 (see above),
+// value j at v + j*v_stride + g*head_dim.
 struct AttnArgs {
     const float* q;
-    int64_t q_stride;  // floats between tokens of q
-    const float* k;
+    int64_t q_stride;       // floats between tokens of q
+    const float* kt;        // panel of block kt_b0 (head 0)
+    int kt_b0;              // first block kt holds
+    int64_t kt_block_stride;  // floats between consecutive blocks (kv_width * 64)
     const float* v;
-    int64_t kv_stride;  // floats between positions of k and v
-    float* out;         // row (i, h) at out + i*out_stride + h*head_dim
+    int64_t v_stride;       // floats between positions of v
+    float* out;             // row (i, h) at out + i*out_stride + h*head_dim
     int64_t out_stride;
     int n, pos0, n_heads, n_kv_heads, head_dim, window;
     float scale;
@@ -35,31 +46,17 @@ struct AttnArgs {
     // first / one-past-last key visible from position p
     int key_lo(int p) const { return (window > 0 && p - window + 1 > 0) ? p - window + 1 : 0; }
     int key_hi(int p) const { return p + 1; }
+    // the (head_dim, 64) panel of KV head g for keys [64b, 64b + 64)
+    const float* panel(int b, int g) const {
+        return kt + (int64_t)(b - kt_b0) * kt_block_stride + (int64_t)g * head_dim * kAttnKeyBlock;
+    }
 };
 
-// Partial attention for the rows of one KV head g: tokens [i0, i1) x its `group` query
-// heads, over keys [j0, j1) (clipped per row to what that row may see).
-// Row (i, hh) (hh = 0..group-1) accumulates into
-//   acc + (i - i0) * acc_tok_stride + hh * head_dim    (head_dim floats)
-// and m[(i - i0) * group + hh], l[...]: the running max of scaled scores and the sum
-// of exp(score - m). With normalize=true acc is divided by l at the end (the full
-// answer when [j0, j1) covers every visible key). A row that sees no key in the range
-// gets m = -inf, l = 0, acc = 0.
-using AttnPartialFn = void (*)(const AttnArgs& a, int g, int i0, int i1, int j0, int j1,
-                               float* acc, int64_t acc_tok_stride, float* m, float* l,
-                               bool normalize);
-
-// Keys packed for the blocked kernel: block b holds keys [b*kAttnKeyBlock, (b+1)*kAttnKeyBlock)
-// of one KV head transposed, as head_dim rows of kAttnKeyBlock floats (missing keys 0).
-constexpr int kAttnKeyBlock = 64;
-inline int64_t attn_panel_floats(int head_dim) { return (int64_t)head_dim * kAttnKeyBlock; }
-// Pack blocks [b0, b1) of KV head g into dst (one panel after another).
-using AttnPackFn = void (*)(const AttnArgs& a, int g, int b0, int b1, float* dst);
-
-// Full attention for tokens [i0, i1) x the query heads of KV head g, written to a.out.
-// kt: KV head g's packed keys, starting with block b0 (which must include every key the
-// tile sees); ignored (may be null) by variants whose pack_k is null.
-using AttnTileFn = void (*)(const AttnArgs& a, int g, int i0, int i1, const float* kt, int b0);
+// Attention for rows [r0, r1) of KV head g, rows numbered token-major over its query
+// heads: row r is token r / group, head g*group + r % group. Each row's result depends
+// only on that row's query and the keys it sees, never on which other rows share the
+// call, so a prompt gives bit for bit the same answer processed whole or token by token.
+using AttnTileFn = void (*)(const AttnArgs& a, int g, int r0, int r1);
 
 struct OpsTable {
     const char* name;
@@ -86,9 +83,7 @@ struct OpsTable {
     void (*add)(const float* a, const float* b, float* out, int64_t count);
     void (*scale)(const float* x, float s, float* out, int64_t count);
 
-    AttnPartialFn attn_partial;  // few query rows (decode): dot products, split over keys
-    AttnPackFn attn_pack_k;      // null: attn_tile reads keys directly
-    AttnTileFn attn_tile;        // many query rows (prefill): blocked, online softmax
+    AttnTileFn attn_tile;
 };
 
 const OpsTable& ops_generic();

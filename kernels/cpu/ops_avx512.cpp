@@ -199,89 +199,6 @@ void scale(const float* x, float s, float* out, int64_t count) {
 
 // -------------------------------------------------------------- attention ----------
 
-// Row-wise softmax helpers over a contiguous score row of length len.
-inline float row_max(const float* s, int len) {
-    __m512 mx = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-    for (int j = 0; j < len; j += 16)
-        mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(mx, tail_mask(len - j), s + j));
-    return _mm512_reduce_max_ps(mx);
-}
-
-// s[j] = exp(s[j] - mx); returns the sum
-inline float row_exp_sum(float* s, int len, float mx) {
-    const __m512 m = _mm512_set1_ps(mx);
-    __m512 sum = _mm512_setzero_ps();
-    for (int j = 0; j < len; j += 16) {
-        const __mmask16 k = tail_mask(len - j);
-        const __m512 p = exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, s + j), m));
-        _mm512_mask_storeu_ps(s + j, k, p);
-        sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(k, p));
-    }
-    return _mm512_reduce_add_ps(sum);
-}
-
-// d[r] = q[r] . k for R rows
-template <int R>
-inline void dots(const float* const* q, const float* k, int hd, float* d) {
-    __m512 acc[R];
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
-    for (int e = 0; e < hd; e += 16) {
-        const __mmask16 m = tail_mask(hd - e);
-        const __m512 kv = _mm512_maskz_loadu_ps(m, k + e);
-#pragma GCC unroll 4
-        for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q[r] + e), kv, acc[r]);
-    }
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) d[r] = _mm512_reduce_add_ps(acc[r]);
-}
-
-// Horizontal sums of 16 vectors at once: lane 4*a + b of the result is the sum of the
-// lanes of v[a + 4*b]. (Four halving rounds: 256-bit, 128-bit, then in-lane pairs.)
-inline __m512 hsum16(const __m512* v) {
-    __m512 w[8], x[4], y[2];
-    for (int p = 0; p < 8; ++p)  // blocks {0,1}: v[2p] partials, {2,3}: v[2p+1]
-        w[p] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], 0x44),
-                             _mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], 0xEE));
-    for (int p = 0; p < 4; ++p)  // block k: partials of v[4p + k]
-        x[p] = _mm512_add_ps(_mm512_shuffle_f32x4(w[2 * p], w[2 * p + 1], 0x88),
-                             _mm512_shuffle_f32x4(w[2 * p], w[2 * p + 1], 0xDD));
-    for (int p = 0; p < 2; ++p)  // block k, lanes 0,2: v[8p + k]; lanes 1,3: v[8p + 4 + k]
-        y[p] = _mm512_add_ps(_mm512_unpacklo_ps(x[2 * p], x[2 * p + 1]),
-                             _mm512_unpackhi_ps(x[2 * p], x[2 * p + 1]));
-    // block k: v[k], v[4 + k], v[8 + k], v[12 + k]
-    const __m512d a = _mm512_castps_pd(y[0]), b = _mm512_castps_pd(y[1]);
-    return _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
-}
-
-// Scores of R <= 4 rows against 4 consecutive keys (k, k + ks, ...):
-// S[r * ss + kk] = scale * q[r] . k[kk]. Loads per 16 dims: 4 keys + R rows for 4R FMAs.
-template <int R>
-inline void dots4(const float* const* q, const float* k, int64_t ks, int hd, float scale, float* S, int64_t ss) {
-    __m512 acc[16];
-#pragma GCC unroll 16
-    for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
-    for (int e = 0; e < hd; e += 16) {
-        const __mmask16 m = tail_mask(hd - e);
-        const __m512 k0 = _mm512_maskz_loadu_ps(m, k + e), k1 = _mm512_maskz_loadu_ps(m, k + ks + e);
-        const __m512 k2 = _mm512_maskz_loadu_ps(m, k + 2 * ks + e), k3 = _mm512_maskz_loadu_ps(m, k + 3 * ks + e);
-#pragma GCC unroll 4
-        for (int r = 0; r < R; ++r) {  // acc[r + 4*key]
-            const __m512 qv = _mm512_maskz_loadu_ps(m, q[r] + e);
-            acc[r] = _mm512_fmadd_ps(qv, k0, acc[r]);
-            acc[r + 4] = _mm512_fmadd_ps(qv, k1, acc[r + 4]);
-            acc[r + 8] = _mm512_fmadd_ps(qv, k2, acc[r + 8]);
-            acc[r + 12] = _mm512_fmadd_ps(qv, k3, acc[r + 12]);
-        }
-    }
-    // lane 4r + kk = row r . key kk
-    const __m512 sums = _mm512_mul_ps(hsum16(acc), _mm512_set1_ps(scale));
-    alignas(64) float t[16];
-    _mm512_store_ps(t, sums);
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) std::memcpy(S + r * ss, t + 4 * r, 4 * sizeof(float));
-}
-
 // acc[r][0:hd] = pre[r] * acc[r] + sum_j p[r][j] v[j]   for R rows (p rows have stride ps)
 // (pre == nullptr: start from zero). v rows at v + j*vs.
 template <int R>
@@ -335,75 +252,10 @@ inline void by_four(int n, F&& f) {  // f(start, count) with count 1..4 as a tem
     }
 }
 
-void attn_partial(const AttnArgs& a, int g, int i0, int i1, int j0, int j1, float* acc,
-                  int64_t acc_tok_stride, float* m, float* l, bool normalize) {
-    thread_local std::vector<float> sbuf;
-    const int group = a.group(), hd = a.head_dim;
-    const float ninf = -std::numeric_limits<float>::infinity();
-    const float* kbase = a.k + (int64_t)g * hd;
-    const float* vbase = a.v + (int64_t)g * hd;
-    for (int i = i0; i < i1; ++i) {
-        const int p = a.pos0 + i;
-        const int lo = std::max(j0, a.key_lo(p)), hi = std::min(j1, a.key_hi(p));
-        float* arow0 = acc + (int64_t)(i - i0) * acc_tok_stride;
-        float* mrow = m + (i - i0) * group;
-        float* lrow = l + (i - i0) * group;
-        if (hi <= lo) {
-            for (int hh = 0; hh < group; ++hh) {
-                std::fill(arow0 + (int64_t)hh * hd, arow0 + (int64_t)(hh + 1) * hd, 0.0f);
-                mrow[hh] = ninf;
-                lrow[hh] = 0.0f;
-            }
-            continue;
-        }
-        const int len = hi - lo;
-        if (sbuf.size() < (size_t)group * len) sbuf.resize((size_t)group * len);
-        float* S = sbuf.data();
-        const float* qrow0 = a.q + (int64_t)i * a.q_stride + (int64_t)g * group * hd;
-        // scores
-        by_four(group, [&](int r0, auto R_) {
-            constexpr int R = decltype(R_)::value;
-            const float* qp[R];
-            for (int r = 0; r < R; ++r) qp[r] = qrow0 + (int64_t)(r0 + r) * hd;
-            float d[R];
-            int j = lo;
-            for (; j + 4 <= hi; j += 4)
-                dots4<R>(qp, kbase + (int64_t)j * a.kv_stride, a.kv_stride, hd, a.scale,
-                         S + (int64_t)r0 * len + (j - lo), len);
-            for (; j < hi; ++j) {
-                dots<R>(qp, kbase + (int64_t)j * a.kv_stride, hd, d);
-                for (int r = 0; r < R; ++r) S[(int64_t)(r0 + r) * len + (j - lo)] = d[r] * a.scale;
-            }
-        });
-        // softmax numerators
-        for (int hh = 0; hh < group; ++hh) {
-            float* s = S + (int64_t)hh * len;
-            const float mx = row_max(s, len);
-            mrow[hh] = mx;
-            lrow[hh] = row_exp_sum(s, len, mx);
-        }
-        // weighted values
-        by_four(group, [&](int r0, auto R_) {
-            constexpr int R = decltype(R_)::value;
-            float* ap[R];
-            for (int r = 0; r < R; ++r) ap[r] = arow0 + (int64_t)(r0 + r) * hd;
-            pv<R>(ap, nullptr, S + (int64_t)r0 * len, len, vbase + (int64_t)lo * a.kv_stride, a.kv_stride, len, hd);
-            if (normalize) {
-                for (int r = 0; r < R; ++r) {
-                    const __m512 inv = _mm512_set1_ps(1.0f / lrow[r0 + r]);
-                    for (int e = 0; e < hd; e += 16) {
-                        const __mmask16 k = tail_mask(hd - e);
-                        _mm512_mask_storeu_ps(ap[r] + e, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, ap[r] + e), inv));
-                    }
-                }
-            }
-        });
-    }
-}
-
-// Blocked attention for many query rows: keys in blocks of KB, each block's keys packed
-// transposed (hd x KB) so a 4-row x 64-key score tile is 16 register accumulators fed
-// by broadcasts of q; then an online-softmax update of m, l and the output rows.
+// Attention for a run of query rows of one KV head (see ops.h): keys in 64-position
+// blocks read from the transposed panels, a 4-row x 64-key score tile in 16 register
+// accumulators fed by broadcasts of q, then an online-softmax update of each row's
+// running max m, sum l and output accumulator (kept in the output row itself).
 constexpr int KB = kAttnKeyBlock;
 
 template <int R>
@@ -432,34 +284,18 @@ inline void qk_tile(const float* const* q, const float* kt, int hd, float* S /* 
         for (int c = 0; c < 4; ++c) _mm512_storeu_ps(S + r * KB + 16 * c, acc[r][c]);
 }
 
-void attn_pack_k(const AttnArgs& a, int g, int b0, int b1, float* dst) {
-    const int hd = a.head_dim;
-    const float* kbase = a.k + (int64_t)g * hd;
-    for (int b = b0; b < b1; ++b, dst += attn_panel_floats(hd)) {
-        const int jb = b * KB;
-        const int nb = std::max(0, std::min(KB, a.key_hi(a.pos0 + a.n - 1) - jb));
-        for (int jj = 0; jj < KB; ++jj) {
-            if (jj < nb) {
-                const float* kr = kbase + (int64_t)(jb + jj) * a.kv_stride;
-                for (int e = 0; e < hd; ++e) dst[(int64_t)e * KB + jj] = kr[e];
-            } else {
-                for (int e = 0; e < hd; ++e) dst[(int64_t)e * KB + jj] = 0.0f;
-            }
-        }
-    }
-}
-
-void attn_tile(const AttnArgs& a, int g, int i0, int i1, const float* kt_packed, int b0) {
+void attn_tile(const AttnArgs& a, int g, int r0, int r1) {
     thread_local std::vector<float> s_buf, ml_buf;
     thread_local std::vector<const float*> qp_buf;
     thread_local std::vector<float*> op_buf;
     const int group = a.group(), hd = a.head_dim;
-    const int rows = (i1 - i0) * group;
+    const int rows = r1 - r0;
+    if (rows <= 0) return;
     const float ninf = -std::numeric_limits<float>::infinity();
     if (s_buf.size() < (size_t)rows * KB) s_buf.resize((size_t)rows * KB);
     if (ml_buf.size() < 3 * (size_t)rows) ml_buf.resize(3 * (size_t)rows);
-    qp_buf.resize(rows);
-    op_buf.resize(rows);
+    if (qp_buf.size() < (size_t)rows) qp_buf.resize(rows);
+    if (op_buf.size() < (size_t)rows) op_buf.resize(rows);
     float* S = s_buf.data();
     float* m = ml_buf.data();
     float* l = m + rows;
@@ -467,38 +303,39 @@ void attn_tile(const AttnArgs& a, int g, int i0, int i1, const float* kt_packed,
     const float** qp = qp_buf.data();
     float** op = op_buf.data();
     for (int r = 0; r < rows; ++r) {
-        const int i = i0 + r / group, h = g * group + r % group;
+        const int i = (r0 + r) / group, h = g * group + (r0 + r) % group;
         qp[r] = a.q + (int64_t)i * a.q_stride + (int64_t)h * hd;
         op[r] = a.out + (int64_t)i * a.out_stride + (int64_t)h * hd;
         std::memset(op[r], 0, sizeof(float) * hd);
         m[r] = ninf;
         l[r] = 0.0f;
     }
-    auto pos_of = [&](int r) { return a.pos0 + i0 + r / group; };
+    auto pos_of = [&](int r) { return a.pos0 + (r0 + r) / group; };  // non-decreasing in r
     const int jlo = a.key_lo(pos_of(0)), jhi = a.key_hi(pos_of(rows - 1));
     const float* vbase = a.v + (int64_t)g * hd;
     const __m512 ninf_v = _mm512_set1_ps(ninf);
     const __m512 scale_v = _mm512_set1_ps(a.scale);
 
+    // A block where a row sees no key leaves that row untouched (it is outside
+    // [rs, re), or its P is all zero with corr 1), so each row's arithmetic is the same
+    // whatever other rows share the tile.
     for (int jb = (jlo / KB) * KB; jb < jhi; jb += KB) {
         const int nb = std::min(KB, jhi - jb);
-        // rows are sorted by position: active ones see some key in [jb, jb + nb)
-        int rs = 0, re = rows;
+        int rs = 0, re = rows;  // rows that see some key in [jb, jb + nb)
         while (rs < rows && pos_of(rs) < jb) ++rs;
         while (re > rs && a.key_lo(pos_of(re - 1)) >= jb + nb) --re;
         if (rs >= re) continue;
-        const float* kt = kt_packed + (int64_t)(jb / KB - b0) * attn_panel_floats(hd);
-        by_four(re - rs, [&](int r0, auto R_) {
+        const float* kt = a.panel(jb / KB, g);
+        by_four(re - rs, [&](int q0, auto R_) {
             constexpr int R = decltype(R_)::value;
-            qk_tile<R>(qp + rs + r0, kt, hd, S + (int64_t)(rs + r0) * KB);
+            qk_tile<R>(qp + rs + q0, kt, hd, S + (int64_t)(rs + q0) * KB);
         });
         // scale, mask, online softmax update
         for (int r = rs; r < re; ++r) {
             const int p = pos_of(r);
             const int lo = std::max(a.key_lo(p) - jb, 0), hi = std::min(p + 1 - jb, nb);
             float* s = S + (int64_t)r * KB;
-            uint64_t vis = (hi >= 64 ? ~0ull : ((1ull << hi) - 1)) & ~((1ull << lo) - 1);
-            if (lo >= hi) vis = 0;
+            const uint64_t vis = lo >= hi ? 0 : (hi >= 64 ? ~0ull : ((1ull << hi) - 1)) & ~((1ull << lo) - 1);
             __m512 mx = ninf_v;
             for (int c = 0; c < 4; ++c) {
                 const __mmask16 k = (__mmask16)(vis >> (16 * c));
@@ -524,10 +361,10 @@ void attn_tile(const AttnArgs& a, int g, int i0, int i1, const float* kt_packed,
             l[r] = l[r] * corr[r] + _mm512_reduce_add_ps(sum);
             m[r] = mnew;
         }
-        by_four(re - rs, [&](int r0, auto R_) {
+        by_four(re - rs, [&](int q0, auto R_) {
             constexpr int R = decltype(R_)::value;
-            pv<R>(op + rs + r0, corr + rs + r0, S + (int64_t)(rs + r0) * KB, KB,
-                  vbase + (int64_t)jb * a.kv_stride, a.kv_stride, nb, hd);
+            pv<R>(op + rs + q0, corr + rs + q0, S + (int64_t)(rs + q0) * KB, KB,
+                  vbase + (int64_t)jb * a.v_stride, a.v_stride, nb, hd);
         });
     }
     for (int r = 0; r < rows; ++r) {
@@ -540,8 +377,7 @@ void attn_tile(const AttnArgs& a, int g, int i0, int i1, const float* kt_packed,
 }
 
 const OpsTable kTable = {
-    "avx512", rmsnorm,  rmsnorm_add, add_rmsnorm, rope,        silu_mul,
-    gelu_mul, add,      scale,       attn_partial, attn_pack_k, attn_tile,
+    "avx512", rmsnorm, rmsnorm_add, add_rmsnorm, rope, silu_mul, gelu_mul, add, scale, attn_tile,
 };
 
 }  // namespace

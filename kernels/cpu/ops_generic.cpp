@@ -97,65 +97,42 @@ void scale(const float* x, float s, float* out, int64_t count) {
     for (int64_t i = 0; i < count; ++i) out[i] = x[i] * s;
 }
 
-void attn_partial(const AttnArgs& a, int g, int i0, int i1, int j0, int j1, float* acc,
-                  int64_t acc_tok_stride, float* m, float* l, bool normalize) {
+// Two passes per row over the keys it sees: scores and their max, then exp, sum and
+// the weighted values. Keys are read from the panels (ops.h).
+void attn_tile(const AttnArgs& a, int g, int r0, int r1) {
     thread_local std::vector<float> scores;
-    const int group = a.group(), hd = a.head_dim;
-    const float ninf = -std::numeric_limits<float>::infinity();
-    for (int i = i0; i < i1; ++i) {
+    const int group = a.group(), hd = a.head_dim, KB = kAttnKeyBlock;
+    for (int r = r0; r < r1; ++r) {
+        const int i = r / group, h = g * group + r % group;
         const int p = a.pos0 + i;
-        const int lo = std::max(j0, a.key_lo(p)), hi = std::min(j1, a.key_hi(p));
-        for (int hh = 0; hh < group; ++hh) {
-            const int h = g * group + hh;
-            const float* qr = a.q + (int64_t)i * a.q_stride + (int64_t)h * hd;
-            float* ar = acc + (int64_t)(i - i0) * acc_tok_stride + (int64_t)hh * hd;
-            const int row = (i - i0) * group + hh;
-            std::fill(ar, ar + hd, 0.0f);
-            if (hi <= lo) {
-                m[row] = ninf;
-                l[row] = 0.0f;
-                continue;
-            }
-            scores.resize((size_t)(hi - lo));
-            float mx = ninf;
-            for (int j = lo; j < hi; ++j) {
-                const float* kr = a.k + (int64_t)j * a.kv_stride + (int64_t)g * hd;
-                float d = 0.0f;
-                for (int e = 0; e < hd; ++e) d += qr[e] * kr[e];
-                d *= a.scale;
-                scores[j - lo] = d;
-                mx = std::max(mx, d);
-            }
-            float sum = 0.0f;
-            for (int j = lo; j < hi; ++j) {
-                const float pj = std::exp(scores[j - lo] - mx);
-                sum += pj;
-                const float* vr = a.v + (int64_t)j * a.kv_stride + (int64_t)g * hd;
-                for (int e = 0; e < hd; ++e) ar[e] += pj * vr[e];
-            }
-            m[row] = mx;
-            l[row] = sum;
-            if (normalize) {
-                const float inv = 1.0f / sum;
-                for (int e = 0; e < hd; ++e) ar[e] *= inv;
-            }
+        const int lo = a.key_lo(p), hi = a.key_hi(p);
+        const float* qr = a.q + (int64_t)i * a.q_stride + (int64_t)h * hd;
+        float* o = a.out + (int64_t)i * a.out_stride + (int64_t)h * hd;
+        scores.resize((size_t)(hi - lo));
+        float mx = -std::numeric_limits<float>::infinity();
+        for (int j = lo; j < hi; ++j) {
+            const float* kp = a.panel(j / KB, g) + j % KB;
+            float d = 0.0f;
+            for (int e = 0; e < hd; ++e) d += qr[e] * kp[(int64_t)e * KB];
+            d *= a.scale;
+            scores[j - lo] = d;
+            mx = std::max(mx, d);
         }
+        std::fill(o, o + hd, 0.0f);
+        float sum = 0.0f;
+        for (int j = lo; j < hi; ++j) {
+            const float pj = std::exp(scores[j - lo] - mx);
+            sum += pj;
+            const float* vr = a.v + (int64_t)j * a.v_stride + (int64_t)g * hd;
+            for (int e = 0; e < hd; ++e) o[e] += pj * vr[e];
+        }
+        const float inv = 1.0f / sum;
+        for (int e = 0; e < hd; ++e) o[e] *= inv;
     }
 }
 
-void attn_tile(const AttnArgs& a, int g, int i0, int i1, const float*, int) {
-    thread_local std::vector<float> ml;
-    const int rows = (i1 - i0) * a.group();
-    ml.resize(2 * (size_t)rows);
-    const int jhi = a.key_hi(a.pos0 + i1 - 1);
-    attn_partial(a, g, i0, i1, 0, jhi,
-                 a.out + (int64_t)i0 * a.out_stride + (int64_t)g * a.group() * a.head_dim,
-                 a.out_stride, ml.data(), ml.data() + rows, true);
-}
-
 const OpsTable kTable = {
-    "generic", rmsnorm,  rmsnorm_add, add_rmsnorm, rope,         silu_mul,
-    gelu_mul,  add,      scale,       attn_partial, nullptr,   attn_tile,
+    "generic", rmsnorm, rmsnorm_add, add_rmsnorm, rope, silu_mul, gelu_mul, add, scale, attn_tile,
 };
 
 }  // namespace

@@ -232,7 +232,12 @@ class CpuBackend(Backend):
         return out
 
     def kv_cache(self, n_layers: int, n_ctx: int, kv_width: int) -> KVCache:
-        k = [np.zeros((n_ctx, kv_width), dtype=np.float32) for _ in range(n_layers)]
+        """Values as ``(n_ctx, kv_width)`` rows; keys as transposed panels
+        ``(ceil(n_ctx/64), kv_width, 64)`` (see kernels/cpu/ops.h), the layout the attention
+        kernel reads without any per-call repacking. :meth:`keys` gives them back as rows."""
+        blk = int(_C.ATTN_KEY_BLOCK)
+        n_blocks = -(-n_ctx // blk)
+        k = [np.zeros((n_blocks, kv_width, blk), dtype=np.float32) for _ in range(n_layers)]
         v = [np.zeros((n_ctx, kv_width), dtype=np.float32) for _ in range(n_layers)]
         return KVCache(k, v, n_ctx)
 
@@ -240,8 +245,14 @@ class CpuBackend(Backend):
         n = k.shape[0]
         if pos0 < 0 or pos0 + n > cache.n_ctx:
             raise ValueError(f"kv_write: positions {pos0}..{pos0 + n - 1} outside the cache (n_ctx {cache.n_ctx})")
-        cache.k[layer][pos0:pos0 + n] = k
+        _C.kv_store(_act(k), cache.k[layer], int(pos0))
         cache.v[layer][pos0:pos0 + n] = v
+
+    @staticmethod
+    def keys(cache: KVCache, layer: int) -> np.ndarray:
+        """The keys of ``layer`` as ``(n_ctx, kv_width)`` rows (a copy; for inspection and tests)."""
+        kt = cache.k[layer]
+        return kt.transpose(0, 2, 1).reshape(-1, kt.shape[1])[:cache.n_ctx].copy()
 
     def attention(self, q, cache, layer, pos0, n_heads, n_kv_heads, head_dim, scale, window=0):
         q = _act(q)
