@@ -101,16 +101,17 @@ void matmul(WType t, const uint8_t* w, int64_t rows, int64_t cols, const float* 
     const int64_t np = n_panels(k, G, cols);
     const int64_t stride = np * panel_bytes(k, G);  // bytes of one packed row / token
     const int64_t rb = row_bytes(t, cols);
+    const int off = weight_offset(t, k.q8_signed);
     ThreadPool& pool = ThreadPool::instance();
     const int nth = pool.num_threads();
 
     // 1. Quantize the activations once for the whole call.
     uint8_t* act = g_act.get((size_t)(n * stride));
     if (n * cols <= 16384 || nth == 1) {
-        for (int64_t i = 0; i < n; ++i) k.pack_act(x + i * cols, cols, G, act + i * stride);
+        for (int64_t i = 0; i < n; ++i) k.pack_act(x + i * cols, cols, G, off, act + i * stride);
     } else {
         pool.parallel_for(n, (n + 4 * nth - 1) / (4 * nth), [&](int64_t a, int64_t b, int) {
-            for (int64_t i = a; i < b; ++i) k.pack_act(x + i * cols, cols, G, act + i * stride);
+            for (int64_t i = a; i < b; ++i) k.pack_act(x + i * cols, cols, G, off, act + i * stride);
         });
     }
 

@@ -230,39 +230,46 @@ static inline __m256i quantize32(const float* x, float& dy, int& s0, int& s1) {
     return _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
-void pack_act_avx2(const float* x, int64_t cols, int G, uint8_t* dst) {
+void pack_act_avx2(const float* x, int64_t cols, int G, int off, uint8_t* dst) {
     const int64_t pb = (int64_t)PG * (G + 8);
     const int64_t nblk = cols / 32;
     const int bpp = PG * G / 32;  // 32-blocks per panel
     for (int64_t b0 = 0; b0 < nblk; b0 += bpp, dst += pb) {
         const int nb = (int)(nblk - b0 < bpp ? nblk - b0 : bpp);
         __m256i v[8];
-        alignas(32) float DY[8] = {0}, SY[8] = {0};
+        alignas(32) float DY[8] = {0};
+        alignas(32) int32_t S[8] = {0};  // sum(y) per group
         for (int j = 0; j < nb; ++j) {
             float dy;
             int s0, s1;
             v[j] = quantize32(x + 32 * (b0 + j), dy, s0, s1);  // G=32: group j; G=16: groups 2j, 2j+1
             if (G == 32) {
                 DY[j] = dy;
-                SY[j] = dy * (float)(s0 + s1);
+                S[j] = s0 + s1;
             } else {
                 DY[2 * j] = DY[2 * j + 1] = dy;
-                SY[2 * j] = dy * (float)s0;
-                SY[2 * j + 1] = dy * (float)s1;
+                S[2 * j] = s0;
+                S[2 * j + 1] = s1;
             }
         }
         for (int j = nb; j < bpp; ++j) v[j] = _mm256_setzero_si256();
+        const __m256 dyv = _mm256_load_ps(DY);
+        const __m256i sv = _mm256_load_si256((const __m256i*)S);
+        // B: int32 C = -off * sum(y) for zero-point types, float SY = dy * sum(y) for min types
+        const __m256 B = off >= 0 ? _mm256_castsi256_ps(_mm256_mullo_epi32(sv, _mm256_set1_epi32(-off)))
+                                  : _mm256_mul_ps(dyv, _mm256_cvtepi32_ps(sv));
         if (G == 32)
-            store_panel<32>(dst, v, _mm256_load_ps(DY), _mm256_load_ps(SY));
+            store_panel<32>(dst, v, dyv, B);
         else
-            store_panel<16>(dst, v, _mm256_load_ps(DY), _mm256_load_ps(SY));
+            store_panel<16>(dst, v, dyv, B);
     }
 }
 
 // ---- the micro-kernel: R rows x T tokens -------------------------------------------------
 // SIGNED: Q8_0 (signed weights, sign trick). Otherwise two maddubs results (each pair
 // sum <= 63*127*2) are added in int16 before widening: 2 * 16002 still fits.
-template <int R, int T, int G, bool SIGNED>
+// MIN: float min term E * SY; otherwise the integer dot starts at the token's C.
+template <int R, int T, int G, bool SIGNED, bool MIN>
 void tile(const uint8_t* wp, const uint8_t* ap, int64_t stride, int64_t np, float* out, int64_t ldo) {
     constexpr int S = G / 4;
     constexpr int64_t PB = PG * (G + 8);
@@ -274,8 +281,11 @@ void tile(const uint8_t* wp, const uint8_t* ap, int64_t stride, int64_t np, floa
         const uint8_t* w = wp + p * PB;
         const uint8_t* a = ap + p * PB;
         __m256i v[R][T];
-        for (int r = 0; r < R; ++r)
-            for (int t = 0; t < T; ++t) v[r][t] = _mm256_setzero_si256();
+        for (int t = 0; t < T; ++t) {
+            const __m256i c0 = MIN ? _mm256_setzero_si256()
+                                   : _mm256_load_si256((const __m256i*)(a + t * stride + PG * G + 32));
+            for (int r = 0; r < R; ++r) v[r][t] = c0;
+        }
         for (int s = 0; s < S; s += 2) {
             __m256i w0[R], w1[R];
             for (int r = 0; r < R; ++r) {
@@ -301,12 +311,15 @@ void tile(const uint8_t* wp, const uint8_t* ap, int64_t stride, int64_t np, floa
         }
         for (int r = 0; r < R; ++r) {
             const __m256 D = _mm256_load_ps((const float*)(w + r * stride + PG * G));
-            const __m256 E = _mm256_load_ps((const float*)(w + r * stride + PG * G + 32));
             for (int t = 0; t < T; ++t) {
                 const __m256 DY = _mm256_load_ps((const float*)(a + t * stride + PG * G));
-                const __m256 SY = _mm256_load_ps((const float*)(a + t * stride + PG * G + 32));
                 const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(v[r][t]), D);
-                acc[r][t] = _mm256_fnmadd_ps(E, SY, _mm256_fmadd_ps(f, DY, acc[r][t]));
+                acc[r][t] = _mm256_fmadd_ps(f, DY, acc[r][t]);
+                if (MIN) {
+                    const __m256 E = _mm256_load_ps((const float*)(w + r * stride + PG * G + 32));
+                    const __m256 SY = _mm256_load_ps((const float*)(a + t * stride + PG * G + 32));
+                    acc[r][t] = _mm256_fnmadd_ps(E, SY, acc[r][t]);
+                }
             }
         }
     }
@@ -323,24 +336,28 @@ void tile(const uint8_t* wp, const uint8_t* ap, int64_t stride, int64_t np, floa
 constexpr int RMAX = 2, TMAX = 2;
 using TileFn = void (*)(const uint8_t*, const uint8_t*, int64_t, int64_t, float*, int64_t);
 
-template <int G, bool SIGNED>
+template <int G, bool SIGNED, bool MIN>
 struct TileTable {
     TileFn f[RMAX][TMAX];
     constexpr TileTable() : f{} {
-        f[0][0] = tile<1, 1, G, SIGNED>;
-        f[0][1] = tile<1, 2, G, SIGNED>;
-        f[1][0] = tile<2, 1, G, SIGNED>;
-        f[1][1] = tile<2, 2, G, SIGNED>;
+        f[0][0] = tile<1, 1, G, SIGNED, MIN>;
+        f[0][1] = tile<1, 2, G, SIGNED, MIN>;
+        f[1][0] = tile<2, 1, G, SIGNED, MIN>;
+        f[1][1] = tile<2, 2, G, SIGNED, MIN>;
     }
 };
-constexpr TileTable<32, false> kTiles32;
-constexpr TileTable<32, true> kTiles32s;
-constexpr TileTable<16, false> kTiles16;
+constexpr TileTable<32, false, true> kTiles32m;   // Q4_1, Q4_K
+constexpr TileTable<32, false, false> kTiles32z;  // Q4_0, Q5_0
+constexpr TileTable<32, true, false> kTiles32s;   // Q8_0 (signed, C = 0)
+constexpr TileTable<16, false, false> kTiles16z;  // Q6_K
 
 void gemm_avx2(WType t, int G, int64_t np, const uint8_t* wp, int nr, const uint8_t* ap, int nt, float* out,
                int64_t ldo) {
     const int64_t stride = np * PG * (G + 8);
-    const TileFn(*f)[TMAX] = G == 16 ? kTiles16.f : (t == WType::Q8_0 ? kTiles32s.f : kTiles32.f);
+    const TileFn(*f)[TMAX] = G == 16              ? kTiles16z.f
+                             : t == WType::Q8_0   ? kTiles32s.f
+                             : weight_offset(t, true) < 0 ? kTiles32m.f
+                                                          : kTiles32z.f;
     for (int t0 = 0; t0 < nt; t0 += TMAX) {
         const int tt = nt - t0 < TMAX ? nt - t0 : TMAX;
         for (int r0 = 0; r0 < nr; r0 += RMAX) {
@@ -426,7 +443,7 @@ void gemm_float_avx2(WType t, const uint8_t* w, int64_t rb, int64_t cols, int nr
 }  // namespace
 
 const MatmulKernels matmul_kernels_avx2 = {
-    "avx2", PG, pack_act_avx2, pack_w_avx2, gemm_avx2, gemm_float_avx2,
+    "avx2", PG, true, pack_act_avx2, pack_w_avx2, gemm_avx2, gemm_float_avx2,
 };
 
 }  // namespace pe

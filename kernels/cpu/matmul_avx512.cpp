@@ -234,17 +234,18 @@ static inline void quantize32(const float* x, __m512i& q0, __m512i& q1, float& d
     dy = amax / 127.0f;
 }
 
-void pack_act_avx512(const float* x, int64_t cols, int G, uint8_t* dst) {
+void pack_act_avx512(const float* x, int64_t cols, int G, int off, uint8_t* dst) {
     const int64_t pb = (int64_t)PG * (G + 8);
     const int64_t nblk = cols / 32;
     const int bpp = PG * G / 32;  // 32-blocks per panel
     alignas(64) uint8_t nat[512];
-    alignas(64) float DY[16], SY[16];
+    alignas(64) float DY[16];
+    alignas(64) int32_t S[16];  // sum(y) per group
     for (int64_t b0 = 0; b0 < nblk; b0 += bpp, dst += pb) {
         const int nb = (int)(nblk - b0 < bpp ? nblk - b0 : bpp);
         if (nb < bpp) {
             std::memset(nat, 0, sizeof(nat));
-            for (int i = 0; i < 16; ++i) DY[i] = SY[i] = 0.0f;
+            for (int i = 0; i < 16; ++i) DY[i] = 0.0f, S[i] = 0;
         }
         for (int j = 0; j < nb; ++j) {
             __m512i q0, q1;
@@ -254,26 +255,32 @@ void pack_act_avx512(const float* x, int64_t cols, int G, uint8_t* dst) {
             _mm_store_si128((__m128i*)(nat + 32 * j + 16), _mm512_cvtsepi32_epi8(q1));
             if (G == 32) {
                 DY[j] = dy;
-                SY[j] = dy * (float)_mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+                S[j] = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
             } else {
                 DY[2 * j] = DY[2 * j + 1] = dy;
-                SY[2 * j] = dy * (float)_mm512_reduce_add_epi32(q0);
-                SY[2 * j + 1] = dy * (float)_mm512_reduce_add_epi32(q1);
+                S[2 * j] = _mm512_reduce_add_epi32(q0);
+                S[2 * j + 1] = _mm512_reduce_add_epi32(q1);
             }
         }
+        const __m512 dyv = _mm512_load_ps(DY);
+        const __m512i sv = _mm512_load_si512((const void*)S);
+        // B: int32 C = -off * sum(y) for zero-point types, float SY = dy * sum(y) for min types
+        const __m512 B = off >= 0 ? _mm512_castsi512_ps(_mm512_mullo_epi32(sv, _mm512_set1_epi32(-off)))
+                                  : _mm512_mul_ps(dyv, _mm512_cvtepi32_ps(sv));
         __m512i v[8];
         for (int k = 0; k < G / 4; ++k) v[k] = _mm512_load_si512((const void*)(nat + 64 * k));
         if (G == 32)
-            store_panel<32>(dst, v, _mm512_load_ps(DY), _mm512_load_ps(SY));
+            store_panel<32>(dst, v, dyv, B);
         else
-            store_panel<16>(dst, v, _mm512_load_ps(DY), _mm512_load_ps(SY));
+            store_panel<16>(dst, v, dyv, B);
     }
 }
 
 // ---- the micro-kernel: R weight rows x T tokens over all panels -------------------------
 // Per panel: G/4 vpdpbusd per (row, token) give the 16 group dots in the 16 lanes, then
-//   acc += (float(dot) * D) * DY  -  E * SY        (lane-wise; lanes summed at the end)
-template <int R, int T, int G>
+//   acc += (float(dot) * D) * DY  [- E * SY]        (lane-wise; lanes summed at the end)
+// MIN: the type has a float min (E * SY); otherwise the dot starts at the token's C.
+template <int R, int T, int G, bool MIN>
 void tile(const uint8_t* wp, const uint8_t* ap, int64_t stride, int64_t np, float* out, int64_t ldo) {
     constexpr int S = G / 4;
     constexpr int64_t PB = PG * (G + 8);
@@ -284,8 +291,11 @@ void tile(const uint8_t* wp, const uint8_t* ap, int64_t stride, int64_t np, floa
         const uint8_t* w = wp + p * PB;
         const uint8_t* a = ap + p * PB;
         __m512i v[R][T];
-        for (int r = 0; r < R; ++r)
-            for (int t = 0; t < T; ++t) v[r][t] = _mm512_setzero_si512();
+        for (int t = 0; t < T; ++t) {
+            const __m512i c0 = MIN ? _mm512_setzero_si512()
+                                   : _mm512_load_si512((const void*)(a + t * stride + PG * G + 64));
+            for (int r = 0; r < R; ++r) v[r][t] = c0;
+        }
         for (int s = 0; s < S; ++s) {
             __m512i wv[R];
             for (int r = 0; r < R; ++r) wv[r] = _mm512_load_si512((const void*)(w + r * stride + 64 * s));
@@ -296,12 +306,15 @@ void tile(const uint8_t* wp, const uint8_t* ap, int64_t stride, int64_t np, floa
         }
         for (int r = 0; r < R; ++r) {
             const __m512 D = _mm512_load_ps((const float*)(w + r * stride + PG * G));
-            const __m512 E = _mm512_load_ps((const float*)(w + r * stride + PG * G + 64));
             for (int t = 0; t < T; ++t) {
                 const __m512 DY = _mm512_load_ps((const float*)(a + t * stride + PG * G));
-                const __m512 SY = _mm512_load_ps((const float*)(a + t * stride + PG * G + 64));
                 const __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(v[r][t]), D);
-                acc[r][t] = _mm512_fnmadd_ps(E, SY, _mm512_fmadd_ps(f, DY, acc[r][t]));
+                acc[r][t] = _mm512_fmadd_ps(f, DY, acc[r][t]);
+                if (MIN) {
+                    const __m512 E = _mm512_load_ps((const float*)(w + r * stride + PG * G + 64));
+                    const __m512 SY = _mm512_load_ps((const float*)(a + t * stride + PG * G + 64));
+                    acc[r][t] = _mm512_fnmadd_ps(E, SY, acc[r][t]);
+                }
             }
         }
     }
@@ -309,26 +322,36 @@ void tile(const uint8_t* wp, const uint8_t* ap, int64_t stride, int64_t np, floa
         for (int t = 0; t < T; ++t) out[t * ldo + r] = _mm512_reduce_add_ps(acc[r][t]);
 }
 
-constexpr int RMAX = 4, TMAX = 3;
+// 4 rows x 4 tokens: 16 int32 + 16 float accumulators (a few spill to L1 once per
+// panel, which measured faster than the spill-free 4x3 and 2x6 tiles).
+constexpr int RMAX = 4, TMAX = 4;
 using TileFn = void (*)(const uint8_t*, const uint8_t*, int64_t, int64_t, float*, int64_t);
 
-template <int G>
+template <int G, bool MIN>
 struct TileTable {
     TileFn f[RMAX][TMAX];
+    template <int R>
+    constexpr void fill_row() {
+        f[R - 1][0] = tile<R, 1, G, MIN>;
+        f[R - 1][1] = tile<R, 2, G, MIN>;
+        f[R - 1][2] = tile<R, 3, G, MIN>;
+        f[R - 1][3] = tile<R, 4, G, MIN>;
+    }
     constexpr TileTable() : f{} {
-        f[0][0] = tile<1, 1, G>; f[0][1] = tile<1, 2, G>; f[0][2] = tile<1, 3, G>;
-        f[1][0] = tile<2, 1, G>; f[1][1] = tile<2, 2, G>; f[1][2] = tile<2, 3, G>;
-        f[2][0] = tile<3, 1, G>; f[2][1] = tile<3, 2, G>; f[2][2] = tile<3, 3, G>;
-        f[3][0] = tile<4, 1, G>; f[3][1] = tile<4, 2, G>; f[3][2] = tile<4, 3, G>;
+        fill_row<1>();
+        fill_row<2>();
+        fill_row<3>();
+        fill_row<4>();
     }
 };
-constexpr TileTable<32> kTiles32;
-constexpr TileTable<16> kTiles16;
+constexpr TileTable<32, true> kTiles32m;   // Q4_1, Q4_K
+constexpr TileTable<32, false> kTiles32z;  // Q4_0, Q5_0, Q8_0
+constexpr TileTable<16, false> kTiles16z;  // Q6_K
 
-void gemm_avx512(WType, int G, int64_t np, const uint8_t* wp, int nr, const uint8_t* ap, int nt, float* out,
+void gemm_avx512(WType t, int G, int64_t np, const uint8_t* wp, int nr, const uint8_t* ap, int nt, float* out,
                  int64_t ldo) {
     const int64_t stride = np * PG * (G + 8);
-    const TileFn(*f)[TMAX] = G == 32 ? kTiles32.f : kTiles16.f;
+    const TileFn(*f)[TMAX] = G == 16 ? kTiles16z.f : (weight_offset(t, false) < 0 ? kTiles32m.f : kTiles32z.f);
     for (int t0 = 0; t0 < nt; t0 += TMAX) {
         const int tt = nt - t0 < TMAX ? nt - t0 : TMAX;
         for (int r0 = 0; r0 < nr; r0 += RMAX) {
@@ -404,7 +427,7 @@ void gemm_float_avx512(WType t, const uint8_t* w, int64_t rb, int64_t cols, int 
 }  // namespace
 
 const MatmulKernels matmul_kernels_avx512 = {
-    "avx512", PG, pack_act_avx512, pack_w_avx512, gemm_avx512, gemm_float_avx512,
+    "avx512", PG, false, pack_act_avx512, pack_w_avx512, gemm_avx512, gemm_float_avx512,
 };
 
 }  // namespace pe

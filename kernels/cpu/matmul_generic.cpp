@@ -136,7 +136,7 @@ static inline void quantize_block32(const float* x, int8_t* y, float* dy) {
     *dy = amax / 127.0f;
 }
 
-void pack_act_generic(const float* x, int64_t cols, int G, uint8_t* dst) {
+void pack_act_generic(const float* x, int64_t cols, int G, int off, uint8_t* dst) {
     const int64_t pb = (int64_t)PG * (G + 8);
     const int64_t np = (cols + PG * G - 1) / (PG * G);
     std::memset(dst + (np - 1) * pb, 0, (size_t)pb);
@@ -150,17 +150,23 @@ void pack_act_generic(const float* x, int64_t cols, int G, uint8_t* dst) {
             const int lane = (int)(g % PG);
             int s = 0;
             for (int i = 0; i < G; ++i) s += y[j * G + i];
-            const float sy = dy * (float)s;
             std::memcpy(panel + lane * G, y + j * G, (size_t)G);
             std::memcpy(panel + PG * G + 4 * lane, &dy, 4);
-            std::memcpy(panel + PG * G + 4 * PG + 4 * lane, &sy, 4);
+            if (off >= 0) {
+                const int32_t c = -off * s;  // the weights' zero point, folded into the integer dot
+                std::memcpy(panel + PG * G + 4 * PG + 4 * lane, &c, 4);
+            } else {
+                const float sy = dy * (float)s;
+                std::memcpy(panel + PG * G + 4 * PG + 4 * lane, &sy, 4);
+            }
         }
     }
 }
 
 // ---- the dot products: lane l accumulates group l of every panel ----
-void gemm_generic(WType, int G, int64_t np, const uint8_t* wp, int nr, const uint8_t* ap, int nt, float* out,
+void gemm_generic(WType t, int G, int64_t np, const uint8_t* wp, int nr, const uint8_t* ap, int nt, float* out,
                   int64_t ldo) {
+    const bool has_min = weight_offset(t, false) < 0;
     const int64_t pb = (int64_t)PG * (G + 8);
     const int64_t stride = np * pb;
     for (int t = 0; t < nt; ++t) {
@@ -172,12 +178,13 @@ void gemm_generic(WType, int G, int64_t np, const uint8_t* wp, int nr, const uin
                 const float* D = (const float*)(wq + PG * G);
                 const float* E = D + PG;
                 const float* DY = (const float*)(aq + PG * G);
-                const float* SY = DY + PG;
+                const float* SY = DY + PG;         // min types
+                const int32_t* C = (const int32_t*)(const void*)SY;  // zero-point types
                 for (int l = 0; l < PG; ++l) {
-                    int32_t dot = 0;
+                    int32_t dot = has_min ? 0 : C[l];
                     for (int i = 0; i < G; ++i) dot += (int32_t)wq[l * G + i] * (int32_t)(int8_t)aq[l * G + i];
                     acc[l] += ((float)dot * D[l]) * DY[l];
-                    acc[l] -= E[l] * SY[l];
+                    if (has_min) acc[l] -= E[l] * SY[l];
                 }
             }
             float s = 0.0f;
@@ -213,7 +220,7 @@ void gemm_float_generic(WType t, const uint8_t* w, int64_t row_bytes, int64_t co
 }  // namespace
 
 const MatmulKernels matmul_kernels_generic = {
-    "generic", PG, pack_act_generic, pack_w_generic, gemm_generic, gemm_float_generic,
+    "generic", PG, false, pack_act_generic, pack_w_generic, gemm_generic, gemm_float_generic,
 };
 
 }  // namespace pe

@@ -13,12 +13,16 @@
 //        Q4_K: q = nibble,        D = d sc_j, E = dmin m_j
 //        Q6_K: q = 6-bit value,   D = d sc_j, E = 32 d sc_j
 //  2. Activations are quantized per 32 values to int8 (y = round(x * 127/amax)),
-//     scale dy = amax/127; for each group we keep DY = dy and SY = dy * sum(y).
-//  3. sum_i w_i x_i  ~=  D * DY * sum_i q_i y_i  -  E * SY     (the integer dot is exact:
-//     u8 x s8 products are what VNNI's vpdpbusd and maddubs compute.)
+//     scale dy = amax/127; for each group we keep DY = dy and either
+//        SY = dy * sum(y)            (float)  for the types with a real min (Q4_1, Q4_K), or
+//        C  = -off * sum(y)          (int32)  for the others, off = E / D = 8, 16, 128, 32.
+//  3. sum_i w_i x_i  ~=  D * DY * (sum_i q_i y_i + C)        (zero-point types: exact in int)
+//                    or  D * DY *  sum_i q_i y_i  -  E * SY  (min types)
+//     The integer dot is exact: u8 x s8 products are what vpdpbusd and maddubs compute,
+//     and C simply starts the accumulator.
 //
 // Both sides are stored as *panels* of `lanes` groups (PG): per panel
-//     [ PG*G bytes of q (or y) | PG floats D (or DY) | PG floats E (or SY) ]
+//     [ PG*G bytes of q (or y) | PG floats D (or DY) | PG floats E (or SY / int32 C) ]
 // A row of `cols` values is ceil(cols / (PG*G)) panels; groups past `cols` are zero.
 // Inside a panel a SIMD tier transposes the bytes so that 32-bit lane l of every
 // vector holds 4 bytes of one group: one vpdpbusd per vector then accumulates whole
@@ -34,10 +38,12 @@ namespace pe {
 
 struct MatmulKernels {
     const char* name;
-    int lanes;  // PG: groups per panel
+    int lanes;       // PG: groups per panel
+    bool q8_signed;  // Q8_0 weights kept signed (offset 0) instead of int8 + 128
 
     // Quantize one token x[0..cols) into panels of group size G (dst: n_panels * panel_bytes).
-    void (*pack_act)(const float* x, int64_t cols, int G, uint8_t* dst);
+    // off >= 0: the B field gets int32 C = -off * sum(y); off < 0: float SY = dy * sum(y).
+    void (*pack_act)(const float* x, int64_t cols, int G, int off, uint8_t* dst);
     // Unpack one GGUF weight row (cols elements of type t) into panels.
     void (*pack_w)(WType t, const uint8_t* row, int64_t cols, uint8_t* dst);
     // out[t*ldo + r] = dot(weight row r, token t) for r < nr, t < nt; rows and tokens are
@@ -48,6 +54,18 @@ struct MatmulKernels {
     void (*gemm_float)(WType t, const uint8_t* w, int64_t row_bytes, int64_t cols, int nr, const float* x,
                        int64_t ldx, int nt, float* out, int64_t ldo);
 };
+
+// The zero point a type's unpacked bytes carry (q = w/D + off), or -1 for types with a
+// float min, whose correction stays in float (E * SY).
+static inline int weight_offset(WType t, bool q8_signed) {
+    switch (t) {
+        case WType::Q4_0: return 8;
+        case WType::Q5_0: return 16;
+        case WType::Q8_0: return q8_signed ? 0 : 128;
+        case WType::Q6_K: return 32;
+        default: return -1;  // Q4_1, Q4_K
+    }
+}
 
 static inline int64_t panel_elems(const MatmulKernels& k, int G) { return (int64_t)k.lanes * G; }
 static inline int64_t panel_bytes(const MatmulKernels& k, int G) { return (int64_t)k.lanes * (G + 8); }
