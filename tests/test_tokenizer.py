@@ -446,7 +446,10 @@ def test_bpe_pre_tokenizers_split_differently():
     assert split["gpt2"] == ["abc", " 12345", "!!"]
     assert split["smollm"] == ["abc", " ", "1", "2", "3", "4", "5", "!!"]
     assert split["llama3"] == ["abc", " ", "123", "45", "!!"]
-    assert "".join(split["default"]) == text
+    # default: punctuation runs first, then GPT-2's rules, then digit runs, then 3 digits
+    assert split["default"] == ["abc", " ", "123", "45", "!!"]
+    assert Tokenizer.from_metadata(_bpe_md("default"))._split("abc ,x 12345!!") == \
+        ["abc", " ", ",", "x", " ", "123", "45", "!!"]
     assert Tokenizer.from_metadata(md).decode(Tokenizer.from_metadata(md).encode(text)) == text
 
 
