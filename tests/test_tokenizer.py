@@ -9,7 +9,6 @@ The two real models (fetched through the registry; a test FAILS when one cannot 
 from __future__ import annotations
 
 import heapq
-import time
 from functools import lru_cache
 
 import numpy as np
@@ -352,30 +351,6 @@ def test_chatml_default_system_prompt_and_encoding():
     ids = t.encode(p, parse_special=True)
     assert ids.count(t.token_to_id("<|im_start|>")) == 3
     assert ids.count(t.token_to_id("<|im_end|>")) == 2
-
-
-# --- speed ---------------------------------------------------------------------------------
-
-def _cpu_time(fn, repeat=3) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.process_time()
-        fn()
-        best = min(best, time.process_time() - t0)
-    return best
-
-
-@pytest.mark.parametrize("name", list(REAL_MODELS))
-def test_speed(name):
-    md = metadata(name)
-    assert _cpu_time(lambda: Tokenizer.from_metadata(md), repeat=2) < 1.0
-    t = Tokenizer.from_metadata(md)  # fresh: no word cache yet
-    words = "Local inference keeps data private and fast; 本地推理 makes it cheap. ".split(" ")
-    text = " ".join(words[k % len(words)] + str(k) for k in range(260))
-    n = len(t.encode(text))
-    assert n >= 512
-    prompt = t.decode(t.encode(text)[:512], skip_special=True)
-    assert _cpu_time(lambda: t.encode(prompt)) < 0.1
 
 
 # --- synthetic vocabularies and bad metadata ---------------------------------------------
