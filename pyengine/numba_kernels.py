@@ -438,28 +438,36 @@ def dequantize_row_q6_k(w, y):
 
 @njit(cache=True)
 def dequantize_row_float(kind, w, y):
-    bits = y.view(np.uint32)  # write float32 bit patterns directly
     if kind == K_F32:
-        for j in range(y.size):
-            bits[j] = np.uint32(_u32(w, 4 * j))
+        y[:] = w.view(np.float32)
     elif kind == K_BF16:  # the top half of a float32
+        bits = y.view(np.uint32)
+        h16 = w.view(np.uint16)
         for j in range(y.size):
-            bits[j] = (np.uint32(w[2 * j]) << 16) | (np.uint32(w[2 * j + 1]) << 24)
-    else:  # F16: sign | exponent rebiased 15 -> 127 | mantissa widened 10 -> 23 bits
-        for j in range(y.size):
-            h = np.uint32(w[2 * j]) | (np.uint32(w[2 * j + 1]) << 8)
-            e = (h >> 10) & 0x1F
-            sign = (h & 0x8000) << 16
-            if e == 0:
-                bits[j] = sign  # +-0; subnormals are patched below
-            elif e == 31:
-                bits[j] = sign | 0x7F800000 | ((h & 0x3FF) << 13)  # inf / nan
-            else:
-                bits[j] = sign | ((e + 112) << 23) | ((h & 0x3FF) << 13)
-        for j in range(y.size):
-            hi = w[2 * j + 1]
-            if (hi & 0x7C) == 0 and ((hi & 3) != 0 or w[2 * j] != 0):
-                y[j] = _f16(w, 2 * j)  # subnormal half: m * 2^-24
+            bits[j] = np.uint32(np.int64(h16[j]) << 16)
+    else:
+        dequantize_row_f16(w, y)
+
+
+@njit(cache=True)
+def dequantize_row_f16(w, y):
+    """IEEE half -> float32, exact, in two branch-free (vectorisable) passes over bit patterns."""
+    bits = y.view(np.uint32)
+    h16 = w.view(np.uint16)
+    for j in range(y.size):
+        h = np.int64(h16[j])
+        o = (h & 0x7FFF) << 13  # exponent and mantissa moved to their float32 places
+        e = o & 0x0F800000  # the half's exponent field
+        o += 112 << 23  # rebias the exponent: 15 -> 127
+        o = o + (112 << 23) if e == 0x0F800000 else o  # inf / nan: exponent 255
+        o = o + (1 << 23) if e == 0 else o  # zero / subnormal: (1 + m/1024) * 2^-14, fixed below
+        sign = 0 if e == 0 else (h & 0x8000) << 16
+        bits[j] = np.uint32(o | sign)
+    for j in range(y.size):
+        h = h16[j]
+        if (h & 0x7C00) == 0:  # zero / subnormal: (1 + m/1024) * 2^-14 - 2^-14 = m * 2^-24, exact
+            v = y[j] - _POW2[11]
+            y[j] = -v if h & 0x8000 else v
 
 
 # -- dispatch on the type (inlined into the kernels, so it is not compiled on its own) --
