@@ -11,6 +11,17 @@ namespace {
 
 constexpr int PG = 8;  // groups per panel
 
+// byte k of v[b] = 16 if bit k of b is set (Q5_0's high bits, eight at a time)
+struct BitSpread {
+    uint64_t v[256];
+    constexpr BitSpread() : v{} {
+        for (int b = 0; b < 256; ++b)
+            for (int k = 0; k < 8; ++k)
+                if ((b >> k) & 1) v[b] |= (uint64_t)16 << (8 * k);
+    }
+};
+constexpr BitSpread kBitSpread;
+
 // ---- weights: one GGUF block -> groups of (q bytes, D, E) with w_i = D*q_i - E ----
 // Returns the number of groups written (q gets ngroups*G bytes in element order).
 int unpack_block_generic(WType t, const uint8_t* blk, uint8_t* q, float* D, float* E) {
@@ -38,8 +49,15 @@ int unpack_block_generic(WType t, const uint8_t* blk, uint8_t* q, float* D, floa
             const float d = fp16_to_fp32(load_u16(blk));
             const uint32_t qh = load_u32(blk + 2);
             for (int i = 0; i < 16; ++i) {
-                q[i] = (uint8_t)((blk[6 + i] & 15) | ((qh >> i) & 1) << 4);
-                q[i + 16] = (uint8_t)((blk[6 + i] >> 4) | ((qh >> (i + 16)) & 1) << 4);
+                q[i] = blk[6 + i] & 15;
+                q[i + 16] = blk[6 + i] >> 4;
+            }
+            // the fifth bits, eight elements at a time: byte k of spread(b) is 16 if bit k of b is set
+            for (int j = 0; j < 4; ++j) {
+                uint64_t v;
+                std::memcpy(&v, q + 8 * j, 8);
+                v |= kBitSpread.v[(qh >> (8 * j)) & 0xff];
+                std::memcpy(q + 8 * j, &v, 8);
             }
             D[0] = d;
             E[0] = 16.0f * d;
