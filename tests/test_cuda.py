@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -483,3 +485,24 @@ def test_device_array_slices(backend):
     np.testing.assert_array_equal(np.asarray(d), x)
     with pytest.raises(TypeError):
         d[1]
+
+
+# ---------------------------------------------------------------------------------
+# memory safety of the kernels (opt-in: slow)
+# ---------------------------------------------------------------------------------
+@pytest.mark.skipif(not os.environ.get("PYENGINE_CUDA_ASAN"),
+                    reason="set PYENGINE_CUDA_ASAN=1 to rerun the emulator tests under AddressSanitizer (slow)")
+def test_emulated_kernels_under_address_sanitizer():
+    """Every emulator test again, with exact-size device buffers, under ASan: any read or
+    write of a kernel outside its buffers fails (it would be an illegal address on a GPU)."""
+    def lib(name):
+        return subprocess.run(["gcc", f"-print-file-name={name}"], capture_output=True, text=True).stdout.strip()
+
+    env = dict(os.environ, PYENGINE_CUDA_EMU_ASAN="1", ASAN_OPTIONS="detect_leaks=0", PYENGINE_CUDA_ASAN="",
+               LD_PRELOAD=f"{lib('libasan.so')} {lib('libstdc++.so')}")
+    code = ("import sys, pytest\n"
+            "from pyengine.backends import cuda_backend as cb\n"
+            "cb._Pool.size_class = staticmethod(lambda n: max(int(n), 4))\n"
+            f"sys.exit(pytest.main([{str(Path(__file__))!r}, '-q', '-p', 'no:cacheprovider', '-k', 'emu']))\n")
+    r = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-8000:]

@@ -65,8 +65,7 @@ constexpr int ATT_WARPS = 4;
 // DPL = head dims per lane (head_dim <= 32 * DPL)
 template <int DPL>
 __global__ void __launch_bounds__(32 * ATT_WARPS)
-attention_kernel(const float* __restrict__ q, const float* __restrict__ K, const float* __restrict__ V, int n,
-                 int pos0, int H, int Hkv, int hd, float scale, int window, int n_splits, float* __restrict__ out,
+attention_kernel(const float* __restrict__ q, const float* __restrict__ K, const float* __restrict__ V, int pos0, int H, int Hkv, int hd, float scale, int window, int n_splits, float* __restrict__ out,
                  float* __restrict__ part) {
     const int h = blockIdx.x, t = blockIdx.y, z = blockIdx.z;
     const int lane = threadIdx.x, warp = threadIdx.y;
@@ -180,7 +179,7 @@ __global__ void attention_combine_kernel(const float* __restrict__ part, int H, 
 template <int DPL>
 void launch_attention(const float* q, const float* k, const float* v, int n, int pos0, int H, int Hkv, int hd,
                       float scale, int window, float* out, int n_splits, float* part) {
-    launch("attention", attention_kernel<DPL>, dim3(H, n, n_splits), dim3(32, ATT_WARPS), q, k, v, n, pos0, H, Hkv,
+    launch("attention", attention_kernel<DPL>, dim3(H, n, n_splits), dim3(32, ATT_WARPS), q, k, v, pos0, H, Hkv,
            hd, scale, window, n_splits, out, part);
     if (n_splits > 1)
         launch("attention_combine", attention_combine_kernel, dim3(H, n), dim3(hd < 128 ? 64 : 128), part, H, hd,

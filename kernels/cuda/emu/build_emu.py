@@ -54,8 +54,15 @@ def _flags(sanitize: bool) -> list[str]:
     return flags
 
 
-def build(cache_dir: str | os.PathLike | None = None, sanitize: bool = False) -> Path:
-    """Compile (or reuse) the emulator module; returns the path of the shared object."""
+def build(cache_dir: str | os.PathLike | None = None, sanitize: bool | None = None) -> Path:
+    """Compile (or reuse) the emulator module; returns the path of the shared object.
+
+    ``sanitize`` (default: ``$PYENGINE_CUDA_EMU_ASAN``) adds AddressSanitizer, which then
+    catches out-of-bounds reads and writes of the kernels; Python must run with
+    ``LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0``.
+    """
+    if sanitize is None:
+        sanitize = os.environ.get("PYENGINE_CUDA_EMU_ASAN", "") not in ("", "0")
     cxx = compiler()
     if not cxx:
         raise RuntimeError("no C++ compiler found (set CXX)")
