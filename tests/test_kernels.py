@@ -309,3 +309,46 @@ def test_bad_arguments_python_api():
     if kernels.native_available():
         with pytest.raises(ValueError, match="backend 'cpu' has no kernel for Q5_K"):
             kernels.matmul("Q5_K", np.zeros(176, np.uint8), (1, 256), np.zeros((1, 256), np.float32), backend="cpu")
+
+
+def test_concurrent_calls_from_python_threads():
+    """The GIL is released during compute; calls from several threads must not mix up."""
+    if not kernels.native_available():
+        pytest.skip("cpu backend unavailable: pyengine._C not importable")
+    import threading
+
+    rng = np.random.default_rng(9)
+    jobs = []
+    for t in ("Q4_K", "Q8_0", "Q6_K", "Q4_1"):
+        raw = quants.random_raw(t, 96 * 512, rng)
+        x = rng.standard_normal((5, 512)).astype(np.float32)
+        jobs.append((t, raw, x, kernels.matmul(t, raw, (96, 512), x, backend="cpu")))
+    errors = []
+
+    def worker(k):
+        t, raw, x, want = jobs[k % len(jobs)]
+        for _ in range(20):
+            got = kernels.matmul(t, raw, (96, 512), x, backend="cpu")
+            if not np.array_equal(got, want):
+                errors.append((k, t))
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(6)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+
+
+def test_degrades_without_native(monkeypatch):
+    """A PYENGINE_NO_NATIVE install: no 'cpu' backend, 'auto' still answers, 'cpu' says why not."""
+    monkeypatch.setattr(kernels, "_native", lambda: None)
+    assert "cpu" not in kernels.available_backends()
+    assert kernels.kernel_variants() == [] and kernels.cpu_features() == {}
+    rng = np.random.default_rng(1)
+    raw = quants.random_raw("Q8_0", 20 * 64, rng)
+    x = rng.standard_normal((17, 64)).astype(np.float32)
+    y = kernels.matmul("Q8_0", raw, (20, 64), x)  # numba or numpy
+    assert nmse(y, reference("Q8_0", raw, 20, 64, x)) <= NMSE_BOUND["Q8_0"]
+    with pytest.raises(RuntimeError, match="needs the native extension"):
+        kernels.matmul("Q8_0", raw, (20, 64), x, backend="cpu")
