@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu_features.h"
 #include "ops.h"
 #include "threadpool.h"
 
@@ -30,20 +31,12 @@ namespace {
 
 // ------------------------------------------------------------ variant choice --------
 
-bool cpu_has_avx512() {
-#if defined(PYENGINE_HAVE_X86_VARIANTS) && (defined(__GNUC__) || defined(__clang__))
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
-#else
-    return false;
-#endif
-}
-
-std::vector<const OpsTable*> available_tables() {
+std::vector<const OpsTable*> available_tables() {  // narrowest first
     std::vector<const OpsTable*> v{&pyengine::ops::ops_generic()};
 #if defined(PYENGINE_HAVE_X86_VARIANTS)
-    if (cpu_has_avx512()) v.push_back(&pyengine::ops::ops_avx512());
+    const pe::CpuFeatures& f = pe::cpu_features();
+    if (f.avx2 && f.fma && f.os_avx) v.push_back(&pyengine::ops::ops_avx2());
+    if (f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl && f.os_avx512) v.push_back(&pyengine::ops::ops_avx512());
 #endif
     return v;
 }

@@ -88,6 +88,7 @@ struct OpsTable {
 
 const OpsTable& ops_generic();
 #if defined(PYENGINE_HAVE_X86_VARIANTS)
+const OpsTable& ops_avx2();    // ops_generic.cpp's loops built with AVX2/FMA
 const OpsTable& ops_avx512();
 #endif
 

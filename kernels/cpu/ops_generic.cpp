@@ -1,29 +1,75 @@
-// Portable scalar versions of the non-matmul ops (see ops.h). These are the fallback on
-// CPUs without AVX-512 and a second, simple implementation the SIMD variant is tested
-// against; they are written for clarity and left for the compiler to vectorise.
+// Portable versions of the non-matmul ops (see ops.h), written as plain loops the
+// compiler vectorises. This file is compiled twice:
+//   - as itself, with the baseline flags: the "generic" variant, runs on any CPU;
+//   - from ops_avx2.cpp (which defines PYENGINE_OPS_VARIANT avx2 and includes it) with
+//     AVX2/FMA flags: the "avx2" variant.
+// exp() is a polynomial in plain float arithmetic (no libm call) so that loops over it
+// vectorise; the AVX-512 variant uses the same range reduction and coefficients.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 
 #include "ops.h"
 
+#ifndef PYENGINE_OPS_VARIANT
+#define PYENGINE_OPS_VARIANT generic
+#endif
+#define PYENGINE_OPS_STR2(x) #x
+#define PYENGINE_OPS_STR(x) PYENGINE_OPS_STR2(x)
+#define PYENGINE_OPS_CAT2(a, b) a##b
+#define PYENGINE_OPS_CAT(a, b) PYENGINE_OPS_CAT2(a, b)
+
 namespace pyengine {
 namespace ops {
+namespace PYENGINE_OPS_VARIANT {
 namespace {
 
+inline float bits_to_float(int32_t i) {
+    float f;
+    std::memcpy(&f, &i, sizeof f);
+    return f;
+}
+
+// e^x to about 1 ulp: x = n ln2 + r (ln2 split in two), e^r by a degree-7 polynomial on
+// [-ln2/2, ln2/2], 2^n applied as two factors so both stay normal floats; inf above
+// ~88.7, 0 below ~-103.9, NaN stays NaN.
+inline float exp_f(float x) {
+    x = std::min(x, 88.9f);  // (std::min/max return x when x is NaN)
+    x = std::max(x, -104.0f);
+    const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
+    float r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + (r + 1.0f);
+    const int32_t ni = (int32_t)n;
+    const int32_t n1 = ni >> 1, n2 = ni - n1;  // each in [-75, 64]
+    return p * bits_to_float((n1 + 127) << 23) * bits_to_float((n2 + 127) << 23);
+}
+
 float inv_rms(const float* x, int64_t g, float eps) {
-    double ss = 0.0;  // double: the row sum is the only long reduction here
-    for (int64_t i = 0; i < g; ++i) ss += (double)x[i] * (double)x[i];
-    float ms = (float)(ss / (double)g);
-    return 1.0f / std::sqrt(ms + eps);
+    float acc[16] = {};
+    int64_t i = 0;
+    for (; i + 16 <= g; i += 16)
+        for (int k = 0; k < 16; ++k) acc[k] += x[i + k] * x[i + k];
+    for (; i < g; ++i) acc[0] += x[i] * x[i];
+    float ss = 0.0f;
+    for (int k = 0; k < 16; ++k) ss += acc[k];
+    return 1.0f / std::sqrt(ss / (float)g + eps);
 }
 
 void rmsnorm(const float* x, const float* w, float* out, int64_t rows, int64_t g, float eps) {
     for (int64_t r = 0; r < rows; ++r) {
         const float* xr = x + r * g;
         float* o = out + r * g;
-        float inv = inv_rms(xr, g, eps);
+        const float inv = inv_rms(xr, g, eps);
         for (int64_t i = 0; i < g; ++i) o[i] = xr[i] * inv * w[i];
     }
 }
@@ -32,7 +78,7 @@ void rmsnorm_add(const float* x, const float* w, const float* res, float* out, i
                  int64_t g, float eps) {
     for (int64_t r = 0; r < rows; ++r) {
         const float* xr = x + r * g;
-        float inv = inv_rms(xr, g, eps);
+        const float inv = inv_rms(xr, g, eps);
         for (int64_t i = 0; i < g; ++i) out[r * g + i] = res[r * g + i] + xr[i] * inv * w[i];
     }
 }
@@ -42,7 +88,7 @@ void add_rmsnorm(const float* a, const float* b, const float* w, float* sum, flo
     for (int64_t r = 0; r < rows; ++r) {
         float* s = sum + r * g;
         for (int64_t i = 0; i < g; ++i) s[i] = a[r * g + i] + b[r * g + i];
-        float inv = inv_rms(s, g, eps);
+        const float inv = inv_rms(s, g, eps);
         for (int64_t i = 0; i < g; ++i) norm[r * g + i] = s[i] * inv * w[i];
     }
 }
@@ -59,13 +105,13 @@ void rope(const float* x, int64_t x_stride, float* out, const float* cos_t, cons
             float* oh = out + t * width + (int64_t)h * head_dim;
             if (neox) {
                 for (int i = 0; i < half; ++i) {
-                    float a = xh[i], b = xh[i + half];
+                    const float a = xh[i], b = xh[i + half];
                     oh[i] = a * c[i] - b * s[i];
                     oh[i + half] = a * s[i] + b * c[i];
                 }
             } else {
                 for (int i = 0; i < half; ++i) {
-                    float a = xh[2 * i], b = xh[2 * i + 1];
+                    const float a = xh[2 * i], b = xh[2 * i + 1];
                     oh[2 * i] = a * c[i] - b * s[i];
                     oh[2 * i + 1] = a * s[i] + b * c[i];
                 }
@@ -77,15 +123,15 @@ void rope(const float* x, int64_t x_stride, float* out, const float* cos_t, cons
 }
 
 void silu_mul(const float* g, const float* u, float* out, int64_t count) {
-    for (int64_t i = 0; i < count; ++i) out[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+    for (int64_t i = 0; i < count; ++i) out[i] = g[i] / (1.0f + exp_f(-g[i])) * u[i];
 }
 
 void gelu_mul(const float* g, const float* u, float* out, int64_t count) {
     // 0.5 x (1 + tanh(y)) == x / (1 + exp(-2y)), y = sqrt(2/pi) (x + 0.044715 x^3)
     for (int64_t i = 0; i < count; ++i) {
-        float x = g[i];
-        float y = 0.7978845608028654f * (x + 0.044715f * x * x * x);
-        out[i] = x / (1.0f + std::exp(-2.0f * y)) * u[i];
+        const float x = g[i];
+        const float m2y = -2.0f * 0.7978845608028654f * (x + 0.044715f * (x * x * x));
+        out[i] = x / (1.0f + exp_f(m2y)) * u[i];
     }
 }
 
@@ -97,32 +143,43 @@ void scale(const float* x, float s, float* out, int64_t count) {
     for (int64_t i = 0; i < count; ++i) out[i] = x[i] * s;
 }
 
-// Two passes per row over the keys it sees: scores and their max, then exp, sum and
-// the weighted values. Keys are read from the panels (ops.h).
+// One row at a time: scores of the row's visible blocks (64 keys per step, a
+// contiguous inner loop over the panel), then max, exp and sum, then the weighted values.
 void attn_tile(const AttnArgs& a, int g, int r0, int r1) {
+    constexpr int KB = kAttnKeyBlock;
     thread_local std::vector<float> scores;
-    const int group = a.group(), hd = a.head_dim, KB = kAttnKeyBlock;
+    const int group = a.group(), hd = a.head_dim;
+    const float ninf = -std::numeric_limits<float>::infinity();
     for (int r = r0; r < r1; ++r) {
         const int i = r / group, h = g * group + r % group;
         const int p = a.pos0 + i;
         const int lo = a.key_lo(p), hi = a.key_hi(p);
+        const int b_lo = lo / KB, b_hi = (hi + KB - 1) / KB;
         const float* qr = a.q + (int64_t)i * a.q_stride + (int64_t)h * hd;
         float* o = a.out + (int64_t)i * a.out_stride + (int64_t)h * hd;
-        scores.resize((size_t)(hi - lo));
-        float mx = -std::numeric_limits<float>::infinity();
-        for (int j = lo; j < hi; ++j) {
-            const float* kp = a.panel(j / KB, g) + j % KB;
-            float d = 0.0f;
-            for (int e = 0; e < hd; ++e) d += qr[e] * kp[(int64_t)e * KB];
-            d *= a.scale;
-            scores[j - lo] = d;
-            mx = std::max(mx, d);
+        scores.resize((size_t)(b_hi - b_lo) * KB);
+        const int base = b_lo * KB;  // S[j - base] holds key j
+        float* S = scores.data();
+        for (int b = b_lo; b < b_hi; ++b) {
+            float s[KB] = {};
+            const float* pan = a.panel(b, g);
+            for (int e = 0; e < hd; ++e) {
+                const float qe = qr[e];
+                const float* pe = pan + (int64_t)e * KB;
+                for (int jj = 0; jj < KB; ++jj) s[jj] += qe * pe[jj];
+            }
+            for (int jj = 0; jj < KB; ++jj) S[b * KB + jj - base] = s[jj] * a.scale;
         }
-        std::fill(o, o + hd, 0.0f);
+        float* Sv = S + (lo - base);  // the visible keys, n_vis of them
+        const int n_vis = hi - lo;
+        float mx = ninf;
+        for (int j = 0; j < n_vis; ++j) mx = std::max(mx, Sv[j]);
+        for (int j = 0; j < n_vis; ++j) Sv[j] = exp_f(Sv[j] - mx);
         float sum = 0.0f;
+        for (int j = 0; j < n_vis; ++j) sum += Sv[j];
+        for (int e = 0; e < hd; ++e) o[e] = 0.0f;
         for (int j = lo; j < hi; ++j) {
-            const float pj = std::exp(scores[j - lo] - mx);
-            sum += pj;
+            const float pj = Sv[j - lo];
             const float* vr = a.v + (int64_t)j * a.v_stride + (int64_t)g * hd;
             for (int e = 0; e < hd; ++e) o[e] += pj * vr[e];
         }
@@ -132,12 +189,14 @@ void attn_tile(const AttnArgs& a, int g, int r0, int r1) {
 }
 
 const OpsTable kTable = {
-    "generic", rmsnorm, rmsnorm_add, add_rmsnorm, rope, silu_mul, gelu_mul, add, scale, attn_tile,
+    PYENGINE_OPS_STR(PYENGINE_OPS_VARIANT), rmsnorm, rmsnorm_add, add_rmsnorm, rope, silu_mul,
+    gelu_mul, add, scale, attn_tile,
 };
 
 }  // namespace
+}  // namespace PYENGINE_OPS_VARIANT
 
-const OpsTable& ops_generic() { return kTable; }
+const OpsTable& PYENGINE_OPS_CAT(ops_, PYENGINE_OPS_VARIANT)() { return PYENGINE_OPS_VARIANT::kTable; }
 
 }  // namespace ops
 }  // namespace pyengine
