@@ -788,3 +788,19 @@ def gelu_mul(gate, up) -> np.ndarray:
     out = np.empty_like(gate)
     _gelu_mul_kernel(gate.reshape(-1), up.reshape(-1), out.reshape(-1))
     return out
+
+
+def warmup() -> None:
+    """Compile (or load from numba's cache) every kernel now, on tiny inputs, so the first
+    real call does not pay for it. One call covers all weight types: the kernels take the
+    type as an argument."""
+    rng = np.random.default_rng(0)
+    raw = np.zeros(ggml_type("Q8_0").n_bytes(64), dtype=np.uint8)
+    matmul("Q8_0", raw, (2, 32), np.zeros((1, 32), dtype=np.float32))
+    get_rows("Q8_0", raw, (2, 32), [1])
+    x = rng.standard_normal((2, 8)).astype(np.float32)
+    rmsnorm(x, np.ones(4, dtype=np.float32), 1e-6)
+    rope(x, np.arange(2), 2, 4, 10000.0, False)
+    silu_mul(x, x)
+    gelu_mul(x, x)
+    attention(x, x[:, :4], x[:, :4], 0, 2, 1, 4, 0.5)

@@ -84,3 +84,9 @@ class NumbaBackend(Backend):
     def attention(self, q, cache, layer, pos0, n_heads, n_kv_heads, head_dim, scale, window=0):
         return nk.attention(q, cache.k[layer], cache.v[layer], pos0, n_heads, n_kv_heads, head_dim,
                             scale, window)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def prepare(self, tensors: dict[str, QTensor]) -> None:
+        """Compile or load the JIT kernels now (seconds the first time in a checkout, then
+        well under one), so the first token is not the one that pays."""
+        nk.warmup()
