@@ -352,3 +352,21 @@ def test_degrades_without_native(monkeypatch):
     assert nmse(y, reference("Q8_0", raw, 20, 64, x)) <= NMSE_BOUND["Q8_0"]
     with pytest.raises(RuntimeError, match="needs the native extension"):
         kernels.matmul("Q8_0", raw, (20, 64), x, backend="cpu")
+
+
+@pytest.mark.parametrize("variant", ["generic", "avx2", "avx512"])
+def test_q8_0_full_int8_range(variant):
+    """-128 (which ggml's quantizer never writes, but a file may hold) and +127 weights:
+    the AVX2 sign trick and the +128 offset of the other tiers must both stay exact."""
+    _skip_unavailable("cpu", variant)
+    rng = np.random.default_rng(4)
+    rows, cols, n = 24, 256, 20
+    raw = quants.random_raw("Q8_0", rows * cols, rng)
+    b = raw.view(quants.BLOCK_DTYPES["Q8_0"])
+    qs = b["qs"]
+    qs[: len(qs) // 2] = np.where(rng.random(qs[: len(qs) // 2].shape) < 0.5, -128, 127)
+    b["qs"] = qs
+    x = rng.standard_normal((n, cols)).astype(np.float32)
+    ref = reference("Q8_0", raw, rows, cols, x)
+    y = kernels.matmul("Q8_0", raw, (rows, cols), x, backend="cpu", variant=variant)
+    assert nmse(y, ref) <= NMSE_BOUND["Q8_0"]
