@@ -315,10 +315,14 @@ void op_kv_store(const py::array& ka, const py::array& kta, int64_t pos0) {
     });
 }
 
-// Query rows per task: 32 (8 tokens of a 4-head group) for prompts; down to 2 so a
-// decode step (one token, a few heads per KV head) still spreads over the threads.
-int rows_per_task(int64_t rows_total) {
-    const int64_t r = rows_total / (4 * (int64_t)n_threads());
+// Query rows per task: 32 (8 tokens of a 4-head group) for prompts. A decode step has
+// only `group` rows per KV head, and decode is bound by reading K and V: with as many
+// KV heads as threads each task takes a whole head (every K/V byte read once); with
+// fewer, a head's rows are split (down to 2 per task) so all threads work.
+int rows_per_task(int64_t rows_g, int n_kv_heads) {
+    const int nt = n_threads();
+    if (n_kv_heads >= nt) return (int)std::min<int64_t>(32, rows_g);
+    const int64_t r = rows_g * n_kv_heads / (4 * (int64_t)nt);
     return (int)std::max<int64_t>(2, std::min<int64_t>(32, r));
 }
 
@@ -391,7 +395,7 @@ void op_attention(const py::array& qa, const py::array& ka, const py::array& va,
     }
     const OpsTable& t = ops();
     const int64_t rows_g = (int64_t)n * group;  // rows of one KV head
-    const int tr = rows_per_task(rows_g * n_kv_heads);
+    const int tr = rows_per_task(rows_g, n_kv_heads);
     const int tiles = (int)((rows_g + tr - 1) / tr);
     // later rows see more keys: hand them out first
     run_tasks(n_kv_heads * tiles, [&](int task) {
