@@ -436,6 +436,15 @@ def dequantize_row_q6_k(w, y):
 
 # -- F32 / F16 / BF16 rows (exact) -------------------------------------------------------
 
+@njit(cache=True, fastmath=FASTMATH)
+def vec_dot_f32(w, x):
+    wf = w.view(np.float32)
+    s = np.float32(0.0)
+    for j in range(x.size):
+        s += wf[j] * x[j]
+    return s
+
+
 @njit(cache=True)
 def dequantize_row_float(kind, w, y):
     if kind == K_F32:
@@ -474,7 +483,9 @@ def dequantize_row_f16(w, y):
 
 @njit(cache=True, inline="always")
 def _vec_dot(kind, w, x):
-    """``vec_dot_<type>`` for a quantized ``kind`` (float kinds go through dequantize_row)."""
+    """``vec_dot_<type>`` for ``kind`` (F16 / BF16 go through dequantize_row instead)."""
+    if kind == K_F32:
+        return vec_dot_f32(w, x)
     if kind == K_Q4_0:
         return vec_dot_q4_0(w, x)
     if kind == K_Q4_1:
@@ -520,7 +531,7 @@ def _dequantize_row(kind, w, y):
 def _matmul_kernel(kind, raw, rows, cols, row_bytes, x, n, out):
     """out[t*rows + r] = <row r of W, x[t*cols : (t+1)*cols]> (x and out flat float32)."""
     n_chunks = (rows + _ROWS_PER_CHUNK - 1) // _ROWS_PER_CHUNK
-    direct = kind > K_BF16 and n < _DEQUANT_MIN_TOKENS
+    direct = (kind == K_F32 or kind > K_BF16) and n < _DEQUANT_MIN_TOKENS
     for c in prange(n_chunks):
         r0 = c * _ROWS_PER_CHUNK
         r1 = min(rows, r0 + _ROWS_PER_CHUNK)
