@@ -113,6 +113,7 @@ class Model:
         self.n_ctx = min(int(n_ctx or min(ctx_max, DEFAULT_N_CTX)), ctx_max)
         backend.prepare(gf.tensors)
         self._cache = None
+        self._step = None
         self.n_past = 0
         self.last_stats: GenerationStats | None = None
 
@@ -159,6 +160,7 @@ class Model:
         self._check_fits(len(ids))
         if self._cache is None:
             self._cache = self._new_cache()
+            self._step = self.backend.make_decode_step(self.arch.forward, self._cache)
         out = self.arch.forward(self.backend, ids, 0, self._cache, last_only=True)
         self.n_past = len(ids)
         return np.asarray(self.backend.to_numpy(out), dtype=np.float32).reshape(-1)
@@ -170,7 +172,10 @@ class Model:
         if self.n_past >= self.n_ctx:
             raise PromptTooLongError(f"context is full ({self.n_ctx} tokens); raise it with --ctx")
         ids = self._check_ids([token_id])
-        out = self.arch.forward(self.backend, ids, self.n_past, self._cache, last_only=True)
+        if self._step is not None:  # the backend's compiled single-call decode step
+            out = self._step(int(ids[0]), self.n_past)
+        else:
+            out = self.arch.forward(self.backend, ids, self.n_past, self._cache, last_only=True)
         self.n_past += 1
         return np.asarray(self.backend.to_numpy(out), dtype=np.float32).reshape(-1)
 

@@ -104,3 +104,13 @@ class Backend:
     # -- lifecycle ---------------------------------------------------------------
     def prepare(self, tensors: dict[str, QTensor]) -> None:
         """Called once after loading (e.g. to upload weights); default: nothing."""
+
+    def make_decode_step(self, forward, cache: KVCache):
+        """Optionally compile one decode step into a single call.
+
+        ``forward(ops, ids, pos0, cache, last_only)`` is the architecture's forward pass.
+        Return a callable ``step(token_id, pos) -> logits (n_vocab,)`` that does exactly
+        what ``forward(self, [token_id], pos, cache, True)`` does (same cache effects), or
+        ``None`` to let the engine call ``forward`` op by op (the default).
+        """
+        return None
