@@ -167,9 +167,10 @@ def cmd_list(args) -> int:
     rows = list_models()
     print(f"models (cache: {cache_dir() / 'models'}):")
     for r in rows:
-        where = str(r.get("local") or "not downloaded (pyengine pull %s)" % r["name"])
-        desc = r.get("description", "")
-        print(f"  {r['name']:16s} {desc[:48]:48s} {where}")
+        state = "downloaded" if r.get("local") else f"not downloaded: pyengine pull {r['name']}"
+        size = f", {_fmt_bytes(r['size'])}" if r.get("size") else ""
+        print(f"  {r['name']:16s} {r.get('description', '')}")
+        print(f"  {'':16s} [{state}{size}] {r.get('local') or ''}")
     return 0
 
 
