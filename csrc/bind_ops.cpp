@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "cpu_features.h"
+#include "cpu_ops.h"
 #include "ops.h"
 #include "threadpool.h"
 
@@ -141,16 +142,7 @@ void op_rmsnorm(const py::array& xa, const py::array& wa, float eps, const py::a
     rmsnorm_common(x, w, eps, g, per_row);
     if (o.rows != x.rows || o.cols != x.cols) bad("rmsnorm: out must have x's shape");
     py::gil_scoped_release nogil;
-    const OpsTable& t = ops();
-    const int nt = task_count(x.rows, std::max<int64_t>(1, 16384 / x.cols));
-    run_tasks(nt, [&](int task) {
-        const int64_t r0 = x.rows * task / nt, r1 = x.rows * (task + 1) / nt;
-        if (x.stride == x.cols) {
-            t.rmsnorm(x.p + r0 * x.cols, w.p, o.p + r0 * o.cols, (r1 - r0) * per_row, g, eps);
-        } else {
-            for (int64_t r = r0; r < r1; ++r) t.rmsnorm(x.p + r * x.stride, w.p, o.p + r * o.cols, per_row, g, eps);
-        }
-    });
+    pe::cpu::rmsnorm(x.p, x.stride, x.rows, x.cols, w.p, g, eps, o.p);
 }
 
 void op_rmsnorm_add(const py::array& xa, const py::array& wa, float eps, const py::array& ra,
@@ -162,13 +154,7 @@ void op_rmsnorm_add(const py::array& xa, const py::array& wa, float eps, const p
     if (o.rows != x.rows || o.cols != x.cols || r.rows != x.rows || r.cols != x.cols)
         bad("rmsnorm_add: residual and out must have x's shape");
     py::gil_scoped_release nogil;
-    const OpsTable& t = ops();
-    const int64_t groups = x.rows * per_row;
-    const int nt = task_count(groups, std::max<int64_t>(1, 16384 / g));
-    run_tasks(nt, [&](int task) {
-        const int64_t r0 = groups * task / nt, r1 = groups * (task + 1) / nt;
-        t.rmsnorm_add(x.p + r0 * g, w.p, r.p + r0 * g, o.p + r0 * g, r1 - r0, g, eps);
-    });
+    pe::cpu::rmsnorm_add(x.p, w.p, r.p, o.p, x.rows, x.cols, g, eps);
 }
 
 void op_add_rmsnorm(const py::array& aa, const py::array& ba, const py::array& wa, float eps,
@@ -181,13 +167,7 @@ void op_add_rmsnorm(const py::array& aa, const py::array& ba, const py::array& w
         nrm.rows != a.rows || nrm.cols != a.cols)
         bad("add_rmsnorm: b, sum_out and norm_out must have a's shape");
     py::gil_scoped_release nogil;
-    const OpsTable& t = ops();
-    const int64_t groups = a.rows * per_row;
-    const int nt = task_count(groups, std::max<int64_t>(1, 16384 / g));
-    run_tasks(nt, [&](int task) {
-        const int64_t r0 = groups * task / nt, r1 = groups * (task + 1) / nt;
-        t.add_rmsnorm(a.p + r0 * g, b.p + r0 * g, w.p, s.p + r0 * g, nrm.p + r0 * g, r1 - r0, g, eps);
-    });
+    pe::cpu::add_rmsnorm(a.p, b.p, w.p, s.p, nrm.p, a.rows, a.cols, g, eps);
 }
 
 void op_rope_table(const py::array& pa, double freq_base, int n_rot, const py::array& ca,
@@ -204,21 +184,7 @@ void op_rope_table(const py::array& pa, double freq_base, int n_rot, const py::a
         bad("rope_table: cos_out and sin_out must be (n, n_rot/2)");
     const double* pos = static_cast<const double*>(pa.data());
     py::gil_scoped_release nogil;
-    thread_local std::vector<double> inv_freq_buf;
-    inv_freq_buf.resize(half);
-    const double* inv_freq = inv_freq_buf.data();  // workers need the caller's buffer
-    // same expression as the reference: base ** (-(2i) / n_rot), angles in double
-    for (int i = 0; i < half; ++i) inv_freq_buf[i] = std::pow(freq_base, -(double)i * 2.0 / (double)n_rot);
-    const int nt = task_count(n, std::max(1, 4096 / half));
-    run_tasks(nt, [&](int task) {
-        for (int64_t t = n * task / nt; t < n * (task + 1) / nt; ++t) {
-            for (int i = 0; i < half; ++i) {
-                const double ang = pos[t] * inv_freq[i];
-                c.p[t * half + i] = (float)std::cos(ang);
-                s.p[t * half + i] = (float)std::sin(ang);
-            }
-        }
-    });
+    pe::cpu::rope_table(pos, n, freq_base, n_rot, c.p, s.p);
 }
 
 void op_rope(const py::array& xa, const py::array& oa, const py::array& ca, const py::array& sa,
@@ -239,15 +205,10 @@ void op_rope(const py::array& xa, const py::array& oa, const py::array& ca, cons
         bad("rope: in place needs contiguous rows");
     }
     py::gil_scoped_release nogil;
-    const OpsTable& t = ops();
-    const int nt = task_count(x.rows, std::max<int64_t>(1, 16384 / x.cols));
-    run_tasks(nt, [&](int task) {
-        t.rope(x.p, x.stride, o.p, c.p, s.p, x.rows * task / nt, x.rows * (task + 1) / nt, n_heads,
-               head_dim, n_rot, neox);
-    });
+    pe::cpu::rope(x.p, x.stride, x.rows, o.p, c.p, s.p, n_heads, head_dim, n_rot, neox);
 }
 
-enum class EW { silu_mul, gelu_mul, add };
+using EW = pe::cpu::Binary;
 
 void op_binary(EW kind, const py::array& aa, const py::array& ba, const py::array& oa) {
     Mat a = as_mat(aa, "a", false, true), b = as_mat(ba, "b", false, true), o = as_mat(oa, "out", true, true);
@@ -255,15 +216,7 @@ void op_binary(EW kind, const py::array& aa, const py::array& ba, const py::arra
     same_size(a, o, "a", "out");
     const int64_t count = a.rows * a.cols;
     py::gil_scoped_release nogil;
-    const OpsTable& t = ops();
-    auto fn = kind == EW::silu_mul ? t.silu_mul : kind == EW::gelu_mul ? t.gelu_mul : t.add;
-    const int nt = task_count(count, kind == EW::add ? 65536 : 16384);
-    run_tasks(nt, [&](int task) {
-        // 16-float aligned cuts keep every task but the last on whole vectors
-        const int64_t c0 = (count * task / nt) & ~int64_t(15);
-        const int64_t c1 = task + 1 == nt ? count : (count * (task + 1) / nt) & ~int64_t(15);
-        fn(a.p + c0, b.p + c0, o.p + c0, c1 - c0);
-    });
+    pe::cpu::binary(kind, a.p, b.p, o.p, count);
 }
 
 void op_scale(const py::array& xa, float s, const py::array& oa) {
@@ -271,13 +224,7 @@ void op_scale(const py::array& xa, float s, const py::array& oa) {
     same_size(x, o, "x", "out");
     const int64_t count = x.rows * x.cols;
     py::gil_scoped_release nogil;
-    const OpsTable& t = ops();
-    const int nt = task_count(count, 65536);
-    run_tasks(nt, [&](int task) {
-        const int64_t c0 = (count * task / nt) & ~int64_t(15);
-        const int64_t c1 = task + 1 == nt ? count : (count * (task + 1) / nt) & ~int64_t(15);
-        t.scale(x.p + c0, s, o.p + c0, c1 - c0);
-    });
+    pe::cpu::scale(x.p, s, o.p, count);
 }
 
 // ------------------------------------------------------------ attention -----------
@@ -305,14 +252,7 @@ void op_kv_store(const py::array& ka, const py::array& kta, int64_t pos0) {
         bad("kv_store: positions " + std::to_string(pos0) + ".." + std::to_string(pos0 + k.rows - 1) +
             " outside the cache (" + std::to_string(cap) + " positions)");
     py::gil_scoped_release nogil;
-    // tasks by whole blocks so no two write the same cache lines
-    const int64_t b0 = pos0 / KB, b1 = (pos0 + k.rows + KB - 1) / KB;
-    const int nt = (int)std::min<int64_t>(b1 - b0, task_count(k.rows * width, 65536));
-    run_tasks(nt, [&](int task) {
-        const int64_t bs = b0 + (b1 - b0) * task / nt, be = b0 + (b1 - b0) * (task + 1) / nt;
-        const int64_t p0 = std::max(pos0, bs * KB), p1 = std::min(pos0 + k.rows, be * KB);
-        if (p1 > p0) store_panels(k.p + (p0 - pos0) * k.stride, k.stride, p1 - p0, width, kt.p, p0);
-    });
+    pe::cpu::kv_store(k.p, k.stride, k.rows, width, kt.p, pos0);
 }
 
 // Query rows per task: 32 (8 tokens of a 4-head group) for prompts. A decode step has
@@ -324,6 +264,19 @@ int rows_per_task(int64_t rows_g, int n_kv_heads) {
     if (n_kv_heads >= nt) return (int)std::min<int64_t>(32, rows_g);
     const int64_t r = rows_g * n_kv_heads / (4 * (int64_t)nt);
     return (int)std::max<int64_t>(2, std::min<int64_t>(32, r));
+}
+
+// Run the tiles of one attention call (a.kt holds the panels from block a.kt_b0 on).
+void attention_tiles(const AttnArgs& a) {
+    const OpsTable& t = ops();
+    const int64_t rows_g = (int64_t)a.n * a.group();  // rows of one KV head
+    const int tr = rows_per_task(rows_g, a.n_kv_heads);
+    const int tiles = (int)((rows_g + tr - 1) / tr);
+    // later rows see more keys: hand them out first
+    run_tasks(a.n_kv_heads * tiles, [&](int task) {
+        const int g = task % a.n_kv_heads, b = tiles - 1 - task / a.n_kv_heads;
+        t.attn_tile(a, g, b * tr, (int)std::min<int64_t>(rows_g, (int64_t)(b + 1) * tr));
+    });
 }
 
 void op_attention(const py::array& qa, const py::array& ka, const py::array& va, const py::array& oa,
@@ -372,7 +325,6 @@ void op_attention(const py::array& qa, const py::array& ka, const py::array& va,
     a.n = n; a.pos0 = pos0; a.n_heads = n_heads; a.n_kv_heads = n_kv_heads;
     a.head_dim = head_dim; a.window = window; a.scale = scale;
     a.kt_block_stride = width * KB;
-    const int group = n_heads / n_kv_heads;
 
     py::gil_scoped_release nogil;
     thread_local std::vector<float> packed;
@@ -393,18 +345,125 @@ void op_attention(const py::array& qa, const py::array& ka, const py::array& va,
         a.kt = dst;
         a.kt_b0 = b_first;
     }
-    const OpsTable& t = ops();
-    const int64_t rows_g = (int64_t)n * group;  // rows of one KV head
-    const int tr = rows_per_task(rows_g, n_kv_heads);
-    const int tiles = (int)((rows_g + tr - 1) / tr);
-    // later rows see more keys: hand them out first
-    run_tasks(n_kv_heads * tiles, [&](int task) {
-        const int g = task % n_kv_heads, b = tiles - 1 - task / n_kv_heads;
-        t.attn_tile(a, g, b * tr, (int)std::min<int64_t>(rows_g, (int64_t)(b + 1) * tr));
-    });
+    attention_tiles(a);
 }
 
 }  // namespace
+
+// ------------------------------------------------------------ raw entry points ------
+// (csrc/cpu_ops.h) What the bindings above run once their arguments are checked.
+
+namespace pe {
+namespace cpu {
+
+const OpsTable& ops_table() { return ops(); }
+
+void rmsnorm(const float* x, int64_t x_stride, int64_t rows, int64_t cols, const float* w, int64_t g, float eps,
+             float* out) {
+    const OpsTable& t = ops();
+    const int64_t per_row = cols / g;
+    const int nt = task_count(rows, std::max<int64_t>(1, 16384 / cols));
+    run_tasks(nt, [&](int task) {
+        const int64_t r0 = rows * task / nt, r1 = rows * (task + 1) / nt;
+        if (x_stride == cols) {
+            t.rmsnorm(x + r0 * cols, w, out + r0 * cols, (r1 - r0) * per_row, g, eps);
+        } else {
+            for (int64_t r = r0; r < r1; ++r) t.rmsnorm(x + r * x_stride, w, out + r * cols, per_row, g, eps);
+        }
+    });
+}
+
+void rmsnorm_add(const float* x, const float* w, const float* residual, float* out, int64_t rows, int64_t cols,
+                 int64_t g, float eps) {
+    const OpsTable& t = ops();
+    const int64_t groups = rows * (cols / g);
+    const int nt = task_count(groups, std::max<int64_t>(1, 16384 / g));
+    run_tasks(nt, [&](int task) {
+        const int64_t r0 = groups * task / nt, r1 = groups * (task + 1) / nt;
+        t.rmsnorm_add(x + r0 * g, w, residual + r0 * g, out + r0 * g, r1 - r0, g, eps);
+    });
+}
+
+void add_rmsnorm(const float* a, const float* b, const float* w, float* sum, float* norm, int64_t rows,
+                 int64_t cols, int64_t g, float eps) {
+    const OpsTable& t = ops();
+    const int64_t groups = rows * (cols / g);
+    const int nt = task_count(groups, std::max<int64_t>(1, 16384 / g));
+    run_tasks(nt, [&](int task) {
+        const int64_t r0 = groups * task / nt, r1 = groups * (task + 1) / nt;
+        t.add_rmsnorm(a + r0 * g, b + r0 * g, w, sum + r0 * g, norm + r0 * g, r1 - r0, g, eps);
+    });
+}
+
+void rope_table(const double* pos, int64_t n, double freq_base, int n_rot, float* cos_out, float* sin_out) {
+    const int half = n_rot / 2;
+    thread_local std::vector<double> inv_freq_buf;
+    inv_freq_buf.resize(half);
+    const double* inv_freq = inv_freq_buf.data();  // workers need the caller's buffer
+    // same expression as the reference: base ** (-(2i) / n_rot), angles in double
+    for (int i = 0; i < half; ++i) inv_freq_buf[i] = std::pow(freq_base, -(double)i * 2.0 / (double)n_rot);
+    const int nt = task_count(n, std::max(1, 4096 / half));
+    run_tasks(nt, [&](int task) {
+        for (int64_t t = n * task / nt; t < n * (task + 1) / nt; ++t) {
+            for (int i = 0; i < half; ++i) {
+                const double ang = pos[t] * inv_freq[i];
+                cos_out[t * half + i] = (float)std::cos(ang);
+                sin_out[t * half + i] = (float)std::sin(ang);
+            }
+        }
+    });
+}
+
+void rope(const float* x, int64_t x_stride, int64_t rows, float* out, const float* cos_t, const float* sin_t,
+          int n_heads, int head_dim, int n_rot, bool neox) {
+    const OpsTable& t = ops();
+    const int nt = task_count(rows, std::max<int64_t>(1, 16384 / ((int64_t)n_heads * head_dim)));
+    run_tasks(nt, [&](int task) {
+        t.rope(x, x_stride, out, cos_t, sin_t, rows * task / nt, rows * (task + 1) / nt, n_heads, head_dim, n_rot,
+               neox);
+    });
+}
+
+void binary(Binary kind, const float* a, const float* b, float* out, int64_t count) {
+    const OpsTable& t = ops();
+    auto fn = kind == Binary::silu_mul ? t.silu_mul : kind == Binary::gelu_mul ? t.gelu_mul : t.add;
+    const int nt = task_count(count, kind == Binary::add ? 65536 : 16384);
+    run_tasks(nt, [&](int task) {
+        // 16-float aligned cuts keep every task but the last on whole vectors
+        const int64_t c0 = (count * task / nt) & ~int64_t(15);
+        const int64_t c1 = task + 1 == nt ? count : (count * (task + 1) / nt) & ~int64_t(15);
+        fn(a + c0, b + c0, out + c0, c1 - c0);
+    });
+}
+
+void scale(const float* x, float s, float* out, int64_t count) {
+    const OpsTable& t = ops();
+    const int nt = task_count(count, 65536);
+    run_tasks(nt, [&](int task) {
+        const int64_t c0 = (count * task / nt) & ~int64_t(15);
+        const int64_t c1 = task + 1 == nt ? count : (count * (task + 1) / nt) & ~int64_t(15);
+        t.scale(x + c0, s, out + c0, c1 - c0);
+    });
+}
+
+void kv_store(const float* k, int64_t k_stride, int64_t n, int64_t width, float* kt, int64_t pos0) {
+    // tasks by whole blocks so no two write the same cache lines
+    const int64_t b0 = pos0 / KB, b1 = (pos0 + n + KB - 1) / KB;
+    const int nt = (int)std::min<int64_t>(b1 - b0, task_count(n * width, 65536));
+    run_tasks(nt, [&](int task) {
+        const int64_t bs = b0 + (b1 - b0) * task / nt, be = b0 + (b1 - b0) * (task + 1) / nt;
+        const int64_t p0 = std::max(pos0, bs * KB), p1 = std::min(pos0 + n, be * KB);
+        if (p1 > p0) store_panels(k + (p0 - pos0) * k_stride, k_stride, p1 - p0, width, kt, p0);
+    });
+}
+
+void attention(AttnArgs a) {
+    a.kt_b0 = 0;
+    attention_tiles(a);
+}
+
+}  // namespace cpu
+}  // namespace pe
 
 void bind_cpu_ops(py::module_& m) {
     m.def("ops_variants", []() {
