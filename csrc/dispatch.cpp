@@ -137,7 +137,15 @@ void matmul(WType t, const uint8_t* w, int64_t rows, int64_t cols, const float* 
     for (int i = 0; i < nth; ++i) g_wbuf[i]->get((size_t)(rb_rows * stride));
 
     const int64_t pf_rows = rb >= 6144 ? 1 : 6144 / (rb > 0 ? rb : 1);
+    const bool direct = k.gemv != nullptr && n <= kGemvMaxTokens;  // few tokens: no packed copy of the rows
     pool.parallel_for(rows, sched, [&](int64_t r0, int64_t r1, int tid) {
+        if (direct) {
+            for (int64_t r = r0; r < r1; ++r) {
+                if (r + pf_rows < rows) prefetch_bytes(w + (r + pf_rows) * rb, rb);
+                k.gemv(t, w + r * rb, cols, act, (int)n, stride, out + r, rows);
+            }
+            return;
+        }
         uint8_t* wbuf = g_wbuf[tid]->p;
         for (int64_t a = r0; a < r1; a += rb_rows) {
             const int nr = (int)(r1 - a < rb_rows ? r1 - a : rb_rows);

@@ -444,6 +444,7 @@ void gemm_float_avx2(WType t, const uint8_t* w, int64_t rb, int64_t cols, int nr
 
 const MatmulKernels matmul_kernels_avx2 = {
     "avx2", PG, true, pack_act_avx2, pack_w_avx2, gemm_avx2, gemm_float_avx2,
+    nullptr,  // gemv: pack_w + gemm
 };
 
 }  // namespace pe

@@ -87,8 +87,8 @@ static inline __m512i nibbles_2x16(const uint8_t* a, const uint8_t* b) {
 }
 
 // One panel = 16 blocks of a 32-element type, all present (`blk` points at block 0).
-template <int T_>
-static inline void pack_panel_32(const uint8_t* blk, uint8_t* dst) {
+template <int T_, class Sink>
+static inline void pack_panel_32(const uint8_t* blk, Sink& sink) {
     constexpr WType t = (WType)T_;
     constexpr int BB = t == WType::Q4_0 ? 18 : t == WType::Q4_1 ? 20 : t == WType::Q5_0 ? 22 : 34;
     __m512i v[8];
@@ -121,7 +121,7 @@ static inline void pack_panel_32(const uint8_t* blk, uint8_t* dst) {
     } else {
         E = _mm512_mul_ps(_mm512_set1_ps(128.0f), D);
     }
-    store_panel<32>(dst, v, D, E);
+    sink.template put<32>(v, D, E);
 }
 
 // Q4_K: one panel = two 256-element super-blocks (8 groups of 32 each).
@@ -144,7 +144,8 @@ static inline void q4k_nibbles(const uint8_t* blk, __m512i* v) {
     }
 }
 
-static inline void pack_panel_q4k(const uint8_t* b0, const uint8_t* b1, uint8_t* dst) {
+template <class Sink>
+static inline void pack_panel_q4k(const uint8_t* b0, const uint8_t* b1, Sink& sink) {
     __m512i v[8];
     uint64_t sc0, mn0, sc1 = 0, mn1 = 0;
     float d1 = 0.0f, m1 = 0.0f;
@@ -162,11 +163,12 @@ static inline void pack_panel_q4k(const uint8_t* b0, const uint8_t* b1, uint8_t*
     const __m512 mv = _mm512_insertf32x8(_mm512_set1_ps(half(b0 + 2)), _mm256_set1_ps(m1), 1);
     const __m512 scf = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_set_epi64x((long long)sc1, (long long)sc0)));
     const __m512 mnf = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_set_epi64x((long long)mn1, (long long)mn0)));
-    store_panel<32>(dst, v, _mm512_mul_ps(dv, scf), _mm512_mul_ps(mv, mnf));
+    sink.template put<32>(v, _mm512_mul_ps(dv, scf), _mm512_mul_ps(mv, mnf));
 }
 
 // Q6_K: one panel = one super-block = 16 groups of 16.
-static inline void pack_panel_q6k(const uint8_t* blk, uint8_t* dst) {
+template <class Sink>
+static inline void pack_panel_q6k(const uint8_t* blk, Sink& sink) {
     const block_q6_K* b = (const block_q6_K*)blk;
     const __m512i lo4 = _mm512_set1_epi8(15), lo2 = _mm512_set1_epi8(3);
     const __m512i shA = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);  // qh bits 0-1 | 2-3
@@ -183,26 +185,26 @@ static inline void pack_panel_q6k(const uint8_t* blk, uint8_t* dst) {
     const __m512 sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)b->scales)));
     const __m512 D = _mm512_mul_ps(_mm512_set1_ps(half(blk + 208)), sc);
     const __m512 E = _mm512_mul_ps(_mm512_set1_ps(32.0f), D);
-    store_panel<16>(dst, v, D, E);
+    sink.template put<16>(v, D, E);
 }
 
-void pack_w_avx512(WType t, const uint8_t* row, int64_t cols, uint8_t* dst) {
+// Walk one GGUF row panel by panel, handing each unpacked panel to sink.put<G>().
+template <class Sink>
+static inline void for_each_panel(WType t, const uint8_t* row, int64_t cols, Sink& sink) {
     const WTypeInfo& ti = wtype_info(t);
-    const int G = ti.group;
-    const int64_t pb = (int64_t)PG * (G + 8);
     const int64_t nb = cols / ti.block_elems;
     if (t == WType::Q4_K) {
-        for (int64_t b = 0; b < nb; b += 2, dst += pb)
-            pack_panel_q4k(row + b * 144, b + 1 < nb ? row + (b + 1) * 144 : nullptr, dst);
+        for (int64_t b = 0; b < nb; b += 2)
+            pack_panel_q4k(row + b * 144, b + 1 < nb ? row + (b + 1) * 144 : nullptr, sink);
         return;
     }
     if (t == WType::Q6_K) {
-        for (int64_t b = 0; b < nb; ++b, dst += pb) pack_panel_q6k(row + b * 210, dst);
+        for (int64_t b = 0; b < nb; ++b) pack_panel_q6k(row + b * 210, sink);
         return;
     }
     const int BB = ti.block_bytes;
     alignas(64) uint8_t tail[16 * 34];
-    for (int64_t b = 0; b < nb; b += 16, dst += pb) {
+    for (int64_t b = 0; b < nb; b += 16) {
         const uint8_t* src = row + b * BB;
         if (nb - b < 16) {  // partial last panel: zero blocks (d = 0) fill it
             std::memset(tail, 0, sizeof(tail));
@@ -210,12 +212,27 @@ void pack_w_avx512(WType t, const uint8_t* row, int64_t cols, uint8_t* dst) {
             src = tail;
         }
         switch (t) {
-            case WType::Q4_0: pack_panel_32<(int)WType::Q4_0>(src, dst); break;
-            case WType::Q4_1: pack_panel_32<(int)WType::Q4_1>(src, dst); break;
-            case WType::Q5_0: pack_panel_32<(int)WType::Q5_0>(src, dst); break;
-            default: pack_panel_32<(int)WType::Q8_0>(src, dst); break;
+            case WType::Q4_0: pack_panel_32<(int)WType::Q4_0>(src, sink); break;
+            case WType::Q4_1: pack_panel_32<(int)WType::Q4_1>(src, sink); break;
+            case WType::Q5_0: pack_panel_32<(int)WType::Q5_0>(src, sink); break;
+            default: pack_panel_32<(int)WType::Q8_0>(src, sink); break;
         }
     }
+}
+
+// Sink that stores panels (the matmul's packed weight rows).
+struct StoreSink {
+    uint8_t* dst;
+    template <int G>
+    void put(__m512i* v, __m512 A, __m512 B) {
+        store_panel<G>(dst, v, A, B);
+        dst += PG * (G + 8);
+    }
+};
+
+void pack_w_avx512(WType t, const uint8_t* row, int64_t cols, uint8_t* dst) {
+    StoreSink sink{dst};
+    for_each_panel(t, row, cols, sink);
 }
 
 // ---- activations: quantize per 32 (bit-identical to the generic tier) ------------------
@@ -361,6 +378,58 @@ void gemm_avx512(WType t, int G, int64_t np, const uint8_t* wp, int nr, const ui
     }
 }
 
+// ---- a few tokens: unpack each weight panel into registers and use it at once ----------------
+// Same arithmetic as pack_w + tile, without the round trip of the panel through memory.
+template <bool MIN>
+struct DotSink {
+    const uint8_t* a;  // current panel of token 0
+    int64_t astride;
+    int nt;            // 1..4
+    __m512 acc[4];
+    template <int G>
+    void put(__m512i* v, __m512 D_nat, __m512 E_nat) {
+        constexpr int64_t PB = PG * (G + 8);
+        if (G == 32)
+            transpose_g32(v);
+        else
+            transpose_g16(v);
+        const __m512i perm = G == 32 ? perm32() : perm16();
+        const __m512 D = _mm512_permutexvar_ps(perm, D_nat);
+        const __m512 E = MIN ? _mm512_permutexvar_ps(perm, E_nat) : _mm512_setzero_ps();
+        for (int t = 0; t < 4; ++t) {
+            if (t >= nt) break;
+            const uint8_t* y = a + t * astride;
+            __m512i s0 = MIN ? _mm512_setzero_si512() : _mm512_load_si512((const void*)(y + PG * G + 64));
+            __m512i s1 = _mm512_setzero_si512();  // two chains: half the dependent vpdpbusd latency
+            for (int k = 0; k < G / 4; k += 2) {
+                s0 = _mm512_dpbusd_epi32(s0, v[k], _mm512_load_si512((const void*)(y + 64 * k)));
+                s1 = _mm512_dpbusd_epi32(s1, v[k + 1], _mm512_load_si512((const void*)(y + 64 * k + 64)));
+            }
+            const __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), D);
+            acc[t] = _mm512_fmadd_ps(f, _mm512_load_ps((const float*)(y + PG * G)), acc[t]);
+            if (MIN) acc[t] = _mm512_fnmadd_ps(E, _mm512_load_ps((const float*)(y + PG * G + 64)), acc[t]);
+        }
+        a += PB;
+    }
+};
+
+template <bool MIN>
+static void gemv_impl(WType t, const uint8_t* row, int64_t cols, const uint8_t* ap, int nt, int64_t astride,
+                      float* out, int64_t ldo) {
+    DotSink<MIN> sink{ap, astride, nt, {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                                           _mm512_setzero_ps()}};
+    for_each_panel(t, row, cols, sink);
+    for (int k = 0; k < nt; ++k) out[k * ldo] = _mm512_reduce_add_ps(sink.acc[k]);
+}
+
+void gemv_avx512(WType t, const uint8_t* row, int64_t cols, const uint8_t* ap, int nt, int64_t astride, float* out,
+                 int64_t ldo) {
+    if (weight_offset(t, false) < 0)
+        gemv_impl<true>(t, row, cols, ap, nt, astride, out, ldo);
+    else
+        gemv_impl<false>(t, row, cols, ap, nt, astride, out, ldo);
+}
+
 // ---- F32 / F16 weights: plain FMA dot products, 4 rows x up to 4 tokens -------------------
 template <bool F16, int R, int T>
 void float_tile(const uint8_t* w, int64_t rb, int64_t cols, const float* x, int64_t ldx, float* out, int64_t ldo) {
@@ -427,7 +496,7 @@ void gemm_float_avx512(WType t, const uint8_t* w, int64_t rb, int64_t cols, int 
 }  // namespace
 
 const MatmulKernels matmul_kernels_avx512 = {
-    "avx512", PG, false, pack_act_avx512, pack_w_avx512, gemm_avx512, gemm_float_avx512,
+    "avx512", PG, false, pack_act_avx512, pack_w_avx512, gemm_avx512, gemm_float_avx512, gemv_avx512,
 };
 
 }  // namespace pe

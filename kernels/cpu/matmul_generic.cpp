@@ -239,6 +239,7 @@ void gemm_float_generic(WType t, const uint8_t* w, int64_t row_bytes, int64_t co
 
 const MatmulKernels matmul_kernels_generic = {
     "generic", PG, false, pack_act_generic, pack_w_generic, gemm_generic, gemm_float_generic,
+    nullptr,  // gemv: pack_w + gemm
 };
 
 }  // namespace pe

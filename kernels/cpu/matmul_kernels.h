@@ -53,7 +53,14 @@ struct MatmulKernels {
     // F32 / F16 weights (no quantization): out[t*ldo + r] = sum_i w[r][i] * x[t*ldx + i].
     void (*gemm_float)(WType t, const uint8_t* w, int64_t row_bytes, int64_t cols, int nr, const float* x,
                        int64_t ldx, int nt, float* out, int64_t ldo);
+    // Optional (nullptr: use pack_w + gemm). One GGUF weight row against nt <= kGemvMaxTokens
+    // packed tokens (stride astride), unpacking each panel straight into registers:
+    // out[t*ldo] = dot(row, token t). Same arithmetic as pack_w + gemm.
+    void (*gemv)(WType t, const uint8_t* row, int64_t cols, const uint8_t* ap, int nt, int64_t astride, float* out,
+                 int64_t ldo);
 };
+
+constexpr int kGemvMaxTokens = 4;
 
 // The zero point a type's unpacked bytes carry (q = w/D + off), or -1 for types with a
 // float min, whose correction stays in float (E * SY).
