@@ -5,6 +5,7 @@
 namespace py = pybind11;
 
 void bind_cpu(py::module_& m);  // csrc/bind_cpu.cpp: CPU matmul kernels, ops, thread pool, CPU info
+void bind_graph(py::module_& m);  // csrc/graph.cpp: DecodeGraph, a decode step replayed in one call
 #ifdef PYENGINE_WITH_CUDA
 void bind_cuda(py::module_& m);  // kernels/cuda/bind_cuda.cu
 #endif
@@ -17,6 +18,7 @@ PYBIND11_MODULE(_C, m) {
     m.attr("has_cuda") = false;
 #endif
     bind_cpu(m);
+    bind_graph(m);
 #ifdef PYENGINE_WITH_CUDA
     bind_cuda(m);
 #endif

@@ -254,6 +254,20 @@ class CpuBackend(Backend):
         kt = cache.k[layer]
         return kt.transpose(0, 2, 1).reshape(-1, kt.shape[1])[:cache.n_ctx].copy()
 
+    # -- a whole decode step in one native call -----------------------------------
+    def make_decode_step(self, forward, cache: KVCache):
+        """``forward`` for one token traced into a native ``_C.DecodeGraph`` (see backends/cpu_graph.py).
+
+        Returns ``step(token_id, pos0, copy=True) -> logits (1, n_vocab)``, bit-for-bit what
+        ``forward(self, [token_id], pos0, cache, True)`` computes, with the same cache
+        writes; ``copy=False`` returns the step's own output buffer, overwritten by the
+        next step. ``None`` (op by op) when the pass cannot be replayed or when
+        ``PYENGINE_NO_GRAPH`` is set.
+        """
+        from .cpu_graph import build_decode_step
+
+        return build_decode_step(self, forward, cache)
+
     def attention(self, q, cache, layer, pos0, n_heads, n_kv_heads, head_dim, scale, window=0):
         q = _act(q)
         out = np.empty((q.shape[0], n_heads * head_dim), dtype=np.float32)

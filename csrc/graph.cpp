@@ -1,0 +1,413 @@
+// pyengine._C.DecodeGraph: a recorded decode step replayed in one native call (see graph.h).
+//
+// Building (from pyengine/backends/cpu_graph.py) checks every array once: dtype, layout,
+// sizes, and the KV cache bounds each position-dependent node implies. A step then only
+// checks its two scalars (token id, pos0), releases the GIL and runs the node list.
+#include "graph.h"
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <cstring>
+#include <mutex>
+#include <string>
+
+#include "common.h"
+#include "cpu_ops.h"
+
+namespace py = pybind11;
+
+namespace pe {
+namespace graph {
+
+const char* kind_name(Kind k) {
+    switch (k) {
+        case Kind::Embed: return "embed";
+        case Kind::Matmul: return "matmul";
+        case Kind::RmsNorm: return "rmsnorm";
+        case Kind::RmsNormAdd: return "rmsnorm_add";
+        case Kind::AddRmsNorm: return "add_rmsnorm";
+        case Kind::Rope: return "rope";
+        case Kind::KvWrite: return "kv_write";
+        case Kind::Attention: return "attention";
+        case Kind::Add: return "add";
+        case Kind::SiluMul: return "silu_mul";
+        case Kind::GeluMul: return "gelu_mul";
+        case Kind::Scale: return "scale";
+    }
+    return "?";
+}
+
+void Program::run(int32_t token, int64_t pos0, const MatmulKernels& mk) {
+    for (RopeTable& t : tables) {
+        const double p = (double)t.pos.at(pos0);
+        cpu::rope_table(&p, 1, t.base, t.n_rot, t.cos.data(), t.sin.data());
+    }
+    constexpr int KB = pyengine::ops::kAttnKeyBlock;
+    for (const Node& nd : nodes) {
+        switch (nd.kind) {
+            case Kind::Embed:
+                get_rows(nd.wt, nd.w, nd.w_rows, nd.cols, &token, 1, nd.out);
+                break;
+            case Kind::Matmul:
+                matmul(nd.wt, nd.w, nd.w_rows, nd.cols, nd.a, nd.n, nd.out, mk);
+                break;
+            case Kind::RmsNorm:
+                cpu::rmsnorm(nd.a, nd.cols, nd.n, nd.cols, nd.wv, nd.g, nd.eps, nd.out);
+                break;
+            case Kind::RmsNormAdd:
+                cpu::rmsnorm_add(nd.a, nd.wv, nd.b, nd.out, nd.n, nd.cols, nd.g, nd.eps);
+                break;
+            case Kind::AddRmsNorm:
+                cpu::add_rmsnorm(nd.a, nd.b, nd.wv, nd.out, nd.out2, nd.n, nd.cols, nd.g, nd.eps);
+                break;
+            case Kind::Rope: {
+                const RopeTable& t = tables[nd.table];
+                cpu::rope(nd.a, nd.cols, 1, nd.out, t.cos.data(), t.sin.data(), nd.n_heads, nd.head_dim, nd.n_rot,
+                          nd.neox);
+                break;
+            }
+            case Kind::KvWrite: {
+                const int64_t p = nd.pos.at(pos0);
+                cpu::kv_store(nd.a, nd.width, 1, nd.width, nd.kt, p);
+                std::memcpy(nd.vc + p * nd.width, nd.b, sizeof(float) * (size_t)nd.width);
+                break;
+            }
+            case Kind::Attention: {
+                pyengine::ops::AttnArgs a;
+                a.q = nd.a;
+                a.q_stride = nd.cols;
+                a.kt = nd.kt;
+                a.kt_b0 = 0;
+                a.kt_block_stride = nd.width * KB;
+                a.v = nd.vc;
+                a.v_stride = nd.width;
+                a.out = nd.out;
+                a.out_stride = nd.cols;
+                a.n = 1;
+                a.pos0 = (int)nd.pos.at(pos0);
+                a.n_heads = nd.n_heads;
+                a.n_kv_heads = nd.n_kv_heads;
+                a.head_dim = nd.head_dim;
+                a.window = nd.window;
+                a.scale = nd.s;
+                cpu::attention(a);
+                break;
+            }
+            case Kind::Add:
+                cpu::binary(cpu::Binary::add, nd.a, nd.b, nd.out, nd.n * nd.cols);
+                break;
+            case Kind::SiluMul:
+                cpu::binary(cpu::Binary::silu_mul, nd.a, nd.b, nd.out, nd.n * nd.cols);
+                break;
+            case Kind::GeluMul:
+                cpu::binary(cpu::Binary::gelu_mul, nd.a, nd.b, nd.out, nd.n * nd.cols);
+                break;
+            case Kind::Scale:
+                cpu::scale(nd.a, nd.s, nd.out, nd.n * nd.cols);
+                break;
+        }
+    }
+}
+
+}  // namespace graph
+}  // namespace pe
+
+namespace {
+
+using pe::graph::Kind;
+using pe::graph::Node;
+using pe::graph::Pos;
+constexpr int KB = pyengine::ops::kAttnKeyBlock;
+
+[[noreturn]] void bad(const std::string& msg) { throw py::value_error("DecodeGraph: " + msg); }
+
+// The builder and the replay. Arrays handed in are referenced (kept alive) and read or
+// written by pointer on every step, so Python must not resize or free them: the cpu
+// backend's graph builder owns them for the graph's lifetime.
+class DecodeGraph {
+public:
+    // -- building ------------------------------------------------------------------
+    void add_embed(const std::string& type, const py::array& w, int64_t rows, int64_t cols, const py::array& out) {
+        Node nd{Kind::Embed};
+        weight(nd, type, w, rows, cols);
+        nd.out = fbuf(out, "embed out", cols, true);
+        nd.n = 1;
+        prog_.n_tokens = std::min(prog_.n_tokens, rows);
+        push(nd);
+    }
+
+    void add_matmul(const std::string& type, const py::array& w, int64_t rows, int64_t cols, const py::array& x,
+                    const py::array& out) {
+        Node nd{Kind::Matmul};
+        weight(nd, type, w, rows, cols);
+        nd.n = tokens(x, cols, "matmul x");
+        nd.a = fbuf(x, "matmul x", nd.n * cols, false);
+        nd.out = fbuf(out, "matmul out", nd.n * rows, true);
+        if ((const float*)nd.out == nd.a) bad("matmul out must not alias x");
+        push(nd);
+    }
+
+    void add_rmsnorm(const py::array& x, const py::array& w, float eps, const py::array& out) {
+        Node nd{Kind::RmsNorm};
+        norm(nd, x, w, eps);
+        nd.out = fbuf(out, "rmsnorm out", nd.n * nd.cols, true);
+        push(nd);
+    }
+
+    void add_rmsnorm_add(const py::array& x, const py::array& w, float eps, const py::array& residual,
+                         const py::array& out) {
+        Node nd{Kind::RmsNormAdd};
+        norm(nd, x, w, eps);
+        nd.b = fbuf(residual, "rmsnorm_add residual", nd.n * nd.cols, false);
+        nd.out = fbuf(out, "rmsnorm_add out", nd.n * nd.cols, true);
+        push(nd);
+    }
+
+    void add_add_rmsnorm(const py::array& a, const py::array& b, const py::array& w, float eps,
+                         const py::array& sum_out, const py::array& norm_out) {
+        Node nd{Kind::AddRmsNorm};
+        norm(nd, a, w, eps);
+        nd.b = fbuf(b, "add_rmsnorm b", nd.n * nd.cols, false);
+        nd.out = fbuf(sum_out, "add_rmsnorm sum_out", nd.n * nd.cols, true);
+        nd.out2 = fbuf(norm_out, "add_rmsnorm norm_out", nd.n * nd.cols, true);
+        push(nd);
+    }
+
+    void add_rope(const py::array& x, const py::array& out, int n_heads, int head_dim, int n_rot, bool neox,
+                  double freq_base, int64_t pos_off, bool pos_rel) {
+        Node nd{Kind::Rope};
+        if (n_heads <= 0 || head_dim <= 0) bad("rope: n_heads and head_dim must be positive");
+        if (n_rot <= 0 || n_rot % 2 || n_rot > head_dim) bad("rope: need 0 < n_rot <= head_dim, n_rot even");
+        if (!(freq_base > 0.0)) bad("rope: freq_base must be > 0");
+        nd.cols = (int64_t)n_heads * head_dim;
+        nd.n = 1;
+        nd.a = fbuf(x, "rope x", nd.cols, false);
+        nd.out = fbuf(out, "rope out", nd.cols, true);
+        nd.n_heads = n_heads;
+        nd.head_dim = head_dim;
+        nd.n_rot = n_rot;
+        nd.neox = neox;
+        const Pos p{pos_off, pos_rel};
+        for (size_t i = 0; i < prog_.tables.size() && nd.table < 0; ++i) {
+            const auto& t = prog_.tables[i];
+            if (t.base == freq_base && t.n_rot == n_rot && t.pos.off == p.off && t.pos.rel == p.rel) nd.table = (int)i;
+        }
+        if (nd.table < 0) {
+            pe::graph::RopeTable t;
+            t.base = freq_base;
+            t.n_rot = n_rot;
+            t.pos = p;
+            t.cos.resize(n_rot / 2);
+            t.sin.resize(n_rot / 2);
+            nd.table = (int)prog_.tables.size();
+            prog_.tables.push_back(std::move(t));
+        }
+        push(nd);
+    }
+
+    void add_kv_write(const py::array& k, const py::array& v, const py::array& k_panels, const py::array& v_cache,
+                      int64_t pos_off, bool pos_rel) {
+        Node nd{Kind::KvWrite};
+        const int64_t positions = cache(nd, k_panels, v_cache, true);
+        nd.n = 1;
+        nd.cols = nd.width;
+        nd.a = fbuf(k, "kv_write k", nd.width, false);
+        nd.b = fbuf(v, "kv_write v", nd.width, false);
+        nd.pos = Pos{pos_off, pos_rel};
+        bound(nd.pos, 0, positions - 1, "kv_write");
+        push(nd);
+    }
+
+    void add_attention(const py::array& q, const py::array& k_panels, const py::array& v_cache, const py::array& out,
+                       int64_t pos_off, bool pos_rel, int n_heads, int n_kv_heads, int head_dim, float scale,
+                       int window) {
+        Node nd{Kind::Attention};
+        if (n_heads <= 0 || n_kv_heads <= 0 || head_dim <= 0 || n_heads % n_kv_heads)
+            bad("attention: need n_heads a positive multiple of n_kv_heads and head_dim > 0");
+        if (window < 0) bad("attention: window must be >= 0");
+        const int64_t positions = cache(nd, k_panels, v_cache, false);
+        if (nd.width != (int64_t)n_kv_heads * head_dim) bad("attention: cache width is not n_kv_heads*head_dim");
+        nd.n = 1;
+        nd.cols = (int64_t)n_heads * head_dim;
+        nd.a = fbuf(q, "attention q", nd.cols, false);
+        nd.out = fbuf(out, "attention out", nd.cols, true);
+        nd.n_heads = n_heads;
+        nd.n_kv_heads = n_kv_heads;
+        nd.head_dim = head_dim;
+        nd.s = scale;
+        nd.window = window;
+        nd.pos = Pos{pos_off, pos_rel};
+        bound(nd.pos, 0, positions - 1, "attention");
+        push(nd);
+    }
+
+    void add_elementwise(const std::string& op, const py::array& a, const py::array& b, const py::array& out) {
+        Node nd{op == "add" ? Kind::Add : op == "silu_mul" ? Kind::SiluMul : op == "gelu_mul" ? Kind::GeluMul : Kind::Scale};
+        if (nd.kind == Kind::Scale) bad("unknown elementwise op '" + op + "' (add, silu_mul, gelu_mul)");
+        shape2(nd, a);
+        nd.a = fbuf(a, "elementwise a", nd.n * nd.cols, false);
+        nd.b = fbuf(b, "elementwise b", nd.n * nd.cols, false);
+        nd.out = fbuf(out, "elementwise out", nd.n * nd.cols, true);
+        push(nd);
+    }
+
+    void add_scale(const py::array& x, float s, const py::array& out) {
+        Node nd{Kind::Scale};
+        shape2(nd, x);
+        nd.a = fbuf(x, "scale x", nd.n * nd.cols, false);
+        nd.out = fbuf(out, "scale out", nd.n * nd.cols, true);
+        nd.s = s;
+        push(nd);
+    }
+
+    void set_output(const py::array& logits) {
+        fbuf(logits, "output", logits.size(), true);
+        output_ = logits;
+    }
+
+    // -- running -------------------------------------------------------------------
+    py::object step(int64_t token, int64_t pos0, bool copy) {
+        if (!output_) bad("no output set");
+        if (token < 0 || token >= prog_.n_tokens)
+            throw py::index_error("DecodeGraph: token id " + std::to_string(token) + " is outside 0.." +
+                                  std::to_string(prog_.n_tokens - 1));
+        if (pos0 < prog_.pos_lo || pos0 > prog_.pos_hi)
+            throw py::value_error("DecodeGraph: position " + std::to_string(pos0) + " outside " +
+                                  std::to_string(prog_.pos_lo) + ".." + std::to_string(prog_.pos_hi) +
+                                  " (the KV cache bounds)");
+        const pe::MatmulKernels* mk;
+        try {
+            mk = &pe::select_variant("auto");
+        } catch (const std::invalid_argument& e) {
+            throw py::value_error(e.what());
+        }
+        py::array out = output_;
+        if (copy) out = py::array(output_.dtype(), std::vector<py::ssize_t>(output_.shape(), output_.shape() + output_.ndim()));
+        {
+            py::gil_scoped_release nogil;
+            std::lock_guard<std::mutex> lock(mutex_);
+            prog_.run((int32_t)token, pos0, *mk);
+            if (copy) std::memcpy(out.mutable_data(), output_.data(), (size_t)output_.nbytes());
+        }
+        return std::move(out);
+    }
+
+    size_t n_nodes() const { return prog_.nodes.size(); }
+    py::tuple positions() const { return py::make_tuple(prog_.pos_lo, prog_.pos_hi); }
+    py::list ops() const {
+        py::list l;
+        for (const Node& nd : prog_.nodes) l.append(pe::graph::kind_name(nd.kind));
+        return l;
+    }
+
+private:
+    pe::graph::Program prog_;
+    std::vector<py::object> keep_;
+    py::array output_;
+    std::mutex mutex_;
+
+    void push(const Node& nd) { prog_.nodes.push_back(nd); }
+
+    float* fbuf(const py::array& a, const char* what, int64_t size, bool writable) {
+        if (!py::dtype::of<float>().equal(a.dtype())) bad(std::string(what) + ": expected float32");
+        if (!(a.flags() & py::array::c_style)) bad(std::string(what) + ": must be C-contiguous");
+        if (writable && !a.writeable()) bad(std::string(what) + ": is read-only");
+        if ((int64_t)a.size() != size || size <= 0)
+            bad(std::string(what) + ": expected " + std::to_string(size) + " values, got " + std::to_string(a.size()));
+        keep_.push_back(a);
+        return static_cast<float*>(const_cast<void*>(a.data()));
+    }
+
+    int64_t tokens(const py::array& x, int64_t cols, const char* what) {
+        if (x.ndim() != 2 || x.shape(1) != cols) bad(std::string(what) + ": expected (n, " + std::to_string(cols) + ")");
+        return x.shape(0);
+    }
+
+    void shape2(Node& nd, const py::array& a) {
+        if (a.ndim() != 2) bad("activations must be 2-D");
+        nd.n = a.shape(0);
+        nd.cols = a.shape(1);
+    }
+
+    void weight(Node& nd, const std::string& type, const py::array& w, int64_t rows, int64_t cols) {
+        if (!pe::wtype_from_name(type.c_str(), &nd.wt)) bad("unsupported weight type '" + type + "'");
+        if (!py::dtype::of<uint8_t>().equal(w.dtype()) || !(w.flags() & py::array::c_style))
+            bad("weights must be C-contiguous uint8");
+        const int64_t rb = pe::row_bytes(nd.wt, cols);
+        if (rows <= 0 || cols <= 0 || rb < 0 || (int64_t)w.nbytes() != rows * rb)
+            bad(type + " weight (" + std::to_string(rows) + ", " + std::to_string(cols) + ") has the wrong size");
+        keep_.push_back(w);
+        nd.w = static_cast<const uint8_t*>(w.data());
+        nd.w_rows = rows;
+        nd.cols = cols;
+    }
+
+    void norm(Node& nd, const py::array& x, const py::array& w, float eps) {
+        shape2(nd, x);
+        nd.a = fbuf(x, "norm x", nd.n * nd.cols, false);
+        nd.g = (int64_t)w.size();
+        nd.wv = fbuf(w, "norm weight", nd.g, false);
+        if (nd.cols % nd.g) bad("norm: x width is not a multiple of the weight length");
+        if (!(eps >= 0.0f)) bad("norm: eps must be >= 0");
+        nd.eps = eps;
+    }
+
+    // key panels (n_blocks, width, 64) and value rows (n_ctx, width); returns positions held
+    int64_t cache(Node& nd, const py::array& kt, const py::array& v, bool writable) {
+        if (kt.ndim() != 3 || kt.shape(2) != KB) bad("key panels must be (n_blocks, width, 64)");
+        if (v.ndim() != 2 || v.shape(1) != kt.shape(1)) bad("values must be (n_ctx, width)");
+        nd.width = kt.shape(1);
+        nd.kt = fbuf(kt, "key panels", kt.size(), writable);
+        nd.vc = fbuf(v, "values", v.size(), writable);
+        return std::min<int64_t>(kt.shape(0) * KB, v.shape(0));
+    }
+
+    // position p.at(pos0) must lie in [lo, hi]: narrows the accepted pos0 range
+    void bound(const Pos& p, int64_t lo, int64_t hi, const char* what) {
+        if (p.rel) {
+            prog_.pos_lo = std::max(prog_.pos_lo, lo - p.off);
+            prog_.pos_hi = std::min(prog_.pos_hi, hi - p.off);
+        } else if (p.off < lo || p.off > hi) {
+            bad(std::string(what) + ": fixed position " + std::to_string(p.off) + " outside the cache");
+        }
+    }
+};
+
+}  // namespace
+
+void bind_graph(py::module_& m) {
+    py::class_<DecodeGraph>(m, "DecodeGraph",
+                            "A decode step recorded op by op (pyengine/backends/cpu_graph.py) and replayed natively in\n"
+                            "one call. Build with the add_* methods (arrays are referenced, not copied), then\n"
+                            "step(token_id, pos0).")
+        .def(py::init<>())
+        .def("add_embed", &DecodeGraph::add_embed, py::arg("type_name"), py::arg("w"), py::arg("rows"), py::arg("cols"),
+             py::arg("out"), "out (1, cols) = row token_id of W (the step's input).")
+        .def("add_matmul", &DecodeGraph::add_matmul, py::arg("type_name"), py::arg("w"), py::arg("rows"),
+             py::arg("cols"), py::arg("x"), py::arg("out"))
+        .def("add_rmsnorm", &DecodeGraph::add_rmsnorm, py::arg("x"), py::arg("w"), py::arg("eps"), py::arg("out"))
+        .def("add_rmsnorm_add", &DecodeGraph::add_rmsnorm_add, py::arg("x"), py::arg("w"), py::arg("eps"),
+             py::arg("residual"), py::arg("out"))
+        .def("add_add_rmsnorm", &DecodeGraph::add_add_rmsnorm, py::arg("a"), py::arg("b"), py::arg("w"), py::arg("eps"),
+             py::arg("sum_out"), py::arg("norm_out"))
+        .def("add_rope", &DecodeGraph::add_rope, py::arg("x"), py::arg("out"), py::arg("n_heads"), py::arg("head_dim"),
+             py::arg("n_rot"), py::arg("neox"), py::arg("freq_base"), py::arg("pos_off"), py::arg("pos_rel"),
+             "Rope at position pos_off (+ pos0 when pos_rel); cos/sin computed once per step per (base, n_rot, pos).")
+        .def("add_kv_write", &DecodeGraph::add_kv_write, py::arg("k"), py::arg("v"), py::arg("k_panels"),
+             py::arg("v_cache"), py::arg("pos_off"), py::arg("pos_rel"))
+        .def("add_attention", &DecodeGraph::add_attention, py::arg("q"), py::arg("k_panels"), py::arg("v_cache"),
+             py::arg("out"), py::arg("pos_off"), py::arg("pos_rel"), py::arg("n_heads"), py::arg("n_kv_heads"),
+             py::arg("head_dim"), py::arg("scale"), py::arg("window"))
+        .def("add_elementwise", &DecodeGraph::add_elementwise, py::arg("op"), py::arg("a"), py::arg("b"), py::arg("out"),
+             "op: add, silu_mul or gelu_mul.")
+        .def("add_scale", &DecodeGraph::add_scale, py::arg("x"), py::arg("s"), py::arg("out"))
+        .def("set_output", &DecodeGraph::set_output, py::arg("logits"))
+        .def("step", &DecodeGraph::step, py::arg("token_id"), py::arg("pos0"), py::arg("copy") = true,
+             "Run the recorded step for token_id at position pos0 (GIL released) and return the logits.\n"
+             "copy=True: a new array. copy=False: the graph's own output buffer, overwritten by the next step.")
+        .def_property_readonly("n_nodes", &DecodeGraph::n_nodes)
+        .def_property_readonly("positions", &DecodeGraph::positions, "(lowest, highest) pos0 a step accepts.")
+        .def("ops", &DecodeGraph::ops, "Node kinds in execution order.");
+}

@@ -1,0 +1,101 @@
+// A recorded decode step, replayed natively in one call (pyengine._C.DecodeGraph).
+//
+// pyengine/backends/cpu_graph.py runs a model's forward pass once for one token with a
+// recording backend; every op it sees becomes a Node here, holding raw pointers to
+// buffers that Python allocated once and keeps alive (activations, the KV cache, the
+// memory-mapped GGUF weights). Program::run(token, pos0) then executes the whole list
+// with no Python, no allocation and no argument parsing: each node calls the same
+// kernel entry point the corresponding pyengine._C op calls (csrc/cpu_ops.h,
+// csrc/dispatch.h), so a replayed step is bit-for-bit the op-by-op step.
+//
+// Positions: a node's position is either fixed or pos0 + offset (Pos::rel), which is
+// what makes one recording valid at every position. The token id is the embedding
+// lookup's row. Everything else is a constant of the recording.
+#pragma once
+
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "dispatch.h"
+#include "quants.h"
+
+namespace pybind11 {
+class module_;
+}
+void bind_graph(pybind11::module_& m);  // csrc/graph.cpp: registers _C.DecodeGraph
+
+namespace pe {
+namespace graph {
+
+enum class Kind : uint8_t {
+    Embed,       // out (1, cols) = row `token` of W
+    Matmul,      // out (n, rows) = a (n, cols) @ W.T
+    RmsNorm,     // out = rmsnorm(a) * wv, groups of g
+    RmsNormAdd,  // out = b + rmsnorm(a) * wv
+    AddRmsNorm,  // out = a + b; out2 = rmsnorm(out) * wv
+    Rope,        // out = rope(a) at one position
+    KvWrite,     // key panels kt <- a at pos; value rows vc <- b at pos
+    Attention,   // out = attention of a (one token) over kt / vc up to pos
+    Add,         // out = a + b
+    SiluMul,     // out = silu(a) * b
+    GeluMul,     // out = gelu_tanh(a) * b
+    Scale,       // out = a * s
+};
+
+const char* kind_name(Kind k);
+
+struct Pos {
+    int64_t off = 0;
+    bool rel = false;  // pos0 + off, else off
+    int64_t at(int64_t pos0) const { return rel ? pos0 + off : off; }
+};
+
+struct Node {
+    Kind kind;
+    const float* a = nullptr;
+    const float* b = nullptr;
+    float* out = nullptr;
+    float* out2 = nullptr;
+    int64_t n = 0;     // tokens (rows of a / out)
+    int64_t cols = 0;  // width of a (or of out for Embed)
+    // weights: GGUF bytes (Embed, Matmul) or a float vector (norms)
+    WType wt = WType::F32;
+    const uint8_t* w = nullptr;
+    int64_t w_rows = 0;
+    const float* wv = nullptr;
+    int64_t g = 0;  // norm group length (len(wv))
+    float eps = 0.0f, s = 0.0f;
+    // rope
+    int n_heads = 0, head_dim = 0, n_rot = 0, table = -1;
+    bool neox = false;
+    // KV cache and attention
+    float* kt = nullptr;  // key panels (n_blocks, width, 64)
+    float* vc = nullptr;  // values (n_ctx, width)
+    int64_t width = 0;
+    int n_kv_heads = 0, window = 0;
+    Pos pos;
+};
+
+// cos/sin of one position for one (base, n_rot): shared by every rope node that asks
+struct RopeTable {
+    double base = 0.0;
+    int n_rot = 0;
+    Pos pos;
+    std::vector<float> cos, sin;
+};
+
+struct Program {
+    std::vector<Node> nodes;
+    std::vector<RopeTable> tables;
+    // pos0 values every node accepts (KV cache bounds), and the embedding rows
+    int64_t pos_lo = std::numeric_limits<int64_t>::min();
+    int64_t pos_hi = std::numeric_limits<int64_t>::max();
+    int64_t n_tokens = std::numeric_limits<int64_t>::max();
+
+    // Bounds checked by the caller (pos_lo <= pos0 <= pos_hi, 0 <= token < n_tokens).
+    void run(int32_t token, int64_t pos0, const MatmulKernels& mk);
+};
+
+}  // namespace graph
+}  // namespace pe

@@ -1,0 +1,375 @@
+"""A decode step for the native CPU backend, traced once in Python and replayed natively.
+
+The architectures stay written once, in terms of backend ops (``pyengine/models``). To
+take Python out of the token loop, :func:`build_decode_step` runs the model's forward
+pass for a single token through :class:`Recorder`, a backend that executes every op
+on the real :class:`~pyengine.backends.cpu_backend.CpuBackend` and writes it down: op,
+input and output buffers, weights, scalar parameters. The outputs the ops allocate
+become the step's persistent buffers. The tape is then handed to
+``pyengine._C.DecodeGraph`` (csrc/graph.cpp), which replays the whole step in one call
+with the GIL released, calling the same kernel entry points as the ops themselves: the
+replay is bit-for-bit the op-by-op step.
+
+What makes one recording valid for every token and position:
+
+- buffers are identified by their data pointer, so a view of a recorded buffer (the
+  ``x[n-1:n]`` of ``last_only`` is the whole buffer when n == 1) is that buffer;
+- the forward pass is traced **twice**, for two different tokens at two different
+  positions. The two tapes must agree op for op; the embedding row must be the step's
+  token in both; every position argument (rope positions, KV write position,
+  attention ``pos0``) must either be the same in both (a fixed position) or move with
+  ``pos0`` (recorded as ``pos0 + offset``). Anything else is refused;
+- anything the recorder cannot replay is refused: an op it does not know, an op input
+  that no recorded op produced (NumPy arithmetic between ops), a buffer changed behind
+  the backend's back, broadcasting, a weight type without a native kernel for the
+  embedding. Refusal means :func:`build_decode_step` returns ``None`` and the engine
+  keeps running ``forward`` op by op: never a silently wrong step.
+
+The traces write real keys and values into the cache (at the two trace positions);
+the recorder saves whatever it overwrites and puts it back afterwards.
+
+Contract of the returned step (``DecodeGraph.step``): ``step(token_id, pos0,
+copy=True)``; it writes the KV cache exactly as ``forward(ops, [token_id], pos0, cache,
+True)`` would and returns the logits ``(1, n_vocab)``. With ``copy=True`` (the
+default) they are a new array; with ``copy=False`` they are the graph's own output
+buffer, **overwritten by the next step** (for a caller that consumes them at once,
+e.g. sampling).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+import numpy as np
+
+from .. import _C
+from ..tensor import QTensor
+from .base import Backend, KVCache
+from .cpu_backend import CpuBackend, native_type
+
+log = logging.getLogger(__name__)
+
+_F32 = np.dtype(np.float32)
+
+#: set (to anything but "" / "0") to disable the replayed step (the engine then runs op by op)
+DISABLE_ENV = "PYENGINE_NO_GRAPH"
+
+
+class Unsupported(Exception):
+    """The traced forward pass does something the replay cannot reproduce."""
+
+
+def _ptr(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
+class _Rec:
+    """One op of the tape."""
+
+    __slots__ = ("kind", "args", "ins", "outs", "weights", "const", "pos", "token")
+
+    def __init__(self, kind, args, ins, outs, weights=(), const=(), pos=(), token=None):
+        self.kind = kind          # op name
+        self.args = args          # dict: what DecodeGraph.add_<kind> needs (arrays as the op saw them)
+        self.ins = ins            # buffer indices read
+        self.outs = outs          # buffer indices written
+        self.weights = weights    # identities of the weight arrays (compared between traces)
+        self.const = const        # scalar parameters that must not change between traces
+        self.pos = pos            # position arguments, as seen in this trace
+        self.token = token        # the embedding row (embed only)
+
+    def structure(self):
+        return (self.kind, self.ins, self.outs, self.weights, self.const)
+
+
+class Recorder(Backend):
+    """Runs each op on ``inner`` and records it (see the module doc)."""
+
+    name = "cpu-trace"
+
+    def __init__(self, inner: CpuBackend, cache: KVCache):
+        self.inner = inner
+        self.cache = cache
+        self.tape: list[_Rec] = []
+        self.bufs: list[np.ndarray] = []      # every op output, kept alive (so pointers stay unique)
+        self.snaps: list[np.ndarray] = []     # their contents right after the op wrote them
+        self.by_ptr: dict[int, int] = {}
+        self.saved: list = []                 # KV cache contents the trace overwrote
+
+    # -- buffers ---------------------------------------------------------------
+    def _in(self, x) -> int:
+        if not isinstance(x, np.ndarray) or x.dtype != _F32:
+            raise Unsupported(f"an op input of type {type(x).__name__} / {getattr(x, 'dtype', None)}")
+        i = self.by_ptr.get(_ptr(x))
+        if i is None:
+            raise Unsupported("an op input that no recorded op produced (arithmetic outside the backend?)")
+        b = self.bufs[i]
+        if x.size != b.size or not x.flags.c_contiguous:
+            raise Unsupported(f"a partial or strided view {x.shape} of a recorded buffer {b.shape}")
+        if not np.array_equal(b.reshape(-1).view(np.uint32), self.snaps[i]):
+            raise Unsupported("a recorded buffer was modified outside the backend")
+        return i
+
+    def _out(self, a) -> int:
+        if not isinstance(a, np.ndarray) or a.dtype != _F32 or not a.flags.c_contiguous or a.size == 0:
+            raise Unsupported("an op result that is not a fresh contiguous float32 array")
+        p = _ptr(a)
+        if p in self.by_ptr:
+            raise Unsupported("an op returned an existing buffer")
+        self.by_ptr[p] = len(self.bufs)
+        self.bufs.append(a)
+        self.snaps.append(a.reshape(-1).view(np.uint32).copy())
+        return len(self.bufs) - 1
+
+    def _rec(self, kind, args, ins, outs, **kw) -> None:
+        self.tape.append(_Rec(kind, args, tuple(ins), tuple(outs), **kw))
+
+    def _cache(self, cache, layer) -> int:
+        if cache is not self.cache:
+            raise Unsupported("a KV cache other than the step's")
+        layer = int(layer)
+        if not 0 <= layer < len(cache.k):
+            raise Unsupported(f"KV cache layer {layer} out of range")
+        return layer
+
+    @staticmethod
+    def _position(p) -> int:
+        v = float(p)
+        if v != math.floor(v):
+            raise Unsupported(f"a non-integer position {p}")
+        return int(v)
+
+    # -- ops ---------------------------------------------------------------------
+    def embed(self, w: QTensor, ids):
+        ids = np.asarray(ids).reshape(-1)
+        if ids.size != 1:
+            raise Unsupported(f"an embedding lookup of {ids.size} rows")
+        if not native_type(w.type_name):
+            raise Unsupported(f"embedding of type {w.type_name} (no native kernel)")
+        out = self.inner.embed(w, ids)
+        o = self._out(out)
+        self._rec("embed", dict(type_name=w.type_name, w=w.raw, rows=w.rows, cols=w.cols, out=out), (), (o,),
+                  weights=(id(w.raw),), token=int(ids[0]))
+        return out
+
+    def matmul(self, w: QTensor, x):
+        i = self._in(x)
+        out = self.inner.matmul(w, x)
+        if native_type(w.type_name):
+            type_name, raw = w.type_name, w.raw
+        else:  # the backend's F32 copy, made by the call above
+            type_name, raw = "F32", w.cache["cpu_f32_raw"]
+        o = self._out(out)
+        self._rec("matmul", dict(type_name=type_name, w=raw, rows=w.rows, cols=w.cols, x=x, out=out), (i,), (o,),
+                  weights=(id(raw),))
+        return out
+
+    def rmsnorm(self, x, w: QTensor, eps):
+        i = self._in(x)
+        out = self.inner.rmsnorm(x, w, eps)
+        vec = self.inner._vector(w)
+        o = self._out(out)
+        self._rec("rmsnorm", dict(x=x, w=vec, eps=float(eps), out=out), (i,), (o,), weights=(id(vec),),
+                  const=(float(eps),))
+        return out
+
+    def rmsnorm_add(self, x, w: QTensor, eps, residual):
+        i, r = self._in(x), self._in(residual)
+        out = self.inner.rmsnorm_add(x, w, eps, residual)
+        vec = self.inner._vector(w)
+        o = self._out(out)
+        self._rec("rmsnorm_add", dict(x=x, w=vec, eps=float(eps), residual=residual, out=out), (i, r), (o,),
+                  weights=(id(vec),), const=(float(eps),))
+        return out
+
+    def add_rmsnorm(self, a, b, w: QTensor, eps):
+        ia, ib = self._in(a), self._in(b)
+        if a.shape != b.shape:
+            raise Unsupported("add_rmsnorm of different shapes")
+        s, nrm = self.inner.add_rmsnorm(a, b, w, eps)
+        vec = self.inner._vector(w)
+        os_, on = self._out(s), self._out(nrm)
+        self._rec("add_rmsnorm", dict(a=a, b=b, w=vec, eps=float(eps), sum_out=s, norm_out=nrm), (ia, ib),
+                  (os_, on), weights=(id(vec),), const=(float(eps),))
+        return s, nrm
+
+    def _binary(self, kind, a, b):
+        ia, ib = self._in(a), self._in(b)
+        if a.shape != b.shape:
+            raise Unsupported(f"{kind} of shapes {a.shape} and {b.shape} (broadcasting)")
+        out = getattr(self.inner, kind)(a, b)
+        o = self._out(out)
+        self._rec("elementwise", dict(op=kind, a=a, b=b, out=out), (ia, ib), (o,), const=(kind,))
+        return out
+
+    def add(self, a, b):
+        return self._binary("add", a, b)
+
+    def silu_mul(self, gate, up):
+        return self._binary("silu_mul", gate, up)
+
+    def gelu_mul(self, gate, up):
+        return self._binary("gelu_mul", gate, up)
+
+    def scale(self, x, s):
+        i = self._in(x)
+        out = self.inner.scale(x, s)
+        s32 = float(np.float32(s))  # what the backend hands the kernel
+        o = self._out(out)
+        self._rec("scale", dict(x=x, s=s32, out=out), (i,), (o,), const=(s32,))
+        return out
+
+    def rope(self, x, positions, n_heads, head_dim, freq_base, neox, n_rot=None):
+        i = self._in(x)
+        positions = np.asarray(positions).reshape(-1)
+        if positions.size != 1 or x.shape[0] != 1:
+            raise Unsupported(f"rope of {x.shape[0]} rows at {positions.size} positions")
+        p = self._position(positions[0])
+        n_rot = int(head_dim) if n_rot is None else int(n_rot)
+        out = self.inner.rope(x, positions, n_heads, head_dim, freq_base, neox, n_rot)
+        o = self._out(out)
+        const = (int(n_heads), int(head_dim), n_rot, bool(neox), float(freq_base))
+        self._rec("rope", dict(x=x, out=out, n_heads=const[0], head_dim=const[1], n_rot=n_rot, neox=const[3],
+                               freq_base=const[4]), (i,), (o,), const=const, pos=(p,))
+        return out
+
+    def kv_write(self, cache, layer, pos0, k, v) -> None:
+        layer = self._cache(cache, layer)
+        ik, iv = self._in(k), self._in(v)
+        if k.shape[0] != 1 or v.shape[0] != 1:
+            raise Unsupported(f"a KV write of {k.shape[0]} rows")
+        p = self._position(pos0)
+        kt, vc = cache.k[layer], cache.v[layer]
+        blk = kt.shape[-1]
+        if 0 <= p < vc.shape[0] and p < kt.shape[0] * blk:  # else the backend raises below
+            self.saved.append((layer, p, kt[p // blk, :, p % blk].copy(), vc[p].copy()))
+        self.inner.kv_write(cache, layer, p, k, v)
+        self._rec("kv_write", dict(k=k, v=v, k_panels=kt, v_cache=vc), (ik, iv), (), const=(layer,), pos=(p,))
+
+    def attention(self, q, cache, layer, pos0, n_heads, n_kv_heads, head_dim, scale, window=0):
+        layer = self._cache(cache, layer)
+        i = self._in(q)
+        if q.shape[0] != 1:
+            raise Unsupported(f"attention of {q.shape[0]} rows")
+        p = self._position(pos0)
+        out = self.inner.attention(q, cache, layer, p, n_heads, n_kv_heads, head_dim, scale, window)
+        o = self._out(out)
+        const = (layer, int(n_heads), int(n_kv_heads), int(head_dim), float(scale), int(window or 0))
+        self._rec("attention", dict(q=q, k_panels=cache.k[layer], v_cache=cache.v[layer], out=out,
+                                    n_heads=const[1], n_kv_heads=const[2], head_dim=const[3], scale=const[4],
+                                    window=const[5]), (i,), (o,), const=const, pos=(p,))
+        return out
+
+    # -- everything else -----------------------------------------------------------
+    def from_numpy(self, x):  # a constant made in Python: fine until an op reads it (refused there)
+        return self.inner.from_numpy(x)
+
+    def to_numpy(self, x):
+        return x
+
+    def kv_cache(self, *a, **k):
+        raise Unsupported("kv_cache inside a forward pass")
+
+    def prepare(self, *a, **k):
+        raise Unsupported("prepare inside a forward pass")
+
+    def make_decode_step(self, *a, **k):
+        raise Unsupported("make_decode_step inside a forward pass")
+
+    def __getattr__(self, name):
+        attr = getattr(self.inner, name)  # AttributeError for what the backend lacks too
+        if callable(attr):
+            def refuse(*a, **k):
+                raise Unsupported(f"op {name!r} is not recorded")
+            return refuse
+        return attr
+
+    def restore_cache(self) -> None:
+        """Put back the KV cache contents the trace overwrote (latest first)."""
+        for layer, p, k, v in reversed(self.saved):
+            kt = self.cache.k[layer]
+            blk = kt.shape[-1]
+            kt[p // blk, :, p % blk] = k
+            self.cache.v[layer][p] = v
+        self.saved.clear()
+
+
+def _trace(inner: CpuBackend, forward, cache: KVCache, token: int, pos0: int):
+    rec = Recorder(inner, cache)
+    try:
+        out = forward(rec, np.array([token], dtype=np.int32), pos0, cache, True)
+        o = rec._in(out)
+        if out.ndim != 2 or out.shape[0] != 1:
+            raise Unsupported(f"forward returned shape {out.shape}, expected (1, n_vocab)")
+    finally:
+        rec.restore_cache()
+    return rec, o, out
+
+
+def _positions(a: _Rec, b: _Rec, pa: int, pb: int) -> list[tuple[int, bool]]:
+    """(offset, relative) of each position argument, from the same op in two traces."""
+    res = []
+    for x, y in zip(a.pos, b.pos):
+        if x == y:
+            res.append((x, False))          # a fixed position
+        elif x - pa == y - pb:
+            res.append((x - pa, True))      # pos0 + offset
+        else:
+            raise Unsupported(f"{a.kind}: position {x} at pos0={pa} but {y} at pos0={pb}")
+    return res
+
+
+def trace_decode_step(inner: CpuBackend, forward, cache: KVCache):
+    """Trace ``forward`` twice and check the tapes agree; returns (tape, positions, output array).
+
+    Raises :class:`Unsupported` when the step cannot be replayed.
+    """
+    n_ctx = int(cache.n_ctx)
+    if n_ctx < 2:
+        raise Unsupported("a KV cache of fewer than 2 positions")
+    # two different tokens at two positions far apart (see the module doc)
+    (ta, pa), (tb, pb) = (1, n_ctx // 2), (2, n_ctx - 1)
+    ra, oa, out = _trace(inner, forward, cache, ta, pa)
+    rb, ob, _ = _trace(inner, forward, cache, tb, pb)
+    if len(ra.tape) != len(rb.tape) or oa != ob:
+        raise Unsupported("the forward pass differs between two traced tokens")
+    if [b.shape for b in ra.bufs] != [b.shape for b in rb.bufs]:
+        raise Unsupported("buffer shapes differ between two traced tokens")
+    positions = []
+    for a, b in zip(ra.tape, rb.tape):
+        if a.structure() != b.structure():
+            raise Unsupported(f"op {a.kind} differs between two traced tokens")
+        if a.kind == "embed" and (a.token, b.token) != (ta, tb):
+            raise Unsupported("an embedding lookup of something other than the step's token")
+        positions.append(_positions(a, b, pa, pb))
+    return ra.tape, positions, out
+
+
+def build_graph(tape, positions, out):
+    g = _C.DecodeGraph()
+    for rec, pos in zip(tape, positions):
+        args = dict(rec.args)
+        if pos:
+            (off, rel), = pos
+            args.update(pos_off=off, pos_rel=rel)
+        getattr(g, "add_" + rec.kind)(**args)
+    g.set_output(out)
+    return g
+
+
+def build_decode_step(inner: CpuBackend, forward, cache: KVCache):
+    """``DecodeGraph.step`` for ``forward`` on ``cache``, or ``None`` when it cannot be replayed."""
+    if os.environ.get(DISABLE_ENV, "") not in ("", "0") or not hasattr(_C, "DecodeGraph"):
+        return None
+    try:
+        tape, positions, out = trace_decode_step(inner, forward, cache)
+        graph = build_graph(tape, positions, out)
+    except Unsupported as e:
+        log.info("decode step runs op by op: %s", e)
+        return None
+    except Exception as e:  # a forward pass that fails at the trace positions: let op by op report it
+        log.warning("decode step runs op by op: tracing failed (%s: %s)", type(e).__name__, e)
+        return None
+    log.debug("decode step replayed natively: %d ops", graph.n_nodes)
+    return graph.step
