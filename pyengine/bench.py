@@ -167,20 +167,27 @@ def _numpy_threaded_sum(a: np.ndarray, threads: int) -> int:
     return sum(out)
 
 
+def probe_buffer(size_bytes: int) -> np.ndarray:
+    """The probe's buffer: ``size_bytes`` of uint64 ones, every page touched."""
+    buf = np.empty(max(1, int(size_bytes) // 8), dtype=np.uint64)
+    buf[:] = 1
+    return buf
+
+
 def measure_bandwidth(size_bytes: int = 1 << 30, threads: int | None = None, repeats: int = 5,
-                      thread_counts: Sequence[int] | None = None) -> dict:
+                      thread_counts: Sequence[int] | None = None, buffer: np.ndarray | None = None) -> dict:
     """Streaming read bandwidth in GB/s (1e9 bytes/s), best of ``repeats`` passes.
 
     Sums a ``size_bytes`` buffer viewed as uint64 in a numba ``prange`` loop (NumPy
     reductions in threads without numba). The buffer should be much larger than the
     last-level cache (the default 1 GiB is); small sizes are for tests only.
     Returns ``{"gbps": {threads: GB/s}, "gbps_1", "gbps_all", "threads", ...}``.
+    ``buffer``: a uint64 array of ones to reuse (see :func:`probe_buffer`) for repeated probes.
     """
     threads = int(threads or n_cores())
     counts = sorted(set(thread_counts or (1, threads)))
-    n = max(1, int(size_bytes) // 8)
-    buf = np.empty(n, dtype=np.uint64)
-    buf[:] = 1  # touch every page before timing
+    buf = probe_buffer(size_bytes) if buffer is None else buffer
+    n = buf.size
     try:
         import numba
 
@@ -529,7 +536,8 @@ def bench_case(type_name: str, rows: int, cols: int, n: int, kernels: Sequence[K
 
 
 def format_result(r: KernelResult) -> str:
-    head = f"{r.type:<5} {r.rows}x{r.cols} n={r.n:<3} {r.kernel:<14}"
+    shape = f"{r.rows}x{r.cols}"
+    head = f"{r.type:<5} {shape:<11} n={r.n:<3} {r.kernel:<11}"
     if r.status != "ok":
         return f"{head} {r.status.upper()}: {r.message}"
     s = f"{head} {r.ms:9.3f} ms {r.gbps:7.1f} GB/s"
@@ -558,7 +566,7 @@ def plot_kernels(results: list[dict], bw: dict | None, threads: int, path: str |
     bwv = bandwidth_at(bw, threads)
     labels = list(dict.fromkeys(r["kernel"] for r in ok))
     colors = {lab: plt.cm.tab10(i % 10) for i, lab in enumerate(labels)}
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(16, 6.5), gridspec_kw={"width_ratios": [1.6, 1]})
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(16, 8), gridspec_kw={"width_ratios": [1.6, 1]})
     mv = [r for r in ok if r["n"] == 1]
     cases = list(dict.fromkeys((r["type"], r["rows"], r["cols"]) for r in mv))
     width = 0.8 / max(1, len(labels))
@@ -574,11 +582,11 @@ def plot_kernels(results: list[dict], bw: dict | None, threads: int, path: str |
         a1.axhline(bwv, color="k", ls="--", lw=1.2, label=f"measured read bandwidth {bwv:.1f} GB/s ({threads} thr)")
         a1.axhline(0.8 * bwv, color="k", ls=":", lw=1, label="80% of it (Q4_K/Q6_K target)")
     a1.set_xticks(range(len(cases)))
-    a1.set_xticklabels([f"{t}\n{r}x{c}" for t, r, c in cases], fontsize=7)
+    a1.set_xticklabels([f"{t} {r}x{c}" for t, r, c in cases], fontsize=7, rotation=35, ha="right")
     a1.set_yscale("log")
     a1.set_ylabel("effective GB/s of weight bytes (log)")
     a1.set_title("matrix-vector (n=1): weight streaming speed")
-    a1.legend(fontsize=7, loc="lower right")
+    a1.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=4)
     for r in ok:
         ai = 2.0 * r["rows"] * r["cols"] * r["n"] / r["weight_bytes"]
         a2.scatter(ai, r["gflops"], color=colors[r["kernel"]], marker="o" if r["n"] == 1 else "s", s=22)
@@ -604,11 +612,14 @@ def run_kernel_bench(types: Sequence[str] | None = None, shapes: Sequence[tuple[
                      variants: Sequence[str] | None = None, threads: int | None = None, seed: int = 0,
                      bw: dict | None = None, bw_bytes: int = 1 << 30, cold: bool = True, min_time: float = 0.25,
                      model_cases: bool | None = None, log: Callable[[str], None] | None = print,
-                     kernels_for: Callable[[str], list[Kernel]] | None = None, stat: str = "median") -> dict:
+                     kernels_for: Callable[[str], list[Kernel]] | None = None, stat: str = "median",
+                     reprobe: bool = True) -> dict:
     """The kernel benchmark; returns a JSON-ready dict (``results`` holds one entry per kernel and case).
 
     ``types`` x ``shapes`` are crossed; with neither given, the default types on the
     generic Llama shapes plus the real models' (type, shape) cases are run.
+    ``reprobe``: probe bandwidth again (3 passes) before each (type, shape) and give
+    that case's %-of-bandwidth against it (the figure each result records).
     """
     threads = set_threads(threads)
     if types is not None:
@@ -630,6 +641,7 @@ def run_kernel_bench(types: Sequence[str] | None = None, shapes: Sequence[tuple[
             log(f"measuring memory read bandwidth ({bw_bytes / 2**30:.2g} GiB buffer) ...")
         bw = measure_bandwidth(bw_bytes, threads)
     bwv = bandwidth_at(bw, threads) if bw else None
+    pbuf = probe_buffer(bw_bytes) if (reprobe and bw_bytes > 0) else None
     info = machine_info()
     if log:
         log(f"{info['cpu']}, {info['cores']} cores; {threads} threads; "
@@ -637,16 +649,28 @@ def run_kernel_bench(types: Sequence[str] | None = None, shapes: Sequence[tuple[
         log(format_bandwidth(bw))
     rng = np.random.default_rng(seed)
     results: list[KernelResult] = []
+    local_bw = []
     for tn, r, c in cases:
         ks = kernels_for(tn) if kernels_for else collect_kernels(tn, backends, variants)
+        case_bw = bwv
+        if pbuf is not None:
+            # the VM's share of the memory bus drifts: probe again right before each case
+            # and compare the case's kernels with that figure
+            case_bw = bandwidth_at(measure_bandwidth(threads=threads, repeats=3, thread_counts=[threads],
+                                                     buffer=pbuf), threads)
+            local_bw.append(case_bw)
         for n in batch:
-            rs = bench_case(tn, r, c, n, ks, bwv, rng, cold=cold, min_time=min_time, log=log, stat=stat)
+            rs = bench_case(tn, r, c, n, ks, case_bw, rng, cold=cold, min_time=min_time, log=log, stat=stat)
             results += rs
             if log:
                 for x in rs:
                     log(format_result(x))
+    del pbuf
+    if local_bw and log:
+        log(f"bandwidth probed before each case: {min(local_bw):.1f} .. {max(local_bw):.1f} GB/s "
+            f"(median {statistics.median(local_bw):.1f}); each % above is against its case's probe")
     return {"kind": "kernels", "machine": info, "threads": threads, "bandwidth": bw,
-            "nmse_max": NMSE_MAX, "cold": cold, "stat": stat, "results": [asdict(x) for x in results]}
+            "case_bandwidth_gbps": local_bw, "nmse_max": NMSE_MAX, "cold": cold, "stat": stat, "results": [asdict(x) for x in results]}
 
 
 def _known_types() -> list[str]:
@@ -1200,6 +1224,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                                                  ">1 = matrix-matrix (prompt); default 1,64")
     k.add_argument("--variants", default=None, help="native variants to include, e.g. avx2,avx512 (default: all "
                                                     "this CPU runs)")
+    k.add_argument("--no-reprobe", action="store_true",
+                   help="compare every case with the one bandwidth figure probed at the start (default: "
+                        "probe again, 3 passes, right before each weight type/shape: the memory bus of a "
+                        "shared VM drifts)")
     k.add_argument("--hot", action="store_true",
                    help="reuse one weight copy so it may sit in cache (default: rotate copies over 256 MB "
                         "so every call streams weights from DRAM, as in a real model)")
@@ -1250,7 +1278,7 @@ def cmd_kernels(args) -> int:
         backends=parse_list(args.backend, "backend") if args.backend else None,
         variants=parse_list(args.variants, "variant") if args.variants else None,
         threads=args.threads, seed=args.seed, bw_bytes=int(args.bw_size * 2**30), cold=not args.hot,
-        min_time=args.min_time, log=log, stat=args.stat)
+        min_time=args.min_time, log=log, stat=args.stat, reprobe=not args.no_reprobe)
     if args.json:
         _write_json(args, res)
     if args.plot:
