@@ -9,6 +9,7 @@
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <mutex>
 #include <string>
@@ -39,13 +40,15 @@ const char* kind_name(Kind k) {
     return "?";
 }
 
-void Program::run(int32_t token, int64_t pos0, const MatmulKernels& mk) {
+void Program::run(int32_t token, int64_t pos0, const MatmulKernels& mk, double* ns) {
     for (RopeTable& t : tables) {
         const double p = (double)t.pos.at(pos0);
         cpu::rope_table(&p, 1, t.base, t.n_rot, t.cos.data(), t.sin.data());
     }
     constexpr int KB = pyengine::ops::kAttnKeyBlock;
-    for (const Node& nd : nodes) {
+    auto t0 = std::chrono::steady_clock::now();
+    for (size_t i = 0; i < nodes.size(); ++i) {
+        const Node& nd = nodes[i];
         switch (nd.kind) {
             case Kind::Embed:
                 get_rows(nd.wt, nd.w, nd.w_rows, nd.cols, &token, 1, nd.out);
@@ -107,6 +110,11 @@ void Program::run(int32_t token, int64_t pos0, const MatmulKernels& mk) {
             case Kind::Scale:
                 cpu::scale(nd.a, nd.s, nd.out, nd.n * nd.cols);
                 break;
+        }
+        if (ns) {
+            const auto t1 = std::chrono::steady_clock::now();
+            ns[i] += std::chrono::duration<double, std::nano>(t1 - t0).count();
+            t0 = t1;
         }
     }
 }
@@ -294,6 +302,21 @@ public:
         return std::move(out);
     }
 
+    // Per-node wall time (ns) of `reps` steps at pos0 (summed), for finding where a step goes.
+    py::list profile(int64_t token, int64_t pos0, int reps) {
+        step(token, pos0, false);  // checks the arguments, warms up
+        std::vector<double> ns(prog_.nodes.size(), 0.0);
+        {
+            const pe::MatmulKernels& mk = pe::select_variant("auto");
+            py::gil_scoped_release nogil;
+            std::lock_guard<std::mutex> lock(mutex_);
+            for (int r = 0; r < reps; ++r) prog_.run((int32_t)token, pos0, mk, ns.data());
+        }
+        py::list l;
+        for (size_t i = 0; i < ns.size(); ++i) l.append(py::make_tuple(pe::graph::kind_name(prog_.nodes[i].kind), ns[i]));
+        return l;
+    }
+
     size_t n_nodes() const { return prog_.nodes.size(); }
     py::tuple positions() const { return py::make_tuple(prog_.pos_lo, prog_.pos_hi); }
     py::list ops() const {
@@ -407,6 +430,8 @@ void bind_graph(py::module_& m) {
         .def("step", &DecodeGraph::step, py::arg("token_id"), py::arg("pos0"), py::arg("copy") = true,
              "Run the recorded step for token_id at position pos0 (GIL released) and return the logits.\n"
              "copy=True: a new array. copy=False: the graph's own output buffer, overwritten by the next step.")
+        .def("profile", &DecodeGraph::profile, py::arg("token_id"), py::arg("pos0"), py::arg("reps") = 1,
+             "[(kind, ns)] per node: wall time summed over `reps` steps at pos0 (writes the KV cache there).")
         .def_property_readonly("n_nodes", &DecodeGraph::n_nodes)
         .def_property_readonly("positions", &DecodeGraph::positions, "(lowest, highest) pos0 a step accepts.")
         .def("ops", &DecodeGraph::ops, "Node kinds in execution order.");

@@ -94,7 +94,8 @@ struct Program {
     int64_t n_tokens = std::numeric_limits<int64_t>::max();
 
     // Bounds checked by the caller (pos_lo <= pos0 <= pos_hi, 0 <= token < n_tokens).
-    void run(int32_t token, int64_t pos0, const MatmulKernels& mk);
+    // With ns (nodes.size() entries), each node's wall time is added to it.
+    void run(int32_t token, int64_t pos0, const MatmulKernels& mk, double* ns = nullptr);
 };
 
 }  // namespace graph

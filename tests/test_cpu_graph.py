@@ -111,6 +111,33 @@ def test_replay_at_arbitrary_positions_and_bounds(name):
 
 
 @pytest.mark.slow
+def test_replay_follows_the_kernel_variant_in_use(monkeypatch):
+    """The replay calls the kernels the ops would call now: every op and matmul tier, bit for bit."""
+    from pyengine import _C
+
+    m = model("smollm2-135m")
+    be = m.backend
+    ids = np.asarray(m.tokenize("Every tier", add_bos=True), np.int32)
+    ca, cb = m._new_cache(), m._new_cache()
+    step = be.make_decode_step(m.arch.forward, cb)  # built once, under the default tiers
+    variants = list(_C.ops_variants())
+    matmul_tiers = list(_C.kernel_variants())[::-1] + ["generic"] * len(variants)
+    prev = _C.ops_variant()
+    try:
+        for ov, mv in zip(variants, matmul_tiers):
+            _C.set_ops_variant(ov)
+            monkeypatch.setenv("PYENGINE_CPU_VARIANT", mv)
+            m.arch.forward(be, ids, 0, ca, True)
+            m.arch.forward(be, ids, 0, cb, True)
+            for pos, tok in enumerate([7, 99, 1234], start=len(ids)):
+                ref = m.arch.forward(be, np.array([tok], np.int32), pos, ca, True)
+                assert np.array_equal(step(tok, pos), ref), f"ops {ov}, matmul {mv}, position {pos}"
+            assert caches_equal(ca, cb)
+    finally:
+        _C.set_ops_variant(prev)
+
+
+@pytest.mark.slow
 def test_tracing_leaves_the_cache_as_it_was():
     m = model("smollm2-135m")
     c = m._new_cache()
