@@ -167,6 +167,22 @@ def test_copy_semantics_of_the_step():
     assert not np.array_equal(s2, v1)
 
 
+@pytest.mark.slow
+def test_profile_covers_every_node():
+    from pyengine.backends.cpu_graph import profile_by_kind
+
+    m = model("gemma3-270m")
+    c = m._new_cache()
+    step = m.backend.make_decode_step(m.arch.forward, c)
+    prof = profile_by_kind(step, 5, 3, reps=2)
+    graph = step.__self__
+    assert sum(n for n, _ in prof.values()) == graph.n_nodes
+    assert set(prof) == set(graph.ops())
+    cfg = m.config
+    assert prof["matmul"][0] == 7 * cfg.n_layers + 1 and prof["attention"][0] == cfg.n_layers
+    assert all(us > 0 for _, us in prof.values())
+
+
 # ------------------------------------------------------------------ refusals ----------
 
 class Proxy:

@@ -373,3 +373,17 @@ def build_decode_step(inner: CpuBackend, forward, cache: KVCache):
         return None
     log.debug("decode step replayed natively: %d ops", graph.n_nodes)
     return graph.step
+
+
+def profile_by_kind(step, token_id: int, pos0: int, reps: int = 10) -> dict[str, tuple[int, float]]:
+    """``{op kind: (nodes, microseconds per step)}`` of a replayed step, most expensive first.
+
+    ``step`` is what :func:`build_decode_step` returned. Runs ``reps`` steps at ``pos0``
+    (writing the KV cache there, as a step does).
+    """
+    agg: dict[str, list] = {}
+    for kind, ns in step.__self__.profile(int(token_id), int(pos0), int(reps)):
+        a = agg.setdefault(kind, [0, 0.0])
+        a[0] += 1
+        a[1] += ns / reps / 1e3
+    return {k: (n, us) for k, (n, us) in sorted(agg.items(), key=lambda kv: -kv[1][1])}
