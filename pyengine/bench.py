@@ -618,8 +618,8 @@ def run_kernel_bench(types: Sequence[str] | None = None, shapes: Sequence[tuple[
 
     ``types`` x ``shapes`` are crossed; with neither given, the default types on the
     generic Llama shapes plus the real models' (type, shape) cases are run.
-    ``reprobe``: probe bandwidth again (3 passes) before each (type, shape) and give
-    that case's %-of-bandwidth against it (the figure each result records).
+    ``reprobe``: probe bandwidth again (3 passes) before each (type, shape); every
+    %-of-bandwidth is against the best probe of the run (``reference_bandwidth_gbps``).
     """
     threads = set_threads(threads)
     if types is not None:
@@ -649,28 +649,36 @@ def run_kernel_bench(types: Sequence[str] | None = None, shapes: Sequence[tuple[
         log(format_bandwidth(bw))
     rng = np.random.default_rng(seed)
     results: list[KernelResult] = []
-    local_bw = []
+    probes = [bwv] if bwv else []
     for tn, r, c in cases:
         ks = kernels_for(tn) if kernels_for else collect_kernels(tn, backends, variants)
-        case_bw = bwv
         if pbuf is not None:
-            # the VM's share of the memory bus drifts: probe again right before each case
-            # and compare the case's kernels with that figure
-            case_bw = bandwidth_at(measure_bandwidth(threads=threads, repeats=3, thread_counts=[threads],
-                                                     buffer=pbuf), threads)
-            local_bw.append(case_bw)
+            # The VM's share of the memory bus drifts (18-35 GB/s within minutes here), and any
+            # one probe can be caught by a burst of outside traffic: probe again before each
+            # case, and compare every kernel with the best probe of the whole run.
+            probes.append(bandwidth_at(measure_bandwidth(threads=threads, repeats=3, thread_counts=[threads],
+                                                         buffer=pbuf), threads))
         for n in batch:
-            rs = bench_case(tn, r, c, n, ks, case_bw, rng, cold=cold, min_time=min_time, log=log, stat=stat)
+            rs = bench_case(tn, r, c, n, ks, None, rng, cold=cold, min_time=min_time, log=log, stat=stat)
             results += rs
             if log:
                 for x in rs:
                     log(format_result(x))
     del pbuf
-    if local_bw and log:
-        log(f"bandwidth probed before each case: {min(local_bw):.1f} .. {max(local_bw):.1f} GB/s "
-            f"(median {statistics.median(local_bw):.1f}); each % above is against its case's probe")
+    ref_bw = max(probes) if probes else None
+    for x in results:
+        if x.gbps is not None and ref_bw:
+            x.bandwidth_gbps = ref_bw
+            x.pct_bandwidth = 100.0 * x.gbps / ref_bw
+    if log and ref_bw:
+        log("")
+        log(f"=== against the best bandwidth probe of this run: {ref_bw:.1f} GB/s at {threads} threads "
+            f"({len(probes)} probes, {min(probes):.1f} .. {ref_bw:.1f}) ===")
+        for x in results:
+            log(format_result(x))
     return {"kind": "kernels", "machine": info, "threads": threads, "bandwidth": bw,
-            "case_bandwidth_gbps": local_bw, "nmse_max": NMSE_MAX, "cold": cold, "stat": stat, "results": [asdict(x) for x in results]}
+            "bandwidth_probes_gbps": probes, "reference_bandwidth_gbps": ref_bw, "nmse_max": NMSE_MAX,
+            "cold": cold, "stat": stat, "results": [asdict(x) for x in results]}
 
 
 def _known_types() -> list[str]:
@@ -970,7 +978,7 @@ class _OpTimer:
         return wrapped
 
 
-_NOT_OPS = {"prepare", "kv_cache", "name", "description"}
+_NOT_OPS = {"prepare", "kv_cache", "name", "description", "make_decode_step"}
 
 
 def python_share(model, n_steps: int = 8, seed: int = 1) -> dict:
@@ -984,7 +992,9 @@ def python_share(model, n_steps: int = 8, seed: int = 1) -> dict:
     is left is the model code, the engine, argument checks and dispatch, i.e. the
     Python interpreter's part; the wrapper's own ~0.2 us per call counts as Python.
     ``native`` is the same measured at the ``_C`` boundary (glue in the backend's
-    Python methods then counts as Python too); None if ``_C`` is not used.
+    Python methods then counts as Python too); None if ``_C`` is not used. A decode
+    step the backend compiled into one call (``Backend.make_decode_step``) counts as
+    one native op.
     """
     backend = model.backend
     t_ops = _OpTimer()
@@ -1010,6 +1020,11 @@ def python_share(model, n_steps: int = 8, seed: int = 1) -> dict:
     rng = np.random.default_rng(seed)
     try:
         model.prefill([int(rng.integers(model.n_vocab))])
+        step = getattr(model, "_step", None)
+        if callable(step):
+            # the backend compiled the whole decode step into one (native) call: it is an op
+            patched.append((model, "_step", step, True))
+            model._step = t_ops.wrap(t_nat.wrap(step))
         model.decode(int(rng.integers(model.n_vocab)))  # settle
         t_ops.seconds = t_nat.seconds = 0.0
         t_ops.calls = t_nat.calls = 0
@@ -1225,9 +1240,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     k.add_argument("--variants", default=None, help="native variants to include, e.g. avx2,avx512 (default: all "
                                                     "this CPU runs)")
     k.add_argument("--no-reprobe", action="store_true",
-                   help="compare every case with the one bandwidth figure probed at the start (default: "
-                        "probe again, 3 passes, right before each weight type/shape: the memory bus of a "
-                        "shared VM drifts)")
+                   help="probe bandwidth only at the start (default: also before each weight type/shape, "
+                        "and compare all kernels with the best probe of the run: a shared VM's memory bus drifts)")
     k.add_argument("--hot", action="store_true",
                    help="reuse one weight copy so it may sit in cache (default: rotate copies over 256 MB "
                         "so every call streams weights from DRAM, as in a real model)")
@@ -1282,7 +1296,9 @@ def cmd_kernels(args) -> int:
     if args.json:
         _write_json(args, res)
     if args.plot:
-        plot_kernels(res["results"], res["bandwidth"], res["threads"], args.plot,
+        ref = res.get("reference_bandwidth_gbps")
+        plot_kernels(res["results"], {"gbps": {str(res["threads"]): ref}} if ref else res["bandwidth"],
+                     res["threads"], args.plot,
                      title=f"{res['machine']['cpu']}, {res['threads']} threads")
         log(f"plot written to {args.plot}")
     return check_kernel_results(res)

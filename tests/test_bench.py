@@ -34,7 +34,7 @@ def test_nmse():
 def _small_kernel_bench(**kw):
     return bench.run_kernel_bench(types=["Q4_K", "Q8_0"], shapes=[(64, 512)], batch=[1, 3],
                                   backends=["numpy"], bw=bench.measure_bandwidth(16 << 20, threads=1, repeats=1),
-                                  threads=1, min_time=0.01, log=None, **kw)
+                                  threads=1, min_time=0.01, log=None, reprobe=False, **kw)
 
 
 def test_kernel_bench_validates_and_reports(tmp_path):
@@ -51,6 +51,7 @@ def test_kernel_bench_validates_and_reports(tmp_path):
         assert r["gbps"] == pytest.approx(r["weight_bytes"] / r["ms"] / 1e6)
         assert r["gflops"] == pytest.approx(2 * 64 * 512 * r["n"] / r["ms"] / 1e6)
         assert r["pct_bandwidth"] == pytest.approx(100 * r["gbps"] / r["bandwidth_gbps"])
+    assert res["reference_bandwidth_gbps"] == res["bandwidth"]["gbps"]["1"]  # reprobe off: the one probe
     assert bench.check_kernel_results(res) == 0
     line = bench.format_result(bench.KernelResult(**rs[0]))
     assert "Q4_K" in line and "64x512" in line and "GB/s" in line and "GFLOP/s" in line
@@ -101,7 +102,7 @@ def test_kernel_bench_reports_a_raising_kernel():
                 bench.Kernel("numba", "numba", None, boom)]
 
     res = bench.run_kernel_bench(types=["Q4_0"], shapes=[(32, 64)], batch=[1], bw={"gbps": {"1": 10.0}},
-                                 threads=1, min_time=0.0, log=None, kernels_for=kernels_for)
+                                 threads=1, min_time=0.0, log=None, kernels_for=kernels_for, reprobe=False)
     r = res["results"][1]
     assert r["status"] == "error" and "segfault avoided" in r["message"]
 
@@ -111,7 +112,7 @@ def test_kernel_bench_on_available_backends():
     ks = bench.collect_kernels("Q4_K")
     assert ks[0].backend == "numpy"
     res = bench.run_kernel_bench(types=["Q4_K", "Q6_K"], shapes=[(64, 512)], batch=[1, 4], bw={"gbps": {"1": 10.0}},
-                                 threads=2, min_time=0.0, cold=False, log=None)
+                                 threads=2, min_time=0.0, cold=False, log=None, reprobe=False)
     assert {r["kernel"] for r in res["results"]} >= {"numpy"}
     bad = [r for r in res["results"] if r["status"] in ("invalid", "error")]
     assert not bad, bad
@@ -232,3 +233,15 @@ def test_cli_hook_and_one_line_errors(tmp_path, capsys):
     args = p.parse_args(["bench", "kernels", "--shapes", "12x", "--bw-size", "0.01"])
     with pytest.raises(PyEngineError, match="bad shape"):
         args.func(args)
+
+
+def test_kernel_bench_compares_with_the_best_probe(monkeypatch):
+    """With re-probing, every % is against the best probe of the run, whichever case it came before."""
+    seq = iter([5.0, 20.0, 8.0])
+    monkeypatch.setattr(bench, "measure_bandwidth",
+                        lambda *a, **k: {"gbps": {"1": next(seq)}, "method": "fake", "size_bytes": 0, "repeats": 0})
+    res = bench.run_kernel_bench(types=["Q4_0"], shapes=[(32, 64), (64, 64)], batch=[1], threads=1,
+                                 bw_bytes=1 << 16, backends=["numpy"], min_time=0.0, cold=False, log=None)
+    assert res["bandwidth_probes_gbps"] == [5.0, 20.0, 8.0] and res["reference_bandwidth_gbps"] == 20.0
+    for r in res["results"]:
+        assert r["bandwidth_gbps"] == 20.0 and r["pct_bandwidth"] == pytest.approx(5 * r["gbps"])
