@@ -1,6 +1,9 @@
 #include "dispatch.h"
 
 #include <cstdlib>
+#if defined(_MSC_VER)
+#include <malloc.h>
+#endif
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -55,9 +58,13 @@ struct Scratch {
     Scratch& operator=(const Scratch&) = delete;
     uint8_t* get(size_t n) {
         if (n > cap) {
-            std::free(p);
+            release();
             cap = (n + 4095) & ~(size_t)4095;
+#if defined(_MSC_VER)
+            p = (uint8_t*)_aligned_malloc(cap, 64);
+#else
             p = (uint8_t*)std::aligned_alloc(64, cap);
+#endif
             if (!p) {
                 cap = 0;
                 throw std::bad_alloc();
@@ -65,7 +72,15 @@ struct Scratch {
         }
         return p;
     }
-    ~Scratch() { std::free(p); }
+    void release() {
+#if defined(_MSC_VER)
+        _aligned_free(p);
+#else
+        std::free(p);
+#endif
+        p = nullptr;
+    }
+    ~Scratch() { release(); }
 };
 
 std::mutex g_matmul_mutex;  // one matmul at a time owns the scratch and the pool
@@ -73,7 +88,11 @@ Scratch g_act;
 std::vector<std::unique_ptr<Scratch>> g_wbuf;  // one per pool thread
 
 static inline void prefetch_bytes(const uint8_t* p, int64_t n) {
+#if defined(__GNUC__) || defined(__clang__)
     for (int64_t o = 0; o < n; o += 64) __builtin_prefetch(p + o, 0, 3);
+#else
+    (void)p, (void)n;
+#endif
 }
 
 constexpr int64_t kL2Budget = 256 * 1024;  // bytes of packed weight rows a thread keeps hot
