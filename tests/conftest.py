@@ -27,6 +27,27 @@ def real_model_path(name: str) -> Path:
     return Path(resolve(name, pull_if_missing=True, progress=False))
 
 
+_loaded: dict = {}
+
+
+def load_real_model(name: str, backend: str, n_ctx: int):
+    """A real model on ``backend``, kept until another one is asked for (one model's
+    worth of memory at a time). An unusable cuda backend skips; any other fails."""
+    import pyengine
+    from pyengine.errors import BackendUnavailableError
+
+    key = (name, backend, n_ctx)
+    if key not in _loaded:
+        _loaded.clear()
+        try:
+            _loaded[key] = pyengine.load(real_model_path(name), backend=backend, n_ctx=n_ctx)
+        except BackendUnavailableError as e:
+            if backend == "cuda":
+                pytest.skip(f"cuda backend not usable here: {e}")
+            raise
+    return _loaded[key]
+
+
 def golden(name: str, what: str):
     return json.loads((GOLDEN / REAL_MODELS[name] / f"{what}.json").read_text(encoding="utf-8"))
 

@@ -7,25 +7,10 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import backends_under_test, real_model_path
-
-_cache = {}
-
+from conftest import backends_under_test, load_real_model, real_model_path
 
 def model_on(backend: str, name: str = "smollm2-135m"):
-    import pyengine
-    from pyengine.errors import BackendUnavailableError
-
-    key = (name, backend)
-    if key not in _cache:
-        _cache.clear()
-        try:
-            _cache[key] = pyengine.load(real_model_path(name), backend=backend, n_ctx=64)
-        except BackendUnavailableError as e:
-            if backend == "cuda":
-                pytest.skip(f"cuda backend not usable here: {e}")
-            raise
-    return _cache[key]
+    return load_real_model(name, backend, n_ctx=64)
 
 
 @pytest.mark.slow

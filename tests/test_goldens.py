@@ -10,29 +10,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import REAL_MODELS, backends_under_test, golden, golden_logits, real_model_path
+from conftest import load_real_model, REAL_MODELS, backends_under_test, golden, golden_logits, real_model_path
 
 TOP1_MIN = 0.95
 KL_MEAN_MAX = 0.03
 KL_MAX_MAX = 0.15
 
-_models = {}
-
-
 def get_model(name: str, backend: str):
-    import pyengine
-    from pyengine.errors import BackendUnavailableError
-
-    key = (name, backend)
-    if key not in _models:
-        try:
-            _models.clear()  # one model at a time keeps memory at one model's worth
-            _models[key] = pyengine.load(real_model_path(name), backend=backend, n_ctx=256)
-        except BackendUnavailableError as e:
-            if backend == "cuda":
-                pytest.skip(f"cuda backend not usable here: {e}")
-            raise
-    return _models[key]
+    return load_real_model(name, backend, n_ctx=256)
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:

@@ -56,14 +56,7 @@ class Layer(llama.Layer):
 
 
 class Model(llama.Model):
-    rope_neox = True
-
-    def __init__(self, cfg: Config, gf: GGUFFile):
-        self.cfg = cfg
-        self.tok_embd = gf.tensor("token_embd.weight")  # (n_vocab, dim)
-        self.layers = [Layer(gf, i) for i in range(cfg.n_layers)]
-        self.output_norm = gf.tensor("output_norm.weight")  # (dim,)
-        self.output = gf.tensors.get("output.weight", self.tok_embd)  # (n_vocab, dim)
+    Layer = Layer
 
     def forward(self, ops: Backend, ids: np.ndarray, pos0: int, cache: KVCache, last_only: bool = True):
         c = self.cfg

@@ -74,12 +74,12 @@ class Layer:
 
 
 class Model:
-    rope_neox = False
+    Layer = Layer  # an architecture with extra per-layer tensors overrides this
 
     def __init__(self, cfg: Config, gf: GGUFFile):
         self.cfg = cfg
         self.tok_embd = gf.tensor("token_embd.weight")  # (n_vocab, dim)
-        self.layers = [Layer(gf, i) for i in range(cfg.n_layers)]
+        self.layers = [self.Layer(gf, i) for i in range(cfg.n_layers)]
         self.output_norm = gf.tensor("output_norm.weight")  # (dim,)
         # tied embeddings: no output.weight means the embedding matrix doubles as the head
         self.output = gf.tensors.get("output.weight", self.tok_embd)  # (n_vocab, dim)
