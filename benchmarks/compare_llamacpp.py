@@ -7,8 +7,10 @@
 For each model, ``-r`` rounds are run; in every round each tool runs once (one
 warm-up plus one timed repetition of pp and of tg), and the order alternates
 between rounds (pyengine first, then llama.cpp first, ...), so slow drift on a
-shared machine hits both sides alike. The figures are the mean ± sd over rounds
-and the ratio pyengine / llama.cpp of the means (> 1: pyengine is faster).
+shared machine hits both sides alike. The figures are the mean ± sd over rounds,
+the ratio pyengine / llama.cpp of the means (> 1: pyengine is faster), and the
+paired ratio: the geometric mean of the per-round ratios (each round's two runs
+ran back to back, so it cancels slow drift best).
 
 pyengine runs as ``python -m pyengine.bench MODEL -p P -n N -r 1 -t T --json``;
 llama.cpp as ``llama-bench -m FILE -p P -n N -t T -r 1 -o json`` (its defaults
@@ -113,19 +115,22 @@ def _ms(xs):
 
 def compare_model(path: str, args, exe: str | None, log) -> dict:
     rounds = []
+    loads = []  # 1-minute load average at the start of each round
     for r in range(args.repetitions):
         order = ["pyengine", "llama.cpp"] if r % 2 == 0 else ["llama.cpp", "pyengine"]
         got = {}
+        loads.append(os.getloadavg()[0])
         for who in order:
             if who == "pyengine" and not args.skip_pyengine:
                 got[who] = run_pyengine(path, args.n_prompt, args.n_gen, args.threads, args.backend, args.timeout)
             elif who == "llama.cpp" and exe:
                 got[who] = run_llama(exe, path, args.n_prompt, args.n_gen, args.threads, args.timeout)
         rounds.append(got)
-        log(f"  round {r + 1}/{args.repetitions}: " + "; ".join(
+        log(f"  round {r + 1}/{args.repetitions} (load {loads[-1]:.1f}): " + "; ".join(
             f"{w} pp {g.get('pp', float('nan')):.1f} tg {g.get('tg', float('nan')):.2f}" for w, g in got.items()))
     res = {"model": path, "file_size": Path(path).stat().st_size, "rounds": args.repetitions,
-           "threads": args.threads, "n_prompt": args.n_prompt, "n_gen": args.n_gen, "target": target_for(path)}
+           "threads": args.threads, "n_prompt": args.n_prompt, "n_gen": args.n_gen, "target": target_for(path),
+           "loadavg_rounds": loads}
     for who in ("pyengine", "llama.cpp"):
         for test in ("pp", "tg"):
             m, sd = _ms([g[who].get(test) for g in rounds if who in g])
@@ -134,6 +139,11 @@ def compare_model(path: str, args, exe: str | None, log) -> dict:
     for test in ("pp", "tg"):
         a, b = res[f"pyengine_{test}"], res[f"llama.cpp_{test}"]
         res[f"ratio_{test}"] = a / b if a and b else None
+        # paired: the two runs of one round ran back to back, so their ratio cancels slow drift
+        pr = [g["pyengine"][test] / g["llama.cpp"][test] for g in rounds
+              if g.get("pyengine", {}).get(test) and g.get("llama.cpp", {}).get(test)]
+        res[f"paired_ratios_{test}"] = pr
+        res[f"paired_ratio_{test}"] = statistics.geometric_mean(pr) if pr else None
     bpt = next((g["pyengine"]["bytes_per_token"] for g in rounds if "pyengine" in g), None)
     res["tg_bytes_per_token"] = bpt
     res["pyengine_backend"] = next((g["pyengine"]["backend"] for g in rounds if "pyengine" in g), None)
@@ -146,10 +156,16 @@ def _fmt(m, sd, digits):
     return "n/a" if m is None else f"{m:.{digits}f} ± {sd:.{digits}f}"
 
 
+def _x(v):
+    return "n/a" if v is None else f"{v:.2f}x"
+
+
 def table(res: dict, bw: float | None) -> str:
     lines = [f"{Path(res['model']).name} ({res['file_size'] / 1e6:.0f} MB), {res['threads']} threads, "
-             f"{res['rounds']} alternating rounds; pyengine: {res['pyengine_backend']}; llama.cpp {res['llama_build']}",
-             f"{'test':<8}{'pyengine tok/s':>20}{'llama.cpp tok/s':>20}{'ratio':>9}{'target':>9}"]
+             f"{res['rounds']} alternating rounds (load avg {min(res['loadavg_rounds']):.1f}.."
+             f"{max(res['loadavg_rounds']):.1f} on {os.cpu_count()} cores); pyengine: {res['pyengine_backend']}; "
+             f"llama.cpp {res['llama_build']}",
+             f"{'test':<8}{'pyengine tok/s':>20}{'llama.cpp tok/s':>20}{'ratio':>9}{'paired':>9}{'target':>9}"]
     tgt = res["target"] or {}
     for test, n in (("pp", res["n_prompt"]), ("tg", res["n_gen"])):
         if not n:
@@ -159,7 +175,13 @@ def table(res: dict, bw: float | None) -> str:
         ok = "" if ratio is None or t is None else (" ok" if ratio >= t else " MISS")
         lines.append(f"{test}{n:<6}{_fmt(res[f'pyengine_{test}'], res[f'pyengine_{test}_sd'], 2):>20}"
                      f"{_fmt(res[f'llama.cpp_{test}'], res[f'llama.cpp_{test}_sd'], 2):>20}"
-                     f"{'n/a' if ratio is None else f'{ratio:.2f}x':>9}{'' if t is None else f'>={t}x':>9}{ok}")
+                     f"{'n/a' if ratio is None else f'{ratio:.2f}x':>9}{_x(res[f'paired_ratio_{test}']):>9}"
+                     f"{'' if t is None else f'>={t}x':>9}{ok}")
+    busy = max(res["loadavg_rounds"]) + res["threads"] - (os.cpu_count() or 1)
+    if busy > 0.5:
+        lines.append(f"  WARNING: other processes were running (load avg up to {max(res['loadavg_rounds']):.1f} on "
+                     f"{os.cpu_count()} cores): llama.cpp's spinning thread barriers slow down badly when a "
+                     "core is taken, so these ratios overstate pyengine; rerun on a quiet machine or with fewer -t")
     bpt = res.get("tg_bytes_per_token")
     if bw and bpt:
         bound = bw * 1e9 / bpt
@@ -175,8 +197,8 @@ def table(res: dict, bw: float | None) -> str:
 
 
 def markdown(results: list[dict], bw: float | None) -> str:
-    out = ["| model | test | pyengine tok/s | llama.cpp tok/s | pyengine / llama.cpp | target |",
-           "|---|---|---:|---:|---:|---:|"]
+    out = ["| model | test | pyengine tok/s | llama.cpp tok/s | pyengine / llama.cpp | paired (geomean of rounds) | target |",
+           "|---|---|---:|---:|---:|---:|---:|"]
     for res in results:
         tgt = res["target"] or {}
         for test, n in (("pp", res["n_prompt"]), ("tg", res["n_gen"])):
@@ -186,7 +208,7 @@ def markdown(results: list[dict], bw: float | None) -> str:
             t = tgt.get(test)
             out.append(f"| {Path(res['model']).name} | {test}{n} | {_fmt(res[f'pyengine_{test}'], res[f'pyengine_{test}_sd'], 2)}"
                        f" | {_fmt(res[f'llama.cpp_{test}'], res[f'llama.cpp_{test}_sd'], 2)}"
-                       f" | {'n/a' if ratio is None else f'{ratio:.2f}x'} | {'' if t is None else f'>= {t}x'} |")
+                       f" | {_x(ratio)} | {_x(res[f'paired_ratio_{test}'])} | {'' if t is None else f'>= {t}x'} |")
     return "\n".join(out)
 
 

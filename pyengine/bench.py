@@ -94,7 +94,7 @@ def machine_info() -> dict:
     except OSError:
         pass
     info = {"cpu": model, "cores": n_cores(), "python": platform.python_version(),
-            "numpy": np.__version__, "os": platform.platform()}
+            "numpy": np.__version__, "os": platform.platform(), "loadavg": loadavg()}
     try:
         from . import _C
 
@@ -112,6 +112,15 @@ def machine_info() -> dict:
     except OSError:
         pass
     return info
+
+
+def loadavg() -> list[float] | None:
+    """1/5/15-minute load averages: above the core count, other processes share our cores and
+    every timing (and the bandwidth probe) is depressed -- record it with every result."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
 
 
 def peak_rss_bytes() -> dict:
@@ -676,7 +685,9 @@ def run_kernel_bench(types: Sequence[str] | None = None, shapes: Sequence[tuple[
             f"({len(probes)} probes, {min(probes):.1f} .. {ref_bw:.1f}) ===")
         for x in results:
             log(format_result(x))
-    return {"kind": "kernels", "machine": info, "threads": threads, "bandwidth": bw,
+    if log and info.get("loadavg"):
+        log(f"load average: {info['loadavg'][0]} at the start, {loadavg()[0]} at the end ({n_cores()} cores)")
+    return {"kind": "kernels", "machine": info, "threads": threads, "bandwidth": bw, "loadavg_end": loadavg(),
             "bandwidth_probes_gbps": probes, "reference_bandwidth_gbps": ref_bw, "nmse_max": NMSE_MAX,
             "cold": cold, "stat": stat, "results": [asdict(x) for x in results]}
 
@@ -1119,6 +1130,7 @@ def run_model_bench(model: str, n_prompt: int = 512, n_gen: int = 128, reps: int
         if python_steps:
             res["python"] = python_share(m, python_steps)
     res["peak_rss"] = peak_rss_bytes()
+    res["loadavg_end"] = loadavg()
     del m
     if bw is None and bw_bytes > 0:
         if log:
@@ -1168,6 +1180,10 @@ def format_model_table(res: dict) -> str:
         if p.get("python_share_native_boundary") is not None:
             s += f" ({100 * p['python_share_native_boundary']:.0f}% outside native _C calls)"
         rows.append(("python share", s))
+    la = res["machine"].get("loadavg")
+    if la:
+        rows.append(("load average", f"{la[0]} at the start, {(res.get('loadavg_end') or [la[0]])[0]} at the end "
+                                     f"({res['machine']['cores']} cores; above that, timings are depressed)"))
     pr = res["peak_rss"]
     rows.append(("peak RSS", f"{max(pr.values()) / 1e6:.0f} MB (ru_maxrss {pr['ru_maxrss'] / 1e6:.0f} MB"
                              + (f", VmHWM {pr['vmhwm'] / 1e6:.0f} MB)" if "vmhwm" in pr else ")")))
