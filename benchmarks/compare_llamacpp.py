@@ -30,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+from pyengine.bench import busy_others
 from pyengine.errors import PyEngineError
 
 DEFAULT_LLAMA_BENCH = "/tmp/llama-build/bin/llama-bench"
@@ -115,22 +116,22 @@ def _ms(xs):
 
 def compare_model(path: str, args, exe: str | None, log) -> dict:
     rounds = []
-    loads = []  # 1-minute load average at the start of each round
+    loads = []  # runnable tasks of other processes just before each round (see bench.busy_others)
     for r in range(args.repetitions):
         order = ["pyengine", "llama.cpp"] if r % 2 == 0 else ["llama.cpp", "pyengine"]
         got = {}
-        loads.append(os.getloadavg()[0])
+        loads.append(busy_others())
         for who in order:
             if who == "pyengine" and not args.skip_pyengine:
                 got[who] = run_pyengine(path, args.n_prompt, args.n_gen, args.threads, args.backend, args.timeout)
             elif who == "llama.cpp" and exe:
                 got[who] = run_llama(exe, path, args.n_prompt, args.n_gen, args.threads, args.timeout)
         rounds.append(got)
-        log(f"  round {r + 1}/{args.repetitions} (load {loads[-1]:.1f}): " + "; ".join(
+        log(f"  round {r + 1}/{args.repetitions} (others busy {_f1(loads[-1])}): " + "; ".join(
             f"{w} pp {g.get('pp', float('nan')):.1f} tg {g.get('tg', float('nan')):.2f}" for w, g in got.items()))
     res = {"model": path, "file_size": Path(path).stat().st_size, "rounds": args.repetitions,
            "threads": args.threads, "n_prompt": args.n_prompt, "n_gen": args.n_gen, "target": target_for(path),
-           "loadavg_rounds": loads}
+           "busy_others_rounds": loads}
     for who in ("pyengine", "llama.cpp"):
         for test in ("pp", "tg"):
             m, sd = _ms([g[who].get(test) for g in rounds if who in g])
@@ -156,15 +157,23 @@ def _fmt(m, sd, digits):
     return "n/a" if m is None else f"{m:.{digits}f} ± {sd:.{digits}f}"
 
 
+def _f1(v):
+    return "?" if v is None else f"{v:.1f}"
+
+
+def _max(xs):
+    xs = [x for x in xs if x is not None]
+    return max(xs) if xs else None
+
+
 def _x(v):
     return "n/a" if v is None else f"{v:.2f}x"
 
 
 def table(res: dict, bw: float | None) -> str:
     lines = [f"{Path(res['model']).name} ({res['file_size'] / 1e6:.0f} MB), {res['threads']} threads, "
-             f"{res['rounds']} alternating rounds (load avg {min(res['loadavg_rounds']):.1f}.."
-             f"{max(res['loadavg_rounds']):.1f} on {os.cpu_count()} cores); pyengine: {res['pyengine_backend']}; "
-             f"llama.cpp {res['llama_build']}",
+             f"{res['rounds']} alternating rounds (other processes busy: {_f1(_max(res['busy_others_rounds']))} "
+             f"cores at most); pyengine: {res['pyengine_backend']}; llama.cpp {res['llama_build']}",
              f"{'test':<8}{'pyengine tok/s':>20}{'llama.cpp tok/s':>20}{'ratio':>9}{'paired':>9}{'target':>9}"]
     tgt = res["target"] or {}
     for test, n in (("pp", res["n_prompt"]), ("tg", res["n_gen"])):
@@ -177,11 +186,11 @@ def table(res: dict, bw: float | None) -> str:
                      f"{_fmt(res[f'llama.cpp_{test}'], res[f'llama.cpp_{test}_sd'], 2):>20}"
                      f"{'n/a' if ratio is None else f'{ratio:.2f}x':>9}{_x(res[f'paired_ratio_{test}']):>9}"
                      f"{'' if t is None else f'>={t}x':>9}{ok}")
-    busy = max(res["loadavg_rounds"]) + res["threads"] - (os.cpu_count() or 1)
-    if busy > 0.5:
-        lines.append(f"  WARNING: other processes were running (load avg up to {max(res['loadavg_rounds']):.1f} on "
-                     f"{os.cpu_count()} cores): llama.cpp's spinning thread barriers slow down badly when a "
-                     "core is taken, so these ratios overstate pyengine; rerun on a quiet machine or with fewer -t")
+    others = _max(res["busy_others_rounds"])
+    if others is not None and others + res["threads"] > (os.cpu_count() or 1) + 0.3:
+        lines.append(f"  WARNING: other processes kept {others:.1f} of {os.cpu_count()} cores busy: llama.cpp's "
+                     "spinning thread barriers slow down badly when a core is taken, so tg ratios may overstate "
+                     "pyengine; rerun on a quiet machine or with fewer -t")
     bpt = res.get("tg_bytes_per_token")
     if bw and bpt:
         bound = bw * 1e9 / bpt

@@ -123,6 +123,25 @@ def loadavg() -> list[float] | None:
         return None
 
 
+def busy_others(samples: int = 20, interval: float = 0.02) -> float | None:
+    """Mean number of runnable tasks besides the caller, sampled from /proc/loadavg's
+    ``running/total`` field over ``samples * interval`` seconds while we idle.
+
+    Unlike the load average (a 1-minute mean that also counts our own benchmark
+    threads), this says how many cores *other* processes are using right now:
+    above ``cores - threads`` they share our cores and timings are depressed.
+    """
+    vals = []
+    for _ in range(samples):
+        try:
+            with open("/proc/loadavg", encoding="ascii") as f:
+                vals.append(int(f.read().split()[3].split("/")[0]) - 1)
+        except (OSError, ValueError, IndexError):
+            return None
+        time.sleep(interval)
+    return statistics.fmean(vals)
+
+
 def peak_rss_bytes() -> dict:
     """Peak resident memory of this process: ``ru_maxrss`` and ``/proc/self/status`` VmHWM."""
     out = {"ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)}
@@ -620,13 +639,14 @@ def run_kernel_bench(types: Sequence[str] | None = None, shapes: Sequence[tuple[
                      batch: Sequence[int] | None = None, backends: Sequence[str] | None = None,
                      variants: Sequence[str] | None = None, threads: int | None = None, seed: int = 0,
                      bw: dict | None = None, bw_bytes: int = 1 << 30, cold: bool = True, min_time: float = 0.25,
-                     model_cases: bool | None = None, log: Callable[[str], None] | None = print,
+                     model_cases: bool | str | None = None, log: Callable[[str], None] | None = print,
                      kernels_for: Callable[[str], list[Kernel]] | None = None, stat: str = "median",
                      reprobe: bool = True) -> dict:
     """The kernel benchmark; returns a JSON-ready dict (``results`` holds one entry per kernel and case).
 
     ``types`` x ``shapes`` are crossed; with neither given, the default types on the
-    generic Llama shapes plus the real models' (type, shape) cases are run.
+    generic Llama shapes plus the real models' (type, shape) cases are run;
+    ``model_cases="only"`` runs just the real models' cases.
     ``reprobe``: probe bandwidth again (3 passes) before each (type, shape); every
     %-of-bandwidth is against the best probe of the run (``reference_bandwidth_gbps``).
     """
@@ -639,9 +659,10 @@ def run_kernel_bench(types: Sequence[str] | None = None, shapes: Sequence[tuple[
     if model_cases is None:
         model_cases = types is None and shapes is None
     cases: list[tuple[str, int, int]] = []
-    for tn in (types or DEFAULT_TYPES):
-        for r, c in (shapes or GENERIC_SHAPES):
-            cases.append((tn, r, c))
+    if model_cases != "only":
+        for tn in (types or DEFAULT_TYPES):
+            for r, c in (shapes or GENERIC_SHAPES):
+                cases.append((tn, r, c))
     if model_cases:
         cases += [(tn, r, c) for tn, r, c, _ in MODEL_CASES if (tn, r, c) not in cases]
     batch = list(batch or DEFAULT_BATCH)
@@ -1253,6 +1274,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                                                   "(rows = outputs, cols = inputs; default: Llama-7B-like shapes)")
     k.add_argument("--batch", default=None, help="comma list of activation rows n: 1 = matrix-vector (generation), "
                                                  ">1 = matrix-matrix (prompt); default 1,64")
+    k.add_argument("--model-cases", action="store_true",
+                   help="only the real models' own weights: " + ", ".join(f"{r}x{c} {t}" for t, r, c, _ in MODEL_CASES))
     k.add_argument("--variants", default=None, help="native variants to include, e.g. avx2,avx512 (default: all "
                                                     "this CPU runs)")
     k.add_argument("--no-reprobe", action="store_true",
@@ -1307,6 +1330,7 @@ def cmd_kernels(args) -> int:
         shapes=parse_shapes(args.shapes) if args.shapes is not None else None, batch=batch,
         backends=parse_list(args.backend, "backend") if args.backend else None,
         variants=parse_list(args.variants, "variant") if args.variants else None,
+        model_cases="only" if args.model_cases else None,
         threads=args.threads, seed=args.seed, bw_bytes=int(args.bw_size * 2**30), cold=not args.hot,
         min_time=args.min_time, log=log, stat=args.stat, reprobe=not args.no_reprobe)
     if args.json:

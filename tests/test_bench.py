@@ -245,3 +245,11 @@ def test_kernel_bench_compares_with_the_best_probe(monkeypatch):
     assert res["bandwidth_probes_gbps"] == [5.0, 20.0, 8.0] and res["reference_bandwidth_gbps"] == 20.0
     for r in res["results"]:
         assert r["bandwidth_gbps"] == 20.0 and r["pct_bandwidth"] == pytest.approx(5 * r["gbps"])
+
+
+def test_model_cases_only(monkeypatch):
+    calls = []
+    monkeypatch.setattr(bench, "bench_case", lambda tn, r, c, n, ks, *a, **k: calls.append((tn, r, c, n)) or [])
+    bench.run_kernel_bench(model_cases="only", batch=[1], bw={"gbps": {"1": 1.0}}, threads=1, log=None,
+                           kernels_for=lambda t: [], reprobe=False)
+    assert calls == [(t, r, c, 1) for t, r, c, _ in bench.MODEL_CASES]
