@@ -82,8 +82,9 @@ void bind_cuda(py::module_& m) {
     py::module_ c = m.def_submodule("cuda", "CUDA kernels on device buffers (see kernels/cuda/kernels.h)");
 
     // Translators run newest first, so the derived out-of-memory error is registered last.
-    auto& cuda_error = py::register_exception<pye::CudaError>(c, "CudaError", PyExc_RuntimeError);
-    py::register_exception<pye::CudaOutOfMemory>(c, "CudaOutOfMemoryError", cuda_error.ptr());
+    // Module-local: the test emulator module binds this same file beside pyengine._C.
+    auto& cuda_error = py::register_local_exception<pye::CudaError>(c, "CudaError", PyExc_RuntimeError);
+    py::register_local_exception<pye::CudaOutOfMemory>(c, "CudaOutOfMemoryError", cuda_error.ptr());
 
     c.attr("compiled_archs") = std::string(PYENGINE_CUDA_ARCHS);
 #ifdef PYENGINE_CUDA_EMU
@@ -112,7 +113,8 @@ void bind_cuda(py::module_& m) {
         "(free, total) device memory in bytes.");
 
     // ---- Buffer ----------------------------------------------------------------------
-    py::class_<DeviceBuffer>(c, "Buffer", "A block of device memory (freed when the object goes away).")
+    py::class_<DeviceBuffer>(c, "Buffer", py::module_local(),
+                             "A block of device memory (freed when the object goes away).")
         .def(py::init<std::size_t>(), py::arg("nbytes"),
              "Allocate `nbytes` (uninitialised). Raises CudaOutOfMemoryError naming the size and free memory.")
         .def_property_readonly("nbytes", &DeviceBuffer::nbytes)
