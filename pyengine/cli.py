@@ -11,18 +11,36 @@ from .errors import PyEngineError
 
 EPILOG_GENERATE = """\
 examples:
-  pyengine generate "The capital of France is"
-  pyengine generate -m smollm2-135m --chat "What is a GGUF file?"
-  pyengine generate "离线使用大语言模型的好处是" -n 64 --temp 0.7 --seed 1
-  pyengine generate -m ./my-model.gguf --temp 0 "def fibonacci(n):"
+  pyengine generate "Write a Python function that reverses a string."
+  pyengine generate "用一句话解释什么是大语言模型。" -n 64 --temp 0.7 --seed 1
+  pyengine generate --raw --temp 0 "def fibonacci(n):"     # plain continuation, no chat turn
+  pyengine generate -m gemma3-270m "The capital of France is"   # base model: prompt is echoed
+  pyengine generate -m ./my-model.gguf -n -1 "Once upon a time"  # until the model ends the text
+
+chat or plain text: a model whose file carries a chat template (an instruction
+model, like the default) gets the prompt as a user turn and answers it; --raw
+sends the prompt as plain text to continue. A model without a template (a base
+model) continues the prompt, which is printed first (--no-echo to leave it out).
 
 sampling: --temp 0 is greedy (always the most likely token). Otherwise the
 candidates are cut by --top-k (keep the k most likely), --top-p (keep the
 smallest set holding that much probability) and --min-p (drop tokens less than
 that fraction as likely as the best one), then one is drawn at random; --seed
 makes the draw repeatable. --repeat-penalty > 1 discourages tokens from the
-last 64 ones.
+last 64 ones (default 1.1, but 1 = off with --temp 0 unless you give it).
+
+Every value is checked before the model loads; a bad one is a one-line error
+and exit status 2. --ctx may not exceed the model's trained context length,
+read from the file's header.
 """
+
+
+class UsageError(PyEngineError):
+    """A bad command-line value: one line on stderr, exit status 2 (like argparse)."""
+
+
+# -n value meaning "until the model ends the text (or the context is full)"
+UNTIL_END = -1
 
 
 def _utf8_stdio() -> None:
@@ -61,25 +79,119 @@ def _weight_bytes_per_token(model) -> int:
     return total
 
 
+def _check_generate_args(args) -> None:
+    """Everything that can be checked without the model file; UsageError on the first bad value."""
+    import math
+
+    def finite(name: str, v: float) -> None:
+        if not math.isfinite(v):
+            raise UsageError(f"{name} must be a finite number, got {v}")
+
+    if args.n_predict < 1 and args.n_predict != UNTIL_END:
+        raise UsageError(f"-n/--n-predict must be >= 1 (or {UNTIL_END}: until the end of the text), "
+                         f"got {args.n_predict}")
+    finite("--temp", args.temp)
+    if args.temp < 0:
+        raise UsageError(f"--temp must be >= 0 (0 = greedy), got {args.temp}")
+    if args.top_k < 0:
+        raise UsageError(f"--top-k must be >= 0 (0 = off), got {args.top_k}")
+    if not (0.0 < args.top_p <= 1.0):  # also rejects nan
+        raise UsageError(f"--top-p must be in (0, 1] (1 = off), got {args.top_p}")
+    if not (0.0 <= args.min_p <= 1.0):
+        raise UsageError(f"--min-p must be in [0, 1] (0 = off), got {args.min_p}")
+    if args.repeat_penalty is not None:
+        finite("--repeat-penalty", args.repeat_penalty)
+        if args.repeat_penalty <= 0:
+            raise UsageError(f"--repeat-penalty must be > 0 (1 = off), got {args.repeat_penalty}")
+    if args.ctx is not None and args.ctx <= 0:
+        raise UsageError(f"--ctx must be >= 1 token, got {args.ctx}")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"-t/--threads must be >= 1, got {args.threads}")
+    if args.seed is not None and args.seed < -1:
+        raise UsageError(f"--seed must be >= 0 (or -1: a fresh random seed), got {args.seed}")
+    if args.chat and args.raw:
+        raise UsageError("--chat and --raw contradict each other: give one")
+
+
+def _sampling(args) -> dict:
+    """Sampling keywords for Model.generate. Greedy (--temp 0) means no repetition penalty
+    unless --repeat-penalty was given; otherwise the default penalty is 1.1."""
+    penalty = args.repeat_penalty
+    if penalty is None:
+        penalty = 1.0 if args.temp == 0 else 1.1
+    return dict(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                repeat_penalty=penalty, seed=args.seed)
+
+
+def _read_prompt(args) -> str:
+    prompt = args.prompt
+    if args.file:
+        if prompt is not None:
+            raise UsageError("give the prompt either as an argument or with -f FILE, not both")
+        try:
+            with open(args.file, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise UsageError(f"cannot read prompt file {args.file}: {e.strerror}") from None
+        try:
+            prompt = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UsageError(f"prompt file {args.file} is not valid UTF-8 (byte {e.start}: "
+                             f"{data[e.start:e.start + 1]!r}); convert it, e.g. iconv -t UTF-8") from None
+    if prompt is None or prompt == "-":
+        if sys.stdin is None or sys.stdin.isatty():
+            raise UsageError("no prompt given: pyengine generate \"your prompt\" (or -f FILE, or pipe it in with -)")
+        data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8")
+        try:
+            prompt = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UsageError(f"the prompt on stdin is not valid UTF-8 (byte {e.start})") from None
+    if not prompt:
+        raise UsageError("the prompt is empty")
+    return prompt
+
+
+def _open_header(model_arg: str):
+    """(path, GGUFFile) of the model: resolves (pulling a registry model if needed) and parses
+    the header only; the weights stay unread in the memory map. A damaged cached registry
+    file says how to fetch it again."""
+    from .errors import ModelFileError
+    from .gguf_file import open_gguf
+    from .registry import get_entry, models_dir, resolve
+
+    path = resolve(model_arg)
+    try:
+        return path, open_gguf(path)
+    except ModelFileError as e:
+        msg = str(e)
+        try:
+            entry = get_entry(str(model_arg))
+        except PyEngineError:
+            entry = None
+        if entry is not None and "pyengine pull" not in msg and \
+                os.path.abspath(path) == os.path.abspath(models_dir() / entry.file):
+            raise ModelFileError(f"{msg}; run `pyengine pull {entry.name}` to download it again") from None
+        raise
+
+
 def cmd_generate(args) -> int:
     from .engine import load
 
+    _check_generate_args(args)
+    prompt = _read_prompt(args)
+    path, header = _open_header(args.model)
+    limit = header.arch_key("context_length")
+    if args.ctx is not None and limit is not None and args.ctx > int(limit):
+        raise UsageError(f"--ctx {args.ctx} is above the model's context length {int(limit)} "
+                         f"({path.name}); use --ctx {int(limit)} or less")
+    has_template = isinstance(header.metadata.get("tokenizer.chat_template"), str)
+    chat = args.chat or (has_template and not args.raw)
+    echo = (not chat) if args.echo is None else args.echo
+    del header  # only the header was read; load() maps the file again and prepares the weights
+
     _set_threads(args.threads)
-    prompt = args.prompt
-    if args.file:
-        try:
-            with open(args.file, encoding="utf-8") as f:
-                prompt = f.read()
-        except OSError as e:
-            raise PyEngineError(f"cannot read prompt file {args.file}: {e.strerror}") from None
-    if prompt is None or prompt == "-":
-        if sys.stdin is None or sys.stdin.isatty():
-            raise PyEngineError("no prompt given: pyengine generate \"your prompt\" (or -f FILE, or pipe it in with -)")
-        prompt = sys.stdin.read()
-    if not prompt:
-        raise PyEngineError("the prompt is empty")
     t0 = time.perf_counter()
-    model = load(args.model, backend=args.backend, n_ctx=args.ctx, progress=not args.quiet)
+    model = load(path, backend=args.backend, n_ctx=args.ctx, progress=not args.quiet)
     load_s = time.perf_counter() - t0
     if args.verbose:
         cfg = model.config
@@ -87,16 +199,21 @@ def cmd_generate(args) -> int:
               f"{cfg.n_layers} layers, dim {cfg.dim}, vocab {model.n_vocab} | "
               f"backend {model.backend.description or model.backend.name} | ctx {model.n_ctx} | "
               f"loaded in {load_s:.2f} s", file=sys.stderr)
+        print("prompt: " + ("a user turn in the model's chat template (--raw for plain text)" if chat
+                            else "plain text to continue" + (" (no chat template in the file)"
+                                                             if not has_template else "")), file=sys.stderr)
     text = prompt
-    if args.chat:
-        text = model.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
-    sampling = dict(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                    repeat_penalty=args.repeat_penalty, seed=args.seed)
-    if args.echo and not args.chat:
+    if chat:
+        try:
+            text = model.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
+        except PyEngineError as e:
+            raise PyEngineError(f"{e}; use --raw to send the prompt as plain text") from None
+    max_tokens = model.n_ctx if args.n_predict == UNTIL_END else args.n_predict
+    if echo:
         sys.stdout.write(prompt)
     try:
-        for piece in model.generate(text, max_tokens=args.n_predict, parse_special=args.chat or args.special,
-                                    **sampling):
+        for piece in model.generate(text, max_tokens=max_tokens, parse_special=chat or args.special,
+                                    **_sampling(args)):
             sys.stdout.write(piece)
             sys.stdout.flush()
     finally:
@@ -220,36 +337,47 @@ def cmd_doctor(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .registry import DEFAULT_MODEL
+
     p = argparse.ArgumentParser(
         prog="pyengine",
         description="Run GGUF language models on your own machine: no network needed once a model is here.",
-        epilog="Start with: pyengine generate \"Hello\"   (downloads the default model, gemma3-270m, on first use)",
+        epilog=f"Start with: pyengine generate \"Hello\"   (downloads the default model, {DEFAULT_MODEL}, "
+               "on first use)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"pyengine {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    g = sub.add_parser("generate", help="continue a prompt, streaming the text",
-                       description="Continue PROMPT with the model, printing text as it is generated. "
+    g = sub.add_parser("generate", help="answer or continue a prompt, streaming the text",
+                       description="Answer PROMPT (instruction models, through their chat template) or "
+                                   "continue it (base models, or --raw), printing text as it is generated. "
                                    "A one-line speed summary goes to stderr.",
                        epilog=EPILOG_GENERATE, formatter_class=argparse.RawDescriptionHelpFormatter)
     g.add_argument("prompt", nargs="?", help="the text to continue ('-' reads it from stdin)")
-    g.add_argument("-m", "--model", default="gemma3-270m",
-                   help="registry name (see `pyengine list`) or path to a .gguf file (default: gemma3-270m)")
+    g.add_argument("-m", "--model", default=DEFAULT_MODEL,
+                   help=f"registry name (see `pyengine list`) or path to a .gguf file (default: {DEFAULT_MODEL})")
     g.add_argument("-f", "--file", help="read the prompt from this file")
-    g.add_argument("-n", "--n-predict", type=int, default=128, metavar="N", help="max tokens to generate (default 128)")
-    g.add_argument("--temp", type=float, default=0.8, help="temperature; 0 = greedy (default 0.8)")
-    g.add_argument("--top-k", type=int, default=40, help="keep the K most likely tokens; 0 = off (default 40)")
-    g.add_argument("--top-p", type=float, default=0.95, help="nucleus: keep this much probability mass; 1 = off (default 0.95)")
-    g.add_argument("--min-p", type=float, default=0.05, help="drop tokens below this fraction of the best one; 0 = off (default 0.05)")
-    g.add_argument("--repeat-penalty", type=float, default=1.1, help="penalise the last 64 tokens; 1 = off (default 1.1)")
-    g.add_argument("--seed", type=int, default=None, help="random seed: the same seed gives the same text")
+    g.add_argument("-n", "--n-predict", type=int, default=128, metavar="N", help=f"max tokens to generate, >= 1, or {UNTIL_END} = until the model ends the text "
+                        "or the context is full (default 128)")
+    g.add_argument("--temp", type=float, default=0.8, help="temperature >= 0; 0 = greedy (default 0.8)")
+    g.add_argument("--top-k", type=int, default=40, help="keep the K >= 0 most likely tokens; 0 = off (default 40)")
+    g.add_argument("--top-p", type=float, default=0.95, help="nucleus: keep this much probability mass, in (0, 1]; 1 = off (default 0.95)")
+    g.add_argument("--min-p", type=float, default=0.05, help="drop tokens below this fraction of the best one, in [0, 1]; 0 = off (default 0.05)")
+    g.add_argument("--repeat-penalty", type=float, default=None,
+                   help="penalise the last 64 tokens, > 0; 1 = off (default 1.1, or 1 with --temp 0)")
+    g.add_argument("--seed", type=int, default=None, help="random seed >= 0: the same seed gives the same text (-1 or none: random)")
     g.add_argument("--backend", default="auto", choices=["auto", "numpy", "numba", "cpu", "cuda"],
                    help="numpy = readable reference, numba = JIT, cpu = native SIMD, cuda = NVIDIA GPU, auto = fastest here")
-    g.add_argument("--ctx", type=int, default=None, help="context size in tokens (default min(model's, 4096))")
-    g.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    g.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template (instruction models)")
+    g.add_argument("--ctx", type=int, default=None, help="context size in tokens, at most the model's (default min(model's, 4096))")
+    g.add_argument("-t", "--threads", type=int, default=None, help="CPU threads, >= 1 (default: all cores)")
+    g.add_argument("--chat", action="store_true",
+                   help="wrap the prompt in a chat turn even without a template in the file (the default "
+                        "when the model has one)")
+    g.add_argument("--raw", action="store_true",
+                   help="send the prompt as plain text to continue, without the chat template")
     g.add_argument("--special", action="store_true", help="parse special tokens like <start_of_turn> written in the prompt")
-    g.add_argument("--echo", action="store_true", help="print the prompt before the continuation")
+    g.add_argument("--echo", action=argparse.BooleanOptionalAction, default=None,
+                   help="print the prompt before the continuation (default: on for plain text, off for chat)")
     g.add_argument("-v", "--verbose", action="store_true", help="print model, backend and speed details to stderr")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summary")
     g.set_defaults(func=cmd_generate)
@@ -269,10 +397,17 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("-q", "--quiet", action="store_true")
     pl.set_defaults(func=cmd_pull)
 
-    ls = sub.add_parser("list", help="list registry models and which are downloaded")
+    ls = sub.add_parser("list", help="list registry models and which are downloaded",
+                        description="List the models pyengine knows by name (the registry) and any other "
+                                    ".gguf files in the cache, with each one's size and whether it is "
+                                    "downloaded yet; `pyengine pull NAME` fetches one.")
     ls.set_defaults(func=cmd_list)
 
-    d = sub.add_parser("doctor", help="report the backends, CPU features and GPU, and why one is not used")
+    d = sub.add_parser("doctor", help="report the backends, CPU features and GPU, and why one is not used",
+                       description="Check this installation: the Python and pyengine versions, whether the "
+                                   "native extension and its CUDA part were built, the CPU features and "
+                                   "kernel variants in use, which backends work (and why not), which one "
+                                   "`--backend auto` picks, the GPU, and the models in the cache.")
     d.set_defaults(func=cmd_doctor)
 
     try:
@@ -293,6 +428,9 @@ def main(argv=None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except UsageError as e:
+        print(f"pyengine: error: {e}", file=sys.stderr)
+        return 2
     except PyEngineError as e:
         print(f"pyengine: error: {e}", file=sys.stderr)
         return 1

@@ -59,7 +59,7 @@ __all__ = [
     "verify",
 ]
 
-DEFAULT_MODEL = "gemma3-270m"
+DEFAULT_MODEL = "qwen2.5-coder-0.5b"
 
 _CHUNK = 1 << 20  # 1 MiB copy / hash blocks
 
