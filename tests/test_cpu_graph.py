@@ -64,7 +64,6 @@ def replay_vs_ops(m, arch, prompt, n_steps, check_cache_every=1):
     return pos
 
 
-@pytest.mark.slow
 def test_smollm2_replay_bit_identical_over_a_long_sequence():
     m = model("smollm2-135m")
     prompt = m.tokenize("The history of the printing press begins", add_bos=True)
@@ -73,7 +72,6 @@ def test_smollm2_replay_bit_identical_over_a_long_sequence():
     assert end > 128
 
 
-@pytest.mark.slow
 def test_gemma3_replay_bit_identical_across_the_sliding_window():
     m = model("gemma3-270m")
     # a window of 8 so that a few dozen positions cross it many times (local layers
@@ -83,7 +81,6 @@ def test_gemma3_replay_bit_identical_across_the_sliding_window():
     replay_vs_ops(m, arch, prompt, 14)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m"])
 def test_replay_at_arbitrary_positions_and_bounds(name):
     m = model(name)
@@ -110,7 +107,6 @@ def test_replay_at_arbitrary_positions_and_bounds(name):
     assert caches_equal(ca, cb), "a refused step must not touch the cache"
 
 
-@pytest.mark.slow
 def test_replay_follows_the_kernel_variant_in_use(monkeypatch):
     """The replay calls the kernels the ops would call now: every op and matmul tier, bit for bit."""
     from pyengine import _C
@@ -137,7 +133,6 @@ def test_replay_follows_the_kernel_variant_in_use(monkeypatch):
         _C.set_ops_variant(prev)
 
 
-@pytest.mark.slow
 def test_tracing_leaves_the_cache_as_it_was():
     m = model("smollm2-135m")
     c = m._new_cache()
@@ -152,7 +147,6 @@ def test_tracing_leaves_the_cache_as_it_was():
     assert caches_equal(before, c)
 
 
-@pytest.mark.slow
 def test_copy_semantics_of_the_step():
     m = model("smollm2-135m")
     c = m._new_cache()
@@ -167,7 +161,6 @@ def test_copy_semantics_of_the_step():
     assert not np.array_equal(s2, v1)
 
 
-@pytest.mark.slow
 def test_profile_covers_every_node():
     from pyengine.backends.cpu_graph import profile_by_kind
 
@@ -230,7 +223,6 @@ def ext_backend():
     return ExtBackend()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("case", list(REFUSED))
 def test_unreplayable_forward_is_refused(case, caplog):
     import logging
@@ -252,7 +244,6 @@ def test_unreplayable_forward_is_refused(case, caplog):
     assert be.make_decode_step(m.arch.forward, c) is not None
 
 
-@pytest.mark.slow
 def test_fixed_and_offset_positions_replay():
     """Positions that are constant, or pos0 + k, are replayed as such (a synthetic forward)."""
     m = model("smollm2-135m")
@@ -275,7 +266,6 @@ def test_fixed_and_offset_positions_replay():
 
 # ------------------------------------------------------------------ engine ----------
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m"])
 def test_engine_decode_uses_the_replay_and_matches(name):
     m = model(name)
@@ -300,7 +290,6 @@ def test_engine_decode_uses_the_replay_and_matches(name):
     assert (inc.argmax(-1) == full.argmax(-1)).all()
 
 
-@pytest.mark.slow
 def test_engine_falls_back_when_refused(monkeypatch):
     m = model("smollm2-135m")
     ids = m.tokenize("Fallback still decodes", add_bos=True)

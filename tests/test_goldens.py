@@ -53,7 +53,7 @@ def _part(items: list, part: str) -> list:
 CASES = _cases()
 
 
-@pytest.mark.parametrize("name,backend,part", CASES)
+@pytest.mark.parametrize("name,backend,part", CASES, scope="module")  # grouped: one load per model
 def test_logits_kl_against_llamacpp(name, backend, part):
     model = get_model(name, backend)
     kls = []
@@ -68,7 +68,7 @@ def test_logits_kl_against_llamacpp(name, backend, part):
     assert kl.max() <= KL_MAX_MAX
 
 
-@pytest.mark.parametrize("name,backend,part", CASES)
+@pytest.mark.parametrize("name,backend,part", CASES, scope="module")  # grouped: one load per model
 def test_teacher_forced_top1_against_llamacpp(name, backend, part):
     model = get_model(name, backend)
     agree = total = 0
