@@ -513,6 +513,10 @@ def pull(name: str, progress: bool = True, force: bool = False) -> Path:
                 with zf, zf.open(info) as src, open(staged / Path(wf.member).name, "wb") as dst:
                     shutil.copyfileobj(src, dst)
 
+            # mkstemp made it 0600; a cache file is readable like any other (0666 less the umask)
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(tmp_file, 0o666 & ~mask)
             os.replace(tmp_file, final)
             tmp_file = None
             if entry.notices:

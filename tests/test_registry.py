@@ -156,6 +156,16 @@ def test_pull_assembles_and_verifies(cache, fake):
     assert registry.verify(fake.name, progress=False) == path
 
 
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_pulled_file_mode_follows_the_umask(cache, fake, umask, mode):
+    old = os.umask(umask)
+    try:
+        path = registry.pull(fake.name, progress=False)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == mode
+
+
 def test_pull_with_progress_bars(cache, fake, capsys):
     path = registry.pull(fake.name, progress=True)
     assert path.read_bytes() == WHOLE
