@@ -151,7 +151,7 @@ def _read_prompt(args) -> str:
     return prompt
 
 
-def _open_header(model_arg: str):
+def _open_header(model_arg: str, pull_if_missing: bool = True, progress: bool = True):
     """(path, GGUFFile) of the model: resolves (pulling a registry model if needed) and parses
     the header only; the weights stay unread in the memory map. A damaged cached registry
     file says how to fetch it again."""
@@ -159,7 +159,7 @@ def _open_header(model_arg: str):
     from .gguf_file import open_gguf
     from .registry import get_entry, models_dir, resolve
 
-    path = resolve(model_arg)
+    path = resolve(model_arg, pull_if_missing=pull_if_missing, progress=progress)
     try:
         return path, open_gguf(path)
     except ModelFileError as e:
@@ -179,7 +179,7 @@ def cmd_generate(args) -> int:
 
     _check_generate_args(args)
     prompt = _read_prompt(args)
-    path, header = _open_header(args.model)
+    path, header = _open_header(args.model, progress=not args.quiet)
     limit = header.arch_key("context_length")
     if args.ctx is not None and limit is not None and args.ctx > int(limit):
         raise UsageError(f"--ctx {args.ctx} is above the model's context length {int(limit)} "
@@ -238,10 +238,9 @@ def _fmt_bytes(n: int) -> str:
 
 
 def cmd_inspect(args) -> int:
-    from .gguf_file import open_gguf, summarize_types
-    from .registry import resolve
+    from .gguf_file import summarize_types
 
-    gf = open_gguf(resolve(args.model, pull_if_missing=False))
+    _, gf = _open_header(args.model, pull_if_missing=False)
     print(f"file: {gf.path}  ({_fmt_bytes(gf.file_size)}, GGUF v{gf.version}, "
           f"{len(gf.tensors)} tensors, data at byte {gf.data_offset})")
     print("\nmetadata:")

@@ -251,6 +251,6 @@ def test_truncated_cached_model_says_pull_again(tmp_path):
     (cache / "models").mkdir(parents=True)
     with open(src, "rb") as f, open(cache / "models" / entry.file, "wb") as out:
         out.write(f.read(src.stat().st_size // 2))  # the header and half the weights
-    proc = run_cli("generate", "-m", "smollm2-135m", "-n", 1, "hi", env={"PYENGINE_CACHE": str(cache)})
-    line = one_error_line(proc, 1)
-    assert "run `pyengine pull smollm2-135m`" in line, line
+    for argv in (["generate", "-m", "smollm2-135m", "-n", 1, "hi"], ["inspect", "smollm2-135m"]):
+        line = one_error_line(run_cli(*argv, env={"PYENGINE_CACHE": str(cache)}), 1)
+        assert "run `pyengine pull smollm2-135m`" in line, line
