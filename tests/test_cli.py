@@ -17,6 +17,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -26,12 +27,14 @@ from conftest import real_model_path
 HEADER_CTX = 2048
 
 
-def run_cli(*args, timeout=300, env=None, input=None):
+def run_cli(*args, timeout=300, env=None):
+    """`python -m pyengine ARGS`, run outside the source tree: from the repository root, -m
+    would import the uncompiled source package instead of the installed one."""
     e = dict(os.environ)
     e.update(env or {})
     return subprocess.run([sys.executable, "-m", "pyengine", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, encoding="utf-8", env=e, input=input,
-                          stdin=None if input is not None else subprocess.DEVNULL)
+                          timeout=timeout, encoding="utf-8", env=e, stdin=subprocess.DEVNULL,
+                          cwd=tempfile.gettempdir())
 
 
 def one_error_line(proc, status: int) -> str:
@@ -118,7 +121,7 @@ def test_prompt_file_missing(header_only, tmp_path):
 
 def test_stdin_prompt_not_utf8(header_only):
     proc = subprocess.run([sys.executable, "-m", "pyengine", "generate", "-m", str(header_only), "-"],
-                          input=b"\xff\xfe bad", capture_output=True, timeout=120)
+                          input=b"\xff\xfe bad", capture_output=True, timeout=120, cwd=tempfile.gettempdir())
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.decode().strip().splitlines()
     assert lines == ["pyengine: error: the prompt on stdin is not valid UTF-8 (byte 0)"], lines

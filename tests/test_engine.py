@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -83,8 +84,9 @@ def test_unknown_backend_is_a_clear_error():
 
 
 def run_cli(*args, timeout=300):
+    # not from the repository root, where -m would import the uncompiled source package
     return subprocess.run([sys.executable, "-m", "pyengine", *args], capture_output=True, text=True,
-                          timeout=timeout, encoding="utf-8")
+                          timeout=timeout, encoding="utf-8", cwd=tempfile.gettempdir())
 
 
 def assert_one_line_error(proc, pattern):
