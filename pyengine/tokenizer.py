@@ -33,13 +33,17 @@ from typing import Iterable, Sequence
 import numpy as np
 import regex
 
-from .errors import ModelFileError
+from .errors import ModelFileError, PyEngineError
+
+
+class TokenizerError(PyEngineError, ValueError):
+    """Text that cannot be tokenized, or a token id that is not one (bad input, not a bad file)."""
 
 # GGUF token types (tokenizer.ggml.token_type), as llama.cpp numbers them.
 TOKEN_UNDEFINED, TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL = 0, 1, 2, 3
 TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = 4, 5, 6
 
-SUPPORTED_MODELS = ("llama", "gpt2")
+SUPPORTED_MODELS = ("llama", "gpt2", "gemma4")
 
 # Texts llama.cpp treats as "end of generation" besides EOS (llama-vocab.cpp, EOG list).
 END_OF_TURN_TEXTS = (
@@ -48,19 +52,62 @@ END_OF_TURN_TEXTS = (
 )
 
 # --- pre-tokenizer regexes (facts from llama.cpp's llm_tokenizer_bpe) -----------------
+# llama.cpp runs these with std::regex (ECMAScript) or with hand-written equivalents; what
+# that means here: every non-ASCII whitespace character is seen as "\v" (see _split), so
+# "\s" is exactly llama.cpp's whitespace set, and "$" is written "\Z" (ECMAScript's "$"
+# never matches before a final newline). Each regex of a list cuts every piece further.
 _GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
 _CONTRACTIONS = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
 _LLAMA3 = (_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
            r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 _QWEN2 = (_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
           r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+# Qwen3.5: combining marks (\p{M}) stick to the letters before them
+_QWEN35 = (_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*"
+           r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+# Mistral's tekken: a run of upper-case letters followed by lower-case ones (or the
+# reverse) is one word -- "(?=\p{L})[^a-z]" is "a letter that is not ASCII lower case"
+_TEKKEN = (r"[^\r\n\p{L}\p{N}]?(?:(?=\p{L})[^a-z])*(?:(?=\p{L})[^A-Z])+"
+           r"|[^\r\n\p{L}\p{N}]?(?:(?=\p{L})[^a-z])+(?:(?=\p{L})[^A-Z])*"
+           r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# DeepSeek LLM: letters of the Latin, Greek, Cyrillic, Armenian, Georgian, Cherokee ...
+# blocks (an explicit list of ranges, not \p{L}); ASCII and full-width punctuation; CJK
+_DEEPSEEK_LETTERS = (
+    "A-Za-z\u00b5\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u01ba\u01bc-\u01bf\u01c4-\u0293"
+    "\u0295-\u02af\u0370-\u0373\u0376\u0377\u037b-\u037d\u037f\u0386\u0388-\u038a"
+    "\u038c\u038e-\u03a1\u03a3-\u03f5\u03f7-\u0481\u048a-\u052f\u0531-\u0556"
+    "\u10a0-\u10c5\u13a0-\u13f5\u13f8-\u13fd\u1c90-\u1cba\u1cbd-\u1cbf\u1d00-\u1d2b"
+    "\u1d6b-\u1d77\u1d79-\u1d9a\u1e00-\u1f15\u1f18-\u1f1d\u1f20-\u1f45\u1f48-\u1f4d"
+    "\u1f50-\u1f57\u1f59\u1f5b\u1f5d\u1f5f-\u1f7d\u1f80-\u1fb4\u1fb6-\u1fbc\u1fbe"
+    "\u1fc2-\u1fc4\u1fc6-\u1fcc\u1fd0-\u1fd3\u1fd6-\u1fdb\u1fe0-\u1fec\u1ff2-\u1ff4"
+    "\u1ff6-\u1ffc\u2102\u2107\u210a-\u2113\u2115\u2119-\u211d\u2124\u2126\u2128"
+    "\u212a-\u212d\u212f-\u2134\u2139\u213c-\u213f\u2145-\u2149\u214e\u2183\u2184"
+    "\u2c00-\u2c7b\u2c7e-\u2ce4\u2ceb-\u2cee\u2cf2\u2cf3\ua640-\ua66d\ua680-\ua69b"
+    "\ua722-\ua76f\ua771-\ua787\ua78b-\ua78e\uab70-\uabbf\ufb00-\ufb06\ufb13-\ufb17"
+    "\uff21-\uff3a\uff41-\uff5a\U00010400-\U0001044f\U000104b0-\U000104d3"
+    "\U000104d8-\U000104fb\U00010c80-\U00010cb2\U00010cc0-\U00010cf2\U000118a0-\U000118df"
+    "\U0001e900-\U0001e943")
+_CJK = "[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]+"
+_DEEPSEEK_LLM = ["[\r\n]", "\\s?[" + _DEEPSEEK_LETTERS + "]+",
+                 "\\s?[!-/:-~\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3000-\u3002]+",
+                 "\\s+\\Z", _CJK, r"\p{N}+"]
+_DEEPSEEK_CODER = ["[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", _CJK, r"\p{N}"]
+# the default and falcon lists: llama.cpp's \p{P} also covers these ASCII symbols
+_FALCON = [r"[\p{P}\$\+<=>\^~\|`]+", _GPT2, r"[0-9][0-9][0-9]"]
+_NEWLINES = r"[^\n]+|[\n]+"
 
 
 class _Pre:
-    def __init__(self, patterns: Sequence[str], ignore_merges: bool = False, add_bos: bool = False):
+    """One pre-tokenizer: the regex list plus the per-name switches llama.cpp sets."""
+
+    def __init__(self, patterns: Sequence[str], ignore_merges: bool = False, add_bos: bool = False,
+                 byte_encode: bool = True, escape_whitespace: bool = False, no_bos: bool = False):
         self.patterns = tuple(patterns)
-        self.ignore_merges = ignore_merges
-        self.add_bos = add_bos  # llama.cpp's default when tokenizer.ggml.add_bos_token is absent
+        self.ignore_merges = ignore_merges    # a word that is a token is never merged
+        self.add_bos = add_bos                # default when tokenizer.ggml.add_bos_token is absent
+        self.byte_encode = byte_encode        # GPT-2 byte table (False: raw UTF-8, <0xXX> fallback)
+        self.escape_whitespace = escape_whitespace  # spaces become U+2581 first (SentencePiece-style)
+        self.no_bos = no_bos                  # the default BOS id is "none" (GLM-4)
 
 
 _PRE_DEFAULT = _Pre([r"[\p{P}\$\+<=>\^~\|]+", _GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"])
@@ -69,16 +116,29 @@ _PRE_STARCODER = _Pre([r"\p{N}", _GPT2])  # digits one by one, then GPT-2's rule
 _PRE_LLAMA3 = _Pre([_LLAMA3], ignore_merges=True, add_bos=True)
 _PRE_DBRX = _Pre([_LLAMA3])
 _PRE_QWEN2 = _Pre([_QWEN2])
+_PRE_GEMMA4 = _Pre([_NEWLINES], byte_encode=False, escape_whitespace=True)
 
 PRE_TOKENIZERS: dict[str, _Pre] = {
     "default": _PRE_DEFAULT,
-    **dict.fromkeys(("gpt2", "gpt-2", "phi-2", "mpt", "olmo", "jais"), _PRE_GPT2),
+    **dict.fromkeys(("gpt2", "gpt-2", "phi-2", "mpt", "olmo", "jais", "exaone4"), _PRE_GPT2),
     **dict.fromkeys(("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone",
                      "minerva-7b"), _PRE_STARCODER),
     **dict.fromkeys(("llama3", "llama-v3", "llama-bpe", "falcon3"), _PRE_LLAMA3),
     **dict.fromkeys(("dbrx", "smaug-bpe"), _PRE_DBRX),
     **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "stablelm2", "megrez"), _PRE_QWEN2),
+    "qwen35": _Pre([_QWEN35]),
+    "deepseek-llm": _Pre(_DEEPSEEK_LLM),
+    "deepseek-coder": _Pre(_DEEPSEEK_CODER),
+    "falcon": _Pre(_FALCON),
+    "chatglm-bpe": _Pre([_LLAMA3], no_bos=True),
+    **dict.fromkeys(("glm4", "glm5"), _Pre([_LLAMA3], ignore_merges=True, no_bos=True)),
+    "tekken": _Pre([_TEKKEN], ignore_merges=True, add_bos=True),
+    "gemma4": _PRE_GEMMA4,
 }
+
+# llama.cpp's whitespace set beyond ASCII; _split shows each of these to the regexes as
+# "\v", as llama.cpp does, so that only "\s" matches them
+_NONASCII_SPACE = regex.compile("[\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]")
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -153,12 +213,14 @@ class Tokenizer:
         self._piece_cache: dict[int, bytes] = {}
         self._special_index: dict[bool, tuple] = {}
 
-        self._bos = self._special_id(md, "bos", 1 if model == "llama" else 11)
-        self._eos = self._special_id(md, "eos", 2 if model == "llama" else 11)
-        self._unk = self._special_id(md, "unknown", 0 if model == "llama" else None)
+        bos, eos, unk = self._default_special_ids()
+        self._bos = self._special_id(md, "bos", bos)
+        self._eos = self._special_id(md, "eos", eos)
+        self._unk = self._special_id(md, "unknown", unk)
         self._eot = self._special_id(md, "eot", None)
         self._eom = self._special_id(md, "eom", None)
-        self._add_bos = bool(md.get("tokenizer.ggml.add_bos_token", self._default_add_bos()))
+        self._add_bos = self._final_add_bos(bool(md.get("tokenizer.ggml.add_bos_token",
+                                                        self._default_add_bos())))
         self._add_eos = bool(md.get("tokenizer.ggml.add_eos_token", False))
         tmpl = md.get("tokenizer.chat_template")
         self._chat_template = tmpl if isinstance(tmpl, str) else None
@@ -196,10 +258,17 @@ class Tokenizer:
                                  f"{types.size} token types")
         if model == "llama":
             return SPMTokenizer(md, tokens, types)
-        return BPETokenizer(md, tokens, types)
+        return BPETokenizer(md, tokens, types, model)
+
+    def _default_special_ids(self) -> tuple:
+        """(bos, eos, unknown) ids llama.cpp assumes when the file names none."""
+        return None, None, None
 
     def _default_add_bos(self) -> bool:
         return False
+
+    def _final_add_bos(self, add_bos: bool) -> bool:
+        return add_bos
 
     def _special_id(self, md: dict, name: str, default: int | None) -> int | None:
         key = f"tokenizer.ggml.{name}_token_id"
@@ -273,9 +342,13 @@ class Tokenizer:
         return self._tokens[self._check(token_id)]
 
     def _check(self, token_id) -> int:
+        # only true integers: int(1.5), int("5") and True would quietly pass for ids
+        if isinstance(token_id, (bool, np.bool_)) or not isinstance(token_id, (int, np.integer)):
+            raise TokenizerError(f"a token id must be an integer, not {type(token_id).__name__} "
+                                 f"{token_id!r}")
         i = int(token_id)
         if not 0 <= i < self._n:
-            raise ValueError(f"token id {i} is outside the vocabulary (0..{self._n - 1})")
+            raise TokenizerError(f"token id {i} is outside the vocabulary (0..{self._n - 1})")
         return i
 
     def __repr__(self) -> str:
@@ -365,14 +438,28 @@ class Tokenizer:
     # --- decoding -----------------------------------------------------------------
     def token_bytes(self, token_id: int, skip_special: bool = False) -> bytes:
         """What ``token_id`` contributes to the byte stream (llama.cpp's token_to_piece)."""
-        b = self._piece_cache.get(token_id)
+        b = self._piece_cache.get(token_id) if type(token_id) is int else None
         if b is None:
-            i = self._check(token_id)
-            b = self._piece(i, int(self._types[i]))
-            self._piece_cache[i] = b
+            token_id = self._check(token_id)
+            b = self._piece(token_id, int(self._types[token_id]))
+            self._piece_cache[token_id] = b
         if skip_special and b and int(self._types[token_id]) in (TOKEN_CONTROL, TOKEN_UNKNOWN):
             return b""
         return b
+
+    def _literal_space_ids(self) -> list[int] | None:
+        """The byte tokens that spell a literal U+2581 (E2 96 81), or None."""
+        ids = [self._tok2id.get(f"<0x{b:02X}>") for b in "\u2581".encode("utf-8")]
+        return None if None in ids else ids
+
+    def _literal_space(self, out: list[int]) -> None:
+        # SentencePiece-style vocabularies write a space as "▁" (U+2581), so a "▁" that is
+        # really in the text would come back as a space; it goes in as its three UTF-8
+        # byte tokens instead (llama.cpp does not distinguish the two)
+        if self._space_byte_ids is None:
+            raise TokenizerError("cannot tokenize U+2581 ('\u2581'): this vocabulary writes "
+                                 "spaces with it and has no byte tokens to spell it")
+        out.extend(self._space_byte_ids)
 
     def _piece(self, i: int, ttype: int) -> bytes:
         raise NotImplementedError
@@ -484,6 +571,7 @@ class SPMTokenizer(Tokenizer):
                                      f"{scores.size} scores")
             self._scores = scores.tolist()
         self._add_space_prefix = bool(md.get("tokenizer.ggml.add_space_prefix", True))
+        self._space_byte_ids = self._literal_space_ids()
         # byte -> id of its <0xXX> token (falling back to the one-character token, then UNK)
         self._byte_ids: list[int | None] = [None] * 256
         for i in np.nonzero(types == TOKEN_BYTE)[0].tolist():
@@ -502,6 +590,9 @@ class SPMTokenizer(Tokenizer):
                 else:
                     self._byte_ids[b] = self._unk
 
+    def _default_special_ids(self) -> tuple:
+        return 1, 2, 0
+
     def _default_add_bos(self) -> bool:
         return True
 
@@ -514,7 +605,13 @@ class SPMTokenizer(Tokenizer):
                 continue
             if self._add_space_prefix and prev_special:
                 f = " " + f
-            self._spm(f.replace(" ", "\u2581"), out)
+            if "\u2581" in f:
+                for k, part in enumerate(f.split("\u2581")):
+                    if k:
+                        self._literal_space(out)
+                    self._spm(part.replace(" ", "\u2581"), out)
+            else:
+                self._spm(f.replace(" ", "\u2581"), out)
             prev_special = False
 
     def _spm(self, text: str, out: list[int]) -> None:
@@ -567,8 +664,12 @@ class SPMTokenizer(Tokenizer):
             else:
                 for b in _utf8(piece):
                     bid = byte_ids[b]
-                    if bid is not None:
-                        out.append(bid)
+                    if bid is None:
+                        raise TokenizerError(
+                            f"cannot tokenize {piece!r}: the vocabulary has neither a token for "
+                            f"it nor a byte token for 0x{b:02X} nor an unknown token (llama.cpp "
+                            f"would silently drop it)")
+                    out.append(bid)
             i = nxt[i]
 
     def _piece(self, i: int, ttype: int) -> bytes:
@@ -578,11 +679,18 @@ class SPMTokenizer(Tokenizer):
         if ttype == TOKEN_NORMAL:
             return t.replace("\u2581", " ").encode("utf-8")
         if ttype == TOKEN_BYTE:
-            try:
-                return bytes([int(t[3:5], 16)])
-            except ValueError:
-                return b""
+            return _byte_token(t)
         return b""  # UNUSED / UNDEFINED: llama.cpp prints nothing
+
+
+def _byte_token(t: str) -> bytes:
+    """The byte a ``<0xXX>`` token stands for."""
+    if len(t) == 6 and t.startswith("<0x") and t.endswith(">"):
+        try:
+            return bytes([int(t[3:5], 16)])
+        except ValueError:
+            pass
+    return b""
 
 
 def _split_merge(m: str) -> list[str]:
@@ -591,23 +699,31 @@ def _split_merge(m: str) -> list[str]:
 
 
 class BPETokenizer(Tokenizer):
-    """``tokenizer.ggml.model = "gpt2"``: regex pre-tokenizer plus byte-level BPE merges."""
+    """``tokenizer.ggml.model = "gpt2"`` (or ``"gemma4"``): regex pre-tokenizer plus BPE merges.
+
+    ``gpt2``: byte-level -- each word's UTF-8 bytes go through GPT-2's byte table first.
+    ``gemma4``: SentencePiece-style BPE -- spaces become ``▁``, the text is cut only at
+    newlines, merges run on the raw characters and unknown pieces fall back to ``<0xXX>``.
+    """
 
     kind = "bpe"
     _CACHE_MAX = 100_000
 
-    def __init__(self, md: dict, tokens: list[str], types: np.ndarray):
-        pre_name = md.get("tokenizer.ggml.pre", "default")
-        pre = PRE_TOKENIZERS.get(pre_name)
+    def __init__(self, md: dict, tokens: list[str], types: np.ndarray, model: str = "gpt2"):
+        if model == "gemma4":
+            pre_name = "gemma4"  # llama.cpp ignores tokenizer.ggml.pre for this model
+        else:
+            pre_name = md.get("tokenizer.ggml.pre", "default")
+        pre = PRE_TOKENIZERS.get(pre_name) if isinstance(pre_name, str) else None
         if pre is None:
-            raise ModelFileError(f"unsupported pre-tokenizer {pre_name!r} for a gpt2 tokenizer "
+            raise ModelFileError(f"unsupported pre-tokenizer {pre_name!r} for a {model} tokenizer "
                                  f"(supported: {', '.join(sorted(PRE_TOKENIZERS))})")
         self.pre_name = pre_name
         self._pre = pre
-        super().__init__(md, tokens, types, "gpt2")
+        super().__init__(md, tokens, types, model)
         merges = md.get("tokenizer.ggml.merges")
         if merges is None:
-            raise ModelFileError("the gpt2 tokenizer has no merges (metadata key "
+            raise ModelFileError(f"the {model} tokenizer has no merges (metadata key "
                                  "'tokenizer.ggml.merges' is missing)")
         try:
             # merges are "left right"; llama.cpp splits at the first space after the first
@@ -620,49 +736,88 @@ class BPETokenizer(Tokenizer):
             map(tuple, reversed(pairs)), range(len(pairs) - 1, -1, -1)))
         self._patterns = [regex.compile(p) for p in pre.patterns]
         self._cache: dict[str, tuple[int, ...]] = {}
+        if pre.byte_encode:
+            # a piece outside the vocabulary: llama.cpp looks up each of its UTF-8 bytes as a
+            # one-byte string (only ASCII can be one)
+            self._fallback = [self._tok2id.get(chr(b)) if b < 0x80 else None for b in range(256)]
+        else:
+            self._fallback = [self._tok2id.get(f"<0x{b:02X}>") for b in range(256)]
+        self._space_byte_ids = self._literal_space_ids() if pre.escape_whitespace else None
+
+    def _default_special_ids(self) -> tuple:
+        if self.model == "gemma4":
+            return None, None, None
+        return (None if self._pre.no_bos else 11), 11, None
 
     def _default_add_bos(self) -> bool:
-        return self._pre.add_bos
+        return self._pre.add_bos or self.model == "gemma4"
+
+    def _final_add_bos(self, add_bos: bool) -> bool:
+        # llama.cpp forces BOS on for Gemma 4 whatever the file says
+        return True if self.model == "gemma4" else add_bos
 
     def _split(self, text: str) -> list[str]:
         """llama.cpp's unicode_regex_split: each regex cuts every piece further; text
-        between matches stays a piece of its own."""
-        pieces = [text]
+        between matches stays a piece of its own.
+
+        The regexes see non-ASCII whitespace as "\\v" (one character for one, so the cuts
+        fall at the same places in ``text``), as llama.cpp's std::regex does.
+        """
+        seen = _NONASCII_SPACE.sub("\v", text) if _NONASCII_SPACE.search(text) else text
+        spans = [(0, len(text))]
         for pat in self._patterns:
             new = []
-            for s in pieces:
-                pos = 0
-                for m in pat.finditer(s):
+            for lo, hi in spans:
+                pos = lo
+                for m in pat.finditer(seen, lo, hi):
                     a, b = m.span()
                     if a == b:
                         continue
                     if a > pos:
-                        new.append(s[pos:a])
-                    new.append(s[a:b])
+                        new.append((pos, a))
+                    new.append((a, b))
                     pos = b
-                if pos < len(s):
-                    new.append(s[pos:])
-            pieces = new
-        return pieces
+                if pos < hi:
+                    new.append((pos, hi))
+            spans = new
+        return [text[a:b] for a, b in spans]
 
     def _encode_fragments(self, fragments: list, out: list[int]) -> None:
         cache = self._cache
+        byte_encode = self._pre.byte_encode
+        escape = self._pre.escape_whitespace
         for f in fragments:
             if type(f) is int:
                 out.append(f)
                 continue
+            if escape:
+                if "\u2581" in f:
+                    self._encode_literal_spaces(f, out)
+                    continue
+                f = f.replace(" ", "\u2581")
             for word in self._split(f):
                 ids = cache.get(word)
                 if ids is None:
-                    ids = self._bpe(_utf8(word).decode("latin-1").translate(_LATIN1_TO_GPT2))
+                    sym = _utf8(word).decode("latin-1").translate(_LATIN1_TO_GPT2) if byte_encode else word
+                    ids = self._bpe(sym)
                     if len(cache) >= self._CACHE_MAX:
                         cache.clear()
                     cache[word] = ids
                 out.extend(ids)
 
+    def _encode_literal_spaces(self, f: str, out: list[int]) -> None:
+        # a "▁" written in the text is not a space: it goes in as its three UTF-8 bytes,
+        # so that decoding gives it back (llama.cpp turns it into a space)
+        for k, part in enumerate(f.split("\u2581")):
+            if k:
+                self._literal_space(out)
+            if part:
+                self._encode_fragments([part], out)
+
     def _bpe(self, word: str) -> tuple[int, ...]:
         vocab = self._tok2id
-        if self._pre.ignore_merges:
+        if self._pre.ignore_merges or (self.model == "gemma4" and word.strip("\n") == ""):
+            # (Gemma 4: a run of newlines that is a token stays whole)
             t = vocab.get(word)
             if t is not None:
                 return (t,)
@@ -709,23 +864,40 @@ class BPETokenizer(Tokenizer):
             if t is not None:
                 out.append(t)
             else:
-                # llama.cpp falls back to single-byte strings of the piece's UTF-8
+                fb = self._fallback
                 for b in piece.encode("utf-8"):
-                    if b < 0x80 and chr(b) in vocab:
-                        out.append(vocab[chr(b)])
+                    t = fb[b]
+                    if t is None:
+                        raise TokenizerError(self._unencodable(word, piece))
+                    out.append(t)
             i = nxt[i]
         return tuple(out)
+
+    def _unencodable(self, word: str, piece: str) -> str:
+        if self._pre.byte_encode:
+            word = bytes(_CHAR_TO_BYTE.get(c, 0x3F) for c in word).decode("utf-8", "replace")
+            raw = bytes(_CHAR_TO_BYTE.get(c, 0x3F) for c in piece)
+        else:
+            raw = piece.encode("utf-8")
+        missing = " ".join(f"0x{b:02X}" for b in dict.fromkeys(raw) if self._fallback[b] is None)
+        shown = word if len(word) <= 40 else word[:37] + "..."
+        return (f"cannot tokenize {shown!r}: the vocabulary has no token for the byte(s) "
+                f"{missing} in it (llama.cpp would silently drop them)")
 
     def _piece(self, i: int, ttype: int) -> bytes:
         t = self._tokens[i]
         if ttype in (TOKEN_CONTROL, TOKEN_UNKNOWN, TOKEN_USER_DEFINED):
             return t.encode("utf-8")
         if ttype == TOKEN_NORMAL:
+            if not self._pre.byte_encode:
+                return t.replace("\u2581", " ").encode("utf-8")
             c2b = _CHAR_TO_BYTE
             if all(c in c2b for c in t):
                 return bytes(c2b[c] for c in t)
             return b"".join(bytes([c2b[c]]) if c in c2b else c.encode("utf-8") for c in t)
-        return b""  # BYTE / UNUSED / UNDEFINED: llama.cpp prints nothing for BPE vocabularies
+        if ttype == TOKEN_BYTE:
+            return _byte_token(t)
+        return b""  # UNUSED / UNDEFINED: llama.cpp prints nothing
 
 
 __all__ = ["Tokenizer", "SPMTokenizer", "BPETokenizer", "StreamDecoder", "PRE_TOKENIZERS",
