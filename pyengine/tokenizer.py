@@ -225,6 +225,8 @@ class Tokenizer:
         tmpl = md.get("tokenizer.chat_template")
         self._chat_template = tmpl if isinstance(tmpl, str) else None
 
+        self._lstrip, self._rstrip = self._strip_attributes(md)
+
         stop = {i for i in (self._eos, self._eot, self._eom) if i is not None}
         for text in END_OF_TURN_TEXTS:
             i = self._tok2id.get(text)
@@ -259,6 +261,32 @@ class Tokenizer:
         if model == "llama":
             return SPMTokenizer(md, tokens, types)
         return BPETokenizer(md, tokens, types, model)
+
+    def _strip_attributes(self, md: dict) -> tuple[frozenset, frozenset]:
+        """Special tokens that swallow the whitespace before (lstrip) or after (rstrip) them
+        when cut out of the text. GGUF does not store this; llama.cpp sets it by model name:
+        every special token of Phi-3 but <unk>, <s> and <|endoftext|> rstrips (and </s>);
+        the <mask> of jina-v2 / nomic-bert-moe and [MASK] of modern-bert lstrip."""
+        def lower(key):
+            v = md.get(key)
+            return v.lower() if isinstance(v, str) else ""
+        name, pre, arch = lower("general.name"), lower("tokenizer.ggml.pre"), lower("general.architecture")
+        get = self._tok2id.get
+        lstrip: set[int] = set()
+        rstrip: set[int] = set()
+        if any(k in pre for k in ("jina-v2-de", "jina-v2-es", "jina-v2-code")) or \
+                any(k in arch for k in ("nomic-bert-moe", "jina-bert-v3")):
+            lstrip.add(get("<mask>"))
+        elif "phi-3" in name or "phi3" in name:
+            special = (TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNKNOWN)
+            rstrip.update(np.nonzero(np.isin(self._types, special))[0].tolist())
+            rstrip.add(get("</s>"))
+            rstrip.difference_update(get(t) for t in ("<unk>", "<s>", "<|endoftext|>"))
+        elif "modern-bert" in name:
+            lstrip.add(get("[MASK]"))
+        lstrip.discard(None)
+        rstrip.discard(None)
+        return frozenset(lstrip), frozenset(rstrip)
 
     def _default_special_ids(self) -> tuple:
         """(bos, eos, unknown) ids llama.cpp assumes when the file names none."""
@@ -420,16 +448,24 @@ class Tokenizer:
         if not found:
             return [text]
         frags: list = [text]
+        ws = " \t\n\v\f\r"  # C isspace
         for i in sorted(found, key=rank.__getitem__):
             t = self._tokens[i]
+            lstrip, rstrip = i in self._lstrip, i in self._rstrip
             new: list = []
             for f in frags:
                 if type(f) is int or t not in f:
                     new.append(f)
                     continue
-                for k, part in enumerate(f.split(t)):
+                parts = f.split(t)
+                last = len(parts) - 1
+                for k, part in enumerate(parts):
                     if k:
                         new.append(i)
+                        if rstrip:
+                            part = part.lstrip(ws)
+                    if lstrip and k < last:
+                        part = part.rstrip(ws)
                     if part:
                         new.append(part)
             frags = new
