@@ -729,11 +729,6 @@ def _byte_token(t: str) -> bytes:
     return b""
 
 
-def _split_merge(m: str) -> list[str]:
-    k = m.find(" ", 1)
-    return [m] if k < 0 else [m[:k], m[k + 1:]]
-
-
 class BPETokenizer(Tokenizer):
     """``tokenizer.ggml.model = "gpt2"`` (or ``"gemma4"``): regex pre-tokenizer plus BPE merges.
 
@@ -761,15 +756,15 @@ class BPETokenizer(Tokenizer):
         if merges is None:
             raise ModelFileError(f"the {model} tokenizer has no merges (metadata key "
                                  "'tokenizer.ggml.merges' is missing)")
-        try:
-            # merges are "left right"; llama.cpp splits at the first space after the first
-            # character, and the earliest of duplicate pairs wins
-            pairs = [m.split(" ", 1) if m[:1] != " " else _split_merge(m) for m in merges]
-        except (AttributeError, TypeError):
-            raise ModelFileError("tokenizer metadata 'tokenizer.ggml.merges' is not a list of strings") from None
-        # (a merge without a space becomes a 1-tuple key that no lookup can hit)
-        self._ranks: dict[tuple, int] = dict(zip(
-            map(tuple, reversed(pairs)), range(len(pairs) - 1, -1, -1)))
+        if not isinstance(merges, (list, tuple)) or not all(isinstance(m, str) for m in merges[:8]):
+            raise ModelFileError("tokenizer metadata 'tokenizer.ggml.merges' is not a list of strings")
+        # merges are "left right"; llama.cpp splits them at the first space after the first
+        # character, and the earliest of duplicate pairs wins. The pieces merged never hold
+        # a raw space (spaces are "Ġ" or "▁" by then), so the pair (left, right) is found
+        # by the string left + " " + right, which is the merge text itself: no splitting
+        # needed (a merge with no space after its first character can never be found).
+        n = len(merges)
+        self._ranks: dict[str, int] = dict(zip(reversed(merges), range(n - 1, -1, -1)))
         self._patterns = [regex.compile(p) for p in pre.patterns]
         self._cache: dict[str, tuple[int, ...]] = {}
         if pre.byte_encode:
@@ -779,6 +774,10 @@ class BPETokenizer(Tokenizer):
         else:
             self._fallback = [self._tok2id.get(f"<0x{b:02X}>") for b in range(256)]
         self._space_byte_ids = self._literal_space_ids() if pre.escape_whitespace else None
+
+    def merge_rank(self, left: str, right: str) -> int | None:
+        """Rank of merging ``left`` and ``right`` (lower merges first), or None."""
+        return self._ranks.get(left + " " + right)
 
     def _default_special_ids(self) -> tuple:
         if self.model == "gemma4":
@@ -867,7 +866,7 @@ class BPETokenizer(Tokenizer):
         prv = list(range(-1, n - 1))
         heap = []
         for i in range(n - 1):
-            r = ranks.get((word[i], word[i + 1]))
+            r = ranks.get(word[i] + " " + word[i + 1])
             if r is not None:
                 heap.append((r, i, i + 1, 2))
         heapq.heapify(heap)
@@ -885,11 +884,11 @@ class BPETokenizer(Tokenizer):
                 prv[r2] = left
             p = prv[left]
             if p >= 0:
-                r = ranks.get((word[p:left], word[left:left + size]))
+                r = ranks.get(word[p:left] + " " + word[left:left + size])
                 if r is not None:
                     push(heap, (r, p, left, length[p] + size))
             if r2 >= 0:
-                r = ranks.get((word[left:r2], word[r2:r2 + length[r2]]))
+                r = ranks.get(word[left:r2] + " " + word[r2:r2 + length[r2]])
                 if r is not None:
                     push(heap, (r, left, r2, size + length[r2]))
         out = []

@@ -263,7 +263,7 @@ def _naive_bpe(t: BPETokenizer, word: str) -> list[int]:
     while True:
         best = None
         for k in range(len(pieces) - 1):
-            r = t._ranks.get((pieces[k], pieces[k + 1]))
+            r = t.merge_rank(pieces[k], pieces[k + 1])
             if r is not None and (best is None or r < best[0]):
                 best = (r, k)
         if best is None:
