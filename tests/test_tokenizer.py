@@ -466,3 +466,55 @@ def test_unsupported_chat_template_is_an_error():
     assert t.chat_format is None
     with pytest.raises(ModelFileError, match="chat template"):
         t.apply_chat_template([{"role": "user", "content": "hi"}])
+
+
+# --- hostile input (issue 11): each of these failed before its fix ----------------------------
+
+@pytest.mark.parametrize("byte", [0x04, 0x06, 0x13, 0x14, 0x16, 0x1D])
+def test_smollm_refuses_control_characters_it_cannot_spell(byte):
+    # SmolLM2's byte-level vocabulary has no token for these bytes; llama.cpp (and we,
+    # before) silently dropped them, so "a\x04b" tokenized as "ab"
+    t = tok(SMOL)
+    with pytest.raises(TokenizerError, match=f"0x{byte:02X}"):
+        t.encode(f"a{chr(byte)}b", add_bos=False)
+    # one line, naming the byte
+    with pytest.raises(TokenizerError) as ei:
+        t.encode(f"x {chr(byte)}", add_bos=True)
+    assert "\n" not in str(ei.value)
+    # the characters next to them in the table still work
+    assert t.decode(t.encode("a\x05b\x07c", add_bos=False)) == "a\x05b\x07c"
+
+
+@pytest.mark.parametrize("text", ["\u2581", "a\u2581b", "x \u2581\u2581 y", "\u2581the end\u2581"])
+def test_gemma_keeps_a_literal_lower_one_eighth_block(text):
+    # SentencePiece writes spaces as "▁"; a "▁" in the text used to come back as a space
+    t = tok(GEMMA)
+    ids = t.encode(text, add_bos=False)
+    assert t.decode(ids) == text
+    e2, b96, b81 = (t.token_to_id(f"<0x{b:02X}>") for b in (0xE2, 0x96, 0x81))
+    assert [e2, b96, b81] == ids[ids.index(e2):ids.index(e2) + 3]
+    # plain spaces are untouched
+    assert e2 not in t.encode("the end", add_bos=False)
+
+
+@pytest.mark.parametrize("bad", [1.5, "5", True, False, None, np.float32(3), np.bool_(True), b"5"])
+def test_decode_accepts_only_integer_ids(bad):
+    for name in (GEMMA, SMOL):
+        t = tok(name)
+        with pytest.raises(TokenizerError, match="token id must be an integer"):
+            t.decode([1, bad])
+        with pytest.raises(TokenizerError):
+            t.token_bytes(bad)
+        with pytest.raises(TokenizerError):
+            t.stream().push(bad)
+
+
+def test_decode_accepts_numpy_integers():
+    t = tok(SMOL)
+    ids = t.encode("Hello world", add_bos=False)
+    assert t.decode(np.asarray(ids, dtype=np.int32)) == t.decode(np.asarray(ids, dtype=np.int64)) \
+        == t.decode(ids) == "Hello world"
+    with pytest.raises(TokenizerError, match="outside the vocabulary"):
+        t.decode([t.n_vocab])
+    with pytest.raises(TokenizerError, match="outside the vocabulary"):
+        t.decode([np.int64(-1)])
