@@ -608,23 +608,11 @@ class SPMTokenizer(Tokenizer):
             self._scores = scores.tolist()
         self._add_space_prefix = bool(md.get("tokenizer.ggml.add_space_prefix", True))
         self._space_byte_ids = self._literal_space_ids()
-        # byte -> id of its <0xXX> token (falling back to the one-character token, then UNK)
-        self._byte_ids: list[int | None] = [None] * 256
-        for i in np.nonzero(types == TOKEN_BYTE)[0].tolist():
-            t = self._tokens[i]
-            if len(t) == 6 and t.startswith("<0x") and t.endswith(">"):
-                try:
-                    self._byte_ids[int(t[3:5], 16)] = i
-                except ValueError:
-                    pass
-        for b in range(256):
-            if self._byte_ids[b] is None:
-                for key in (f"<0x{b:02X}>", chr(b) if b < 128 else None):
-                    if key is not None and key in self._tok2id:
-                        self._byte_ids[b] = self._tok2id[key]
-                        break
-                else:
-                    self._byte_ids[b] = self._unk
+        # byte -> id of the token written "<0xXX>", else of the one-character token (ASCII);
+        # llama.cpp looks them up by text and fails when neither exists (no UNK fallback)
+        get = self._tok2id.get
+        self._byte_ids: list[int | None] = [
+            get(f"<0x{b:02X}>", get(chr(b)) if b < 0x80 else None) for b in range(256)]
 
     def _default_special_ids(self) -> tuple:
         return 1, 2, 0
@@ -703,8 +691,7 @@ class SPMTokenizer(Tokenizer):
                     if bid is None:
                         raise TokenizerError(
                             f"cannot tokenize {piece!r}: the vocabulary has neither a token for "
-                            f"it nor a byte token for 0x{b:02X} nor an unknown token (llama.cpp "
-                            f"would silently drop it)")
+                            f"it nor a byte token for 0x{b:02X}")
                     out.append(bid)
             i = nxt[i]
 
