@@ -45,11 +45,30 @@ TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = 4, 5, 6
 
 SUPPORTED_MODELS = ("llama", "gpt2", "gemma4")
 
-# Texts llama.cpp treats as "end of generation" besides EOS (llama-vocab.cpp, EOG list).
+# Texts llama.cpp treats as "end of generation" besides EOS (llama-vocab.cpp, EOG list); a
+# token with one of these texts is also made a control token whatever the file says.
 END_OF_TURN_TEXTS = (
-    "<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<|endoftext|>",
-    "<|end_of_text|>", "<EOT>", "_<EOT>", "<end_of_utterance>",
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
+    "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
+    "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
+    "<\uff5cend\u2581of\u2581sentence\uff5c>", "[e~[",
 )
+# Fill-in-the-middle tokens found by text when the file names none (llama.cpp does the same);
+# they become control tokens, and pad / repo / file-separator ones also end generation.
+_FIM_TEXTS = {
+    "fim_pre": ("<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<\uff5cfim\u2581begin\uff5c>",
+                "<PRE>", "\u2581<PRE>", "<|code_prefix|>", "<|prefix|>"),
+    "fim_suf": ("<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<\uff5cfim\u2581hole\uff5c>",
+                "<SUF>", "\u2581<SUF>", "<|code_suffix|>", "<|suffix|>"),
+    "fim_mid": ("<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<\uff5cfim\u2581end\uff5c>",
+                "<MID>", "\u2581<MID>", "<|code_middle|>", "<|middle|>"),
+    "fim_pad": ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"),
+    "fim_rep": ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"),
+    "fim_sep": ("<|file_sep|>",),
+}
+_FIM_OLD_KEYS = {"fim_pre": "prefix", "fim_suf": "suffix", "fim_mid": "middle"}
+# gpt-oss: always shown, never control
+_ALWAYS_USER_DEFINED = ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>")
 
 # --- pre-tokenizer regexes (facts from llama.cpp's llm_tokenizer_bpe) -----------------
 # llama.cpp runs these with std::regex (ECMAScript) or with hand-written equivalents; what
@@ -207,8 +226,7 @@ class Tokenizer:
         if "" in tokens:
             tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
         self._tokens = tokens
-        self._types = types
-        self._types_list: list[int] | None = None
+        self._types = types = np.array(types, dtype=np.int32)  # our own copy: adjusted below
         self._tok2id: dict[str, int] = dict(zip(tokens, range(n)))  # later duplicates win
         self._piece_cache: dict[int, bytes] = {}
         self._special_index: dict[bool, tuple] = {}
@@ -225,14 +243,58 @@ class Tokenizer:
         tmpl = md.get("tokenizer.chat_template")
         self._chat_template = tmpl if isinstance(tmpl, str) else None
 
+        self._stop_ids = frozenset(self._adjust_types(md))
         self._lstrip, self._rstrip = self._strip_attributes(md)
 
-        stop = {i for i in (self._eos, self._eot, self._eom) if i is not None}
+    def _adjust_types(self, md: dict) -> set[int]:
+        """Token types as llama.cpp ends up with them, and its end-of-generation set.
+
+        GGUF files often mark end-of-turn or fill-in-the-middle tokens as normal text;
+        llama.cpp recognises them by their text and makes them control tokens (so they are
+        not cut out of plain text, are printed verbatim, and are hidden by skip_special).
+        """
+        types, get = self._types, self._tok2id.get
+
+        def control(i: int) -> None:
+            if types[i] not in (TOKEN_CONTROL, TOKEN_UNKNOWN):
+                types[i] = TOKEN_CONTROL
+
+        eog: set[int] = set()
+        for kind, texts in _FIM_TEXTS.items():
+            old = _FIM_OLD_KEYS.get(kind)
+            named = self._special_id(md, kind, None)
+            if named is None and old is not None:
+                named = self._special_id(md, old, None)
+            if named is None:
+                found = [i for i in map(get, texts) if i is not None]
+                for i in found:
+                    control(i)
+                named = found[0] if found else None
+            if named is not None and kind in ("fim_pad", "fim_rep", "fim_sep"):
+                eog.add(named)
         for text in END_OF_TURN_TEXTS:
-            i = self._tok2id.get(text)
+            i = get(text)
             if i is not None:
-                stop.add(i)
-        self._stop_ids = frozenset(stop)
+                eog.add(i)
+                control(i)
+        for text in _ALWAYS_USER_DEFINED:
+            i = get(text)
+            if i is not None:
+                types[i] = TOKEN_USER_DEFINED
+        eog.update(i for i in (self._eos, self._eot, self._eom) if i is not None)
+        eog_texts = {self._tokens[i]: i for i in eog}
+        # o200k_harmony / solar-open: "<|end|>" ends a message, not the generation
+        if "<|end|>" in eog_texts and "<|call|>" in eog_texts and "<|return|>" in eog_texts or \
+                "<|end|>" in eog_texts and "<|calls|>" in eog_texts and "<|flush|>" in eog_texts:
+            i = eog_texts["<|end|>"]
+            eog.discard(i)
+            types[i] = TOKEN_USER_DEFINED
+        # Gemma 4 / PLaMo: "</s>" is plain text there
+        if "</s>" in eog_texts and ("<|tool_response>" in eog_texts or "<|plamo:eos|>" in eog_texts):
+            i = eog_texts["</s>"]
+            eog.discard(i)
+            types[i] = TOKEN_NORMAL
+        return eog
 
     # --- construction -------------------------------------------------------------
     @staticmethod

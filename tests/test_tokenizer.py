@@ -82,7 +82,8 @@ def test_gemma_properties():
     assert (t.bos_id, t.eos_id) == (2, 1)
     assert t.id_to_token(t.bos_id) == "<bos>" and t.id_to_token(t.eos_id) == "<eos>"
     eot = t.token_to_id("<end_of_turn>")
-    assert t.stop_ids == {t.eos_id, eot}
+    # llama.cpp's end-of-generation set: EOS, <end_of_turn> and Gemma's "</s>" (id 212)
+    assert t.stop_ids == {t.eos_id, eot, t.token_to_id("</s>")} and len(t.stop_ids) == 3
     assert t.is_control(t.bos_id) and t.is_control(eot) and t.is_control(t.token_to_id("<start_of_turn>"))
     assert not t.is_control(t.token_to_id("\n"))          # user-defined, not control
     assert not t.is_control(t.encode("Hello", add_bos=False)[0])
@@ -96,7 +97,8 @@ def test_smollm_properties():
     assert t.n_vocab == 49152
     assert t.add_bos is False
     assert t.id_to_token(t.eos_id) == "<|im_end|>"
-    assert t.stop_ids == {t.eos_id, t.token_to_id("<|endoftext|>")}
+    # llama.cpp's end-of-generation set: also the fill-in-the-middle <reponame> token
+    assert t.stop_ids == {t.eos_id, t.token_to_id("<|endoftext|>"), t.token_to_id("<reponame>")}
     assert t.token_to_id("<|im_end|>") in t.stop_ids
     assert all(t.is_control(i) for i in t.stop_ids)
     assert isinstance(t.chat_template, str) and "<|im_start|>" in t.chat_template
