@@ -204,7 +204,9 @@ def test_ids_do_not_depend_on_the_backend():
 # --- llama.cpp's ids on a wider set of texts (tests/data/tokenizer) -------------------------
 
 REF_DIR = Path(__file__).parent / "data" / "tokenizer"
-REFERENCES = sorted(p.stem[len("llamacpp_"):] for p in REF_DIR.glob("llamacpp_*.json"))
+REFERENCES = sorted(p.stem[len("llamacpp_"):] for p in REF_DIR.glob("llamacpp_*.json")
+                    if not p.stem.startswith("llamacpp_model_"))
+MODEL_REFERENCES = sorted(p.stem[len("llamacpp_model_"):] for p in REF_DIR.glob("llamacpp_model_*.json"))
 
 
 def test_reference_data_covers_the_required_vocabularies():
@@ -214,7 +216,24 @@ def test_reference_data_covers_the_required_vocabularies():
 @pytest.mark.parametrize("ref", REFERENCES)
 def test_reference_ids_match_llamacpp(ref):
     data = json.loads((REF_DIR / f"llamacpp_{ref}.json").read_text(encoding="utf-8"))
-    t = vocab(data["vocab"], data["pre"])
+    _check_reference(ref, vocab(data["vocab"], data["pre"]), data)
+
+
+@pytest.mark.parametrize("name", MODEL_REFERENCES)
+def test_real_model_ids_match_llamacpp(name):
+    # the same texts through the tokenizers of the registry's real models
+    from conftest import real_model_path
+
+    data = json.loads((REF_DIR / f"llamacpp_model_{name}.json").read_text(encoding="utf-8"))
+    assert data["model"] == name
+    _check_reference(name, Tokenizer.from_metadata(open_gguf(real_model_path(name)).metadata), data)
+
+
+def test_real_model_references_exist():
+    assert {"gemma3-270m", "smollm2-135m", "qwen2.5-coder-0.5b"} <= set(MODEL_REFERENCES)
+
+
+def _check_reference(ref: str, t: Tokenizer, data: dict) -> None:
     spm_like = isinstance(t, SPMTokenizer) or t.model == "gemma4"
     prefix = " " if isinstance(t, SPMTokenizer) and t._add_space_prefix else ""
     bad, checked, refused, literal = [], 0, 0, 0

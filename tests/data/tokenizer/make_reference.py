@@ -11,6 +11,9 @@ so only the header changes).
         -L$LLAMA/build/bin -lllama -Wl,-rpath,$LLAMA/build/bin -o /tmp/llama_tokenize_ref
     python make_reference.py /tmp/llama_tokenize_ref
 
+The same texts also go through the tokenizers of the registry's real models
+(``llamacpp_model_<registry name>.json``, {model, made_with, cases}).
+
 Output: ``llamacpp_<name>.json`` = {vocab, pre, made_with, cases: [{text, ids, ids_special,
 detok_hex}]}: ``ids`` with add_special = parse_special = false (as llama.cpp's suite),
 ``ids_special`` with both true (BOS/EOS as the file asks, control tokens parsed),
@@ -124,7 +127,16 @@ def run(tool: str, gguf: Path, texts: list[str]) -> list[dict]:
     return cases
 
 
+# real models of the registry (their tokenizers as users meet them): registry name
+MODELS = ("gemma3-270m", "smollm2-135m", "qwen2.5-coder-0.5b")
+
+
 def main(tool: str) -> None:
+    from pyengine.registry import resolve
+
+    for name in MODELS:
+        cases = run(tool, Path(resolve(name, pull_if_missing=True, progress=False)), texts_for(""))
+        write(f"model_{name}", {"model": name}, cases)
     with tempfile.TemporaryDirectory() as tmp:
         for name, src, pre in VOCABS:
             gguf = vocab_dir() / f"ggml-vocab-{src}.gguf"
@@ -132,13 +144,16 @@ def main(tool: str) -> None:
                 patched = Path(tmp) / f"{name}.gguf"
                 with_pre(gguf, pre, patched)
                 gguf = patched
-            cases = run(tool, gguf, texts_for(src))
-            head = json.dumps({"vocab": src, "pre": pre, "made_with": "llama.cpp 0c1e570 "
-                               "(llama-cpp-python 0.3.36) via llama_tokenize_ref.cpp"})
-            body = ",\n".join(json.dumps(c, separators=(",", ":"), ensure_ascii=False) for c in cases)
-            (HERE / f"llamacpp_{name}.json").write_text(
-                head[:-1] + ', "cases": [\n' + body + "\n]}\n", encoding="utf-8")
-            print(name, len(cases))
+            write(name, {"vocab": src, "pre": pre}, run(tool, gguf, texts_for(src)))
+
+
+def write(name: str, head: dict, cases: list[dict]) -> None:
+    head = json.dumps({**head, "made_with": "llama.cpp 0c1e570 (llama-cpp-python 0.3.36) via "
+                                           "llama_tokenize_ref.cpp"})
+    body = ",\n".join(json.dumps(c, separators=(",", ":"), ensure_ascii=False) for c in cases)
+    (HERE / f"llamacpp_{name}.json").write_text(
+        head[:-1] + ', "cases": [\n' + body + "\n]}\n", encoding="utf-8")
+    print(name, len(cases))
 
 
 if __name__ == "__main__":
