@@ -109,7 +109,7 @@ _DEEPSEEK_LETTERS = (
 _CJK = "[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]+"
 _DEEPSEEK_LLM = ["[\r\n]", "\\s?[" + _DEEPSEEK_LETTERS + "]+",
                  "\\s?[!-/:-~\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3000-\u3002]+",
-                 "\\s+\\Z", _CJK, r"\p{N}+"]
+                 "(?r)\\s+\\Z", _CJK, r"\p{N}+"]  # (?r): searched from the end, linear time
 _DEEPSEEK_CODER = ["[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", _CJK, r"\p{N}"]
 # the default and falcon lists: llama.cpp's \p{P} also covers these ASCII symbols
 _FALCON = [r"[\p{P}\$\+<=>\^~\|`]+", _GPT2, r"[0-9][0-9][0-9]"]
@@ -495,42 +495,69 @@ class Tokenizer:
         return idx
 
     def _partition(self, text: str, parse_special: bool) -> list:
-        """Split ``text`` into raw-text fragments (str) and special token ids (int)."""
+        """Split ``text`` into raw-text fragments (str) and special token ids (int).
+
+        llama.cpp takes the special tokens one by one (longest first) and splits every raw
+        fragment at each occurrence, left to right. Same result here in one pass over the
+        occurrences: all of them, in that order, each taken if its characters are all still
+        raw text (the marks below); linear in the number of occurrences instead of
+        (distinct tokens x fragments), which a text full of distinct special tokens made
+        quadratic.
+        """
         text2id, lens, first, rank = self._specials(parse_special)
         if first is None:
             return [text]
-        found: set[int] = set()
         get = text2id.get
+        where: dict[int, list[int]] = {}  # token id -> its start positions, in order
         for m in first.finditer(text):
             p = m.start()
             for n in lens[text[p]]:
                 i = get(text[p:p + n])
                 if i is not None:
-                    found.add(i)
-        if not found:
+                    if i in where:
+                        where[i].append(p)
+                    else:
+                        where[i] = [p]
+        if not where:
             return [text]
-        frags: list = [text]
+        size = len(text)
+        taken = bytearray(size)  # 1: inside a special token, or whitespace one stripped
+        starts: dict[int, tuple[int, int]] = {}
+        lstrip, rstrip = self._lstrip, self._rstrip
         ws = " \t\n\v\f\r"  # C isspace
-        for i in sorted(found, key=rank.__getitem__):
-            t = self._tokens[i]
-            lstrip, rstrip = i in self._lstrip, i in self._rstrip
-            new: list = []
-            for f in frags:
-                if type(f) is int or t not in f:
-                    new.append(f)
+        tokens = self._tokens
+        for i in sorted(where, key=rank.__getitem__):
+            n = len(tokens[i])
+            ls, rs = i in lstrip, i in rstrip
+            for p in where[i]:
+                if taken.find(1, p, p + n) >= 0:
                     continue
-                parts = f.split(t)
-                last = len(parts) - 1
-                for k, part in enumerate(parts):
-                    if k:
-                        new.append(i)
-                        if rstrip:
-                            part = part.lstrip(ws)
-                    if lstrip and k < last:
-                        part = part.rstrip(ws)
-                    if part:
-                        new.append(part)
-            frags = new
+                taken[p:p + n] = b"\x01" * n
+                starts[p] = (i, n)
+                if rs:  # swallow the whitespace after it (up to the next token)
+                    q = p + n
+                    while q < size and not taken[q] and text[q] in ws:
+                        taken[q] = 1
+                        q += 1
+                if ls:  # ... or before it
+                    q = p - 1
+                    while q >= 0 and not taken[q] and text[q] in ws:
+                        taken[q] = 1
+                        q -= 1
+        frags: list = []
+        pos = 0
+        while pos < size:
+            if not taken[pos]:
+                end = taken.find(1, pos)
+                end = size if end < 0 else end
+                frags.append(text[pos:end])
+                pos = end
+            elif pos in starts:
+                i, n = starts[pos]
+                frags.append(i)
+                pos += n
+            else:
+                pos += 1  # stripped whitespace
         return frags
 
     # --- decoding -----------------------------------------------------------------

@@ -520,3 +520,72 @@ def test_decode_accepts_numpy_integers():
         t.decode([t.n_vocab])
     with pytest.raises(TokenizerError, match="outside the vocabulary"):
         t.decode([np.int64(-1)])
+
+
+# --- the special-token partition against a naive version of llama.cpp's loop -----------------
+
+def _naive_partition(t: Tokenizer, text: str, parse_special: bool) -> list:
+    """llama.cpp's tokenizer_st_partition as written: every special token, longest first,
+    splits every raw fragment at each occurrence; lstrip/rstrip tokens eat the whitespace
+    before/after them."""
+    frags: list = [text]
+    for i in _special_order(t, parse_special):
+        if t.id_to_token(i) not in text:
+            continue
+        s = t.id_to_token(i)
+        new: list = []
+        for f in frags:
+            if type(f) is int or s not in f:
+                new.append(f)
+                continue
+            parts = f.split(s)
+            for k, part in enumerate(parts):
+                if k:
+                    new.append(i)
+                    if i in t._rstrip:
+                        part = part.lstrip(" \t\n\v\f\r")
+                if i in t._lstrip and k < len(parts) - 1:
+                    part = part.rstrip(" \t\n\v\f\r")
+                if part:
+                    new.append(part)
+        frags = new
+    return frags
+
+
+_ORDERS: dict = {}
+
+
+def _special_order(t: Tokenizer, parse_special: bool) -> list[int]:
+    key = (id(t), parse_special)
+    if key not in _ORDERS:
+        kinds = (TOKEN_USER_DEFINED, TOKEN_CONTROL, 2) if parse_special else (TOKEN_USER_DEFINED,)
+        ids = np.nonzero(np.isin(t._types, kinds))[0].tolist()
+        order, seen = [], set()
+        for i in sorted(ids, key=lambda i: (-len(t.id_to_token(i).encode()), i)):
+            if t.id_to_token(i) not in seen:
+                seen.add(t.id_to_token(i))
+                order.append(i)
+        _ORDERS[key] = (t, order)  # (t kept alive so that its id stays unique)
+    return _ORDERS[key][1]
+
+
+def special_texts(t: Tokenizer, parse_special: bool, k: int = 60) -> list[str]:
+    kinds = (TOKEN_USER_DEFINED, TOKEN_CONTROL) if parse_special else (TOKEN_USER_DEFINED,)
+    ids = np.nonzero(np.isin(t._types, kinds))[0].tolist()
+    step = max(1, len(ids) // k)
+    return [t.id_to_token(i) for i in ids[::step]]
+
+
+@pytest.mark.parametrize("name", list(REAL_MODELS))
+@pytest.mark.parametrize("parse_special", [False, True])
+def test_partition_matches_naive_llamacpp_loop(name, parse_special):
+    t = tok(name)
+    pieces = special_texts(t, parse_special) + ["a", "b", " ", "\n", "  ", "<", ">", "|"]
+
+    @HYP
+    @given(st.lists(st.sampled_from(pieces), max_size=25))
+    def check(parts):
+        text = "".join(parts)
+        assert t._partition(text, parse_special) == _naive_partition(t, text, parse_special)
+
+    check()

@@ -102,6 +102,29 @@ def test_every_required_vocab_has_cases():
     assert kinds["gemma-4"] is BPETokenizer and vocab("gemma-4").model == "gemma4"
 
 
+# --- Phi-3: special tokens swallow the whitespace after them ------------------------------
+
+def test_phi3_special_tokens_rstrip():
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from test_tokenizer import _naive_partition, special_texts
+
+    t = vocab("phi-3")
+    end, user = t.token_to_id("<|end|>"), t.token_to_id("<|user|>")
+    assert end in t._rstrip and t.token_to_id("</s>") in t._rstrip
+    assert t.token_to_id("<|endoftext|>") not in t._rstrip and t.bos_id not in t._rstrip
+    assert t._partition("<|user|>\n  Hi <|end|>\n", True) == [user, "Hi ", end]
+    pieces = special_texts(t, True) + ["a", " ", "\n", "\t", "  "]
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(st.sampled_from(pieces), max_size=25))
+    def check(parts):
+        text = "".join(parts)
+        assert t._partition(text, True) == _naive_partition(t, text, True)
+
+    check()
+
+
 # --- detokenize -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", VOCABS)
