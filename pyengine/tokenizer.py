@@ -237,9 +237,9 @@ class Tokenizer:
         self._unk = self._special_id(md, "unknown", unk)
         self._eot = self._special_id(md, "eot", None)
         self._eom = self._special_id(md, "eom", None)
-        self._add_bos = self._final_add_bos(bool(md.get("tokenizer.ggml.add_bos_token",
-                                                        self._default_add_bos())))
-        self._add_eos = bool(md.get("tokenizer.ggml.add_eos_token", False))
+        self._add_bos = self._final_add_bos(_flag(md, "tokenizer.ggml.add_bos_token",
+                                                  self._default_add_bos()))
+        self._add_eos = _flag(md, "tokenizer.ggml.add_eos_token", False)
         tmpl = md.get("tokenizer.chat_template")
         self._chat_template = tmpl if isinstance(tmpl, str) else None
 
@@ -310,16 +310,17 @@ class Tokenizer:
         tokens = md.get("tokenizer.ggml.tokens")
         if not isinstance(tokens, (list, tuple)) or not tokens:
             raise ModelFileError("tokenizer metadata 'tokenizer.ggml.tokens' is missing or empty")
-        if not all(isinstance(t, str) for t in tokens[:8]):
+        if not all(isinstance(t, str) for t in tokens):
             raise ModelFileError("tokenizer metadata 'tokenizer.ggml.tokens' is not a list of strings")
         tokens = list(tokens)
         types = md.get("tokenizer.ggml.token_type")
         if types is None:
             types = np.full(len(tokens), TOKEN_NORMAL, dtype=np.int32)
-        types = np.asarray(types, dtype=np.int32)
-        if types.shape != (len(tokens),):
+        types = _int_array(types, "tokenizer.ggml.token_type")
+        if types.size < len(tokens):  # (llama.cpp ignores extra ones)
             raise ModelFileError(f"tokenizer metadata is inconsistent: {len(tokens)} tokens but "
                                  f"{types.size} token types")
+        types = types[:len(tokens)]
         if model == "llama":
             return SPMTokenizer(md, tokens, types)
         return BPETokenizer(md, tokens, types, model)
@@ -365,10 +366,9 @@ class Tokenizer:
         if key not in md:
             return default
         v = md[key]
-        try:
-            v = int(v)
-        except (TypeError, ValueError):
-            raise ModelFileError(f"tokenizer metadata {key!r} is not an integer: {v!r}") from None
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+            raise ModelFileError(f"tokenizer metadata {key!r} is not an integer: {v!r}")
+        v = int(v)
         if not 0 <= v < self._n:
             raise ModelFileError(f"tokenizer metadata {key!r} = {v} is outside the vocabulary "
                                  f"(0..{self._n - 1})")
@@ -690,12 +690,16 @@ class SPMTokenizer(Tokenizer):
         if scores is None:
             self._scores = [0.0] * self._n
         else:
-            scores = np.asarray(scores, dtype=np.float32)
-            if scores.shape != (self._n,):
+            scores = np.asarray(scores)
+            if scores.ndim != 1 or not (np.issubdtype(scores.dtype, np.floating)
+                                        or np.issubdtype(scores.dtype, np.integer)):
+                raise ModelFileError("tokenizer metadata 'tokenizer.ggml.scores' is not an array "
+                                     "of numbers")
+            if scores.size < self._n:  # (llama.cpp ignores extra ones)
                 raise ModelFileError(f"tokenizer metadata is inconsistent: {self._n} tokens but "
                                      f"{scores.size} scores")
-            self._scores = scores.tolist()
-        self._add_space_prefix = bool(md.get("tokenizer.ggml.add_space_prefix", True))
+            self._scores = scores[:self._n].astype(np.float32).tolist()
+        self._add_space_prefix = _flag(md, "tokenizer.ggml.add_space_prefix", True)
         self._space_byte_ids = self._literal_space_ids()
         # byte -> id of the token written "<0xXX>", else of the one-character token (ASCII);
         # llama.cpp looks them up by text and fails when neither exists (no UNK fallback)
@@ -795,6 +799,23 @@ class SPMTokenizer(Tokenizer):
         return b""  # UNUSED / UNDEFINED: llama.cpp prints nothing
 
 
+def _int_array(v, key: str) -> np.ndarray:
+    a = np.asarray(v) if not isinstance(v, np.ndarray) else v
+    if a.ndim != 1 or not (np.issubdtype(a.dtype, np.integer) or a.size == 0):
+        raise ModelFileError(f"tokenizer metadata {key!r} is not an array of integers")
+    if a.size and (a.min() < np.iinfo(np.int32).min or a.max() > np.iinfo(np.int32).max):
+        raise ModelFileError(f"tokenizer metadata {key!r} holds values outside int32")
+    return a.astype(np.int32)
+
+
+def _flag(md: dict, key: str, default: bool) -> bool:
+    """A boolean metadata value (GGUF bool, or 0/1)."""
+    v = md.get(key, default)
+    if isinstance(v, (bool, np.bool_)) or (isinstance(v, (int, np.integer)) and v in (0, 1)):
+        return bool(v)
+    raise ModelFileError(f"tokenizer metadata {key!r} is not a boolean: {v!r}")
+
+
 def _byte_token(t: str) -> bytes:
     """The byte a ``<0xXX>`` token stands for."""
     if len(t) == 6 and t.startswith("<0x") and t.endswith(">"):
@@ -832,7 +853,7 @@ class BPETokenizer(Tokenizer):
         if merges is None:
             raise ModelFileError(f"the {model} tokenizer has no merges (metadata key "
                                  "'tokenizer.ggml.merges' is missing)")
-        if not isinstance(merges, (list, tuple)) or not all(isinstance(m, str) for m in merges[:8]):
+        if not isinstance(merges, (list, tuple)) or not all(isinstance(m, str) for m in merges):
             raise ModelFileError("tokenizer metadata 'tokenizer.ggml.merges' is not a list of strings")
         # merges are "left right"; llama.cpp splits them at the first space after the first
         # character, and the earliest of duplicate pairs wins. The pieces merged never hold

@@ -589,3 +589,26 @@ def test_partition_matches_naive_llamacpp_loop(name, parse_special):
         assert t._partition(text, parse_special) == _naive_partition(t, text, parse_special)
 
     check()
+
+
+def test_metadata_of_the_wrong_type_is_one_line_error():
+    # hostile files (issue 11): wrong types give a ModelFileError line, not a Python exception
+    md = _spm_md()
+    n = len(md["tokenizer.ggml.tokens"])
+    _one_line_error({**md, "tokenizer.ggml.tokens": md["tokenizer.ggml.tokens"][:-1] + [5]}, "list of strings")
+    _one_line_error({**md, "tokenizer.ggml.token_type": ["x"] * n}, "token_type", "integers")
+    _one_line_error({**md, "tokenizer.ggml.token_type": np.full(n, 2**40)}, "token_type", "int32")
+    _one_line_error({**md, "tokenizer.ggml.scores": ["x"] * n}, "scores")
+    _one_line_error({**md, "tokenizer.ggml.bos_token_id": 1.5}, "bos_token_id", "not an integer")
+    _one_line_error({**md, "tokenizer.ggml.bos_token_id": True}, "bos_token_id", "not an integer")
+    _one_line_error({**md, "tokenizer.ggml.eos_token_id": "2"}, "eos_token_id")
+    _one_line_error({**md, "tokenizer.ggml.add_bos_token": "false"}, "add_bos_token", "boolean")
+    _one_line_error({**md, "tokenizer.ggml.add_space_prefix": 7}, "add_space_prefix", "boolean")
+    _one_line_error(_bpe_md("gpt2", **{"tokenizer.ggml.merges": ["a b", 3]}), "merges")
+    _one_line_error(_bpe_md("gpt2", **{"tokenizer.ggml.merges": "a b"}), "merges")
+    _one_line_error(_bpe_md(["gpt2"]), "pre-tokenizer")
+    # extra types / scores are ignored, as llama.cpp does; 0/1 count as booleans
+    t = Tokenizer.from_metadata({**md, "tokenizer.ggml.scores": np.zeros(n + 5, np.float32),
+                                 "tokenizer.ggml.token_type": np.ones(n + 5, np.int32),
+                                 "tokenizer.ggml.add_bos_token": 0})
+    assert t.n_vocab == n and not t.add_bos
