@@ -159,6 +159,43 @@ PRE_TOKENIZERS: dict[str, _Pre] = {
 # "\v", as llama.cpp does, so that only "\s" matches them
 _NONASCII_SPACE = regex.compile("[\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]")
 
+# Letters, digits, marks, punctuation and symbols added by Unicode 16.0 and 17.0 (ranges of
+# code points, inclusive). llama.cpp's character tables stop at Unicode 15.1, so to it these
+# are unassigned ("other"), while the regex module knows them: _split shows them to the
+# \p{..} regexes as U+E000 (a private-use character, "other" too).
+_UNICODE_16_17 = (
+    (0x558, 0x558), (0x58b, 0x58c), (0x5c8, 0x5c9), (0x88f, 0x88f), (0x897, 0x897),
+    (0xb53, 0xb54), (0xc5c, 0xc5c), (0xcdc, 0xcdc), (0x1acf, 0x1af0), (0x1b4e, 0x1b4f),
+    (0x1b7f, 0x1b7f), (0x1c89, 0x1c8a), (0x208f, 0x208f), (0x209d, 0x209f), (0x20c1, 0x20c4),
+    (0x2427, 0x2429), (0x2b96, 0x2b96), (0x2e60, 0x2e63), (0x31e4, 0x31e5), (0xa7cb, 0xa7cf),
+    (0xa7d2, 0xa7d2), (0xa7d4, 0xa7d4), (0xa7da, 0xa7dd), (0xa7e2, 0xa7e2), (0xa7f1, 0xa7f1),
+    (0xab6c, 0xab6d), (0xfbc3, 0xfbd2), (0xfd90, 0xfd91), (0xfdc8, 0xfdce), (0x105c0, 0x105f3),
+    (0x107bb, 0x107bf), (0x10940, 0x10959), (0x10d40, 0x10d65), (0x10d69, 0x10d85),
+    (0x10d8e, 0x10d8f), (0x10ec2, 0x10ec7), (0x10ec9, 0x10eee), (0x10ef0, 0x10efc),
+    (0x11380, 0x11389), (0x1138b, 0x1138b), (0x1138e, 0x1138e), (0x11390, 0x113b5),
+    (0x113b7, 0x113c0), (0x113c2, 0x113c2), (0x113c5, 0x113c5), (0x113c7, 0x113ca),
+    (0x113cc, 0x113d5), (0x113d7, 0x113d8), (0x113e1, 0x113e2), (0x116d0, 0x116e3),
+    (0x11b0a, 0x11b0a), (0x11b60, 0x11b67), (0x11bc0, 0x11be1), (0x11bf0, 0x11bf9),
+    (0x11db0, 0x11ddb), (0x11de0, 0x11de9), (0x11df0, 0x11df1), (0x11f5a, 0x11f5a),
+    (0x1246f, 0x1246f), (0x12475, 0x1247f), (0x12550, 0x12686), (0x13460, 0x143fa),
+    (0x16100, 0x16139), (0x16d40, 0x16d79), (0x16ea0, 0x16eb8), (0x16ebb, 0x16ed3),
+    (0x16ff2, 0x16ff6), (0x187f8, 0x187ff), (0x18cd6, 0x18cda), (0x18cff, 0x18cff),
+    (0x18d09, 0x18d20), (0x18d80, 0x18df2), (0x18e00, 0x19191), (0x191a0, 0x191d2),
+    (0x1b123, 0x1b128), (0x1b168, 0x1b168), (0x1cc00, 0x1ccfc), (0x1cd00, 0x1ceb3),
+    (0x1ceba, 0x1ced0), (0x1ced2, 0x1ced4), (0x1cedd, 0x1cefd), (0x1d127, 0x1d128),
+    (0x1d1eb, 0x1d1ff), (0x1d250, 0x1d281), (0x1d6a6, 0x1d6a6), (0x1db00, 0x1db1c),
+    (0x1df1f, 0x1df24), (0x1df2b, 0x1df81), (0x1df90, 0x1df96), (0x1dfcd, 0x1dfff),
+    (0x1e5d0, 0x1e5fa), (0x1e5ff, 0x1e5ff), (0x1e6c0, 0x1e6de), (0x1e6e0, 0x1e6f5),
+    (0x1e6fe, 0x1e6ff), (0x1f1ae, 0x1f1ae), (0x1f6d8, 0x1f6d9), (0x1f777, 0x1f77a),
+    (0x1f7da, 0x1f7db), (0x1f7f1, 0x1f7ff), (0x1f8b2, 0x1f8bb), (0x1f8c0, 0x1f8c1),
+    (0x1f8d0, 0x1f8d8), (0x1fa54, 0x1fa57), (0x1fa89, 0x1fa8f), (0x1fabe, 0x1fabe),
+    (0x1fac6, 0x1fac6), (0x1fac8, 0x1fac8), (0x1facc, 0x1facd), (0x1fadc, 0x1fadd),
+    (0x1fadf, 0x1fadf), (0x1fae9, 0x1faeb), (0x1faef, 0x1faef), (0x1faf9, 0x1fafa),
+    (0x1fbcb, 0x1fbef), (0x1fbfa, 0x1fbfa), (0x2b73a, 0x2b73f), (0x2b81e, 0x2b81e),
+    (0x2cea2, 0x2cead), (0x323b0, 0x33479), (0x3d000, 0x3fc3f),
+)
+_AFTER_15_1 = regex.compile("[" + "".join(f"\\U{a:08x}-\\U{b:08x}" for a, b in _UNICODE_16_17) + "]")
+
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible byte -> printable character table."""
@@ -862,7 +899,7 @@ class BPETokenizer(Tokenizer):
         # needed (a merge with no space after its first character can never be found).
         n = len(merges)
         self._ranks: dict[str, int] = dict(zip(reversed(merges), range(n - 1, -1, -1)))
-        self._patterns = [regex.compile(p) for p in pre.patterns]
+        self._patterns = [(regex.compile(p), "\\p{" in p) for p in pre.patterns]
         self._cache: dict[str, tuple[int, ...]] = {}
         if pre.byte_encode:
             # a piece outside the vocabulary: llama.cpp looks up each of its UTF-8 bytes as a
@@ -892,12 +929,17 @@ class BPETokenizer(Tokenizer):
         """llama.cpp's unicode_regex_split: each regex cuts every piece further; text
         between matches stays a piece of its own.
 
-        The regexes see non-ASCII whitespace as "\\v" (one character for one, so the cuts
-        fall at the same places in ``text``), as llama.cpp's std::regex does.
+        The regexes see non-ASCII whitespace as "\\v", and the category ones see characters
+        newer than Unicode 15.1 as unassigned (one character for one, so the cuts fall at
+        the same places in ``text``), as llama.cpp's std::regex does.
         """
-        seen = _NONASCII_SPACE.sub("\v", text) if _NONASCII_SPACE.search(text) else text
+        raw = _NONASCII_SPACE.sub("\v", text) if _NONASCII_SPACE.search(text) else text
+        cat = _AFTER_15_1.sub("\ue000", raw) if _AFTER_15_1.search(raw) else raw
         spans = [(0, len(text))]
-        for pat in self._patterns:
+        for pat, by_category in self._patterns:
+            # (llama.cpp runs regexes with \p{..} on a text of character categories, the
+            # others on the characters themselves)
+            seen = cat if by_category else raw
             new = []
             for lo, hi in spans:
                 pos = lo

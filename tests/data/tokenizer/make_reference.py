@@ -69,6 +69,10 @@ FIXED = [
     # controls and odd code points
     "a\x01b\x02c\x07d\x1be\x7ff", "zero\u200bwidth\u200djoiner\ufeffbom", "\ue000\U000f0000 private",
     "", " ", "  ", "\n",
+    # characters newer than llama.cpp's Unicode 15.1 tables (16.0: Cyrillic TJE, Arabic pepet,
+    # Garay; 17.0: CJK extension J) next to letters, digits and marks
+    "a\u1c89b \u1c8a1 x\u0897y \U00010d40\U00010d41 2\U00010d50 \U000323b0\U000323b1 c\u0558",
+    "\u2e60!\u20c1$ \U0001fac8\U0001fadc e\u1acfz",
 ]
 
 POOLS = ["abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ", "0123456789", "     \t\n\r",
