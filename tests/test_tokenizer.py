@@ -8,7 +8,6 @@ The two real models (fetched through the registry; a test FAILS when one cannot 
 """
 from __future__ import annotations
 
-import heapq
 from functools import lru_cache
 
 import numpy as np
@@ -595,7 +594,8 @@ def test_metadata_of_the_wrong_type_is_one_line_error():
     # hostile files (issue 11): wrong types give a ModelFileError line, not a Python exception
     md = _spm_md()
     n = len(md["tokenizer.ggml.tokens"])
-    _one_line_error({**md, "tokenizer.ggml.tokens": md["tokenizer.ggml.tokens"][:-1] + [5]}, "list of strings")
+    toks = md["tokenizer.ggml.tokens"][:-1] + [5]
+    _one_line_error({**md, "tokenizer.ggml.tokens": toks}, "list of strings")
     _one_line_error({**md, "tokenizer.ggml.token_type": ["x"] * n}, "token_type", "integers")
     _one_line_error({**md, "tokenizer.ggml.token_type": np.full(n, 2**40)}, "token_type", "int32")
     _one_line_error({**md, "tokenizer.ggml.scores": ["x"] * n}, "scores")
