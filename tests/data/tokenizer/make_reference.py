@@ -1,8 +1,10 @@
 """Write llama.cpp's token ids for a wider set of texts than its own suite, per vocabulary.
 
 Provenance: the ids come from llama.cpp itself (the copy vendored in llama-cpp-python 0.3.36,
-ggml build 0c1e570), called through its public C API by ``llama_tokenize_ref.cpp`` (this
-folder) on the ``ggml-vocab-*.gguf`` files of the same sdist. Vocabularies for pre-tokenizers
+ggml build 0c1e570; the library used was built from a tree whose src/llama-vocab.cpp,
+unicode.cpp and unicode-data.cpp are byte-identical to the sdist's), called through its
+public C API by ``llama_tokenize_ref.cpp`` (this folder) on the ``ggml-vocab-*.gguf`` files
+of the same sdist. Vocabularies for pre-tokenizers
 that have no file of their own (deepseek-r1-qwen, glm4, chatglm-bpe, tekken) are made by
 rewriting the ``tokenizer.ggml.pre`` string of another vocabulary (the files hold no tensors,
 so only the header changes).
