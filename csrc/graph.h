@@ -17,6 +17,7 @@
 #include <limits>
 #include <vector>
 
+#include "cpu_ops.h"
 #include "dispatch.h"
 #include "quants.h"
 
@@ -41,6 +42,8 @@ enum class Kind : uint8_t {
     SiluMul,     // out = silu(a) * b
     GeluMul,     // out = gelu_tanh(a) * b
     Scale,       // out = a * s
+    AddBias,     // out (n, cols) = a + wv for every row
+    Softcap,     // out = s * tanh(a / s)
 };
 
 const char* kind_name(Kind k);
@@ -74,6 +77,7 @@ struct Node {
     float* vc = nullptr;  // values (n_ctx, width)
     int64_t width = 0;
     int n_kv_heads = 0, window = 0;
+    float cap = 0.0f;  // attention logit soft-capping (0: off)
     Pos pos;
 };
 
@@ -82,6 +86,8 @@ struct RopeTable {
     double base = 0.0;
     int n_rot = 0;
     Pos pos;
+    cpu::RopeScaling sc;     // sc.freq_factors is set to ff.data() when ff is not empty
+    std::vector<float> ff;   // frequency factors (copied at build time), or empty
     std::vector<float> cos, sin;
 };
 

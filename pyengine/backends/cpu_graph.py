@@ -206,6 +206,22 @@ class Recorder(Backend):
     def add(self, a, b):
         return self._binary("add", a, b)
 
+    def add_bias(self, x, b: QTensor):
+        i = self._in(x)
+        out = self.inner.add_bias(x, b)
+        vec = self.inner._vector(b)
+        o = self._out(out)
+        self._rec("add_bias", dict(x=x, b=vec, out=out), (i,), (o,), weights=(id(vec),))
+        return out
+
+    def softcap(self, x, cap):
+        i = self._in(x)
+        out = self.inner.softcap(x, cap)
+        c32 = float(np.float32(cap))  # what the backend hands the kernel
+        o = self._out(out)
+        self._rec("softcap", dict(x=x, cap=c32, out=out), (i,), (o,), const=(c32,))
+        return out
+
     def silu_mul(self, gate, up):
         return self._binary("silu_mul", gate, up)
 
@@ -220,18 +236,22 @@ class Recorder(Backend):
         self._rec("scale", dict(x=x, s=s32, out=out), (i,), (o,), const=(s32,))
         return out
 
-    def rope(self, x, positions, n_heads, head_dim, freq_base, neox, n_rot=None):
+    def rope(self, x, positions, n_heads, head_dim, freq_base, neox, n_rot=None, scaling=None):
         i = self._in(x)
         positions = np.asarray(positions).reshape(-1)
         if positions.size != 1 or x.shape[0] != 1:
             raise Unsupported(f"rope of {x.shape[0]} rows at {positions.size} positions")
         p = self._position(positions[0])
         n_rot = int(head_dim) if n_rot is None else int(n_rot)
-        out = self.inner.rope(x, positions, n_heads, head_dim, freq_base, neox, n_rot)
+        out = self.inner.rope(x, positions, n_heads, head_dim, freq_base, neox, n_rot, scaling)
         o = self._out(out)
-        const = (int(n_heads), int(head_dim), n_rot, bool(neox), float(freq_base))
+        if scaling is not None and scaling.is_identity:
+            scaling = None
+        sc = {} if scaling is None else scaling.kwargs()
+        const = (int(n_heads), int(head_dim), n_rot, bool(neox), float(freq_base),
+                 None if scaling is None else scaling.key())
         self._rec("rope", dict(x=x, out=out, n_heads=const[0], head_dim=const[1], n_rot=n_rot, neox=const[3],
-                               freq_base=const[4]), (i,), (o,), const=const, pos=(p,))
+                               freq_base=const[4], **sc), (i,), (o,), const=const, pos=(p,))
         return out
 
     def kv_write(self, cache, layer, pos0, k, v) -> None:
@@ -247,18 +267,19 @@ class Recorder(Backend):
         self.inner.kv_write(cache, layer, p, k, v)
         self._rec("kv_write", dict(k=k, v=v, k_panels=kt, v_cache=vc), (ik, iv), (), const=(layer,), pos=(p,))
 
-    def attention(self, q, cache, layer, pos0, n_heads, n_kv_heads, head_dim, scale, window=0):
+    def attention(self, q, cache, layer, pos0, n_heads, n_kv_heads, head_dim, scale, window=0, softcap=0.0):
         layer = self._cache(cache, layer)
         i = self._in(q)
         if q.shape[0] != 1:
             raise Unsupported(f"attention of {q.shape[0]} rows")
         p = self._position(pos0)
-        out = self.inner.attention(q, cache, layer, p, n_heads, n_kv_heads, head_dim, scale, window)
+        out = self.inner.attention(q, cache, layer, p, n_heads, n_kv_heads, head_dim, scale, window, softcap)
         o = self._out(out)
-        const = (layer, int(n_heads), int(n_kv_heads), int(head_dim), float(scale), int(window or 0))
+        const = (layer, int(n_heads), int(n_kv_heads), int(head_dim), float(scale), int(window or 0),
+                 float(np.float32(softcap or 0.0)))
         self._rec("attention", dict(q=q, k_panels=cache.k[layer], v_cache=cache.v[layer], out=out,
                                     n_heads=const[1], n_kv_heads=const[2], head_dim=const[3], scale=const[4],
-                                    window=const[5]), (i,), (o,), const=const, pos=(p,))
+                                    window=const[5], softcap=const[6]), (i,), (o,), const=const, pos=(p,))
         return out
 
     # -- everything else -----------------------------------------------------------
@@ -328,8 +349,10 @@ def trace_decode_step(inner: CpuBackend, forward, cache: KVCache):
     n_ctx = int(cache.n_ctx)
     if n_ctx < 2:
         raise Unsupported("a KV cache of fewer than 2 positions")
-    # two different tokens at two positions far apart (see the module doc)
-    (ta, pa), (tb, pb) = (1, n_ctx // 2), (2, n_ctx - 1)
+    # two different tokens at two different positions (see the module doc). Small positions
+    # keep the traced attention cheap (a trace at position p reads p keys per layer), so the
+    # first token does not cost more with a longer context.
+    (ta, pa), (tb, pb) = (1, 0), (2, 1)
     ra, oa, out = _trace(inner, forward, cache, ta, pa)
     rb, ob, _ = _trace(inner, forward, cache, tb, pb)
     if len(ra.tape) != len(rb.tape) or oa != ob:
@@ -359,18 +382,28 @@ def build_graph(tape, positions, out):
 
 
 def build_decode_step(inner: CpuBackend, forward, cache: KVCache):
-    """``DecodeGraph.step`` for ``forward`` on ``cache``, or ``None`` when it cannot be replayed."""
-    if os.environ.get(DISABLE_ENV, "") not in ("", "0") or not hasattr(_C, "DecodeGraph"):
+    """``DecodeGraph.step`` for ``forward`` on ``cache``, or ``None`` when it cannot be replayed.
+
+    Either way ``inner.decode_step_status`` says which, and why (``generate -v`` prints it).
+    """
+    if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
+        inner.decode_step_status = f"op by op ({DISABLE_ENV} is set)"
+        return None
+    if not hasattr(_C, "DecodeGraph"):
+        inner.decode_step_status = "op by op (the native extension has no DecodeGraph: rebuild it)"
         return None
     try:
         tape, positions, out = trace_decode_step(inner, forward, cache)
         graph = build_graph(tape, positions, out)
     except Unsupported as e:
+        inner.decode_step_status = f"op by op: the native decode step cannot replay this model ({e})"
         log.info("decode step runs op by op: %s", e)
         return None
     except Exception as e:  # a forward pass that fails at the trace positions: let op by op report it
+        inner.decode_step_status = f"op by op: tracing failed ({type(e).__name__}: {e})"
         log.warning("decode step runs op by op: tracing failed (%s: %s)", type(e).__name__, e)
         return None
+    inner.decode_step_status = f"native single-call decode step ({graph.n_nodes} ops)"
     log.debug("decode step replayed natively: %d ops", graph.n_nodes)
     return graph.step
 
