@@ -27,6 +27,7 @@ from pyengine.gguf_file import open_gguf
 from pyengine.models import build
 
 from conftest import native_built
+from test_models_ops import cuda_emu  # noqa: F401  (the emulator fixture)
 
 V, D, L, H, HKV, HD, FF = 80, 64, 3, 4, 2, 16, 96
 
@@ -169,20 +170,28 @@ def full_logits(path, be, ids, n_ctx=32):
 
 
 IDS = [3, 17, 42, 5, 79, 0, 11, 64, 23, 8, 31, 2]
-OTHER_TIERS = ["numba"] + (["cpu"] if native_built() else [])
+OTHER_TIERS = ["numba"] + (["cpu"] if native_built() else []) + ["cuda-emu"]
 
 
 @pytest.mark.parametrize("qtype", ["F32", "Q8_0"])
 @pytest.mark.parametrize("tier", OTHER_TIERS)
 @pytest.mark.parametrize("spec", sorted(SPECS))
-def test_tiers_match_numpy(files, spec, tier, qtype):
+def test_tiers_match_numpy(request, files, spec, tier, qtype):
     path = files[(spec, qtype)]
     _, ref = full_logits(path, NumpyBackend(), IDS)
     assert np.isfinite(ref).all() and ref.std() > 0.5  # peaked logits: the comparison means something
-    _, got = full_logits(path, backend(tier), IDS)
+    if tier == "cuda-emu":  # the CUDA kernels on the CPU emulator (tests/test_models_ops.py)
+        if qtype != "F32":
+            pytest.skip("the emulator is slow: the quantized CUDA matmuls are covered by test_cuda.py")
+        from pyengine.backends.cuda_backend import CudaBackend
+
+        be = CudaBackend(native=request.getfixturevalue("cuda_emu"))
+    else:
+        be = backend(tier)
+    _, got = full_logits(path, be, IDS)
     if qtype == "F32" or tier == "numba":  # float32 activations throughout: rounding only
         np.testing.assert_allclose(got, ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
-    else:  # the cpu kernels quantize activations to int8 for Q8_0 weights (as llama.cpp does):
+    else:  # the cpu/cuda kernels quantize activations to 8 bits for Q8_0 weights (as llama.cpp does):
         # ~1e-2 relative per matmul (test_cpu_ops), compounded over 3 layers; F32 checks the wiring
         err = np.linalg.norm(got - ref) / np.linalg.norm(ref)
         assert err < 5e-2, err

@@ -37,17 +37,40 @@ def tiers():
         from pyengine import _C
 
         out += [f"cpu-{v}" for v in _C.ops_variants()]
-    return out
+    return out + ["cuda-emu-tuned", "cuda-emu-simple"]
+
+
+@pytest.fixture(scope="session")
+def cuda_emu():
+    """kernels/cuda/*.cu compiled against the CPU emulator (see tests/test_cuda.py)."""
+    import importlib.util
+    from pathlib import Path
+
+    builder_path = Path(__file__).resolve().parents[1] / "kernels" / "cuda" / "emu" / "build_emu.py"
+    if not builder_path.exists():
+        pytest.skip("CUDA emulator sources not found (not a source checkout)")
+    spec = importlib.util.spec_from_file_location("pyengine_build_emu", builder_path)
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+    if not builder.compiler():
+        pytest.skip("no C++ compiler to build the CUDA emulator")
+    return builder.load(builder.build())
 
 
 @pytest.fixture(params=tiers())
 def ops(request):
-    """A backend of the tier (cpu-<variant> switches the native kernel variant)."""
+    """A backend of the tier (cpu-<variant> switches the native kernel variant; cuda-emu-*:
+    the CUDA kernels on the CPU emulator, tuned and simple)."""
     name = request.param
     if name == "numba":
         from pyengine.backends.numba_backend import NumbaBackend
 
         yield NumbaBackend()
+        return
+    if name.startswith("cuda-emu"):
+        from pyengine.backends.cuda_backend import CudaBackend
+
+        yield CudaBackend(native=request.getfixturevalue("cuda_emu"), simple=name.endswith("simple"))
         return
     from pyengine import _C
     from pyengine.backends.cpu_backend import CpuBackend
