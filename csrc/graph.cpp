@@ -25,20 +25,11 @@ namespace graph {
 
 const char* kind_name(Kind k) {
     switch (k) {
-        case Kind::Embed: return "embed";
-        case Kind::Matmul: return "matmul";
-        case Kind::RmsNorm: return "rmsnorm";
-        case Kind::RmsNormAdd: return "rmsnorm_add";
-        case Kind::AddRmsNorm: return "add_rmsnorm";
-        case Kind::Rope: return "rope";
-        case Kind::KvWrite: return "kv_write";
-        case Kind::Attention: return "attention";
-        case Kind::Add: return "add";
-        case Kind::SiluMul: return "silu_mul";
-        case Kind::GeluMul: return "gelu_mul";
-        case Kind::Scale: return "scale";
-        case Kind::AddBias: return "add_bias";
-        case Kind::Softcap: return "softcap";
+#define PE_KIND_NAME(e, name, what) \
+    case Kind::e:                   \
+        return name;
+        PE_GRAPH_KINDS(PE_KIND_NAME)
+#undef PE_KIND_NAME
     }
     return "?";
 }
@@ -498,5 +489,12 @@ void bind_graph(py::module_& m) {
              "[(kind, ns)] per node: wall time summed over `reps` steps at pos0 (writes the KV cache there).")
         .def_property_readonly("n_nodes", &DecodeGraph::n_nodes)
         .def_property_readonly("positions", &DecodeGraph::positions, "(lowest, highest) pos0 a step accepts.")
-        .def("ops", &DecodeGraph::ops, "Node kinds in execution order.");
+        .def("ops", &DecodeGraph::ops, "Node kinds in execution order.")
+        .def_static("kinds", []() {
+            py::list l;
+#define PE_KIND_LIST(e, name, what) l.append(name);
+            PE_GRAPH_KINDS(PE_KIND_LIST)
+#undef PE_KIND_LIST
+            return l;
+        }, "Every node kind the replay knows (csrc/graph.h PE_GRAPH_KINDS).");
 }

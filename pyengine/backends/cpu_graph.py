@@ -37,6 +37,7 @@ e.g. sampling).
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -47,6 +48,7 @@ from .. import _C
 from ..tensor import QTensor
 from .base import Backend, KVCache
 from .cpu_backend import CpuBackend, native_type
+from .ops_spec import BY_NAME, Op
 
 log = logging.getLogger(__name__)
 
@@ -165,24 +167,6 @@ class Recorder(Backend):
                   weights=(id(raw),))
         return out
 
-    def rmsnorm(self, x, w: QTensor, eps):
-        i = self._in(x)
-        out = self.inner.rmsnorm(x, w, eps)
-        vec = self.inner._vector(w)
-        o = self._out(out)
-        self._rec("rmsnorm", dict(x=x, w=vec, eps=float(eps), out=out), (i,), (o,), weights=(id(vec),),
-                  const=(float(eps),))
-        return out
-
-    def rmsnorm_add(self, x, w: QTensor, eps, residual):
-        i, r = self._in(x), self._in(residual)
-        out = self.inner.rmsnorm_add(x, w, eps, residual)
-        vec = self.inner._vector(w)
-        o = self._out(out)
-        self._rec("rmsnorm_add", dict(x=x, w=vec, eps=float(eps), residual=residual, out=out), (i, r), (o,),
-                  weights=(id(vec),), const=(float(eps),))
-        return out
-
     def add_rmsnorm(self, a, b, w: QTensor, eps):
         ia, ib = self._in(a), self._in(b)
         if a.shape != b.shape:
@@ -193,48 +177,6 @@ class Recorder(Backend):
         self._rec("add_rmsnorm", dict(a=a, b=b, w=vec, eps=float(eps), sum_out=s, norm_out=nrm), (ia, ib),
                   (os_, on), weights=(id(vec),), const=(float(eps),))
         return s, nrm
-
-    def _binary(self, kind, a, b):
-        ia, ib = self._in(a), self._in(b)
-        if a.shape != b.shape:
-            raise Unsupported(f"{kind} of shapes {a.shape} and {b.shape} (broadcasting)")
-        out = getattr(self.inner, kind)(a, b)
-        o = self._out(out)
-        self._rec("elementwise", dict(op=kind, a=a, b=b, out=out), (ia, ib), (o,), const=(kind,))
-        return out
-
-    def add(self, a, b):
-        return self._binary("add", a, b)
-
-    def add_bias(self, x, b: QTensor):
-        i = self._in(x)
-        out = self.inner.add_bias(x, b)
-        vec = self.inner._vector(b)
-        o = self._out(out)
-        self._rec("add_bias", dict(x=x, b=vec, out=out), (i,), (o,), weights=(id(vec),))
-        return out
-
-    def softcap(self, x, cap):
-        i = self._in(x)
-        out = self.inner.softcap(x, cap)
-        c32 = float(np.float32(cap))  # what the backend hands the kernel
-        o = self._out(out)
-        self._rec("softcap", dict(x=x, cap=c32, out=out), (i,), (o,), const=(c32,))
-        return out
-
-    def silu_mul(self, gate, up):
-        return self._binary("silu_mul", gate, up)
-
-    def gelu_mul(self, gate, up):
-        return self._binary("gelu_mul", gate, up)
-
-    def scale(self, x, s):
-        i = self._in(x)
-        out = self.inner.scale(x, s)
-        s32 = float(np.float32(s))  # what the backend hands the kernel
-        o = self._out(out)
-        self._rec("scale", dict(x=x, s=s32, out=out), (i,), (o,), const=(s32,))
-        return out
 
     def rope(self, x, positions, n_heads, head_dim, freq_base, neox, n_rot=None, scaling=None):
         i = self._in(x)
@@ -314,6 +256,48 @@ class Recorder(Backend):
             kt[p // blk, :, p % blk] = k
             self.cache.v[layer][p] = v
         self.saved.clear()
+
+
+def _regular(op: Op):
+    """The recording method of an op the spec describes as regular (see ops_spec.py): run it
+    on the real backend, record its activation inputs, its vector weight as float32, its
+    scalar constants (as the kernel gets them) and its one fresh output, replayed by
+    ``DecodeGraph.add_<op.graph>``."""
+    def method(self, *args, **kwargs):
+        vals = dict(zip(op.params, args))
+        vals.update(kwargs)
+        ins = tuple(self._in(vals[a]) for a in op.acts)
+        if op.same_shape and len({vals[a].shape for a in op.acts}) > 1:
+            raise Unsupported(f"{op.name} of shapes {[vals[a].shape for a in op.acts]} (broadcasting)")
+        out = getattr(self.inner, op.name)(*args, **kwargs)
+        o = self._out(out)
+        gargs = {op.graph_names.get(a, a): vals[a] for a in op.acts}
+        weights = ()
+        if op.vec:
+            vec = self.inner._vector(vals[op.vec])
+            gargs[op.graph_names.get(op.vec, op.vec)] = vec
+            weights = (id(vec),)
+        consts = []
+        for c, conv in op.consts:
+            v = float(np.float32(vals[c])) if conv == "f32" else float(vals[c])
+            gargs[op.graph_names.get(c, c)] = v
+            consts.append(v)
+        gargs.update(op.graph_fixed)
+        gargs["out"] = out
+        self._rec(op.graph, gargs, ins, (o,), weights=weights, const=tuple(consts) + tuple(op.graph_fixed.values()))
+        return out
+
+    method.__name__ = op.name
+    method.__doc__ = f"{op.doc} (recorded from the op spec)"
+    P = inspect.Parameter
+    method.__signature__ = inspect.Signature(
+        [P("self", P.POSITIONAL_OR_KEYWORD)] + [P(a, P.POSITIONAL_OR_KEYWORD) for a in op.params])
+    return method
+
+
+for _op in BY_NAME.values():
+    if _op.record == "regular":
+        setattr(Recorder, _op.name, _regular(_op))
 
 
 def _trace(inner: CpuBackend, forward, cache: KVCache, token: int, pos0: int):
