@@ -351,3 +351,38 @@ def test_each_hook_matters_on_the_test_files(files, spec, field, value):
     setattr(arch.cfg, field, value)
     out = arch.forward(be, np.asarray(IDS, np.int32), 0, be.kv_cache(L, 32, arch.kv_width), False)
     assert np.abs(out - ref).max() > 1e-3
+
+
+@pytest.mark.parametrize("meta,want", [
+    ({}, None),
+    ({"rope.scaling.factor": 2.0}, dict(freq_scale=0.5, ext_factor=0.0)),  # no type: llama.cpp reads "linear"
+    ({"rope.scaling.type": "none", "rope.scaling.factor": 2.0}, None),
+    ({"rope.scaling.type": "linear", "rope.scaling.factor": 8.0}, dict(freq_scale=0.125)),
+    ({"rope.scaling.type": "yarn", "rope.scaling.factor": 4.0, "rope.scaling.original_context_length": 16},
+     dict(freq_scale=0.25, ext_factor=1.0, n_ctx_orig=16, attn_factor=1.0 / (1.0 + 0.1 * math.log(4.0)) *
+          (1.0 + 0.1 * math.log(4.0)))),
+    ({"rope.scaling.type": "yarn", "rope.scaling.factor": 4.0, "rope.scaling.yarn_log_multiplier": 0.1},
+     dict(attn_factor=(0.1 * math.log(4) + 1) / (0.01 * math.log(4) + 1) / (1 + 0.1 * math.log(4)))),
+])
+def test_rope_scaling_metadata(tmp_path, meta, want):
+    SPECS["tmp"] = dict(arch="llama", meta=meta)
+    try:
+        path = write_model(tmp_path / "r.gguf", "tmp")
+    finally:
+        SPECS.pop("tmp")
+    sc = build(open_gguf(path)).cfg.rope_scaling
+    if want is None:
+        assert sc is None
+    else:
+        for k, v in want.items():
+            assert getattr(sc, k) == pytest.approx(v), k
+
+
+def test_unknown_rope_scaling_is_one_line_error(tmp_path):
+    SPECS["tmp"] = dict(arch="llama", meta={"rope.scaling.type": "dynamic-ntk", "rope.scaling.factor": 2.0})
+    try:
+        path = write_model(tmp_path / "r.gguf", "tmp")
+    finally:
+        SPECS.pop("tmp")
+    with pytest.raises(ModelFileError, match="dynamic-ntk"):
+        build(open_gguf(path))

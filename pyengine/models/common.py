@@ -21,7 +21,7 @@ the model does not load is an error (:meth:`Weights.check_all_used`), never a si
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -194,7 +194,8 @@ def swa_pattern(gf: GGUFFile, n_layers: int, default: int) -> tuple:
 def rope_scaling_from_gguf(gf: GGUFFile, cfg_kw: dict, freq_factors: np.ndarray | None = None) -> RopeScaling | None:
     """The file's rope scaling (``rope.scaling.*``, llama.cpp's reading of it), or None.
 
-    - ``linear``: angles times ``1 / factor``;
+    - ``linear`` (also when the type is absent, as llama.cpp reads it): angles times ``1 / factor``
+      (no factor: unscaled);
     - ``yarn``: ``freq_scale = 1 / factor``, ``ext_factor`` 1 (or the file's), YaRN's
       magnitude correction in ``attn_factor`` as llama.cpp computes it;
     - ``longrope`` / ``none`` / absent: no angle scaling (``freq_factors`` may still apply);
@@ -202,7 +203,7 @@ def rope_scaling_from_gguf(gf: GGUFFile, cfg_kw: dict, freq_factors: np.ndarray 
     """
     a = gf.arch_key
     kind = a("rope.scaling.type")
-    kind = "none" if kind is None else str(kind)
+    kind = "linear" if kind is None else str(kind)
     factor = float(a("rope.scaling.factor", a("rope.scale_linear", 0.0)) or 0.0)
     freq_scale = 1.0 if factor == 0.0 else 1.0 / factor
     if kind not in ("none", "linear", "yarn", "longrope"):
@@ -364,10 +365,5 @@ class Model:
         return logits
 
 
-def build_config(cls, gf: GGUFFile, **over):
-    """``cls(**base fields, **over)``."""
-    return cls(**Config.base_from_gguf(gf), **over)
-
-
 __all__ = ["Config", "Layer", "Model", "Weights", "row_slice", "split_rows", "swa_pattern",
-           "rope_scaling_from_gguf", "linear", "build_config", "replace"]
+           "rope_scaling_from_gguf", "linear"]
