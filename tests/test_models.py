@@ -386,3 +386,19 @@ def test_unknown_rope_scaling_is_one_line_error(tmp_path):
         SPECS.pop("tmp")
     with pytest.raises(ModelFileError, match="dynamic-ntk"):
         build(open_gguf(path))
+
+
+def test_cuda_prepare_skips_fused_tensors_the_model_split(files, cuda_emu):  # noqa: F811
+    """A fused attn_qkv / ffn_up is used as its row parts: uploading the whole too would
+    double its GPU memory."""
+    from pyengine.backends.cuda_backend import CudaBackend
+
+    gf = open_gguf(files[("phi3", "F32")])
+    arch = build(gf)
+    be = CudaBackend(native=cuda_emu)
+    be.prepare(gf.tensors)
+    fused = gf.tensors["blk.0.attn_qkv.weight"]
+    assert not any(k.startswith("cuda") for k in fused.cache)
+    assert any(k.startswith("cuda") for k in gf.tensors["blk.0.attn_output.weight"].cache)
+    be.matmul(arch.layers[0].wq, np.ones((1, D), np.float32))  # the part uploads on first use
+    assert any(k.startswith("cuda") for k in arch.layers[0].wq.cache)

@@ -351,8 +351,8 @@ class CudaBackend(Backend):
         todo = []
         seen = set()
         for w in tensors.values():
-            if id(w) in seen or self._key in w.cache:
-                continue
+            if id(w) in seen or self._key in w.cache or w.cache.get("split_into_parts"):
+                continue  # (a fused tensor the model split: its parts upload at first use)
             seen.add(id(w))
             plan = self._upload_plan(w)
             nbytes = w.n_bytes if plan[0] is not None else 4 * w.n_elements

@@ -59,6 +59,9 @@ def split_rows(t: QTensor, sizes: list[int]) -> list[QTensor]:
     for s in sizes:
         out.append(row_slice(t, r, r + s))
         r += s
+    # the model uses the parts, never the whole: a backend that uploads every tensor of the
+    # file ahead of time (cuda) skips this one and uploads its parts when they are first used
+    t.cache["split_into_parts"] = True
     return out
 
 
