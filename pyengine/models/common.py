@@ -123,6 +123,7 @@ class Config:
     sliding_window: int = 0
     swa_layers: tuple = ()                 # per layer: True = sliding-window attention
     rope_base_swa: float = 0.0             # rope base of sliding-window layers (0: rope_base)
+    swa_rope_scaled: bool = False          # sliding-window layers use rope_scaling too (Gemma 2)
     embed_scale: float = 1.0               # Gemma: the embedding is multiplied by sqrt(dim)
     act: str = "silu"                      # "silu" (SwiGLU) or "gelu" (GeGLU, tanh GELU)
     features: frozenset = field(default_factory=frozenset)
@@ -161,9 +162,10 @@ class Config:
         return self.sliding_window if self.is_swa(layer) else 0
 
     def rope_for(self, layer: int) -> tuple[float, RopeScaling | None]:
-        """(base, scaling) of ``layer``: sliding-window layers use their own base, unscaled."""
+        """(base, scaling) of ``layer``: sliding-window layers use their own base, unscaled
+        unless ``swa_rope_scaled`` (llama.cpp's rope_freq_scale_train_swa: 1, Gemma 2: the same)."""
         if self.is_swa(layer):
-            return (self.rope_base_swa or self.rope_base), None
+            return (self.rope_base_swa or self.rope_base), (self.rope_scaling if self.swa_rope_scaled else None)
         return self.rope_base, self.rope_scaling
 
     @property

@@ -1,7 +1,8 @@
 """Gemma 2: Gemma 3's skeleton without QK-norm, and with soft-capping.
 
 - embedding scaled by sqrt(dim), tied head, GeGLU, post-norms (as Gemma 3);
-- NEOX rope, base ``rope.freq_base`` (``rope.freq_base_swa`` on local layers if given);
+- NEOX rope, base ``rope.freq_base`` (``rope.freq_base_swa`` on local layers if given), the
+  file's rope scaling on every layer (llama.cpp gives Gemma 2's local layers the same scale);
 - alternating attention: pattern 2 (``attention.sliding_window_pattern`` overrides):
   even layers use a sliding window of ``attention.sliding_window`` (default 4096), odd
   layers attend globally;
@@ -32,7 +33,7 @@ class Config(common.Config):
                    final_softcap=float(a("final_logit_softcapping", 30.0)),
                    sliding_window=int(a("attention.sliding_window", 4096)),
                    swa_layers=common.swa_pattern(gf, kw["n_layers"], 2),
-                   rope_base_swa=float(a("rope.freq_base_swa", kw["rope_base"])),
+                   rope_base_swa=float(a("rope.freq_base_swa", kw["rope_base"])), swa_rope_scaled=True,
                    embed_scale=math.sqrt(kw["dim"]), act="gelu",
                    features=frozenset({"post_norms"}))
 
