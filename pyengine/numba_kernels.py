@@ -646,16 +646,25 @@ def _rmsnorm_kernel(x, g, eps, out):
 
 
 @njit(parallel=True, cache=True)
-def _rope_kernel(x, positions, n_heads, head_dim, inv_freq, neox, out):
+def _rope_kernel(x, positions, n_heads, head_dim, inv_freq, neox, freq_scale, ext_factor, lo, hi, mscale, out):
     """Rotate pairs of the first ``2*len(inv_freq)`` dims of every head in place in ``out``
-    (a copy of ``x``). NORM pairs (2i, 2i+1), NEOX pairs (i, i + n_rot/2)."""
+    (a copy of ``x``). NORM pairs (2i, 2i+1), NEOX pairs (i, i + n_rot/2).
+
+    Scaling (base.RopeScaling; the identity is freq_scale 1, ext_factor 0, mscale 1):
+    ``inv_freq`` already holds the frequency factors; the angle is ``freq_scale * extrap``,
+    mixed with ``extrap`` on YaRN's ramp between pair indices lo and hi."""
     half = inv_freq.size
     width = n_heads * head_dim
     for t in prange(positions.size):
         for i in range(half):
-            theta = np.float64(positions[t]) * inv_freq[i]  # float64 angle, as the reference
-            c = np.float32(np.cos(theta))
-            s = np.float32(np.sin(theta))
+            extrap = np.float64(positions[t]) * inv_freq[i]  # float64 angle, as the reference
+            theta = freq_scale * extrap
+            if ext_factor != 0.0:
+                y = (i - lo) / max(0.001, hi - lo)
+                ramp = (1.0 - min(1.0, max(0.0, y))) * ext_factor
+                theta = theta * (1.0 - ramp) + extrap * ramp
+            c = np.float32(np.cos(theta) * mscale)
+            s = np.float32(np.sin(theta) * mscale)
             for h in range(n_heads):
                 base = t * width + h * head_dim
                 if neox:
@@ -671,12 +680,13 @@ def _rope_kernel(x, positions, n_heads, head_dim, inv_freq, neox, out):
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _attention_kernel(q, k, v, pos0, n, n_heads, n_kv_heads, head_dim, kv_width, scale, window, out):
+def _attention_kernel(q, k, v, pos0, n, n_heads, n_kv_heads, head_dim, kv_width, scale, window, softcap, out):
     """Causal (optionally sliding-window) grouped-query attention, one (token, head) per task.
 
     q, out: (n, n_heads*head_dim) flat; k, v: (n_ctx, kv_width) flat caches holding
     positions 0 .. pos0+n-1. Query at position p sees keys j <= p with p - j < window
-    (window > 0). Scores ``scale * q.k`` and the softmax are float32, as the reference.
+    (window > 0). Scores ``scale * q.k`` (then ``softcap * tanh(score / softcap)`` when
+    softcap > 0) and the softmax are float32, as the reference.
     """
     group = n_heads // n_kv_heads
     q_width = n_heads * head_dim
@@ -695,6 +705,8 @@ def _attention_kernel(q, k, v, pos0, n, n_heads, n_kv_heads, head_dim, kv_width,
             for e in range(head_dim):
                 s += qv[e] * kj[e]
             s = s * scale
+            if softcap > 0:
+                s = softcap * np.tanh(s / softcap)
             scores[j - j0] = s
             mx = max(mx, s)
         total = np.float32(0.0)
@@ -708,6 +720,12 @@ def _attention_kernel(q, k, v, pos0, n, n_heads, n_kv_heads, head_dim, kv_width,
             vj = v[j * kv_width + kv_off:j * kv_width + kv_off + head_dim]
             for e in range(head_dim):
                 o[e] += pj * vj[e]
+
+
+@njit(parallel=True, cache=True)
+def _softcap_kernel(x, cap, out):
+    for i in prange(x.size):
+        out[i] = cap * np.tanh(x[i] / cap)
 
 
 @njit(parallel=True, cache=True)
@@ -742,8 +760,9 @@ def rmsnorm(x, g, eps: float) -> np.ndarray:
 
 
 def rope(x, positions, n_heads: int, head_dim: int, freq_base: float, neox: bool,
-         n_rot: int | None = None) -> np.ndarray:
-    """Rotary embedding of ``x (n, n_heads*head_dim)`` at ``positions (n,)`` (see Backend.rope)."""
+         n_rot: int | None = None, scaling=None) -> np.ndarray:
+    """Rotary embedding of ``x (n, n_heads*head_dim)`` at ``positions (n,)`` (see Backend.rope;
+    ``scaling``: a base.RopeScaling or None)."""
     n_rot = head_dim if n_rot is None else int(n_rot)
     if n_rot % 2 or not 0 < n_rot <= head_dim:
         raise ValueError(f"rope: n_rot={n_rot} must be even and in (0, {head_dim}]")
@@ -753,13 +772,25 @@ def rope(x, positions, n_heads: int, head_dim: int, freq_base: float, neox: bool
         raise ValueError(f"rope: x has shape {x.shape}, expected ({positions.size}, {n_heads * head_dim})")
     # theta_i = pos * base^(-2i/n_rot), the exponent computed exactly as the reference does
     inv_freq = float(freq_base) ** (-np.arange(n_rot // 2, dtype=np.float64) * 2.0 / n_rot)
+    fs, ext, lo, hi, mscale = 1.0, 0.0, 0.0, 0.0, 1.0
+    if scaling is not None and not scaling.is_identity:
+        if scaling.freq_factors is not None:
+            ff = np.asarray(scaling.freq_factors, dtype=np.float32).reshape(-1)
+            if ff.size != n_rot // 2:
+                raise ValueError(f"rope: {ff.size} frequency factors for n_rot {n_rot}")
+            inv_freq = inv_freq / ff.astype(np.float64)
+        fs, ext, mscale = float(scaling.freq_scale), float(scaling.ext_factor), float(scaling.attn_factor)
+        if ext != 0.0:
+            lo, hi = scaling.corr_dims(n_rot, float(freq_base))
+            mscale *= 1.0 + 0.1 * np.log(1.0 / fs)
     out = x.copy()
-    _rope_kernel(x.reshape(-1), positions, int(n_heads), int(head_dim), inv_freq, bool(neox), out.reshape(-1))
+    _rope_kernel(x.reshape(-1), positions, int(n_heads), int(head_dim), inv_freq, bool(neox), fs, ext,
+                 float(lo), float(hi), float(mscale), out.reshape(-1))
     return out
 
 
 def attention(q, k_cache, v_cache, pos0: int, n_heads: int, n_kv_heads: int, head_dim: int,
-              scale: float, window: int = 0) -> np.ndarray:
+              scale: float, window: int = 0, softcap: float = 0.0) -> np.ndarray:
     """Causal attention of ``q (n, H*hd)`` at positions ``pos0..pos0+n-1`` over the caches
     ``k_cache, v_cache (n_ctx, Hkv*hd)`` (positions ``0..pos0+n-1`` filled)."""
     q = _f32(q)
@@ -774,7 +805,15 @@ def attention(q, k_cache, v_cache, pos0: int, n_heads: int, n_kv_heads: int, hea
     if n:
         _attention_kernel(q.reshape(-1), k_cache.reshape(-1), v_cache.reshape(-1), int(pos0), n, int(n_heads),
                           int(n_kv_heads), int(head_dim), k_cache.shape[1], np.float32(scale), int(window),
-                          out.reshape(-1))
+                          np.float32(softcap), out.reshape(-1))
+    return out
+
+
+def softcap(x, cap: float) -> np.ndarray:
+    """``cap * tanh(x / cap)``."""
+    x = _f32(x)
+    out = np.empty_like(x)
+    _softcap_kernel(x.reshape(-1), np.float32(cap), out.reshape(-1))
     return out
 
 
@@ -814,4 +853,5 @@ def warmup() -> None:
     rope(x, np.arange(2), 2, 4, 10000.0, False)
     silu_mul(x, x)
     gelu_mul(x, x)
+    softcap(x, 5.0)
     attention(x, x[:, :4], x[:, :4], 0, 2, 1, 4, 0.5)

@@ -88,6 +88,8 @@ class CpuBackend(Backend):
     #: rope tables kept (positions x base): a Gemma 3 step uses two bases
     ROPE_TABLES = 8
 
+    decode_step_status = "native single-call decode step, built at the first prompt"
+
     def __init__(self, n_threads: int | None = None):
         missing = [f for f in ("matmul", "get_rows", "attention", "rmsnorm", "rope") if not hasattr(_C, f)]
         if missing:
@@ -156,6 +158,12 @@ class CpuBackend(Backend):
             w.cache["cpu_f32"] = v
         return v
 
+    def add_bias(self, x: np.ndarray, b: QTensor) -> np.ndarray:
+        x = _act(x)
+        out = np.empty(x.shape, dtype=np.float32)
+        _C.add_bias(x, self._vector(b), out)
+        return out
+
     # -- elementwise and normalisation -------------------------------------------
     def rmsnorm(self, x: np.ndarray, w: QTensor, eps: float) -> np.ndarray:
         x = _act(x)
@@ -192,6 +200,12 @@ class CpuBackend(Backend):
         _C.scale(x, float(np.float32(s)), out)
         return out
 
+    def softcap(self, x: np.ndarray, cap: float) -> np.ndarray:
+        x = _contig(x)
+        out = np.empty(x.shape, dtype=np.float32)
+        _C.softcap(x, float(np.float32(cap)), out)
+        return out
+
     def _gate(self, fn, gate, up) -> np.ndarray:
         gate, up = _contig(gate), _contig(up)
         if gate.shape != up.shape:
@@ -207,14 +221,17 @@ class CpuBackend(Backend):
         return self._gate(_C.gelu_mul, gate, up)
 
     # -- position and attention --------------------------------------------------
-    def _rope_table(self, positions: np.ndarray, freq_base: float, n_rot: int) -> tuple[np.ndarray, np.ndarray]:
+    def _rope_table(self, positions: np.ndarray, freq_base: float, n_rot: int,
+                    scaling=None) -> tuple[np.ndarray, np.ndarray]:
         pos = np.ascontiguousarray(positions, dtype=np.float64).reshape(-1)
-        key = (float(freq_base), int(n_rot), pos.tobytes())
+        if scaling is not None and scaling.is_identity:
+            scaling = None
+        key = (float(freq_base), int(n_rot), pos.tobytes(), None if scaling is None else scaling.key())
         tab = self._rope_tables.get(key)
         if tab is None:
             cos = np.empty((pos.size, n_rot // 2), dtype=np.float32)
             sin = np.empty_like(cos)
-            _C.rope_table(pos, float(freq_base), int(n_rot), cos, sin)
+            _C.rope_table(pos, float(freq_base), int(n_rot), cos, sin, **({} if scaling is None else scaling.kwargs()))
             tab = (cos, sin)
             self._rope_tables[key] = tab
             if len(self._rope_tables) > self.ROPE_TABLES:
@@ -223,10 +240,10 @@ class CpuBackend(Backend):
             self._rope_tables.move_to_end(key)
         return tab
 
-    def rope(self, x, positions, n_heads, head_dim, freq_base, neox, n_rot=None):
+    def rope(self, x, positions, n_heads, head_dim, freq_base, neox, n_rot=None, scaling=None):
         n_rot = head_dim if n_rot is None else int(n_rot)
         x = _act(x)
-        cos, sin = self._rope_table(positions, freq_base, n_rot)
+        cos, sin = self._rope_table(positions, freq_base, n_rot, scaling)
         out = np.empty((x.shape[0], n_heads * head_dim), dtype=np.float32)
         _C.rope(x, out, cos, sin, int(n_heads), int(head_dim), n_rot, bool(neox))
         return out
@@ -268,9 +285,9 @@ class CpuBackend(Backend):
 
         return build_decode_step(self, forward, cache)
 
-    def attention(self, q, cache, layer, pos0, n_heads, n_kv_heads, head_dim, scale, window=0):
+    def attention(self, q, cache, layer, pos0, n_heads, n_kv_heads, head_dim, scale, window=0, softcap=0.0):
         q = _act(q)
         out = np.empty((q.shape[0], n_heads * head_dim), dtype=np.float32)
         _C.attention(q, cache.k[layer], cache.v[layer], out, int(pos0), int(n_heads), int(n_kv_heads),
-                     int(head_dim), float(scale), int(window or 0))
+                     int(head_dim), float(scale), int(window or 0), float(softcap or 0.0))
         return out
