@@ -20,8 +20,9 @@ from pyengine.ggml_types import ggml_type
 # carry the int8 activation quantization (measured ~3e-5, see test_report_nmse); F16/F32
 # weights are multiplied in float32 with x unquantized (float32 rounding only).
 NMSE_BOUND = {
-    "Q4_0": 5e-4, "Q4_1": 5e-4, "Q5_0": 5e-4, "Q8_0": 5e-4, "Q4_K": 5e-4, "Q6_K": 5e-4,
-    "F16": 1e-10, "F32": 1e-10,
+    "Q4_0": 5e-4, "Q4_1": 5e-4, "Q5_0": 5e-4, "Q5_1": 5e-4, "Q8_0": 5e-4, "IQ4_NL": 5e-4,
+    "Q2_K": 5e-4, "Q3_K": 5e-4, "Q4_K": 5e-4, "Q5_K": 5e-4, "Q6_K": 5e-4, "IQ4_XS": 5e-4,
+    "F16": 1e-10, "BF16": 1e-10, "F32": 1e-10,
 }
 TYPES = tuple(NMSE_BOUND)
 SIMD_REL_TOL = 1e-5  # max|simd - generic| / max|generic|
@@ -50,8 +51,11 @@ def _native():
     return _C
 
 
+FLOAT_TYPES = ("F16", "BF16", "F32")
+
+
 def block_of(t: str) -> int:
-    return ggml_type(t).block_size if t not in ("F16", "F32") else 32
+    return ggml_type(t).block_size if t not in FLOAT_TYPES else 32
 
 
 def reference(t: str, raw: np.ndarray, rows: int, cols: int, x: np.ndarray) -> np.ndarray:
@@ -69,8 +73,8 @@ def nmse(y: np.ndarray, ref: np.ndarray) -> float:
 
 def make_case(t: str, rows: int, cols: int, n: int, mode: str, seed: int):
     rng = np.random.default_rng(seed)
-    if t == "F32" and mode == "extreme":
-        mode = "zero"  # float32 weights near 3e38 overflow any float32 matmul, reference included
+    if t in ("F32", "BF16") and mode == "extreme":
+        mode = "zero"  # float32-range weights near 3e38 overflow any float32 matmul, reference included
     raw = quants.random_raw(t, rows * cols, rng, scales=mode)
     x = rng.standard_normal((n, cols)).astype(np.float32)
     return raw, x
@@ -130,7 +134,7 @@ def test_simd_agrees_with_generic(t, variant, data, mode, seed):
 
 
 @pytest.mark.parametrize("variant", ["generic", "avx2", "avx512"])
-@pytest.mark.parametrize("t", ["Q4_0", "Q8_0", "Q4_K", "Q6_K"])
+@pytest.mark.parametrize("t", ["Q4_0", "Q8_0", "Q4_K", "Q6_K", "Q5_1", "IQ4_NL", "Q2_K", "Q3_K", "Q5_K", "IQ4_XS"])
 def test_edge_shapes(t, variant):
     """Panel tails: one block, an odd number of blocks, one row, rows % 16 != 0."""
     _skip_unavailable("cpu", variant)
@@ -186,8 +190,8 @@ def test_thread_count_does_not_change_results(variant):
 def test_get_rows(t, backend):
     _skip_unavailable(backend, "generic")
     rng = np.random.default_rng(3)
-    rows, cols = 37, 4 * block_of(t) if t not in ("F16", "F32") else 96
-    raw = quants.random_raw(t, rows * cols, rng, scales="extreme" if t != "F32" else "normal")
+    rows, cols = 37, 4 * block_of(t) if t not in FLOAT_TYPES else 96
+    raw = quants.random_raw(t, rows * cols, rng, scales="extreme" if t not in ("F32", "BF16") else "normal")
     ids = np.array([0, 36, 5, 5, 17], dtype=np.int32)
     w = quants.dequantize(t, raw, rows * cols).reshape(rows, cols)
     got = kernels.get_rows(t, raw, (rows, cols), ids, backend=backend)
@@ -267,8 +271,8 @@ def test_bad_arguments_native(args):
     ro.flags.writeable = False
     with pytest.raises(ValueError, match="out must be writeable"):
         C.matmul("Q4_0", raw, 8, 64, x, ro)
-    with pytest.raises(ValueError, match="unsupported weight type 'Q5_K'"):
-        C.matmul("Q5_K", raw, 8, 64, x, out)
+    with pytest.raises(ValueError, match="unsupported weight type 'IQ2_XXS'"):
+        C.matmul("IQ2_XXS", raw, 8, 64, x, out)
     with pytest.raises(ValueError, match="unknown kernel variant 'sse9'"):
         C.matmul("Q4_0", raw, 8, 64, x, out, "sse9")
     with pytest.raises(TypeError, match="ids must be a int32"):
@@ -307,8 +311,8 @@ def test_bad_arguments_python_api():
     with pytest.raises(IndexError):
         kernels.get_rows("Q4_0", raw, (2, 64), [2])
     if kernels.native_available():
-        with pytest.raises(ValueError, match="backend 'cpu' has no kernel for Q5_K"):
-            kernels.matmul("Q5_K", np.zeros(176, np.uint8), (1, 256), np.zeros((1, 256), np.float32), backend="cpu")
+        with pytest.raises(ValueError, match="backend 'cpu' has no kernel for IQ2_XXS"):
+            kernels.matmul("IQ2_XXS", np.zeros(66, np.uint8), (1, 256), np.zeros((1, 256), np.float32), backend="cpu")
 
 
 def test_concurrent_calls_from_python_threads():

@@ -155,11 +155,38 @@ static inline void pack_panel_q6k(const uint8_t* blk, int h, uint8_t* dst) {
     store_panel<16>(dst, v, D, _mm256_mul_ps(_mm256_set1_ps(32.0f), D));
 }
 
+// Any type through the shared scalar group decode (unpack_block), then the same
+// transposition. IQ4 levels go back to signed bytes (E = 0), as Q8_0: level + 128 would
+// overflow vpmaddubsw's int16 pair sums.
+static void pack_w_natural(WType t, const uint8_t* row, int64_t cols, uint8_t* dst) {
+    const int G = wtype_info(t).group;
+    const bool to_signed = weight_offset(t, true) == 0;
+    for_each_natural_panel<PG>(t, row, cols, [&](const uint8_t* q, const float* D, const float* E) {
+        __m256i v[8];
+        for (int m = 0; m < G / 4; ++m) {
+            v[m] = _mm256_load_si256((const __m256i*)(q + 32 * m));
+            if (to_signed) v[m] = _mm256_xor_si256(v[m], _mm256_set1_epi8((char)0x80));
+        }
+        const __m256 Ev = to_signed ? _mm256_setzero_ps() : _mm256_load_ps(E);
+        if (G == 32)
+            store_panel<32>(dst, v, _mm256_load_ps(D), Ev);
+        else
+            store_panel<16>(dst, v, _mm256_load_ps(D), Ev);
+        dst += PG * (G + 8);
+    });
+}
+
 void pack_w_avx2(WType t, const uint8_t* row, int64_t cols, uint8_t* dst) {
     const WTypeInfo& ti = wtype_info(t);
     const int G = ti.group;
     const int64_t pb = (int64_t)PG * (G + 8);
     const int64_t nb = cols / ti.block_elems;
+    switch (t) {
+        case WType::Q4_0: case WType::Q4_1: case WType::Q5_0: case WType::Q8_0: case WType::Q4_K: case WType::Q6_K:
+            break;  // the hand-vectorised unpackers below
+        default:
+            return pack_w_natural(t, row, cols, dst);
+    }
     if (t == WType::Q4_K) {
         for (int64_t b = 0; b < nb; ++b, dst += pb) pack_panel_q4k(row + b * 144, dst);
         return;
@@ -346,18 +373,20 @@ struct TileTable {
         f[1][1] = tile<2, 2, G, SIGNED, MIN>;
     }
 };
-constexpr TileTable<32, false, true> kTiles32m;   // Q4_1, Q4_K
+constexpr TileTable<32, false, true> kTiles32m;   // Q4_1, Q5_1, Q4_K, Q5_K
 constexpr TileTable<32, false, false> kTiles32z;  // Q4_0, Q5_0
-constexpr TileTable<32, true, false> kTiles32s;   // Q8_0 (signed, C = 0)
-constexpr TileTable<16, false, false> kTiles16z;  // Q6_K
+constexpr TileTable<32, true, false> kTiles32s;   // Q8_0, IQ4_NL, IQ4_XS (signed, C = 0)
+constexpr TileTable<16, false, false> kTiles16z;  // Q3_K, Q6_K
+constexpr TileTable<16, false, true> kTiles16m;   // Q2_K
 
 void gemm_avx2(WType t, int G, int64_t np, const uint8_t* wp, int nr, const uint8_t* ap, int nt, float* out,
                int64_t ldo) {
     const int64_t stride = np * PG * (G + 8);
-    const TileFn(*f)[TMAX] = G == 16              ? kTiles16z.f
-                             : t == WType::Q8_0   ? kTiles32s.f
-                             : weight_offset(t, true) < 0 ? kTiles32m.f
-                                                          : kTiles32z.f;
+    const int off = weight_offset(t, true);  // 0: signed weights (Q8_0, IQ4_*); < 0: float min
+    const TileFn(*f)[TMAX] = G == 16   ? (off < 0 ? kTiles16m.f : kTiles16z.f)
+                             : off == 0 ? kTiles32s.f
+                             : off < 0  ? kTiles32m.f
+                                        : kTiles32z.f;
     for (int t0 = 0; t0 < nt; t0 += TMAX) {
         const int tt = nt - t0 < TMAX ? nt - t0 : TMAX;
         for (int r0 = 0; r0 < nr; r0 += RMAX) {
@@ -368,7 +397,8 @@ void gemm_avx2(WType t, int G, int64_t np, const uint8_t* wp, int nr, const uint
 }
 
 // ---- F32 / F16 weights ------------------------------------------------------------------------
-template <bool F16, int R, int T>
+// K: 0 = F32, 1 = F16, 2 = BF16 (the top half of a float32: widen, shift left 16).
+template <int K, int R, int T>
 void float_tile(const uint8_t* w, int64_t rb, int64_t cols, const float* x, int64_t ldx, float* out, int64_t ldo) {
     __m256 acc[R][T];
     for (int r = 0; r < R; ++r)
@@ -377,8 +407,11 @@ void float_tile(const uint8_t* w, int64_t rb, int64_t cols, const float* x, int6
     for (; i + 8 <= cols; i += 8) {
         __m256 wv[R];
         for (int r = 0; r < R; ++r) {
-            if (F16)
+            if (K == 1)
                 wv[r] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(w + r * rb + 2 * i)));
+            else if (K == 2)
+                wv[r] = _mm256_castsi256_ps(_mm256_slli_epi32(
+                    _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)(w + r * rb + 2 * i))), 16));
             else
                 wv[r] = _mm256_loadu_ps((const float*)(const void*)(w + r * rb + 4 * i));
         }
@@ -396,8 +429,10 @@ void float_tile(const uint8_t* w, int64_t rb, int64_t cols, const float* x, int6
             float tot = _mm_cvtss_f32(s);
             for (int64_t j = i; j < cols; ++j) {
                 float wj;
-                if (F16)
+                if (K == 1)
                     wj = _cvtsh_ss(load_u16(w + r * rb + 2 * j));
+                else if (K == 2)
+                    wj = bf16_to_fp32(load_u16(w + r * rb + 2 * j));
                 else
                     std::memcpy(&wj, w + r * rb + 4 * j, 4);
                 tot += wj * x[t * ldx + j];
@@ -406,7 +441,7 @@ void float_tile(const uint8_t* w, int64_t rb, int64_t cols, const float* x, int6
         }
 }
 
-template <bool F16>
+template <int K>
 void gemm_float_impl(const uint8_t* w, int64_t rb, int64_t cols, int nr, const float* x, int64_t ldx, int nt,
                      float* out, int64_t ldo) {
     for (int t0 = 0; t0 < nt; t0 += 2) {
@@ -417,15 +452,15 @@ void gemm_float_impl(const uint8_t* w, int64_t rb, int64_t cols, int nr, const f
             float* o = out + t0 * ldo + r0;
             if (nr - r0 >= 4) {
                 if (two)
-                    float_tile<F16, 4, 2>(wr, rb, cols, xt, ldx, o, ldo);
+                    float_tile<K, 4, 2>(wr, rb, cols, xt, ldx, o, ldo);
                 else
-                    float_tile<F16, 4, 1>(wr, rb, cols, xt, ldx, o, ldo);
+                    float_tile<K, 4, 1>(wr, rb, cols, xt, ldx, o, ldo);
                 r0 += 4;
             } else {
                 if (two)
-                    float_tile<F16, 1, 2>(wr, rb, cols, xt, ldx, o, ldo);
+                    float_tile<K, 1, 2>(wr, rb, cols, xt, ldx, o, ldo);
                 else
-                    float_tile<F16, 1, 1>(wr, rb, cols, xt, ldx, o, ldo);
+                    float_tile<K, 1, 1>(wr, rb, cols, xt, ldx, o, ldo);
                 r0 += 1;
             }
         }
@@ -435,9 +470,11 @@ void gemm_float_impl(const uint8_t* w, int64_t rb, int64_t cols, int nr, const f
 void gemm_float_avx2(WType t, const uint8_t* w, int64_t rb, int64_t cols, int nr, const float* x, int64_t ldx,
                      int nt, float* out, int64_t ldo) {
     if (t == WType::F16)
-        gemm_float_impl<true>(w, rb, cols, nr, x, ldx, nt, out, ldo);
+        gemm_float_impl<1>(w, rb, cols, nr, x, ldx, nt, out, ldo);
+    else if (t == WType::BF16)
+        gemm_float_impl<2>(w, rb, cols, nr, x, ldx, nt, out, ldo);
     else
-        gemm_float_impl<false>(w, rb, cols, nr, x, ldx, nt, out, ldo);
+        gemm_float_impl<0>(w, rb, cols, nr, x, ldx, nt, out, ldo);
 }
 
 }  // namespace

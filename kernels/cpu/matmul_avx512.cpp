@@ -210,10 +210,30 @@ static inline void pack_panel_q6k(const uint8_t* blk, Sink& sink) {
 }
 
 // Walk one GGUF row panel by panel, handing each unpacked panel to sink.put<G>().
+// Any type through the shared scalar group decode (unpack_block): natural-order panels.
+template <class Sink>
+static void natural_panels(WType t, const uint8_t* row, int64_t cols, Sink& sink) {
+    const int G = wtype_info(t).group;
+    for_each_natural_panel<PG>(t, row, cols, [&](const uint8_t* q, const float* D, const float* E) {
+        __m512i v[8];
+        for (int m = 0; m < G / 4; ++m) v[m] = _mm512_load_si512((const void*)(q + 64 * m));
+        if (G == 32)
+            sink.template put<32>(v, _mm512_load_ps(D), _mm512_load_ps(E));
+        else
+            sink.template put<16>(v, _mm512_load_ps(D), _mm512_load_ps(E));
+    });
+}
+
 template <class Sink>
 static inline void for_each_panel(WType t, const uint8_t* row, int64_t cols, Sink& sink) {
     const WTypeInfo& ti = wtype_info(t);
     const int64_t nb = cols / ti.block_elems;
+    switch (t) {
+        case WType::Q4_0: case WType::Q4_1: case WType::Q5_0: case WType::Q8_0: case WType::Q4_K: case WType::Q6_K:
+            break;  // the hand-vectorised unpackers below
+        default:
+            return natural_panels(t, row, cols, sink);
+    }
     if (t == WType::Q4_K) {
         for (int64_t b = 0; b < nb; b += 2)
             pack_panel_q4k(row + b * 144, b + 1 < nb ? row + (b + 1) * 144 : nullptr, sink);
@@ -372,14 +392,16 @@ struct TileTable {
         fill_row<4>();
     }
 };
-constexpr TileTable<32, true> kTiles32m;   // Q4_1, Q4_K
-constexpr TileTable<32, false> kTiles32z;  // Q4_0, Q5_0, Q8_0
-constexpr TileTable<16, false> kTiles16z;  // Q6_K
+constexpr TileTable<32, true> kTiles32m;   // Q4_1, Q5_1, Q4_K, Q5_K
+constexpr TileTable<32, false> kTiles32z;  // Q4_0, Q5_0, Q8_0, IQ4_NL, IQ4_XS
+constexpr TileTable<16, false> kTiles16z;  // Q3_K, Q6_K
+constexpr TileTable<16, true> kTiles16m;   // Q2_K
 
 void gemm_avx512(WType t, int G, int64_t np, const uint8_t* wp, int nr, const uint8_t* ap, int nt, float* out,
                  int64_t ldo) {
     const int64_t stride = np * PG * (G + 8);
-    const TileFn(*f)[TMAX] = G == 16 ? kTiles16z.f : (weight_offset(t, false) < 0 ? kTiles32m.f : kTiles32z.f);
+    const bool min = weight_offset(t, false) < 0;
+    const TileFn(*f)[TMAX] = G == 16 ? (min ? kTiles16m.f : kTiles16z.f) : (min ? kTiles32m.f : kTiles32z.f);
     for (int t0 = 0; t0 < nt; t0 += TMAX) {
         const int tt = nt - t0 < TMAX ? nt - t0 : TMAX;
         for (int r0 = 0; r0 < nr; r0 += RMAX) {
@@ -442,7 +464,8 @@ void gemv_avx512(WType t, const uint8_t* row, int64_t cols, const uint8_t* ap, i
 }
 
 // ---- F32 / F16 weights: plain FMA dot products, 4 rows x up to 4 tokens -------------------
-template <bool F16, int R, int T>
+// K: 0 = F32, 1 = F16, 2 = BF16 (the top half of a float32: widen, shift left 16).
+template <int K, int R, int T>
 void float_tile(const uint8_t* w, int64_t rb, int64_t cols, const float* x, int64_t ldx, float* out, int64_t ldo) {
     __m512 acc[R][T];
     for (int r = 0; r < R; ++r)
@@ -452,8 +475,11 @@ void float_tile(const uint8_t* w, int64_t rb, int64_t cols, const float* x, int6
         const __mmask16 mk = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
         __m512 wv[R];
         for (int r = 0; r < R; ++r) {
-            if (F16)
+            if (K == 1)
                 wv[r] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, (const void*)(w + r * rb + 2 * i)));
+            else if (K == 2)
+                wv[r] = _mm512_castsi512_ps(_mm512_slli_epi32(
+                    _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, (const void*)(w + r * rb + 2 * i))), 16));
             else
                 wv[r] = _mm512_maskz_loadu_ps(mk, (const void*)(w + r * rb + 4 * i));
         }
@@ -466,7 +492,7 @@ void float_tile(const uint8_t* w, int64_t rb, int64_t cols, const float* x, int6
         for (int t = 0; t < T; ++t) out[t * ldo + r] = _mm512_reduce_add_ps(acc[r][t]);
 }
 
-template <bool F16>
+template <int K>
 void gemm_float_impl(const uint8_t* w, int64_t rb, int64_t cols, int nr, const float* x, int64_t ldx, int nt,
                      float* out, int64_t ldo) {
     for (int t0 = 0; t0 < nt; t0 += 4) {
@@ -478,18 +504,18 @@ void gemm_float_impl(const uint8_t* w, int64_t rb, int64_t cols, int nr, const f
             float* o = out + t0 * ldo + r0;
             if (rr == 4) {
                 switch (tt) {
-                    case 4: float_tile<F16, 4, 4>(wr, rb, cols, xt, ldx, o, ldo); break;
-                    case 3: float_tile<F16, 4, 3>(wr, rb, cols, xt, ldx, o, ldo); break;
-                    case 2: float_tile<F16, 4, 2>(wr, rb, cols, xt, ldx, o, ldo); break;
-                    default: float_tile<F16, 4, 1>(wr, rb, cols, xt, ldx, o, ldo); break;
+                    case 4: float_tile<K, 4, 4>(wr, rb, cols, xt, ldx, o, ldo); break;
+                    case 3: float_tile<K, 4, 3>(wr, rb, cols, xt, ldx, o, ldo); break;
+                    case 2: float_tile<K, 4, 2>(wr, rb, cols, xt, ldx, o, ldo); break;
+                    default: float_tile<K, 4, 1>(wr, rb, cols, xt, ldx, o, ldo); break;
                 }
                 r0 += 3;
             } else {
                 switch (tt) {
-                    case 4: float_tile<F16, 1, 4>(wr, rb, cols, xt, ldx, o, ldo); break;
-                    case 3: float_tile<F16, 1, 3>(wr, rb, cols, xt, ldx, o, ldo); break;
-                    case 2: float_tile<F16, 1, 2>(wr, rb, cols, xt, ldx, o, ldo); break;
-                    default: float_tile<F16, 1, 1>(wr, rb, cols, xt, ldx, o, ldo); break;
+                    case 4: float_tile<K, 1, 4>(wr, rb, cols, xt, ldx, o, ldo); break;
+                    case 3: float_tile<K, 1, 3>(wr, rb, cols, xt, ldx, o, ldo); break;
+                    case 2: float_tile<K, 1, 2>(wr, rb, cols, xt, ldx, o, ldo); break;
+                    default: float_tile<K, 1, 1>(wr, rb, cols, xt, ldx, o, ldo); break;
                 }
             }
         }
@@ -499,9 +525,11 @@ void gemm_float_impl(const uint8_t* w, int64_t rb, int64_t cols, int nr, const f
 void gemm_float_avx512(WType t, const uint8_t* w, int64_t rb, int64_t cols, int nr, const float* x, int64_t ldx,
                        int nt, float* out, int64_t ldo) {
     if (t == WType::F16)
-        gemm_float_impl<true>(w, rb, cols, nr, x, ldx, nt, out, ldo);
+        gemm_float_impl<1>(w, rb, cols, nr, x, ldx, nt, out, ldo);
+    else if (t == WType::BF16)
+        gemm_float_impl<2>(w, rb, cols, nr, x, ldx, nt, out, ldo);
     else
-        gemm_float_impl<false>(w, rb, cols, nr, x, ldx, nt, out, ldo);
+        gemm_float_impl<0>(w, rb, cols, nr, x, ldx, nt, out, ldo);
 }
 
 }  // namespace
