@@ -220,6 +220,50 @@ def test_report_nmse(capsys):
         print("\nmeasured NMSE per type (128x2048, n=16):\n  " + "\n  ".join(lines))
 
 
+def test_report_nmse_tail(capsys):
+    """The worst NMSE over many small draws like the property test's (17..80 outputs, n = 1..6,
+    every scales mode), per type and ISA: the int8 activation quantization is the only error,
+    and every tier must show the same tail (a SIMD tier adds none of its own)."""
+    if not kernels.native_available():
+        pytest.skip("cpu backend unavailable: pyengine._C not importable")
+    rng = np.random.default_rng(77)
+    lines = []
+    for t in [t for t in TYPES if t not in FLOAT_TYPES]:
+        worst = dict.fromkeys(VARIANTS_HERE, 0.0)
+        for k in range(24):
+            rows, nblk, n = int(rng.integers(17, 81)), int(rng.integers(1, 7)), int(rng.integers(1, 7))
+            cols = block_of(t) * nblk
+            raw, x = make_case(t, rows, cols, n, MODES[k % 3], int(rng.integers(2**32)))
+            ref = reference(t, raw, rows, cols, x)
+            for v in VARIANTS_HERE:
+                worst[v] = max(worst[v], nmse(kernels.matmul(t, raw, (rows, cols), x, backend="cpu", variant=v), ref))
+        for v, e in worst.items():
+            assert e <= NMSE_BOUND[t], (t, v, e)
+            assert e <= 1.25 * worst["generic"], f"{t}: {v} tail {e:.3g} above the scalar tier's {worst['generic']:.3g}"
+        lines.append(f"{t:6s} " + "  ".join(f"{v} {e:.2e}" for v, e in worst.items()))
+    with capsys.disabled():
+        print("\nworst NMSE over 24 small draws per type (17-80 rows, 1-6 blocks, n=1-6):\n  " + "\n  ".join(lines))
+
+
+def test_cpu_backend_refuses_types_without_a_native_kernel():
+    """A matrix of a type the kernels lack is an error at load, never a float32 copy."""
+    if not kernels.native_available():
+        pytest.skip("cpu backend unavailable: pyengine._C not importable")
+    from pyengine.backends.cpu_backend import CpuBackend
+    from pyengine.errors import ModelFileError
+    from pyengine.tensor import QTensor
+
+    be = CpuBackend()
+    ok = {t: QTensor(f"w.{t}", t, (2, 256), np.zeros(ggml_type(t).n_bytes(512), np.uint8)) for t in kernels.NATIVE_TYPES}
+    be.prepare(ok)  # every native type loads
+    bad = dict(ok, odd=QTensor("blk.0.ffn_up.weight", "IQ2_XXS", (2, 256), np.zeros(132, np.uint8)))
+    with pytest.raises(ModelFileError, match="'blk.0.ffn_up.weight' has type IQ2_XXS, which has no native kernel") as e:
+        be.prepare(bad)
+    assert "\n" not in str(e.value)
+    # a 1-D tensor (a norm) of any type is not a matrix: no kernel needed
+    be.prepare({"norm": QTensor("norm", "F32", (256,), np.zeros(1024, np.uint8))})
+
+
 # ---- the extension's surface and its argument checks ---------------------------------------------------
 def test_features_and_variants():
     if not kernels.native_available():
