@@ -418,3 +418,25 @@ def test_q8_0_full_int8_range(variant):
     ref = reference("Q8_0", raw, rows, cols, x)
     y = kernels.matmul("Q8_0", raw, (rows, cols), x, backend="cpu", variant=variant)
     assert nmse(y, ref) <= NMSE_BOUND["Q8_0"]
+
+
+NEW_TYPES = ("Q5_K", "Q5_1", "BF16", "Q3_K", "Q2_K", "IQ4_XS", "IQ4_NL")
+
+
+def test_kernel_bench_covers_the_new_types():
+    """`pyengine bench kernels` runs the new types by default, each kernel validated before timing
+    (tiny shapes and no bandwidth probe here: this checks the code path, it measures nothing)."""
+    from pyengine import bench
+
+    assert set(NEW_TYPES) <= set(bench.DEFAULT_TYPES)
+    res = bench.run_kernel_bench(types=list(NEW_TYPES), shapes=[(32, 512)], batch=[1, 64], bw={"gbps": {"1": 10.0}},
+                                 threads=1, min_time=0.0, cold=False, log=None, reprobe=False)
+    rs = res["results"]
+    assert {r["type"] for r in rs} == set(NEW_TYPES)
+    for t in NEW_TYPES:
+        got = {r["kernel"] for r in rs if r["type"] == t and r["status"] == "ok"}
+        want = {"numpy"} | ({f"cpu/{v}" for v in VARIANTS_HERE} if kernels.native_available() else set())
+        assert want <= got, (t, [r for r in rs if r["type"] == t and r["status"] != "ok"])
+    for r in rs:
+        if r["status"] == "ok":
+            assert r["nmse"] <= NMSE_BOUND[r["type"]] and r["gbps"] > 0 and r["gflops"] > 0
