@@ -99,6 +99,11 @@ static inline __m512i nibbles_2x16(const uint8_t* a, const uint8_t* b) {
     return _mm512_and_si512(_mm512_srlv_epi16(x, sh), _mm512_set1_epi8(15));
 }
 
+// kIQ4Values[i] + 128 in every 128-bit lane: vpshufb by a nibble gives the level as an unsigned byte.
+static inline __m512i iq4_levels_u8() {
+    return _mm512_broadcast_i32x4(_mm_xor_si128(_mm_loadu_si128((const __m128i*)kIQ4Values), _mm_set1_epi8((char)0x80)));
+}
+
 // One panel = 16 blocks of a 32-element type, all present (`blk` points at block 0).
 template <int T_, class At, class Sink>
 static inline void pack_panel_32(const At& at, Sink& sink) {
@@ -117,6 +122,12 @@ static inline void pack_panel_32(const At& at, Sink& sink) {
             const uint64_t hb = (uint64_t)load_u32(b0 + 2) | (uint64_t)load_u32(b1 + 2) << 32;
             v[m] = _mm512_or_si512(nibbles_2x16(b0 + 6, b1 + 6),
                                    _mm512_maskz_mov_epi8((__mmask64)hb, _mm512_set1_epi8(16)));
+        } else if (t == WType::Q5_1) {
+            const uint64_t hb = (uint64_t)load_u32(b0 + 4) | (uint64_t)load_u32(b1 + 4) << 32;
+            v[m] = _mm512_or_si512(nibbles_2x16(b0 + 8, b1 + 8),
+                                   _mm512_maskz_mov_epi8((__mmask64)hb, _mm512_set1_epi8(16)));
+        } else if (t == WType::IQ4_NL) {
+            v[m] = _mm512_shuffle_epi8(iq4_levels_u8(), nibbles_2x16(b0 + 2, b1 + 2));  // level + 128
         } else {
             const __m512i x = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(b0 + 2))),
                                                  _mm256_loadu_si256((const __m256i*)(b1 + 2)), 1);
@@ -130,7 +141,9 @@ static inline void pack_panel_32(const At& at, Sink& sink) {
         E = _mm512_sub_ps(_mm512_setzero_ps(), load_f16x16(at, 2));
     } else if (t == WType::Q5_0) {
         E = _mm512_mul_ps(_mm512_set1_ps(16.0f), D);
-    } else {
+    } else if (t == WType::Q5_1) {
+        E = _mm512_sub_ps(_mm512_setzero_ps(), load_f16x16(at, 2));
+    } else {  // Q8_0, IQ4_NL
         E = _mm512_mul_ps(_mm512_set1_ps(128.0f), D);
     }
     sink.template put<32>(v, D, E);
@@ -139,7 +152,7 @@ static inline void pack_panel_32(const At& at, Sink& sink) {
 template <int T_, class Sink>
 static inline void panels_32(const uint8_t* row, int64_t nb, Sink& sink) {
     constexpr WType t = (WType)T_;
-    constexpr int BB = t == WType::Q4_0 ? 18 : t == WType::Q4_1 ? 20 : t == WType::Q5_0 ? 22 : 34;
+    constexpr int BB = wtype_block_bytes(t);
     int64_t b = 0;
     for (; b + 16 <= nb; b += 16) pack_panel_32<T_>(FullPanel{row + b * BB, BB}, sink);
     if (b < nb) pack_panel_32<T_>(PartialPanel{row + b * BB, BB, (int)(nb - b)}, sink);
@@ -165,15 +178,34 @@ static inline void q4k_nibbles(const uint8_t* blk, __m512i* v) {
     }
 }
 
-template <class Sink>
+// Q5_K: Q4_K's nibbles (at blk + 48) plus the 5th bits: bit 2c of qh[l] tops value l of
+// group 2c (low 256 bits of v[c]), bit 2c+1 of group 2c+1 (high 256 bits).
+static inline void q5k_values(const uint8_t* blk, __m512i* v) {
+    q4k_nibbles(blk + 32, v);
+    const __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)(blk + 16)));
+    const __m512i one = _mm512_set1_epi8(1);
+    for (int c = 0; c < 4; ++c) {
+        const __m512i sh = _mm512_inserti64x4(_mm512_set1_epi16((short)(2 * c)), _mm256_set1_epi16((short)(2 * c + 1)), 1);
+        const __m512i hb = _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(qh, sh), one), 4);
+        v[c] = _mm512_or_si512(v[c], hb);
+    }
+}
+
+template <bool FIVE, class Sink>
 static inline void pack_panel_q4k(const uint8_t* b0, const uint8_t* b1, Sink& sink) {
     __m512i v[8];
     uint64_t sc0, mn0, sc1 = 0, mn1 = 0;
     float d1 = 0.0f, m1 = 0.0f;
-    q4k_nibbles(b0, v);
+    if (FIVE)
+        q5k_values(b0, v);
+    else
+        q4k_nibbles(b0, v);
     q4k_scales_mins_u64(b0 + 4, sc0, mn0);
     if (b1) {
-        q4k_nibbles(b1, v + 4);
+        if (FIVE)
+            q5k_values(b1, v + 4);
+        else
+            q4k_nibbles(b1, v + 4);
         q4k_scales_mins_u64(b1 + 4, sc1, mn1);
         d1 = half(b1);
         m1 = half(b1 + 2);
@@ -209,6 +241,63 @@ static inline void pack_panel_q6k(const uint8_t* blk, Sink& sink) {
     sink.template put<16>(v, D, E);
 }
 
+// Q2_K / Q3_K: one panel = one super-block = 16 groups of 16. v[m] holds values 64m .. 64m+63,
+// i.e. bit pairs j = 2(m%2) (low 256 bits) and j+1 (high) of the 32 bytes qs[32c ..], c = m/2;
+// Q3_K adds bit 4c+j of hmask[l] as the value 4.
+template <bool THREE, class Sink>
+static inline void pack_panel_q23k(const uint8_t* blk, Sink& sink) {
+    const uint8_t* qs = blk + (THREE ? 32 : 16);
+    const __m512i three = _mm512_set1_epi8(3), one = _mm512_set1_epi8(1);
+    const __m512i hm = THREE ? _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)blk)) : _mm512_setzero_si512();
+    __m512i v[4];
+    for (int m = 0; m < 4; ++m) {
+        const int c = m >> 1, j = 2 * (m & 1);
+        const __m512i x = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)(qs + 32 * c)));
+        const __m512i sh = _mm512_inserti64x4(_mm512_set1_epi16((short)(2 * j)), _mm256_set1_epi16((short)(2 * j + 2)), 1);
+        v[m] = _mm512_and_si512(_mm512_srlv_epi16(x, sh), three);
+        if (THREE) {
+            const __m512i hs = _mm512_inserti64x4(_mm512_set1_epi16((short)(4 * c + j)), _mm256_set1_epi16((short)(4 * c + j + 1)), 1);
+            v[m] = _mm512_or_si512(v[m], _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(hm, hs), one), 2));
+        }
+    }
+    __m512 D, E;
+    if (THREE) {
+        alignas(16) int8_t sc[16];
+        q3k_scales(blk + 96, sc);
+        D = _mm512_mul_ps(_mm512_set1_ps(half(blk + 108)),
+                          _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_load_si128((const __m128i*)sc))));
+        E = _mm512_mul_ps(_mm512_set1_ps(4.0f), D);
+    } else {
+        const __m512i s8 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)blk));
+        D = _mm512_mul_ps(_mm512_set1_ps(half(blk + 80)), _mm512_cvtepi32_ps(_mm512_and_si512(s8, _mm512_set1_epi32(15))));
+        E = _mm512_mul_ps(_mm512_set1_ps(half(blk + 82)), _mm512_cvtepi32_ps(_mm512_srli_epi32(s8, 4)));
+    }
+    sink.template put<16>(v, D, E);
+}
+
+// IQ4_XS: one panel = two super-blocks (8 groups of 32 each); group j's nibbles are qs[16j ..].
+static inline void iq4xs_half(const uint8_t* blk, __m512i* v, float* D) {
+    const __m512i lut = iq4_levels_u8();
+    for (int m = 0; m < 4; ++m) v[m] = _mm512_shuffle_epi8(lut, nibbles_2x16(blk + 8 + 32 * m, blk + 24 + 32 * m));
+    int8_t sc[8];
+    iq4xs_scales(blk, sc);
+    const float d = half(blk);
+    for (int j = 0; j < 8; ++j) D[j] = d * (float)sc[j];
+}
+
+template <class Sink>
+static inline void pack_panel_iq4xs(const uint8_t* b0, const uint8_t* b1, Sink& sink) {
+    __m512i v[8];
+    alignas(64) float D[16] = {0};
+    iq4xs_half(b0, v, D);
+    if (b1)
+        iq4xs_half(b1, v + 4, D + 8);
+    else
+        for (int m = 4; m < 8; ++m) v[m] = _mm512_setzero_si512();
+    const __m512 Dv = _mm512_load_ps(D);
+    sink.template put<32>(v, Dv, _mm512_mul_ps(_mm512_set1_ps(128.0f), Dv));
+}
+
 // Walk one GGUF row panel by panel, handing each unpacked panel to sink.put<G>().
 // Any type through the shared scalar group decode (unpack_block): natural-order panels.
 template <class Sink>
@@ -228,16 +317,33 @@ template <class Sink>
 static inline void for_each_panel(WType t, const uint8_t* row, int64_t cols, Sink& sink) {
     const WTypeInfo& ti = wtype_info(t);
     const int64_t nb = cols / ti.block_elems;
+    const int BB = ti.block_bytes;
     switch (t) {
-        case WType::Q4_0: case WType::Q4_1: case WType::Q5_0: case WType::Q8_0: case WType::Q4_K: case WType::Q6_K:
-            break;  // the hand-vectorised unpackers below
+        case WType::Q4_K:
+        case WType::Q5_K:
+        case WType::IQ4_XS:
+            for (int64_t b = 0; b < nb; b += 2) {
+                const uint8_t* b0 = row + b * BB;
+                const uint8_t* b1 = b + 1 < nb ? b0 + BB : nullptr;
+                if (t == WType::Q4_K)
+                    pack_panel_q4k<false>(b0, b1, sink);
+                else if (t == WType::Q5_K)
+                    pack_panel_q4k<true>(b0, b1, sink);
+                else
+                    pack_panel_iq4xs(b0, b1, sink);
+            }
+            return;
+        case WType::Q2_K:
+            for (int64_t b = 0; b < nb; ++b) pack_panel_q23k<false>(row + b * BB, sink);
+            return;
+        case WType::Q3_K:
+            for (int64_t b = 0; b < nb; ++b) pack_panel_q23k<true>(row + b * BB, sink);
+            return;
+        case WType::Q4_0: case WType::Q4_1: case WType::Q5_0: case WType::Q5_1: case WType::Q8_0:
+        case WType::IQ4_NL: case WType::Q6_K:
+            break;  // below
         default:
             return natural_panels(t, row, cols, sink);
-    }
-    if (t == WType::Q4_K) {
-        for (int64_t b = 0; b < nb; b += 2)
-            pack_panel_q4k(row + b * 144, b + 1 < nb ? row + (b + 1) * 144 : nullptr, sink);
-        return;
     }
     if (t == WType::Q6_K) {
         for (int64_t b = 0; b < nb; ++b) pack_panel_q6k(row + b * 210, sink);
@@ -247,6 +353,8 @@ static inline void for_each_panel(WType t, const uint8_t* row, int64_t cols, Sin
         case WType::Q4_0: panels_32<(int)WType::Q4_0>(row, nb, sink); break;
         case WType::Q4_1: panels_32<(int)WType::Q4_1>(row, nb, sink); break;
         case WType::Q5_0: panels_32<(int)WType::Q5_0>(row, nb, sink); break;
+        case WType::Q5_1: panels_32<(int)WType::Q5_1>(row, nb, sink); break;
+        case WType::IQ4_NL: panels_32<(int)WType::IQ4_NL>(row, nb, sink); break;
         default: panels_32<(int)WType::Q8_0>(row, nb, sink); break;
     }
 }

@@ -30,6 +30,14 @@ static inline const WTypeInfo& wtype_info(WType t) {
     return table[(int)t];
 }
 
+// Bytes per block as a compile-time constant (the SIMD unpackers' template arguments).
+constexpr int wtype_block_bytes(WType t) {
+    return t == WType::Q4_0 ? 18 : t == WType::Q4_1 ? 20 : t == WType::Q5_0 ? 22 : t == WType::Q5_1 ? 24
+         : t == WType::Q8_0 ? 34 : t == WType::IQ4_NL ? 18 : t == WType::Q2_K ? 84 : t == WType::Q3_K ? 110
+         : t == WType::Q4_K ? 144 : t == WType::Q5_K ? 176 : t == WType::Q6_K ? 210 : t == WType::IQ4_XS ? 136
+         : t == WType::F32 ? 4 : 2;
+}
+
 static inline bool wtype_from_name(const char* s, WType* out) {
     for (int i = 0; i < (int)WType::COUNT; ++i) {
         const char* n = wtype_info((WType)i).name;
