@@ -85,10 +85,15 @@ static inline __m256i q5_high_bits(uint32_t qh) {
 }
 
 // ---- weights -------------------------------------------------------------------------
+// kIQ4Values (signed: see the top of the file) in both 128-bit lanes, for vpshufb by a nibble.
+static inline __m256i iq4_levels_s8() {
+    return _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)kIQ4Values));
+}
+
 template <int T_>
 static inline void pack_panel_32(const uint8_t* blk, uint8_t* dst) {
     constexpr WType t = (WType)T_;
-    constexpr int BB = t == WType::Q4_0 ? 18 : t == WType::Q4_1 ? 20 : t == WType::Q5_0 ? 22 : 34;
+    constexpr int BB = wtype_block_bytes(t);
     __m256i v[8];
     for (int m = 0; m < 8; ++m) {
         const uint8_t* b = blk + m * BB;
@@ -98,6 +103,10 @@ static inline void pack_panel_32(const uint8_t* blk, uint8_t* dst) {
             v[m] = nibbles_16(b + 4);
         } else if (t == WType::Q5_0) {
             v[m] = _mm256_or_si256(nibbles_16(b + 6), q5_high_bits(load_u32(b + 2)));
+        } else if (t == WType::Q5_1) {
+            v[m] = _mm256_or_si256(nibbles_16(b + 8), q5_high_bits(load_u32(b + 4)));
+        } else if (t == WType::IQ4_NL) {
+            v[m] = _mm256_shuffle_epi8(iq4_levels_s8(), nibbles_16(b + 2));  // signed level, E = 0
         } else {
             v[m] = _mm256_loadu_si256((const __m256i*)(b + 2));  // signed int8, see top of file
         }
@@ -110,10 +119,80 @@ static inline void pack_panel_32(const uint8_t* blk, uint8_t* dst) {
         E = _mm256_sub_ps(_mm256_setzero_ps(), load_f16x8(blk + 2, BB));
     } else if (t == WType::Q5_0) {
         E = _mm256_mul_ps(_mm256_set1_ps(16.0f), D);
-    } else {
+    } else if (t == WType::Q5_1) {
+        E = _mm256_sub_ps(_mm256_setzero_ps(), load_f16x8(blk + 2, BB));
+    } else {  // Q8_0, IQ4_NL: signed
         E = _mm256_setzero_ps();
     }
     store_panel<32>(dst, v, D, E);
+}
+
+// Q5_K: one panel = one super-block; Q4_K's nibbles (at blk + 48) plus bit 2c / 2c+1 of qh[l].
+static inline void pack_panel_q5k(const uint8_t* blk, uint8_t* dst) {
+    const __m256i lo4 = _mm256_set1_epi8(15), one = _mm256_set1_epi8(1);
+    const __m256i qh = _mm256_loadu_si256((const __m256i*)(blk + 16));
+    __m256i v[8];
+    for (int c = 0; c < 4; ++c) {
+        const __m256i x = _mm256_loadu_si256((const __m256i*)(blk + 48 + 32 * c));
+        const __m256i h0 = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c)), one);
+        const __m256i h1 = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c + 1)), one);
+        v[2 * c] = _mm256_or_si256(_mm256_and_si256(x, lo4), _mm256_slli_epi16(h0, 4));
+        v[2 * c + 1] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(x, 4), lo4), _mm256_slli_epi16(h1, 4));
+    }
+    uint8_t sc[8], m[8];
+    q4k_scales_mins(blk + 4, sc, m);
+    uint64_t scw, mw;
+    std::memcpy(&scw, sc, 8);
+    std::memcpy(&mw, m, 8);
+    const __m256 scf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)scw)));
+    const __m256 mnf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)mw)));
+    store_panel<32>(dst, v, _mm256_mul_ps(_mm256_set1_ps(half(blk)), scf),
+                    _mm256_mul_ps(_mm256_set1_ps(half(blk + 2)), mnf));
+}
+
+// Q2_K / Q3_K: one panel = half a super-block (values 128c .. 128c+127, 8 groups of 16);
+// v[j] = groups 2j, 2j+1 = bit pair j of qs[32c ..] (+ Q3_K: bit 4c+j of hmask as the value 4).
+template <bool THREE>
+static inline void pack_panel_q23k(const uint8_t* blk, int c, uint8_t* dst) {
+    const __m256i three = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+    const __m256i x = _mm256_loadu_si256((const __m256i*)(blk + (THREE ? 32 : 16) + 32 * c));
+    const __m256i hm = THREE ? _mm256_loadu_si256((const __m256i*)blk) : _mm256_setzero_si256();
+    __m256i v[4];
+    for (int j = 0; j < 4; ++j) {
+        v[j] = _mm256_and_si256(_mm256_srl_epi16(x, _mm_cvtsi32_si128(2 * j)), three);
+        if (THREE)
+            v[j] = _mm256_or_si256(
+                v[j], _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(hm, _mm_cvtsi32_si128(4 * c + j)), one), 2));
+    }
+    __m256 D, E;
+    if (THREE) {
+        int8_t sc[16];
+        q3k_scales(blk + 96, sc);
+        int64_t w;
+        std::memcpy(&w, sc + 8 * c, 8);
+        D = _mm256_mul_ps(_mm256_set1_ps(half(blk + 108)),
+                          _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128((long long)w))));
+        E = _mm256_mul_ps(_mm256_set1_ps(4.0f), D);
+    } else {
+        const __m256i s8 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(blk + 8 * c)));
+        D = _mm256_mul_ps(_mm256_set1_ps(half(blk + 80)), _mm256_cvtepi32_ps(_mm256_and_si256(s8, _mm256_set1_epi32(15))));
+        E = _mm256_mul_ps(_mm256_set1_ps(half(blk + 82)), _mm256_cvtepi32_ps(_mm256_srli_epi32(s8, 4)));
+    }
+    store_panel<16>(dst, v, D, E);
+}
+
+// IQ4_XS: one panel = one super-block (8 groups of 32, group j's nibbles at qs[16j ..]); signed, E = 0.
+static inline void pack_panel_iq4xs(const uint8_t* blk, uint8_t* dst) {
+    const __m256i lut = iq4_levels_s8();
+    __m256i v[8];
+    for (int j = 0; j < 8; ++j) v[j] = _mm256_shuffle_epi8(lut, nibbles_16(blk + 8 + 16 * j));
+    int8_t sc[8];
+    iq4xs_scales(blk, sc);
+    int64_t w;
+    std::memcpy(&w, sc, 8);
+    const __m256 D = _mm256_mul_ps(_mm256_set1_ps(half(blk)),
+                                   _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128((long long)w))));
+    store_panel<32>(dst, v, D, _mm256_setzero_ps());
 }
 
 // Q4_K: one panel = one super-block (8 groups of 32).
@@ -155,37 +234,30 @@ static inline void pack_panel_q6k(const uint8_t* blk, int h, uint8_t* dst) {
     store_panel<16>(dst, v, D, _mm256_mul_ps(_mm256_set1_ps(32.0f), D));
 }
 
-// Any type through the shared scalar group decode (unpack_block), then the same
-// transposition. IQ4 levels go back to signed bytes (E = 0), as Q8_0: level + 128 would
-// overflow vpmaddubsw's int16 pair sums.
-static void pack_w_natural(WType t, const uint8_t* row, int64_t cols, uint8_t* dst) {
-    const int G = wtype_info(t).group;
-    const bool to_signed = weight_offset(t, true) == 0;
-    for_each_natural_panel<PG>(t, row, cols, [&](const uint8_t* q, const float* D, const float* E) {
-        __m256i v[8];
-        for (int m = 0; m < G / 4; ++m) {
-            v[m] = _mm256_load_si256((const __m256i*)(q + 32 * m));
-            if (to_signed) v[m] = _mm256_xor_si256(v[m], _mm256_set1_epi8((char)0x80));
-        }
-        const __m256 Ev = to_signed ? _mm256_setzero_ps() : _mm256_load_ps(E);
-        if (G == 32)
-            store_panel<32>(dst, v, _mm256_load_ps(D), Ev);
-        else
-            store_panel<16>(dst, v, _mm256_load_ps(D), Ev);
-        dst += PG * (G + 8);
-    });
-}
-
 void pack_w_avx2(WType t, const uint8_t* row, int64_t cols, uint8_t* dst) {
     const WTypeInfo& ti = wtype_info(t);
     const int G = ti.group;
     const int64_t pb = (int64_t)PG * (G + 8);
     const int64_t nb = cols / ti.block_elems;
     switch (t) {
-        case WType::Q4_0: case WType::Q4_1: case WType::Q5_0: case WType::Q8_0: case WType::Q4_K: case WType::Q6_K:
-            break;  // the hand-vectorised unpackers below
+        case WType::Q5_K:
+            for (int64_t b = 0; b < nb; ++b, dst += pb) pack_panel_q5k(row + b * 176, dst);
+            return;
+        case WType::IQ4_XS:
+            for (int64_t b = 0; b < nb; ++b, dst += pb) pack_panel_iq4xs(row + b * 136, dst);
+            return;
+        case WType::Q2_K:
+        case WType::Q3_K:
+            for (int64_t b = 0; b < nb; ++b)
+                for (int c = 0; c < 2; ++c, dst += pb) {
+                    if (t == WType::Q2_K)
+                        pack_panel_q23k<false>(row + b * 84, c, dst);
+                    else
+                        pack_panel_q23k<true>(row + b * 110, c, dst);
+                }
+            return;
         default:
-            return pack_w_natural(t, row, cols, dst);
+            break;  // below
     }
     if (t == WType::Q4_K) {
         for (int64_t b = 0; b < nb; ++b, dst += pb) pack_panel_q4k(row + b * 144, dst);
@@ -212,6 +284,8 @@ void pack_w_avx2(WType t, const uint8_t* row, int64_t cols, uint8_t* dst) {
             case WType::Q4_0: pack_panel_32<(int)WType::Q4_0>(src, dst); break;
             case WType::Q4_1: pack_panel_32<(int)WType::Q4_1>(src, dst); break;
             case WType::Q5_0: pack_panel_32<(int)WType::Q5_0>(src, dst); break;
+            case WType::Q5_1: pack_panel_32<(int)WType::Q5_1>(src, dst); break;
+            case WType::IQ4_NL: pack_panel_32<(int)WType::IQ4_NL>(src, dst); break;
             default: pack_panel_32<(int)WType::Q8_0>(src, dst); break;
         }
     }

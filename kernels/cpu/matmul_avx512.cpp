@@ -299,20 +299,6 @@ static inline void pack_panel_iq4xs(const uint8_t* b0, const uint8_t* b1, Sink& 
 }
 
 // Walk one GGUF row panel by panel, handing each unpacked panel to sink.put<G>().
-// Any type through the shared scalar group decode (unpack_block): natural-order panels.
-template <class Sink>
-static void natural_panels(WType t, const uint8_t* row, int64_t cols, Sink& sink) {
-    const int G = wtype_info(t).group;
-    for_each_natural_panel<PG>(t, row, cols, [&](const uint8_t* q, const float* D, const float* E) {
-        __m512i v[8];
-        for (int m = 0; m < G / 4; ++m) v[m] = _mm512_load_si512((const void*)(q + 64 * m));
-        if (G == 32)
-            sink.template put<32>(v, _mm512_load_ps(D), _mm512_load_ps(E));
-        else
-            sink.template put<16>(v, _mm512_load_ps(D), _mm512_load_ps(E));
-    });
-}
-
 template <class Sink>
 static inline void for_each_panel(WType t, const uint8_t* row, int64_t cols, Sink& sink) {
     const WTypeInfo& ti = wtype_info(t);
@@ -339,11 +325,8 @@ static inline void for_each_panel(WType t, const uint8_t* row, int64_t cols, Sin
         case WType::Q3_K:
             for (int64_t b = 0; b < nb; ++b) pack_panel_q23k<true>(row + b * BB, sink);
             return;
-        case WType::Q4_0: case WType::Q4_1: case WType::Q5_0: case WType::Q5_1: case WType::Q8_0:
-        case WType::IQ4_NL: case WType::Q6_K:
-            break;  // below
         default:
-            return natural_panels(t, row, cols, sink);
+            break;  // below
     }
     if (t == WType::Q6_K) {
         for (int64_t b = 0; b < nb; ++b) pack_panel_q6k(row + b * 210, sink);

@@ -84,39 +84,6 @@ static inline int weight_offset(WType t, bool q8_signed) {
     }
 }
 
-// Walk one GGUF row (cols elements of quantized type t) as panels of PG groups in natural
-// order: emit(q, D, E) gets PG*G bytes q (group g at q + g*G) and PG floats D, E per panel;
-// groups past the row's end are zero (D = E = 0). The SIMD tiers transpose what they get.
-// `static`: each TU (each -m flag set) gets its own copy.
-template <int PG, class Emit>
-static inline void for_each_natural_panel(WType t, const uint8_t* row, int64_t cols, Emit&& emit) {
-    const WTypeInfo& ti = wtype_info(t);
-    const int G = ti.group;
-    alignas(64) uint8_t q[PG * 32];
-    alignas(64) float D[PG], E[PG];
-    uint8_t bq[256];
-    float bD[16], bE[16];
-    int fill = 0;
-    const int64_t nb = cols / ti.block_elems;
-    for (int64_t b = 0; b < nb; ++b) {
-        const int ng = unpack_block(t, row + b * ti.block_bytes, bq, bD, bE);
-        for (int j = 0; j < ng; ++j) {
-            std::memcpy(q + fill * G, bq + j * G, (size_t)G);
-            D[fill] = bD[j];
-            E[fill] = bE[j];
-            if (++fill == PG) {
-                emit((const uint8_t*)q, (const float*)D, (const float*)E);
-                fill = 0;
-            }
-        }
-    }
-    if (fill) {
-        std::memset(q + fill * G, 0, (size_t)(PG - fill) * G);
-        for (int j = fill; j < PG; ++j) D[j] = E[j] = 0.0f;
-        emit((const uint8_t*)q, (const float*)D, (const float*)E);
-    }
-}
-
 static inline int64_t panel_elems(const MatmulKernels& k, int G) { return (int64_t)k.lanes * G; }
 static inline int64_t panel_bytes(const MatmulKernels& k, int G) { return (int64_t)k.lanes * (G + 8); }
 static inline int64_t n_panels(const MatmulKernels& k, int G, int64_t cols) {

@@ -220,8 +220,8 @@ static inline void iq4xs_scales(const uint8_t* blk, int8_t sc[8]) {
 
 // ---- one GGUF block -> groups of (q bytes, D, E) with w_i = D * q_i - E ------------------
 // The per-type "group decode" of the matmul (see matmul_kernels.h): q gets ngroups*G
-// unsigned bytes in element order; returns the number of groups. Every tier packs from
-// this (the SIMD tiers have faster unpackers for some types; theirs must agree byte for byte).
+// unsigned bytes in element order; returns the number of groups. The scalar tier packs
+// from this; each SIMD tier has a vectorised unpacker per type that must agree with it.
 static inline int unpack_block(WType t, const uint8_t* blk, uint8_t* q, float* D, float* E) {
     switch (t) {
         case WType::Q4_0: {
