@@ -733,6 +733,39 @@ def quantize_q8_k(x) -> np.ndarray:
     return blocks.view(np.uint8)
 
 
+def quantize_act_q8_32(x) -> tuple[np.ndarray, np.ndarray]:
+    """float32 activations ``(..., cols)`` -> ``(y, dy)`` as the native CPU matmul quantizes them.
+
+    Per 32 consecutive values of a row: ``amax = max|x|`` (float32); if ``amax < 1e-30``
+    (or NaN) the block is all zero with ``dy = 0``; else ``y = nearbyint(x * (127/amax))``
+    (float32 product, ties to even, clamped to -128..127) and ``dy = amax / 127``. ``y``
+    is int8 ``(..., cols)``, ``dy`` float32 ``(..., cols // 32)``.
+
+    With these, every native tier computes exactly ``(dy * y) @ W.T`` up to float32
+    rounding of its sums: the integer dot of a group is exact, and its zero point
+    (integer ``C``) or float min (``E * SY``) is the same identity in real numbers (see
+    kernels/cpu/matmul_kernels.h). :func:`dequantize_act_q8_32` gives ``dy * y``.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if x.shape[-1] % QK:
+        raise QuantError(f"quantize_act_q8_32: row length {x.shape[-1]} is not a multiple of {QK}")
+    xb = x.reshape(*x.shape[:-1], x.shape[-1] // QK, QK)
+    amax = np.abs(xb).max(axis=-1)
+    ok = amax >= np.float32(1e-30)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        idv = np.where(ok, np.float32(127) / np.where(ok, amax, np.float32(1)), np.float32(0)).astype(np.float32)
+        y = np.clip(np.rint(xb * idv[..., None]), -128, 127)
+    y = np.where(ok[..., None], y, 0).astype(np.int8).reshape(x.shape)
+    dy = np.where(ok, amax / np.float32(127), np.float32(0)).astype(np.float32)
+    return y, dy
+
+
+def dequantize_act_q8_32(y: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """``dy * y`` per 32 values: the activations a native matmul effectively multiplies by."""
+    yb = y.reshape(*y.shape[:-1], y.shape[-1] // QK, QK).astype(np.float32)
+    return (dy[..., None] * yb).reshape(y.shape)
+
+
 # ---------------------------------------------------------------------------------
 # Random valid blocks for property tests
 # ---------------------------------------------------------------------------------

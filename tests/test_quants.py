@@ -534,3 +534,42 @@ def test_random_raw_zero_mode_zeroes_offset_coded_scales(name):
     sc = Q.unpack_scales_q3_k(b["scales"]) if name == "Q3_K" else Q.unpack_scales_iq4_xs(b["scales_h"], b["scales_l"])
     frac = float(np.mean(sc == 0))
     assert 0.15 < frac < 0.4, frac  # about a quarter (1/64 would be chance)
+
+
+# --------------------------------------------------------------------------- native activation spec
+def scalar_act_q8_32(x: np.ndarray) -> tuple[list[int], list[float]]:
+    """The native tiers' activation quantization, one value at a time (kernels/cpu: quantize_block32)."""
+    ys, dys = [], []
+    for blk in x.reshape(-1, 32):
+        amax = np.float32(0)
+        for v in blk:
+            amax = max(amax, np.float32(abs(v)))
+        if not amax >= np.float32(1e-30):
+            ys += [0] * 32
+            dys.append(0.0)
+            continue
+        idv = np.float32(np.float32(127) / amax)
+        ys += [int(min(127, max(-128, np.rint(np.float32(v * idv))))) for v in blk]
+        dys.append(float(np.float32(amax / np.float32(127))))
+    return ys, dys
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), n_blocks=st.integers(1, 4))
+def test_quantize_act_q8_32_matches_scalar_loop(data, n_blocks):
+    x = data.draw(floats32(32 * n_blocks, -1e4, 1e4))
+    if data.draw(st.booleans()):
+        x[:32] = 0.0  # an all-zero block
+    y, dy = Q.quantize_act_q8_32(x)
+    ys, dys = scalar_act_q8_32(x)
+    assert y.dtype == np.int8 and dy.dtype == np.float32
+    assert y.tolist() == ys and dy.tolist() == dys
+    np.testing.assert_array_equal(Q.dequantize_act_q8_32(y, dy), np.repeat(dy, 32) * y.astype(np.float32))
+
+
+def test_quantize_act_q8_32_rounds_ties_to_even():
+    x = np.zeros(32, np.float32)
+    x[0] = 127.0  # amax 127: id = 1, values are their own quants
+    x[1], x[2], x[3] = 0.5, 1.5, -2.5
+    y, dy = Q.quantize_act_q8_32(x)
+    assert dy[0] == 1.0 and list(y[:4]) == [127, 0, 2, -2]
