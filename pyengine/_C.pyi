@@ -23,7 +23,8 @@ def matmul(
 ) -> None:
     """out[:] = x @ W.T for the GGUF weight W (rows, cols) of type_name.
 
-    type_name: F32, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K or Q6_K.
+    type_name: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K or IQ4_XS
+    (pyengine.kernels.NATIVE_TYPES).
     w: raw GGUF bytes, C-contiguous, exactly rows * row_bytes(cols) long.
     x: float32 (n, cols) C-contiguous; out: float32 (n, rows) C-contiguous, writeable.
     variant: "generic", "avx2", "avx512" or "auto" (best available; $PYENGINE_CPU_VARIANT

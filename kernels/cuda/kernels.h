@@ -13,7 +13,8 @@
 namespace pye {
 
 // ---- weights ---------------------------------------------------------------------
-// GGML type ids the kernels read directly (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K).
+// GGML type ids the kernels read directly (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL,
+// Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS).
 bool type_supported(int type);
 // Bytes of one row of `cols` values of `type` (throws if cols is not a whole number of blocks).
 std::size_t row_bytes(int type, int cols);

@@ -20,7 +20,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .. import _C
-from ..errors import BackendUnavailableError
+from ..errors import BackendUnavailableError, ModelFileError
 from ..tensor import QTensor
 from .base import Backend, KVCache
 
@@ -120,29 +120,21 @@ class CpuBackend(Backend):
     def embed(self, w: QTensor, ids: np.ndarray) -> np.ndarray:
         ids = np.ascontiguousarray(ids, dtype=np.int32).reshape(-1)
         out = np.empty((ids.size, w.cols), dtype=np.float32)
-        if native_type(w.type_name):
-            _C.get_rows(w.type_name, w.raw, w.rows, w.cols, ids, out)
-        else:  # a type the kernels lack: decode just these rows in NumPy
-            from .. import quants
-
-            for i, t in enumerate(ids):
-                out[i] = quants.dequantize(w.type_name, w.row_raw(int(t)), w.cols)
+        _C.get_rows(w.type_name, w.raw, w.rows, w.cols, ids, out)
         return out
 
     def matmul(self, w: QTensor, x: np.ndarray) -> np.ndarray:
         x = _contig(x)
         out = np.empty((x.shape[0], w.rows), dtype=np.float32)
-        if native_type(w.type_name):
-            _C.matmul(w.type_name, w.raw, w.rows, w.cols, x, out)
-        else:  # a type the kernels lack: run it as F32, converted once (memory: 4 bytes/weight)
-            raw = w.cache.get("cpu_f32_raw")
-            if raw is None:
-                from .. import quants
-
-                f32 = np.ascontiguousarray(quants.dequantize(w.type_name, w.raw, w.n_elements), dtype=np.float32)
-                raw = w.cache["cpu_f32_raw"] = f32.view(np.uint8)
-            _C.matmul("F32", raw, w.rows, w.cols, x, out)
+        _C.matmul(w.type_name, w.raw, w.rows, w.cols, x, out)  # weights stay in their GGUF encoding
         return out
+
+    def prepare(self, tensors) -> None:
+        """Refuse, at load, a matrix whose type has no native kernel (never a silent float32 copy)."""
+        for w in tensors.values():
+            if len(w.shape) > 1 and not native_type(w.type_name):
+                raise ModelFileError(f"cpu backend: tensor {w.name!r} has type {w.type_name}, which has no native "
+                                     f"kernel (use backend='numpy' or 'numba')")
 
     @staticmethod
     def _vector(w: QTensor) -> np.ndarray:

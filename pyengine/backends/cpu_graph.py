@@ -158,10 +158,7 @@ class Recorder(Backend):
     def matmul(self, w: QTensor, x):
         i = self._in(x)
         out = self.inner.matmul(w, x)
-        if native_type(w.type_name):
-            type_name, raw = w.type_name, w.raw
-        else:  # the backend's F32 copy, made by the call above
-            type_name, raw = "F32", w.cache["cpu_f32_raw"]
+        type_name, raw = w.type_name, w.raw  # the backend runs every matrix natively (checked at load)
         o = self._out(out)
         self._rec("matmul", dict(type_name=type_name, w=raw, rows=w.rows, cols=w.cols, x=x, out=out), (i,), (o,),
                   weights=(id(raw),))

@@ -1,9 +1,9 @@
 """The CUDA backend: every op runs on an NVIDIA GPU (kernels in ``kernels/cuda``, bound as ``pyengine._C.cuda``).
 
 Weights are uploaded once, in :meth:`CudaBackend.prepare`, in their GGUF encoding
-(Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K, F32, F16 and BF16 are read directly by the
-kernels; any other type is dequantized to F32 on the host first, at 4 bytes per
-weight). Norm vectors are uploaded as float32. Activations are :class:`DeviceArray`
+(Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS, F32, F16
+and BF16 are read directly by the kernels; any other type is dequantized to F32 on the
+host first, at 4 bytes per weight). Norm vectors are uploaded as float32. Activations are :class:`DeviceArray`
 objects that stay in GPU memory from op to op; only :meth:`CudaBackend.to_numpy`
 copies back to the host. The KV cache is float32 on the GPU.
 
