@@ -257,3 +257,22 @@ def test_truncated_cached_model_says_pull_again(tmp_path):
     for argv in (["generate", "-m", "smollm2-135m", "-n", 1, "hi"], ["inspect", "smollm2-135m"]):
         line = one_error_line(run_cli(*argv, env={"PYENGINE_CACHE": str(cache)}), 1)
         assert "run `pyengine pull smollm2-135m`" in line, line
+
+
+# --- the first run: the default model answers, in English and in Chinese ------------------
+
+@pytest.mark.parametrize("question,answer", [
+    ("What is the capital of France? Answer in one sentence.", "Paris"),
+    ("法国的首都是哪里？请用一句话回答。", "巴黎"),
+], ids=["english", "chinese"])
+def test_default_model_answers_like_an_assistant(question, answer):
+    """`pyengine generate "..."` with no options: the default (instruction) model gets the
+    question through its chat template and answers it, without echoing the question."""
+    from pyengine.registry import DEFAULT_MODEL
+
+    real_model_path(DEFAULT_MODEL)  # fetched (or found in the cache) first, quietly
+    proc = run_cli("generate", "--temp", "0", "-n", 24, question)
+    assert proc.returncode == 0, proc.stderr
+    assert answer in proc.stdout, proc.stdout
+    assert not proc.stdout.startswith(question)
+    assert "\ufffd" not in proc.stdout
