@@ -173,9 +173,16 @@ IDS = [3, 17, 42, 5, 79, 0, 11, 64, 23, 8, 31, 2]
 OTHER_TIERS = ["numba"] + (["cpu"] if native_built() else []) + ["cuda-emu"]
 
 
-@pytest.mark.parametrize("qtype", ["F32", "Q8_0"])
-@pytest.mark.parametrize("tier", OTHER_TIERS)
-@pytest.mark.parametrize("spec", sorted(SPECS))
+def _tier_cases():
+    # The CUDA emulator takes seconds per model, so by default it runs llama's wiring only and
+    # every architecture under -m slow: each CUDA op is checked on the emulator by default in
+    # test_models_ops.py, and each architecture's wiring on the other tiers here.
+    return [pytest.param(spec, tier, qtype, id=f"{spec}-{tier}-{qtype}",
+                         marks=[pytest.mark.slow] if tier == "cuda-emu" and spec != "llama" else [])
+            for spec in sorted(SPECS) for tier in OTHER_TIERS for qtype in ("F32", "Q8_0")]
+
+
+@pytest.mark.parametrize("spec,tier,qtype", _tier_cases())
 def test_tiers_match_numpy(request, files, spec, tier, qtype):
     path = files[(spec, qtype)]
     _, ref = full_logits(path, NumpyBackend(), IDS)
