@@ -141,7 +141,8 @@ def test_peak_rss_is_file_plus_kv_cache(t, tmp_path):
     s = SHAPE
     kv_bytes = 2 * s["n_layers"] * s["n_ctx"] * (s["dim"] // s["n_heads"] * s["n_kv_heads"]) * 4
     r = subprocess.run([sys.executable, "-c", CHILD, str(tiny), str(path), str(s["n_ctx"])], capture_output=True, text=True,
-                       timeout=600, env={**os.environ, "PYENGINE_NO_PROGRESS": "1"})
+                       timeout=600, env={**os.environ, "PYENGINE_NO_PROGRESS": "1"},
+                       cwd=tmp_path)  # not the repository root: -c would import the uncompiled source package
     assert r.returncode == 0, r.stderr[-2000:]
     got = json.loads(r.stdout.strip().splitlines()[-1])
     used = got["peak"] - got["base"]
