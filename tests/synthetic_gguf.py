@@ -255,6 +255,10 @@ class Arch:
     extra: list = field(default_factory=list)   # [(key suffix, type, value)] after the common keys
     ftype: str = "Q4_K_M"          # llama-quantize's target
     out_scale: float = 10.0        # std of the logits (before soft-capping) for a unit hidden state
+    block_gain: float = 0.5        # scale of attn_output / ffn_down (how much each block adds; 0.5 keeps
+                                   # llama.cpp's activation-quantization noise below the top-2 gaps)
+    post_norm_gain: float = 1.0    # scale of the post-norm weights (gemma: the input is x sqrt(n_embd),
+                                   # so the blocks need as much to matter against it)
     seed: int = 0
 
 
@@ -270,14 +274,17 @@ ARCHS: dict[str, Arch] = {a.name: a for a in [
     Arch("qwen3", "qwen3", "qwen2", eps=1e-6, rope_base=1000000.0, head_dim=128, qk_norm=True,
          tied=True, write_kv_len=True, seed=4),
     # Gemma 2: post-norms, attention and final soft-capping, sliding window on even layers
-    # (window 8 so that the 20+ token test sequences cross it), tied embeddings
+    # (window 8 so that the 20+ token test sequences cross it), tied embeddings. Caps chosen to
+    # bite on these weights (real: 50 and 30): attention scores here have std ~1, so 2.0; a final
+    # cap of 30 would flatten std-10 logits to a top-1 probability of ~0.13, 50 keeps ~0.5
     Arch("gemma2", "gemma2", "llama-spm", eps=1e-6, tied=True, post_norms=True, write_kv_len=True,
-         extra=[("attn_logit_softcapping", F32, 50.0), ("final_logit_softcapping", F32, 30.0),
+         post_norm_gain=8.0,
+         extra=[("attn_logit_softcapping", F32, 2.0), ("final_logit_softcapping", F32, 50.0),
                 ("attention.sliding_window", U32, 8)], seed=5),
     # Gemma 3: QK-norm, post-norms, 5 sliding layers then 1 global (llama.cpp's default pattern,
     # no pattern key), tied embeddings
     Arch("gemma3", "gemma3", "llama-spm", n_layer=6, eps=1e-6, rope_base=1000000.0, tied=True,
-         qk_norm=True, post_norms=True, write_kv_len=True,
+         qk_norm=True, post_norms=True, write_kv_len=True, post_norm_gain=8.0,
          extra=[("attention.sliding_window", U32, 8)], seed=6),
     # Phi-3 mini 4k: fused qkv and gate/up; its converter writes a sliding window that llama.cpp
     # ignores (disabled for Phi-3)
@@ -363,9 +370,17 @@ def tensor_value(a: Arch, name: str, shape: tuple, kind: str) -> np.ndarray:
     rng = np.random.default_rng([a.seed, zlib.crc32(name.encode())])
     shp = tuple(reversed(shape))
     if kind == "mat":
-        return (rng.standard_normal(shp, dtype=np.float32) / np.float32(math.sqrt(shape[0])))
+        g = a.block_gain if name.endswith(("attn_output.weight", "ffn_down.weight")) else 1.0
+        return (rng.standard_normal(shp, dtype=np.float32) * np.float32(g / math.sqrt(shape[0])))
     if kind == "norm":
-        return (1.0 + 0.1 * rng.standard_normal(shp, dtype=np.float32)).astype(np.float32)
+        w = (1.0 + 0.1 * rng.standard_normal(shp, dtype=np.float32)).astype(np.float32)
+        if a.tied and name == "output_norm.weight":
+            # random signs: with tied embeddings the current token's own row would otherwise win
+            # (its logit carries |e_t|^2); signs cancel that self-similarity on average
+            w *= np.where(rng.random(shp) < 0.5, -1, 1).astype(np.float32)
+        if ".post_" in name:
+            w *= np.float32(a.post_norm_gain)
+        return w
     if kind == "bias":
         return (0.5 * rng.standard_normal(shp, dtype=np.float32)).astype(np.float32)
     if kind == "rope_freqs":
