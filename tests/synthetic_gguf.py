@@ -253,6 +253,19 @@ class Arch:
     rope_dim: int | None = None    # partial rotary (glm4)
     write_kv_len: bool = False     # attention.key_length / value_length
     extra: list = field(default_factory=list)   # [(key suffix, type, value)] after the common keys
+    n_expert: int = 0              # MoE (qwen3moe): routed experts, used per token, FFN width of each
+    n_expert_used: int = 0
+    n_ff_exp: int = 256
+    # deepseek2 (Multi-head Latent Attention, as the converter writes it: MQA over the latent,
+    # attn_kv_b split into attn_k_b / attn_v_b) plus shared experts and leading dense layers
+    mla: bool = False
+    q_lora: int = 256
+    kv_lora: int = 256
+    nope_dim: int = 64
+    v_dim: int = 64
+    n_dense_lead: int = 0
+    n_expert_shared: int = 0
+    expert_weights_scale: float = 0.0
     ftype: str = "Q4_K_M"          # llama-quantize's target
     out_scale: float = 10.0        # std of the logits (before soft-capping) for a unit hidden state
     block_gain: float = 0.5        # scale of attn_output / ffn_down (how much each block adds; 0.5 keeps
@@ -294,6 +307,15 @@ ARCHS: dict[str, Arch] = {a.name: a for a in [
     Arch("glm4", "glm4", "qwen2", eps=1e-5, qkv_bias=True, post_norms=True, fused_up=True,
          rope_dim=32, seed=8),
 ]}
+# issue 13's mixture of experts
+ARCHS["qwen3moe"] = Arch("qwen3moe", "qwen3moe", "qwen2", eps=1e-6, rope_base=1000000.0, qk_norm=True,
+                         write_kv_len=True, n_expert=8, n_expert_used=2, n_ff_exp=256, seed=21)
+# DeepSeek-V2 shaped: q LoRA 256, KV latent 256, rope 32 + nope 64 per head, v 64; layer 0
+# dense, layer 1 8 routed experts (2 used, softmax gating as V2 files default to, weights x 1.5)
+# plus 1 shared expert; vocabulary deepseek-llm (DeepSeek-V2's 102400-token BPE)
+ARCHS["deepseek2"] = Arch("deepseek2", "deepseek2", "deepseek-llm", eps=1e-6, mla=True, rope_dim=32,
+                          n_expert=8, n_expert_used=2, n_ff_exp=256, n_dense_lead=1, n_expert_shared=1,
+                          expert_weights_scale=1.5, seed=22)
 # the quantization mixes of issue 12, on the llama architecture
 for _ft, _seed in [("Q5_K_M", 11), ("Q3_K_M", 12), ("Q2_K", 13), ("IQ4_XS", 14)]:
     _a = ARCHS["llama"]
@@ -325,6 +347,8 @@ def tensor_specs(a: Arch, n_vocab: int) -> list:
     specs = [("token_embd.weight", (E, n_vocab), "embd")]
     if a.llama3_rope:
         specs.append(("rope_freqs.weight", (a.head_dim // 2,), "rope_freqs"))
+    if a.mla:
+        return _deepseek2_specs(a, n_vocab, specs)
     for i in range(a.n_layer):
         p = f"blk.{i}."
         specs.append((p + "attn_norm.weight", (E,), "norm"))
@@ -343,13 +367,51 @@ def tensor_specs(a: Arch, n_vocab: int) -> list:
         if a.post_norms:
             specs.append((p + "post_attention_norm.weight", (E,), "norm"))
         specs.append((p + "ffn_norm.weight", (E,), "norm"))
-        if a.fused_up:
-            specs.append((p + "ffn_up.weight", (E, 2 * a.n_ff), "mat"))
+        if a.n_expert:
+            X, F = a.n_expert, a.n_ff_exp
+            specs += [(p + "ffn_gate_inp.weight", (E, X), "router"),
+                      (p + "ffn_gate_exps.weight", (E, F, X), "mat"),
+                      (p + "ffn_up_exps.weight", (E, F, X), "mat"),
+                      (p + "ffn_down_exps.weight", (F, E, X), "mat")]
+        elif a.fused_up:
+            specs += [(p + "ffn_up.weight", (E, 2 * a.n_ff), "mat"), (p + "ffn_down.weight", (a.n_ff, E), "mat")]
         else:
-            specs += [(p + "ffn_gate.weight", (E, a.n_ff), "mat"), (p + "ffn_up.weight", (E, a.n_ff), "mat")]
-        specs.append((p + "ffn_down.weight", (a.n_ff, E), "mat"))
+            specs += [(p + "ffn_gate.weight", (E, a.n_ff), "mat"), (p + "ffn_up.weight", (E, a.n_ff), "mat"),
+                      (p + "ffn_down.weight", (a.n_ff, E), "mat")]
         if a.post_norms:
             specs.append((p + "post_ffw_norm.weight", (E,), "norm"))
+    specs.append(("output_norm.weight", (E,), "norm"))
+    if not a.tied:
+        specs.append(("output.weight", (E, n_vocab), "out"))
+    return specs
+
+
+def _deepseek2_specs(a: Arch, n_vocab: int, specs: list) -> list:
+    E, H, R = a.n_embd, a.n_head, a.rope_dim
+    for i in range(a.n_layer):
+        p = f"blk.{i}."
+        specs += [(p + "attn_norm.weight", (E,), "norm"),
+                  (p + "attn_q_a_norm.weight", (a.q_lora,), "norm"),
+                  (p + "attn_kv_a_norm.weight", (a.kv_lora,), "norm"),
+                  (p + "attn_q_a.weight", (E, a.q_lora), "mat"),
+                  (p + "attn_q_b.weight", (a.q_lora, H * (a.nope_dim + R)), "mat"),
+                  (p + "attn_kv_a_mqa.weight", (E, a.kv_lora + R), "mat"),
+                  (p + "attn_k_b.weight", (a.nope_dim, a.kv_lora, H), "mat_t"),
+                  (p + "attn_v_b.weight", (a.kv_lora, a.v_dim, H), "mat"),
+                  (p + "attn_output.weight", (H * a.v_dim, E), "mat"),
+                  (p + "ffn_norm.weight", (E,), "norm")]
+        if i < a.n_dense_lead:
+            specs += [(p + "ffn_gate.weight", (E, a.n_ff), "mat"), (p + "ffn_down.weight", (a.n_ff, E), "mat"),
+                      (p + "ffn_up.weight", (E, a.n_ff), "mat")]
+        else:
+            X, F, S = a.n_expert, a.n_ff_exp, a.n_ff_exp * a.n_expert_shared
+            specs += [(p + "ffn_gate_inp.weight", (E, X), "router"),
+                      (p + "ffn_down_exps.weight", (F, E, X), "mat"),
+                      (p + "ffn_gate_exps.weight", (E, F, X), "mat"),
+                      (p + "ffn_up_exps.weight", (E, F, X), "mat"),
+                      (p + "ffn_gate_shexp.weight", (E, S), "mat"),
+                      (p + "ffn_down_shexp.weight", (S, E), "mat"),
+                      (p + "ffn_up_shexp.weight", (E, S), "mat")]
     specs.append(("output_norm.weight", (E,), "norm"))
     if not a.tied:
         specs.append(("output.weight", (E, n_vocab), "out"))
@@ -369,9 +431,17 @@ def tensor_value(a: Arch, name: str, shape: tuple, kind: str) -> np.ndarray:
 
     rng = np.random.default_rng([a.seed, zlib.crc32(name.encode())])
     shp = tuple(reversed(shape))
+    if kind == "mat_t":
+        # attn_k_b: per head the transpose of kv_b's key part; its fan-in is the latent (shape[1])
+        return (rng.standard_normal(shp, dtype=np.float32) / np.float32(math.sqrt(shape[1])))
     if kind == "mat":
-        g = a.block_gain if name.endswith(("attn_output.weight", "ffn_down.weight")) else 1.0
+        down = ("attn_output.weight", "ffn_down.weight", "ffn_down_exps.weight", "ffn_down_shexp.weight")
+        g = a.block_gain if name.endswith(down) else 1.0
         return (rng.standard_normal(shp, dtype=np.float32) * np.float32(g / math.sqrt(shape[0])))
+    if kind == "router":
+        # router logits with std 3: decisive top-k choices, so that llama.cpp's rounding does not
+        # flip which experts a token uses
+        return (rng.standard_normal(shp, dtype=np.float32) * np.float32(3 / math.sqrt(shape[0])))
     if kind == "norm":
         w = (1.0 + 0.1 * rng.standard_normal(shp, dtype=np.float32)).astype(np.float32)
         if a.tied and name == "output_norm.weight":
@@ -413,6 +483,8 @@ def vocab_kvs(vocab_gguf) -> list:
 def source_kvs(a: Arch, vocab: list) -> list:
     n_vocab = len(next(e for e in vocab if e.key == "tokenizer.ggml.tokens").value[1])
     p = a.arch + "."
+    if a.mla:
+        return _deepseek2_kvs(a, n_vocab) + vocab
     kvs = [KV("general.architecture", STR, a.arch),
            KV("general.type", STR, "model"),
            KV("general.name", STR, f"pyengine synthetic {a.name}"),
@@ -428,10 +500,48 @@ def source_kvs(a: Arch, vocab: list) -> list:
     if a.write_kv_len:
         kvs += [KV(p + "attention.key_length", U32, a.head_dim), KV(p + "attention.value_length", U32, a.head_dim)]
     kvs.append(KV(p + "rope.dimension_count", U32, a.rope_dim or a.head_dim))
+    if a.n_expert:
+        kvs += [KV(p + "expert_count", U32, a.n_expert), KV(p + "expert_used_count", U32, a.n_expert_used),
+                KV(p + "expert_feed_forward_length", U32, a.n_ff_exp)]
     kvs += [KV(p + k, t, v) for k, t, v in a.extra]
     kvs.append(KV("general.file_type", U32, 0))
     kvs.append(KV("general.quantization_version", U32, 2))
     return kvs + vocab
+
+
+def _deepseek2_kvs(a: Arch, n_vocab: int) -> list:
+    """Keys in the order DeepseekV2Model.set_gguf_parameters writes them (MLA as MQA: one KV
+    head of width kv_lora + rope; the per-head MLA widths in key_length_mla / value_length_mla)."""
+    p = a.arch + "."
+    kvs = [KV("general.architecture", STR, a.arch),
+           KV("general.type", STR, "model"),
+           KV("general.name", STR, f"pyengine synthetic {a.name}"),
+           KV(p + "block_count", U32, a.n_layer),
+           KV(p + "context_length", U32, a.ctx),
+           KV(p + "embedding_length", U32, a.n_embd),
+           KV(p + "feed_forward_length", U32, a.n_ff),
+           KV(p + "attention.head_count", U32, a.n_head),
+           KV(p + "attention.head_count_kv", U32, 1),
+           KV(p + "rope.freq_base", F32, a.rope_base),
+           KV(p + "attention.layer_norm_rms_epsilon", F32, a.eps),
+           KV(p + "expert_used_count", U32, a.n_expert_used),
+           KV(p + "leading_dense_block_count", U32, a.n_dense_lead),
+           KV(p + "vocab_size", U32, n_vocab),
+           KV(p + "attention.q_lora_rank", U32, a.q_lora),
+           KV(p + "attention.kv_lora_rank", U32, a.kv_lora),
+           KV(p + "attention.key_length", U32, a.kv_lora + a.rope_dim),
+           KV(p + "attention.value_length", U32, a.kv_lora),
+           KV(p + "attention.key_length_mla", U32, a.nope_dim + a.rope_dim),
+           KV(p + "attention.value_length_mla", U32, a.v_dim),
+           KV(p + "expert_feed_forward_length", U32, a.n_ff_exp),
+           KV(p + "expert_count", U32, a.n_expert),
+           KV(p + "expert_shared_count", U32, a.n_expert_shared)]
+    if a.expert_weights_scale:
+        kvs.append(KV(p + "expert_weights_scale", F32, a.expert_weights_scale))
+    kvs += [KV(p + "rope.dimension_count", U32, a.rope_dim),
+            KV("general.file_type", U32, 0),
+            KV("general.quantization_version", U32, 2)]
+    return kvs
 
 
 def make_source(a: Arch | str, vocab_gguf, path) -> str:
