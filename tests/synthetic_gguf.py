@@ -316,11 +316,12 @@ ARCHS["qwen3moe"] = Arch("qwen3moe", "qwen3moe", "qwen2", eps=1e-6, rope_base=10
 ARCHS["deepseek2"] = Arch("deepseek2", "deepseek2", "deepseek-llm", eps=1e-6, mla=True, rope_dim=32,
                           n_expert=8, n_expert_used=2, n_ff_exp=256, n_dense_lead=1, n_expert_shared=1,
                           expert_weights_scale=1.5, seed=22)
-# the quantization mixes of issue 12, on the llama architecture
+# the quantization mixes of issue 12, on the llama architecture (Llama 3 vocabulary) without the
+# llama3 rope scaling, so that they test the quantization types alone
 for _ft, _seed in [("Q5_K_M", 11), ("Q3_K_M", 12), ("Q2_K", 13), ("IQ4_XS", 14)]:
     _a = ARCHS["llama"]
     ARCHS["llama-" + _ft.lower()] = Arch(**{**_a.__dict__, "name": "llama-" + _ft.lower(),
-                                            "ftype": _ft, "seed": _seed})
+                                            "ftype": _ft, "llama3_rope": False, "seed": _seed})
 
 
 def llama3_rope_factors(head_dim: int, base: float, factor=8.0, low=1.0, high=4.0, old_ctx=8192):
