@@ -30,11 +30,14 @@ _files: dict = {}
 
 
 def case_file(case: str, tmp_path_factory) -> Path:
-    """The case's quantized GGUF, assembled once per session; fails unless it is the file
-    llama.cpp ran (same sha256)."""
+    """The case's quantized GGUF (kept until another case is asked for: the files hold F16
+    vocabulary-sized matrices, up to ~160 MB); fails unless it is the file llama.cpp ran."""
     if case not in _files:
         from llamacpp_sdist import vocab_dir
 
+        for old in _files.values():
+            old.unlink(missing_ok=True)
+        _files.clear()
         out = tmp_path_factory.mktemp("conformance") / f"{case}.gguf"
         sha = sg.assemble(CONF / case, vocab_dir(), out)
         want = json.loads((CONF / case / "recipe.json").read_text())["sha256"]
@@ -115,6 +118,28 @@ def test_kl_topk_matches_full_kl_when_tails_agree():
 def test_assembled_file_is_the_one_llamacpp_ran(case, tmp_path_factory):
     path = case_file(case, tmp_path_factory)
     assert path.stat().st_size > 0
+
+
+def test_source_file_has_the_architecture_layout(tmp_path):
+    """The generator's source file reads back with the tensors and keys it was given, the vocab
+    file's tokenizer keys unchanged, and is reproducible (same seed, same bytes)."""
+    from llamacpp_sdist import vocab_dir
+
+    a = sg.ARCHS["phi3"]
+    vocab = sg.vocab_path(vocab_dir(), a)
+    sha = sg.make_source(a, vocab, tmp_path / "a.gguf")
+    assert sg.make_source(a, vocab, tmp_path / "b.gguf") == sha
+    g = sg.read_gguf(tmp_path / "a.gguf")
+    n_vocab = len(g.kv("tokenizer.ggml.tokens").value[1])
+    assert [(t.name, t.shape) for t in g.tensors] == [(n, s) for n, s, _ in sg.tensor_specs(a, n_vocab)]
+    assert "blk.0.attn_qkv.weight" in {t.name for t in g.tensors}
+    assert g.kv("general.architecture").value == "phi3"
+    assert g.kv("phi3.embedding_length").value == a.n_embd
+    src_vocab = {e.key: e for e in sg.read_gguf(vocab).kvs if e.key.startswith("tokenizer.")}
+    for e in g.kvs:
+        if e.key.startswith("tokenizer."):
+            assert sg._json_value(e) == sg._json_value(src_vocab.pop(e.key))
+    assert not src_vocab
 
 
 _model: dict = {}
