@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import load_real_model, REAL_MODELS, backends_under_test, golden, golden_logits, real_model_path
+from conftest import load_real_model, REAL_MODELS, backends_under_test, golden, golden_cases, golden_logits, real_model_path
 
 TOP1_MIN = 0.95
 KL_MEAN_MAX = 0.03
@@ -31,7 +31,7 @@ def kl_per_position(ref_logits: np.ndarray, our_logits: np.ndarray) -> np.ndarra
     return (np.exp(lp) * (lp - lq)).sum(axis=-1)
 
 
-CASES = [(m, b) for b in backends_under_test() for m in REAL_MODELS]
+CASES = golden_cases(backends_under_test())
 
 
 @pytest.mark.slow
