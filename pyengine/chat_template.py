@@ -140,6 +140,8 @@ def _make_env(cap: int):
 
         def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 (jinja's signature)
             owner = getattr(__obj, "__self__", None)
+            if owner is None:  # jinja wraps str.format in a sandboxed formatter
+                owner = getattr(getattr(__obj, "__wrapped__", None), "__self__", None)
             if isinstance(owner, str):
                 name = getattr(__obj, "__name__", "")
                 if name in ("format", "format_map"):
@@ -178,6 +180,8 @@ def _make_env(cap: int):
             raise too_big("string", len(s))
         return s
 
+    for g in ("lipsum", "cycler", "joiner"):  # lipsum(10**9) would build gigabytes in one call
+        env.globals.pop(g, None)
     env.globals.update(raise_exception=raise_exception, strftime_now=strftime_now)
     env.filters["tojson"] = tojson
 
@@ -357,6 +361,20 @@ def normalize_messages(messages: Sequence[dict]) -> list[dict]:
     return out
 
 
+def fold_system(messages: Sequence[dict]) -> list[dict] | None:
+    """``messages`` with a leading system message merged into the first user message
+    (``system + "\\n\\n" + user``), or None when there is no leading system message."""
+    if not messages or not isinstance(messages[0], dict) or messages[0].get("role") != "system":
+        return None
+    system = str(messages[0].get("content") or "")
+    rest = [dict(m) for m in messages[1:]]
+    for m in rest:
+        if m.get("role") == "user":
+            m["content"] = f"{system}\n\n{m.get('content') or ''}" if system else m.get("content")
+            return rest
+    return [{"role": "user", "content": system}] + rest
+
+
 # --- fallbacks for files without a template ------------------------------------------------------
 
 def fallback_format(tokenizer) -> str | None:
@@ -408,8 +426,17 @@ def apply_chat_template(tokenizer, messages: Sequence[dict], add_generation_prom
     if template:
         def tok_text(i):
             return tokenizer.id_to_token(i) if i is not None else ""
-        return render(template, messages, add_generation_prompt=add_generation_prompt, tools=tools,
-                      bos_token=tok_text(tokenizer.bos_id), eos_token=tok_text(tokenizer.eos_id), **extra)
+        kw = dict(add_generation_prompt=add_generation_prompt, tools=tools,
+                  bos_token=tok_text(tokenizer.bos_id), eos_token=tok_text(tokenizer.eos_id), **extra)
+        try:
+            return render(template, messages, **kw)
+        except ChatTemplateError as e:
+            # Templates without a system role (Gemma 2) refuse one: fold its text into the first
+            # user turn, as the model's own documentation does, and say nothing was lost.
+            folded = fold_system(messages)
+            if folded is None or "refused the conversation" not in str(e):
+                raise
+            return render(template, folded, **kw)
     fmt = fallback_format(tokenizer)
     if fmt is None:
         from .errors import ModelFileError
