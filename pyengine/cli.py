@@ -284,6 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
         bench.add_parser(sub)
     except ImportError:
         pass
+    from .chat import add_parser as add_chat_parser
+    from .server import add_parser as add_serve_parser
+
+    add_chat_parser(sub)
+    add_serve_parser(sub)
     return p
 
 

@@ -377,7 +377,8 @@ class Model:
     # -- generation -----------------------------------------------------------------
     def generate(self, prompt: str | Sequence[int], max_tokens: int = 256, *, add_bos: bool = True,
                  parse_special: bool = True, stop_at_eos: bool = True, sequence: "Sequence_ | None" = None,
-                 stats: GenerationStats | None = None, logits_processor=None, **sampling) -> Iterator[str]:
+                 stats: GenerationStats | None = None, logits_processor=None, extra_stop_ids=(),
+                 **sampling) -> Iterator[str]:
         """Stream the continuation of ``prompt`` as text pieces.
 
         ``sampling``: temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed
@@ -386,7 +387,8 @@ class Model:
         several threads, pass your own). ``sequence``: run on this sequence (a chat keeps
         one, so each turn reuses its cache); by default one is taken from the pool.
         ``logits_processor(history, logits) -> logits`` runs before sampling (constrained
-        decoding masks tokens there). Safe to call from several threads (see :class:`Model`).
+        decoding masks tokens there). ``extra_stop_ids``: more ids that end the text (an
+        infill's FIM markers). Safe to call from several threads (see :class:`Model`).
         """
         from .sampling import Sampler, SamplingParams
 
@@ -407,13 +409,17 @@ class Model:
             return
         if sequence is not None:
             self._last_seq = sequence
-            yield from self._generate_on(sequence, ids, max_tokens, sampler, stats, stop_at_eos, logits_processor)
+            yield from self._generate_on(sequence, ids, max_tokens, sampler, stats, stop_at_eos, logits_processor,
+                                         extra_stop_ids)
             return
         with self.sequence(ids) as seq:
             self._last_seq = seq
-            yield from self._generate_on(seq, ids, max_tokens, sampler, stats, stop_at_eos, logits_processor)
+            yield from self._generate_on(seq, ids, max_tokens, sampler, stats, stop_at_eos, logits_processor,
+                                         extra_stop_ids)
 
-    def _generate_on(self, seq: Sequence_, ids, max_tokens, sampler, stats, stop_at_eos, logits_processor):
+    def _generate_on(self, seq: Sequence_, ids, max_tokens, sampler, stats, stop_at_eos, logits_processor,
+                     extra_stop_ids=()):
+        stop_ids = self.tokenizer.stop_ids | frozenset(extra_stop_ids or ())
         t0 = time.perf_counter()
         logits, reused = seq.prefill(ids)
         stats.prompt_reused = reused
@@ -430,7 +436,7 @@ class Model:
                 t_first = now
                 stats.time_to_first_token = now - t0
                 stats.prompt_seconds = now - t0
-            if stop_at_eos and tok in self.tokenizer.stop_ids:
+            if stop_at_eos and tok in stop_ids:
                 stats.stop_reason = "end of text"
                 break
             history.append(tok)
