@@ -378,7 +378,7 @@ class Model:
     def generate(self, prompt: str | Sequence[int], max_tokens: int = 256, *, add_bos: bool = True,
                  parse_special: bool = True, stop_at_eos: bool = True, sequence: "Sequence_ | None" = None,
                  stats: GenerationStats | None = None, logits_processor=None, extra_stop_ids=(),
-                 **sampling) -> Iterator[str]:
+                 drop_partial_char: bool = False, **sampling) -> Iterator[str]:
         """Stream the continuation of ``prompt`` as text pieces.
 
         ``sampling``: temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed
@@ -388,7 +388,10 @@ class Model:
         one, so each turn reuses its cache); by default one is taken from the pool.
         ``logits_processor(history, logits) -> logits`` runs before sampling (constrained
         decoding masks tokens there). ``extra_stop_ids``: more ids that end the text (an
-        infill's FIM markers). Safe to call from several threads (see :class:`Model`).
+        infill's FIM markers). ``drop_partial_char``: when the token limit cuts a multi-byte
+        character in half, leave its bytes out instead of ending with U+FFFD (the server
+        reports such a cut as finish_reason "length"). Safe to call from several threads
+        (see :class:`Model`).
         """
         from .sampling import Sampler, SamplingParams
 
@@ -410,15 +413,15 @@ class Model:
         if sequence is not None:
             self._last_seq = sequence
             yield from self._generate_on(sequence, ids, max_tokens, sampler, stats, stop_at_eos, logits_processor,
-                                         extra_stop_ids)
+                                         extra_stop_ids, drop_partial_char)
             return
         with self.sequence(ids) as seq:
             self._last_seq = seq
             yield from self._generate_on(seq, ids, max_tokens, sampler, stats, stop_at_eos, logits_processor,
-                                         extra_stop_ids)
+                                         extra_stop_ids, drop_partial_char)
 
     def _generate_on(self, seq: Sequence_, ids, max_tokens, sampler, stats, stop_at_eos, logits_processor,
-                     extra_stop_ids=()):
+                     extra_stop_ids=(), drop_partial_char=False):
         stop_ids = self.tokenizer.stop_ids | frozenset(extra_stop_ids or ())
         t0 = time.perf_counter()
         logits, reused = seq.prefill(ids)
@@ -454,7 +457,7 @@ class Model:
                 break
             logits = seq.decode(tok)
         tail = stream.flush()
-        if tail:
+        if tail and not drop_partial_char:
             yield tail
         if t_first is not None:
             stats.generate_seconds = time.perf_counter() - t_first

@@ -181,7 +181,8 @@ class Job:
             try:
                 gen = self.state.model.generate(self.ids, max_tokens=self.max_tokens, stats=self.stats,
                                                 logits_processor=self.processor,
-                                                extra_stop_ids=self.extra_stop_ids, **self.sampling)
+                                                extra_stop_ids=self.extra_stop_ids, drop_partial_char=True,
+                                                **self.sampling)
                 for piece in gen:
                     if self.cancelled.is_set():
                         self.stats.stop_reason = "cancelled"
