@@ -39,7 +39,8 @@ def add_parser(sub) -> None:
     p.add_argument("-m", "--model", default="gemma3-270m",
                    help="registry name (see `pyengine list`) or path to a .gguf file (default: gemma3-270m)")
     p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1: this machine only); anything else is printed as an explicit choice")
+                   help="address to listen on (default 127.0.0.1, loopback: this machine only); anything else is "
+                        "printed as an explicit choice")
     p.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0 picks a free one)")
     p.add_argument("--name", default=None, help="model name clients use (default: the registry name or file stem)")
     p.add_argument("--ctx", type=int, default=None, help="context size in tokens per request (default min(model's, 4096))")

@@ -20,6 +20,8 @@ class StopScanner:
     def push(self, piece: str) -> str:
         if not self.stops:
             return piece
+        if self.hit:
+            return ""
         self.buf += piece
         first = -1
         for s in self.stops:
@@ -55,19 +57,26 @@ class ThinkSplitter:
         self.in_think = in_think
         self.buf = ""
         self.started = False  # some content was emitted: a later <think> is plain text
+        self.after_close = in_think  # drop the newlines that follow <think> / </think>
 
     def push(self, piece: str) -> list[tuple[str, str]]:
         self.buf += piece
         out: list[tuple[str, str]] = []
         while self.buf:
+            if self.after_close:  # newlines right after a tag are layout, not text
+                self.buf = self.buf.lstrip("\n")
+                if not self.buf:
+                    break
+                self.after_close = False
             if self.in_think:
                 i = self.buf.find(self.CLOSE)
                 if i >= 0:
                     if i:
                         out.append(("reasoning", self.buf[:i]))
-                    self.buf = self.buf[i + len(self.CLOSE):].lstrip("\n")
+                    self.buf = self.buf[i + len(self.CLOSE):]
                     self.in_think = False
-                    self.started = False
+                    self.started = True
+                    self.after_close = True
                     continue
                 keep = _partial_suffix(self.buf, self.CLOSE)
                 if len(self.buf) > keep:
@@ -77,8 +86,9 @@ class ThinkSplitter:
             if not self.started:
                 s = self.buf.lstrip()
                 if s.startswith(self.OPEN):
-                    self.buf = s[len(self.OPEN):].lstrip("\n")
+                    self.buf = s[len(self.OPEN):]
                     self.in_think = True
+                    self.after_close = True
                     continue
                 if self.OPEN.startswith(s):  # maybe the start of <think>: wait
                     break
