@@ -120,7 +120,7 @@ def cmd_serve(args) -> int:
         import uvicorn
     except ImportError as e:
         raise PyEngineError(f"pyengine serve needs FastAPI and uvicorn ({e.name} is missing): "
-                            "pip install 'pyengine[serve]'") from None
+                            "pip install fastapi uvicorn") from None
     from ..cli import _set_threads
     from ..engine import load
     from .app import create_app

@@ -1,7 +1,7 @@
 """The HTTP server: OpenAI- and Ollama-compatible endpoints over one loaded Model (FastAPI).
 
 Concurrency: each request generates on its own sequence of the Model (own KV cache; at most
-``--parallel`` at once, later requests wait for a free one in arrival order). Forward passes are
+``--parallel`` at once, later requests queue for a free one). Forward passes are
 serialised by the Model's FIFO compute lock, one prompt or one token at a time, so concurrent
 streams interleave token by token (a fair queue at step granularity, not a batched decode).
 Idle sequences keep their cache: a request whose prompt starts like an earlier one (a chat's

@@ -78,7 +78,7 @@ class JsonConstraint:
 
     def __init__(self, model, schema: dict | None = None):
         if not available():
-            raise PyEngineError("structured output needs llguidance: pip install 'pyengine[serve]'")
+            raise PyEngineError("structured output needs llguidance: pip install llguidance")
         import llguidance
 
         if schema is not None:
