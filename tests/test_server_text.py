@@ -67,3 +67,12 @@ def test_fim_prompt_uses_the_models_tokens():
 
     with pytest.raises(PyEngineError, match="fill-in-the-middle"):
         fim_prompt(Tok([]), "a", "b")
+
+
+def test_bare_json_tool_call_only_for_a_declared_tool():
+    bare = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
+    content, calls = parse_tool_calls(bare, {"get_weather"})
+    assert content is None and json.loads(calls[0]["function"]["arguments"]) == {"city": "Paris"}
+    assert parse_tool_calls(bare, {"other_tool"}) == (bare, [])
+    assert parse_tool_calls(bare) == (bare, [])
+    assert parse_tool_calls('{"name": "get_weather"}', {"get_weather"})[1] == []

@@ -126,6 +126,15 @@ def _constraint(state: ServerState, response_format) -> Any:
                    param="response_format")
 
 
+def _tool_names(tools) -> set[str]:
+    out = set()
+    for t in tools or []:
+        fn = t.get("function") if isinstance(t, dict) else None
+        if isinstance(fn, dict) and isinstance(fn.get("name"), str):
+            out.add(fn["name"])
+    return out
+
+
 def _tokens_for_chat(state: ServerState, messages, tools) -> tuple[list[int], str]:
     if not isinstance(messages, list) or not messages:
         raise APIError(400, "'messages' must be a non-empty list", param="messages")
@@ -350,7 +359,7 @@ def create_app(model: Model, name: str, *, max_body: int = DEFAULT_MAX_BODY, cor
             if reasoning:
                 msg["reasoning_content"] = reasoning
             if tools:
-                content2, calls = parse_tool_calls(content)
+                content2, calls = parse_tool_calls(content, _tool_names(tools))
                 if calls:
                     msg["content"] = content2
                     msg["tool_calls"] = calls
@@ -383,7 +392,7 @@ def create_app(model: Model, name: str, *, max_body: int = DEFAULT_MAX_BODY, cor
                 finish = "stop" if scan.hit else job.finish_reason
                 if tools:
                     held.append(tail)
-                    content, calls = parse_tool_calls("".join(held))
+                    content, calls = parse_tool_calls("".join(held), _tool_names(tools))
                     if content:
                         yield sse(chunk({"content": content}))
                     if calls:
@@ -662,7 +671,7 @@ def create_app(model: Model, name: str, *, max_body: int = DEFAULT_MAX_BODY, cor
         def make(t, final=False, tools=None):
             msg: dict = {"role": "assistant", "content": t}
             if tools is not None:
-                content, calls = parse_tool_calls(t)
+                content, calls = parse_tool_calls(t, _tool_names(tools))
                 msg["content"] = content or ""
                 if calls:
                     msg["tool_calls"] = [{"function": {"name": c["function"]["name"],

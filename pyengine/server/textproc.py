@@ -115,10 +115,32 @@ def _partial_suffix(buf: str, tag: str) -> int:
 _TOOL_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.S)
 
 
-def parse_tool_calls(text: str) -> tuple[str | None, list[dict]]:
+def _call(name: str, args) -> dict:
+    return {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+            "function": {"name": name,
+                         "arguments": args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)}}
+
+
+def parse_tool_calls(text: str, tool_names=None) -> tuple[str | None, list[dict]]:
     """Qwen2.5 / Hermes format: ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``
     blocks become OpenAI ``tool_calls`` (arguments as a JSON string); the rest is the content.
-    A block that is not valid JSON with a name stays in the content."""
+    A block that is not valid JSON with a name stays in the content.
+
+    Small Qwen models often answer with the bare object, without the tags: a reply that is
+    exactly one JSON object ``{"name", "arguments"}`` naming one of ``tool_names`` (the tools
+    the request declared) is taken as that call too (llama.cpp's Hermes parser does the same)."""
+    if tool_names and "<tool_call>" not in text:
+        s = text.strip()
+        if s.startswith("```"):
+            s = s.strip("`").removeprefix("json").strip()
+        if s.startswith("{") and s.endswith("}"):
+            try:
+                obj = json.loads(s)
+            except ValueError:
+                obj = None
+            if isinstance(obj, dict) and obj.get("name") in tool_names and \
+                    isinstance(obj.get("arguments", obj.get("parameters")), (dict, str)):
+                return None, [_call(obj["name"], obj.get("arguments", obj.get("parameters")))]
     calls = []
     rest = []
     pos = 0
@@ -133,9 +155,7 @@ def parse_tool_calls(text: str) -> tuple[str | None, list[dict]]:
             continue
         rest.append(text[pos:m.start()])
         pos = m.end()
-        calls.append({"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-                      "function": {"name": name,
-                                   "arguments": args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)}})
+        calls.append(_call(name, args))
     rest.append(text[pos:])
     content = "".join(rest).strip() if calls else text
     return (content or None) if calls else content, calls
