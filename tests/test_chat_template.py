@@ -203,3 +203,14 @@ def test_a_timed_out_render_leaves_the_renderer_usable():
     with pytest.raises(ChatTemplateError, match="did not finish"):
         render(HOSTILE["never_ends"], CONV, time_limit=0.5)
     assert apply_chat_template(FakeTok(real("Qwen-Qwen2.5-7B-Instruct")), CONV) == CHATML
+
+
+def test_a_huge_chatml_template_is_not_scanned_with_a_superlinear_regex():
+    # issue 11: a 416 KB template took 351 s in the old default-system-prompt regex
+    body = "{% if messages[0]['role'] != 'system' %}" + "'<|im_start|>system\\n" + "a" * 20 + \
+        "{{ '' }}" * 0 + " " * 416_000 + "{% endif %}" + \
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    t0 = time.monotonic()
+    out = apply_chat_template(FakeTok(body), CONV[1:2])
+    assert time.monotonic() - t0 < 5
+    assert out.endswith("<|im_start|>user\nHi<|im_end|>\n")
