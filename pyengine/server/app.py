@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
 import threading
 import time
 import uuid
@@ -227,6 +229,26 @@ class Job:
         return "stop" if r == "end of text" else "length"
 
 
+class _ReplicaHeader:
+    """Pure ASGI middleware (streaming and disconnects pass straight through): every response
+    says which process answered, ``X-PyEngine-Replica: host:pid`` (scale-out, Ray Serve)."""
+
+    def __init__(self, app):
+        self.app = app
+        self.value = f"{socket.gethostname()}:{os.getpid()}".encode("latin-1")
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_header(msg):
+            if msg["type"] == "http.response.start":
+                msg = dict(msg, headers=list(msg.get("headers", [])) + [(b"x-pyengine-replica", self.value)])
+            await send(msg)
+
+        await self.app(scope, receive, send_with_header)
+
+
 def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
 
@@ -245,6 +267,8 @@ def create_app(model: Model, name: str, *, max_body: int = DEFAULT_MAX_BODY, cor
             return JSONResponse({"error": e.message}, status_code=e.status)
         return JSONResponse({"error": {"message": e.message, "type": e.type, "param": e.param, "code": e.code}},
                             status_code=e.status)
+
+    app.add_middleware(_ReplicaHeader)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, e: APIError):
