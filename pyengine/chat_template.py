@@ -36,6 +36,7 @@ import datetime
 import json
 import re
 import threading
+import time
 from functools import lru_cache
 from typing import Any, Sequence
 
@@ -72,7 +73,14 @@ def _check_format_string(s: str) -> None:
         raise ChatTemplateError("chat template: a format width of 100000 or more is refused by the sandbox")
 
 
-def _make_env(cap: int):
+_limits = threading.local()  # the cap of the render running in this thread
+
+
+def _cap() -> int:
+    return getattr(_limits, "cap", MAX_VALUE_CHARS)
+
+
+def _make_env():
     import jinja2
     from jinja2 import nodes
     from jinja2.compiler import CodeGenerator
@@ -81,12 +89,12 @@ def _make_env(cap: int):
 
     def too_big(what: str, n: int) -> ChatTemplateError:
         return ChatTemplateError(f"chat template would build a {what} of {n:,} items "
-                                 f"(sandbox limit {cap:,}); refusing the template")
+                                 f"(sandbox limit {_cap():,}); refusing the template")
 
     def checked_join(parts) -> str:
         parts = [p if isinstance(p, str) else str(p) for p in parts]
         n = sum(len(p) for p in parts)
-        if n > cap:
+        if n > _cap():
             raise too_big("string", n)
         return "".join(parts)
 
@@ -121,14 +129,14 @@ def _make_env(cap: int):
             if operator == "*":
                 for a, b in ((left, right), (right, left)):
                     n = _sized(a)
-                    if n is not None and isinstance(b, int) and n * max(b, 0) > cap:
+                    if n is not None and isinstance(b, int) and n * max(b, 0) > _cap():
                         raise too_big("sequence", n * b)
                 if isinstance(left, int) and isinstance(right, int) and \
                         left.bit_length() + right.bit_length() > MAX_INT_BITS:
                     raise ChatTemplateError("chat template computes an integer too large for the sandbox")
             elif operator == "+":
                 a, b = _sized(left), _sized(right)
-                if a is not None and b is not None and a + b > cap:
+                if a is not None and b is not None and a + b > _cap():
                     raise too_big("sequence", a + b)
             elif operator == "**":
                 if isinstance(left, (int, float)) and isinstance(right, (int, float)) and \
@@ -153,11 +161,11 @@ def _make_env(cap: int):
                     old, new = args[0], args[1]
                     k = owner.count(old) if old else len(owner) + 1
                     n = len(owner) + k * (len(new) - len(old))
-                    if n > cap:
+                    if n > _cap():
                         raise too_big("string", n)
                 if name == "join" and args:
                     seq = args[0]
-                    if isinstance(seq, (list, tuple)) and len(owner) * len(seq) > cap:
+                    if isinstance(seq, (list, tuple)) and len(owner) * len(seq) > _cap():
                         raise too_big("string", len(owner) * len(seq))
             return super().call(__context, __obj, *args, **kwargs)
 
@@ -176,7 +184,7 @@ def _make_env(cap: int):
             raise ChatTemplateError("chat template: tojson indent over 64 is refused by the sandbox")
         s = json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
                        sort_keys=sort_keys, default=str)
-        if len(s) > cap:
+        if len(s) > _cap():
             raise too_big("string", len(s))
         return s
 
@@ -201,13 +209,13 @@ def _make_env(cap: int):
             if __name == "replace" and len(args) >= 3:
                 s, old, new = str(args[0]), str(args[1]), str(args[2])
                 k = s.count(old) if old else len(s) + 1
-                if len(s) + k * (len(new) - len(old)) > cap:
+                if len(s) + k * (len(new) - len(old)) > _cap():
                     raise too_big("string", len(s) + k * (len(new) - len(old)))
             if __name == "indent" and args:
                 s = str(args[0])
                 w = args[1] if len(args) > 1 else kwargs.get("width", 4)
                 w = len(w) if isinstance(w, str) else int(w or 0)
-                if len(s) + (s.count("\n") + 1) * w > cap:
+                if len(s) + (s.count("\n") + 1) * w > _cap():
                     raise too_big("string", len(s) + (s.count("\n") + 1) * w)
             return __orig(*args, **kwargs)
 
@@ -219,10 +227,10 @@ def _make_env(cap: int):
 
 
 @lru_cache(maxsize=32)
-def _compile(template: str, cap: int):
+def _compile(template: str):
     import jinja2
 
-    env = _make_env(cap)
+    env = _make_env()
     try:
         return env.from_string(template)
     except jinja2.TemplateSyntaxError as e:
@@ -253,13 +261,14 @@ def render(template: str, messages: Sequence[dict], *, add_generation_prompt: bo
     size_in = len(json.dumps(msgs, ensure_ascii=False, default=str)) + \
         len(json.dumps(tools or [], ensure_ascii=False, default=str)) + len(template)
     cap = max(MAX_VALUE_CHARS, 8 * size_in)
-    tmpl = _compile(template, cap)
+    tmpl = _compile(template)
     ctx = dict(messages=msgs, tools=list(tools) if tools else None,
                add_generation_prompt=bool(add_generation_prompt), bos_token=bos_token,
                eos_token=eos_token, **extra)
     result: dict = {}
 
     def work():
+        _limits.cap = cap
         try:
             out, n = [], 0
             for piece in tmpl.generate(**ctx):
@@ -290,7 +299,11 @@ def render(template: str, messages: Sequence[dict], *, add_generation_prompt: bo
     th = threading.Thread(target=work, name="chat-template", daemon=True)
     th.start()
     th.join(time_limit)
+    give_up = time.monotonic() + 5.0
     while th.is_alive():  # out of time: interrupt it between two bytecodes, then wait for it
+        if time.monotonic() > give_up:  # stuck inside one native call: leave the daemon thread
+            raise ChatTemplateError(f"the model's chat template did not finish within {time_limit:g} s; "
+                                    "refusing it")
         _async_raise(th.ident, _Budget)
         th.join(0.05)
     if "error" in result:

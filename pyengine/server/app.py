@@ -26,7 +26,7 @@ from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
@@ -320,6 +320,8 @@ def create_app(model: Model, name: str, *, max_body: int = DEFAULT_MAX_BODY, cor
     def openai_sampling(body: dict) -> tuple[dict, int]:
         if _num(body, "n", 1, 1, 1, integer=True) != 1:
             raise APIError(400, "'n' must be 1", param="n")
+        if body.get("logprobs") or body.get("top_logprobs"):
+            raise APIError(400, "logprobs are not supported by this server", param="logprobs")
         for k in ("presence_penalty", "frequency_penalty"):
             _num(body, k, -2.0, 2.0, 0.0)
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
@@ -543,8 +545,8 @@ def create_app(model: Model, name: str, *, max_body: int = DEFAULT_MAX_BODY, cor
         return {"version": OLLAMA_API_VERSION}
 
     @app.get("/")
-    async def root():
-        return JSONResponse("pyengine is running (OpenAI API at /v1, Ollama API at /api)")
+    async def root():  # Ollama answers "Ollama is running" here; some clients probe it
+        return PlainTextResponse("pyengine is running (OpenAI API at /v1, Ollama API at /api)")
 
     @app.get("/api/tags")
     async def ollama_tags():
