@@ -111,18 +111,30 @@ class _FairLock:
         self._cond = threading.Condition(threading.Lock())
         self._next = 0
         self._serving = 0
+        self._abandoned: set[int] = set()
 
     def __enter__(self):
         with self._cond:
             ticket = self._next
             self._next += 1
-            while self._serving != ticket:
-                self._cond.wait()
+            try:
+                while self._serving != ticket:
+                    self._cond.wait()
+            except BaseException:  # Ctrl-C while waiting: give the ticket up, or the line stalls
+                self._abandoned.add(ticket)
+                self._advance()
+                raise
+
+    def _advance(self) -> None:  # the condition is held
+        while self._serving in self._abandoned:
+            self._abandoned.discard(self._serving)
+            self._serving += 1
+        self._cond.notify_all()
 
     def __exit__(self, *exc):
         with self._cond:
             self._serving += 1
-            self._cond.notify_all()
+            self._advance()
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

@@ -122,3 +122,75 @@ def test_cli_chat_and_serve_help_teach():
                              timeout=60).stdout
         for w in words:
             assert w in out, (cmd, w)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_answer_not_the_session():
+    import os
+    import signal
+    import time
+
+    p = real_model_path(NAME)
+    proc = subprocess.Popen([sys.executable, "-m", "pyengine", "chat", "-m", str(p), "--temp", "0", "-n", "400",
+                             "-q", "--backend", "numpy"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            encoding="utf-8", bufsize=1)
+    try:
+        proc.stdin.write("Write a very long story about the sea.\n")
+        proc.stdin.flush()
+        got = ""
+        deadline = time.monotonic() + 240
+        while len(got) < 20 and time.monotonic() < deadline:  # the answer is streaming
+            got += os.read(proc.stdout.fileno(), 64).decode("utf-8", "replace")
+        assert len(got) >= 20, got
+        proc.send_signal(signal.SIGINT)
+        proc.stdin.write("/stats\n/quit\n")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "[stopped]" in got + out
+    assert "session: 1 turns, 2 messages" in out  # the partial answer stayed in the conversation
+    assert "Traceback" not in err
+
+
+def test_fair_lock_survives_an_interrupted_waiter():
+    import threading
+
+    from pyengine.engine import _FairLock
+
+    lock = _FairLock()
+    lock.__enter__()  # held by "another generation"
+    err = []
+
+    def waiter():
+        try:
+            with lock:
+                pass
+        except KeyboardInterrupt as e:
+            err.append(e)
+
+    # a waiter interrupted while queued must not block everyone after it
+    import ctypes
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    import time
+
+    time.sleep(0.2)
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(t.ident), ctypes.py_object(KeyboardInterrupt))
+    with lock._cond:
+        lock._cond.notify_all()  # wake it so the exception is delivered
+    t.join(5)
+    assert err and not t.is_alive()
+    lock.__exit__(None, None, None)
+    done = threading.Event()
+
+    def later():
+        with lock:
+            done.set()
+
+    threading.Thread(target=later).start()
+    assert done.wait(5), "the lock stalled behind the abandoned ticket"
