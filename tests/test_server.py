@@ -185,7 +185,7 @@ def test_client_disconnect_stops_generation(srv):
 
 @pytest.mark.parametrize("case", ["unknown_model", "malformed_json", "body_too_large", "prompt_too_long",
                                   "bad_temperature", "bad_top_p", "bad_max_tokens", "n_2", "bad_messages",
-                                  "bad_role", "not_an_object"])
+                                  "bad_role", "not_an_object", "bad_template_kwargs", "logprobs"])
 def test_bad_inputs_get_openai_errors_and_the_server_keeps_serving(srv, case):
     url = srv.base + "/v1/chat/completions"
     ok = dict(model=NAME, messages=HI, max_tokens=2)
@@ -204,7 +204,9 @@ def test_bad_inputs_get_openai_errors_and_the_server_keeps_serving(srv, case):
                      "bad_max_tokens": {"max_tokens": 0},
                      "n_2": {"n": 2},
                      "bad_messages": {"messages": "hi"},
-                     "bad_role": {"messages": [{"role": "wizard", "content": "x"}]}}[case])
+                     "bad_role": {"messages": [{"role": "wizard", "content": "x"}]},
+                     "bad_template_kwargs": {"chat_template_kwargs": {"messages": []}},
+                     "logprobs": {"logprobs": True}}[case])
         r = httpx.post(url, json=body)
     want = {"unknown_model": 404, "body_too_large": 413}.get(case, 400)
     assert r.status_code == want, r.text
@@ -215,6 +217,11 @@ def test_bad_inputs_get_openai_errors_and_the_server_keeps_serving(srv, case):
         assert "tokens but the context holds 512" in err["message"]
         assert err["code"] == "context_length_exceeded"
     assert_serving(srv)
+
+
+def test_chat_template_kwargs_reach_the_template(srv):
+    r = chat(srv, max_tokens=2, extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    assert r.choices[0].message.content
 
 
 def test_errors_through_the_openai_client(srv):

@@ -137,13 +137,23 @@ def _tool_names(tools) -> set[str]:
     return out
 
 
-def _tokens_for_chat(state: ServerState, messages, tools) -> tuple[list[int], str]:
+_RESERVED = {"messages", "tools", "add_generation_prompt", "bos_token", "eos_token", "time_limit"}
+
+
+def _tokens_for_chat(state: ServerState, messages, tools, template_kwargs=None) -> tuple[list[int], str]:
+    if template_kwargs is None:
+        template_kwargs = {}
+    if not isinstance(template_kwargs, dict) or not all(isinstance(k, str) and k.isidentifier() and k not in _RESERVED
+                                                        for k in template_kwargs):
+        raise APIError(400, "'chat_template_kwargs' must be an object of template variables "
+                            "(e.g. {\"enable_thinking\": false})", param="chat_template_kwargs")
     if not isinstance(messages, list) or not messages:
         raise APIError(400, "'messages' must be a non-empty list", param="messages")
     if tools is not None and not isinstance(tools, list):
         raise APIError(400, "'tools' must be a list", param="tools")
     try:
-        text = state.model.apply_chat_template(messages, add_generation_prompt=True, tools=tools or None)
+        text = state.model.apply_chat_template(messages, add_generation_prompt=True, tools=tools or None,
+                                               **template_kwargs)
         ids = state.model.encode_chat_text(text)
     except PyEngineError as e:
         raise APIError(400, str(e), param="messages") from None
@@ -343,7 +353,7 @@ def create_app(model: Model, name: str, *, max_body: int = DEFAULT_MAX_BODY, cor
         tools = body.get("tools")
         if body.get("tool_choice") == "none":
             tools = None
-        ids, text = _tokens_for_chat(state, body.get("messages"), tools)
+        ids, text = _tokens_for_chat(state, body.get("messages"), tools, body.get("chat_template_kwargs"))
         _check_context(state, ids)
         proc = _constraint(state, body.get("response_format"))
         stream = bool(body.get("stream", False))
@@ -570,7 +580,7 @@ def create_app(model: Model, name: str, *, max_body: int = DEFAULT_MAX_BODY, cor
         arch = m.gguf.architecture
         info = {"general.architecture": arch, f"{arch}.context_length": m.config.context_length,
                 f"{arch}.embedding_length": m.config.dim, f"{arch}.block_count": m.config.n_layers}
-        return {"modelfile": f"FROM {m.path}\nPARAMETER num_ctx {m.n_ctx}\n",
+        return {"modelfile": f"FROM {state.name}\nPARAMETER num_ctx {m.n_ctx}\n",
                 "parameters": f"num_ctx                        {m.n_ctx}",
                 "template": m.tokenizer.chat_template or "", "details": details(), "model_info": info,
                 "capabilities": ["completion"] + (["tools"] if "tools" in (m.tokenizer.chat_template or "") else []),
