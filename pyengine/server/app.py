@@ -690,13 +690,17 @@ def create_app(model: Model, name: str, *, max_body: int = DEFAULT_MAX_BODY, cor
         msgs = body.get("messages")
         if isinstance(msgs, list):
             msgs = [dict(m, content=m.get("content") or "") if isinstance(m, dict) else m for m in msgs]
-            for m in msgs:  # Ollama gives tool-call arguments as objects already
-                if isinstance(m, dict) and m.get("tool_calls"):
+            for m in msgs:
+                if not isinstance(m, dict):
+                    continue
+                if m.get("images"):
+                    raise APIError(400, "images are not supported: this server runs text-only models")
+                m.pop("images", None)
+                m.pop("thinking", None)  # an earlier turn's reasoning is not sent back to the model
+                if m.get("tool_calls"):  # Ollama gives tool-call arguments as objects already
                     m["tool_calls"] = [dict(tc, function=dict(tc.get("function") or {},
                                                              arguments=json.dumps((tc.get("function") or {}).get("arguments", {}))))
                                        for tc in m["tool_calls"] if isinstance(tc, dict)]
-                    for k in ("images", "thinking"):
-                        m.pop(k, None)
         tools = body.get("tools") or None
         ids, text = _tokens_for_chat(state, msgs, tools)
         _check_context(state, ids)
