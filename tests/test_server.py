@@ -325,3 +325,12 @@ def test_qwen_fill_in_the_middle(qwen):
     r = qwen.oai.completions.create(model="qwen2.5-coder-0.5b", prompt="def add(a, b):\n    return ",
                                     suffix="\n\nprint(add(1, 2))\n", max_tokens=16, temperature=0)
     assert "a + b" in r.choices[0].text.replace("a+b", "a + b")
+
+
+def test_qwen_tool_call_through_ollama(qwen):
+    r = qwen.oll.chat(model="qwen2.5-coder-0.5b",
+                      messages=[{"role": "user", "content": "What is the weather in Paris right now? Use the tool."}],
+                      tools=WEATHER, options={"temperature": 0, "num_predict": 64}, stream=False)
+    calls = r.message.tool_calls
+    assert calls and calls[0].function.name == "get_weather"
+    assert "paris" in calls[0].function.arguments["city"].lower()
