@@ -334,3 +334,54 @@ def test_qwen_tool_call_through_ollama(qwen):
     calls = r.message.tool_calls
     assert calls and calls[0].function.name == "get_weather"
     assert "paris" in calls[0].function.arguments["city"].lower()
+
+
+# --- the CLI ------------------------------------------------------------------------------------
+
+def test_cli_serve_starts_on_loopback_and_says_so():
+    import re
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "pyengine", "serve", "-m", str(real_model_path(NAME)),
+                             "--port", "0", "--ctx", "256", "-q"], stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        port = None
+        deadline = time.monotonic() + 120
+        while port is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+            m = re.search(r"on http://127\.0\.0\.1:(\d+)", line)
+            if m:
+                port = int(m.group(1))
+        assert port, "".join(lines)
+        for _ in range(2):  # the loopback note and the base URLs
+            lines.append(proc.stderr.readline())
+        assert "loopback only" in "".join(lines)
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                r = httpx.get(base + "/v1/models", timeout=5)
+                break
+            except httpx.ConnectError:
+                time.sleep(0.1)
+        assert r.json()["data"][0]["id"] == real_model_path(NAME).stem
+        # the same port again: one clear line, before any model is loaded
+        again = subprocess.run([sys.executable, "-m", "pyengine", "serve", "-m", "no-such-model",
+                                "--port", str(port)], capture_output=True, text=True, timeout=60)
+        assert again.returncode == 1
+        assert again.stderr.strip().startswith("pyengine: error: cannot listen on 127.0.0.1:")
+        assert len(again.stderr.strip().splitlines()) == 1
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_loopback_detection():
+    from pyengine.server import is_loopback
+
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("::")
