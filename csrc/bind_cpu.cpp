@@ -19,9 +19,11 @@ namespace {
 
 pe::WType parse_type(const std::string& name) {
     pe::WType t;
-    if (!pe::wtype_from_name(name.c_str(), &t))
-        throw py::value_error("unsupported weight type '" + name +
-                              "' (native kernels: F32, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K)");
+    if (!pe::wtype_from_name(name.c_str(), &t)) {
+        std::string have;
+        for (int i = 0; i < (int)pe::WType::COUNT; ++i) have += (i ? ", " : "") + std::string(pe::wtype_info((pe::WType)i).name);
+        throw py::value_error("unsupported weight type '" + name + "' (native kernels: " + have + ")");
+    }
     return t;
 }
 

@@ -171,20 +171,40 @@ void op_add_rmsnorm(const py::array& aa, const py::array& ba, const py::array& w
 }
 
 void op_rope_table(const py::array& pa, double freq_base, int n_rot, const py::array& ca,
-                   const py::array& sa) {
+                   const py::array& sa, const py::object& freq_factors, double freq_scale, double ext_factor,
+                   double attn_factor, double beta_fast, double beta_slow, int64_t n_ctx_orig) {
     if (!py::dtype::of<double>().equal(pa.dtype())) bad("positions: expected float64");
     if (pa.ndim() != 1 || (pa.shape(0) > 1 && pa.strides(0) != (py::ssize_t)sizeof(double)))
         bad("positions: expected a contiguous 1-D array");
     if (n_rot <= 0 || n_rot % 2) bad("rope_table: n_rot must be positive and even");
     if (!(freq_base > 0.0)) bad("rope_table: freq_base must be > 0");
+    if (!(freq_scale > 0.0) || !std::isfinite(ext_factor) || !std::isfinite(attn_factor) ||
+        !std::isfinite(beta_fast) || !std::isfinite(beta_slow) || n_ctx_orig < 0)
+        bad("rope_table: need freq_scale > 0, finite ext_factor, attn_factor, beta_fast, beta_slow, n_ctx_orig >= 0");
     const int64_t n = pa.shape(0);
     const int half = n_rot / 2;
     Mat c = as_mat(ca, "cos_out", true, true), s = as_mat(sa, "sin_out", true, true);
     if (c.rows != n || c.cols != half || s.rows != n || s.cols != half)
         bad("rope_table: cos_out and sin_out must be (n, n_rot/2)");
+    pe::cpu::RopeScaling sc;
+    py::array ff;
+    if (!freq_factors.is_none()) {
+        ff = py::array::ensure(freq_factors);
+        if (!ff) bad("rope_table: freq_factors must be a float32 array");
+        Mat f = as_mat(ff, "freq_factors", false, true);
+        if (ff.ndim() != 1 || f.cols != half) bad("rope_table: freq_factors must be (n_rot/2,)");
+        sc.freq_factors = f.p;
+    }
+    sc.freq_scale = freq_scale;
+    sc.ext_factor = ext_factor;
+    sc.attn_factor = attn_factor;
+    sc.beta_fast = beta_fast;
+    sc.beta_slow = beta_slow;
+    sc.n_ctx_orig = n_ctx_orig;
+    if (ext_factor != 0.0 && n_ctx_orig <= 0) bad("rope_table: YaRN (ext_factor != 0) needs n_ctx_orig > 0");
     const double* pos = static_cast<const double*>(pa.data());
     py::gil_scoped_release nogil;
-    pe::cpu::rope_table(pos, n, freq_base, n_rot, c.p, s.p);
+    pe::cpu::rope_table(pos, n, freq_base, n_rot, c.p, s.p, &sc);
 }
 
 void op_rope(const py::array& xa, const py::array& oa, const py::array& ca, const py::array& sa,
@@ -217,6 +237,24 @@ void op_binary(EW kind, const py::array& aa, const py::array& ba, const py::arra
     const int64_t count = a.rows * a.cols;
     py::gil_scoped_release nogil;
     pe::cpu::binary(kind, a.p, b.p, o.p, count);
+}
+
+// out (n, d) = x (n, d) + b (d,) for every row
+void op_add_bias(const py::array& xa, const py::array& ba, const py::array& oa) {
+    Mat x = as_mat(xa, "x", false, false), b = as_mat(ba, "b", false, true), o = as_mat(oa, "out", true, true);
+    if (b.rows * b.cols != x.cols) bad("add_bias: b must have x's width (" + std::to_string(x.cols) + " values)");
+    if (o.rows != x.rows || o.cols != x.cols) bad("add_bias: out must have x's shape");
+    py::gil_scoped_release nogil;
+    pe::cpu::add_bias(x.p, x.stride, x.rows, x.cols, b.p, o.p);
+}
+
+void op_softcap(const py::array& xa, float cap, const py::array& oa) {
+    Mat x = as_mat(xa, "x", false, true), o = as_mat(oa, "out", true, true);
+    same_size(x, o, "x", "out");
+    if (!(cap > 0.0f) || !std::isfinite(cap)) bad("softcap: cap must be a finite value > 0");
+    const int64_t count = x.rows * x.cols;
+    py::gil_scoped_release nogil;
+    pe::cpu::softcap(x.p, cap, o.p, count);
 }
 
 void op_scale(const py::array& xa, float s, const py::array& oa) {
@@ -280,7 +318,7 @@ void attention_tiles(const AttnArgs& a) {
 }
 
 void op_attention(const py::array& qa, const py::array& ka, const py::array& va, const py::array& oa,
-                  int pos0, int n_heads, int n_kv_heads, int head_dim, float scale, int window) {
+                  int pos0, int n_heads, int n_kv_heads, int head_dim, float scale, int window, float softcap) {
     Mat q = as_mat(qa, "q", false, false), v = as_mat(va, "v", false, false);
     Mat o = as_mat(oa, "out", true, false);
     if (qa.ndim() != 2 || va.ndim() != 2 || oa.ndim() != 2) bad("attention: q, v and out must be 2-D");
@@ -306,6 +344,7 @@ void op_attention(const py::array& qa, const py::array& ka, const py::array& va,
         bad("attention: k must be (n_ctx, kv_width) or key panels (n_blocks, kv_width, 64)");
     }
     if (pos0 < 0 || window < 0) bad("attention: pos0 and window must be >= 0");
+    if (!(softcap >= 0.0f) || !std::isfinite(softcap)) bad("attention: softcap must be finite and >= 0 (0: off)");
     if (pos0 + q.rows > std::min(k_positions, v.rows))
         bad("attention: positions up to " + std::to_string(pos0 + q.rows) + " but the cache holds " +
             std::to_string(std::min(k_positions, v.rows)));
@@ -323,7 +362,7 @@ void op_attention(const py::array& qa, const py::array& ka, const py::array& va,
     a.v = v.p; a.v_stride = v.stride;
     a.out = o.p; a.out_stride = o.stride;
     a.n = n; a.pos0 = pos0; a.n_heads = n_heads; a.n_kv_heads = n_kv_heads;
-    a.head_dim = head_dim; a.window = window; a.scale = scale;
+    a.head_dim = head_dim; a.window = window; a.scale = scale; a.softcap = softcap;
     a.kt_block_stride = width * KB;
 
     py::gil_scoped_release nogil;
@@ -395,20 +434,59 @@ void add_rmsnorm(const float* a, const float* b, const float* w, float* sum, flo
     });
 }
 
-void rope_table(const double* pos, int64_t n, double freq_base, int n_rot, float* cos_out, float* sin_out) {
+void rope_table(const double* pos, int64_t n, double freq_base, int n_rot, float* cos_out, float* sin_out,
+                const RopeScaling* sc) {
     const int half = n_rot / 2;
     thread_local std::vector<double> inv_freq_buf;
     inv_freq_buf.resize(half);
     const double* inv_freq = inv_freq_buf.data();  // workers need the caller's buffer
     // same expression as the reference: base ** (-(2i) / n_rot), angles in double
     for (int i = 0; i < half; ++i) inv_freq_buf[i] = std::pow(freq_base, -(double)i * 2.0 / (double)n_rot);
+    const bool scaled = sc && (sc->freq_factors || sc->freq_scale != 1.0 || sc->ext_factor != 0.0 ||
+                               sc->attn_factor != 1.0);
+    if (!scaled) {
+        const int nt = task_count(n, std::max(1, 4096 / half));
+        run_tasks(nt, [&](int task) {
+            for (int64_t t = n * task / nt; t < n * (task + 1) / nt; ++t) {
+                for (int i = 0; i < half; ++i) {
+                    const double ang = pos[t] * inv_freq[i];
+                    cos_out[t * half + i] = (float)std::cos(ang);
+                    sin_out[t * half + i] = (float)std::sin(ang);
+                }
+            }
+        });
+        return;
+    }
+    // Scaled (llama.cpp's rope_yarn, in double): pair i's angle extrapolated is
+    // pos * inv_freq[i] / ff[i]; interpolated is freq_scale times that. Without YaRN the
+    // interpolated angle is used; with YaRN (ext_factor != 0) the two are mixed by a ramp
+    // that is 1 below dim lo and 0 above hi, and cos/sin grow by 1 + 0.1 ln(1/freq_scale).
+    if (sc->freq_factors)
+        for (int i = 0; i < half; ++i) inv_freq_buf[i] /= (double)sc->freq_factors[i];
+    const double fs = sc->freq_scale, ext = sc->ext_factor;
+    double lo = 0.0, hi = 0.0, mscale = sc->attn_factor;
+    if (ext != 0.0) {
+        // correction dims: the dims whose wavelength fits beta_fast / beta_slow turns in n_ctx_orig
+        auto corr = [&](double beta) {
+            return n_rot * std::log((double)sc->n_ctx_orig / (beta * 2.0 * M_PI)) / (2.0 * std::log(freq_base));
+        };
+        lo = std::max(0.0, std::floor(corr(sc->beta_fast)));
+        hi = std::min((double)(n_rot - 1), std::ceil(corr(sc->beta_slow)));
+        mscale *= 1.0 + 0.1 * std::log(1.0 / fs);
+    }
     const int nt = task_count(n, std::max(1, 4096 / half));
     run_tasks(nt, [&](int task) {
         for (int64_t t = n * task / nt; t < n * (task + 1) / nt; ++t) {
             for (int i = 0; i < half; ++i) {
-                const double ang = pos[t] * inv_freq[i];
-                cos_out[t * half + i] = (float)std::cos(ang);
-                sin_out[t * half + i] = (float)std::sin(ang);
+                const double extrap = pos[t] * inv_freq[i];
+                double theta = fs * extrap;
+                if (ext != 0.0) {
+                    const double y = ((double)i - lo) / std::max(0.001, hi - lo);
+                    const double ramp = (1.0 - std::min(1.0, std::max(0.0, y))) * ext;
+                    theta = theta * (1.0 - ramp) + extrap * ramp;
+                }
+                cos_out[t * half + i] = (float)(std::cos(theta) * mscale);
+                sin_out[t * half + i] = (float)(std::sin(theta) * mscale);
             }
         }
     });
@@ -433,6 +511,24 @@ void binary(Binary kind, const float* a, const float* b, float* out, int64_t cou
         const int64_t c0 = (count * task / nt) & ~int64_t(15);
         const int64_t c1 = task + 1 == nt ? count : (count * (task + 1) / nt) & ~int64_t(15);
         fn(a + c0, b + c0, out + c0, c1 - c0);
+    });
+}
+
+void add_bias(const float* x, int64_t x_stride, int64_t rows, int64_t cols, const float* b, float* out) {
+    const OpsTable& t = ops();
+    const int nt = task_count(rows * cols, 65536);
+    run_tasks(nt, [&](int task) {
+        for (int64_t r = rows * task / nt; r < rows * (task + 1) / nt; ++r) t.add(x + r * x_stride, b, out + r * cols, cols);
+    });
+}
+
+void softcap(const float* x, float cap, float* out, int64_t count) {
+    const OpsTable& t = ops();
+    const int nt = task_count(count, 16384);
+    run_tasks(nt, [&](int task) {
+        const int64_t c0 = (count * task / nt) & ~int64_t(15);
+        const int64_t c1 = task + 1 == nt ? count : (count * (task + 1) / nt) & ~int64_t(15);
+        t.softcap(x + c0, cap, out + c0, c1 - c0);
     });
 }
 
@@ -488,9 +584,12 @@ void bind_cpu_ops(py::module_& m) {
     m.def("add_rmsnorm", &op_add_rmsnorm, py::arg("a"), py::arg("b"), py::arg("w"), py::arg("eps"),
           py::arg("sum_out"), py::arg("norm_out"), "sum_out = a + b; norm_out = rmsnorm(sum_out, w, eps).");
     m.def("rope_table", &op_rope_table, py::arg("positions"), py::arg("freq_base"), py::arg("n_rot"),
-          py::arg("cos_out"), py::arg("sin_out"),
+          py::arg("cos_out"), py::arg("sin_out"), py::arg("freq_factors") = py::none(), py::arg("freq_scale") = 1.0,
+          py::arg("ext_factor") = 0.0, py::arg("attn_factor") = 1.0, py::arg("beta_fast") = 32.0,
+          py::arg("beta_slow") = 1.0, py::arg("n_ctx_orig") = 0,
           "cos/sin of pos * freq_base**(-2i/n_rot) (computed in float64) into (n, n_rot/2) float32 arrays;\n"
-          "positions: float64 (n,).");
+          "positions: float64 (n,). The optional arguments scale the angles as RopeScaling says\n"
+          "(pyengine/backends/base.py): frequency factors, linear scaling, YaRN.");
     m.def("rope", &op_rope, py::arg("x"), py::arg("out"), py::arg("cos"), py::arg("sin"), py::arg("n_heads"),
           py::arg("head_dim"), py::arg("n_rot"), py::arg("neox"),
           "Rotary embedding of x (n, n_heads*head_dim) with tables from rope_table; NEOX pairs (i, i+n_rot/2),\n"
@@ -501,13 +600,19 @@ void bind_cpu_ops(py::module_& m) {
           py::arg("gate"), py::arg("up"), py::arg("out"), "out = gelu_tanh(gate) * up.");
     m.def("add", [](const py::array& a, const py::array& b, const py::array& o) { op_binary(EW::add, a, b, o); },
           py::arg("a"), py::arg("b"), py::arg("out"), "out = a + b (same size, no broadcasting).");
+    m.def("add_bias", &op_add_bias, py::arg("x"), py::arg("b"), py::arg("out"),
+          "out (n, d) = x (n, d) + b (d,) for every row (x may have a row stride; out contiguous).");
+    m.def("softcap", &op_softcap, py::arg("x"), py::arg("cap"), py::arg("out"),
+          "out = cap * tanh(x / cap) (logit soft-capping; out may be x).");
     m.def("scale", &op_scale, py::arg("x"), py::arg("s"), py::arg("out"), "out = x * s.");
     m.def("attention", &op_attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("pos0"),
           py::arg("n_heads"), py::arg("n_kv_heads"), py::arg("head_dim"), py::arg("scale"), py::arg("window") = 0,
+          py::arg("softcap") = 0.0f,
           "Causal grouped-query attention of q (n, H*hd) at positions pos0.. into out (n, H*hd).\n"
           "k: key panels (n_blocks, Hkv*hd, 64) as kv_store writes them, or plain (n_ctx, Hkv*hd) rows\n"
           "(transposed for each call: fine for tests, slow for decoding); v: (n_ctx, Hkv*hd).\n"
           "Key j is visible from position p iff j <= p and (window == 0 or p - j < window).\n"
+          "softcap > 0: scores scale*q.k become softcap*tanh(score/softcap) before the softmax.\n"
           "A row's result does not depend on how many tokens the call holds.");
     m.def("kv_store", &op_kv_store, py::arg("k"), py::arg("k_panels"), py::arg("pos0"),
           "Write keys k (n, kv_width) at positions pos0..pos0+n-1 of key panels (n_blocks, kv_width, 64).");

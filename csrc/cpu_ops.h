@@ -26,11 +26,28 @@ void rmsnorm_add(const float* x, const float* w, const float* residual, float* o
 // sum = a + b; norm = rmsnorm(sum)
 void add_rmsnorm(const float* a, const float* b, const float* w, float* sum, float* norm, int64_t rows,
                  int64_t cols, int64_t g, float eps);
-// cos/sin (n, n_rot/2) of pos[t] * freq_base ** (-2i / n_rot), angles in double
-void rope_table(const double* pos, int64_t n, double freq_base, int n_rot, float* cos_out, float* sin_out);
+// How rope's angles are scaled (the parameters of llama.cpp's ggml_rope_ext; see
+// pyengine/backends/base.py RopeScaling). Defaults: no scaling.
+struct RopeScaling {
+    const float* freq_factors = nullptr;  // (n_rot/2) or null: pair i's frequency is divided by it
+    double freq_scale = 1.0;              // interpolated angle = freq_scale * angle (linear, YaRN)
+    double ext_factor = 0.0;              // YaRN: weight of the extrapolated angle on the ramp; 0 = off
+    double attn_factor = 1.0;             // cos and sin are multiplied by this (times YaRN's mscale)
+    double beta_fast = 32.0, beta_slow = 1.0;
+    int64_t n_ctx_orig = 0;               // YaRN: the training context
+};
+// cos/sin (n, n_rot/2) of pos[t] * freq_base ** (-2i / n_rot), angles in double;
+// with sc, scaled as RopeScaling says (null: exactly the unscaled table)
+void rope_table(const double* pos, int64_t n, double freq_base, int n_rot, float* cos_out, float* sin_out,
+                const RopeScaling* sc = nullptr);
 // rotary embedding of x (rows, n_heads*head_dim; row stride x_stride) into contiguous out
 void rope(const float* x, int64_t x_stride, int64_t rows, float* out, const float* cos_t, const float* sin_t,
           int n_heads, int head_dim, int n_rot, bool neox);
+
+// out (rows, cols) = x + b for every row (a bias); x rows x_stride floats apart, out contiguous
+void add_bias(const float* x, int64_t x_stride, int64_t rows, int64_t cols, const float* b, float* out);
+// out = cap * tanh(x / cap) (logit soft-capping); out may be x
+void softcap(const float* x, float cap, float* out, int64_t count);
 
 enum class Binary { silu_mul, gelu_mul, add };
 void binary(Binary kind, const float* a, const float* b, float* out, int64_t count);

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <mutex>
 #include <string>
@@ -24,18 +25,11 @@ namespace graph {
 
 const char* kind_name(Kind k) {
     switch (k) {
-        case Kind::Embed: return "embed";
-        case Kind::Matmul: return "matmul";
-        case Kind::RmsNorm: return "rmsnorm";
-        case Kind::RmsNormAdd: return "rmsnorm_add";
-        case Kind::AddRmsNorm: return "add_rmsnorm";
-        case Kind::Rope: return "rope";
-        case Kind::KvWrite: return "kv_write";
-        case Kind::Attention: return "attention";
-        case Kind::Add: return "add";
-        case Kind::SiluMul: return "silu_mul";
-        case Kind::GeluMul: return "gelu_mul";
-        case Kind::Scale: return "scale";
+#define PE_KIND_NAME(e, name, what) \
+    case Kind::e:                   \
+        return name;
+        PE_GRAPH_KINDS(PE_KIND_NAME)
+#undef PE_KIND_NAME
     }
     return "?";
 }
@@ -43,7 +37,9 @@ const char* kind_name(Kind k) {
 void Program::run(int32_t token, int64_t pos0, const MatmulKernels& mk, double* ns) {
     for (RopeTable& t : tables) {
         const double p = (double)t.pos.at(pos0);
-        cpu::rope_table(&p, 1, t.base, t.n_rot, t.cos.data(), t.sin.data());
+        cpu::RopeScaling sc = t.sc;
+        sc.freq_factors = t.ff.empty() ? nullptr : t.ff.data();
+        cpu::rope_table(&p, 1, t.base, t.n_rot, t.cos.data(), t.sin.data(), &sc);
     }
     constexpr int KB = pyengine::ops::kAttnKeyBlock;
     auto t0 = std::chrono::steady_clock::now();
@@ -95,6 +91,7 @@ void Program::run(int32_t token, int64_t pos0, const MatmulKernels& mk, double* 
                 a.head_dim = nd.head_dim;
                 a.window = nd.window;
                 a.scale = nd.s;
+                a.softcap = nd.cap;
                 cpu::attention(a);
                 break;
             }
@@ -109,6 +106,12 @@ void Program::run(int32_t token, int64_t pos0, const MatmulKernels& mk, double* 
                 break;
             case Kind::Scale:
                 cpu::scale(nd.a, nd.s, nd.out, nd.n * nd.cols);
+                break;
+            case Kind::AddBias:
+                cpu::add_bias(nd.a, nd.cols, nd.n, nd.cols, nd.wv, nd.out);
+                break;
+            case Kind::Softcap:
+                cpu::softcap(nd.a, nd.s, nd.out, nd.n * nd.cols);
                 break;
         }
         if (ns) {
@@ -184,7 +187,8 @@ public:
     }
 
     void add_rope(const py::array& x, const py::array& out, int n_heads, int head_dim, int n_rot, bool neox,
-                  double freq_base, int64_t pos_off, bool pos_rel) {
+                  double freq_base, int64_t pos_off, bool pos_rel, const py::object& freq_factors, double freq_scale,
+                  double ext_factor, double attn_factor, double beta_fast, double beta_slow, int64_t n_ctx_orig) {
         Node nd{Kind::Rope};
         if (n_heads <= 0 || head_dim <= 0) bad("rope: n_heads and head_dim must be positive");
         if (n_rot <= 0 || n_rot % 2 || n_rot > head_dim) bad("rope: need 0 < n_rot <= head_dim, n_rot even");
@@ -198,15 +202,38 @@ public:
         nd.n_rot = n_rot;
         nd.neox = neox;
         const Pos p{pos_off, pos_rel};
+        std::vector<float> ff;
+        if (!freq_factors.is_none()) {
+            const py::array fa = py::array::ensure(freq_factors);
+            if (!fa || fa.ndim() != 1 || fa.shape(0) != n_rot / 2) bad("rope: freq_factors must be (n_rot/2,) float32");
+            const float* f = fbuf(fa, "rope freq_factors", n_rot / 2, false);
+            ff.assign(f, f + n_rot / 2);
+        }
+        if (!(freq_scale > 0.0) || !std::isfinite(ext_factor) || !std::isfinite(attn_factor) || n_ctx_orig < 0 ||
+            (ext_factor != 0.0 && n_ctx_orig <= 0))
+            bad("rope: bad scaling (need freq_scale > 0, finite factors, n_ctx_orig > 0 with YaRN)");
+        pe::cpu::RopeScaling sc;
+        sc.freq_scale = freq_scale;
+        sc.ext_factor = ext_factor;
+        sc.attn_factor = attn_factor;
+        sc.beta_fast = beta_fast;
+        sc.beta_slow = beta_slow;
+        sc.n_ctx_orig = n_ctx_orig;
         for (size_t i = 0; i < prog_.tables.size() && nd.table < 0; ++i) {
             const auto& t = prog_.tables[i];
-            if (t.base == freq_base && t.n_rot == n_rot && t.pos.off == p.off && t.pos.rel == p.rel) nd.table = (int)i;
+            if (t.base == freq_base && t.n_rot == n_rot && t.pos.off == p.off && t.pos.rel == p.rel && t.ff == ff &&
+                t.sc.freq_scale == sc.freq_scale && t.sc.ext_factor == sc.ext_factor &&
+                t.sc.attn_factor == sc.attn_factor && t.sc.beta_fast == sc.beta_fast &&
+                t.sc.beta_slow == sc.beta_slow && t.sc.n_ctx_orig == sc.n_ctx_orig)
+                nd.table = (int)i;
         }
         if (nd.table < 0) {
             pe::graph::RopeTable t;
             t.base = freq_base;
             t.n_rot = n_rot;
             t.pos = p;
+            t.sc = sc;
+            t.ff = std::move(ff);
             t.cos.resize(n_rot / 2);
             t.sin.resize(n_rot / 2);
             nd.table = (int)prog_.tables.size();
@@ -230,11 +257,12 @@ public:
 
     void add_attention(const py::array& q, const py::array& k_panels, const py::array& v_cache, const py::array& out,
                        int64_t pos_off, bool pos_rel, int n_heads, int n_kv_heads, int head_dim, float scale,
-                       int window) {
+                       int window, float softcap) {
         Node nd{Kind::Attention};
         if (n_heads <= 0 || n_kv_heads <= 0 || head_dim <= 0 || n_heads % n_kv_heads)
             bad("attention: need n_heads a positive multiple of n_kv_heads and head_dim > 0");
         if (window < 0) bad("attention: window must be >= 0");
+        if (!(softcap >= 0.0f) || !std::isfinite(softcap)) bad("attention: softcap must be finite and >= 0");
         const int64_t positions = cache(nd, k_panels, v_cache, false);
         if (nd.width != (int64_t)n_kv_heads * head_dim) bad("attention: cache width is not n_kv_heads*head_dim");
         nd.n = 1;
@@ -246,6 +274,7 @@ public:
         nd.head_dim = head_dim;
         nd.s = scale;
         nd.window = window;
+        nd.cap = softcap;
         nd.pos = Pos{pos_off, pos_rel};
         bound(nd.pos, 0, positions - 1, "attention");
         push(nd);
@@ -267,6 +296,25 @@ public:
         nd.a = fbuf(x, "scale x", nd.n * nd.cols, false);
         nd.out = fbuf(out, "scale out", nd.n * nd.cols, true);
         nd.s = s;
+        push(nd);
+    }
+
+    void add_add_bias(const py::array& x, const py::array& b, const py::array& out) {
+        Node nd{Kind::AddBias};
+        shape2(nd, x);
+        nd.a = fbuf(x, "add_bias x", nd.n * nd.cols, false);
+        nd.wv = fbuf(b, "add_bias b", nd.cols, false);
+        nd.out = fbuf(out, "add_bias out", nd.n * nd.cols, true);
+        push(nd);
+    }
+
+    void add_softcap(const py::array& x, float cap, const py::array& out) {
+        Node nd{Kind::Softcap};
+        if (!(cap > 0.0f) || !std::isfinite(cap)) bad("softcap: cap must be a finite value > 0");
+        shape2(nd, x);
+        nd.a = fbuf(x, "softcap x", nd.n * nd.cols, false);
+        nd.out = fbuf(out, "softcap out", nd.n * nd.cols, true);
+        nd.s = cap;
         push(nd);
     }
 
@@ -417,14 +465,21 @@ void bind_graph(py::module_& m) {
              py::arg("sum_out"), py::arg("norm_out"))
         .def("add_rope", &DecodeGraph::add_rope, py::arg("x"), py::arg("out"), py::arg("n_heads"), py::arg("head_dim"),
              py::arg("n_rot"), py::arg("neox"), py::arg("freq_base"), py::arg("pos_off"), py::arg("pos_rel"),
+             py::arg("freq_factors") = py::none(), py::arg("freq_scale") = 1.0, py::arg("ext_factor") = 0.0,
+             py::arg("attn_factor") = 1.0, py::arg("beta_fast") = 32.0, py::arg("beta_slow") = 1.0,
+             py::arg("n_ctx_orig") = 0,
              "Rope at position pos_off (+ pos0 when pos_rel); cos/sin computed once per step per (base, n_rot, pos).")
         .def("add_kv_write", &DecodeGraph::add_kv_write, py::arg("k"), py::arg("v"), py::arg("k_panels"),
              py::arg("v_cache"), py::arg("pos_off"), py::arg("pos_rel"))
         .def("add_attention", &DecodeGraph::add_attention, py::arg("q"), py::arg("k_panels"), py::arg("v_cache"),
              py::arg("out"), py::arg("pos_off"), py::arg("pos_rel"), py::arg("n_heads"), py::arg("n_kv_heads"),
-             py::arg("head_dim"), py::arg("scale"), py::arg("window"))
+             py::arg("head_dim"), py::arg("scale"), py::arg("window"), py::arg("softcap") = 0.0f)
         .def("add_elementwise", &DecodeGraph::add_elementwise, py::arg("op"), py::arg("a"), py::arg("b"), py::arg("out"),
              "op: add, silu_mul or gelu_mul.")
+        .def("add_add_bias", &DecodeGraph::add_add_bias, py::arg("x"), py::arg("b"), py::arg("out"),
+             "out (n, d) = x + b (d,) for every row.")
+        .def("add_softcap", &DecodeGraph::add_softcap, py::arg("x"), py::arg("cap"), py::arg("out"),
+             "out = cap * tanh(x / cap).")
         .def("add_scale", &DecodeGraph::add_scale, py::arg("x"), py::arg("s"), py::arg("out"))
         .def("set_output", &DecodeGraph::set_output, py::arg("logits"))
         .def("step", &DecodeGraph::step, py::arg("token_id"), py::arg("pos0"), py::arg("copy") = true,
@@ -434,5 +489,12 @@ void bind_graph(py::module_& m) {
              "[(kind, ns)] per node: wall time summed over `reps` steps at pos0 (writes the KV cache there).")
         .def_property_readonly("n_nodes", &DecodeGraph::n_nodes)
         .def_property_readonly("positions", &DecodeGraph::positions, "(lowest, highest) pos0 a step accepts.")
-        .def("ops", &DecodeGraph::ops, "Node kinds in execution order.");
+        .def("ops", &DecodeGraph::ops, "Node kinds in execution order.")
+        .def_static("kinds", []() {
+            py::list l;
+#define PE_KIND_LIST(e, name, what) l.append(name);
+            PE_GRAPH_KINDS(PE_KIND_LIST)
+#undef PE_KIND_LIST
+            return l;
+        }, "Every node kind the replay knows (csrc/graph.h PE_GRAPH_KINDS).");
 }

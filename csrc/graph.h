@@ -17,6 +17,7 @@
 #include <limits>
 #include <vector>
 
+#include "cpu_ops.h"
 #include "dispatch.h"
 #include "quants.h"
 
@@ -28,19 +29,30 @@ void bind_graph(pybind11::module_& m);  // csrc/graph.cpp: registers _C.DecodeGr
 namespace pe {
 namespace graph {
 
+// The node kinds, listed once: X(enum name, name shown by DecodeGraph.ops()/profile(), what it
+// computes). The Kind enum and kind_name() are generated from this list; each kind's
+// builder (DecodeGraph.add_*) and its case in Program::run are in graph.cpp, and the op it
+// replays is an entry of pyengine/backends/ops_spec.py.
+#define PE_GRAPH_KINDS(X)                                                          \
+    X(Embed, "embed", "out (1, cols) = row `token` of W")                          \
+    X(Matmul, "matmul", "out (n, rows) = a (n, cols) @ W.T")                       \
+    X(RmsNorm, "rmsnorm", "out = rmsnorm(a) * wv, groups of g")                    \
+    X(RmsNormAdd, "rmsnorm_add", "out = b + rmsnorm(a) * wv")                      \
+    X(AddRmsNorm, "add_rmsnorm", "out = a + b; out2 = rmsnorm(out) * wv")          \
+    X(Rope, "rope", "out = rope(a) at one position")                               \
+    X(KvWrite, "kv_write", "key panels kt <- a at pos; value rows vc <- b at pos") \
+    X(Attention, "attention", "out = attention of a (one token) over kt / vc")     \
+    X(Add, "add", "out = a + b")                                                   \
+    X(SiluMul, "silu_mul", "out = silu(a) * b")                                    \
+    X(GeluMul, "gelu_mul", "out = gelu_tanh(a) * b")                               \
+    X(Scale, "scale", "out = a * s")                                               \
+    X(AddBias, "add_bias", "out (n, cols) = a + wv for every row")                 \
+    X(Softcap, "softcap", "out = s * tanh(a / s)")
+
 enum class Kind : uint8_t {
-    Embed,       // out (1, cols) = row `token` of W
-    Matmul,      // out (n, rows) = a (n, cols) @ W.T
-    RmsNorm,     // out = rmsnorm(a) * wv, groups of g
-    RmsNormAdd,  // out = b + rmsnorm(a) * wv
-    AddRmsNorm,  // out = a + b; out2 = rmsnorm(out) * wv
-    Rope,        // out = rope(a) at one position
-    KvWrite,     // key panels kt <- a at pos; value rows vc <- b at pos
-    Attention,   // out = attention of a (one token) over kt / vc up to pos
-    Add,         // out = a + b
-    SiluMul,     // out = silu(a) * b
-    GeluMul,     // out = gelu_tanh(a) * b
-    Scale,       // out = a * s
+#define PE_KIND_ENUM(e, name, what) e,
+    PE_GRAPH_KINDS(PE_KIND_ENUM)
+#undef PE_KIND_ENUM
 };
 
 const char* kind_name(Kind k);
@@ -74,6 +86,7 @@ struct Node {
     float* vc = nullptr;  // values (n_ctx, width)
     int64_t width = 0;
     int n_kv_heads = 0, window = 0;
+    float cap = 0.0f;  // attention logit soft-capping (0: off)
     Pos pos;
 };
 
@@ -82,6 +95,8 @@ struct RopeTable {
     double base = 0.0;
     int n_rot = 0;
     Pos pos;
+    cpu::RopeScaling sc;     // sc.freq_factors is set to ff.data() when ff is not empty
+    std::vector<float> ff;   // frequency factors (copied at build time), or empty
     std::vector<float> cos, sin;
 };
 

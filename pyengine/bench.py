@@ -285,7 +285,8 @@ MODEL_CASES: list[tuple[str, int, int, str]] = [
     ("Q8_0", 49152, 576, "smollm2-135m output (tied embedding)"),
 ]
 GENERIC_SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008)]
-DEFAULT_TYPES = ["Q4_K", "Q6_K", "Q8_0", "Q5_0"]
+#: the Q4_K_M mix's types, then the other common quantizations (Q5_K_M, Q3_K_M, Q2_K, IQ4_XS, ...)
+DEFAULT_TYPES = ["Q4_K", "Q6_K", "Q8_0", "Q5_0", "Q5_K", "Q3_K", "Q2_K", "IQ4_XS", "IQ4_NL", "Q5_1", "BF16"]
 DEFAULT_BATCH = [1, 64]
 #: weights are copied until the rotation spans this many bytes, so each timed call
 #: reads its weights from DRAM, not from a cache warmed by the previous call

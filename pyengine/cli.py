@@ -111,6 +111,8 @@ def cmd_generate(args) -> int:
             gbs = _weight_bytes_per_token(model) * st.generate_tps / 1e9
             print(f"tg {st.generate_tps:.1f} tok/s | {gbs:.1f} GB/s of weights | "
                   f"{model.backend.description or model.backend.name}", file=sys.stderr)
+        if args.verbose:
+            print(f"decode step: {getattr(model.backend, 'decode_step_status', 'op by op')}", file=sys.stderr)
     return 0
 
 

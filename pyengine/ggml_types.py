@@ -36,6 +36,15 @@ _TYPES = [
     GGMLType("Q5_K", 13, 256, 176),
     GGMLType("Q6_K", 14, 256, 210),
     GGMLType("Q8_K", 15, 256, 292),
+    GGMLType("IQ2_XXS", 16, 256, 66),
+    GGMLType("IQ2_XS", 17, 256, 74),
+    GGMLType("IQ3_XXS", 18, 256, 98),
+    GGMLType("IQ1_S", 19, 256, 50),
+    GGMLType("IQ4_NL", 20, 32, 18),
+    GGMLType("IQ3_S", 21, 256, 110),
+    GGMLType("IQ2_S", 22, 256, 82),
+    GGMLType("IQ4_XS", 23, 256, 136),
+    GGMLType("IQ1_M", 29, 256, 56),
     GGMLType("BF16", 30, 1, 2),
 ]
 
@@ -43,7 +52,8 @@ BY_NAME: dict[str, GGMLType] = {t.name: t for t in _TYPES}
 BY_ID: dict[int, GGMLType] = {t.id: t for t in _TYPES}
 
 # Types whose weights pyengine can run (dequantize in the reference path).
-SUPPORTED = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
+SUPPORTED = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+             "IQ4_NL", "IQ4_XS")
 
 
 def ggml_type(name: str) -> GGMLType:

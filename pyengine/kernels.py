@@ -38,7 +38,8 @@ __all__ = [
 ]
 
 #: Weight types the native CPU kernels take.
-NATIVE_TYPES = ("F32", "F16", "Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K")
+NATIVE_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
+                "Q6_K", "IQ4_XS")
 
 _BACKENDS = ("numpy", "numba", "cpu")
 

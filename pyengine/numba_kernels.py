@@ -54,8 +54,10 @@ except ImportError:  # pragma: no cover - exercised only without numba
 
 FASTMATH = {"reassoc", "contract", "nsz"}
 
-KINDS = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
-K_F32, K_F16, K_BF16, K_Q4_0, K_Q4_1, K_Q5_0, K_Q5_1, K_Q8_0, K_Q4_K, K_Q5_K, K_Q6_K = range(len(KINDS))
+KINDS = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K",
+         "Q2_K", "Q3_K", "IQ4_NL", "IQ4_XS")
+(K_F32, K_F16, K_BF16, K_Q4_0, K_Q4_1, K_Q5_0, K_Q5_1, K_Q8_0, K_Q4_K, K_Q5_K, K_Q6_K,
+ K_Q2_K, K_Q3_K, K_IQ4_NL, K_IQ4_XS) = range(len(KINDS))
 KIND_OF = {name: i for i, name in enumerate(KINDS)}
 
 # From this many tokens on, matmul dequantizes each row once instead of unpacking it per token.
@@ -434,6 +436,172 @@ def dequantize_row_q6_k(w, y):
                 y[yh + l + 96] = (d * _fq(_i8(w[k + 6]))) * _fq(((qb >> 4) | (((c >> 6) & 3) << 4)) - 32)
 
 
+# -- Q2_K: scales[16] | qs[64] | d (f16) | dmin (f16); 16 sub-blocks of 16 ------------------
+# Value 128c + 32j + l is bits 2j..2j+1 of qs[32c + l]; sub-block k = value // 16 has
+# scale (d * (scales[k] & 15)) and min (dmin * (scales[k] >> 4)): x = dl*q - ml.
+
+@njit(cache=True, fastmath=FASTMATH)
+def vec_dot_q2_k(w, x):
+    s = np.float32(0.0)
+    for b in range(x.size // 256):
+        o = 84 * b
+        d = _f16(w, o + 80)
+        dmin = _f16(w, o + 82)
+        for c in range(2):
+            for j in range(4):
+                for h in range(2):  # the two sub-blocks of 16 in these 32 values
+                    k = 8 * c + 2 * j + h
+                    sc = w[o + k]
+                    dl = d * _fq(sc & 0xF)
+                    ml = dmin * _fq(sc >> 4)
+                    xv = 256 * b + 128 * c + 32 * j + 16 * h
+                    sq = np.float32(0.0)
+                    sx = np.float32(0.0)
+                    for l in range(16):
+                        xl = x[xv + l]
+                        sq += _fq((w[o + 16 + 32 * c + 16 * h + l] >> (2 * j)) & 3) * xl
+                        sx += xl
+                    s += dl * sq - ml * sx
+    return s
+
+
+@njit(cache=True)
+def dequantize_row_q2_k(w, y):
+    for b in range(y.size // 256):
+        o = 84 * b
+        d = _f16(w, o + 80)
+        dmin = _f16(w, o + 82)
+        for c in range(2):
+            for j in range(4):
+                for l in range(32):
+                    v = 128 * c + 32 * j + l
+                    sc = w[o + v // 16]
+                    dl = d * _fq(sc & 0xF)
+                    ml = dmin * _fq(sc >> 4)
+                    y[256 * b + v] = dl * _fq((w[o + 16 + 32 * c + l] >> (2 * j)) & 3) - ml
+
+
+# -- Q3_K: hmask[32] | qs[64] | scales[12] | d (f16); 16 sub-blocks of 16 -------------------
+# Low 2 bits as Q2_K; bit 4c+j of hmask[l] is the 3rd bit of value 128c + 32j + l;
+# x = (d * sc[k]) * (q - 4) with sc[k] the signed 6-bit scale of _scale_q3_k.
+
+@njit(cache=True, inline="always")
+def _scale_q3_k(raw, o, k):
+    """Signed scale of sub-block ``k``: low nibble of byte k (k < 8) or high nibble of byte k-8,
+    top 2 bits from byte 8 + k%4 at bit 2*(k//4); minus 32."""
+    if k < 8:
+        lo = np.int32(raw[o + k]) & 0xF
+    else:
+        lo = np.int32(raw[o + k - 8]) >> 4
+    hi = (np.int32(raw[o + 8 + (k & 3)]) >> (2 * (k >> 2))) & 3
+    return np.float32((lo | (hi << 4)) - 32)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def vec_dot_q3_k(w, x):
+    s = np.float32(0.0)
+    for b in range(x.size // 256):
+        o = 110 * b
+        d = _f16(w, o + 108)
+        for c in range(2):
+            for j in range(4):
+                for h in range(2):
+                    k = 8 * c + 2 * j + h
+                    dl = d * _scale_q3_k(w, o + 96, k)
+                    xv = 256 * b + 128 * c + 32 * j + 16 * h
+                    sq = np.float32(0.0)
+                    for l in range(16):
+                        lo = (w[o + 32 + 32 * c + 16 * h + l] >> (2 * j)) & 3
+                        hb = (w[o + 16 * h + l] >> (4 * c + j)) & 1
+                        sq += _fq(lo + 4 * hb - 4) * x[xv + l]
+                    s += dl * sq
+    return s
+
+
+@njit(cache=True)
+def dequantize_row_q3_k(w, y):
+    for b in range(y.size // 256):
+        o = 110 * b
+        d = _f16(w, o + 108)
+        for c in range(2):
+            for j in range(4):
+                for l in range(32):
+                    v = 128 * c + 32 * j + l
+                    dl = d * _scale_q3_k(w, o + 96, v // 16)
+                    q = ((w[o + 32 + 32 * c + l] >> (2 * j)) & 3) | (((w[o + l] >> (4 * c + j)) & 1) << 2)
+                    y[256 * b + v] = dl * _fq(q - 4)
+
+
+# -- IQ4_NL: d (f16) | qs[16]; IQ4_XS: d | scales_h (u16) | scales_l[4] | qs[128] -----------
+# A nibble indexes the 16 levels _IQ4 (nibbles laid out as Q4_0); IQ4_XS has 8 sub-blocks
+# of 32, each with a signed 6-bit scale: x = (d * sc[j]) * level.
+
+_IQ4 = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.float32)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def vec_dot_iq4_nl(w, x):
+    acc = np.zeros(16, dtype=np.float32)
+    for b in range(x.size // 32):
+        o = 18 * b
+        d = _f16(w, o)
+        for j in range(16):
+            q = w[o + 2 + j]
+            acc[j] += d * (_IQ4[q & 0xF] * x[32 * b + j] + _IQ4[q >> 4] * x[32 * b + j + 16])
+    return acc.sum()
+
+
+@njit(cache=True)
+def dequantize_row_iq4_nl(w, y):
+    for b in range(y.size // 32):
+        o = 18 * b
+        d = _f16(w, o)
+        for j in range(16):
+            q = w[o + 2 + j]
+            y[32 * b + j] = d * _IQ4[q & 0xF]
+            y[32 * b + j + 16] = d * _IQ4[q >> 4]
+
+
+@njit(cache=True, inline="always")
+def _scale_iq4_xs(raw, o, j):
+    """Signed scale of sub-block ``j`` of the IQ4_XS block at ``raw[o:]``."""
+    lo = (np.int32(raw[o + 4 + (j >> 1)]) >> (4 * (j & 1))) & 0xF
+    h = np.int32(raw[o + 2]) | (np.int32(raw[o + 3]) << 8)
+    return np.float32((lo | (((h >> (2 * j)) & 3) << 4)) - 32)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def vec_dot_iq4_xs(w, x):
+    s = np.float32(0.0)
+    for b in range(x.size // 256):
+        o = 136 * b
+        d = _f16(w, o)
+        for j in range(8):
+            dl = d * _scale_iq4_xs(w, o, j)
+            qs = o + 8 + 16 * j
+            xj = 256 * b + 32 * j
+            sq = np.float32(0.0)
+            for i in range(16):
+                q = w[qs + i]
+                sq += _IQ4[q & 0xF] * x[xj + i] + _IQ4[q >> 4] * x[xj + 16 + i]
+            s += dl * sq
+    return s
+
+
+@njit(cache=True)
+def dequantize_row_iq4_xs(w, y):
+    for b in range(y.size // 256):
+        o = 136 * b
+        d = _f16(w, o)
+        for j in range(8):
+            dl = d * _scale_iq4_xs(w, o, j)
+            qs = o + 8 + 16 * j
+            for i in range(16):
+                q = w[qs + i]
+                y[256 * b + 32 * j + i] = dl * _IQ4[q & 0xF]
+                y[256 * b + 32 * j + 16 + i] = dl * _IQ4[q >> 4]
+
+
 # -- F32 / F16 / BF16 rows (exact) -------------------------------------------------------
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -500,7 +668,15 @@ def _vec_dot(kind, w, x):
         return vec_dot_q4_k(w, x)
     if kind == K_Q5_K:
         return vec_dot_q5_k(w, x)
-    return vec_dot_q6_k(w, x)
+    if kind == K_Q6_K:
+        return vec_dot_q6_k(w, x)
+    if kind == K_Q2_K:
+        return vec_dot_q2_k(w, x)
+    if kind == K_Q3_K:
+        return vec_dot_q3_k(w, x)
+    if kind == K_IQ4_NL:
+        return vec_dot_iq4_nl(w, x)
+    return vec_dot_iq4_xs(w, x)
 
 
 @njit(cache=True, inline="always")
@@ -521,8 +697,16 @@ def _dequantize_row(kind, w, y):
         dequantize_row_q4_k(w, y)
     elif kind == K_Q5_K:
         dequantize_row_q5_k(w, y)
-    else:
+    elif kind == K_Q6_K:
         dequantize_row_q6_k(w, y)
+    elif kind == K_Q2_K:
+        dequantize_row_q2_k(w, y)
+    elif kind == K_Q3_K:
+        dequantize_row_q3_k(w, y)
+    elif kind == K_IQ4_NL:
+        dequantize_row_iq4_nl(w, y)
+    else:
+        dequantize_row_iq4_xs(w, y)
 
 
 # -- matmul and row gather -----------------------------------------------------------------
@@ -646,16 +830,25 @@ def _rmsnorm_kernel(x, g, eps, out):
 
 
 @njit(parallel=True, cache=True)
-def _rope_kernel(x, positions, n_heads, head_dim, inv_freq, neox, out):
+def _rope_kernel(x, positions, n_heads, head_dim, inv_freq, neox, freq_scale, ext_factor, lo, hi, mscale, out):
     """Rotate pairs of the first ``2*len(inv_freq)`` dims of every head in place in ``out``
-    (a copy of ``x``). NORM pairs (2i, 2i+1), NEOX pairs (i, i + n_rot/2)."""
+    (a copy of ``x``). NORM pairs (2i, 2i+1), NEOX pairs (i, i + n_rot/2).
+
+    Scaling (base.RopeScaling; the identity is freq_scale 1, ext_factor 0, mscale 1):
+    ``inv_freq`` already holds the frequency factors; the angle is ``freq_scale * extrap``,
+    mixed with ``extrap`` on YaRN's ramp between pair indices lo and hi."""
     half = inv_freq.size
     width = n_heads * head_dim
     for t in prange(positions.size):
         for i in range(half):
-            theta = np.float64(positions[t]) * inv_freq[i]  # float64 angle, as the reference
-            c = np.float32(np.cos(theta))
-            s = np.float32(np.sin(theta))
+            extrap = np.float64(positions[t]) * inv_freq[i]  # float64 angle, as the reference
+            theta = freq_scale * extrap
+            if ext_factor != 0.0:
+                y = (i - lo) / max(0.001, hi - lo)
+                ramp = (1.0 - min(1.0, max(0.0, y))) * ext_factor
+                theta = theta * (1.0 - ramp) + extrap * ramp
+            c = np.float32(np.cos(theta) * mscale)
+            s = np.float32(np.sin(theta) * mscale)
             for h in range(n_heads):
                 base = t * width + h * head_dim
                 if neox:
@@ -671,12 +864,13 @@ def _rope_kernel(x, positions, n_heads, head_dim, inv_freq, neox, out):
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _attention_kernel(q, k, v, pos0, n, n_heads, n_kv_heads, head_dim, kv_width, scale, window, out):
+def _attention_kernel(q, k, v, pos0, n, n_heads, n_kv_heads, head_dim, kv_width, scale, window, softcap, out):
     """Causal (optionally sliding-window) grouped-query attention, one (token, head) per task.
 
     q, out: (n, n_heads*head_dim) flat; k, v: (n_ctx, kv_width) flat caches holding
     positions 0 .. pos0+n-1. Query at position p sees keys j <= p with p - j < window
-    (window > 0). Scores ``scale * q.k`` and the softmax are float32, as the reference.
+    (window > 0). Scores ``scale * q.k`` (then ``softcap * tanh(score / softcap)`` when
+    softcap > 0) and the softmax are float32, as the reference.
     """
     group = n_heads // n_kv_heads
     q_width = n_heads * head_dim
@@ -695,6 +889,8 @@ def _attention_kernel(q, k, v, pos0, n, n_heads, n_kv_heads, head_dim, kv_width,
             for e in range(head_dim):
                 s += qv[e] * kj[e]
             s = s * scale
+            if softcap > 0:
+                s = softcap * np.tanh(s / softcap)
             scores[j - j0] = s
             mx = max(mx, s)
         total = np.float32(0.0)
@@ -708,6 +904,12 @@ def _attention_kernel(q, k, v, pos0, n, n_heads, n_kv_heads, head_dim, kv_width,
             vj = v[j * kv_width + kv_off:j * kv_width + kv_off + head_dim]
             for e in range(head_dim):
                 o[e] += pj * vj[e]
+
+
+@njit(parallel=True, cache=True)
+def _softcap_kernel(x, cap, out):
+    for i in prange(x.size):
+        out[i] = cap * np.tanh(x[i] / cap)
 
 
 @njit(parallel=True, cache=True)
@@ -742,8 +944,9 @@ def rmsnorm(x, g, eps: float) -> np.ndarray:
 
 
 def rope(x, positions, n_heads: int, head_dim: int, freq_base: float, neox: bool,
-         n_rot: int | None = None) -> np.ndarray:
-    """Rotary embedding of ``x (n, n_heads*head_dim)`` at ``positions (n,)`` (see Backend.rope)."""
+         n_rot: int | None = None, scaling=None) -> np.ndarray:
+    """Rotary embedding of ``x (n, n_heads*head_dim)`` at ``positions (n,)`` (see Backend.rope;
+    ``scaling``: a base.RopeScaling or None)."""
     n_rot = head_dim if n_rot is None else int(n_rot)
     if n_rot % 2 or not 0 < n_rot <= head_dim:
         raise ValueError(f"rope: n_rot={n_rot} must be even and in (0, {head_dim}]")
@@ -753,13 +956,25 @@ def rope(x, positions, n_heads: int, head_dim: int, freq_base: float, neox: bool
         raise ValueError(f"rope: x has shape {x.shape}, expected ({positions.size}, {n_heads * head_dim})")
     # theta_i = pos * base^(-2i/n_rot), the exponent computed exactly as the reference does
     inv_freq = float(freq_base) ** (-np.arange(n_rot // 2, dtype=np.float64) * 2.0 / n_rot)
+    fs, ext, lo, hi, mscale = 1.0, 0.0, 0.0, 0.0, 1.0
+    if scaling is not None and not scaling.is_identity:
+        if scaling.freq_factors is not None:
+            ff = np.asarray(scaling.freq_factors, dtype=np.float32).reshape(-1)
+            if ff.size != n_rot // 2:
+                raise ValueError(f"rope: {ff.size} frequency factors for n_rot {n_rot}")
+            inv_freq = inv_freq / ff.astype(np.float64)
+        fs, ext, mscale = float(scaling.freq_scale), float(scaling.ext_factor), float(scaling.attn_factor)
+        if ext != 0.0:
+            lo, hi = scaling.corr_dims(n_rot, float(freq_base))
+            mscale *= 1.0 + 0.1 * np.log(1.0 / fs)
     out = x.copy()
-    _rope_kernel(x.reshape(-1), positions, int(n_heads), int(head_dim), inv_freq, bool(neox), out.reshape(-1))
+    _rope_kernel(x.reshape(-1), positions, int(n_heads), int(head_dim), inv_freq, bool(neox), fs, ext,
+                 float(lo), float(hi), float(mscale), out.reshape(-1))
     return out
 
 
 def attention(q, k_cache, v_cache, pos0: int, n_heads: int, n_kv_heads: int, head_dim: int,
-              scale: float, window: int = 0) -> np.ndarray:
+              scale: float, window: int = 0, softcap: float = 0.0) -> np.ndarray:
     """Causal attention of ``q (n, H*hd)`` at positions ``pos0..pos0+n-1`` over the caches
     ``k_cache, v_cache (n_ctx, Hkv*hd)`` (positions ``0..pos0+n-1`` filled)."""
     q = _f32(q)
@@ -774,7 +989,15 @@ def attention(q, k_cache, v_cache, pos0: int, n_heads: int, n_kv_heads: int, hea
     if n:
         _attention_kernel(q.reshape(-1), k_cache.reshape(-1), v_cache.reshape(-1), int(pos0), n, int(n_heads),
                           int(n_kv_heads), int(head_dim), k_cache.shape[1], np.float32(scale), int(window),
-                          out.reshape(-1))
+                          np.float32(softcap), out.reshape(-1))
+    return out
+
+
+def softcap(x, cap: float) -> np.ndarray:
+    """``cap * tanh(x / cap)``."""
+    x = _f32(x)
+    out = np.empty_like(x)
+    _softcap_kernel(x.reshape(-1), np.float32(cap), out.reshape(-1))
     return out
 
 
@@ -814,4 +1037,5 @@ def warmup() -> None:
     rope(x, np.arange(2), 2, 4, 10000.0, False)
     silu_mul(x, x)
     gelu_mul(x, x)
+    softcap(x, 5.0)
     attention(x, x[:, :4], x[:, :4], 0, 2, 1, 4, 0.5)

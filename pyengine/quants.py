@@ -64,6 +64,14 @@ BLOCK_DTYPES: dict[str, np.dtype] = {
                       ("qs", "u1", (128,))]),
     # 128 bytes of low nibbles | 64 bytes of 2-bit high parts | 16 int8 scales | d
     "Q6_K": np.dtype([("ql", "u1", (128,)), ("qh", "u1", (64,)), ("scales", "i1", (16,)), ("d", _F16)]),
+    # 16 bytes of 4-bit scale | 4-bit min | 64 bytes of 2-bit quants | d | dmin
+    "Q2_K": np.dtype([("scales", "u1", (16,)), ("qs", "u1", (64,)), ("d", _F16), ("dmin", _F16)]),
+    # 32 bytes of 3rd bits | 64 bytes of 2-bit quants | 12 bytes of packed 6-bit scales | d
+    "Q3_K": np.dtype([("hmask", "u1", (32,)), ("qs", "u1", (64,)), ("scales", "u1", (12,)), ("d", _F16)]),
+    # d | 16 bytes of 4-bit indices into the non-linear table IQ4_VALUES
+    "IQ4_NL": np.dtype([("d", _F16), ("qs", "u1", (16,))]),
+    # d | 16 top-2-bit scale pairs | 4 bytes of low scale nibbles | 128 bytes of 4-bit indices
+    "IQ4_XS": np.dtype([("d", _F16), ("scales_h", "<u2"), ("scales_l", "u1", (4,)), ("qs", "u1", (128,))]),
     # d (float32!) | 256 signed bytes | 16 int16 sums of groups of 16 qs
     "Q8_K": np.dtype([("d", "<f4"), ("qs", "i1", (256,)), ("bsums", "<i2", (16,))]),
 }
@@ -393,6 +401,164 @@ def dequantize_q6_k(blocks, out=None) -> np.ndarray:
     return o.reshape(n, QK_K)
 
 
+# ---------------------------------------------------------------------------------
+# Low-bit K-quants: 16 sub-blocks of 16 values
+# ---------------------------------------------------------------------------------
+def _crumbs_k(qs: np.ndarray) -> np.ndarray:
+    """64 bytes of 2-bit fields -> 256 values, (n, 16, 16).
+
+    Two chunks of 32 bytes; chunk ``c``, bit pair ``j`` (bits ``2j, 2j+1``) of byte ``l``
+    is value ``128c + 32j + l``. So value ``v`` sits in byte ``32*(v // 128) + v % 32`` at
+    shift ``2 * ((v // 32) % 4)``; the 16 sub-blocks of 16 are consecutive values.
+    """
+    n = qs.shape[0]
+    shifts = np.array([0, 2, 4, 6], dtype=np.uint8)[None, None, :, None]
+    q = (qs.reshape(n, 2, 1, 32) >> shifts) & 3  # (n, chunk c, pair j, byte l)
+    return q.reshape(n, 16, 16)
+
+
+def dequantize_q2_k(blocks, out=None) -> np.ndarray:
+    """Q2_K: 256 values in 84 bytes; 16 sub-blocks of 16, 2-bit quants, 4-bit scale and min.
+
+    ======= ====== =====================================================
+    bytes   field  meaning
+    ======= ====== =====================================================
+    0-15    scales byte ``k``: low nibble = scale ``sc[k]``, high nibble = min
+                   ``m[k]`` of sub-block ``k`` (values ``16k .. 16k+15``)
+    16-79   qs     2-bit ``q``: byte ``32c + l`` holds values ``128c + l``
+                   (bits 0-1), ``128c + 32 + l`` (bits 2-3), ``128c + 64 + l``
+                   (bits 4-5), ``128c + 96 + l`` (bits 6-7), for ``c`` in 0..1
+    80-81   d      fp16 super-scale of the scales
+    82-83   dmin   fp16 super-scale of the mins
+    ======= ====== =====================================================
+
+    ``x = (d*sc[k]) * q - dmin*m[k]`` with ``q`` in 0..3.
+    """
+    b = _as_blocks("Q2_K", blocks)
+    n = len(b)
+    sc = b["scales"]
+    dl = b["d"].astype(np.float32)[:, None] * (sc & 15)  # (n, 16) float32
+    ml = b["dmin"].astype(np.float32)[:, None] * (sc >> 4)
+    o = _out(out, n, QK_K).reshape(n, 16, 16)
+    np.multiply(dl[:, :, None], _crumbs_k(b["qs"]), out=o)
+    o -= ml[:, :, None]
+    return o.reshape(n, QK_K)
+
+
+def unpack_scales_q3_k(scales: np.ndarray) -> np.ndarray:
+    """The 12 packed bytes of Q3_K -> (n, 16) int8 scales in -32..31.
+
+    Sixteen 6-bit values ``u[k]``, stored offset by 32 (``sc = u - 32``). With ``b`` the
+    12 bytes: the low 4 bits of ``u[k]`` are the low nibble of ``b[k]`` for ``k < 8`` and
+    the high nibble of ``b[k-8]`` for ``k >= 8``; the top 2 bits of ``u[k]`` are bits
+    ``2*(k // 4)`` and ``2*(k // 4) + 1`` of ``b[8 + k % 4]``.
+    """
+    b = scales.reshape(-1, 12)
+    n = len(b)
+    lo = np.empty((n, 16), dtype=np.uint8)
+    np.bitwise_and(b[:, :8], 15, out=lo[:, :8])
+    np.right_shift(b[:, :8], 4, out=lo[:, 8:])
+    shifts = np.array([0, 2, 4, 6], dtype=np.uint8)[None, :, None]
+    hi = ((b[:, None, 8:12] >> shifts) & 3).reshape(n, 16)  # index 4*(k // 4) + k % 4 = k
+    u = lo | (hi << 4)
+    return u.view(np.int8) - np.int8(32)
+
+
+def dequantize_q3_k(blocks, out=None) -> np.ndarray:
+    """Q3_K: 256 values in 110 bytes; 16 sub-blocks of 16, 3-bit quants, signed 6-bit scales.
+
+    ======= ====== =====================================================
+    bytes   field  meaning
+    ======= ====== =====================================================
+    0-31    hmask  the 3rd (value 4) bit: bit ``b`` of byte ``l`` belongs to
+                   value ``32b + l``
+    32-95   qs     low 2 bits, laid out as Q2_K's ``qs`` (byte ``32c + l``,
+                   bit pair ``j`` = value ``128c + 32j + l``)
+    96-107  scales 16 six-bit scales, packed (:func:`unpack_scales_q3_k`)
+    108-109 d      fp16 super-scale
+    ======= ====== =====================================================
+
+    ``q = low2 | hbit << 2`` in 0..7 and ``x = (d*sc[k]) * (q - 4)`` for value ``v`` of
+    sub-block ``k = v // 16`` (ggml writes it as ``low2 - (hbit ? 0 : 4)``).
+    """
+    b = _as_blocks("Q3_K", blocks)
+    n = len(b)
+    q = _crumbs_k(b["qs"])  # (n, 16, 16) uint8
+    shifts = np.arange(8, dtype=np.uint8)[None, :, None]
+    hbit = ((b["hmask"][:, None, :] >> shifts) & 1).reshape(n, 16, 16)  # value 32b + l
+    q |= hbit << 2
+    qi = q.view(np.int8)
+    qi -= 4
+    dl = b["d"].astype(np.float32)[:, None] * unpack_scales_q3_k(b["scales"])  # (n, 16) float32
+    o = _out(out, n, QK_K).reshape(n, 16, 16)
+    np.multiply(dl[:, :, None], qi, out=o)
+    return o.reshape(n, QK_K)
+
+
+# ---------------------------------------------------------------------------------
+# Non-linear 4-bit ("IQ4"): a nibble indexes a fixed table of 16 int8 levels
+# ---------------------------------------------------------------------------------
+#: the 16 levels of IQ4_NL / IQ4_XS (ggml's ``kvalues_iq4nl``): denser near zero
+IQ4_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.int8)
+
+
+def dequantize_iq4_nl(blocks, out=None) -> np.ndarray:
+    """IQ4_NL: 32 values in 18 bytes, a 4-bit index into :data:`IQ4_VALUES`.
+
+    ====== ====== =====================================================
+    bytes  field  meaning
+    ====== ====== =====================================================
+    0-1    d      fp16 scale
+    2-17   qs     byte ``j``: low nibble = index of value ``j``, high nibble =
+                  index of value ``j + 16`` (as Q4_0)
+    ====== ====== =====================================================
+
+    ``x = d * IQ4_VALUES[i]``.
+    """
+    b = _as_blocks("IQ4_NL", blocks)
+    d = b["d"].astype(np.float32)[:, None]
+    return np.multiply(d, IQ4_VALUES[_nibbles_32(b["qs"])], out=_out(out, len(b), 32))
+
+
+def unpack_scales_iq4_xs(scales_h: np.ndarray, scales_l: np.ndarray) -> np.ndarray:
+    """IQ4_XS's scale fields -> (n, 8) int8 scales in -32..31.
+
+    Sub-block ``j``: low 4 bits = nibble ``j % 2`` of ``scales_l[j // 2]`` (low nibble
+    first), top 2 bits = bits ``2j, 2j+1`` of the uint16 ``scales_h``; stored offset by 32.
+    """
+    n = scales_h.shape[0]
+    lo = np.empty((n, 4, 2), dtype=np.uint8)
+    np.bitwise_and(scales_l, 15, out=lo[:, :, 0])
+    np.right_shift(scales_l, 4, out=lo[:, :, 1])
+    hi = (scales_h[:, None] >> (2 * np.arange(8, dtype=np.uint16))) & 3  # (n, 8)
+    u = lo.reshape(n, 8) | (hi.astype(np.uint8) << 4)
+    return u.view(np.int8) - np.int8(32)
+
+
+def dequantize_iq4_xs(blocks, out=None) -> np.ndarray:
+    """IQ4_XS: 256 values in 136 bytes; 8 sub-blocks of 32 with signed 6-bit scales.
+
+    ======= ======== =====================================================
+    bytes   field    meaning
+    ======= ======== =====================================================
+    0-1     d        fp16 super-scale
+    2-3     scales_h uint16: bits ``2j, 2j+1`` = top bits of scale ``j``
+    4-7     scales_l low 4 bits of the scales, two per byte (low nibble first)
+    8-135   qs       16 bytes per sub-block ``j`` (bytes ``16j .. 16j+15``), nibbles
+                     as IQ4_NL: byte ``i`` = values ``i`` (low), ``i + 16`` (high)
+    ======= ======== =====================================================
+
+    ``x = (d*sc[j]) * IQ4_VALUES[i]`` (:func:`unpack_scales_iq4_xs` gives ``sc``).
+    """
+    b = _as_blocks("IQ4_XS", blocks)
+    n = len(b)
+    dl = b["d"].astype(np.float32)[:, None] * unpack_scales_iq4_xs(b["scales_h"], b["scales_l"])
+    v = IQ4_VALUES[_nibbles_32(b["qs"].reshape(n * 8, 16))].reshape(n, 8, 32)
+    o = _out(out, n, QK_K).reshape(n, 8, 32)
+    np.multiply(dl[:, :, None], v, out=o)
+    return o.reshape(n, QK_K)
+
+
 def dequantize_q8_k(blocks, out=None) -> np.ndarray:
     """Q8_K: 256 values in 292 bytes; the activation format of K-quant dot products.
 
@@ -418,16 +584,20 @@ BLOCK_DEQUANTIZERS: dict[str, Callable[..., np.ndarray]] = {
     "Q5_1": dequantize_q5_1,
     "Q8_0": dequantize_q8_0,
     "Q8_1": dequantize_q8_1,
+    "Q2_K": dequantize_q2_k,
+    "Q3_K": dequantize_q3_k,
     "Q4_K": dequantize_q4_k,
     "Q5_K": dequantize_q5_k,
     "Q6_K": dequantize_q6_k,
     "Q8_K": dequantize_q8_k,
+    "IQ4_NL": dequantize_iq4_nl,
+    "IQ4_XS": dequantize_iq4_xs,
 }
 _FLOAT_DEQUANTIZERS = {"F32": dequantize_f32, "F16": dequantize_f16, "BF16": dequantize_bf16}
 
 #: every type :func:`dequantize` accepts
 DEQUANT_TYPES: tuple[str, ...] = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q8_1",
-                                  "Q4_K", "Q5_K", "Q6_K", "Q8_K")
+                                  "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ4_NL", "IQ4_XS")
 
 # Blocks dequantized per step: large enough that NumPy's per-call overhead vanishes,
 # small enough that the temporaries stay in cache (and a huge table never needs
@@ -563,6 +733,39 @@ def quantize_q8_k(x) -> np.ndarray:
     return blocks.view(np.uint8)
 
 
+def quantize_act_q8_32(x) -> tuple[np.ndarray, np.ndarray]:
+    """float32 activations ``(..., cols)`` -> ``(y, dy)`` as the native CPU matmul quantizes them.
+
+    Per 32 consecutive values of a row: ``amax = max|x|`` (float32); if ``amax < 1e-30``
+    (or NaN) the block is all zero with ``dy = 0``; else ``y = nearbyint(x * (127/amax))``
+    (float32 product, ties to even, clamped to -128..127) and ``dy = amax / 127``. ``y``
+    is int8 ``(..., cols)``, ``dy`` float32 ``(..., cols // 32)``.
+
+    With these, every native tier computes exactly ``(dy * y) @ W.T`` up to float32
+    rounding of its sums: the integer dot of a group is exact, and its zero point
+    (integer ``C``) or float min (``E * SY``) is the same identity in real numbers (see
+    kernels/cpu/matmul_kernels.h). :func:`dequantize_act_q8_32` gives ``dy * y``.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if x.shape[-1] % QK:
+        raise QuantError(f"quantize_act_q8_32: row length {x.shape[-1]} is not a multiple of {QK}")
+    xb = x.reshape(*x.shape[:-1], x.shape[-1] // QK, QK)
+    amax = np.abs(xb).max(axis=-1)
+    ok = amax >= np.float32(1e-30)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        idv = np.where(ok, np.float32(127) / np.where(ok, amax, np.float32(1)), np.float32(0)).astype(np.float32)
+        y = np.clip(np.rint(xb * idv[..., None]), -128, 127)
+    y = np.where(ok[..., None], y, 0).astype(np.int8).reshape(x.shape)
+    dy = np.where(ok, amax / np.float32(127), np.float32(0)).astype(np.float32)
+    return y, dy
+
+
+def dequantize_act_q8_32(y: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """``dy * y`` per 32 values: the activations a native matmul effectively multiplies by."""
+    yb = y.reshape(*y.shape[:-1], y.shape[-1] // QK, QK).astype(np.float32)
+    return (dy[..., None] * yb).reshape(y.shape)
+
+
 # ---------------------------------------------------------------------------------
 # Random valid blocks for property tests
 # ---------------------------------------------------------------------------------
@@ -571,8 +774,8 @@ _SCALE_MODES = ("normal", "zero", "extreme")
 # fp16 / float scale fields of each block type
 _SCALE_FIELDS: dict[str, tuple[str, ...]] = {
     "Q4_0": ("d",), "Q4_1": ("d", "m"), "Q5_0": ("d",), "Q5_1": ("d", "m"),
-    "Q8_0": ("d",), "Q8_1": ("d",), "Q4_K": ("d", "dmin"), "Q5_K": ("d", "dmin"),
-    "Q6_K": ("d",), "Q8_K": ("d",),
+    "Q8_0": ("d",), "Q8_1": ("d",), "Q2_K": ("d", "dmin"), "Q3_K": ("d",), "Q4_K": ("d", "dmin"),
+    "Q5_K": ("d", "dmin"), "Q6_K": ("d",), "Q8_K": ("d",), "IQ4_NL": ("d",), "IQ4_XS": ("d",),
 }
 
 
@@ -675,10 +878,16 @@ def random_raw(type_name: str, n_elements: int, rng: np.random.Generator, scales
             vals = _random_floats("f16", n, rng, scales)
         b[field] = vals
     if scales == "zero":
-        if name in ("Q4_K", "Q5_K", "Q6_K"):
+        # a quarter of the sub-block scale fields zero (for the offset-coded scales of
+        # Q3_K / IQ4_XS, the stored value 32 that decodes to 0)
+        if name in ("Q2_K", "Q4_K", "Q5_K", "Q6_K"):
             sc = b["scales"]
             sc[rng.random(sc.shape) < 0.25] = 0
             b["scales"] = sc
+        elif name == "Q3_K":
+            _zero_scales_q3_k(b, rng)
+        elif name == "IQ4_XS":
+            _zero_scales_iq4_xs(b, rng)
     if name in ("Q8_0", "Q8_1", "Q8_K"):
         qs = b["qs"]
         qs[qs == -128] = rng.integers(-127, 128, int((qs == -128).sum()), dtype=np.int8)
@@ -696,6 +905,32 @@ def random_raw(type_name: str, n_elements: int, rng: np.random.Generator, scales
         if name == "Q8_K":
             b["bsums"] = qs.reshape(n, 16, 16).sum(axis=2, dtype=np.int16)
     return raw
+
+
+def _zero_scales_q3_k(b: np.ndarray, rng: np.random.Generator) -> None:
+    """Set about a quarter of the Q3_K sub-block scales to 0 (stored 6-bit value 32)."""
+    sc = b["scales"].copy()  # (n, 12)
+    zero = rng.random((len(b), 16)) < 0.25
+    for k in range(16):
+        z = zero[:, k]
+        lo_byte, lo_shift = (k, 0) if k < 8 else (k - 8, 4)
+        sc[z, lo_byte] &= np.uint8(~(15 << lo_shift) & 0xFF)  # low 4 bits of 32: 0
+        hb, hs = 8 + k % 4, 2 * (k // 4)
+        sc[z, hb] = (sc[z, hb] & np.uint8(~(3 << hs) & 0xFF)) | np.uint8(2 << hs)  # top 2 bits of 32: 2
+    b["scales"] = sc
+
+
+def _zero_scales_iq4_xs(b: np.ndarray, rng: np.random.Generator) -> None:
+    """Set about a quarter of the IQ4_XS sub-block scales to 0 (stored 6-bit value 32)."""
+    lo = b["scales_l"].copy()
+    hi = b["scales_h"].copy().astype(np.uint32)
+    zero = rng.random((len(b), 8)) < 0.25
+    for j in range(8):
+        z = zero[:, j]
+        lo[z, j // 2] &= np.uint8(~(15 << (4 * (j % 2))) & 0xFF)
+        hi[z] = (hi[z] & ~np.uint32(3 << (2 * j))) | np.uint32(2 << (2 * j))
+    b["scales_l"] = lo
+    b["scales_h"] = hi.astype(np.uint16)
 
 
 def type_table() -> list[tuple[str, int, int, bool]]:

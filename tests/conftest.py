@@ -17,6 +17,7 @@ GOLDEN = DATA / "golden"
 REAL_MODELS = {
     "gemma3-270m": "gemma-3-270m-q4_k_m",
     "smollm2-135m": "SmolLM2-135M-Instruct.Q4_1",
+    "qwen2.5-coder-0.5b": "qwen2.5-coder-0.5b-instruct",
 }
 
 

@@ -327,3 +327,25 @@ def test_env_switch_disables_the_replay(monkeypatch):
     called = []
     assert be.make_decode_step(lambda *a, **k: called.append(1), be.kv_cache(1, 64, 64)) is None
     assert not called
+
+
+def test_trace_cost_does_not_grow_with_the_context(monkeypatch):
+    """The step is traced at positions 0 and 1 whatever n_ctx is (a trace at position p reads
+    p keys per layer, so tracing near n_ctx made the first token slower with a longer context)."""
+    from pyengine.backends import cpu_graph
+
+    m = model("smollm2-135m")
+    seen = []
+    real = cpu_graph._trace
+
+    def spy(inner, forward, cache, token, pos0):
+        seen.append(pos0)
+        return real(inner, forward, cache, token, pos0)
+
+    monkeypatch.setattr(cpu_graph, "_trace", spy)
+    be = m.backend
+    cache = be.kv_cache(m.config.n_layers, 4096, m.arch.kv_width)
+    step = be.make_decode_step(m.arch.forward, cache)
+    assert step is not None and seen == [0, 1]
+    assert be.decode_step_status.startswith("native single-call decode step")
+    assert not any(k.any() for k in cache.k) and not any(v.any() for v in cache.v)  # trace writes restored

@@ -45,7 +45,7 @@ EXAMPLES = int(os.environ.get("PYENGINE_CUDA_EXAMPLES", "15"))
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
-KERNEL_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K")
+KERNEL_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS")
 FLOAT_TYPES = ("F32", "F16", "BF16")
 MODES = ("normal", "zero", "extreme")
 NMSE_TOL = 5e-4
@@ -288,9 +288,9 @@ def test_matmul_tuned_vs_simple_on_model_shapes(native, type_name):
 
 
 def test_unsupported_type_runs_as_f32(backend):
-    """Types the kernels lack (Q5_1, Q5_K) are dequantized on the host once and run as F32."""
+    """Types the kernels lack (Q8_K) are dequantized on the host once and run as F32."""
     rng = np.random.default_rng(3)
-    for t in ("Q5_1", "Q5_K"):
+    for t in ("Q8_K",):
         w = weight(t, 9, 256, rng)
         x = rng.standard_normal((3, 256)).astype(np.float32)
         assert nmse(backend.to_numpy(backend.matmul(w, x)), x @ dense(w).T) <= 1e-10

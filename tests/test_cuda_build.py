@@ -67,8 +67,8 @@ def test_ptx_has_the_kernels_and_dp4a(tmp_path: Path):
     for kernel in ("matmul_q8_kernel", "matmul_simple_kernel", "matmul_float_kernel", "quantize_q8_1_kernel",
                    "get_rows_kernel", "get_rows_simple_kernel"):
         assert any(kernel in e for e in entries), f"{kernel} is not a kernel entry in the PTX"
-    # 6 quantized types x 4 token-tile widths
-    assert sum("matmul_q8_kernel" in e for e in entries) == 24
+    # 12 quantized types x 4 token-tile widths
+    assert sum("matmul_q8_kernel" in e for e in entries) == 48
     assert "dp4a.s32.s32" in text
 
 

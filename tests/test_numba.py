@@ -40,7 +40,7 @@ if HAVE_NUMBA:
 
 EPS = float(np.finfo(np.float32).eps)
 NMSE_MAX = 5e-4
-QUANT_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
+QUANT_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS")
 FLOAT_TYPES = ("F32", "F16", "BF16")
 TYPES = QUANT_TYPES + FLOAT_TYPES
 MODES = ("normal", "zero", "extreme")
@@ -137,7 +137,7 @@ def test_matmul_accepts_bytes_memmap_like_and_rejects_bad_shapes():
     with pytest.raises(ValueError):
         nk.matmul("Q8_0", raw, (5, 48), x[:, :48])  # not a whole number of blocks
     with pytest.raises(NotImplementedError):
-        nk.matmul("Q2_K", raw, (1, 256), x[:, :0])
+        nk.matmul("IQ2_XXS", raw, (1, 256), x[:, :0])
 
 
 # -- get_rows ----------------------------------------------------------------------------
@@ -274,7 +274,7 @@ def qtensor(name: str, t: str, shape: tuple[int, ...], rng, mode: str = "normal"
 
 
 @needs_numba
-@pytest.mark.parametrize("t", ["Q4_K", "Q6_K", "Q8_0", "Q4_1", "F16"])
+@pytest.mark.parametrize("t", ["Q4_K", "Q6_K", "Q8_0", "Q4_1", "F16", "Q2_K", "Q3_K", "IQ4_XS"])
 def test_backend_weights_match_numpy_backend(t):
     rng = np.random.default_rng(11)
     nb, rb = NumbaBackend(), NumpyBackend()
@@ -355,7 +355,7 @@ def test_report_nmse():
     """Measured NMSE per type (4096 columns, n = 1 and 8); printed with ``pytest -s``."""
     rng = np.random.default_rng(2024)
     lines = []
-    for t in ("Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K", "F16", "F32"):
+    for t in TYPES:
         raw = weights(t, 64, 4096, "normal", rng)
         for n in (1, 8):
             x = rng.standard_normal((n, 4096)).astype(np.float32)

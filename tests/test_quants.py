@@ -1,7 +1,8 @@
 """pyengine.quants against independent oracles.
 
 * ``gguf.quants`` (llama.cpp's own Python package) for every type it decodes:
-  F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, and Q8_0 quantization.
+  F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL,
+  IQ4_XS, and Q8_0 quantization.
 * For what gguf lacks (Q8_1, Q8_K, their quantizers) a scalar loop per block written
   here straight from ggml's C reference (``quantize_row_q8_1_ref``,
   ``quantize_row_q8_K_ref`` with its ``nearest_int`` bit trick).
@@ -24,12 +25,14 @@ from pyengine.ggml_types import BY_NAME
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 MODES = ("normal", "zero", "extreme")
-GGUF_DEQUANT = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
+GGUF_DEQUANT = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+                "IQ4_NL", "IQ4_XS")
 BLOCK_TYPES = tuple(Q.BLOCK_DTYPES)
 
 # GGUF block sizes in bytes, from the C structs (ggml-common.h), not from pyengine.
 EXPECTED_SIZES = {"Q4_0": 18, "Q4_1": 20, "Q5_0": 22, "Q5_1": 24, "Q8_0": 34, "Q8_1": 36,
-                  "Q4_K": 144, "Q5_K": 176, "Q6_K": 210, "Q8_K": 292}
+                  "Q2_K": 84, "Q3_K": 110, "Q4_K": 144, "Q5_K": 176, "Q6_K": 210, "Q8_K": 292,
+                  "IQ4_NL": 18, "IQ4_XS": 136}
 
 # field -> (byte offset, numpy scalar type, count) of each block struct.
 LAYOUT = {
@@ -42,6 +45,10 @@ LAYOUT = {
     "Q4_K": {"d": (0, "<f2", 1), "dmin": (2, "<f2", 1), "scales": (4, "u1", 12), "qs": (16, "u1", 128)},
     "Q5_K": {"d": (0, "<f2", 1), "dmin": (2, "<f2", 1), "scales": (4, "u1", 12), "qh": (16, "u1", 32),
              "qs": (48, "u1", 128)},
+    "Q2_K": {"scales": (0, "u1", 16), "qs": (16, "u1", 64), "d": (80, "<f2", 1), "dmin": (82, "<f2", 1)},
+    "Q3_K": {"hmask": (0, "u1", 32), "qs": (32, "u1", 64), "scales": (96, "u1", 12), "d": (108, "<f2", 1)},
+    "IQ4_NL": {"d": (0, "<f2", 1), "qs": (2, "u1", 16)},
+    "IQ4_XS": {"d": (0, "<f2", 1), "scales_h": (2, "<u2", 1), "scales_l": (4, "u1", 4), "qs": (8, "u1", 128)},
     "Q6_K": {"ql": (0, "u1", 128), "qh": (128, "u1", 64), "scales": (192, "i1", 16), "d": (208, "<f2", 1)},
     "Q8_K": {"d": (0, "<f4", 1), "qs": (4, "i1", 256), "bsums": (260, "<i2", 16)},
 }
@@ -72,7 +79,7 @@ def test_block_itemsizes_are_the_gguf_sizes():
     for name, size in EXPECTED_SIZES.items():
         assert Q.BLOCK_DTYPES[name].itemsize == size, name
         assert BY_NAME[name].type_size == size, name
-        assert BY_NAME[name].block_size == (256 if name.endswith("_K") else 32), name
+        assert BY_NAME[name].block_size == (256 if name.endswith(("_K", "_XS")) else 32), name
 
 
 @pytest.mark.parametrize("name", BLOCK_TYPES)
@@ -136,6 +143,85 @@ def test_q4_k_hand_block_high_sub_blocks():
     sc_all, m_all = Q.unpack_scales_k4(sc[None])
     assert list(sc_all[0]) == [0, 3, 0, 0, 0, sc5, 0, 0]
     assert list(m_all[0]) == [0, 7, 0, 0, 0, m5, 0, 0]
+
+
+def test_q2_k_hand_block():
+    # value 128c + 32j + l sits in bits 2j..2j+1 of qs[32c + l]; sub-block k = value // 16
+    blk = np.zeros(1, Q.BLOCK_DTYPES["Q2_K"])
+    blk["d"], blk["dmin"] = 0.5, 0.25
+    sc = np.zeros(16, np.uint8)
+    sc[2] = 0x3A  # sub-block 2 (values 32..47): scale 10, min 3
+    sc[13] = 0xF1  # sub-block 13 (values 208..223): scale 1, min 15
+    blk["scales"] = sc
+    qs = np.zeros(64, np.uint8)
+    qs[5] = 0b0000_0100  # c=0, l=5, j=1: value 37 -> q = 1
+    qs[32 + 16] = 0b1100_0000  # c=1, l=16, j=3: value 128 + 96 + 16 = 240 -> q = 3 (sub-block 15: all zero)
+    qs[32 + 17] = 0b0011_0000  # c=1, l=17, j=2: value 128 + 64 + 17 = 209 -> q = 3
+    blk["qs"] = qs
+    x = Q.dequantize("Q2_K", blk.view(np.uint8), 256)
+    want = np.zeros(256, np.float32)
+    want[32:48] = -0.25 * 3
+    want[37] = 0.5 * 10 * 1 - 0.25 * 3
+    want[208:224] = -0.25 * 15
+    want[209] = 0.5 * 1 * 3 - 0.25 * 15
+    np.testing.assert_array_equal(x, want)
+
+
+def test_q3_k_hand_block():
+    # scale k: low nibble of b[k] (k < 8) or high nibble of b[k-8]; top bits in b[8 + k%4] at 2*(k//4)
+    blk = np.zeros(1, Q.BLOCK_DTYPES["Q3_K"])
+    blk["d"] = 2.0
+    sc = np.zeros(12, np.uint8)
+    sc[:8] = 0x00
+    sc[8:] = 0b10_10_10_10  # every top pair = 2: u = 32 + low -> sc = low nibble
+    sc[1] = 0x53  # scale 1 = 3, scale 9 = 5
+    sc[9] = 0b11_10_10_10  # scale 13 (k//4 = 3, k%4 = 1): top bits 3 -> u = 48 + 0 -> sc = 16
+    blk["scales"] = sc
+    qs = np.zeros(64, np.uint8)
+    qs[16] = 0b11  # c=0, j=0, l=16: value 16 (sub-block 1), low2 = 3
+    qs[32 + 16] = 0b10_00_00_00  # c=1, j=3, l=16: value 240 (sub-block 15, sc 0)
+    qs[32 + 8] = 0b01_00  # c=1, j=1, l=8: value 168 (sub-block 10, sc 0)
+    qs[32 + 16 + 0] |= 0b00_00_01_00  # c=1, j=1, l=16: value 176 (sub-block 11, sc 0)
+    blk["qs"] = qs
+    hm = np.zeros(32, np.uint8)
+    hm[16] = 1 << 0  # value 16: hbit set -> q = 3 | 4 = 7 -> 3
+    hm[0] = 1 << 4  # value 128 (sub-block 8, sc 0)
+    hm[2] = 1 << 1  # value 34 (sub-block 2, sc 0)
+    hm[17] = 1 << 4  # value 145: sub-block 9 (sc 5), low2 0 + hbit -> q - 4 = 0
+    hm[18] = 1 << 5  # value 178 -> sub-block 11, sc 0
+    hm[20] = 1 << 6  # value 212 -> sub-block 13 (sc 16), low2 0 -> 0
+    blk["hmask"] = hm
+    x = Q.dequantize("Q3_K", blk.view(np.uint8), 256)
+    scales = Q.unpack_scales_q3_k(sc[None])[0]
+    want_sc = np.zeros(16, np.int8)
+    want_sc[1], want_sc[9], want_sc[13] = 3, 5, 16
+    np.testing.assert_array_equal(scales, want_sc)
+    # q - 4 where no bit is set anywhere: -4
+    want = np.repeat(2.0 * want_sc.astype(np.float32), 16) * np.float32(-4)
+    want[16] = 2.0 * 3 * 3
+    want[145] = 0.0
+    want[212] = 0.0
+    np.testing.assert_array_equal(x, want.astype(np.float32))
+
+
+def test_iq4_hand_blocks():
+    nl = np.zeros(1, Q.BLOCK_DTYPES["IQ4_NL"])
+    nl["d"] = 0.5
+    nl["qs"][0, 0] = 0xF0  # value 0: index 0 -> -127, value 16: index 15 -> 113
+    x = Q.dequantize("IQ4_NL", nl.view(np.uint8), 32)
+    want = np.full(32, 0.5 * -127, np.float32)
+    want[16] = 0.5 * 113
+    np.testing.assert_array_equal(x, want)
+    xs = np.zeros(1, Q.BLOCK_DTYPES["IQ4_XS"])
+    xs["d"] = 1.0
+    xs["scales_l"] = [0x21, 0, 0, 0xF0]  # sub-block 0: low 1, 1: low 2, 7: low 15
+    xs["scales_h"] = (2 << 0) | (1 << 2) | (3 << 14)  # top bits: sb0 2, sb1 1, sb7 3
+    qs = np.full(128, 0x88, np.uint8)  # index 8 -> level 1
+    xs["qs"] = qs
+    sc = Q.unpack_scales_iq4_xs(xs["scales_h"], xs["scales_l"])[0]
+    assert list(sc) == [1 + 32 - 32, 2 + 16 - 32, -32, -32, -32, -32, -32, 15 + 48 - 32]
+    x = Q.dequantize("IQ4_XS", xs.view(np.uint8), 256).reshape(8, 32)
+    np.testing.assert_array_equal(x, np.repeat(sc.astype(np.float32), 32).reshape(8, 32))
 
 
 # --------------------------------------------------------------------------- dequantize vs gguf
@@ -229,7 +315,7 @@ def test_errors():
     raw = np.zeros(144, np.uint8)
     msg = one_line_error(Q.dequantize, "Q9_X", raw, 256, match="unknown type 'Q9_X'")
     assert "Q4_K" in msg and "F32" in msg  # lists the supported ones
-    one_line_error(Q.dequantize, "Q2_K", np.zeros(84, np.uint8), 256, match="unsupported type 'Q2_K'")
+    one_line_error(Q.dequantize, "IQ2_XXS", np.zeros(66, np.uint8), 256, match="unsupported type 'IQ2_XXS'")
     msg = one_line_error(Q.dequantize, "Q4_K", raw, 512, match="need 288 bytes, got 144")
     one_line_error(Q.dequantize, "Q4_K", raw[:-1], 256, match="need 144 bytes, got 143")
     one_line_error(Q.dequantize, "Q4_K", raw, 100, match="100 is not a multiple of the block size 256")
@@ -241,7 +327,7 @@ def test_errors():
     rng = np.random.default_rng(0)
     one_line_error(Q.random_raw, "Q4_K", 256, rng, "huge", match="scales mode 'huge'")
     one_line_error(Q.random_raw, "Q4_K", 100, rng, match="multiple of the block size")
-    one_line_error(Q.random_raw, "Q2_K", 256, rng, match="unsupported type 'Q2_K'")
+    one_line_error(Q.random_raw, "IQ2_XXS", 256, rng, match="unsupported type 'IQ2_XXS'")
 
 
 # --------------------------------------------------------------------------- quantizers
@@ -440,3 +526,50 @@ def test_random_raw_zero_mode_zeroes_whole_blocks_and_sub_scales():
     assert np.any(Q.dequantize("Q4_K", raw, 64 * 256).reshape(64, 256)[both] == 0)
     sc, m = Q.unpack_scales_k4(b["scales"])
     assert np.any(sc == 0)
+
+
+@pytest.mark.parametrize("name", ["Q3_K", "IQ4_XS"])
+def test_random_raw_zero_mode_zeroes_offset_coded_scales(name):
+    b = Q.random_raw(name, 64 * 256, np.random.default_rng(13), "zero").view(Q.BLOCK_DTYPES[name])
+    sc = Q.unpack_scales_q3_k(b["scales"]) if name == "Q3_K" else Q.unpack_scales_iq4_xs(b["scales_h"], b["scales_l"])
+    frac = float(np.mean(sc == 0))
+    assert 0.15 < frac < 0.4, frac  # about a quarter (1/64 would be chance)
+
+
+# --------------------------------------------------------------------------- native activation spec
+def scalar_act_q8_32(x: np.ndarray) -> tuple[list[int], list[float]]:
+    """The native tiers' activation quantization, one value at a time (kernels/cpu: quantize_block32)."""
+    ys, dys = [], []
+    for blk in x.reshape(-1, 32):
+        amax = np.float32(0)
+        for v in blk:
+            amax = max(amax, np.float32(abs(v)))
+        if not amax >= np.float32(1e-30):
+            ys += [0] * 32
+            dys.append(0.0)
+            continue
+        idv = np.float32(np.float32(127) / amax)
+        ys += [int(min(127, max(-128, np.rint(np.float32(v * idv))))) for v in blk]
+        dys.append(float(np.float32(amax / np.float32(127))))
+    return ys, dys
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), n_blocks=st.integers(1, 4))
+def test_quantize_act_q8_32_matches_scalar_loop(data, n_blocks):
+    x = data.draw(floats32(32 * n_blocks, -1e4, 1e4))
+    if data.draw(st.booleans()):
+        x[:32] = 0.0  # an all-zero block
+    y, dy = Q.quantize_act_q8_32(x)
+    ys, dys = scalar_act_q8_32(x)
+    assert y.dtype == np.int8 and dy.dtype == np.float32
+    assert y.tolist() == ys and dy.tolist() == dys
+    np.testing.assert_array_equal(Q.dequantize_act_q8_32(y, dy), np.repeat(dy, 32) * y.astype(np.float32))
+
+
+def test_quantize_act_q8_32_rounds_ties_to_even():
+    x = np.zeros(32, np.float32)
+    x[0] = 127.0  # amax 127: id = 1, values are their own quants
+    x[1], x[2], x[3] = 0.5, 1.5, -2.5
+    y, dy = Q.quantize_act_q8_32(x)
+    assert dy[0] == 1.0 and list(y[:4]) == [127, 0, 2, -2]

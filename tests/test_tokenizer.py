@@ -8,7 +8,6 @@ The two real models (fetched through the registry; a test FAILS when one cannot 
 """
 from __future__ import annotations
 
-import heapq
 from functools import lru_cache
 
 import numpy as np
@@ -20,7 +19,7 @@ from conftest import REAL_MODELS, golden, real_model_path
 from pyengine.errors import ModelFileError
 from pyengine.gguf_file import open_gguf
 from pyengine.tokenizer import (TOKEN_BYTE, TOKEN_CONTROL, TOKEN_NORMAL, TOKEN_USER_DEFINED,
-                                BPETokenizer, SPMTokenizer, Tokenizer)
+                                BPETokenizer, SPMTokenizer, Tokenizer, TokenizerError)
 
 GEMMA, SMOL = "gemma3-270m", "smollm2-135m"
 
@@ -57,13 +56,19 @@ def test_golden_ids(name, case):
 def test_golden_decode_round_trip(name, case):
     t = tok(name)
     text = case["text"]
-    # llama.cpp's own ids decode back to the text (BOS hidden by skip_special) ...
-    assert t.decode(case["ids"], skip_special=True) == text
-    # ... and so do ours; with special tokens shown, BOS is printed as its text
     ids = t.encode(text, add_bos=case["add_bos"], parse_special=case["parse_special"])
-    assert t.decode(ids, skip_special=True) == text
     bos = t.id_to_token(t.bos_id) if case["add_bos"] and t.add_bos else ""
+    # control tokens written in the text (ChatML's <|im_start|>, parsed as specials) are
+    # exactly what skip_special hides, so only texts without them round-trip hidden
+    in_text = [i for i in case["ids"][1 if bos else 0:] if t.is_control(i)]
+    if not in_text:
+        # llama.cpp's own ids decode back to the text (BOS hidden by skip_special) ...
+        assert t.decode(case["ids"], skip_special=True) == text
+        # ... and so do ours
+        assert t.decode(ids, skip_special=True) == text
+    # with special tokens shown, BOS and any control token are printed as their text
     assert t.decode(ids) == bos + text
+    assert t.decode(case["ids"]) == bos + text
 
 
 @pytest.mark.parametrize("name", list(REAL_MODELS))
@@ -82,7 +87,8 @@ def test_gemma_properties():
     assert (t.bos_id, t.eos_id) == (2, 1)
     assert t.id_to_token(t.bos_id) == "<bos>" and t.id_to_token(t.eos_id) == "<eos>"
     eot = t.token_to_id("<end_of_turn>")
-    assert t.stop_ids == {t.eos_id, eot}
+    # llama.cpp's end-of-generation set: EOS, <end_of_turn> and Gemma's "</s>" (id 212)
+    assert t.stop_ids == {t.eos_id, eot, t.token_to_id("</s>")} and len(t.stop_ids) == 3
     assert t.is_control(t.bos_id) and t.is_control(eot) and t.is_control(t.token_to_id("<start_of_turn>"))
     assert not t.is_control(t.token_to_id("\n"))          # user-defined, not control
     assert not t.is_control(t.encode("Hello", add_bos=False)[0])
@@ -96,7 +102,8 @@ def test_smollm_properties():
     assert t.n_vocab == 49152
     assert t.add_bos is False
     assert t.id_to_token(t.eos_id) == "<|im_end|>"
-    assert t.stop_ids == {t.eos_id, t.token_to_id("<|endoftext|>")}
+    # llama.cpp's end-of-generation set: also the fill-in-the-middle <reponame> token
+    assert t.stop_ids == {t.eos_id, t.token_to_id("<|endoftext|>"), t.token_to_id("<reponame>")}
     assert t.token_to_id("<|im_end|>") in t.stop_ids
     assert all(t.is_control(i) for i in t.stop_ids)
     assert isinstance(t.chat_template, str) and "<|im_start|>" in t.chat_template
@@ -198,7 +205,7 @@ def test_stream_skip_special():
 
 _cjk = st.characters(min_codepoint=0x4E00, max_codepoint=0x9FFF)
 _any = st.characters(blacklist_categories=("Cs",))
-TEXTS = st.one_of(st.text(_any, max_size=40), st.text(st.one_of(_cjk, _any, st.sampled_from(" \n\t")),
+TEXTS = st.one_of(st.text(_any, max_size=40), st.text(st.one_of(_cjk, _any, st.sampled_from(" \n\t\u2581")),
                                                       max_size=40))
 HYP = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -209,23 +216,25 @@ def test_round_trip_random_text_gemma(text):
     t = tok(GEMMA)
     ids = t.encode(text, add_bos=False)
     assert all(0 <= i < t.n_vocab for i in ids)
-    # SentencePiece writes spaces as '▁', so a literal '▁' also comes back as a space
-    assert t.decode(ids) == text.replace("\u2581", " ")
+    # SentencePiece writes spaces as '▁'; a literal '▁' goes in as bytes and comes back
+    assert t.decode(ids) == text
 
 
 @HYP
 @given(TEXTS)
 def test_round_trip_random_text_smollm(text):
     t = tok(SMOL)
-    ids = t.encode(text, add_bos=False)
     # SmolLM2's vocabulary lacks a few byte tokens (0x04, 0xF1, 0xF2, ...); llama.cpp drops
-    # such bytes (so U+40000..U+BFFFF cannot round-trip), and so do we
+    # such bytes silently (so U+40000..U+BFFFF cannot round-trip); we refuse the text
     missing = _missing_bytes(t)
     assert missing and len(missing) < 32
     raw = text.encode("utf-8")
-    assert b"".join(t.token_bytes(i) for i in ids) == bytes(b for b in raw if b not in missing)
-    if not any(b in missing for b in raw):
-        assert t.decode(ids) == text
+    if any(b in missing for b in raw):
+        with pytest.raises(TokenizerError, match="no token for the byte"):
+            t.encode(text, add_bos=False)
+        return
+    ids = t.encode(text, add_bos=False)
+    assert t.decode(ids) == text
 
 
 @lru_cache(maxsize=None)
@@ -261,16 +270,16 @@ def _naive_bpe(t: BPETokenizer, word: str) -> list[int]:
     while True:
         best = None
         for k in range(len(pieces) - 1):
-            r = t._ranks.get((pieces[k], pieces[k + 1]))
+            r = t.merge_rank(pieces[k], pieces[k + 1])
             if r is not None and (best is None or r < best[0]):
                 best = (r, k)
         if best is None:
             break
         k = best[1]
         pieces[k:k + 2] = [pieces[k] + pieces[k + 1]]
-    # a piece outside the vocabulary can only be a lone byte character here; llama.cpp
-    # then looks up its one-byte UTF-8 pieces, which never exist for those bytes
-    return [t.token_to_id(p) for p in pieces if t.token_to_id(p) is not None]
+    # a piece outside the vocabulary can only be a lone byte character here (llama.cpp
+    # then looks up its one-byte UTF-8 pieces, which never exist for those bytes): None
+    return [t.token_to_id(p) for p in pieces]
 
 
 def _gpt2_chars() -> list[str]:
@@ -296,7 +305,12 @@ def test_bpe_merges_match_naive_reference(text):
     t = tok(SMOL)
     for word in t._split(text):
         enc = "".join(_gpt2_chars()[b] for b in word.encode())
-        assert list(t._bpe(enc)) == _naive_bpe(t, word)
+        want = _naive_bpe(t, word)
+        if None in want:  # a byte the vocabulary cannot spell: refused, not dropped
+            with pytest.raises(TokenizerError):
+                t._bpe(enc)
+        else:
+            assert list(t._bpe(enc)) == want
 
 
 def test_naive_reference_is_not_trivially_equal():
@@ -461,3 +475,148 @@ def test_any_jinja_chat_template_renders_and_none_without_turn_tokens_is_an_erro
     t = Tokenizer.from_metadata(_spm_md())
     with pytest.raises(ModelFileError, match="chat template"):
         t.apply_chat_template([{"role": "user", "content": "hi"}])
+
+
+# --- hostile input (issue 11): each of these failed before its fix ----------------------------
+
+@pytest.mark.parametrize("byte", [0x04, 0x06, 0x13, 0x14, 0x16, 0x1D])
+def test_smollm_refuses_control_characters_it_cannot_spell(byte):
+    # SmolLM2's byte-level vocabulary has no token for these bytes; llama.cpp (and we,
+    # before) silently dropped them, so "a\x04b" tokenized as "ab"
+    t = tok(SMOL)
+    with pytest.raises(TokenizerError, match=f"0x{byte:02X}"):
+        t.encode(f"a{chr(byte)}b", add_bos=False)
+    # one line, naming the byte
+    with pytest.raises(TokenizerError) as ei:
+        t.encode(f"x {chr(byte)}", add_bos=True)
+    assert "\n" not in str(ei.value)
+    # the characters next to them in the table still work
+    assert t.decode(t.encode("a\x05b\x07c", add_bos=False)) == "a\x05b\x07c"
+
+
+@pytest.mark.parametrize("text", ["\u2581", "a\u2581b", "x \u2581\u2581 y", "\u2581the end\u2581"])
+def test_gemma_keeps_a_literal_lower_one_eighth_block(text):
+    # SentencePiece writes spaces as "▁"; a "▁" in the text used to come back as a space
+    t = tok(GEMMA)
+    ids = t.encode(text, add_bos=False)
+    assert t.decode(ids) == text
+    e2, b96, b81 = (t.token_to_id(f"<0x{b:02X}>") for b in (0xE2, 0x96, 0x81))
+    assert [e2, b96, b81] == ids[ids.index(e2):ids.index(e2) + 3]
+    # plain spaces are untouched
+    assert e2 not in t.encode("the end", add_bos=False)
+
+
+@pytest.mark.parametrize("bad", [1.5, "5", True, False, None, np.float32(3), np.bool_(True), b"5"])
+def test_decode_accepts_only_integer_ids(bad):
+    for name in (GEMMA, SMOL):
+        t = tok(name)
+        with pytest.raises(TokenizerError, match="token id must be an integer"):
+            t.decode([1, bad])
+        with pytest.raises(TokenizerError):
+            t.token_bytes(bad)
+        with pytest.raises(TokenizerError):
+            t.stream().push(bad)
+
+
+def test_decode_accepts_numpy_integers():
+    t = tok(SMOL)
+    ids = t.encode("Hello world", add_bos=False)
+    assert t.decode(np.asarray(ids, dtype=np.int32)) == t.decode(np.asarray(ids, dtype=np.int64)) \
+        == t.decode(ids) == "Hello world"
+    with pytest.raises(TokenizerError, match="outside the vocabulary"):
+        t.decode([t.n_vocab])
+    with pytest.raises(TokenizerError, match="outside the vocabulary"):
+        t.decode([np.int64(-1)])
+
+
+# --- the special-token partition against a naive version of llama.cpp's loop -----------------
+
+def _naive_partition(t: Tokenizer, text: str, parse_special: bool) -> list:
+    """llama.cpp's tokenizer_st_partition as written: every special token, longest first,
+    splits every raw fragment at each occurrence; lstrip/rstrip tokens eat the whitespace
+    before/after them."""
+    frags: list = [text]
+    for i in _special_order(t, parse_special):
+        if t.id_to_token(i) not in text:
+            continue
+        s = t.id_to_token(i)
+        new: list = []
+        for f in frags:
+            if type(f) is int or s not in f:
+                new.append(f)
+                continue
+            parts = f.split(s)
+            for k, part in enumerate(parts):
+                if k:
+                    new.append(i)
+                    if i in t._rstrip:
+                        part = part.lstrip(" \t\n\v\f\r")
+                if i in t._lstrip and k < len(parts) - 1:
+                    part = part.rstrip(" \t\n\v\f\r")
+                if part:
+                    new.append(part)
+        frags = new
+    return frags
+
+
+_ORDERS: dict = {}
+
+
+def _special_order(t: Tokenizer, parse_special: bool) -> list[int]:
+    key = (id(t), parse_special)
+    if key not in _ORDERS:
+        kinds = (TOKEN_USER_DEFINED, TOKEN_CONTROL, 2) if parse_special else (TOKEN_USER_DEFINED,)
+        ids = np.nonzero(np.isin(t._types, kinds))[0].tolist()
+        order, seen = [], set()
+        for i in sorted(ids, key=lambda i: (-len(t.id_to_token(i).encode()), i)):
+            if t.id_to_token(i) not in seen:
+                seen.add(t.id_to_token(i))
+                order.append(i)
+        _ORDERS[key] = (t, order)  # (t kept alive so that its id stays unique)
+    return _ORDERS[key][1]
+
+
+def special_texts(t: Tokenizer, parse_special: bool, k: int = 60) -> list[str]:
+    kinds = (TOKEN_USER_DEFINED, TOKEN_CONTROL) if parse_special else (TOKEN_USER_DEFINED,)
+    ids = np.nonzero(np.isin(t._types, kinds))[0].tolist()
+    step = max(1, len(ids) // k)
+    return [t.id_to_token(i) for i in ids[::step]]
+
+
+@pytest.mark.parametrize("name", list(REAL_MODELS))
+@pytest.mark.parametrize("parse_special", [False, True])
+def test_partition_matches_naive_llamacpp_loop(name, parse_special):
+    t = tok(name)
+    pieces = special_texts(t, parse_special) + ["a", "b", " ", "\n", "  ", "<", ">", "|"]
+
+    @HYP
+    @given(st.lists(st.sampled_from(pieces), max_size=25))
+    def check(parts):
+        text = "".join(parts)
+        assert t._partition(text, parse_special) == _naive_partition(t, text, parse_special)
+
+    check()
+
+
+def test_metadata_of_the_wrong_type_is_one_line_error():
+    # hostile files (issue 11): wrong types give a ModelFileError line, not a Python exception
+    md = _spm_md()
+    n = len(md["tokenizer.ggml.tokens"])
+    toks = md["tokenizer.ggml.tokens"][:-1] + [5]
+    _one_line_error({**md, "tokenizer.ggml.tokens": toks}, "list of strings")
+    _one_line_error({**md, "tokenizer.ggml.token_type": ["x"] * n}, "token_type", "integers")
+    _one_line_error({**md, "tokenizer.ggml.token_type": np.full(n, 2**40)}, "token_type", "int32")
+    _one_line_error({**md, "tokenizer.ggml.scores": ["x"] * n}, "scores")
+    _one_line_error({**md, "tokenizer.ggml.bos_token_id": 1.5}, "bos_token_id", "not an integer")
+    _one_line_error({**md, "tokenizer.ggml.bos_token_id": True}, "bos_token_id", "not an integer")
+    _one_line_error({**md, "tokenizer.ggml.eos_token_id": "2"}, "eos_token_id")
+    _one_line_error({**md, "tokenizer.ggml.add_bos_token": "false"}, "add_bos_token", "boolean")
+    _one_line_error({**md, "tokenizer.ggml.add_space_prefix": 7}, "add_space_prefix", "boolean")
+    _one_line_error(_bpe_md("gpt2", **{"tokenizer.ggml.merges": ["a b", 3]}), "merges")
+    _one_line_error(_bpe_md("gpt2", **{"tokenizer.ggml.merges": "a b"}), "merges")
+    _one_line_error(_bpe_md(["gpt2"]), "pre-tokenizer")
+    # extra types / scores are ignored, as llama.cpp does; 0/1 count as booleans
+    t = Tokenizer.from_metadata({**md, "tokenizer.ggml.scores": np.zeros(n + 5, np.float32),
+                                 "tokenizer.ggml.token_type": np.ones(n + 5, np.int32),
+                                 "tokenizer.ggml.add_bos_token": 0})
+    assert t.n_vocab == n and not t.add_bos

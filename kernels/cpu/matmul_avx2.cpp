@@ -85,10 +85,15 @@ static inline __m256i q5_high_bits(uint32_t qh) {
 }
 
 // ---- weights -------------------------------------------------------------------------
+// kIQ4Values (signed: see the top of the file) in both 128-bit lanes, for vpshufb by a nibble.
+static inline __m256i iq4_levels_s8() {
+    return _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)kIQ4Values));
+}
+
 template <int T_>
 static inline void pack_panel_32(const uint8_t* blk, uint8_t* dst) {
     constexpr WType t = (WType)T_;
-    constexpr int BB = t == WType::Q4_0 ? 18 : t == WType::Q4_1 ? 20 : t == WType::Q5_0 ? 22 : 34;
+    constexpr int BB = wtype_block_bytes(t);
     __m256i v[8];
     for (int m = 0; m < 8; ++m) {
         const uint8_t* b = blk + m * BB;
@@ -98,6 +103,10 @@ static inline void pack_panel_32(const uint8_t* blk, uint8_t* dst) {
             v[m] = nibbles_16(b + 4);
         } else if (t == WType::Q5_0) {
             v[m] = _mm256_or_si256(nibbles_16(b + 6), q5_high_bits(load_u32(b + 2)));
+        } else if (t == WType::Q5_1) {
+            v[m] = _mm256_or_si256(nibbles_16(b + 8), q5_high_bits(load_u32(b + 4)));
+        } else if (t == WType::IQ4_NL) {
+            v[m] = _mm256_shuffle_epi8(iq4_levels_s8(), nibbles_16(b + 2));  // signed level, E = 0
         } else {
             v[m] = _mm256_loadu_si256((const __m256i*)(b + 2));  // signed int8, see top of file
         }
@@ -110,10 +119,80 @@ static inline void pack_panel_32(const uint8_t* blk, uint8_t* dst) {
         E = _mm256_sub_ps(_mm256_setzero_ps(), load_f16x8(blk + 2, BB));
     } else if (t == WType::Q5_0) {
         E = _mm256_mul_ps(_mm256_set1_ps(16.0f), D);
-    } else {
+    } else if (t == WType::Q5_1) {
+        E = _mm256_sub_ps(_mm256_setzero_ps(), load_f16x8(blk + 2, BB));
+    } else {  // Q8_0, IQ4_NL: signed
         E = _mm256_setzero_ps();
     }
     store_panel<32>(dst, v, D, E);
+}
+
+// Q5_K: one panel = one super-block; Q4_K's nibbles (at blk + 48) plus bit 2c / 2c+1 of qh[l].
+static inline void pack_panel_q5k(const uint8_t* blk, uint8_t* dst) {
+    const __m256i lo4 = _mm256_set1_epi8(15), one = _mm256_set1_epi8(1);
+    const __m256i qh = _mm256_loadu_si256((const __m256i*)(blk + 16));
+    __m256i v[8];
+    for (int c = 0; c < 4; ++c) {
+        const __m256i x = _mm256_loadu_si256((const __m256i*)(blk + 48 + 32 * c));
+        const __m256i h0 = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c)), one);
+        const __m256i h1 = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c + 1)), one);
+        v[2 * c] = _mm256_or_si256(_mm256_and_si256(x, lo4), _mm256_slli_epi16(h0, 4));
+        v[2 * c + 1] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(x, 4), lo4), _mm256_slli_epi16(h1, 4));
+    }
+    uint8_t sc[8], m[8];
+    q4k_scales_mins(blk + 4, sc, m);
+    uint64_t scw, mw;
+    std::memcpy(&scw, sc, 8);
+    std::memcpy(&mw, m, 8);
+    const __m256 scf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)scw)));
+    const __m256 mnf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)mw)));
+    store_panel<32>(dst, v, _mm256_mul_ps(_mm256_set1_ps(half(blk)), scf),
+                    _mm256_mul_ps(_mm256_set1_ps(half(blk + 2)), mnf));
+}
+
+// Q2_K / Q3_K: one panel = half a super-block (values 128c .. 128c+127, 8 groups of 16);
+// v[j] = groups 2j, 2j+1 = bit pair j of qs[32c ..] (+ Q3_K: bit 4c+j of hmask as the value 4).
+template <bool THREE>
+static inline void pack_panel_q23k(const uint8_t* blk, int c, uint8_t* dst) {
+    const __m256i three = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+    const __m256i x = _mm256_loadu_si256((const __m256i*)(blk + (THREE ? 32 : 16) + 32 * c));
+    const __m256i hm = THREE ? _mm256_loadu_si256((const __m256i*)blk) : _mm256_setzero_si256();
+    __m256i v[4];
+    for (int j = 0; j < 4; ++j) {
+        v[j] = _mm256_and_si256(_mm256_srl_epi16(x, _mm_cvtsi32_si128(2 * j)), three);
+        if (THREE)
+            v[j] = _mm256_or_si256(
+                v[j], _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(hm, _mm_cvtsi32_si128(4 * c + j)), one), 2));
+    }
+    __m256 D, E;
+    if (THREE) {
+        int8_t sc[16];
+        q3k_scales(blk + 96, sc);
+        int64_t w;
+        std::memcpy(&w, sc + 8 * c, 8);
+        D = _mm256_mul_ps(_mm256_set1_ps(half(blk + 108)),
+                          _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128((long long)w))));
+        E = _mm256_mul_ps(_mm256_set1_ps(4.0f), D);
+    } else {
+        const __m256i s8 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(blk + 8 * c)));
+        D = _mm256_mul_ps(_mm256_set1_ps(half(blk + 80)), _mm256_cvtepi32_ps(_mm256_and_si256(s8, _mm256_set1_epi32(15))));
+        E = _mm256_mul_ps(_mm256_set1_ps(half(blk + 82)), _mm256_cvtepi32_ps(_mm256_srli_epi32(s8, 4)));
+    }
+    store_panel<16>(dst, v, D, E);
+}
+
+// IQ4_XS: one panel = one super-block (8 groups of 32, group j's nibbles at qs[16j ..]); signed, E = 0.
+static inline void pack_panel_iq4xs(const uint8_t* blk, uint8_t* dst) {
+    const __m256i lut = iq4_levels_s8();
+    __m256i v[8];
+    for (int j = 0; j < 8; ++j) v[j] = _mm256_shuffle_epi8(lut, nibbles_16(blk + 8 + 16 * j));
+    int8_t sc[8];
+    iq4xs_scales(blk, sc);
+    int64_t w;
+    std::memcpy(&w, sc, 8);
+    const __m256 D = _mm256_mul_ps(_mm256_set1_ps(half(blk)),
+                                   _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128((long long)w))));
+    store_panel<32>(dst, v, D, _mm256_setzero_ps());
 }
 
 // Q4_K: one panel = one super-block (8 groups of 32).
@@ -160,6 +239,26 @@ void pack_w_avx2(WType t, const uint8_t* row, int64_t cols, uint8_t* dst) {
     const int G = ti.group;
     const int64_t pb = (int64_t)PG * (G + 8);
     const int64_t nb = cols / ti.block_elems;
+    switch (t) {
+        case WType::Q5_K:
+            for (int64_t b = 0; b < nb; ++b, dst += pb) pack_panel_q5k(row + b * 176, dst);
+            return;
+        case WType::IQ4_XS:
+            for (int64_t b = 0; b < nb; ++b, dst += pb) pack_panel_iq4xs(row + b * 136, dst);
+            return;
+        case WType::Q2_K:
+        case WType::Q3_K:
+            for (int64_t b = 0; b < nb; ++b)
+                for (int c = 0; c < 2; ++c, dst += pb) {
+                    if (t == WType::Q2_K)
+                        pack_panel_q23k<false>(row + b * 84, c, dst);
+                    else
+                        pack_panel_q23k<true>(row + b * 110, c, dst);
+                }
+            return;
+        default:
+            break;  // below
+    }
     if (t == WType::Q4_K) {
         for (int64_t b = 0; b < nb; ++b, dst += pb) pack_panel_q4k(row + b * 144, dst);
         return;
@@ -185,6 +284,8 @@ void pack_w_avx2(WType t, const uint8_t* row, int64_t cols, uint8_t* dst) {
             case WType::Q4_0: pack_panel_32<(int)WType::Q4_0>(src, dst); break;
             case WType::Q4_1: pack_panel_32<(int)WType::Q4_1>(src, dst); break;
             case WType::Q5_0: pack_panel_32<(int)WType::Q5_0>(src, dst); break;
+            case WType::Q5_1: pack_panel_32<(int)WType::Q5_1>(src, dst); break;
+            case WType::IQ4_NL: pack_panel_32<(int)WType::IQ4_NL>(src, dst); break;
             default: pack_panel_32<(int)WType::Q8_0>(src, dst); break;
         }
     }
@@ -346,18 +447,20 @@ struct TileTable {
         f[1][1] = tile<2, 2, G, SIGNED, MIN>;
     }
 };
-constexpr TileTable<32, false, true> kTiles32m;   // Q4_1, Q4_K
+constexpr TileTable<32, false, true> kTiles32m;   // Q4_1, Q5_1, Q4_K, Q5_K
 constexpr TileTable<32, false, false> kTiles32z;  // Q4_0, Q5_0
-constexpr TileTable<32, true, false> kTiles32s;   // Q8_0 (signed, C = 0)
-constexpr TileTable<16, false, false> kTiles16z;  // Q6_K
+constexpr TileTable<32, true, false> kTiles32s;   // Q8_0, IQ4_NL, IQ4_XS (signed, C = 0)
+constexpr TileTable<16, false, false> kTiles16z;  // Q3_K, Q6_K
+constexpr TileTable<16, false, true> kTiles16m;   // Q2_K
 
 void gemm_avx2(WType t, int G, int64_t np, const uint8_t* wp, int nr, const uint8_t* ap, int nt, float* out,
                int64_t ldo) {
     const int64_t stride = np * PG * (G + 8);
-    const TileFn(*f)[TMAX] = G == 16              ? kTiles16z.f
-                             : t == WType::Q8_0   ? kTiles32s.f
-                             : weight_offset(t, true) < 0 ? kTiles32m.f
-                                                          : kTiles32z.f;
+    const int off = weight_offset(t, true);  // 0: signed weights (Q8_0, IQ4_*); < 0: float min
+    const TileFn(*f)[TMAX] = G == 16   ? (off < 0 ? kTiles16m.f : kTiles16z.f)
+                             : off == 0 ? kTiles32s.f
+                             : off < 0  ? kTiles32m.f
+                                        : kTiles32z.f;
     for (int t0 = 0; t0 < nt; t0 += TMAX) {
         const int tt = nt - t0 < TMAX ? nt - t0 : TMAX;
         for (int r0 = 0; r0 < nr; r0 += RMAX) {
@@ -368,7 +471,8 @@ void gemm_avx2(WType t, int G, int64_t np, const uint8_t* wp, int nr, const uint
 }
 
 // ---- F32 / F16 weights ------------------------------------------------------------------------
-template <bool F16, int R, int T>
+// K: 0 = F32, 1 = F16, 2 = BF16 (the top half of a float32: widen, shift left 16).
+template <int K, int R, int T>
 void float_tile(const uint8_t* w, int64_t rb, int64_t cols, const float* x, int64_t ldx, float* out, int64_t ldo) {
     __m256 acc[R][T];
     for (int r = 0; r < R; ++r)
@@ -377,8 +481,11 @@ void float_tile(const uint8_t* w, int64_t rb, int64_t cols, const float* x, int6
     for (; i + 8 <= cols; i += 8) {
         __m256 wv[R];
         for (int r = 0; r < R; ++r) {
-            if (F16)
+            if (K == 1)
                 wv[r] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(w + r * rb + 2 * i)));
+            else if (K == 2)
+                wv[r] = _mm256_castsi256_ps(_mm256_slli_epi32(
+                    _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)(w + r * rb + 2 * i))), 16));
             else
                 wv[r] = _mm256_loadu_ps((const float*)(const void*)(w + r * rb + 4 * i));
         }
@@ -396,8 +503,10 @@ void float_tile(const uint8_t* w, int64_t rb, int64_t cols, const float* x, int6
             float tot = _mm_cvtss_f32(s);
             for (int64_t j = i; j < cols; ++j) {
                 float wj;
-                if (F16)
+                if (K == 1)
                     wj = _cvtsh_ss(load_u16(w + r * rb + 2 * j));
+                else if (K == 2)
+                    wj = bf16_to_fp32(load_u16(w + r * rb + 2 * j));
                 else
                     std::memcpy(&wj, w + r * rb + 4 * j, 4);
                 tot += wj * x[t * ldx + j];
@@ -406,7 +515,7 @@ void float_tile(const uint8_t* w, int64_t rb, int64_t cols, const float* x, int6
         }
 }
 
-template <bool F16>
+template <int K>
 void gemm_float_impl(const uint8_t* w, int64_t rb, int64_t cols, int nr, const float* x, int64_t ldx, int nt,
                      float* out, int64_t ldo) {
     for (int t0 = 0; t0 < nt; t0 += 2) {
@@ -417,15 +526,15 @@ void gemm_float_impl(const uint8_t* w, int64_t rb, int64_t cols, int nr, const f
             float* o = out + t0 * ldo + r0;
             if (nr - r0 >= 4) {
                 if (two)
-                    float_tile<F16, 4, 2>(wr, rb, cols, xt, ldx, o, ldo);
+                    float_tile<K, 4, 2>(wr, rb, cols, xt, ldx, o, ldo);
                 else
-                    float_tile<F16, 4, 1>(wr, rb, cols, xt, ldx, o, ldo);
+                    float_tile<K, 4, 1>(wr, rb, cols, xt, ldx, o, ldo);
                 r0 += 4;
             } else {
                 if (two)
-                    float_tile<F16, 1, 2>(wr, rb, cols, xt, ldx, o, ldo);
+                    float_tile<K, 1, 2>(wr, rb, cols, xt, ldx, o, ldo);
                 else
-                    float_tile<F16, 1, 1>(wr, rb, cols, xt, ldx, o, ldo);
+                    float_tile<K, 1, 1>(wr, rb, cols, xt, ldx, o, ldo);
                 r0 += 1;
             }
         }
@@ -435,9 +544,11 @@ void gemm_float_impl(const uint8_t* w, int64_t rb, int64_t cols, int nr, const f
 void gemm_float_avx2(WType t, const uint8_t* w, int64_t rb, int64_t cols, int nr, const float* x, int64_t ldx,
                      int nt, float* out, int64_t ldo) {
     if (t == WType::F16)
-        gemm_float_impl<true>(w, rb, cols, nr, x, ldx, nt, out, ldo);
+        gemm_float_impl<1>(w, rb, cols, nr, x, ldx, nt, out, ldo);
+    else if (t == WType::BF16)
+        gemm_float_impl<2>(w, rb, cols, nr, x, ldx, nt, out, ldo);
     else
-        gemm_float_impl<false>(w, rb, cols, nr, x, ldx, nt, out, ldo);
+        gemm_float_impl<0>(w, rb, cols, nr, x, ldx, nt, out, ldo);
 }
 
 }  // namespace

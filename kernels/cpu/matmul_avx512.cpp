@@ -99,6 +99,11 @@ static inline __m512i nibbles_2x16(const uint8_t* a, const uint8_t* b) {
     return _mm512_and_si512(_mm512_srlv_epi16(x, sh), _mm512_set1_epi8(15));
 }
 
+// kIQ4Values[i] + 128 in every 128-bit lane: vpshufb by a nibble gives the level as an unsigned byte.
+static inline __m512i iq4_levels_u8() {
+    return _mm512_broadcast_i32x4(_mm_xor_si128(_mm_loadu_si128((const __m128i*)kIQ4Values), _mm_set1_epi8((char)0x80)));
+}
+
 // One panel = 16 blocks of a 32-element type, all present (`blk` points at block 0).
 template <int T_, class At, class Sink>
 static inline void pack_panel_32(const At& at, Sink& sink) {
@@ -117,6 +122,12 @@ static inline void pack_panel_32(const At& at, Sink& sink) {
             const uint64_t hb = (uint64_t)load_u32(b0 + 2) | (uint64_t)load_u32(b1 + 2) << 32;
             v[m] = _mm512_or_si512(nibbles_2x16(b0 + 6, b1 + 6),
                                    _mm512_maskz_mov_epi8((__mmask64)hb, _mm512_set1_epi8(16)));
+        } else if (t == WType::Q5_1) {
+            const uint64_t hb = (uint64_t)load_u32(b0 + 4) | (uint64_t)load_u32(b1 + 4) << 32;
+            v[m] = _mm512_or_si512(nibbles_2x16(b0 + 8, b1 + 8),
+                                   _mm512_maskz_mov_epi8((__mmask64)hb, _mm512_set1_epi8(16)));
+        } else if (t == WType::IQ4_NL) {
+            v[m] = _mm512_shuffle_epi8(iq4_levels_u8(), nibbles_2x16(b0 + 2, b1 + 2));  // level + 128
         } else {
             const __m512i x = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(b0 + 2))),
                                                  _mm256_loadu_si256((const __m256i*)(b1 + 2)), 1);
@@ -130,7 +141,9 @@ static inline void pack_panel_32(const At& at, Sink& sink) {
         E = _mm512_sub_ps(_mm512_setzero_ps(), load_f16x16(at, 2));
     } else if (t == WType::Q5_0) {
         E = _mm512_mul_ps(_mm512_set1_ps(16.0f), D);
-    } else {
+    } else if (t == WType::Q5_1) {
+        E = _mm512_sub_ps(_mm512_setzero_ps(), load_f16x16(at, 2));
+    } else {  // Q8_0, IQ4_NL
         E = _mm512_mul_ps(_mm512_set1_ps(128.0f), D);
     }
     sink.template put<32>(v, D, E);
@@ -139,7 +152,7 @@ static inline void pack_panel_32(const At& at, Sink& sink) {
 template <int T_, class Sink>
 static inline void panels_32(const uint8_t* row, int64_t nb, Sink& sink) {
     constexpr WType t = (WType)T_;
-    constexpr int BB = t == WType::Q4_0 ? 18 : t == WType::Q4_1 ? 20 : t == WType::Q5_0 ? 22 : 34;
+    constexpr int BB = wtype_block_bytes(t);
     int64_t b = 0;
     for (; b + 16 <= nb; b += 16) pack_panel_32<T_>(FullPanel{row + b * BB, BB}, sink);
     if (b < nb) pack_panel_32<T_>(PartialPanel{row + b * BB, BB, (int)(nb - b)}, sink);
@@ -165,15 +178,34 @@ static inline void q4k_nibbles(const uint8_t* blk, __m512i* v) {
     }
 }
 
-template <class Sink>
+// Q5_K: Q4_K's nibbles (at blk + 48) plus the 5th bits: bit 2c of qh[l] tops value l of
+// group 2c (low 256 bits of v[c]), bit 2c+1 of group 2c+1 (high 256 bits).
+static inline void q5k_values(const uint8_t* blk, __m512i* v) {
+    q4k_nibbles(blk + 32, v);
+    const __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)(blk + 16)));
+    const __m512i one = _mm512_set1_epi8(1);
+    for (int c = 0; c < 4; ++c) {
+        const __m512i sh = _mm512_inserti64x4(_mm512_set1_epi16((short)(2 * c)), _mm256_set1_epi16((short)(2 * c + 1)), 1);
+        const __m512i hb = _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(qh, sh), one), 4);
+        v[c] = _mm512_or_si512(v[c], hb);
+    }
+}
+
+template <bool FIVE, class Sink>
 static inline void pack_panel_q4k(const uint8_t* b0, const uint8_t* b1, Sink& sink) {
     __m512i v[8];
     uint64_t sc0, mn0, sc1 = 0, mn1 = 0;
     float d1 = 0.0f, m1 = 0.0f;
-    q4k_nibbles(b0, v);
+    if (FIVE)
+        q5k_values(b0, v);
+    else
+        q4k_nibbles(b0, v);
     q4k_scales_mins_u64(b0 + 4, sc0, mn0);
     if (b1) {
-        q4k_nibbles(b1, v + 4);
+        if (FIVE)
+            q5k_values(b1, v + 4);
+        else
+            q4k_nibbles(b1, v + 4);
         q4k_scales_mins_u64(b1 + 4, sc1, mn1);
         d1 = half(b1);
         m1 = half(b1 + 2);
@@ -209,15 +241,92 @@ static inline void pack_panel_q6k(const uint8_t* blk, Sink& sink) {
     sink.template put<16>(v, D, E);
 }
 
+// Q2_K / Q3_K: one panel = one super-block = 16 groups of 16. v[m] holds values 64m .. 64m+63,
+// i.e. bit pairs j = 2(m%2) (low 256 bits) and j+1 (high) of the 32 bytes qs[32c ..], c = m/2;
+// Q3_K adds bit 4c+j of hmask[l] as the value 4.
+template <bool THREE, class Sink>
+static inline void pack_panel_q23k(const uint8_t* blk, Sink& sink) {
+    const uint8_t* qs = blk + (THREE ? 32 : 16);
+    const __m512i three = _mm512_set1_epi8(3), one = _mm512_set1_epi8(1);
+    const __m512i hm = THREE ? _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)blk)) : _mm512_setzero_si512();
+    __m512i v[4];
+    for (int m = 0; m < 4; ++m) {
+        const int c = m >> 1, j = 2 * (m & 1);
+        const __m512i x = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)(qs + 32 * c)));
+        const __m512i sh = _mm512_inserti64x4(_mm512_set1_epi16((short)(2 * j)), _mm256_set1_epi16((short)(2 * j + 2)), 1);
+        v[m] = _mm512_and_si512(_mm512_srlv_epi16(x, sh), three);
+        if (THREE) {
+            const __m512i hs = _mm512_inserti64x4(_mm512_set1_epi16((short)(4 * c + j)), _mm256_set1_epi16((short)(4 * c + j + 1)), 1);
+            v[m] = _mm512_or_si512(v[m], _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(hm, hs), one), 2));
+        }
+    }
+    __m512 D, E;
+    if (THREE) {
+        alignas(16) int8_t sc[16];
+        q3k_scales(blk + 96, sc);
+        D = _mm512_mul_ps(_mm512_set1_ps(half(blk + 108)),
+                          _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_load_si128((const __m128i*)sc))));
+        E = _mm512_mul_ps(_mm512_set1_ps(4.0f), D);
+    } else {
+        const __m512i s8 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)blk));
+        D = _mm512_mul_ps(_mm512_set1_ps(half(blk + 80)), _mm512_cvtepi32_ps(_mm512_and_si512(s8, _mm512_set1_epi32(15))));
+        E = _mm512_mul_ps(_mm512_set1_ps(half(blk + 82)), _mm512_cvtepi32_ps(_mm512_srli_epi32(s8, 4)));
+    }
+    sink.template put<16>(v, D, E);
+}
+
+// IQ4_XS: one panel = two super-blocks (8 groups of 32 each); group j's nibbles are qs[16j ..].
+static inline void iq4xs_half(const uint8_t* blk, __m512i* v, float* D) {
+    const __m512i lut = iq4_levels_u8();
+    for (int m = 0; m < 4; ++m) v[m] = _mm512_shuffle_epi8(lut, nibbles_2x16(blk + 8 + 32 * m, blk + 24 + 32 * m));
+    int8_t sc[8];
+    iq4xs_scales(blk, sc);
+    const float d = half(blk);
+    for (int j = 0; j < 8; ++j) D[j] = d * (float)sc[j];
+}
+
+template <class Sink>
+static inline void pack_panel_iq4xs(const uint8_t* b0, const uint8_t* b1, Sink& sink) {
+    __m512i v[8];
+    alignas(64) float D[16] = {0};
+    iq4xs_half(b0, v, D);
+    if (b1)
+        iq4xs_half(b1, v + 4, D + 8);
+    else
+        for (int m = 4; m < 8; ++m) v[m] = _mm512_setzero_si512();
+    const __m512 Dv = _mm512_load_ps(D);
+    sink.template put<32>(v, Dv, _mm512_mul_ps(_mm512_set1_ps(128.0f), Dv));
+}
+
 // Walk one GGUF row panel by panel, handing each unpacked panel to sink.put<G>().
 template <class Sink>
 static inline void for_each_panel(WType t, const uint8_t* row, int64_t cols, Sink& sink) {
     const WTypeInfo& ti = wtype_info(t);
     const int64_t nb = cols / ti.block_elems;
-    if (t == WType::Q4_K) {
-        for (int64_t b = 0; b < nb; b += 2)
-            pack_panel_q4k(row + b * 144, b + 1 < nb ? row + (b + 1) * 144 : nullptr, sink);
-        return;
+    const int BB = ti.block_bytes;
+    switch (t) {
+        case WType::Q4_K:
+        case WType::Q5_K:
+        case WType::IQ4_XS:
+            for (int64_t b = 0; b < nb; b += 2) {
+                const uint8_t* b0 = row + b * BB;
+                const uint8_t* b1 = b + 1 < nb ? b0 + BB : nullptr;
+                if (t == WType::Q4_K)
+                    pack_panel_q4k<false>(b0, b1, sink);
+                else if (t == WType::Q5_K)
+                    pack_panel_q4k<true>(b0, b1, sink);
+                else
+                    pack_panel_iq4xs(b0, b1, sink);
+            }
+            return;
+        case WType::Q2_K:
+            for (int64_t b = 0; b < nb; ++b) pack_panel_q23k<false>(row + b * BB, sink);
+            return;
+        case WType::Q3_K:
+            for (int64_t b = 0; b < nb; ++b) pack_panel_q23k<true>(row + b * BB, sink);
+            return;
+        default:
+            break;  // below
     }
     if (t == WType::Q6_K) {
         for (int64_t b = 0; b < nb; ++b) pack_panel_q6k(row + b * 210, sink);
@@ -227,6 +336,8 @@ static inline void for_each_panel(WType t, const uint8_t* row, int64_t cols, Sin
         case WType::Q4_0: panels_32<(int)WType::Q4_0>(row, nb, sink); break;
         case WType::Q4_1: panels_32<(int)WType::Q4_1>(row, nb, sink); break;
         case WType::Q5_0: panels_32<(int)WType::Q5_0>(row, nb, sink); break;
+        case WType::Q5_1: panels_32<(int)WType::Q5_1>(row, nb, sink); break;
+        case WType::IQ4_NL: panels_32<(int)WType::IQ4_NL>(row, nb, sink); break;
         default: panels_32<(int)WType::Q8_0>(row, nb, sink); break;
     }
 }
@@ -372,14 +483,16 @@ struct TileTable {
         fill_row<4>();
     }
 };
-constexpr TileTable<32, true> kTiles32m;   // Q4_1, Q4_K
-constexpr TileTable<32, false> kTiles32z;  // Q4_0, Q5_0, Q8_0
-constexpr TileTable<16, false> kTiles16z;  // Q6_K
+constexpr TileTable<32, true> kTiles32m;   // Q4_1, Q5_1, Q4_K, Q5_K
+constexpr TileTable<32, false> kTiles32z;  // Q4_0, Q5_0, Q8_0, IQ4_NL, IQ4_XS
+constexpr TileTable<16, false> kTiles16z;  // Q3_K, Q6_K
+constexpr TileTable<16, true> kTiles16m;   // Q2_K
 
 void gemm_avx512(WType t, int G, int64_t np, const uint8_t* wp, int nr, const uint8_t* ap, int nt, float* out,
                  int64_t ldo) {
     const int64_t stride = np * PG * (G + 8);
-    const TileFn(*f)[TMAX] = G == 16 ? kTiles16z.f : (weight_offset(t, false) < 0 ? kTiles32m.f : kTiles32z.f);
+    const bool min = weight_offset(t, false) < 0;
+    const TileFn(*f)[TMAX] = G == 16 ? (min ? kTiles16m.f : kTiles16z.f) : (min ? kTiles32m.f : kTiles32z.f);
     for (int t0 = 0; t0 < nt; t0 += TMAX) {
         const int tt = nt - t0 < TMAX ? nt - t0 : TMAX;
         for (int r0 = 0; r0 < nr; r0 += RMAX) {
@@ -442,7 +555,8 @@ void gemv_avx512(WType t, const uint8_t* row, int64_t cols, const uint8_t* ap, i
 }
 
 // ---- F32 / F16 weights: plain FMA dot products, 4 rows x up to 4 tokens -------------------
-template <bool F16, int R, int T>
+// K: 0 = F32, 1 = F16, 2 = BF16 (the top half of a float32: widen, shift left 16).
+template <int K, int R, int T>
 void float_tile(const uint8_t* w, int64_t rb, int64_t cols, const float* x, int64_t ldx, float* out, int64_t ldo) {
     __m512 acc[R][T];
     for (int r = 0; r < R; ++r)
@@ -452,8 +566,11 @@ void float_tile(const uint8_t* w, int64_t rb, int64_t cols, const float* x, int6
         const __mmask16 mk = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
         __m512 wv[R];
         for (int r = 0; r < R; ++r) {
-            if (F16)
+            if (K == 1)
                 wv[r] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, (const void*)(w + r * rb + 2 * i)));
+            else if (K == 2)
+                wv[r] = _mm512_castsi512_ps(_mm512_slli_epi32(
+                    _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, (const void*)(w + r * rb + 2 * i))), 16));
             else
                 wv[r] = _mm512_maskz_loadu_ps(mk, (const void*)(w + r * rb + 4 * i));
         }
@@ -466,7 +583,7 @@ void float_tile(const uint8_t* w, int64_t rb, int64_t cols, const float* x, int6
         for (int t = 0; t < T; ++t) out[t * ldo + r] = _mm512_reduce_add_ps(acc[r][t]);
 }
 
-template <bool F16>
+template <int K>
 void gemm_float_impl(const uint8_t* w, int64_t rb, int64_t cols, int nr, const float* x, int64_t ldx, int nt,
                      float* out, int64_t ldo) {
     for (int t0 = 0; t0 < nt; t0 += 4) {
@@ -478,18 +595,18 @@ void gemm_float_impl(const uint8_t* w, int64_t rb, int64_t cols, int nr, const f
             float* o = out + t0 * ldo + r0;
             if (rr == 4) {
                 switch (tt) {
-                    case 4: float_tile<F16, 4, 4>(wr, rb, cols, xt, ldx, o, ldo); break;
-                    case 3: float_tile<F16, 4, 3>(wr, rb, cols, xt, ldx, o, ldo); break;
-                    case 2: float_tile<F16, 4, 2>(wr, rb, cols, xt, ldx, o, ldo); break;
-                    default: float_tile<F16, 4, 1>(wr, rb, cols, xt, ldx, o, ldo); break;
+                    case 4: float_tile<K, 4, 4>(wr, rb, cols, xt, ldx, o, ldo); break;
+                    case 3: float_tile<K, 4, 3>(wr, rb, cols, xt, ldx, o, ldo); break;
+                    case 2: float_tile<K, 4, 2>(wr, rb, cols, xt, ldx, o, ldo); break;
+                    default: float_tile<K, 4, 1>(wr, rb, cols, xt, ldx, o, ldo); break;
                 }
                 r0 += 3;
             } else {
                 switch (tt) {
-                    case 4: float_tile<F16, 1, 4>(wr, rb, cols, xt, ldx, o, ldo); break;
-                    case 3: float_tile<F16, 1, 3>(wr, rb, cols, xt, ldx, o, ldo); break;
-                    case 2: float_tile<F16, 1, 2>(wr, rb, cols, xt, ldx, o, ldo); break;
-                    default: float_tile<F16, 1, 1>(wr, rb, cols, xt, ldx, o, ldo); break;
+                    case 4: float_tile<K, 1, 4>(wr, rb, cols, xt, ldx, o, ldo); break;
+                    case 3: float_tile<K, 1, 3>(wr, rb, cols, xt, ldx, o, ldo); break;
+                    case 2: float_tile<K, 1, 2>(wr, rb, cols, xt, ldx, o, ldo); break;
+                    default: float_tile<K, 1, 1>(wr, rb, cols, xt, ldx, o, ldo); break;
                 }
             }
         }
@@ -499,9 +616,11 @@ void gemm_float_impl(const uint8_t* w, int64_t rb, int64_t cols, int nr, const f
 void gemm_float_avx512(WType t, const uint8_t* w, int64_t rb, int64_t cols, int nr, const float* x, int64_t ldx,
                        int nt, float* out, int64_t ldo) {
     if (t == WType::F16)
-        gemm_float_impl<true>(w, rb, cols, nr, x, ldx, nt, out, ldo);
+        gemm_float_impl<1>(w, rb, cols, nr, x, ldx, nt, out, ldo);
+    else if (t == WType::BF16)
+        gemm_float_impl<2>(w, rb, cols, nr, x, ldx, nt, out, ldo);
     else
-        gemm_float_impl<false>(w, rb, cols, nr, x, ldx, nt, out, ldo);
+        gemm_float_impl<0>(w, rb, cols, nr, x, ldx, nt, out, ldo);
 }
 
 }  // namespace

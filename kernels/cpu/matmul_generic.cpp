@@ -11,106 +11,6 @@ namespace {
 
 constexpr int PG = 8;  // groups per panel
 
-// byte k of v[b] = 16 if bit k of b is set (Q5_0's high bits, eight at a time)
-struct BitSpread {
-    uint64_t v[256];
-    constexpr BitSpread() : v{} {
-        for (int b = 0; b < 256; ++b)
-            for (int k = 0; k < 8; ++k)
-                if ((b >> k) & 1) v[b] |= (uint64_t)16 << (8 * k);
-    }
-};
-constexpr BitSpread kBitSpread;
-
-// ---- weights: one GGUF block -> groups of (q bytes, D, E) with w_i = D*q_i - E ----
-// Returns the number of groups written (q gets ngroups*G bytes in element order).
-int unpack_block_generic(WType t, const uint8_t* blk, uint8_t* q, float* D, float* E) {
-    switch (t) {
-        case WType::Q4_0: {
-            const float d = fp16_to_fp32(load_u16(blk));
-            for (int i = 0; i < 16; ++i) {
-                q[i] = blk[2 + i] & 15;
-                q[i + 16] = blk[2 + i] >> 4;
-            }
-            D[0] = d;
-            E[0] = 8.0f * d;
-            return 1;
-        }
-        case WType::Q4_1: {
-            for (int i = 0; i < 16; ++i) {
-                q[i] = blk[4 + i] & 15;
-                q[i + 16] = blk[4 + i] >> 4;
-            }
-            D[0] = fp16_to_fp32(load_u16(blk));
-            E[0] = -fp16_to_fp32(load_u16(blk + 2));
-            return 1;
-        }
-        case WType::Q5_0: {
-            const float d = fp16_to_fp32(load_u16(blk));
-            const uint32_t qh = load_u32(blk + 2);
-            for (int i = 0; i < 16; ++i) {
-                q[i] = blk[6 + i] & 15;
-                q[i + 16] = blk[6 + i] >> 4;
-            }
-            // the fifth bits, eight elements at a time: byte k of spread(b) is 16 if bit k of b is set
-            for (int j = 0; j < 4; ++j) {
-                uint64_t v;
-                std::memcpy(&v, q + 8 * j, 8);
-                v |= kBitSpread.v[(qh >> (8 * j)) & 0xff];
-                std::memcpy(q + 8 * j, &v, 8);
-            }
-            D[0] = d;
-            E[0] = 16.0f * d;
-            return 1;
-        }
-        case WType::Q8_0: {
-            const float d = fp16_to_fp32(load_u16(blk));
-            for (int i = 0; i < 32; ++i) q[i] = (uint8_t)(blk[2 + i] ^ 0x80);  // int8 + 128
-            D[0] = d;
-            E[0] = 128.0f * d;
-            return 1;
-        }
-        case WType::Q4_K: {
-            const float d = fp16_to_fp32(load_u16(blk)), dmin = fp16_to_fp32(load_u16(blk + 2));
-            uint8_t sc[8], m[8];
-            q4k_scales_mins(blk + 4, sc, m);
-            const uint8_t* qs = blk + 16;
-            for (int c = 0; c < 4; ++c)
-                for (int i = 0; i < 32; ++i) {
-                    q[64 * c + i] = qs[32 * c + i] & 15;
-                    q[64 * c + 32 + i] = qs[32 * c + i] >> 4;
-                }
-            for (int j = 0; j < 8; ++j) {
-                D[j] = d * (float)sc[j];
-                E[j] = dmin * (float)m[j];
-            }
-            return 8;
-        }
-        case WType::Q6_K: {
-            const block_q6_K* b = (const block_q6_K*)blk;
-            const float d = fp16_to_fp32(load_u16(blk + 208));
-            for (int h = 0; h < 2; ++h) {
-                const uint8_t* ql = b->ql + 64 * h;
-                const uint8_t* qh = b->qh + 32 * h;
-                uint8_t* o = q + 128 * h;
-                for (int l = 0; l < 32; ++l) {
-                    o[l] = (uint8_t)((ql[l] & 15) | ((qh[l] >> 0) & 3) << 4);
-                    o[l + 32] = (uint8_t)((ql[l + 32] & 15) | ((qh[l] >> 2) & 3) << 4);
-                    o[l + 64] = (uint8_t)((ql[l] >> 4) | ((qh[l] >> 4) & 3) << 4);
-                    o[l + 96] = (uint8_t)((ql[l + 32] >> 4) | ((qh[l] >> 6) & 3) << 4);
-                }
-            }
-            for (int j = 0; j < 16; ++j) {
-                D[j] = d * (float)b->scales[j];
-                E[j] = 32.0f * D[j];
-            }
-            return 16;
-        }
-        default:
-            return 0;
-    }
-}
-
 void pack_w_generic(WType t, const uint8_t* row, int64_t cols, uint8_t* dst) {
     const WTypeInfo& ti = wtype_info(t);
     const int G = ti.group;
@@ -122,7 +22,7 @@ void pack_w_generic(WType t, const uint8_t* row, int64_t cols, uint8_t* dst) {
     float D[16], E[16];
     int64_t g = 0;
     for (int64_t b = 0; b < cols / ti.block_elems; ++b) {
-        const int ng = unpack_block_generic(t, row + b * ti.block_bytes, q, D, E);
+        const int ng = unpack_block(t, row + b * ti.block_bytes, q, D, E);
         for (int j = 0; j < ng; ++j, ++g) {
             uint8_t* panel = dst + (g / PG) * pb;
             const int lane = (int)(g % PG);
@@ -224,6 +124,8 @@ void gemm_float_generic(WType t, const uint8_t* w, int64_t row_bytes, int64_t co
                 const int len = (int)(cols - i0 < 256 ? cols - i0 : 256);
                 if (t == WType::F32)
                     std::memcpy(wrow, wr + 4 * i0, (size_t)len * 4);
+                else if (t == WType::BF16)
+                    for (int i = 0; i < len; ++i) wrow[i] = bf16_to_fp32(load_u16(wr + 2 * (i0 + i)));
                 else
                     for (int i = 0; i < len; ++i) wrow[i] = fp16_to_fp32(load_u16(wr + 2 * (i0 + i)));
                 for (int i = 0; i < len; ++i) acc[i & 7] += wrow[i] * xt[i0 + i];

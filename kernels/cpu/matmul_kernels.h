@@ -4,18 +4,25 @@
 // How a quantized matmul runs (every tier does the same arithmetic):
 //
 //  1. Each weight row is cut into *groups* of G elements that share one scale
-//     (G = 32 for Q4_0/Q4_1/Q5_0/Q8_0/Q4_K, 16 for Q6_K). A group unpacks to
-//     unsigned bytes q_i and two floats D, E with  w_i = D * q_i - E:
-//        Q4_0: q = nibble,        D = d,      E = 8 d
-//        Q4_1: q = nibble,        D = d,      E = -m
-//        Q5_0: q = 5-bit value,   D = d,      E = 16 d
-//        Q8_0: q = int8 + 128,    D = d,      E = 128 d    (AVX2 keeps q signed, E = 0; see there)
-//        Q4_K: q = nibble,        D = d sc_j, E = dmin m_j
-//        Q6_K: q = 6-bit value,   D = d sc_j, E = 32 d sc_j
+//     (G = 32 for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/IQ4_NL/Q4_K/Q5_K/IQ4_XS, 16 for Q2_K/Q3_K/Q6_K).
+//     A group unpacks (unpack_block in quants.h) to unsigned bytes q_i and two floats D, E
+//     with  w_i = D * q_i - E:
+//        Q4_0:   q = nibble,        D = d,      E = 8 d
+//        Q4_1:   q = nibble,        D = d,      E = -m
+//        Q5_0:   q = 5-bit value,   D = d,      E = 16 d
+//        Q5_1:   q = 5-bit value,   D = d,      E = -m
+//        Q8_0:   q = int8 + 128,    D = d,      E = 128 d    (AVX2 keeps q signed, E = 0; see there)
+//        IQ4_NL: q = level + 128,   D = d,      E = 128 d    (level = kIQ4Values[nibble]; AVX2: signed)
+//        Q2_K:   q = 2-bit value,   D = d sc_k, E = dmin m_k
+//        Q3_K:   q = 3-bit value,   D = d sc_k, E = 4 d sc_k
+//        Q4_K:   q = nibble,        D = d sc_j, E = dmin m_j
+//        Q5_K:   q = 5-bit value,   D = d sc_j, E = dmin m_j
+//        Q6_K:   q = 6-bit value,   D = d sc_j, E = 32 d sc_j
+//        IQ4_XS: q = level + 128,   D = d sc_j, E = 128 d sc_j (AVX2: signed)
 //  2. Activations are quantized per 32 values to int8 (y = round(x * 127/amax)),
 //     scale dy = amax/127; for each group we keep DY = dy and either
-//        SY = dy * sum(y)            (float)  for the types with a real min (Q4_1, Q4_K), or
-//        C  = -off * sum(y)          (int32)  for the others, off = E / D = 8, 16, 128, 32.
+//        SY = dy * sum(y)            (float)  for the types with a real min (Q4_1, Q5_1, Q2_K, Q4_K, Q5_K), or
+//        C  = -off * sum(y)          (int32)  for the others, off = E / D = 8, 16, 128, 4, 32.
 //  3. sum_i w_i x_i  ~=  D * DY * (sum_i q_i y_i + C)        (zero-point types: exact in int)
 //                    or  D * DY *  sum_i q_i y_i  -  E * SY  (min types)
 //     The integer dot is exact: u8 x s8 products are what vpdpbusd and maddubs compute,
@@ -68,9 +75,12 @@ static inline int weight_offset(WType t, bool q8_signed) {
     switch (t) {
         case WType::Q4_0: return 8;
         case WType::Q5_0: return 16;
-        case WType::Q8_0: return q8_signed ? 0 : 128;
+        case WType::Q8_0:
+        case WType::IQ4_NL:
+        case WType::IQ4_XS: return q8_signed ? 0 : 128;
+        case WType::Q3_K: return 4;
         case WType::Q6_K: return 32;
-        default: return -1;  // Q4_1, Q4_K
+        default: return -1;  // Q4_1, Q5_1, Q2_K, Q4_K, Q5_K
     }
 }
 

@@ -41,6 +41,9 @@ struct AttnArgs {
     int64_t out_stride;
     int n, pos0, n_heads, n_kv_heads, head_dim, window;
     float scale;
+    // > 0: scores pass through softcap * tanh(score / softcap) before the softmax (Gemma 2's
+    // attention logit soft-capping; score = scale * q.k); 0: off
+    float softcap = 0.0f;
 
     int group() const { return n_heads / n_kv_heads; }
     // first / one-past-last key visible from position p
@@ -84,6 +87,9 @@ struct OpsTable {
     void (*scale)(const float* x, float s, float* out, int64_t count);
 
     AttnTileFn attn_tile;
+
+    // out = cap * tanh(x / cap) over `count` floats (logit soft-capping); out may alias x.
+    void (*softcap)(const float* x, float cap, float* out, int64_t count);
 };
 
 const OpsTable& ops_generic();

@@ -314,7 +314,9 @@ void attn_tile(const AttnArgs& a, int g, int r0, int r1) {
     const int jlo = a.key_lo(pos_of(0)), jhi = a.key_hi(pos_of(rows - 1));
     const float* vbase = a.v + (int64_t)g * hd;
     const __m512 ninf_v = _mm512_set1_ps(ninf);
-    const __m512 scale_v = _mm512_set1_ps(a.scale);
+    // with soft-capping the scores are scaled and capped in a scalar pass first (below)
+    const bool capped = a.softcap > 0.0f;
+    const __m512 scale_v = _mm512_set1_ps(capped ? 1.0f : a.scale);
 
     // A block where a row sees no key leaves that row untouched (it is outside
     // [rs, re), or its P is all zero with corr 1), so each row's arithmetic is the same
@@ -335,6 +337,8 @@ void attn_tile(const AttnArgs& a, int g, int r0, int r1) {
             const int p = pos_of(r);
             const int lo = std::max(a.key_lo(p) - jb, 0), hi = std::min(p + 1 - jb, nb);
             float* s = S + (int64_t)r * KB;
+            if (capped)  // cap * tanh(scale * q.k / cap), as ops_generic.cpp
+                for (int j = 0; j < KB; ++j) s[j] = a.softcap * std::tanh(s[j] * a.scale / a.softcap);
             const uint64_t vis = lo >= hi ? 0 : (hi >= 64 ? ~0ull : ((1ull << hi) - 1)) & ~((1ull << lo) - 1);
             __m512 mx = ninf_v;
             for (int c = 0; c < 4; ++c) {
@@ -376,8 +380,12 @@ void attn_tile(const AttnArgs& a, int g, int r0, int r1) {
     }
 }
 
+void softcap(const float* x, float cap, float* out, int64_t count) {
+    for (int64_t i = 0; i < count; ++i) out[i] = cap * std::tanh(x[i] / cap);
+}
+
 const OpsTable kTable = {
-    "avx512", rmsnorm, rmsnorm_add, add_rmsnorm, rope, silu_mul, gelu_mul, add, scale, attn_tile,
+    "avx512", rmsnorm, rmsnorm_add, add_rmsnorm, rope, silu_mul, gelu_mul, add, scale, attn_tile, softcap,
 };
 
 }  // namespace

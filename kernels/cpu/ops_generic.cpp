@@ -143,6 +143,10 @@ void scale(const float* x, float s, float* out, int64_t count) {
     for (int64_t i = 0; i < count; ++i) out[i] = x[i] * s;
 }
 
+void softcap(const float* x, float cap, float* out, int64_t count) {
+    for (int64_t i = 0; i < count; ++i) out[i] = cap * std::tanh(x[i] / cap);
+}
+
 // One row at a time: scores of the row's visible blocks (64 keys per step, a
 // contiguous inner loop over the panel), then max, exp and sum, then the weighted values.
 void attn_tile(const AttnArgs& a, int g, int r0, int r1) {
@@ -169,6 +173,9 @@ void attn_tile(const AttnArgs& a, int g, int r0, int r1) {
                 for (int jj = 0; jj < KB; ++jj) s[jj] += qe * pe[jj];
             }
             for (int jj = 0; jj < KB; ++jj) S[b * KB + jj - base] = s[jj] * a.scale;
+            if (a.softcap > 0.0f)  // soft-capping: cap * tanh(score / cap)
+                for (int jj = 0; jj < KB; ++jj)
+                    S[b * KB + jj - base] = a.softcap * std::tanh(S[b * KB + jj - base] / a.softcap);
         }
         float* Sv = S + (lo - base);  // the visible keys, n_vis of them
         const int n_vis = hi - lo;
@@ -190,7 +197,7 @@ void attn_tile(const AttnArgs& a, int g, int r0, int r1) {
 
 const OpsTable kTable = {
     PYENGINE_OPS_STR(PYENGINE_OPS_VARIANT), rmsnorm, rmsnorm_add, add_rmsnorm, rope, silu_mul,
-    gelu_mul, add, scale, attn_tile,
+    gelu_mul, add, scale, attn_tile, softcap,
 };
 
 }  // namespace

@@ -10,7 +10,7 @@
 namespace pe {
 
 // --- the weight types the CPU kernels run ------------------------------------
-enum class WType : int { F32 = 0, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K, COUNT };
+enum class WType : int { F32 = 0, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K, BF16, Q5_1, Q5_K, Q2_K, Q3_K, IQ4_NL, IQ4_XS, COUNT };
 
 struct WTypeInfo {
     const char* name;
@@ -23,8 +23,19 @@ static inline const WTypeInfo& wtype_info(WType t) {
     static const WTypeInfo table[] = {
         {"F32", 1, 4, 0},     {"F16", 1, 2, 0},     {"Q4_0", 32, 18, 32},  {"Q4_1", 32, 20, 32},
         {"Q5_0", 32, 22, 32}, {"Q8_0", 32, 34, 32}, {"Q4_K", 256, 144, 32}, {"Q6_K", 256, 210, 16},
+        {"BF16", 1, 2, 0},    {"Q5_1", 32, 24, 32}, {"Q5_K", 256, 176, 32}, {"Q2_K", 256, 84, 16},
+        {"Q3_K", 256, 110, 16}, {"IQ4_NL", 32, 18, 32}, {"IQ4_XS", 256, 136, 32},
     };
+    static_assert(sizeof(table) / sizeof(table[0]) == (size_t)WType::COUNT, "one row per WType");
     return table[(int)t];
+}
+
+// Bytes per block as a compile-time constant (the SIMD unpackers' template arguments).
+constexpr int wtype_block_bytes(WType t) {
+    return t == WType::Q4_0 ? 18 : t == WType::Q4_1 ? 20 : t == WType::Q5_0 ? 22 : t == WType::Q5_1 ? 24
+         : t == WType::Q8_0 ? 34 : t == WType::IQ4_NL ? 18 : t == WType::Q2_K ? 84 : t == WType::Q3_K ? 110
+         : t == WType::Q4_K ? 144 : t == WType::Q5_K ? 176 : t == WType::Q6_K ? 210 : t == WType::IQ4_XS ? 136
+         : t == WType::F32 ? 4 : 2;
 }
 
 static inline bool wtype_from_name(const char* s, WType* out) {
@@ -41,7 +52,7 @@ static inline bool wtype_from_name(const char* s, WType* out) {
     return false;
 }
 
-static inline bool wtype_is_quant(WType t) { return t != WType::F32 && t != WType::F16; }
+static inline bool wtype_is_quant(WType t) { return t != WType::F32 && t != WType::F16 && t != WType::BF16; }
 
 // --- block layouts --------------------------------------------------------------
 // fp16 fields are kept as raw uint16_t bits; blocks are byte-packed in the file
@@ -75,7 +86,45 @@ struct block_q6_K {  // 16 sub-blocks of 16: x = d*sc[j]*(q - 32), q 6-bit = 4 b
     int8_t scales[16];
     uint16_t d;
 };
+struct block_q5_1 {  // x = d * q + m, q = nibble | bit i of qh << 4
+    uint16_t d, m;
+    uint8_t qh[4];
+    uint8_t qs[16];
+};
+struct block_q5_K {  // Q4_K plus a 5th bit: bit 2c of qh[l] tops value l of sub-block 2c, bit 2c+1 of sub-block 2c+1
+    uint16_t d, dmin;
+    uint8_t scales[12];
+    uint8_t qh[32];
+    uint8_t qs[128];
+};
+struct block_q2_K {  // 16 sub-blocks of 16: x = d*(sc[k]&15)*q - dmin*(sc[k]>>4); q 2-bit
+    uint8_t scales[16];
+    uint8_t qs[64];  // byte 32c+l, bits 2j..2j+1 = value 128c + 32j + l
+    uint16_t d, dmin;
+};
+struct block_q3_K {  // 16 sub-blocks of 16: x = d*sc[k]*(q - 4); q = 2 bits of qs | hmask bit << 2
+    uint8_t hmask[32];  // bit b of byte l = 3rd bit of value 32b + l
+    uint8_t qs[64];     // as Q2_K
+    uint8_t scales[12];  // 16 six-bit scales, offset by 32 (see q3k_scales)
+    uint16_t d;
+};
+struct block_iq4_nl {  // x = d * kIQ4Values[nibble]; nibbles as Q4_0
+    uint16_t d;
+    uint8_t qs[16];
+};
+struct block_iq4_xs {  // 8 sub-blocks of 32: x = d*(ls - 32)*kIQ4Values[nibble]
+    uint16_t d;
+    uint16_t scales_h;  // bits 2j..2j+1: top bits of ls[j]
+    uint8_t scales_l[4];  // nibble j%2 of byte j/2: low bits of ls[j]
+    uint8_t qs[128];      // 16 bytes per sub-block, nibbles as Q4_0
+};
 #pragma pack(pop)
+static_assert(sizeof(block_q5_1) == 24, "Q5_1 block is 24 bytes");
+static_assert(sizeof(block_q5_K) == 176, "Q5_K block is 176 bytes");
+static_assert(sizeof(block_q2_K) == 84, "Q2_K block is 84 bytes");
+static_assert(sizeof(block_q3_K) == 110, "Q3_K block is 110 bytes");
+static_assert(sizeof(block_iq4_nl) == 18, "IQ4_NL block is 18 bytes");
+static_assert(sizeof(block_iq4_xs) == 136, "IQ4_XS block is 136 bytes");
 static_assert(sizeof(block_q4_0) == 18, "Q4_0 block is 18 bytes");
 static_assert(sizeof(block_q4_1) == 20, "Q4_1 block is 20 bytes");
 static_assert(sizeof(block_q5_0) == 22, "Q5_0 block is 22 bytes");
@@ -136,6 +185,189 @@ static inline void q4k_scales_mins(const uint8_t* q, uint8_t sc[8], uint8_t m[8]
     std::memcpy(sc + 4, &s_hi, 4);
     std::memcpy(m, &m_lo, 4);
     std::memcpy(m + 4, &m_hi, 4);
+}
+
+// BF16 -> float: the 16 bits are the top half of the float32.
+static inline float bf16_to_fp32(uint16_t h) {
+    const uint32_t bits = (uint32_t)h << 16;
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+}
+
+// The 16 levels of IQ4_NL / IQ4_XS (ggml's kvalues_iq4nl), indexed by a nibble.
+static const int8_t kIQ4Values[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+
+// Q3_K's twelve scale bytes -> 16 signed scales (6-bit value - 32):
+//   low 4 bits: low nibble of b[k] (k < 8) or high nibble of b[k-8] (k >= 8);
+//   top 2 bits: bits 2*(k/4), 2*(k/4)+1 of b[8 + k%4].
+static inline void q3k_scales(const uint8_t* b, int8_t sc[16]) {
+    for (int k = 0; k < 16; ++k) {
+        const int lo = k < 8 ? (b[k] & 15) : (b[k - 8] >> 4);
+        const int hi = (b[8 + (k & 3)] >> (2 * (k >> 2))) & 3;
+        sc[k] = (int8_t)((lo | hi << 4) - 32);
+    }
+}
+
+// IQ4_XS's scales_h / scales_l -> 8 signed scales (6-bit value - 32).
+static inline void iq4xs_scales(const uint8_t* blk, int8_t sc[8]) {
+    const uint16_t h = load_u16(blk + 2);
+    for (int j = 0; j < 8; ++j) {
+        const int lo = (blk[4 + j / 2] >> (4 * (j & 1))) & 15;
+        sc[j] = (int8_t)((lo | ((h >> (2 * j)) & 3) << 4) - 32);
+    }
+}
+
+// ---- one GGUF block -> groups of (q bytes, D, E) with w_i = D * q_i - E ------------------
+// The per-type "group decode" of the matmul (see matmul_kernels.h): q gets ngroups*G
+// unsigned bytes in element order; returns the number of groups. The scalar tier packs
+// from this; each SIMD tier has a vectorised unpacker per type that must agree with it.
+static inline int unpack_block(WType t, const uint8_t* blk, uint8_t* q, float* D, float* E) {
+    switch (t) {
+        case WType::Q4_0: {
+            const float d = fp16_to_fp32(load_u16(blk));
+            for (int i = 0; i < 16; ++i) {
+                q[i] = blk[2 + i] & 15;
+                q[i + 16] = blk[2 + i] >> 4;
+            }
+            D[0] = d;
+            E[0] = 8.0f * d;
+            return 1;
+        }
+        case WType::Q4_1:
+        case WType::Q5_1: {
+            const int o = t == WType::Q4_1 ? 4 : 8;
+            for (int i = 0; i < 16; ++i) {
+                q[i] = blk[o + i] & 15;
+                q[i + 16] = blk[o + i] >> 4;
+            }
+            if (t == WType::Q5_1) {
+                const uint32_t qh = load_u32(blk + 4);
+                for (int i = 0; i < 32; ++i) q[i] |= (uint8_t)(((qh >> i) & 1) << 4);
+            }
+            D[0] = fp16_to_fp32(load_u16(blk));
+            E[0] = -fp16_to_fp32(load_u16(blk + 2));  // x = d q + m
+            return 1;
+        }
+        case WType::Q5_0: {
+            const float d = fp16_to_fp32(load_u16(blk));
+            const uint32_t qh = load_u32(blk + 2);
+            for (int i = 0; i < 16; ++i) {
+                q[i] = (uint8_t)((blk[6 + i] & 15) | ((qh >> i) & 1) << 4);
+                q[i + 16] = (uint8_t)((blk[6 + i] >> 4) | ((qh >> (i + 16)) & 1) << 4);
+            }
+            D[0] = d;
+            E[0] = 16.0f * d;
+            return 1;
+        }
+        case WType::Q8_0: {
+            const float d = fp16_to_fp32(load_u16(blk));
+            for (int i = 0; i < 32; ++i) q[i] = (uint8_t)(blk[2 + i] ^ 0x80);  // int8 + 128
+            D[0] = d;
+            E[0] = 128.0f * d;
+            return 1;
+        }
+        case WType::IQ4_NL: {
+            const float d = fp16_to_fp32(load_u16(blk));
+            for (int i = 0; i < 16; ++i) {  // level + 128: 1..241
+                q[i] = (uint8_t)(kIQ4Values[blk[2 + i] & 15] + 128);
+                q[i + 16] = (uint8_t)(kIQ4Values[blk[2 + i] >> 4] + 128);
+            }
+            D[0] = d;
+            E[0] = 128.0f * d;
+            return 1;
+        }
+        case WType::Q4_K:
+        case WType::Q5_K: {
+            const float d = fp16_to_fp32(load_u16(blk)), dmin = fp16_to_fp32(load_u16(blk + 2));
+            uint8_t sc[8], m[8];
+            q4k_scales_mins(blk + 4, sc, m);
+            const bool five = t == WType::Q5_K;
+            const uint8_t* qs = blk + (five ? 48 : 16);
+            const uint8_t* qh = blk + 16;
+            for (int c = 0; c < 4; ++c)
+                for (int i = 0; i < 32; ++i) {
+                    uint8_t lo = qs[32 * c + i] & 15, hi = qs[32 * c + i] >> 4;
+                    if (five) {
+                        lo |= (uint8_t)(((qh[i] >> (2 * c)) & 1) << 4);
+                        hi |= (uint8_t)(((qh[i] >> (2 * c + 1)) & 1) << 4);
+                    }
+                    q[64 * c + i] = lo;
+                    q[64 * c + 32 + i] = hi;
+                }
+            for (int j = 0; j < 8; ++j) {
+                D[j] = d * (float)sc[j];
+                E[j] = dmin * (float)m[j];
+            }
+            return 8;
+        }
+        case WType::Q6_K: {
+            const block_q6_K* b = (const block_q6_K*)blk;
+            const float d = fp16_to_fp32(load_u16(blk + 208));
+            for (int h = 0; h < 2; ++h) {
+                const uint8_t* ql = b->ql + 64 * h;
+                const uint8_t* qh = b->qh + 32 * h;
+                uint8_t* o = q + 128 * h;
+                for (int l = 0; l < 32; ++l) {
+                    o[l] = (uint8_t)((ql[l] & 15) | ((qh[l] >> 0) & 3) << 4);
+                    o[l + 32] = (uint8_t)((ql[l + 32] & 15) | ((qh[l] >> 2) & 3) << 4);
+                    o[l + 64] = (uint8_t)((ql[l] >> 4) | ((qh[l] >> 4) & 3) << 4);
+                    o[l + 96] = (uint8_t)((ql[l + 32] >> 4) | ((qh[l] >> 6) & 3) << 4);
+                }
+            }
+            for (int j = 0; j < 16; ++j) {
+                D[j] = d * (float)b->scales[j];
+                E[j] = 32.0f * D[j];
+            }
+            return 16;
+        }
+        case WType::Q2_K:
+        case WType::Q3_K: {
+            // value 128c + 32j + l: bits 2j..2j+1 of qs[32c + l] (+ Q3_K: bit 4c+j of hmask[l])
+            const bool three = t == WType::Q3_K;
+            const uint8_t* qs = blk + (three ? 32 : 16);
+            for (int c = 0; c < 2; ++c)
+                for (int j = 0; j < 4; ++j)
+                    for (int l = 0; l < 32; ++l) {
+                        uint8_t v = (qs[32 * c + l] >> (2 * j)) & 3;
+                        if (three) v |= (uint8_t)(((blk[l] >> (4 * c + j)) & 1) << 2);
+                        q[128 * c + 32 * j + l] = v;
+                    }
+            if (three) {
+                int8_t sc[16];
+                q3k_scales(blk + 96, sc);
+                const float d = fp16_to_fp32(load_u16(blk + 108));
+                for (int k = 0; k < 16; ++k) {
+                    D[k] = d * (float)sc[k];
+                    E[k] = 4.0f * D[k];  // x = D (q - 4)
+                }
+            } else {
+                const float d = fp16_to_fp32(load_u16(blk + 80)), dmin = fp16_to_fp32(load_u16(blk + 82));
+                for (int k = 0; k < 16; ++k) {
+                    D[k] = d * (float)(blk[k] & 15);
+                    E[k] = dmin * (float)(blk[k] >> 4);
+                }
+            }
+            return 16;
+        }
+        case WType::IQ4_XS: {
+            const float d = fp16_to_fp32(load_u16(blk));
+            int8_t sc[8];
+            iq4xs_scales(blk, sc);
+            const uint8_t* qs = blk + 8;
+            for (int j = 0; j < 8; ++j) {
+                for (int i = 0; i < 16; ++i) {
+                    q[32 * j + i] = (uint8_t)(kIQ4Values[qs[16 * j + i] & 15] + 128);
+                    q[32 * j + 16 + i] = (uint8_t)(kIQ4Values[qs[16 * j + i] >> 4] + 128);
+                }
+                D[j] = d * (float)sc[j];
+                E[j] = 128.0f * D[j];
+            }
+            return 8;
+        }
+        default:
+            return 0;
+    }
 }
 
 }  // namespace pe

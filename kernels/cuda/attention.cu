@@ -22,6 +22,12 @@ namespace pye {
 
 namespace {
 
+// scale * q.k, soft-capped when cap > 0: cap * tanh(score / cap)
+PYE_D float score(float qk, float scale, float cap) {
+    const float s = qk * scale;
+    return cap > 0.0f ? cap * tanhf(s / cap) : s;
+}
+
 PYE_D int first_key(int p, int window) {
     const int lo = p - window + 1;
     return window > 0 && lo > 0 ? lo : 0;
@@ -29,7 +35,7 @@ PYE_D int first_key(int p, int window) {
 
 __global__ void attention_simple_kernel(const float* __restrict__ q, const float* __restrict__ K,
                                         const float* __restrict__ V, int n, int pos0, int H, int Hkv, int hd,
-                                        float scale, int window, float* __restrict__ out) {
+                                        float scale, int window, float cap, float* __restrict__ out) {
     const long long idx = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
     if (idx >= static_cast<long long>(n) * H * hd) return;
     const int d = static_cast<int>(idx % hd);
@@ -46,14 +52,14 @@ __global__ void attention_simple_kernel(const float* __restrict__ q, const float
         const float* kr = K + j * kvw + static_cast<size_t>(kvh) * hd;
         float s = 0.0f;
         for (int e = 0; e < hd; ++e) s += qv[e] * kr[e];
-        m = fmaxf(m, s * scale);
+        m = fmaxf(m, score(s, scale, cap));
     }
     float l = 0.0f, acc = 0.0f;
     for (int j = j0; j <= p; ++j) {
         const float* kr = K + j * kvw + static_cast<size_t>(kvh) * hd;
         float s = 0.0f;
         for (int e = 0; e < hd; ++e) s += qv[e] * kr[e];
-        const float pj = expf(s * scale - m);
+        const float pj = expf(score(s, scale, cap) - m);
         l += pj;
         acc += pj * V[j * kvw + static_cast<size_t>(kvh) * hd + d];
     }
@@ -65,7 +71,7 @@ constexpr int ATT_WARPS = 4;
 // DPL = head dims per lane (head_dim <= 32 * DPL)
 template <int DPL>
 __global__ void __launch_bounds__(32 * ATT_WARPS)
-attention_kernel(const float* __restrict__ q, const float* __restrict__ K, const float* __restrict__ V, int pos0, int H, int Hkv, int hd, float scale, int window, int n_splits, float* __restrict__ out,
+attention_kernel(const float* __restrict__ q, const float* __restrict__ K, const float* __restrict__ V, int pos0, int H, int Hkv, int hd, float scale, int window, float cap, int n_splits, float* __restrict__ out,
                  float* __restrict__ part) {
     const int h = blockIdx.x, t = blockIdx.y, z = blockIdx.z;
     const int lane = threadIdx.x, warp = threadIdx.y;
@@ -96,7 +102,7 @@ attention_kernel(const float* __restrict__ q, const float* __restrict__ K, const
             const int d = lane + 32 * r;
             if (d < hd) s += qr[r] * kr[d];
         }
-        s = warp_sum(s) * scale;
+        s = score(warp_sum(s), scale, cap);
         const float m_new = fmaxf(m, s);
         const float corr = expf(m - m_new);  // 0 for the first key (m = -inf)
         const float pj = expf(s - m_new);
@@ -178,9 +184,9 @@ __global__ void attention_combine_kernel(const float* __restrict__ part, int H, 
 
 template <int DPL>
 void launch_attention(const float* q, const float* k, const float* v, int n, int pos0, int H, int Hkv, int hd,
-                      float scale, int window, float* out, int n_splits, float* part) {
+                      float scale, int window, float cap, float* out, int n_splits, float* part) {
     launch("attention", attention_kernel<DPL>, dim3(H, n, n_splits), dim3(32, ATT_WARPS), q, k, v, pos0, H, Hkv,
-           hd, scale, window, n_splits, out, part);
+           hd, scale, window, cap, n_splits, out, part);
     if (n_splits > 1)
         launch("attention_combine", attention_combine_kernel, dim3(H, n), dim3(hd < 128 ? 64 : 128), part, H, hd,
                n_splits, out);
@@ -195,17 +201,18 @@ size_t attention_scratch_bytes(int n, int n_heads, int head_dim, int n_splits) {
 
 void attention(const float* q, const float* k, const float* v, int n, int pos0, int n_heads, int n_kv_heads,
                int head_dim, float scale, int window, float* out, int n_splits, void* scratch, size_t scratch_bytes,
-               bool simple) {
+               bool simple, float softcap) {
     if (n_heads <= 0 || n_kv_heads <= 0 || n_heads % n_kv_heads || head_dim <= 0)
         throw std::invalid_argument("attention: need n_heads a positive multiple of n_kv_heads (got " +
                                     std::to_string(n_heads) + " and " + std::to_string(n_kv_heads) + ")");
     if (pos0 < 0 || window < 0 || n_splits < 1)
         throw std::invalid_argument("attention: pos0 and window must be >= 0 and n_splits >= 1");
+    if (!(softcap >= 0.0f)) throw std::invalid_argument("attention: softcap must be >= 0 (0: off)");
     if (n <= 0) return;
     if (simple || head_dim > ATTN_MAX_HEAD_DIM) {
         const size_t total = static_cast<size_t>(n) * n_heads * head_dim;
         launch("attention_simple", attention_simple_kernel, dim3(ceil_div(total, 128)), dim3(128), q, k, v, n, pos0,
-               n_heads, n_kv_heads, head_dim, scale, window, out);
+               n_heads, n_kv_heads, head_dim, scale, window, softcap, out);
         return;
     }
     if (n_splits > 1 && scratch_bytes < attention_scratch_bytes(n, n_heads, head_dim, n_splits))
@@ -213,13 +220,17 @@ void attention(const float* q, const float* k, const float* v, int n, int pos0, 
                                     std::to_string(attention_scratch_bytes(n, n_heads, head_dim, n_splits)));
     float* part = static_cast<float*>(scratch);
     if (head_dim <= 32)
-        launch_attention<1>(q, k, v, n, pos0, n_heads, n_kv_heads, head_dim, scale, window, out, n_splits, part);
+        launch_attention<1>(q, k, v, n, pos0, n_heads, n_kv_heads, head_dim, scale, window, softcap, out, n_splits,
+                            part);
     else if (head_dim <= 64)
-        launch_attention<2>(q, k, v, n, pos0, n_heads, n_kv_heads, head_dim, scale, window, out, n_splits, part);
+        launch_attention<2>(q, k, v, n, pos0, n_heads, n_kv_heads, head_dim, scale, window, softcap, out, n_splits,
+                            part);
     else if (head_dim <= 128)
-        launch_attention<4>(q, k, v, n, pos0, n_heads, n_kv_heads, head_dim, scale, window, out, n_splits, part);
+        launch_attention<4>(q, k, v, n, pos0, n_heads, n_kv_heads, head_dim, scale, window, softcap, out, n_splits,
+                            part);
     else
-        launch_attention<8>(q, k, v, n, pos0, n_heads, n_kv_heads, head_dim, scale, window, out, n_splits, part);
+        launch_attention<8>(q, k, v, n, pos0, n_heads, n_kv_heads, head_dim, scale, window, softcap, out, n_splits,
+                            part);
 }
 
 }  // namespace pye

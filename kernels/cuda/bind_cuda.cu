@@ -237,7 +237,8 @@ void bind_cuda(py::module_& m) {
     c.def(
         "rope",
         [](const DeviceBuffer& x, int n, int n_heads, int head_dim, const DeviceBuffer& pos, double freq_base,
-           bool neox, int n_rot, DeviceBuffer& out, bool simple) {
+           bool neox, int n_rot, DeviceBuffer& out, bool simple, const DeviceBuffer* freq_factors, double freq_scale,
+           double ext_factor, double attn_factor, double beta_fast, double beta_slow, int n_ctx_orig) {
             const char* fn = "rope";
             nonneg(n, fn, "n");
             positive(n_heads, fn, "n_heads");
@@ -248,13 +249,29 @@ void bind_cuda(py::module_& m) {
             need(out, bytes, fn, "out");
             distinct(out, x, fn, "x");
             distinct(out, pos, fn, "positions");
+            pye::RopeScaling sc;
+            if (freq_factors) {
+                positive(n_rot, fn, "n_rot");
+                need(*freq_factors, std::size_t(n_rot / 2) * 4, fn, "freq_factors");
+                sc.freq_factors = f32(*freq_factors);
+            }
+            sc.freq_scale = freq_scale;
+            sc.ext_factor = ext_factor;
+            sc.attn_factor = attn_factor;
+            sc.beta_fast = beta_fast;
+            sc.beta_slow = beta_slow;
+            sc.n_ctx_orig = n_ctx_orig;
             pye::rope(f32(x), n, n_heads, head_dim, static_cast<const int32_t*>(pos.data()), freq_base, neox, n_rot,
-                      f32(out), simple);
+                      f32(out), simple, sc);
         },
         py::arg("x"), py::arg("n"), py::arg("n_heads"), py::arg("head_dim"), py::arg("positions"),
         py::arg("freq_base"), py::arg("neox"), py::arg("n_rot"), py::arg("out"), py::arg("simple") = false,
+        py::arg("freq_factors") = nullptr, py::arg("freq_scale") = 1.0, py::arg("ext_factor") = 0.0,
+        py::arg("attn_factor") = 1.0, py::arg("beta_fast") = 32.0, py::arg("beta_slow") = 1.0,
+        py::arg("n_ctx_orig") = 0,
         "Rotary embedding of x (n, n_heads*head_dim) at int32 positions (n); NORM (adjacent pairs) or NEOX "
-        "(halves) pairing of the first n_rot dims.");
+        "(halves) pairing of the first n_rot dims. The optional arguments scale the angles (RopeScaling, "
+        "pyengine/backends/base.py); freq_factors: a device buffer of n_rot/2 float32.");
 
     c.def(
         "add",
@@ -278,6 +295,17 @@ void bind_cuda(py::module_& m) {
         py::arg("x"), py::arg("n"), py::arg("s"), py::arg("out"), py::arg("simple") = false,
         "out = x * s (n values). out may be x.");
 
+    c.def(
+        "softcap",
+        [](const DeviceBuffer& x, std::size_t n, float cap, DeviceBuffer& out, bool simple) {
+            need(x, n * 4, "softcap", "x");
+            need(out, n * 4, "softcap", "out");
+            if (!(cap > 0.0f)) throw py::value_error("softcap: cap must be > 0");
+            pye::softcap(f32(x), n, cap, f32(out), simple);
+        },
+        py::arg("x"), py::arg("n"), py::arg("cap"), py::arg("out"), py::arg("simple") = false,
+        "out = cap * tanh(x / cap) (n values). out may be x.");
+
     auto gate = [](const char* fn, void (*op)(const float*, const float*, std::size_t, float*, bool)) {
         return [fn, op](const DeviceBuffer& gate_, const DeviceBuffer& up, std::size_t n, DeviceBuffer& out,
                         bool simple) {
@@ -300,8 +328,9 @@ void bind_cuda(py::module_& m) {
         "attention",
         [](const DeviceBuffer& q, const DeviceBuffer& k, const DeviceBuffer& v, int n, int pos0, int n_heads,
            int n_kv_heads, int head_dim, float scale, int window, DeviceBuffer& out, int n_splits,
-           DeviceBuffer* scratch, bool simple) {
+           DeviceBuffer* scratch, bool simple, float softcap) {
             const char* fn = "attention";
+            if (!(softcap >= 0.0f)) throw py::value_error("attention: softcap must be >= 0 (0: off)");
             nonneg(n, fn, "n");
             nonneg(pos0, fn, "pos0");
             positive(n_heads, fn, "n_heads");
@@ -333,11 +362,11 @@ void bind_cuda(py::module_& m) {
                 sp = scratch->data();
             }
             pye::attention(f32(q), f32(k), f32(v), n, pos0, n_heads, n_kv_heads, head_dim, scale, window, f32(out),
-                           n_splits, sp, sb, simple);
+                           n_splits, sp, sb, simple, softcap);
         },
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("n"), py::arg("pos0"), py::arg("n_heads"),
         py::arg("n_kv_heads"), py::arg("head_dim"), py::arg("scale"), py::arg("window"), py::arg("out"),
-        py::arg("n_splits") = 1, py::arg("scratch") = nullptr, py::arg("simple") = false,
+        py::arg("n_splits") = 1, py::arg("scratch") = nullptr, py::arg("simple") = false, py::arg("softcap") = 0.0f,
         "Causal GQA attention of q (n, H*hd) at positions pos0.. over the caches k, v (rows of Hkv*hd, at least "
         "pos0+n rows); window > 0 limits each query to the last `window` positions. out (n, H*hd).");
 }

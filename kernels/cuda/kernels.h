@@ -13,7 +13,8 @@
 namespace pye {
 
 // ---- weights ---------------------------------------------------------------------
-// GGML type ids the kernels read directly (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K).
+// GGML type ids the kernels read directly (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL,
+// Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS).
 bool type_supported(int type);
 // Bytes of one row of `cols` values of `type` (throws if cols is not a whole number of blocks).
 std::size_t row_bytes(int type, int cols);
@@ -32,15 +33,25 @@ void get_rows(int type, const uint8_t* w, int cols, const int32_t* ids, int n, f
 // Each group of g values of x (n, d) divided by its RMS (+eps) and multiplied by w (g).
 void rmsnorm(const float* x, int n, int d, const float* w, int g, float eps, float* out, bool simple);
 
+// How rope's angles are scaled (pyengine/backends/base.py RopeScaling; llama.cpp's
+// ggml_rope_ext parameters). The defaults change nothing.
+struct RopeScaling {
+    const float* freq_factors = nullptr;  // device (n_rot/2) or null: pair i's frequency is divided by it
+    double freq_scale = 1.0, ext_factor = 0.0, attn_factor = 1.0, beta_fast = 32.0, beta_slow = 1.0;
+    int n_ctx_orig = 0;  // YaRN's training context (needed when ext_factor != 0)
+};
+
 // Rotary embedding of x (n, n_heads*head_dim) at positions pos (n); out may equal x.
 void rope(const float* x, int n, int n_heads, int head_dim, const int32_t* pos, double freq_base,
-          bool neox, int n_rot, float* out, bool simple);
+          bool neox, int n_rot, float* out, bool simple, const RopeScaling& sc = RopeScaling());
 
 // out[i] = a[i] + b[i % nb] for i < na (nb divides na); out may alias a or b.
 void add(const float* a, std::size_t na, const float* b, std::size_t nb, float* out, bool simple);
 void scale(const float* x, std::size_t n, float s, float* out, bool simple);
 void silu_mul(const float* gate, const float* up, std::size_t n, float* out, bool simple);
 void gelu_mul(const float* gate, const float* up, std::size_t n, float* out, bool simple);
+// out = cap * tanh(x / cap) (logit soft-capping; cap > 0). out may be x.
+void softcap(const float* x, std::size_t n, float cap, float* out, bool simple);
 
 // ---- attention ---------------------------------------------------------------------
 // Largest head_dim the tuned attention handles (the simple one takes any).
@@ -50,8 +61,9 @@ std::size_t attention_scratch_bytes(int n, int n_heads, int head_dim, int n_spli
 // Causal (optionally sliding-window) GQA attention of q (n, H*hd) at positions
 // pos0 .. pos0+n-1 over k, v caches (>= pos0+n rows of Hkv*hd). n_splits > 1 splits
 // every query's keys over that many blocks (flash-decoding) and needs scratch.
+// softcap > 0: scores scale*q.k become softcap * tanh(score / softcap) (Gemma 2).
 void attention(const float* q, const float* k, const float* v, int n, int pos0, int n_heads, int n_kv_heads,
                int head_dim, float scale, int window, float* out, int n_splits, void* scratch,
-               std::size_t scratch_bytes, bool simple);
+               std::size_t scratch_bytes, bool simple, float softcap = 0.0f);
 
 }  // namespace pye

@@ -78,7 +78,7 @@ matmul_q8_kernel(const uint8_t* __restrict__ w, size_t row_bytes, int rows, int 
             for (int c = 0; c < NC; ++c) {
                 if (c0 + c < n) {
                     const size_t cu = static_cast<size_t>(c0 + c) * units + u;
-                    acc[c] += unit_dot(U, q8 + cu * 32, ds[cu]);
+                    acc[c] += unit_dot_t<T>(U, q8 + cu * 32, ds[cu]);
                 }
             }
         }
@@ -218,6 +218,12 @@ void get_rows_t(const uint8_t* w, int cols, const int32_t* ids, int n, float* ou
         case T_Q8_0: { constexpr int TT = T_Q8_0; CALL; } break;                           \
         case T_Q4_K: { constexpr int TT = T_Q4_K; CALL; } break;                           \
         case T_Q6_K: { constexpr int TT = T_Q6_K; CALL; } break;                           \
+        case T_Q5_1: { constexpr int TT = T_Q5_1; CALL; } break;                           \
+        case T_Q2_K: { constexpr int TT = T_Q2_K; CALL; } break;                           \
+        case T_Q3_K: { constexpr int TT = T_Q3_K; CALL; } break;                           \
+        case T_Q5_K: { constexpr int TT = T_Q5_K; CALL; } break;                           \
+        case T_IQ4_NL: { constexpr int TT = T_IQ4_NL; CALL; } break;                       \
+        case T_IQ4_XS: { constexpr int TT = T_IQ4_XS; CALL; } break;                       \
         default: throw std::invalid_argument("unsupported GGML type id " + std::to_string(type)); \
     }
 

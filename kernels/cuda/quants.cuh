@@ -15,6 +15,16 @@
 //        value r: half h = r/128, quarter k = (r%128)/32, l = r%32;
 //        low 4 bits  = ql[64h + l + 32*(k&1)] (low nibble if k < 2, else high),
 //        high 2 bits = qh[32h + l] >> 2k;  x = d * scales[8h + 2k + l/16] * (q - 32)
+//   Q5_1  24 B / 32 values: d(f16) m(f16) qh[4] qs[16]  x = d * (q | hbit << 4) + m
+//   Q5_K 176 B / 256 values: d dmin scales[12] qh[32] qs[128]: Q4_K plus bit s of qh[l]
+//        as the value 16 of value l of sub-block s
+//   Q2_K  84 B / 256 values: scales[16] qs[64] d dmin; value r = 128c + 32j + l is
+//        bits 2j..2j+1 of qs[32c + l]; x = d*(sc[r/16] & 15)*q - dmin*(sc[r/16] >> 4)
+//   Q3_K 110 B / 256 values: hmask[32] qs[64] scales[12] d; low 2 bits as Q2_K, bit 4c+j
+//        of hmask[l] the value 4; x = d * sc[r/16] * (q - 4), sc 6-bit - 32 (q3k_scale)
+//   IQ4_NL 18 B / 32 values: d qs[16] (nibbles as Q4_0)  x = d * level[nibble]
+//   IQ4_XS 136 B / 256 values: d scales_h(u16) scales_l[4] qs[128]; sub-block s: nibbles
+//        at qs[16s ..] as Q4_0, x = d * (ls_s - 32) * level[nibble]
 //   F32 / F16 / BF16: one value per element.
 //
 // Two views of a row, both usable on host and device:
@@ -40,9 +50,15 @@ enum GgmlType : int {
     T_Q4_0 = 2,
     T_Q4_1 = 3,
     T_Q5_0 = 6,
+    T_Q5_1 = 7,
     T_Q8_0 = 8,
+    T_Q2_K = 10,
+    T_Q3_K = 11,
     T_Q4_K = 12,
+    T_Q5_K = 13,
     T_Q6_K = 14,
+    T_IQ4_NL = 20,
+    T_IQ4_XS = 23,
     T_BF16 = 30,
 };
 
@@ -56,6 +72,12 @@ template <> struct Traits<T_Q5_0> { static constexpr int block = 32,  bytes = 22
 template <> struct Traits<T_Q8_0> { static constexpr int block = 32,  bytes = 34,  quant = 1; };
 template <> struct Traits<T_Q4_K> { static constexpr int block = 256, bytes = 144, quant = 1; };
 template <> struct Traits<T_Q6_K> { static constexpr int block = 256, bytes = 210, quant = 1; };
+template <> struct Traits<T_Q5_1> { static constexpr int block = 32,  bytes = 24,  quant = 1; };
+template <> struct Traits<T_Q2_K> { static constexpr int block = 256, bytes = 84,  quant = 1; };
+template <> struct Traits<T_Q3_K> { static constexpr int block = 256, bytes = 110, quant = 1; };
+template <> struct Traits<T_Q5_K> { static constexpr int block = 256, bytes = 176, quant = 1; };
+template <> struct Traits<T_IQ4_NL> { static constexpr int block = 32, bytes = 18, quant = 1; };
+template <> struct Traits<T_IQ4_XS> { static constexpr int block = 256, bytes = 136, quant = 1; };
 
 // Host-side table of the same facts (block size, bytes per block; 0 = unsupported).
 inline bool type_info(int type, int* block, int* bytes, bool* quant) {
@@ -65,6 +87,8 @@ inline bool type_info(int type, int* block, int* bytes, bool* quant) {
         PYE_TYPE_CASE(T_F32) PYE_TYPE_CASE(T_F16) PYE_TYPE_CASE(T_BF16)
         PYE_TYPE_CASE(T_Q4_0) PYE_TYPE_CASE(T_Q4_1) PYE_TYPE_CASE(T_Q5_0)
         PYE_TYPE_CASE(T_Q8_0) PYE_TYPE_CASE(T_Q4_K) PYE_TYPE_CASE(T_Q6_K)
+        PYE_TYPE_CASE(T_Q5_1) PYE_TYPE_CASE(T_Q2_K) PYE_TYPE_CASE(T_Q3_K)
+        PYE_TYPE_CASE(T_Q5_K) PYE_TYPE_CASE(T_IQ4_NL) PYE_TYPE_CASE(T_IQ4_XS)
 #undef PYE_TYPE_CASE
         default: return false;
     }
@@ -97,6 +121,35 @@ PYE_HD void k4_scale_min(const uint8_t* s, int j, int* sc, int* mn) {
         *sc = (s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4);
         *mn = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
     }
+}
+
+// Q3_K: signed scale of sub-block k (0..15) from the 12 packed bytes: low 4 bits in the
+// low (k < 8) or high (k >= 8) nibble of s[k % 8], top 2 bits at bit 2*(k/4) of s[8 + k%4].
+PYE_HD int q3k_scale(const uint8_t* s, int k) {
+    const int lo = k < 8 ? (s[k] & 15) : (s[k - 8] >> 4);
+    const int hi = (s[8 + (k & 3)] >> (2 * (k >> 2))) & 3;
+    return (lo | (hi << 4)) - 32;
+}
+
+// IQ4_XS: signed scale of sub-block j (0..7).
+PYE_HD int iq4xs_scale(const uint8_t* b, int j) {
+    const int lo = (b[4 + j / 2] >> (4 * (j & 1))) & 15;
+    const int hi = (static_cast<int>(ld_u16(b + 2)) >> (2 * j)) & 3;
+    return (lo | (hi << 4)) - 32;
+}
+
+// The 16 IQ4 levels (ggml's kvalues_iq4nl) packed as bytes of two 64-bit constants.
+PYE_HD int iq4_level(int i) {
+    const uint64_t lo = 0xF6EADDCFBFAD9881ull;  // -127 -104 -83 -65 -49 -35 -22 -10
+    const uint64_t hi = 0x7159453526190D01ull;  //  1 13 25 38 53 69 89 113
+    return static_cast<int8_t>(((i < 8 ? lo : hi) >> (8 * (i & 7))) & 0xff);
+}
+// Four nibbles (bits 0-3 of each byte of w) -> four level bytes.
+PYE_HD uint32_t iq4_levels4(uint32_t w) {
+    uint32_t o = 0;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) o |= (static_cast<uint32_t>(iq4_level((w >> (8 * k)) & 15)) & 0xffu) << (8 * k);
+    return o;
 }
 
 // Bytes of w, each 0..63, minus 32 as signed bytes (-32..31), without carries
@@ -172,6 +225,52 @@ template <> PYE_HD float dequant_elem<T_Q6_K>(const uint8_t* row, int e) {
     return ld_f16(b + 208) * static_cast<float>(sc) * static_cast<float>((lo | (hi << 4)) - 32);
 }
 
+template <> PYE_HD float dequant_elem<T_Q5_1>(const uint8_t* row, int e) {
+    const uint8_t* b = row + static_cast<size_t>(e / 32) * 24;
+    const int j = e % 32;
+    const uint32_t qh = ld_u32_a4(b + 4);
+    const int byte = b[8 + (j & 15)];
+    const int lo = j < 16 ? (byte & 15) : (byte >> 4);
+    const int q = lo | static_cast<int>(((qh >> j) & 1u) << 4);
+    return ld_f16(b) * static_cast<float>(q) + ld_f16(b + 2);
+}
+template <> PYE_HD float dequant_elem<T_Q5_K>(const uint8_t* row, int e) {
+    const uint8_t* b = row + static_cast<size_t>(e / 256) * 176;
+    const int r = e % 256, sub = r / 32, l = r % 32;
+    int sc, mn;
+    k4_scale_min(b + 4, sub, &sc, &mn);
+    const int byte = b[48 + 32 * (sub / 2) + l];
+    const int q = ((sub & 1) ? (byte >> 4) : (byte & 15)) | (((b[16 + l] >> sub) & 1) << 4);
+    return ld_f16(b) * static_cast<float>(sc) * static_cast<float>(q) - ld_f16(b + 2) * static_cast<float>(mn);
+}
+template <> PYE_HD float dequant_elem<T_Q2_K>(const uint8_t* row, int e) {
+    const uint8_t* b = row + static_cast<size_t>(e / 256) * 84;
+    const int r = e % 256, c = r / 128, j = (r % 128) / 32, l = r % 32;
+    const int sc = b[r / 16];
+    const int q = (b[16 + 32 * c + l] >> (2 * j)) & 3;
+    return ld_f16(b + 80) * static_cast<float>(sc & 15) * static_cast<float>(q) -
+           ld_f16(b + 82) * static_cast<float>(sc >> 4);
+}
+template <> PYE_HD float dequant_elem<T_Q3_K>(const uint8_t* row, int e) {
+    const uint8_t* b = row + static_cast<size_t>(e / 256) * 110;
+    const int r = e % 256, c = r / 128, j = (r % 128) / 32, l = r % 32;
+    const int q = ((b[32 + 32 * c + l] >> (2 * j)) & 3) | (((b[l] >> (4 * c + j)) & 1) << 2);
+    return ld_f16(b + 108) * static_cast<float>(q3k_scale(b + 96, r / 16)) * static_cast<float>(q - 4);
+}
+template <> PYE_HD float dequant_elem<T_IQ4_NL>(const uint8_t* row, int e) {
+    const uint8_t* b = row + static_cast<size_t>(e / 32) * 18;
+    const int j = e % 32;
+    const int byte = b[2 + (j & 15)];
+    return ld_f16(b) * static_cast<float>(iq4_level(j < 16 ? (byte & 15) : (byte >> 4)));
+}
+template <> PYE_HD float dequant_elem<T_IQ4_XS>(const uint8_t* row, int e) {
+    const uint8_t* b = row + static_cast<size_t>(e / 256) * 136;
+    const int r = e % 256, sub = r / 32, j = r % 32;
+    const int byte = b[8 + 16 * sub + (j & 15)];
+    return ld_f16(b) * static_cast<float>(iq4xs_scale(b, sub)) *
+           static_cast<float>(iq4_level(j < 16 ? (byte & 15) : (byte >> 4)));
+}
+
 // ---------------------------------------------------------------------------------
 // 32 values as int8 codes for dp4a
 // ---------------------------------------------------------------------------------
@@ -180,6 +279,7 @@ struct Unit {
     float d0;   // scale of codes 0..15
     float d1;   // scale of codes 16..31
     float m;    // offset coefficient (multiplies s8 = d8 * sum q8)
+    float m0, m1;  // Q2_K only: per-16 min coefficients of codes 0..15 / 16..31 (see unit_dot)
 };
 
 template <int T> PYE_HD void decode_unit(const uint8_t* row, int u, Unit& U);
@@ -257,6 +357,85 @@ template <> PYE_HD void decode_unit<T_Q6_K>(const uint8_t* row, int u, Unit& U) 
     U.m = 0.0f;
 }
 
+template <> PYE_HD void decode_unit<T_Q5_1>(const uint8_t* row, int u, Unit& U) {
+    const uint8_t* b = row + static_cast<size_t>(u) * 24;
+    const uint32_t qh = ld_u32_a4(b + 4);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        const uint32_t w = ld_u32_a4(b + 8 + 4 * k);
+        U.v[k] = static_cast<int>((w & 0x0f0f0f0fu) | spread_bit4(qh >> (4 * k)));
+        U.v[k + 4] = static_cast<int>(((w >> 4) & 0x0f0f0f0fu) | spread_bit4(qh >> (16 + 4 * k)));
+    }
+    U.d0 = U.d1 = ld_f16(b);
+    U.m = ld_f16(b + 2);
+}
+template <> PYE_HD void decode_unit<T_Q5_K>(const uint8_t* row, int u, Unit& U) {
+    const uint8_t* b = row + static_cast<size_t>(u / 8) * 176;
+    const int sub = u % 8;
+    int sc, mn;
+    k4_scale_min(b + 4, sub, &sc, &mn);
+    const uint8_t* qs = b + 48 + 32 * (sub / 2);
+    const int shift = (sub & 1) ? 4 : 0;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+        const uint32_t hi = ((ld_u32_a4(b + 16 + 4 * k) >> sub) & 0x01010101u) << 4;
+        U.v[k] = static_cast<int>(((ld_u32_a4(qs + 4 * k) >> shift) & 0x0f0f0f0fu) | hi);
+    }
+    U.d0 = U.d1 = ld_f16(b) * static_cast<float>(sc);
+    U.m = -ld_f16(b + 2) * static_cast<float>(mn);
+}
+template <> PYE_HD void decode_unit<T_Q2_K>(const uint8_t* row, int u, Unit& U) {
+    const uint8_t* b = row + static_cast<size_t>(u / 8) * 84;
+    const int s = u % 8, c = s / 4, j = s % 4;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) U.v[k] = static_cast<int>((ld_u32_a4(b + 16 + 32 * c + 4 * k) >> (2 * j)) & 0x03030303u);
+    const float d = ld_f16(b + 80), dmin = ld_f16(b + 82);
+    const int s0 = b[2 * s], s1 = b[2 * s + 1];
+    U.d0 = d * static_cast<float>(s0 & 15);
+    U.d1 = d * static_cast<float>(s1 & 15);
+    U.m = 0.0f;
+    U.m0 = -dmin * static_cast<float>(s0 >> 4);
+    U.m1 = -dmin * static_cast<float>(s1 >> 4);
+}
+template <> PYE_HD void decode_unit<T_Q3_K>(const uint8_t* row, int u, Unit& U) {
+    const uint8_t* b = row + static_cast<size_t>(u / 8) * 110;
+    const int s = u % 8, c = s / 4, j = s % 4;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+        const uint32_t lo = (ld_u32_a2(b + 32 + 32 * c + 4 * k) >> (2 * j)) & 0x03030303u;
+        const uint32_t hb = ((ld_u32_a2(b + 4 * k) >> (4 * c + j)) & 0x01010101u) << 2;
+        // bytes 0..7 minus 4 as signed bytes, without borrows between bytes
+        U.v[k] = static_cast<int>((((lo | hb) | 0x80808080u) - 0x04040404u) ^ 0x80808080u);
+    }
+    const float d = ld_f16(b + 108);
+    U.d0 = d * static_cast<float>(q3k_scale(b + 96, 2 * s));
+    U.d1 = d * static_cast<float>(q3k_scale(b + 96, 2 * s + 1));
+    U.m = 0.0f;
+}
+template <> PYE_HD void decode_unit<T_IQ4_NL>(const uint8_t* row, int u, Unit& U) {
+    const uint8_t* b = row + static_cast<size_t>(u) * 18;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        const uint32_t w = ld_u32_a2(b + 2 + 4 * k);
+        U.v[k] = static_cast<int>(iq4_levels4(w & 0x0f0f0f0fu));
+        U.v[k + 4] = static_cast<int>(iq4_levels4((w >> 4) & 0x0f0f0f0fu));
+    }
+    U.d0 = U.d1 = ld_f16(b);
+    U.m = 0.0f;
+}
+template <> PYE_HD void decode_unit<T_IQ4_XS>(const uint8_t* row, int u, Unit& U) {
+    const uint8_t* b = row + static_cast<size_t>(u / 8) * 136;
+    const int s = u % 8;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        const uint32_t w = ld_u32_a4(b + 8 + 16 * s + 4 * k);
+        U.v[k] = static_cast<int>(iq4_levels4(w & 0x0f0f0f0fu));
+        U.v[k + 4] = static_cast<int>(iq4_levels4((w >> 4) & 0x0f0f0f0fu));
+    }
+    U.d0 = U.d1 = ld_f16(b) * static_cast<float>(iq4xs_scale(b, s));
+    U.m = 0.0f;
+}
+
 // sum over the unit's 32 values of weight * activation, activations given as 32
 // int8 codes q8 (16-byte aligned) with ds = (d8, d8 * sum q8).
 PYE_HD float unit_dot(const Unit& U, const int8_t* q8, float2 ds) {
@@ -272,6 +451,19 @@ PYE_HD float unit_dot(const Unit& U, const int8_t* q8, float2 ds) {
     s1 = dp4a(U.v[6], a1.z, s1);
     s1 = dp4a(U.v[7], a1.w, s1);
     return ds.x * (U.d0 * static_cast<float>(s0) + U.d1 * static_cast<float>(s1)) + U.m * ds.y;
+}
+
+// unit_dot for a type: Q2_K's two halves have their own mins, applied to the int8 sums of
+// each half's activation codes (dp4a against ones) instead of the one offset m.
+template <int T> PYE_HD float unit_dot_t(const Unit& U, const int8_t* q8, float2 ds) { return unit_dot(U, q8, ds); }
+template <> PYE_HD float unit_dot_t<T_Q2_K>(const Unit& U, const int8_t* q8, float2 ds) {
+    PYE_CHECK_ALIGN(q8, 16);
+    const int4 a0 = reinterpret_cast<const int4*>(q8)[0];
+    const int4 a1 = reinterpret_cast<const int4*>(q8)[1];
+    const int ones = 0x01010101;
+    const int h0 = dp4a(ones, a0.w, dp4a(ones, a0.z, dp4a(ones, a0.y, dp4a(ones, a0.x, 0))));
+    const int h1 = dp4a(ones, a1.w, dp4a(ones, a1.z, dp4a(ones, a1.y, dp4a(ones, a1.x, 0))));
+    return unit_dot(U, q8, ds) + ds.x * (U.m0 * static_cast<float>(h0) + U.m1 * static_cast<float>(h1));
 }
 
 }  // namespace pye

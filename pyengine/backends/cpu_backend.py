@@ -20,7 +20,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .. import _C
-from ..errors import BackendUnavailableError
+from ..errors import BackendUnavailableError, ModelFileError
 from ..tensor import QTensor
 from .base import Backend, KVCache
 
@@ -88,6 +88,8 @@ class CpuBackend(Backend):
     #: rope tables kept (positions x base): a Gemma 3 step uses two bases
     ROPE_TABLES = 8
 
+    decode_step_status = "native single-call decode step, built at the first prompt"
+
     def __init__(self, n_threads: int | None = None):
         missing = [f for f in ("matmul", "get_rows", "attention", "rmsnorm", "rope") if not hasattr(_C, f)]
         if missing:
@@ -118,29 +120,21 @@ class CpuBackend(Backend):
     def embed(self, w: QTensor, ids: np.ndarray) -> np.ndarray:
         ids = np.ascontiguousarray(ids, dtype=np.int32).reshape(-1)
         out = np.empty((ids.size, w.cols), dtype=np.float32)
-        if native_type(w.type_name):
-            _C.get_rows(w.type_name, w.raw, w.rows, w.cols, ids, out)
-        else:  # a type the kernels lack: decode just these rows in NumPy
-            from .. import quants
-
-            for i, t in enumerate(ids):
-                out[i] = quants.dequantize(w.type_name, w.row_raw(int(t)), w.cols)
+        _C.get_rows(w.type_name, w.raw, w.rows, w.cols, ids, out)
         return out
 
     def matmul(self, w: QTensor, x: np.ndarray) -> np.ndarray:
         x = _contig(x)
         out = np.empty((x.shape[0], w.rows), dtype=np.float32)
-        if native_type(w.type_name):
-            _C.matmul(w.type_name, w.raw, w.rows, w.cols, x, out)
-        else:  # a type the kernels lack: run it as F32, converted once (memory: 4 bytes/weight)
-            raw = w.cache.get("cpu_f32_raw")
-            if raw is None:
-                from .. import quants
-
-                f32 = np.ascontiguousarray(quants.dequantize(w.type_name, w.raw, w.n_elements), dtype=np.float32)
-                raw = w.cache["cpu_f32_raw"] = f32.view(np.uint8)
-            _C.matmul("F32", raw, w.rows, w.cols, x, out)
+        _C.matmul(w.type_name, w.raw, w.rows, w.cols, x, out)  # weights stay in their GGUF encoding
         return out
+
+    def prepare(self, tensors) -> None:
+        """Refuse, at load, a matrix whose type has no native kernel (never a silent float32 copy)."""
+        for w in tensors.values():
+            if len(w.shape) > 1 and not native_type(w.type_name):
+                raise ModelFileError(f"cpu backend: tensor {w.name!r} has type {w.type_name}, which has no native "
+                                     f"kernel (use backend='numpy' or 'numba')")
 
     @staticmethod
     def _vector(w: QTensor) -> np.ndarray:
@@ -155,6 +149,12 @@ class CpuBackend(Backend):
                 v = np.ascontiguousarray(quants.dequantize(w.type_name, w.raw, w.n_elements), dtype=np.float32)
             w.cache["cpu_f32"] = v
         return v
+
+    def add_bias(self, x: np.ndarray, b: QTensor) -> np.ndarray:
+        x = _act(x)
+        out = np.empty(x.shape, dtype=np.float32)
+        _C.add_bias(x, self._vector(b), out)
+        return out
 
     # -- elementwise and normalisation -------------------------------------------
     def rmsnorm(self, x: np.ndarray, w: QTensor, eps: float) -> np.ndarray:
@@ -192,6 +192,12 @@ class CpuBackend(Backend):
         _C.scale(x, float(np.float32(s)), out)
         return out
 
+    def softcap(self, x: np.ndarray, cap: float) -> np.ndarray:
+        x = _contig(x)
+        out = np.empty(x.shape, dtype=np.float32)
+        _C.softcap(x, float(np.float32(cap)), out)
+        return out
+
     def _gate(self, fn, gate, up) -> np.ndarray:
         gate, up = _contig(gate), _contig(up)
         if gate.shape != up.shape:
@@ -207,14 +213,17 @@ class CpuBackend(Backend):
         return self._gate(_C.gelu_mul, gate, up)
 
     # -- position and attention --------------------------------------------------
-    def _rope_table(self, positions: np.ndarray, freq_base: float, n_rot: int) -> tuple[np.ndarray, np.ndarray]:
+    def _rope_table(self, positions: np.ndarray, freq_base: float, n_rot: int,
+                    scaling=None) -> tuple[np.ndarray, np.ndarray]:
         pos = np.ascontiguousarray(positions, dtype=np.float64).reshape(-1)
-        key = (float(freq_base), int(n_rot), pos.tobytes())
+        if scaling is not None and scaling.is_identity:
+            scaling = None
+        key = (float(freq_base), int(n_rot), pos.tobytes(), None if scaling is None else scaling.key())
         tab = self._rope_tables.get(key)
         if tab is None:
             cos = np.empty((pos.size, n_rot // 2), dtype=np.float32)
             sin = np.empty_like(cos)
-            _C.rope_table(pos, float(freq_base), int(n_rot), cos, sin)
+            _C.rope_table(pos, float(freq_base), int(n_rot), cos, sin, **({} if scaling is None else scaling.kwargs()))
             tab = (cos, sin)
             self._rope_tables[key] = tab
             if len(self._rope_tables) > self.ROPE_TABLES:
@@ -223,10 +232,10 @@ class CpuBackend(Backend):
             self._rope_tables.move_to_end(key)
         return tab
 
-    def rope(self, x, positions, n_heads, head_dim, freq_base, neox, n_rot=None):
+    def rope(self, x, positions, n_heads, head_dim, freq_base, neox, n_rot=None, scaling=None):
         n_rot = head_dim if n_rot is None else int(n_rot)
         x = _act(x)
-        cos, sin = self._rope_table(positions, freq_base, n_rot)
+        cos, sin = self._rope_table(positions, freq_base, n_rot, scaling)
         out = np.empty((x.shape[0], n_heads * head_dim), dtype=np.float32)
         _C.rope(x, out, cos, sin, int(n_heads), int(head_dim), n_rot, bool(neox))
         return out
@@ -268,9 +277,9 @@ class CpuBackend(Backend):
 
         return build_decode_step(self, forward, cache)
 
-    def attention(self, q, cache, layer, pos0, n_heads, n_kv_heads, head_dim, scale, window=0):
+    def attention(self, q, cache, layer, pos0, n_heads, n_kv_heads, head_dim, scale, window=0, softcap=0.0):
         q = _act(q)
         out = np.empty((q.shape[0], n_heads * head_dim), dtype=np.float32)
         _C.attention(q, cache.k[layer], cache.v[layer], out, int(pos0), int(n_heads), int(n_kv_heads),
-                     int(head_dim), float(scale), int(window or 0))
+                     int(head_dim), float(scale), int(window or 0), float(softcap or 0.0))
         return out

@@ -37,6 +37,7 @@ e.g. sampling).
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -47,6 +48,7 @@ from .. import _C
 from ..tensor import QTensor
 from .base import Backend, KVCache
 from .cpu_backend import CpuBackend, native_type
+from .ops_spec import BY_NAME, Op
 
 log = logging.getLogger(__name__)
 
@@ -156,31 +158,10 @@ class Recorder(Backend):
     def matmul(self, w: QTensor, x):
         i = self._in(x)
         out = self.inner.matmul(w, x)
-        if native_type(w.type_name):
-            type_name, raw = w.type_name, w.raw
-        else:  # the backend's F32 copy, made by the call above
-            type_name, raw = "F32", w.cache["cpu_f32_raw"]
+        type_name, raw = w.type_name, w.raw  # the backend runs every matrix natively (checked at load)
         o = self._out(out)
         self._rec("matmul", dict(type_name=type_name, w=raw, rows=w.rows, cols=w.cols, x=x, out=out), (i,), (o,),
                   weights=(id(raw),))
-        return out
-
-    def rmsnorm(self, x, w: QTensor, eps):
-        i = self._in(x)
-        out = self.inner.rmsnorm(x, w, eps)
-        vec = self.inner._vector(w)
-        o = self._out(out)
-        self._rec("rmsnorm", dict(x=x, w=vec, eps=float(eps), out=out), (i,), (o,), weights=(id(vec),),
-                  const=(float(eps),))
-        return out
-
-    def rmsnorm_add(self, x, w: QTensor, eps, residual):
-        i, r = self._in(x), self._in(residual)
-        out = self.inner.rmsnorm_add(x, w, eps, residual)
-        vec = self.inner._vector(w)
-        o = self._out(out)
-        self._rec("rmsnorm_add", dict(x=x, w=vec, eps=float(eps), residual=residual, out=out), (i, r), (o,),
-                  weights=(id(vec),), const=(float(eps),))
         return out
 
     def add_rmsnorm(self, a, b, w: QTensor, eps):
@@ -194,44 +175,22 @@ class Recorder(Backend):
                   (os_, on), weights=(id(vec),), const=(float(eps),))
         return s, nrm
 
-    def _binary(self, kind, a, b):
-        ia, ib = self._in(a), self._in(b)
-        if a.shape != b.shape:
-            raise Unsupported(f"{kind} of shapes {a.shape} and {b.shape} (broadcasting)")
-        out = getattr(self.inner, kind)(a, b)
-        o = self._out(out)
-        self._rec("elementwise", dict(op=kind, a=a, b=b, out=out), (ia, ib), (o,), const=(kind,))
-        return out
-
-    def add(self, a, b):
-        return self._binary("add", a, b)
-
-    def silu_mul(self, gate, up):
-        return self._binary("silu_mul", gate, up)
-
-    def gelu_mul(self, gate, up):
-        return self._binary("gelu_mul", gate, up)
-
-    def scale(self, x, s):
-        i = self._in(x)
-        out = self.inner.scale(x, s)
-        s32 = float(np.float32(s))  # what the backend hands the kernel
-        o = self._out(out)
-        self._rec("scale", dict(x=x, s=s32, out=out), (i,), (o,), const=(s32,))
-        return out
-
-    def rope(self, x, positions, n_heads, head_dim, freq_base, neox, n_rot=None):
+    def rope(self, x, positions, n_heads, head_dim, freq_base, neox, n_rot=None, scaling=None):
         i = self._in(x)
         positions = np.asarray(positions).reshape(-1)
         if positions.size != 1 or x.shape[0] != 1:
             raise Unsupported(f"rope of {x.shape[0]} rows at {positions.size} positions")
         p = self._position(positions[0])
         n_rot = int(head_dim) if n_rot is None else int(n_rot)
-        out = self.inner.rope(x, positions, n_heads, head_dim, freq_base, neox, n_rot)
+        out = self.inner.rope(x, positions, n_heads, head_dim, freq_base, neox, n_rot, scaling)
         o = self._out(out)
-        const = (int(n_heads), int(head_dim), n_rot, bool(neox), float(freq_base))
+        if scaling is not None and scaling.is_identity:
+            scaling = None
+        sc = {} if scaling is None else scaling.kwargs()
+        const = (int(n_heads), int(head_dim), n_rot, bool(neox), float(freq_base),
+                 None if scaling is None else scaling.key())
         self._rec("rope", dict(x=x, out=out, n_heads=const[0], head_dim=const[1], n_rot=n_rot, neox=const[3],
-                               freq_base=const[4]), (i,), (o,), const=const, pos=(p,))
+                               freq_base=const[4], **sc), (i,), (o,), const=const, pos=(p,))
         return out
 
     def kv_write(self, cache, layer, pos0, k, v) -> None:
@@ -247,18 +206,19 @@ class Recorder(Backend):
         self.inner.kv_write(cache, layer, p, k, v)
         self._rec("kv_write", dict(k=k, v=v, k_panels=kt, v_cache=vc), (ik, iv), (), const=(layer,), pos=(p,))
 
-    def attention(self, q, cache, layer, pos0, n_heads, n_kv_heads, head_dim, scale, window=0):
+    def attention(self, q, cache, layer, pos0, n_heads, n_kv_heads, head_dim, scale, window=0, softcap=0.0):
         layer = self._cache(cache, layer)
         i = self._in(q)
         if q.shape[0] != 1:
             raise Unsupported(f"attention of {q.shape[0]} rows")
         p = self._position(pos0)
-        out = self.inner.attention(q, cache, layer, p, n_heads, n_kv_heads, head_dim, scale, window)
+        out = self.inner.attention(q, cache, layer, p, n_heads, n_kv_heads, head_dim, scale, window, softcap)
         o = self._out(out)
-        const = (layer, int(n_heads), int(n_kv_heads), int(head_dim), float(scale), int(window or 0))
+        const = (layer, int(n_heads), int(n_kv_heads), int(head_dim), float(scale), int(window or 0),
+                 float(np.float32(softcap or 0.0)))
         self._rec("attention", dict(q=q, k_panels=cache.k[layer], v_cache=cache.v[layer], out=out,
                                     n_heads=const[1], n_kv_heads=const[2], head_dim=const[3], scale=const[4],
-                                    window=const[5]), (i,), (o,), const=const, pos=(p,))
+                                    window=const[5], softcap=const[6]), (i,), (o,), const=const, pos=(p,))
         return out
 
     # -- everything else -----------------------------------------------------------
@@ -295,6 +255,48 @@ class Recorder(Backend):
         self.saved.clear()
 
 
+def _regular(op: Op):
+    """The recording method of an op the spec describes as regular (see ops_spec.py): run it
+    on the real backend, record its activation inputs, its vector weight as float32, its
+    scalar constants (as the kernel gets them) and its one fresh output, replayed by
+    ``DecodeGraph.add_<op.graph>``."""
+    def method(self, *args, **kwargs):
+        vals = dict(zip(op.params, args))
+        vals.update(kwargs)
+        ins = tuple(self._in(vals[a]) for a in op.acts)
+        if op.same_shape and len({vals[a].shape for a in op.acts}) > 1:
+            raise Unsupported(f"{op.name} of shapes {[vals[a].shape for a in op.acts]} (broadcasting)")
+        out = getattr(self.inner, op.name)(*args, **kwargs)
+        o = self._out(out)
+        gargs = {op.graph_names.get(a, a): vals[a] for a in op.acts}
+        weights = ()
+        if op.vec:
+            vec = self.inner._vector(vals[op.vec])
+            gargs[op.graph_names.get(op.vec, op.vec)] = vec
+            weights = (id(vec),)
+        consts = []
+        for c, conv in op.consts:
+            v = float(np.float32(vals[c])) if conv == "f32" else float(vals[c])
+            gargs[op.graph_names.get(c, c)] = v
+            consts.append(v)
+        gargs.update(op.graph_fixed)
+        gargs["out"] = out
+        self._rec(op.graph, gargs, ins, (o,), weights=weights, const=tuple(consts) + tuple(op.graph_fixed.values()))
+        return out
+
+    method.__name__ = op.name
+    method.__doc__ = f"{op.doc} (recorded from the op spec)"
+    P = inspect.Parameter
+    method.__signature__ = inspect.Signature(
+        [P("self", P.POSITIONAL_OR_KEYWORD)] + [P(a, P.POSITIONAL_OR_KEYWORD) for a in op.params])
+    return method
+
+
+for _op in BY_NAME.values():
+    if _op.record == "regular":
+        setattr(Recorder, _op.name, _regular(_op))
+
+
 def _trace(inner: CpuBackend, forward, cache: KVCache, token: int, pos0: int):
     rec = Recorder(inner, cache)
     try:
@@ -328,8 +330,10 @@ def trace_decode_step(inner: CpuBackend, forward, cache: KVCache):
     n_ctx = int(cache.n_ctx)
     if n_ctx < 2:
         raise Unsupported("a KV cache of fewer than 2 positions")
-    # two different tokens at two positions far apart (see the module doc)
-    (ta, pa), (tb, pb) = (1, n_ctx // 2), (2, n_ctx - 1)
+    # two different tokens at two different positions (see the module doc). Small positions
+    # keep the traced attention cheap (a trace at position p reads p keys per layer), so the
+    # first token does not cost more with a longer context.
+    (ta, pa), (tb, pb) = (1, 0), (2, 1)
     ra, oa, out = _trace(inner, forward, cache, ta, pa)
     rb, ob, _ = _trace(inner, forward, cache, tb, pb)
     if len(ra.tape) != len(rb.tape) or oa != ob:
@@ -359,18 +363,28 @@ def build_graph(tape, positions, out):
 
 
 def build_decode_step(inner: CpuBackend, forward, cache: KVCache):
-    """``DecodeGraph.step`` for ``forward`` on ``cache``, or ``None`` when it cannot be replayed."""
-    if os.environ.get(DISABLE_ENV, "") not in ("", "0") or not hasattr(_C, "DecodeGraph"):
+    """``DecodeGraph.step`` for ``forward`` on ``cache``, or ``None`` when it cannot be replayed.
+
+    Either way ``inner.decode_step_status`` says which, and why (``generate -v`` prints it).
+    """
+    if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
+        inner.decode_step_status = f"op by op ({DISABLE_ENV} is set)"
+        return None
+    if not hasattr(_C, "DecodeGraph"):
+        inner.decode_step_status = "op by op (the native extension has no DecodeGraph: rebuild it)"
         return None
     try:
         tape, positions, out = trace_decode_step(inner, forward, cache)
         graph = build_graph(tape, positions, out)
     except Unsupported as e:
+        inner.decode_step_status = f"op by op: the native decode step cannot replay this model ({e})"
         log.info("decode step runs op by op: %s", e)
         return None
     except Exception as e:  # a forward pass that fails at the trace positions: let op by op report it
+        inner.decode_step_status = f"op by op: tracing failed ({type(e).__name__}: {e})"
         log.warning("decode step runs op by op: tracing failed (%s: %s)", type(e).__name__, e)
         return None
+    inner.decode_step_status = f"native single-call decode step ({graph.n_nodes} ops)"
     log.debug("decode step replayed natively: %d ops", graph.n_nodes)
     return graph.step
 

@@ -1,9 +1,9 @@
 """The CUDA backend: every op runs on an NVIDIA GPU (kernels in ``kernels/cuda``, bound as ``pyengine._C.cuda``).
 
 Weights are uploaded once, in :meth:`CudaBackend.prepare`, in their GGUF encoding
-(Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K, F32, F16 and BF16 are read directly by the
-kernels; any other type is dequantized to F32 on the host first, at 4 bytes per
-weight). Norm vectors are uploaded as float32. Activations are :class:`DeviceArray`
+(Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS, F32, F16
+and BF16 are read directly by the kernels; any other type is dequantized to F32 on the
+host first, at 4 bytes per weight). Norm vectors are uploaded as float32. Activations are :class:`DeviceArray`
 objects that stay in GPU memory from op to op; only :meth:`CudaBackend.to_numpy`
 copies back to the host. The KV cache is float32 on the GPU.
 
@@ -351,8 +351,8 @@ class CudaBackend(Backend):
         todo = []
         seen = set()
         for w in tensors.values():
-            if id(w) in seen or self._key in w.cache:
-                continue
+            if id(w) in seen or self._key in w.cache or w.cache.get("split_into_parts"):
+                continue  # (a fused tensor the model split: its parts upload at first use)
             seen.add(id(w))
             plan = self._upload_plan(w)
             nbytes = w.n_bytes if plan[0] is not None else 4 * w.n_elements
@@ -418,6 +418,24 @@ class CudaBackend(Backend):
                               scratch=self._scratch_buf(sb), simple=self.simple)
         return y
 
+    def add_bias(self, x, b: QTensor) -> DeviceArray:
+        x = self._dev(x)
+        db = self._vector(b)
+        nb = db.rows * db.cols
+        if x.ndim < 1 or x.shape[-1] != nb:
+            raise ValueError(f"add_bias: x {x.shape} does not end in the bias length {nb} of {b.name!r}")
+        out = self._new(x.shape)
+        if x.size:
+            self._cuda.add(x.buf, x.size, db.buf, nb, out.buf, simple=self.simple)
+        return out
+
+    def softcap(self, x, cap: float) -> DeviceArray:
+        x = self._dev(x)
+        out = self._new(x.shape)
+        if x.size:
+            self._cuda.softcap(x.buf, x.size, float(np.float32(cap)), out.buf, simple=self.simple)
+        return out
+
     # -- elementwise and normalisation -------------------------------------------
     def rmsnorm(self, x, w: QTensor, eps: float) -> DeviceArray:
         x = self._dev(x)
@@ -466,8 +484,24 @@ class CudaBackend(Backend):
         return self._gate(self._cuda.gelu_mul, gate, up)
 
     # -- position and attention --------------------------------------------------
+    def _rope_kwargs(self, scaling) -> dict:
+        """RopeScaling -> keyword arguments of the kernel (frequency factors uploaded once)."""
+        if scaling is None or scaling.is_identity:
+            return {}
+        kw = scaling.kwargs()
+        ff = kw.pop("freq_factors")
+        if ff is not None:
+            key = ff.tobytes()
+            cache = self.__dict__.setdefault("_ff_bufs", {})
+            buf = cache.get(key)
+            if buf is None:
+                buf = cache[key] = self._cuda.Buffer(max(ff.nbytes, 4))
+                buf.upload(ff)
+            kw["freq_factors"] = buf
+        return kw
+
     def rope(self, x, positions: np.ndarray, n_heads: int, head_dim: int, freq_base: float, neox: bool,
-             n_rot: int | None = None) -> DeviceArray:
+             n_rot: int | None = None, scaling=None) -> DeviceArray:
         x = self._dev(x)
         n_rot = head_dim if n_rot is None else int(n_rot)
         positions = np.asarray(positions).reshape(-1)
@@ -478,7 +512,7 @@ class CudaBackend(Backend):
         if n:
             pb = self._upload_ints(positions)
             self._cuda.rope(x.buf, n, int(n_heads), int(head_dim), pb, float(freq_base), bool(neox), n_rot, out.buf,
-                            simple=self.simple)
+                            simple=self.simple, **self._rope_kwargs(scaling))
             self._pool.give(pb)
         return out
 
@@ -521,7 +555,7 @@ class CudaBackend(Backend):
         return max(1, min(self.MAX_SPLITS, -(-want // blocks), -(-n_keys // 256)))
 
     def attention(self, q, cache: KVCache, layer: int, pos0: int, n_heads: int, n_kv_heads: int, head_dim: int,
-                  scale: float, window: int = 0, n_splits: int | None = None) -> DeviceArray:
+                  scale: float, window: int = 0, softcap: float = 0.0, n_splits: int | None = None) -> DeviceArray:
         """See :meth:`Backend.attention`. ``n_splits`` (tests) forces the flash-decoding split."""
         q = self._dev(q)
         n = q.shape[0]
@@ -535,7 +569,8 @@ class CudaBackend(Backend):
             sb = 0 if self.simple else self._cuda.attention_scratch_bytes(n, n_heads, head_dim, s)
             self._cuda.attention(q.buf, cache.k[layer].buf, cache.v[layer].buf, n, int(pos0), int(n_heads),
                                  int(n_kv_heads), int(head_dim), float(scale), int(window), out.buf, n_splits=s,
-                                 scratch=self._scratch_buf(sb), simple=self.simple)
+                                 scratch=self._scratch_buf(sb), simple=self.simple,
+                                 **({"softcap": float(softcap)} if softcap else {}))
         return out
 
     def synchronize(self) -> None:

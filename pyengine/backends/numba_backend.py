@@ -49,6 +49,9 @@ class NumbaBackend(Backend):
     def matmul(self, w: QTensor, x: np.ndarray) -> np.ndarray:
         return nk.matmul(w.type_name, self._raw(w), w.shape, x)
 
+    def add_bias(self, x: np.ndarray, b: QTensor) -> np.ndarray:
+        return np.add(x, self._vector(b).reshape(-1), dtype=np.float32)
+
     # -- elementwise and normalisation -------------------------------------------------
     def rmsnorm(self, x: np.ndarray, w: QTensor, eps: float) -> np.ndarray:
         return nk.rmsnorm(x, self._vector(w), eps)
@@ -59,6 +62,9 @@ class NumbaBackend(Backend):
     def scale(self, x, s):
         return x * np.float32(s)
 
+    def softcap(self, x, cap):
+        return nk.softcap(x, cap)
+
     def silu_mul(self, gate, up):
         return nk.silu_mul(gate, up)
 
@@ -66,8 +72,8 @@ class NumbaBackend(Backend):
         return nk.gelu_mul(gate, up)
 
     # -- position and attention --------------------------------------------------------
-    def rope(self, x, positions, n_heads, head_dim, freq_base, neox, n_rot=None):
-        return nk.rope(x, positions, n_heads, head_dim, freq_base, neox, n_rot)
+    def rope(self, x, positions, n_heads, head_dim, freq_base, neox, n_rot=None, scaling=None):
+        return nk.rope(x, positions, n_heads, head_dim, freq_base, neox, n_rot, scaling)
 
     def kv_cache(self, n_layers, n_ctx, kv_width):
         k = [np.zeros((n_ctx, kv_width), dtype=np.float32) for _ in range(n_layers)]
@@ -81,9 +87,9 @@ class NumbaBackend(Backend):
         cache.k[layer][pos0:pos0 + n] = k
         cache.v[layer][pos0:pos0 + n] = v
 
-    def attention(self, q, cache, layer, pos0, n_heads, n_kv_heads, head_dim, scale, window=0):
+    def attention(self, q, cache, layer, pos0, n_heads, n_kv_heads, head_dim, scale, window=0, softcap=0.0):
         return nk.attention(q, cache.k[layer], cache.v[layer], pos0, n_heads, n_kv_heads, head_dim,
-                            scale, window)
+                            scale, window, softcap)
 
     # -- lifecycle -------------------------------------------------------------------------
     def prepare(self, tensors: dict[str, QTensor]) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import quants
 from ..tensor import QTensor
-from .base import Backend, KVCache
+from .base import Backend, KVCache, RopeScaling
 
 
 def dequantized(w: QTensor) -> np.ndarray:
@@ -33,16 +33,22 @@ def silu(x: np.ndarray) -> np.ndarray:
 
 
 def rope_reference(x: np.ndarray, positions: np.ndarray, n_heads: int, head_dim: int,
-                   freq_base: float, neox: bool, n_rot: int | None = None) -> np.ndarray:
+                   freq_base: float, neox: bool, n_rot: int | None = None,
+                   scaling: RopeScaling | None = None) -> np.ndarray:
     n_rot = head_dim if n_rot is None else n_rot
     n = x.shape[0]
     xh = x.reshape(n, n_heads, head_dim).astype(np.float32, copy=True)
     half = n_rot // 2
-    # theta_i = pos * base^(-2i/n_rot), i = 0 .. n_rot/2-1
-    inv_freq = freq_base ** (-np.arange(half, dtype=np.float64) * 2.0 / n_rot)
-    ang = positions.astype(np.float64)[:, None] * inv_freq[None, :]  # (n, half)
-    cos = np.cos(ang).astype(np.float32)[:, None, :]
-    sin = np.sin(ang).astype(np.float32)[:, None, :]
+    if scaling is None or scaling.is_identity:
+        # theta_i = pos * base^(-2i/n_rot), i = 0 .. n_rot/2-1
+        inv_freq = freq_base ** (-np.arange(half, dtype=np.float64) * 2.0 / n_rot)
+        ang = positions.astype(np.float64)[:, None] * inv_freq[None, :]  # (n, half)
+        cos = np.cos(ang).astype(np.float32)[:, None, :]
+        sin = np.sin(ang).astype(np.float32)[:, None, :]
+    else:  # frequency factors, linear, YaRN: see RopeScaling
+        ang, mscale = scaling.angles(positions, freq_base, n_rot)
+        cos = (np.cos(ang) * mscale).astype(np.float32)[:, None, :]
+        sin = (np.sin(ang) * mscale).astype(np.float32)[:, None, :]
     if neox:
         a, b = xh[..., :half].copy(), xh[..., half:n_rot].copy()
         xh[..., :half] = a * cos - b * sin
@@ -54,8 +60,15 @@ def rope_reference(x: np.ndarray, positions: np.ndarray, n_heads: int, head_dim:
     return xh.reshape(n, n_heads * head_dim)
 
 
+def softcap_reference(x: np.ndarray, cap: float) -> np.ndarray:
+    # soft-capping: cap * tanh(x / cap), in float32
+    c = np.float32(cap)
+    return (c * np.tanh(x / c)).astype(np.float32, copy=False)
+
+
 def attention_reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, pos0: int, n_heads: int,
-                        n_kv_heads: int, head_dim: int, scale: float, window: int = 0) -> np.ndarray:
+                        n_kv_heads: int, head_dim: int, scale: float, window: int = 0,
+                        softcap: float = 0.0) -> np.ndarray:
     """q (n, H*hd); k, v (n_kv_tokens, Hkv*hd) holding positions 0..n_kv_tokens-1."""
     n = q.shape[0]
     t = k.shape[0]
@@ -66,6 +79,8 @@ def attention_reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, pos0: int, 
     kh = np.repeat(kh, group, axis=0)  # (H, t, hd)
     vh = np.repeat(vh, group, axis=0)
     scores = np.matmul(qh, kh.transpose(0, 2, 1)) * np.float32(scale)  # (H, n, t)
+    if softcap > 0:
+        scores = softcap_reference(scores, softcap)
     qpos = pos0 + np.arange(n)[:, None]
     kpos = np.arange(t)[None, :]
     masked = kpos > qpos
@@ -92,6 +107,12 @@ class NumpyBackend(Backend):
     def matmul(self, w: QTensor, x: np.ndarray) -> np.ndarray:
         return np.matmul(x, dequantized(w).T)
 
+    def add_bias(self, x: np.ndarray, b: QTensor) -> np.ndarray:
+        return x + dequantized(b).reshape(-1)
+
+    def softcap(self, x, cap):
+        return softcap_reference(x, cap)
+
     def rmsnorm(self, x: np.ndarray, w: QTensor, eps: float) -> np.ndarray:
         g = dequantized(w).reshape(-1)
         n, d = x.shape
@@ -111,8 +132,8 @@ class NumpyBackend(Backend):
     def gelu_mul(self, gate, up):
         return gelu_tanh(gate) * up
 
-    def rope(self, x, positions, n_heads, head_dim, freq_base, neox, n_rot=None):
-        return rope_reference(x, positions, n_heads, head_dim, freq_base, neox, n_rot)
+    def rope(self, x, positions, n_heads, head_dim, freq_base, neox, n_rot=None, scaling=None):
+        return rope_reference(x, positions, n_heads, head_dim, freq_base, neox, n_rot, scaling)
 
     def kv_cache(self, n_layers, n_ctx, kv_width):
         k = [np.zeros((n_ctx, kv_width), dtype=np.float32) for _ in range(n_layers)]
@@ -124,7 +145,7 @@ class NumpyBackend(Backend):
         cache.k[layer][pos0:pos0 + n] = k
         cache.v[layer][pos0:pos0 + n] = v
 
-    def attention(self, q, cache, layer, pos0, n_heads, n_kv_heads, head_dim, scale, window=0):
+    def attention(self, q, cache, layer, pos0, n_heads, n_kv_heads, head_dim, scale, window=0, softcap=0.0):
         t = pos0 + q.shape[0]
         return attention_reference(q, cache.k[layer][:t], cache.v[layer][:t], pos0, n_heads,
-                                   n_kv_heads, head_dim, scale, window)
+                                   n_kv_heads, head_dim, scale, window, softcap)

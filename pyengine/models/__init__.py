@@ -1,20 +1,31 @@
 """Architectures: one module per GGUF ``general.architecture``, each exporting
 ``Config.from_gguf(gf)`` and ``Model(config, gf)`` with
-``forward(ops, ids, pos0, cache, last_only) -> logits``."""
+``forward(ops, ids, pos0, cache, last_only) -> logits``. The shared block lives in
+:mod:`.common`; each module holds its Config and its differences only.
+
+Mistral files say ``llama`` (Llama's layout with a SentencePiece vocab): no module of their own."""
 from __future__ import annotations
 
 from ..errors import ModelFileError
 from ..gguf_file import GGUFFile
-from . import gemma3, llama
+from . import gemma2, gemma3, glm4, llama, phi3, qwen2, qwen3
 
 ARCHITECTURES = {
     "llama": llama,
+    "qwen2": qwen2,
+    "qwen3": qwen3,
+    "gemma2": gemma2,
     "gemma3": gemma3,
+    "phi3": phi3,
+    "glm4": glm4,
 }
 
 
 def build(gf: GGUFFile):
-    """The architecture module's model for ``gf``, or a one-line error naming what is supported."""
+    """The architecture module's model for ``gf``, or a one-line error naming what is supported.
+
+    Every tensor of the file must be used by the model: one that is not fails the load,
+    named (an unsupported variant must never run with a part silently ignored)."""
     arch = gf.architecture
     mod = ARCHITECTURES.get(arch)
     if mod is None:

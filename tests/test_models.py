@@ -1,0 +1,404 @@
+"""Every architecture on tiny random-weight GGUF files written here with gguf.GGUFWriter.
+
+For each architecture (and rope-scaling variant):
+- numba and cpu logits agree with the NumPy reference (F32 weights: float32-rounding
+  level; Q8_0 weights: the cpu kernels quantize activations, so a relative bound);
+- decoding token by token through the KV cache gives the full pass's logits (positions,
+  sliding windows, cache writes);
+- the cpu backend's replayed single-call decode step is the op-by-op step bit for bit
+  (and the architecture is not refused by the replay);
+- a tensor the model does not use fails the load with one line naming it.
+
+The hooks are checked against their meaning too: a zero bias / unit factors change
+nothing, a fused projection gives what the separate ones give.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType, GGUFWriter
+from gguf.quants import quantize
+
+from pyengine.backends.numpy_backend import NumpyBackend
+from pyengine.errors import ModelFileError
+from pyengine.gguf_file import open_gguf
+from pyengine.models import build
+
+from conftest import native_built
+from test_models_ops import cuda_emu  # noqa: F401  (the emulator fixture)
+
+V, D, L, H, HKV, HD, FF = 80, 64, 3, 4, 2, 16, 96
+
+# architecture -> what its file holds (beyond the plain Llama tensors) and its metadata
+SPECS = {
+    "llama": dict(),
+    "llama-llama3": dict(arch="llama", rope_freqs=True, meta={"rope.freq_base": 500000.0}),
+    "llama-linear": dict(arch="llama", meta={"rope.scaling.type": "linear", "rope.scaling.factor": 4.0}),
+    "llama-yarn": dict(arch="llama", meta={"rope.scaling.type": "yarn", "rope.scaling.factor": 4.0,
+                                           "rope.scaling.original_context_length": 16}),
+    "qwen2": dict(qkv_bias=True, meta={"rope.freq_base": 1000000.0}),
+    "qwen3": dict(qk_norm=True, head_dim=24),
+    "gemma2": dict(post_norms=True, tied=True,
+                   meta={"attention.sliding_window": 4, "attn_logit_softcapping": 2.0,
+                         "final_logit_softcapping": 3.0}),
+    "gemma3": dict(qk_norm=True, post_norms=True, tied=True,
+                   meta={"attention.sliding_window": 3, "attention.sliding_window_pattern": 2,
+                         "rope.freq_base": 1000000.0}),
+    "phi3": dict(fused_qkv=True, fused_up=True, longrope=True,
+                 meta={"rope.scaling.attn_factor": 1.19, "rope.scaling.original_context_length": 16}),
+    "glm4": dict(fused_qkv=True, qkv_bias=True, post_norms=True, fused_up=True, n_rot=8),
+}
+
+
+def _add(w: GGUFWriter, name: str, a: np.ndarray, qtype: str) -> None:
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    if qtype == "Q8_0" and a.ndim == 2:
+        w.add_tensor(name, quantize(a, GGMLQuantizationType.Q8_0), raw_dtype=GGMLQuantizationType.Q8_0)
+    else:
+        w.add_tensor(name, a)
+
+
+def write_model(path, spec_name: str, qtype: str = "F32", seed: int = 0, extra: dict | None = None,
+                drop=()):
+    spec = SPECS[spec_name]
+    arch = spec.get("arch", spec_name)
+    hd = spec.get("head_dim", HD)
+    rng = np.random.default_rng(seed)
+
+    def mat(r, c, s=None):  # weights scaled so activations stay O(1) and logits are peaked
+        return rng.standard_normal((r, c)) * (s if s is not None else 1.0 / math.sqrt(c))
+
+    def norm(n):
+        return 1.0 + 0.2 * rng.standard_normal(n)
+
+    tensors = {}
+    q_w, kv_w = H * hd, HKV * hd
+    tensors["token_embd.weight"] = mat(V, D, 1.0)
+    tensors["output_norm.weight"] = norm(D)
+    if not spec.get("tied"):
+        tensors["output.weight"] = mat(V, D, 3.0 / math.sqrt(D))
+    for i in range(L):
+        p = f"blk.{i}."
+        tensors[p + "attn_norm.weight"] = norm(D)
+        wq, wk, wv = mat(q_w, D, 2.0 / math.sqrt(D)), mat(kv_w, D, 2.0 / math.sqrt(D)), mat(kv_w, D)
+        bq, bk, bv = (rng.standard_normal(n) * 0.5 for n in (q_w, kv_w, kv_w))
+        if spec.get("fused_qkv"):
+            tensors[p + "attn_qkv.weight"] = np.concatenate([wq, wk, wv])
+            if spec.get("qkv_bias"):
+                tensors[p + "attn_qkv.bias"] = np.concatenate([bq, bk, bv])
+        else:
+            tensors[p + "attn_q.weight"], tensors[p + "attn_k.weight"], tensors[p + "attn_v.weight"] = wq, wk, wv
+            if spec.get("qkv_bias"):
+                tensors[p + "attn_q.bias"], tensors[p + "attn_k.bias"], tensors[p + "attn_v.bias"] = bq, bk, bv
+        if spec.get("qk_norm"):
+            tensors[p + "attn_q_norm.weight"] = norm(hd)
+            tensors[p + "attn_k_norm.weight"] = norm(hd)
+        tensors[p + "attn_output.weight"] = mat(D, q_w)
+        if spec.get("post_norms"):
+            tensors[p + "post_attention_norm.weight"] = norm(D)
+            tensors[p + "post_ffw_norm.weight"] = norm(D)
+        tensors[p + "ffn_norm.weight"] = norm(D)
+        gate, up = mat(FF, D), mat(FF, D)
+        if spec.get("fused_up"):
+            tensors[p + "ffn_up.weight"] = np.concatenate([gate, up])
+        else:
+            tensors[p + "ffn_gate.weight"], tensors[p + "ffn_up.weight"] = gate, up
+        tensors[p + "ffn_down.weight"] = mat(D, FF)
+    n_rot = spec.get("n_rot", hd)
+    if spec.get("rope_freqs"):
+        tensors["rope_freqs.weight"] = rng.uniform(1.0, 8.0, n_rot // 2)
+    if spec.get("longrope"):
+        tensors["rope_factors_long.weight"] = rng.uniform(1.0, 6.0, n_rot // 2)
+        tensors["rope_factors_short.weight"] = rng.uniform(1.0, 1.5, n_rot // 2)
+    tensors.update(extra or {})
+    for name in ([drop] if isinstance(drop, str) else drop):
+        tensors.pop(name, None)
+
+    w = GGUFWriter(str(path), arch)
+    w.add_uint32(f"{arch}.block_count", L)
+    w.add_uint32(f"{arch}.context_length", 64)
+    w.add_uint32(f"{arch}.embedding_length", D)
+    w.add_uint32(f"{arch}.feed_forward_length", FF)
+    w.add_uint32(f"{arch}.attention.head_count", H)
+    w.add_uint32(f"{arch}.attention.head_count_kv", HKV)
+    w.add_uint32(f"{arch}.attention.key_length", hd)
+    w.add_uint32(f"{arch}.attention.value_length", hd)
+    w.add_uint32(f"{arch}.rope.dimension_count", n_rot)
+    w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)
+    w.add_uint32(f"{arch}.vocab_size", V)
+    for k, v in spec.get("meta", {}).items():
+        key = f"{arch}.{k}"
+        if isinstance(v, str):
+            w.add_string(key, v)
+        elif isinstance(v, float):
+            w.add_float32(key, v)
+        else:
+            w.add_uint32(key, v)
+    for name, a in tensors.items():
+        _add(w, name, a, qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("arch")
+    return {(s, q): write_model(d / f"{s}-{q}.gguf", s, q) for s in SPECS for q in ("F32", "Q8_0")}
+
+
+def backend(name):
+    if name == "numpy":
+        return NumpyBackend()
+    if name == "numba":
+        from pyengine.backends.numba_backend import NumbaBackend
+
+        return NumbaBackend()
+    from pyengine.backends.cpu_backend import CpuBackend
+
+    return CpuBackend()
+
+
+def full_logits(path, be, ids, n_ctx=32):
+    arch = build(open_gguf(path))
+    cache = be.kv_cache(arch.cfg.n_layers, n_ctx, arch.kv_width)
+    return arch, np.asarray(be.to_numpy(arch.forward(be, np.asarray(ids, np.int32), 0, cache, False)))
+
+
+IDS = [3, 17, 42, 5, 79, 0, 11, 64, 23, 8, 31, 2]
+OTHER_TIERS = ["numba"] + (["cpu"] if native_built() else []) + ["cuda-emu"]
+
+
+@pytest.mark.parametrize("qtype", ["F32", "Q8_0"])
+@pytest.mark.parametrize("tier", OTHER_TIERS)
+@pytest.mark.parametrize("spec", sorted(SPECS))
+def test_tiers_match_numpy(request, files, spec, tier, qtype):
+    path = files[(spec, qtype)]
+    _, ref = full_logits(path, NumpyBackend(), IDS)
+    assert np.isfinite(ref).all() and ref.std() > 0.5  # peaked logits: the comparison means something
+    if tier == "cuda-emu":  # the CUDA kernels on the CPU emulator (tests/test_models_ops.py)
+        if qtype != "F32":
+            pytest.skip("the emulator is slow: the quantized CUDA matmuls are covered by test_cuda.py")
+        from pyengine.backends.cuda_backend import CudaBackend
+
+        be = CudaBackend(native=request.getfixturevalue("cuda_emu"))
+    else:
+        be = backend(tier)
+    _, got = full_logits(path, be, IDS)
+    if qtype == "F32" or tier == "numba":  # float32 activations throughout: rounding only
+        np.testing.assert_allclose(got, ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
+    else:  # the cpu/cuda kernels quantize activations to 8 bits for Q8_0 weights (as llama.cpp does):
+        # ~1e-2 relative per matmul (test_cpu_ops), compounded over 3 layers; F32 checks the wiring
+        err = np.linalg.norm(got - ref) / np.linalg.norm(ref)
+        assert err < 5e-2, err
+        assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.8
+
+
+@pytest.mark.parametrize("spec", sorted(SPECS))
+def test_incremental_decode_matches_full_pass(files, spec):
+    be = NumpyBackend()
+    path = files[(spec, "F32")]
+    arch, ref = full_logits(path, be, IDS)
+    cache = be.kv_cache(arch.cfg.n_layers, 32, arch.kv_width)
+    out = [arch.forward(be, np.asarray(IDS[:5], np.int32), 0, cache, False)]
+    for p in range(5, len(IDS)):
+        out.append(arch.forward(be, np.asarray([IDS[p]], np.int32), p, cache, True))
+    np.testing.assert_allclose(np.concatenate(out), ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not native_built(), reason="needs pyengine._C")
+@pytest.mark.parametrize("qtype", ["F32", "Q8_0"])
+@pytest.mark.parametrize("spec", sorted(SPECS))
+def test_decode_step_replay_is_op_by_op(files, spec, qtype):
+    from pyengine.backends.cpu_backend import CpuBackend
+
+    be = CpuBackend()
+    arch = build(open_gguf(files[(spec, qtype)]))
+    ca = be.kv_cache(arch.cfg.n_layers, 32, arch.kv_width)
+    cb = be.kv_cache(arch.cfg.n_layers, 32, arch.kv_width)
+    step = be.make_decode_step(arch.forward, cb)
+    assert step is not None, be.decode_step_status
+    assert be.decode_step_status.startswith("native single-call decode step")
+    prompt = np.asarray(IDS[:4], np.int32)
+    arch.forward(be, prompt, 0, ca, True)
+    arch.forward(be, prompt, 0, cb, True)
+    for p in range(4, len(IDS)):
+        want = arch.forward(be, np.asarray([IDS[p]], np.int32), p, ca, True)
+        got = step(IDS[p], p)
+        assert np.array_equal(got, want), f"{spec}: replay differs at position {p}"
+    assert all(np.array_equal(x, y) for x, y in zip(ca.k + ca.v, cb.k + cb.v))
+
+
+# -- every tensor consumed -------------------------------------------------------------------
+
+@pytest.mark.parametrize("spec,extra", [
+    ("llama", "blk.0.attn_q_norm.weight"),   # a Qwen3/Gemma tensor in a Llama file
+    ("gemma2", "blk.1.attn_q.bias"),         # a bias Gemma 2 has no use for
+    ("qwen2", "blk.7.ffn_up.weight"),        # a layer past block_count
+    ("phi3", "mystery.weight"),
+])
+def test_unused_tensor_fails_naming_it(tmp_path, spec, extra):
+    path = write_model(tmp_path / "x.gguf", spec, extra={extra: np.ones(HD)})
+    with pytest.raises(ModelFileError) as e:
+        build(open_gguf(path))
+    msg = str(e.value)
+    assert extra in msg and "\n" not in msg
+
+
+def test_missing_tensor_fails_naming_it(tmp_path):
+    path = write_model(tmp_path / "x.gguf", "qwen3", drop="blk.2.attn_k_norm.weight")
+    with pytest.raises(ModelFileError, match="blk.2.attn_k_norm.weight"):
+        build(open_gguf(path))
+
+
+# -- the hooks mean what they say ------------------------------------------------------------
+
+def test_biases_and_factors_are_applied(tmp_path):
+    """qwen2's biases change the result (dropping them from the model does); llama with
+    unit frequency factors == llama without them, with real factors it differs."""
+    be = NumpyBackend()
+    path = write_model(tmp_path / "q.gguf", "qwen2")
+    arch = build(open_gguf(path))
+    with_b = arch.forward(be, np.asarray(IDS, np.int32), 0, be.kv_cache(L, 32, arch.kv_width), False)
+    for layer in arch.layers:
+        layer.bq = layer.bk = layer.bv = None
+    without = arch.forward(be, np.asarray(IDS, np.int32), 0, be.kv_cache(L, 32, arch.kv_width), False)
+    assert np.abs(with_b - without).max() > 1e-2
+
+    p1 = write_model(tmp_path / "l1.gguf", "llama-llama3", seed=3)
+    a1 = build(open_gguf(p1))
+    assert a1.cfg.rope_scaling is not None and a1.cfg.rope_scaling.freq_factors is not None
+    ones = write_model(tmp_path / "l2.gguf", "llama-llama3", seed=3, extra={"rope_freqs.weight": np.ones(HD // 2)})
+    plain = write_model(tmp_path / "l3.gguf", "llama-llama3", seed=3, drop="rope_freqs.weight")
+    _, lo = full_logits(ones, be, IDS)
+    _, lp = full_logits(plain, be, IDS)
+    _, lf = full_logits(p1, be, IDS)
+    np.testing.assert_allclose(lo, lp, rtol=1e-5, atol=1e-5)
+    assert np.abs(lf - lp).max() > 1e-2
+
+
+def test_fused_qkv_and_up_equal_separate(tmp_path):
+    """phi3's fused attn_qkv / ffn_up, split by rows at load, == the same matrices given
+    separately (a phi3 file may hold either)."""
+    from pyengine import quants
+
+    be = NumpyBackend()
+    fused = write_model(tmp_path / "f.gguf", "phi3", seed=5)
+    gf = open_gguf(fused)
+
+    def f32(name):
+        t = gf.tensors[name]
+        return quants.dequantize(t.type_name, t.raw, t.n_elements).reshape(t.shape)
+    extra, drop = {}, []
+    for i in range(L):
+        p = f"blk.{i}."
+        q, k, v = np.split(f32(p + "attn_qkv.weight"), [H * HD, H * HD + HKV * HD])
+        up = f32(p + "ffn_up.weight")
+        extra.update({p + "attn_q.weight": q, p + "attn_k.weight": k, p + "attn_v.weight": v,
+                      p + "ffn_gate.weight": up[:FF], p + "ffn_up.weight": up[FF:]})
+        drop.append(p + "attn_qkv.weight")
+    sep = write_model(tmp_path / "s.gguf", "phi3", seed=5, extra=extra, drop=drop)
+    _, a = full_logits(fused, be, IDS)
+    arch_b, b = full_logits(sep, be, IDS)
+    assert arch_b.layers[0].wq.name == "blk.0.attn_q.weight"
+    assert build(open_gguf(fused)).layers[0].wq.name.startswith("blk.0.attn_qkv.weight[")
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_phi3_long_factors_follow_the_context(files):
+    arch = build(open_gguf(files[("phi3", "F32")]))
+    from pyengine.backends.base import KVCache
+
+    short = arch.rope_scaling(0, KVCache([], [], 16))[1]
+    long = arch.rope_scaling(0, KVCache([], [], 17))[1]
+    np.testing.assert_array_equal(short.freq_factors, arch.factors_short)
+    np.testing.assert_array_equal(long.freq_factors, arch.factors_long)
+    assert short.attn_factor == pytest.approx(1.19) and long.attn_factor == pytest.approx(1.19)
+
+
+def test_window_patterns():
+    """Gemma 2 alternates (pattern 2: even layers local); Gemma 3 reads its pattern from the file."""
+    from pyengine.models import gemma2, gemma3  # noqa: F401
+    from pyengine.models.common import swa_pattern
+
+    class GF:
+        def __init__(self, meta):
+            self.meta = meta
+            self.path = "x"
+
+        def arch_key(self, k, d=None):
+            return self.meta.get(k, d)
+
+    assert swa_pattern(GF({}), 6, 2) == (True, False, True, False, True, False)
+    assert swa_pattern(GF({}), 7, 6) == (True,) * 5 + (False, True)
+    assert swa_pattern(GF({"attention.sliding_window_pattern": 3}), 6, 6) == (True, True, False) * 2
+    assert swa_pattern(GF({"attention.sliding_window_pattern": [True, False, False]}), 3, 6) == (True, False, False)
+
+
+@pytest.mark.parametrize("spec,field,value", [
+    ("gemma2", "attn_softcap", 0.0), ("gemma2", "final_softcap", 0.0), ("gemma2", "sliding_window", 0),
+    ("gemma3", "sliding_window", 0), ("gemma3", "rope_base_swa", 1000000.0), ("glm4", "n_rot", HD),
+    ("llama-yarn", "rope_scaling", None), ("llama-linear", "rope_scaling", None), ("qwen2", "neox", False),
+])
+def test_each_hook_matters_on_the_test_files(files, spec, field, value):
+    """Each hook changes the tiny model's logits, so the cross-tier tests above exercise it."""
+    be = NumpyBackend()
+    arch, ref = full_logits(files[(spec, "F32")], be, IDS)
+    setattr(arch.cfg, field, value)
+    out = arch.forward(be, np.asarray(IDS, np.int32), 0, be.kv_cache(L, 32, arch.kv_width), False)
+    assert np.abs(out - ref).max() > 1e-3
+
+
+@pytest.mark.parametrize("meta,want", [
+    ({}, None),
+    ({"rope.scaling.factor": 2.0}, dict(freq_scale=0.5, ext_factor=0.0)),  # no type: llama.cpp reads "linear"
+    ({"rope.scaling.type": "none", "rope.scaling.factor": 2.0}, None),
+    ({"rope.scaling.type": "linear", "rope.scaling.factor": 8.0}, dict(freq_scale=0.125)),
+    ({"rope.scaling.type": "yarn", "rope.scaling.factor": 4.0, "rope.scaling.original_context_length": 16},
+     dict(freq_scale=0.25, ext_factor=1.0, n_ctx_orig=16, attn_factor=1.0 / (1.0 + 0.1 * math.log(4.0)) *
+          (1.0 + 0.1 * math.log(4.0)))),
+    ({"rope.scaling.type": "yarn", "rope.scaling.factor": 4.0, "rope.scaling.yarn_log_multiplier": 0.1},
+     dict(attn_factor=(0.1 * math.log(4) + 1) / (0.01 * math.log(4) + 1) / (1 + 0.1 * math.log(4)))),
+])
+def test_rope_scaling_metadata(tmp_path, meta, want):
+    SPECS["tmp"] = dict(arch="llama", meta=meta)
+    try:
+        path = write_model(tmp_path / "r.gguf", "tmp")
+    finally:
+        SPECS.pop("tmp")
+    sc = build(open_gguf(path)).cfg.rope_scaling
+    if want is None:
+        assert sc is None
+    else:
+        for k, v in want.items():
+            assert getattr(sc, k) == pytest.approx(v), k
+
+
+def test_unknown_rope_scaling_is_one_line_error(tmp_path):
+    SPECS["tmp"] = dict(arch="llama", meta={"rope.scaling.type": "dynamic-ntk", "rope.scaling.factor": 2.0})
+    try:
+        path = write_model(tmp_path / "r.gguf", "tmp")
+    finally:
+        SPECS.pop("tmp")
+    with pytest.raises(ModelFileError, match="dynamic-ntk"):
+        build(open_gguf(path))
+
+
+def test_cuda_prepare_skips_fused_tensors_the_model_split(files, cuda_emu):  # noqa: F811
+    """A fused attn_qkv / ffn_up is used as its row parts: uploading the whole too would
+    double its GPU memory."""
+    from pyengine.backends.cuda_backend import CudaBackend
+
+    gf = open_gguf(files[("phi3", "F32")])
+    arch = build(gf)
+    be = CudaBackend(native=cuda_emu)
+    be.prepare(gf.tensors)
+    fused = gf.tensors["blk.0.attn_qkv.weight"]
+    assert not any(k.startswith("cuda") for k in fused.cache)
+    assert any(k.startswith("cuda") for k in gf.tensors["blk.0.attn_output.weight"].cache)
+    be.matmul(arch.layers[0].wq, np.ones((1, D), np.float32))  # the part uploads on first use
+    assert any(k.startswith("cuda") for k in arch.layers[0].wq.cache)
