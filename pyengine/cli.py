@@ -88,11 +88,13 @@ def cmd_generate(args) -> int:
               f"backend {model.backend.description or model.backend.name} | ctx {model.n_ctx} | "
               f"loaded in {load_s:.2f} s", file=sys.stderr)
     text = prompt
-    if args.chat:
-        text = model.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
+    if args.chat or args.system:
+        msgs = ([{"role": "system", "content": args.system}] if args.system else []) + \
+            [{"role": "user", "content": prompt}]
+        text = model.chat_tokens(msgs)  # the model's own template; the BOS only once
     sampling = dict(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                     repeat_penalty=args.repeat_penalty, seed=args.seed)
-    if args.echo and not args.chat:
+    if args.echo and not (args.chat or args.system):
         sys.stdout.write(prompt)
     try:
         for piece in model.generate(text, max_tokens=args.n_predict, parse_special=args.chat or args.special,
@@ -250,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ctx", type=int, default=None, help="context size in tokens (default min(model's, 4096))")
     g.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores)")
     g.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template (instruction models)")
+    g.add_argument("--system", metavar="TEXT", help="system message for the chat template (implies --chat)")
     g.add_argument("--special", action="store_true", help="parse special tokens like <start_of_turn> written in the prompt")
     g.add_argument("--echo", action="store_true", help="print the prompt before the continuation")
     g.add_argument("-v", "--verbose", action="store_true", help="print model, backend and speed details to stderr")
@@ -283,6 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
         bench.add_parser(sub)
     except ImportError:
         pass
+    from .chat import add_parser as add_chat_parser
+    from .server import add_parser as add_serve_parser
+
+    add_chat_parser(sub)
+    add_serve_parser(sub)
     return p
 
 
