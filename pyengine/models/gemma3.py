@@ -58,6 +58,16 @@ class Layer(llama.Layer):
 class Model(llama.Model):
     Layer = Layer
 
+    @classmethod
+    def expected_shapes(cls, c: Config) -> dict:
+        want = super().expected_shapes(c)
+        for i in range(c.n_layers):
+            b = f"blk.{i}."
+            for name, n in (("attn_q_norm", c.head_dim), ("attn_k_norm", c.head_dim),
+                            ("post_attention_norm", c.dim), ("post_ffw_norm", c.dim)):
+                want[b + name + ".weight"] = llama.Want((n,), ("F32", "F16", "BF16"))
+        return want
+
     def forward(self, ops: Backend, ids: np.ndarray, pos0: int, cache: KVCache, last_only: bool = True):
         c = self.cfg
         n = len(ids)

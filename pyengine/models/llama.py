@@ -16,7 +16,7 @@ import numpy as np
 
 from ..backends.base import Backend, KVCache
 from ..errors import ModelFileError
-from ..gguf_file import GGUFFile
+from ..gguf_file import GGUFFile, Want
 
 
 @dataclass
@@ -83,6 +83,35 @@ class Model:
         self.output_norm = gf.tensor("output_norm.weight")  # (dim,)
         # tied embeddings: no output.weight means the embedding matrix doubles as the head
         self.output = gf.tensors.get("output.weight", self.tok_embd)  # (n_vocab, dim)
+        self.check(cfg, gf)
+
+    @classmethod
+    def expected_shapes(cls, c: Config) -> dict:
+        """Tensor name -> shape (or :class:`Want`) the config implies; for ``gf.check_shapes``."""
+        vec = lambda n: Want((n,), ("F32", "F16", "BF16"))  # noqa: E731  norms: float vectors
+        q, kv = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
+        want = {"token_embd.weight": (c.n_vocab, c.dim), "output_norm.weight": vec(c.dim),
+                "output.weight": Want((c.n_vocab, c.dim), optional=True)}
+        for i in range(c.n_layers):
+            b = f"blk.{i}."
+            want.update({b + "attn_norm.weight": vec(c.dim), b + "attn_q.weight": (q, c.dim),
+                         b + "attn_k.weight": (kv, c.dim), b + "attn_v.weight": (kv, c.dim),
+                         b + "attn_output.weight": (c.dim, q), b + "ffn_norm.weight": vec(c.dim),
+                         b + "ffn_gate.weight": (c.ffn_dim, c.dim), b + "ffn_up.weight": (c.ffn_dim, c.dim),
+                         b + "ffn_down.weight": (c.dim, c.ffn_dim)})
+        return want
+
+    def check(self, c: Config, gf: GGUFFile) -> None:
+        """Config values against each other, then every tensor's shape and type (one-line errors)."""
+        a = gf.architecture
+        gf.expect(c.n_heads % c.n_kv_heads == 0, f"{a}.attention.head_count_kv", f"a divisor of {c.n_heads}")
+        gf.expect(0 < c.n_rot <= c.head_dim and c.n_rot % 2 == 0, f"{a}.rope.dimension_count",
+                  f"an even number in 2..{c.head_dim} (head_dim)")
+        tokens = gf.metadata.get("tokenizer.ggml.tokens")
+        if tokens is not None:
+            gf.expect(len(tokens) == c.n_vocab, "tokenizer.ggml.tokens",
+                      f"{c.n_vocab} tokens (the model's vocabulary), got {len(tokens)}")
+        gf.check_shapes(self.expected_shapes(c))
 
     @property
     def kv_width(self) -> int:
