@@ -11,6 +11,7 @@ import numpy as np
 
 from .backends.base import Backend
 from .errors import BackendUnavailableError, PromptTooLongError, PyEngineError
+from .errors import check_finite_logits, check_max_tokens, check_n_ctx
 from .gguf_file import GGUFFile, open_gguf
 
 BACKENDS = ("numpy", "numba", "cpu", "cuda")
@@ -110,7 +111,7 @@ class Model:
         self.backend = backend
         self.n_vocab = self.config.n_vocab
         ctx_max = self.config.context_length
-        self.n_ctx = min(int(n_ctx or min(ctx_max, DEFAULT_N_CTX)), ctx_max)
+        self.n_ctx = min(int(check_n_ctx(n_ctx) or min(ctx_max, DEFAULT_N_CTX)), ctx_max)
         backend.prepare(gf.tensors)
         self._cache = None
         self._step = None
@@ -163,7 +164,7 @@ class Model:
             self._step = self.backend.make_decode_step(self.arch.forward, self._cache)
         out = self.arch.forward(self.backend, ids, 0, self._cache, last_only=True)
         self.n_past = len(ids)
-        return np.asarray(self.backend.to_numpy(out), dtype=np.float32).reshape(-1)
+        return check_finite_logits(np.asarray(self.backend.to_numpy(out), dtype=np.float32).reshape(-1))
 
     def decode(self, token_id: int) -> np.ndarray:
         """One step: append ``token_id`` at position ``n_past``; its logits ``(n_vocab,)``."""
@@ -177,7 +178,7 @@ class Model:
         else:
             out = self.arch.forward(self.backend, ids, self.n_past, self._cache, last_only=True)
         self.n_past += 1
-        return np.asarray(self.backend.to_numpy(out), dtype=np.float32).reshape(-1)
+        return check_finite_logits(np.asarray(self.backend.to_numpy(out), dtype=np.float32).reshape(-1))
 
     # -- generation -----------------------------------------------------------------
     def generate(self, prompt: str | Sequence[int], max_tokens: int = 256, *, add_bos: bool = True,
@@ -198,7 +199,7 @@ class Model:
         stats = GenerationStats(prompt_tokens=len(ids))
         self.last_stats = stats
         self._check_fits(len(ids))
-        if max_tokens <= 0:
+        if check_max_tokens(max_tokens) <= 0:
             return
         t0 = time.perf_counter()
         logits = self.prefill(ids)
