@@ -107,6 +107,10 @@ def mutation():
         st.tuples(st.just("ndims"), t, st.lists(u64, max_size=5)),
         st.tuples(st.just("retype"), t, type_ids),
         st.tuples(st.just("retype_known"), t, st.sampled_from(sorted(H.TYPES))),
+        # lies the byte layout cannot reveal: shape or type changed together with the data
+        st.tuples(st.just("reshape_data"), t, st.lists(st.sampled_from([1, 2, 32, 64, 128, 256, 512, 37]),
+                                                       min_size=1, max_size=4)),
+        st.tuples(st.just("retype_data"), t, st.sampled_from(sorted(H.TYPES))),
         st.tuples(st.just("offset"), t, st.one_of(st.sampled_from([-1, 1, 4, 16, 32, -32, 64]), u64)),
         st.tuples(st.just("offset_like"), t, t),
         st.tuples(st.just("meta"), k, _values()),
@@ -124,14 +128,19 @@ case_strategy = st.tuples(st.sampled_from(["Q8_0", "Q4_0", "Q4_K", "Q6_K", "F16"
                           st.lists(mutation(), min_size=1, max_size=3))
 
 
+def _relayout(spec) -> None:
+    """Offsets packed again after a tensor's data changed size."""
+    at, al = 0, spec.alignment
+    for tn in spec.tensors:
+        tn.offset = at
+        at = (at + len(tn.data) + al - 1) // al * al
+
+
 def build(case) -> bytes:
     """The hostile file for ``case`` = (matrix type, mutations)."""
     matrix_type, muts = case
     spec = H.tiny_llama(matrix_type, n_layers=1)
-    at, al = 0, spec.alignment
-    for tn in spec.tensors:  # explicit offsets, so mutations can move them
-        tn.offset = at
-        at = (at + len(tn.data) + al - 1) // al * al
+    _relayout(spec)  # explicit offsets, so mutations can move them
     byte_muts = []
     for m in muts:
         kind, args = m[0], m[1:]
@@ -144,6 +153,20 @@ def build(case) -> bytes:
             ts[args[0] % len(ts)].ne = list(args[1])
         elif kind in ("retype", "retype_known") and ts:
             ts[args[0] % len(ts)].type = args[1]
+        elif kind in ("reshape_data", "retype_data") and ts:
+            tn = ts[args[0] % len(ts)]
+            if kind == "reshape_data":
+                tn.ne = list(args[1])
+            else:
+                tn.type = args[1]
+            _, bs, _ = H.TYPES[tn.type] if isinstance(tn.type, str) else (0, 1, 4)
+            if tn.ne and tn.ne[0] % bs == 0:
+                rows = 1
+                for d_ in tn.ne[1:]:
+                    rows *= d_
+                tn.data = H.weight_bytes(tn.type if isinstance(tn.type, str) else "F32", rows, tn.ne[0],
+                                         __import__("numpy").random.default_rng(rows))
+            _relayout(spec)
         elif kind == "offset" and ts:
             tn = ts[args[0] % len(ts)]
             tn.offset = (tn.offset + args[1]) % 2**64
