@@ -77,3 +77,23 @@ def test_bad_max_tokens_is_an_error(tiny_path, max_tokens):
     m = pyengine.load(str(tiny_path), backend="numpy", progress=False)
     with pytest.raises(PyEngineError, match="max_tokens must be an integer"):
         list(m.generate([1, 5], max_tokens=max_tokens))
+
+
+@pytest.mark.skipif(not native_built(), reason="native extension not built")
+@pytest.mark.parametrize("type_name", QUANT)
+def test_replayed_decode_step_propagates_non_finite(type_name):
+    """The natively replayed decode step (DecodeGraph) runs the same matmul: NaN in, NaN out."""
+    from pyengine import _C
+
+    rng = np.random.default_rng(1)
+    w = np.frombuffer(H.weight_bytes(type_name, 8, 256, rng), np.uint8).copy()
+    emb = np.frombuffer(H.weight_bytes("F32", 4, 256, rng), np.uint8).copy()
+    emb.view(np.float32)[2 * 256 + 9] = np.nan  # row 2 holds a NaN
+    x = np.zeros((1, 256), np.float32)
+    out = np.zeros((1, 8), np.float32)
+    g = _C.DecodeGraph()
+    g.add_embed("F32", emb, 4, 256, x)
+    g.add_matmul(type_name, w, 8, 256, x, out)
+    g.set_output(out)
+    assert np.isfinite(g.step(1, 0)).all()
+    assert not np.isfinite(g.step(2, 0)).any()
