@@ -419,3 +419,8 @@ def summarize_types(gf: GGUFFile) -> dict[str, tuple[int, int]]:
         c[0] += 1
         c[1] += t.n_bytes
     return {k: (v[0], v[1]) for k, v in sorted(out.items(), key=lambda kv: -kv[1][1])}
+
+
+def check_shapes(gf: GGUFFile, expected: dict) -> None:
+    """``gf.check_shapes(expected)``: tensor name -> NumPy shape or :class:`Want` (see there)."""
+    gf.check_shapes(expected)
