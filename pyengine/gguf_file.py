@@ -157,6 +157,16 @@ class GGUFFile:
             raise ModelFileError(f"{self.path}: metadata key {key!r} = {_short(self.metadata.get(key))}: "
                                  f"expected {what}")
 
+    def expect_scalars(self, *suffixes: str) -> None:
+        """An architecture that reads one value for ``<arch>.<suffix>`` (default: the keys
+        other architectures give per layer) refuses a per-layer array in one line."""
+        for suffix in suffixes or PER_LAYER:
+            key = f"{self.architecture}.{suffix}"
+            v = self.metadata.get(key)
+            if v is not None and not _is_int(v):
+                raise ModelFileError(f"{self.path}: metadata key {key!r} must be one integer for architecture "
+                                     f"{self.architecture!r}, got {_short(v)}")
+
     def check_shapes(self, expected: dict[str, "tuple[int, ...] | Want"]) -> None:
         """Check tensors against what the architecture's config implies.
 
@@ -205,7 +215,7 @@ _GENERAL_KEYS: dict[str, tuple] = {
     "tokenizer.chat_template": (_STR,),
 }
 for _k in ("bos", "eos", "eot", "eom", "unknown", "padding", "separator", "mask", "cls"):
-    _GENERAL_KEYS[f"tokenizer.ggml.{_k}_token_id"] = (_INT, 0, _BIG)
+    _GENERAL_KEYS[f"tokenizer.ggml.{_k}_token_id"] = (_INT,)  # the tokenizer checks the range
 _ARCH_KEYS: dict[str, tuple] = {
     "context_length": (_INT, 1, _BIG),
     "embedding_length": (_INT, 1, 2**18),
@@ -226,6 +236,11 @@ _ARCH_KEYS: dict[str, tuple] = {
     "final_logit_softcapping": (_FLOAT, 0.0, 1e30),
     "attn_logit_softcapping": (_FLOAT, 0.0, 1e30),
 }
+
+
+#: keys some architectures give per layer (one value per block): an integer array is
+#: accepted here; an architecture that needs one value calls GGUFFile.expect_scalars()
+PER_LAYER = ("feed_forward_length", "attention.head_count", "attention.head_count_kv")
 
 
 def _is_int(v: Any) -> bool:
@@ -269,11 +284,17 @@ def check_metadata(path: Path, metadata: dict[str, Any]) -> None:
     if arch:
         for suffix, rule in _ARCH_KEYS.items():
             key = f"{arch}.{suffix}"
-            if key in metadata:
-                _check_value(path, key, metadata[key], rule)
+            if key not in metadata:
+                continue
+            v = metadata[key]
+            if suffix in PER_LAYER and isinstance(v, np.ndarray) and v.ndim == 1 and v.dtype.kind in "iu":
+                for x in v.tolist():
+                    _check_value(path, key, x, rule)
+            else:
+                _check_value(path, key, v, rule)
         heads = metadata.get(f"{arch}.attention.head_count")
         kv = metadata.get(f"{arch}.attention.head_count_kv")
-        if heads is not None and kv is not None and heads % kv:
+        if _is_int(heads) and _is_int(kv) and heads % kv:
             raise ModelFileError(f"{path}: metadata key '{arch}.attention.head_count_kv' = {kv} must divide "
                                  f"'{arch}.attention.head_count' = {heads}")
     for key in ("tokenizer.ggml.scores", "tokenizer.ggml.token_type"):

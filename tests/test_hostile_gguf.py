@@ -104,6 +104,9 @@ CASES = {
     "head_count_kv_3": (_set("llama.attention.head_count_kv", H.U32, 3), r"head_count_kv"),
     "head_count_3": (_set("llama.attention.head_count", H.U32, 3), r"head_count|attn_q.weight"),
     "head_count_float": (_set("llama.attention.head_count", H.F32, 4.0), r"head_count.*integer"),
+    "head_count_per_layer": (_set("llama.attention.head_count", H.ARR, (H.I32, [4, 4])), r"head_count.*one integer"),
+    "head_count_per_layer_0": (_set("llama.attention.head_count", H.ARR, (H.I32, [4, 0])), r"head_count.*out of range"),
+    "ffn_per_layer_strings": (_set("llama.feed_forward_length", H.ARR, (H.STR, ["a"])), r"feed_forward_length.*integer"),
     "embedding_huge": (_set("llama.embedding_length", H.U32, 2**32 - 1), r"embedding_length"),
     "embedding_str": (_set("llama.embedding_length", H.STR, "256"), r"embedding_length.*integer"),
     "embedding_wrong": (_set("llama.embedding_length", H.U32, 128), r"rope.dimension_count|token_embd.weight.*expected"),
@@ -161,3 +164,15 @@ def test_check_shapes_names_tensor_and_expectation(tmp_path):
         gf.check_shapes({"output.weight": (41, 256)})
     with pytest.raises(ModelFileError, match=r"'nope.weight' is missing"):
         gf.check_shapes({"nope.weight": (1,)})
+
+
+def test_per_layer_arrays_open_for_other_architectures(tmp_path):
+    """Valid files of architectures with per-layer head counts (gemma4, openelm) still open."""
+    from pyengine.gguf_file import open_gguf
+
+    spec = H.tiny_llama("Q8_0")
+    spec.set("general.architecture", H.STR, "gemma4")
+    spec.set("gemma4.attention.head_count_kv", H.ARR, (H.I32, [8, 2]))
+    spec.set("gemma4.feed_forward_length", H.ARR, (H.U32, [256, 512]))
+    gf = open_gguf(H.write(tmp_path / "g4.gguf", spec))
+    assert gf.metadata["gemma4.attention.head_count_kv"].tolist() == [8, 2]

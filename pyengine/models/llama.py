@@ -35,6 +35,7 @@ class Config:
 
     @classmethod
     def from_gguf(cls, gf: GGUFFile) -> "Config":
+        gf.expect_scalars()
         a = gf.arch_key
         dim = int(gf.require(f"{gf.architecture}.embedding_length"))
         n_heads = int(gf.require(f"{gf.architecture}.attention.head_count"))
