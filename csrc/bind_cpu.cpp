@@ -26,6 +26,14 @@ bool mul_fits(int64_t a, int64_t b, int64_t* out) {
     return true;
 }
 
+// whether two arrays' bytes overlap (the kernels read one while writing the other)
+bool overlap(const py::array& a, const py::array& b) {
+    if (a.nbytes() == 0 || b.nbytes() == 0) return false;
+    const char *a0 = (const char*)a.data(), *a1 = a0 + a.nbytes();
+    const char *b0 = (const char*)b.data(), *b1 = b0 + b.nbytes();
+    return a0 < b1 && b0 < a1;
+}
+
 pe::WType parse_type(const std::string& name) {
     pe::WType t;
     if (!pe::wtype_from_name(name.c_str(), &t))
@@ -84,7 +92,8 @@ void py_matmul(const std::string& type_name, const py::array& w, int64_t rows, i
         throw py::value_error("out must have shape (" + std::to_string(n) + ", " + std::to_string(rows) + "), got " +
                               std::string(py::str(py::tuple(py::cast(std::vector<py::ssize_t>(
                                   out.shape(), out.shape() + out.ndim()))))));
-    if (out.data() == x.data() && n * cols > 0) throw py::value_error("out must not alias x");
+    if (overlap(out, x)) throw py::value_error("out must not overlap x");
+    if (overlap(out, w)) throw py::value_error("out must not overlap w");
     const float* xp = (const float*)x.data();
     float* op = (float*)out.mutable_data();
     py::gil_scoped_release nogil;

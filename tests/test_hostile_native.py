@@ -36,6 +36,12 @@ CASES = {
         "ValueError"),
     "matmul_wrapped_rows": (
         '_C.matmul("F32", np.zeros(0, np.uint8), 2**58, 64, f32(1, 64), f32(1, 0))', "ValueError"),
+    "matmul_out_overlaps_x": ("""
+buf = f32(3, 64)
+_C.matmul("F32", np.zeros(64 * 64 * 4, np.uint8), 64, 64, buf[:2], buf[1:])""", "ValueError"),
+    "matmul_out_overlaps_w": ("""
+wf = np.zeros(2 * 32 + 8, np.float32)
+_C.matmul("F32", wf[:64].view(np.uint8), 2, 32, f32(4, 32), wf[4:12].reshape(4, 2))""", "ValueError"),
     "matmul_zero_cols": (
         '_C.matmul("Q8_0", np.zeros(0, np.uint8), 4, 0, f32(1, 0), f32(1, 4))', "ValueError"),
     "get_rows_zero_cols": (
