@@ -140,26 +140,31 @@ VOCAB = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(8)] + \
 
 
 def tiny_llama(matrix_type: str = "Q8_0", seed: int = 0, n_layers: int = 2, dim: int = 256,
-               n_heads: int = 4, n_kv_heads: int = 2, ffn: int = 256, n_vocab: int | None = None) -> Spec:
-    """A valid tiny llama-architecture model: every matrix of ``matrix_type``, norms F32."""
+               n_heads: int = 4, n_kv_heads: int = 2, ffn: int = 256, n_vocab: int | None = None,
+               arch: str = "llama") -> Spec:
+    """A valid tiny llama-architecture model: every matrix of ``matrix_type``, norms F32.
+
+    ``arch="gemma3"``: the same with Gemma 3's extra norms and a sliding window of 4.
+    """
     rng = np.random.default_rng(seed)
     n_vocab = n_vocab or len(VOCAB)
     tokens = (VOCAB + [f"x{i}" for i in range(max(0, n_vocab - len(VOCAB)))])[:n_vocab]
     head_dim = dim // n_heads
     types = [2, 3, 3] + [6] * 8 + [1] * (n_vocab - 11)
     s = Spec()
+    A = arch
     s.meta = [
-        ["general.architecture", STR, "llama"],
+        ["general.architecture", STR, arch],
         ["general.alignment", U32, 32],
-        ["llama.context_length", U32, 256],
-        ["llama.embedding_length", U32, dim],
-        ["llama.block_count", U32, n_layers],
-        ["llama.feed_forward_length", U32, ffn],
-        ["llama.attention.head_count", U32, n_heads],
-        ["llama.attention.head_count_kv", U32, n_kv_heads],
-        ["llama.rope.dimension_count", U32, head_dim],
-        ["llama.attention.layer_norm_rms_epsilon", F32, 1e-5],
-        ["llama.rope.freq_base", F32, 10000.0],
+        [f"{A}.context_length", U32, 256],
+        [f"{A}.embedding_length", U32, dim],
+        [f"{A}.block_count", U32, n_layers],
+        [f"{A}.feed_forward_length", U32, ffn],
+        [f"{A}.attention.head_count", U32, n_heads],
+        [f"{A}.attention.head_count_kv", U32, n_kv_heads],
+        [f"{A}.rope.dimension_count", U32, head_dim],
+        [f"{A}.attention.layer_norm_rms_epsilon", F32, 1e-5],
+        [f"{A}.rope.freq_base", F32, 10000.0],
         ["tokenizer.ggml.model", STR, "llama"],
         ["tokenizer.ggml.tokens", ARR, (STR, tokens)],
         ["tokenizer.ggml.scores", ARR, (F32, [-float(i) for i in range(n_vocab)])],
@@ -168,6 +173,8 @@ def tiny_llama(matrix_type: str = "Q8_0", seed: int = 0, n_layers: int = 2, dim:
         ["tokenizer.ggml.eos_token_id", U32, 2],
         ["tokenizer.ggml.unknown_token_id", U32, 0],
     ]
+    if arch == "gemma3":
+        s.meta.append([f"{A}.attention.sliding_window", U32, 4])
 
     def mat(name, rows, cols, t=matrix_type):
         s.tensors.append(Tensor(name, [cols, rows], t, weight_bytes(t, rows, cols, rng)))
@@ -186,6 +193,11 @@ def tiny_llama(matrix_type: str = "Q8_0", seed: int = 0, n_layers: int = 2, dim:
         mat(f"blk.{i}.ffn_gate.weight", ffn, dim)
         mat(f"blk.{i}.ffn_up.weight", ffn, dim)
         mat(f"blk.{i}.ffn_down.weight", dim, ffn)
+        if arch == "gemma3":
+            norm(f"blk.{i}.attn_q_norm.weight", head_dim)
+            norm(f"blk.{i}.attn_k_norm.weight", head_dim)
+            norm(f"blk.{i}.post_attention_norm.weight", dim)
+            norm(f"blk.{i}.post_ffw_norm.weight", dim)
     norm("output_norm.weight", dim)
     mat("output.weight", n_vocab, dim)
     return s

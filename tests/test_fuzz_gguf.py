@@ -124,7 +124,8 @@ def mutation():
     )
 
 
-case_strategy = st.tuples(st.sampled_from(["Q8_0", "Q4_0", "Q4_K", "Q6_K", "F16", "F32"]),
+case_strategy = st.tuples(st.sampled_from(["llama", "gemma3"]),
+                          st.sampled_from(["Q8_0", "Q4_0", "Q4_K", "Q6_K", "F16", "F32"]),
                           st.lists(mutation(), min_size=1, max_size=3))
 
 
@@ -137,9 +138,9 @@ def _relayout(spec) -> None:
 
 
 def build(case) -> bytes:
-    """The hostile file for ``case`` = (matrix type, mutations)."""
-    matrix_type, muts = case
-    spec = H.tiny_llama(matrix_type, n_layers=1)
+    """The hostile file for ``case`` = (architecture, matrix type, mutations)."""
+    arch, matrix_type, muts = case
+    spec = H.tiny_llama(matrix_type, n_layers=1, arch=arch)
     _relayout(spec)  # explicit offsets, so mutations can move them
     byte_muts = []
     for m in muts:
@@ -254,10 +255,12 @@ def test_fuzz_gguf_load_and_generate(tmp_path_factory, cases):
 def test_fuzz_harness_sees_a_valid_model_and_a_crash(tmp_path):
     """The harness can fail: a valid file is "ok" on every backend, and a child that dies
     by a signal is reported as a failure."""
-    p = tmp_path / "ok.gguf"
-    p.write_bytes(H.encode(H.tiny_llama("Q8_0", n_layers=1)))
-    res = run_batch([p])
-    assert [r["outcome"] for r in res] == ["ok"] * len(BACKENDS)
+    ps = []
+    for arch in ("llama", "gemma3"):
+        ps.append(tmp_path / f"ok-{arch}.gguf")
+        ps[-1].write_bytes(H.encode(H.tiny_llama("Q8_0", n_layers=1, arch=arch)))
+    res = run_batch(ps)
+    assert [r["outcome"] for r in res] == ["ok"] * 2 * len(BACKENDS), res
     crash = tmp_path / "crash.gguf"
     crash.write_bytes(b"")
     global HARNESS

@@ -176,3 +176,31 @@ def test_per_layer_arrays_open_for_other_architectures(tmp_path):
     spec.set("gemma4.feed_forward_length", H.ARR, (H.U32, [256, 512]))
     gf = open_gguf(H.write(tmp_path / "g4.gguf", spec))
     assert gf.metadata["gemma4.attention.head_count_kv"].tolist() == [8, 2]
+
+
+GEMMA_CASES = {
+    "sliding_window_huge": (_set("gemma3.attention.sliding_window", H.U64, 2**40), r"sliding_window"),
+    "sliding_window_negative": (_set("gemma3.attention.sliding_window", H.I32, -4), r"sliding_window"),
+    "q_norm_wrong": (_reshape("blk.0.attn_q_norm.weight", [32], bytes(128)), r"attn_q_norm.weight.*expected"),
+    "post_norm_retyped": (_retype("blk.1.post_ffw_norm.weight", "F16"), r"does not match|post_ffw_norm"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GEMMA_CASES))
+def test_hostile_gemma3_header_is_one_model_file_error(tmp_path, case):
+    mutate, pattern = GEMMA_CASES[case]
+    spec = H.tiny_llama("Q8_0", arch="gemma3")
+    mutate(spec)
+    path = H.write(tmp_path / f"{case}.gguf", spec)
+    for backend in ("numpy", "cpu"):
+        with pytest.raises(ModelFileError, match=pattern):
+            m = pyengine.load(str(path), backend=backend, progress=False)
+            list(m.generate([1, 5], max_tokens=2, temperature=0))
+
+
+def test_valid_tiny_gemma3_generates(tmp_path):
+    path = H.write(tmp_path / "g.gguf", H.tiny_llama("Q4_K", arch="gemma3"))
+    outs = [list(pyengine.load(str(path), backend=be, progress=False).generate([1, 5, 6, 7, 8, 9], max_tokens=3,
+                                                                                 temperature=0, stop_at_eos=False))
+            for be in ("numpy", "cpu")]
+    assert outs[0] == outs[1]
