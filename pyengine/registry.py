@@ -557,7 +557,7 @@ def _clean_debris(mdir: Path) -> list[str]:
 # --------------------------------------------------------------- child processes
 
 
-def _child_dies_with_parent() -> None:  # runs in the pip child between fork and exec
+def _child_dies_with_parent(parent: int) -> None:  # runs in the pip child between fork and exec
     """Linux: the child gets SIGTERM when pull's process dies, even by SIGKILL."""
     try:
         import ctypes
@@ -565,7 +565,7 @@ def _child_dies_with_parent() -> None:  # runs in the pip child between fork and
 
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-        if os.getppid() == 1:  # the parent died before prctl took effect
+        if os.getppid() != parent:  # the parent died before prctl took effect
             os._exit(1)
     except Exception:
         pass
@@ -593,7 +593,10 @@ def _sigterm_as_interrupt():
 
 
 def _popen_kwargs() -> dict:
-    return {"preexec_fn": _child_dies_with_parent} if sys.platform.startswith("linux") else {}
+    if not sys.platform.startswith("linux"):
+        return {}
+    parent = os.getpid()
+    return {"preexec_fn": lambda: _child_dies_with_parent(parent)}
 
 
 # --------------------------------------------------------------------------- public API
