@@ -497,7 +497,11 @@ def _check_cached(entry: ModelEntry, path: Path, progress: bool) -> Path:
             f"(truncated or changed); {again}")
     if _sidecar_matches(path, entry.sha256):
         return path
-    got = _sha256_file(path, progress, desc=f"verify {entry.file}")
+    try:
+        got = _sha256_file(path, progress, desc=f"verify {entry.file}")
+    except OSError as e:
+        raise ModelFileError(f"cannot read cached model {entry.name!r} ({path}): "
+                             f"{_one_line(e.strerror or str(e))}") from None
     if got != entry.sha256:
         raise ChecksumMismatchError(
             f"cached model {entry.name!r} ({path}) has sha256 {got}, expected {entry.sha256} "
