@@ -134,6 +134,16 @@ constexpr int KB = pyengine::ops::kAttnKeyBlock;
 
 [[noreturn]] void bad(const std::string& msg) { throw py::value_error("DecodeGraph: " + msg); }
 
+// a * b for a, b >= 0, or false when the product does not fit int64 (no wrap-around)
+bool mul_fits(int64_t a, int64_t b, int64_t* out) {
+    if (a < 0 || b < 0 || (b != 0 && a > std::numeric_limits<int64_t>::max() / b)) return false;
+    *out = a * b;
+    return true;
+}
+
+// position offsets beyond this are refused, so pos0 + off and lo - off never wrap
+constexpr int64_t kMaxPosOffset = int64_t(1) << 40;
+
 // The builder and the replay. Arrays handed in are referenced (kept alive) and read or
 // written by pointer on every step, so Python must not resize or free them: the cpu
 // backend's graph builder owns them for the graph's lifetime.
@@ -193,6 +203,7 @@ public:
         if (n_heads <= 0 || head_dim <= 0) bad("rope: n_heads and head_dim must be positive");
         if (n_rot <= 0 || n_rot % 2 || n_rot > head_dim) bad("rope: need 0 < n_rot <= head_dim, n_rot even");
         if (!(freq_base > 0.0)) bad("rope: freq_base must be > 0");
+        if (pos_off < -kMaxPosOffset || pos_off > kMaxPosOffset) bad("rope: position offset out of range");
         nd.cols = (int64_t)n_heads * head_dim;
         nd.n = 1;
         nd.a = fbuf(x, "rope x", nd.cols, false);
@@ -321,11 +332,12 @@ public:
     void set_output(const py::array& logits) {
         fbuf(logits, "output", logits.size(), true);
         output_ = logits;
+        has_output_ = true;
     }
 
     // -- running -------------------------------------------------------------------
     py::object step(int64_t token, int64_t pos0, bool copy) {
-        if (!output_) bad("no output set");
+        if (!has_output_) bad("no output set (call set_output first)");
         if (token < 0 || token >= prog_.n_tokens)
             throw py::index_error("DecodeGraph: token id " + std::to_string(token) + " is outside 0.." +
                                   std::to_string(prog_.n_tokens - 1));
@@ -377,6 +389,7 @@ private:
     pe::graph::Program prog_;
     std::vector<py::object> keep_;
     py::array output_;
+    bool has_output_ = false;  // (a default py::array is an empty array, not null)
     std::mutex mutex_;
 
     void push(const Node& nd) { prog_.nodes.push_back(nd); }
@@ -407,7 +420,8 @@ private:
         if (!py::dtype::of<uint8_t>().equal(w.dtype()) || !(w.flags() & py::array::c_style))
             bad("weights must be C-contiguous uint8");
         const int64_t rb = pe::row_bytes(nd.wt, cols);
-        if (rows <= 0 || cols <= 0 || rb < 0 || (int64_t)w.nbytes() != rows * rb)
+        int64_t need = -1;
+        if (rows <= 0 || cols <= 0 || rb < 0 || !mul_fits(rows, rb, &need) || (int64_t)w.nbytes() != need)
             bad(type + " weight (" + std::to_string(rows) + ", " + std::to_string(cols) + ") has the wrong size");
         keep_.push_back(w);
         nd.w = static_cast<const uint8_t*>(w.data());
@@ -437,6 +451,8 @@ private:
 
     // position p.at(pos0) must lie in [lo, hi]: narrows the accepted pos0 range
     void bound(const Pos& p, int64_t lo, int64_t hi, const char* what) {
+        if (p.off < -kMaxPosOffset || p.off > kMaxPosOffset)
+            bad(std::string(what) + ": position offset " + std::to_string(p.off) + " is out of range");
         if (p.rel) {
             prog_.pos_lo = std::max(prog_.pos_lo, lo - p.off);
             prog_.pos_hi = std::min(prog_.pos_hi, hi - p.off);

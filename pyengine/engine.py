@@ -13,6 +13,7 @@ import numpy as np
 
 from .backends.base import Backend
 from .errors import BackendUnavailableError, PromptTooLongError, PyEngineError
+from .errors import check_finite_logits, check_max_tokens, check_n_ctx
 from .gguf_file import GGUFFile, open_gguf
 
 BACKENDS = ("numpy", "numba", "cpu", "cuda")
@@ -199,7 +200,7 @@ class Sequence_:
         self.ids = self.ids[:k]  # positions >= k are now free; kept only if the forward succeeds
         with m._compute:
             out = m.arch.forward(m.backend, arr[k:], k, self.cache, last_only=True)
-            logits = np.asarray(m.backend.to_numpy(out), dtype=np.float32).reshape(-1)
+            logits = check_finite_logits(np.asarray(m.backend.to_numpy(out), dtype=np.float32).reshape(-1))
         self.ids = ids
         self.last_used = time.monotonic()
         return logits, k
@@ -217,7 +218,7 @@ class Sequence_:
                 out = self.step(int(ids[0]), self.n_past)
             else:
                 out = m.arch.forward(m.backend, ids, self.n_past, self.cache, last_only=True)
-            logits = np.asarray(m.backend.to_numpy(out), dtype=np.float32).reshape(-1)
+            logits = check_finite_logits(np.asarray(m.backend.to_numpy(out), dtype=np.float32).reshape(-1))
         self.ids.append(int(ids[0]))
         self.last_used = time.monotonic()
         return logits
@@ -250,7 +251,7 @@ class Model:
         self.backend = backend
         self.n_vocab = self.config.n_vocab
         ctx_max = self.config.context_length
-        self.n_ctx = min(int(n_ctx or min(ctx_max, DEFAULT_N_CTX)), ctx_max)
+        self.n_ctx = min(int(check_n_ctx(n_ctx) or min(ctx_max, DEFAULT_N_CTX)), ctx_max)
         backend.prepare(gf.tensors)
         self._compute = _FairLock()
         self._pool_cond = threading.Condition()
@@ -407,10 +408,8 @@ class Model:
         """
         from .sampling import Sampler, SamplingParams
 
-        if max_tokens is None:
-            max_tokens = self.n_ctx
-        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
-            raise PyEngineError(f"max_tokens must be an integer, got {max_tokens!r}")
+        # None: no limit of its own (the text ends at end of text or when the context is full)
+        max_tokens = self.n_ctx if max_tokens is None else check_max_tokens(max_tokens)
         sampler = Sampler(SamplingParams(**sampling))
         if isinstance(prompt, str):
             ids = self.tokenize(prompt, add_bos=add_bos, parse_special=parse_special)
