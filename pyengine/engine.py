@@ -316,13 +316,20 @@ class Model:
         return self.backend.kv_cache(self.config.n_layers, self.n_ctx, self.arch.kv_width)
 
     def _check_ids(self, ids) -> np.ndarray:
-        ids = np.asarray(ids, dtype=np.int32).reshape(-1)
-        if ids.size == 0:
+        """``ids`` as int32 ``(n,)``: integers only (no floats, strings or bools cast silently), in range."""
+        if not isinstance(ids, np.ndarray):  # Python values: bools and floats would be cast silently
+            for x in (ids if isinstance(ids, (list, tuple)) else [ids]):
+                if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
+                    raise PyEngineError(f"token ids must be integers, got {x!r}")
+        arr = np.asarray(ids).reshape(-1)
+        if arr.size and arr.dtype.kind not in "iu":
+            raise PyEngineError(f"token ids must be integers, got an array of {arr.dtype}")
+        if arr.size == 0:
             raise PyEngineError("no tokens to process (empty prompt)")
-        if ids.min() < 0 or ids.max() >= self.n_vocab:
-            bad = int(ids[(ids < 0) | (ids >= self.n_vocab)][0])
+        if arr.min() < 0 or arr.max() >= self.n_vocab:
+            bad = int(arr[(arr < 0) | (arr >= self.n_vocab)][0])
             raise PyEngineError(f"token id {bad} is outside the vocabulary (0..{self.n_vocab - 1})")
-        return ids
+        return arr.astype(np.int32)
 
     def _check_fits(self, n: int, start: int = 0) -> None:
         if start + n > self.n_ctx:

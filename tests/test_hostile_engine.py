@@ -104,3 +104,19 @@ def test_replayed_decode_step_propagates_non_finite(type_name):
     g.set_output(out)
     assert np.isfinite(g.step(1, 0)).all()
     assert not np.isfinite(g.step(2, 0)).any()
+
+
+@pytest.mark.parametrize("bad", [1.5, "5", True, [1, 2.5], [True, 3], None])
+def test_decode_and_logits_take_integer_ids_only(tiny_path, bad):
+    # np.asarray(x, dtype=int32) used to cast 1.5 -> 1, '5' -> 5 and True -> 1 without a word
+    m = pyengine.load(str(tiny_path), backend="numpy", progress=False)
+    m.prefill([1, 2])
+    with pytest.raises(PyEngineError, match="integer"):
+        m.decode(bad) if not isinstance(bad, list) else m.logits(bad)
+
+
+def test_numpy_integer_ids_are_fine(tiny_path):
+    m = pyengine.load(str(tiny_path), backend="numpy", progress=False)
+    assert m.logits(np.array([1, 2], dtype=np.int64)).shape[0] == 2
+    m.prefill(np.array([1, 2], dtype=np.uint16))
+    assert m.decode(np.int64(3)).ndim == 1
