@@ -188,6 +188,15 @@ class Backend:
         """
         raise NotImplementedError
 
+    # -- mixture of experts --------------------------------------------------------
+    def moe_ffn(self, x: Any, router: QTensor, gate_exps: QTensor, up_exps: QTensor, down_exps: QTensor,
+                routing) -> Any:
+        """Routed SwiGLU experts on ``x (n, d)``: router ``(E, d)``, experts ``(E, f, d)`` /
+        ``(E, d, f)``; each token runs its ``routing.top_k`` best experts (a
+        :class:`~pyengine.backends.moe.MoERouting`) and sums their outputs weighted. Spec:
+        :func:`pyengine.backends.moe.moe_ffn_reference`."""
+        raise NotImplementedError
+
     # -- lifecycle ---------------------------------------------------------------
     def prepare(self, tensors: dict[str, QTensor]) -> None:
         """Called once after loading (e.g. to upload weights); default: nothing."""

@@ -271,6 +271,12 @@ class CpuBackend(Backend):
         kt = cache.k[layer]
         return kt.transpose(0, 2, 1).reshape(-1, kt.shape[1])[:cache.n_ctx].copy()
 
+    # -- mixture of experts --------------------------------------------------------
+    def moe_ffn(self, x, router, gate_exps, up_exps, down_exps, routing):
+        from .moe import moe_ffn_grouped  # only the chosen experts' bytes are read
+
+        return moe_ffn_grouped(self, x, router, gate_exps, up_exps, down_exps, routing)
+
     # -- a whole decode step in one native call -----------------------------------
     def make_decode_step(self, forward, cache: KVCache):
         """``forward`` for one token traced into a native ``_C.DecodeGraph`` (see backends/cpu_graph.py).

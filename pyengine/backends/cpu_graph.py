@@ -224,6 +224,10 @@ class Recorder(Backend):
                                     window=const[5], softcap=const[6]), (i,), (o,), const=const, pos=(p,))
         return out
 
+    def moe_ffn(self, x, router, gate_exps, up_exps, down_exps, routing):
+        # the experts a token uses are chosen from its data: a fixed tape cannot hold them
+        raise Unsupported("moe_ffn: data-dependent expert routing has no replay node")
+
     # -- everything else -----------------------------------------------------------
     def from_numpy(self, x):  # a constant made in Python: fine until an op reads it (refused there)
         return self.inner.from_numpy(x)

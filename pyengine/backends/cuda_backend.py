@@ -573,6 +573,12 @@ class CudaBackend(Backend):
                                  **({"softcap": float(softcap)} if softcap else {}))
         return out
 
+    def moe_ffn(self, x, router, gate_exps, up_exps, down_exps, routing) -> DeviceArray:
+        """See :meth:`Backend.moe_ffn`: routing on the host, each chosen expert uploaded at first use."""
+        from .moe import moe_ffn_grouped
+
+        return moe_ffn_grouped(self, x, router, gate_exps, up_exps, down_exps, routing)
+
     def synchronize(self) -> None:
         """Wait for the GPU (raises CudaError if a kernel failed)."""
         self._cuda.synchronize()

@@ -91,6 +91,11 @@ class NumbaBackend(Backend):
         return nk.attention(q, cache.k[layer], cache.v[layer], pos0, n_heads, n_kv_heads, head_dim,
                             scale, window, softcap)
 
+    def moe_ffn(self, x, router, gate_exps, up_exps, down_exps, routing):
+        from .moe import moe_ffn_grouped  # only the chosen experts' bytes are read
+
+        return moe_ffn_grouped(self, x, router, gate_exps, up_exps, down_exps, routing)
+
     # -- lifecycle -------------------------------------------------------------------------
     def prepare(self, tensors: dict[str, QTensor]) -> None:
         """Compile or load the JIT kernels now (seconds the first time in a checkout, then

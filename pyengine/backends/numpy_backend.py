@@ -145,6 +145,12 @@ class NumpyBackend(Backend):
         cache.k[layer][pos0:pos0 + n] = k
         cache.v[layer][pos0:pos0 + n] = v
 
+    def moe_ffn(self, x, router, gate_exps, up_exps, down_exps, routing):
+        from .moe import moe_ffn_reference
+
+        return moe_ffn_reference(x, dequantized(router), dequantized(gate_exps), dequantized(up_exps),
+                                 dequantized(down_exps), routing)
+
     def attention(self, q, cache, layer, pos0, n_heads, n_kv_heads, head_dim, scale, window=0, softcap=0.0):
         t = pos0 + q.shape[0]
         return attention_reference(q, cache.k[layer][:t], cache.v[layer][:t], pos0, n_heads,

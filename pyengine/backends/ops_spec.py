@@ -66,6 +66,9 @@ OPS: tuple[Op, ...] = (
     Op("attention", ("q", "cache", "layer", "pos0", "n_heads", "n_kv_heads", "head_dim", "scale", "window",
                      "softcap"),
        "causal GQA attention over the cache (sliding window, soft-capping)", graph="attention"),
+    # mixture of experts (spec: backends/moe.py)
+    Op("moe_ffn", ("x", "router", "gate_exps", "up_exps", "down_exps", "routing"),
+       "routed SwiGLU experts: top-k of router(x), weighted sum of the chosen experts (MoERouting)"),
 )
 
 #: fused forms a backend may offer beyond the contract (used by a model when present)
