@@ -184,7 +184,8 @@ def test_experts_are_views_of_the_file_bytes():
 
 def _add(w, name, a, qtype):
     a = np.ascontiguousarray(a, dtype=np.float32)
-    if qtype == "Q8_0" and a.ndim >= 2:
+    # the router stays F32 in quantized files, as llama.cpp's quantizer keeps ffn_gate_inp
+    if qtype == "Q8_0" and a.ndim >= 2 and "ffn_gate_inp" not in name:
         w.add_tensor(name, quantize(a, GGMLQuantizationType.Q8_0), raw_dtype=GGMLQuantizationType.Q8_0)
     else:
         w.add_tensor(name, a)
