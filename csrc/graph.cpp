@@ -113,6 +113,9 @@ void Program::run(int32_t token, int64_t pos0, const MatmulKernels& mk, double* 
             case Kind::Softcap:
                 cpu::softcap(nd.a, nd.s, nd.out, nd.n * nd.cols);
                 break;
+            case Kind::MoeFfn:
+                moe::moe_ffn(*nd.moe, nd.a, nd.n, nd.out, mk);
+                break;
         }
         if (ns) {
             const auto t1 = std::chrono::steady_clock::now();
@@ -124,6 +127,9 @@ void Program::run(int32_t token, int64_t pos0, const MatmulKernels& mk, double* 
 
 }  // namespace graph
 }  // namespace pe
+
+// csrc/bind_moe.cpp: a moe::Layer from _C.moe_ffn's keyword arguments (arrays kept alive in keep)
+std::shared_ptr<const pe::moe::Layer> moe_layer_from_kwargs(const py::kwargs& kw, std::vector<py::object>& keep);
 
 namespace {
 
@@ -318,6 +324,17 @@ public:
         push(nd);
     }
 
+    void add_moe_ffn(const py::array& x, const py::array& out, const py::kwargs& kw) {
+        Node nd{Kind::MoeFfn};
+        nd.moe = moe_layer_from_kwargs(kw, keep_);
+        nd.cols = nd.moe->dim;
+        nd.n = tokens(x, nd.cols, "moe_ffn x");
+        nd.a = fbuf(x, "moe_ffn x", nd.n * nd.cols, false);
+        nd.out = fbuf(out, "moe_ffn out", nd.n * nd.cols, true);
+        if ((const float*)nd.out == nd.a) bad("moe_ffn out must not alias x");
+        push(nd);
+    }
+
     void set_output(const py::array& logits) {
         fbuf(logits, "output", logits.size(), true);
         output_ = logits;
@@ -481,6 +498,8 @@ void bind_graph(py::module_& m) {
         .def("add_softcap", &DecodeGraph::add_softcap, py::arg("x"), py::arg("cap"), py::arg("out"),
              "out = cap * tanh(x / cap).")
         .def("add_scale", &DecodeGraph::add_scale, py::arg("x"), py::arg("s"), py::arg("out"))
+        .def("add_moe_ffn", &DecodeGraph::add_moe_ffn, py::arg("x"), py::arg("out"),
+             "out = routed experts of x; keyword arguments as _C.moe_ffn.")
         .def("set_output", &DecodeGraph::set_output, py::arg("logits"))
         .def("step", &DecodeGraph::step, py::arg("token_id"), py::arg("pos0"), py::arg("copy") = true,
              "Run the recorded step for token_id at position pos0 (GIL released) and return the logits.\n"

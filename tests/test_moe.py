@@ -6,7 +6,8 @@ architectures on tiny random-weight GGUF files written here with gguf.GGUFWriter
 - moe_ffn on numba / cpu == the NumPy spec (F32: rounding level), experts are views of
   the file's bytes;
 - qwen3moe (F32, Q8_0): numba / cpu logits vs numpy, incremental decode vs full pass;
-- the cpu backend's decode step: either replayed bit for bit, or refused out loud.
+- the cpu backend's decode step routes inside the replayed call, bit for bit the op by op step;
+  an expert type without a native kernel is refused out loud (op by op, status says why).
 """
 from __future__ import annotations
 
@@ -310,9 +311,9 @@ def test_qwen3moe_bad_files_fail_in_one_line(tmp_path, extra, drop, match):
 
 @pytest.mark.skipif(not native_built(), reason="needs pyengine._C")
 @pytest.mark.parametrize("qtype", ["F32", "Q8_0"])
-def test_qwen3moe_decode_step_replays_or_says_why(qfiles, qtype):
-    """The replayed step is the op-by-op step bit for bit; a backend that cannot replay the
-    routing must say so (generate -v prints the status), never run a wrong step."""
+def test_qwen3moe_decode_step_replays_routing(qfiles, qtype):
+    """The routing runs inside the replayed single call (a moe_ffn node per layer), and the
+    replayed step is the op-by-op step bit for bit, cache included."""
     from pyengine.backends.cpu_backend import CpuBackend
 
     be = CpuBackend()
@@ -320,10 +321,9 @@ def test_qwen3moe_decode_step_replays_or_says_why(qfiles, qtype):
     ca = be.kv_cache(arch.cfg.n_layers, 32, arch.kv_width)
     cb = be.kv_cache(arch.cfg.n_layers, 32, arch.kv_width)
     step = be.make_decode_step(arch.forward, cb)
-    if step is None:
-        assert "op by op" in be.decode_step_status and "moe_ffn" in be.decode_step_status
-        pytest.xfail(be.decode_step_status)
+    assert step is not None, be.decode_step_status
     assert be.decode_step_status.startswith("native single-call decode step")
+    assert step.__self__.ops().count("moe_ffn") == L
     prompt = np.asarray(IDS[:4], np.int32)
     arch.forward(be, prompt, 0, ca, True)
     arch.forward(be, prompt, 0, cb, True)
@@ -332,3 +332,35 @@ def test_qwen3moe_decode_step_replays_or_says_why(qfiles, qtype):
         got = step(IDS[p], p)
         assert np.array_equal(got, want), f"replay differs at position {p}"
     assert all(np.array_equal(x, y) for x, y in zip(ca.k + ca.v, cb.k + cb.v))
+
+
+@pytest.mark.skipif(not native_built(), reason="needs pyengine._C")
+def test_decode_step_refuses_experts_without_native_kernel(qfiles, monkeypatch):
+    """No replay node for a type the kernels lack: the step runs op by op and says why."""
+    from pyengine.backends import moe
+    from pyengine.backends.cpu_backend import CpuBackend
+
+    be = CpuBackend()
+    arch = build(open_gguf(qfiles["F32"]))
+    cache = be.kv_cache(arch.cfg.n_layers, 32, arch.kv_width)
+    monkeypatch.setattr(moe, "native_args", lambda *a: None)  # as for a type the kernels lack
+    assert be.make_decode_step(arch.forward, cache) is None
+    assert be.decode_step_status.startswith("op by op") and "moe_ffn" in be.decode_step_status
+
+
+@pytest.mark.skipif(not native_built(), reason="needs pyengine._C")
+def test_native_moe_rejects_bad_arguments():
+    from pyengine import _C
+    from pyengine.backends.cpu_backend import native_type
+    from pyengine.backends.moe import native_args
+
+    qt = {k: _qtensor(k, np.ones(s), "F32") for k, s in
+          dict(router=(E, D), gate=(E, F, D), up=(E, F, D), down=(E, D, F)).items()}
+    args = native_args(qt["router"], qt["gate"], qt["up"], qt["down"], MoERouting(top_k=2), native_type)
+    x = np.ones((2, D), np.float32)
+    with pytest.raises(ValueError, match="top_k"):
+        _C.moe_ffn(x, np.empty_like(x), **dict(args, top_k=E + 1))
+    with pytest.raises(ValueError, match="down"):
+        _C.moe_ffn(x, np.empty_like(x), **dict(args, down=args["down"][:-4]))
+    with pytest.raises(ValueError, match="x must be"):
+        _C.moe_ffn(np.ones((2, D + 1), np.float32), np.empty((2, D + 1), np.float32), **args)

@@ -273,9 +273,17 @@ class CpuBackend(Backend):
 
     # -- mixture of experts --------------------------------------------------------
     def moe_ffn(self, x, router, gate_exps, up_exps, down_exps, routing):
-        from .moe import moe_ffn_grouped  # only the chosen experts' bytes are read
+        """Natively (``_C.moe_ffn``: routing and the chosen experts only, tokens grouped by
+        expert); a weight type without a native kernel runs through the ops instead."""
+        from .moe import moe_ffn_grouped, native_args
 
-        return moe_ffn_grouped(self, x, router, gate_exps, up_exps, down_exps, routing)
+        args = native_args(router, gate_exps, up_exps, down_exps, routing, native_type)
+        if args is None or not hasattr(_C, "moe_ffn"):
+            return moe_ffn_grouped(self, x, router, gate_exps, up_exps, down_exps, routing)
+        x = _contig(x)
+        out = np.empty(x.shape, dtype=np.float32)
+        _C.moe_ffn(x, out, **args)
+        return out
 
     # -- a whole decode step in one native call -----------------------------------
     def make_decode_step(self, forward, cache: KVCache):

@@ -225,8 +225,18 @@ class Recorder(Backend):
         return out
 
     def moe_ffn(self, x, router, gate_exps, up_exps, down_exps, routing):
-        # the experts a token uses are chosen from its data: a fixed tape cannot hold them
-        raise Unsupported("moe_ffn: data-dependent expert routing has no replay node")
+        """One node that routes inside the replay (the experts a token uses come from its data)."""
+        from .moe import native_args
+
+        args = native_args(router, gate_exps, up_exps, down_exps, routing, native_type)
+        if args is None or not hasattr(_C.DecodeGraph, "add_moe_ffn"):
+            raise Unsupported("moe_ffn: an expert weight type without a native kernel (no replay node)")
+        i = self._in(x)
+        out = self.inner.moe_ffn(x, router, gate_exps, up_exps, down_exps, routing)
+        o = self._out(out)
+        self._rec("moe_ffn", dict(x=x, out=out, **args), (i,), (o,),
+                  weights=tuple(id(t.raw) for t in (router, gate_exps, up_exps, down_exps)), const=routing.key())
+        return out
 
     # -- everything else -----------------------------------------------------------
     def from_numpy(self, x):  # a constant made in Python: fine until an op reads it (refused there)

@@ -68,7 +68,8 @@ OPS: tuple[Op, ...] = (
        "causal GQA attention over the cache (sliding window, soft-capping)", graph="attention"),
     # mixture of experts (spec: backends/moe.py)
     Op("moe_ffn", ("x", "router", "gate_exps", "up_exps", "down_exps", "routing"),
-       "routed SwiGLU experts: top-k of router(x), weighted sum of the chosen experts (MoERouting)"),
+       "routed SwiGLU experts: top-k of router(x), weighted sum of the chosen experts (MoERouting)",
+       graph="moe_ffn"),
 )
 
 #: fused forms a backend may offer beyond the contract (used by a model when present)
