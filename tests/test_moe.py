@@ -364,3 +364,38 @@ def test_native_moe_rejects_bad_arguments():
         _C.moe_ffn(x, np.empty_like(x), **dict(args, down=args["down"][:-4]))
     with pytest.raises(ValueError, match="x must be"):
         _C.moe_ffn(np.ones((2, D + 1), np.float32), np.empty((2, D + 1), np.float32), **args)
+
+
+# -- the benchmark generator (benchmarks/make_synthetic_moe.py) at test scale -------------------
+
+@pytest.mark.skipif(not native_built(), reason="needs pyengine._C")
+@pytest.mark.parametrize("shape", ["tiny-ds2", "tiny-qwen3moe"])
+def test_synthetic_moe_files_load_and_run(tmp_path, shape):
+    """The Q4_K_M-like MoE files the speed benchmark uses load (every tensor used), take
+    llama-quantize's fallback types where rows are not whole super-blocks, and run on cpu as
+    on the NumPy reference."""
+    import importlib.util
+    from pathlib import Path
+
+    from pyengine.backends.cpu_backend import CpuBackend
+
+    spec = importlib.util.spec_from_file_location(
+        "make_synthetic_moe", Path(__file__).resolve().parents[1] / "benchmarks" / "make_synthetic_moe.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    path = mod.make_synthetic_moe(shape, tmp_path, tokenizer="bytes")
+    gf = open_gguf(path)
+    arch = build(gf)
+    types = {t.type_name for t in gf.tensors.values()}
+    assert {"Q4_K", "Q6_K", "F32"} <= types
+    if shape == "tiny-ds2":  # attn_k_b rows of 64: Q4_K falls back to Q5_0
+        assert gf.tensors["blk.1.attn_k_b.weight"].type_name == "Q5_0"
+        assert not arch.layers[0].moe and arch.layers[1].moe
+    ids = np.array([1, 5, 9, 200, 7], np.int32)
+    outs = []
+    for be in (NumpyBackend(), CpuBackend()):
+        cache = be.kv_cache(arch.cfg.n_layers, 16, arch.kv_width)
+        outs.append(be.to_numpy(arch.forward(be, ids, 0, cache, False)))
+    ref, got = outs
+    assert np.isfinite(got).all() and ref.std() > 0.1
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 5e-2
