@@ -25,6 +25,7 @@ from pyengine.gguf_file import open_gguf
 from pyengine.models import build
 
 from conftest import native_built
+from test_models_ops import cuda_emu  # noqa: F401  (the emulator fixture)
 
 V, D, L, H = 80, 64, 3, 4
 R, RR, DN, DV, QL = 64, 16, 32, 32, 32      # kv_lora_rank, rope dims, qk_nope, v head, q_lora_rank
@@ -295,3 +296,14 @@ def test_cpu_decode_step_says_how_it_runs(files):
         assert be.decode_step_status.startswith("op by op")
     else:
         assert be.decode_step_status.startswith("native single-call decode step")
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_cuda_kernels_emulated(files, variant, cuda_emu):  # noqa: F811
+    """The cuda backend on the CUDA kernels' CPU emulator: MLA's head shuffles go through
+    to_numpy / from_numpy, the experts through the shared grouped moe_ffn."""
+    from pyengine.backends.cuda_backend import CudaBackend
+
+    _, ref = full_logits(files[(variant, "F32")], NumpyBackend())
+    _, got = full_logits(files[(variant, "F32")], CudaBackend(native=cuda_emu))
+    np.testing.assert_allclose(got, ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())

@@ -26,6 +26,7 @@ from pyengine.gguf_file import open_gguf
 from pyengine.models import build
 
 from conftest import native_built
+from test_models_ops import cuda_emu  # noqa: F401  (the emulator fixture)
 
 V, D, L, H, HKV, HD = 80, 64, 2, 4, 2, 16
 E, K, F = 8, 2, 32      # experts, used per token, expert ffn width
@@ -399,3 +400,15 @@ def test_synthetic_moe_files_load_and_run(tmp_path, shape):
     ref, got = outs
     assert np.isfinite(got).all() and ref.std() > 0.1
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 5e-2
+
+
+def test_qwen3moe_on_the_cuda_kernels_emulated(qfiles, cuda_emu):  # noqa: F811
+    """The cuda backend's moe_ffn (routing on the host, each chosen expert uploaded at first
+    use) on the CUDA kernels' CPU emulator (tests/test_models_ops.py)."""
+    from pyengine.backends.cuda_backend import CudaBackend
+
+    emu = cuda_emu
+    _, ref = full_logits(qfiles["F32"], NumpyBackend())
+    be = CudaBackend(native=emu)
+    _, got = full_logits(qfiles["F32"], be)
+    np.testing.assert_allclose(got, ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
