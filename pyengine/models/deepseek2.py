@@ -73,7 +73,8 @@ class Config(common.Config):
         if gating is None:
             raise ModelFileError(f"{gf.path}: expert_gating_func {a('expert_gating_func')} is not supported "
                                  "(1 softmax, 2 sigmoid)")
-        n_expert, k = int(a("expert_count", 0)), int(a("expert_used_count", 0))
+        n_expert = int(a("expert_count", 0))
+        k = common._int_or_first(a("expert_used_count", 0), gf, "expert_used_count")
         n_dense = int(a("leading_dense_block_count", 0))
         if n_dense < kw["n_layers"] and (n_expert <= 0 or k <= 0):
             raise ModelFileError(f"{gf.path}: deepseek2 MoE layers need expert_count and expert_used_count > 0")

@@ -6,7 +6,8 @@ the ``expert_used_count`` best, their weights always renormalised to sum 1, as l
 LLM_ARCH_QWEN3MOE does; ``expert_weights_scale`` multiplies them when the file has it), the
 experts are ``ffn_{gate,up}_exps.weight (E, f, dim)`` and ``ffn_down_exps.weight (E, dim, f)``
 with ``f = expert_feed_forward_length`` (fallback: feed_forward_length / expert_used_count).
-No shared expert. See backends/moe.py for the routing spec.
+No shared expert. Group-limited routing when the file has expert_group_count > 1 (llama.cpp
+reads those keys for every architecture). See backends/moe.py for the routing spec.
 """
 from __future__ import annotations
 
@@ -29,12 +30,16 @@ class Config(common.Config):
         a = gf.arch_key
         kw = common.Config.base_from_gguf(gf)
         n_expert = int(a("expert_count", 0))
-        k = int(a("expert_used_count", 0))
+        k = common._int_or_first(a("expert_used_count", 0), gf, "expert_used_count")
         if n_expert <= 0 or k <= 0:
             raise ModelFileError(f"{gf.path}: qwen3moe needs expert_count and expert_used_count > 0 "
                                  f"(file: {n_expert}, {k})")
         f = int(a("expert_feed_forward_length", 0)) or kw["ffn_dim"] // k
-        routing = MoERouting(top_k=k, gating="softmax", norm=True, scale=float(a("expert_weights_scale", 0.0)))
+        # llama.cpp reads the group keys for every architecture (group-limited when count > 1)
+        n_group = int(a("expert_group_count", 0))
+        routing = MoERouting(top_k=k, gating="softmax", norm=True, scale=float(a("expert_weights_scale", 0.0)),
+                             n_group=n_group if n_group > 1 else 0,
+                             n_group_used=int(a("expert_group_used_count", 0)) if n_group > 1 else 0)
         return cls(**kw, neox=True, rope_scaling=common.rope_scaling_from_gguf(gf, kw),
                    features=frozenset({"qk_norm"}), n_expert=n_expert, expert_ffn_dim=f, routing=routing)
 
