@@ -7,7 +7,9 @@ routing, exp_probs_b selection bias, YaRN rope). Checked:
 - the cache holds only the latent and the rope part (R + r per token and layer);
 - the absorbed MLA equals plain multi-head attention with K, V expanded from the latent
   (written out here independently);
-- the leading dense layer, the shared expert and the YaRN factors are what the file says.
+- the leading dense layer, the shared expert and the YaRN factors are what the file says;
+- the cpu backend's native mla_attention == the composed spec, and its decode step replays
+  MLA and the routing in one call, bit for bit the op-by-op step.
 """
 from __future__ import annotations
 
@@ -284,18 +286,77 @@ def test_bad_files_fail_in_one_line(tmp_path, extra, drop, match):
 
 
 @pytest.mark.skipif(not native_built(), reason="needs pyengine._C")
-def test_cpu_decode_step_says_how_it_runs(files):
-    """MLA reshapes its heads in NumPy between ops: the replay refuses, op by op, and says why."""
+@pytest.mark.parametrize("qtype", ["F32", "Q8_0"])
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_cpu_decode_step_replays_bit_for_bit(files, variant, qtype):
+    """The latent attention (cache write included) and the expert routing run inside the
+    replayed single call, which is the op-by-op step bit for bit, compressed cache included."""
     from pyengine.backends.cpu_backend import CpuBackend
 
     be = CpuBackend()
+    arch = build(open_gguf(files[(variant, qtype)]))
+    ca = be.kv_cache(arch.cfg.n_layers, 32, arch.kv_width)
+    cb = be.kv_cache(arch.cfg.n_layers, 32, arch.kv_width)
+    step = be.make_decode_step(arch.forward, cb)
+    assert step is not None, be.decode_step_status
+    assert be.decode_step_status.startswith("native single-call decode step")
+    kinds = step.__self__.ops()
+    assert kinds.count("mla_attention") == L and kinds.count("moe_ffn") == L - 1
+    prompt = np.asarray(IDS[:4], np.int32)
+    arch.forward(be, prompt, 0, ca, True)
+    arch.forward(be, prompt, 0, cb, True)
+    for p in range(4, len(IDS)):
+        want = arch.forward(be, np.asarray([IDS[p]], np.int32), p, ca, True)
+        got = step(IDS[p], p)
+        assert np.array_equal(got, want), f"replay differs at position {p}"
+    assert all(np.array_equal(x, y) for x, y in zip(ca.k + ca.v, cb.k + cb.v))
+
+
+@pytest.mark.skipif(not native_built(), reason="needs pyengine._C")
+def test_native_mla_matches_the_composed_spec(files):
+    """_C.mla_attention against mla_attention_composed on the same cpu ops, prefill then decode."""
+    from pyengine.backends.cpu_backend import CpuBackend
+    from pyengine.backends.mla import mla_attention_composed
+
+    be = CpuBackend()
+    arch = build(open_gguf(files[("v3ish", "F32")]))
+    c, Ly = arch.cfg, arch.layers[1]
+    rng = np.random.default_rng(7)
+    base, sc = arch.rope_scaling(1, None)
+    caches = [be.kv_cache(L, 32, arch.kv_width) for _ in range(2)]
+    for pos0, n in ((0, 5), (5, 1), (6, 3)):
+        q = rng.standard_normal((n, H * (DN + RR))).astype(np.float32)
+        kv = rng.standard_normal((n, R + RR)).astype(np.float32)
+        args = (1, pos0, Ly.wk_b, Ly.wv_b, Ly.kv_a_norm, c.norm_eps, H, DN, RR, base, False, sc, c.kq_scale)
+        got = be.mla_attention(q, kv, caches[0], *args)
+        want = mla_attention_composed(be, q, kv, caches[1], *args)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(caches[0].v[1], caches[1].v[1], rtol=1e-6, atol=1e-6)
+
+
+def test_mla_bad_arguments_are_one_line_errors(files):
+    from pyengine import _C
+
+    if not native_built():
+        pytest.skip("needs pyengine._C")
+    from pyengine.backends.cpu_backend import CpuBackend, native_type
+    from pyengine.backends.mla import native_args
+
+    be = CpuBackend()
     arch = build(open_gguf(files[("lite", "F32")]))
-    cache = be.kv_cache(arch.cfg.n_layers, 32, arch.kv_width)
-    step = be.make_decode_step(arch.forward, cache)
-    if step is None:
-        assert be.decode_step_status.startswith("op by op")
-    else:
-        assert be.decode_step_status.startswith("native single-call decode step")
+    Ly = arch.layers[0]
+    args = native_args(Ly.wk_b, Ly.wv_b, be._vector(Ly.kv_a_norm), 1e-6, H, DN, RR, 10000.0, False, None, 0.1,
+                       native_type)
+    cache = be.kv_cache(L, 8, arch.kv_width)
+    q = np.zeros((2, H * (DN + RR)), np.float32)
+    kv = np.zeros((2, R + RR), np.float32)
+    out = np.empty((2, H * DV), np.float32)
+    with pytest.raises(ValueError, match="outside the cache"):
+        _C.mla_attention(q, kv, out, cache.k[0], cache.v[0], 7, **args)
+    with pytest.raises(ValueError, match="kv"):
+        _C.mla_attention(q, kv[:, 1:].copy(), out, cache.k[0], cache.v[0], 0, **args)
+    with pytest.raises(ValueError, match="wv"):
+        _C.mla_attention(q, kv, out, cache.k[0], cache.v[0], 0, **dict(args, wv=args["wv"][:-4]))
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))

@@ -197,6 +197,14 @@ class Backend:
         :func:`pyengine.backends.moe.moe_ffn_reference`."""
         raise NotImplementedError
 
+    def mla_attention(self, q: Any, kv: Any, cache: KVCache, layer: int, pos0: int, wk_b: QTensor, wv_b: QTensor,
+                      kv_norm: QTensor, eps: float, n_heads: int, qk_nope: int, n_rot: int, freq_base: float,
+                      neox: bool, scaling: RopeScaling | None, scale: float) -> Any:
+        """DeepSeek-V2's multi-head latent attention over the compressed cache (width
+        kv_lora_rank + n_rot): ``(n, H*v_head)`` from the projections q, kv. Spec:
+        :mod:`pyengine.backends.mla`."""
+        raise NotImplementedError
+
     # -- lifecycle ---------------------------------------------------------------
     def prepare(self, tensors: dict[str, QTensor]) -> None:
         """Called once after loading (e.g. to upload weights); default: nothing."""

@@ -16,8 +16,9 @@ dims, ``dv`` = v head dims, ``H`` heads)::
     out      = [o_1 .. o_H] Wo^T
 
 This is multi-query attention with one key head of width R + r whose values are its first R
-dims: the cache holds ``[c, k_pe]`` per layer (as keys and, for the attention op's uniform
-head width, again as values; the latent's own dims are what the values use).
+dims: the ``mla_attention`` op (spec: backends/mla.py; native on cpu, one node of the replayed
+decode step) caches ``[c, k_pe]`` per layer (as keys and, for the attention op's uniform head
+width, again as values; the latent's own dims are what the values use).
 
 YaRN (llama.cpp's [TAG_DEEPSEEK2_YARN_LOG_MUL_FIX]): the file's ``yarn_log_multiplier`` is
 0.1 * mscale_all_dim; the rope's own magnitude correction is cancelled (rope mscale =
@@ -38,7 +39,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..backends.base import Backend, KVCache
-from ..backends.moe import MoERouting, expert, load_experts
+from ..backends.moe import MoERouting, load_experts
 from ..errors import ModelFileError
 from ..gguf_file import GGUFFile
 from . import common
@@ -159,35 +160,15 @@ class Model(common.Model):
 
     def attention_block(self, ops: Backend, L: Layer, i: int, h, pos: np.ndarray, pos0: int, cache: KVCache):
         c = self.cfg
-        H, R, r, dn, dv = c.n_heads, c.kv_lora_rank, c.qk_rope, c.qk_nope, c.v_head
-        n = len(pos)
         if L.wq is not None:
-            q = ops.matmul(L.wq, h)
+            q = ops.matmul(L.wq, h)                                               # (n, H*(dn + r))
         else:
             q = ops.matmul(L.wq_b, ops.rmsnorm(ops.matmul(L.wq_a, h), L.q_a_norm, c.norm_eps))
-        kvpe = ops.to_numpy(ops.matmul(L.wkv_a, h))                              # (n, R + r)
-        qh = ops.to_numpy(q).reshape(n, H, dn + r)
+        kv = ops.matmul(L.wkv_a, h)                                               # (n, R + r)
         base, scaling = self.rope_scaling(i, cache)
-        extra = {} if scaling is None else {"scaling": scaling}
-        q_pe = ops.rope(ops.from_numpy(np.ascontiguousarray(qh[:, :, dn:]).reshape(n, H * r)), pos, H, r, base,
-                        c.neox, r, **extra)                                       # (n, H*r)
-        k_pe = ops.rope(ops.from_numpy(np.ascontiguousarray(kvpe[:, R:])), pos, 1, r, base, c.neox, r, **extra)
-        lat = ops.rmsnorm(ops.from_numpy(np.ascontiguousarray(kvpe[:, :R])), L.kv_a_norm, c.norm_eps)  # (n, R)
-        # queries in the latent space: [Wk_b[h] q_nope_h, q_pe_h] per head -> (n, H*(R + r))
-        qcat = np.empty((n, H, R + r), dtype=np.float32)
-        q_pe = ops.to_numpy(q_pe).reshape(n, H, r)
-        for hh in range(H):
-            qn = ops.from_numpy(np.ascontiguousarray(qh[:, hh, :dn]))
-            qcat[:, hh, :R] = ops.to_numpy(ops.matmul(expert(L.wk_b, hh), qn))
-            qcat[:, hh, R:] = q_pe[:, hh]
-        kcat = ops.from_numpy(np.concatenate([ops.to_numpy(lat), ops.to_numpy(k_pe)], axis=1))  # (n, R + r)
-        ops.kv_write(cache, i, pos0, kcat, kcat)
-        a = ops.to_numpy(ops.attention(ops.from_numpy(qcat.reshape(n, H * (R + r))), cache, i, pos0, H, 1, R + r,
-                                       c.kq_scale)).reshape(n, H, R + r)
-        o = np.empty((n, H, dv), dtype=np.float32)
-        for hh in range(H):  # the value up-projection of each head's latent sum
-            o[:, hh] = ops.to_numpy(ops.matmul(expert(L.wv_b, hh), ops.from_numpy(np.ascontiguousarray(a[:, hh, :R]))))
-        return ops.matmul(L.wo, ops.from_numpy(o.reshape(n, H * dv)))
+        o = ops.mla_attention(q, kv, cache, i, pos0, L.wk_b, L.wv_b, L.kv_a_norm, c.norm_eps, c.n_heads, c.qk_nope,
+                              c.qk_rope, base, c.neox, scaling, c.kq_scale)        # (n, H*dv)
+        return ops.matmul(L.wo, o)
 
     def ffn_block(self, ops: Backend, L: Layer, h):
         if not L.moe:
