@@ -412,3 +412,53 @@ def test_qwen3moe_on_the_cuda_kernels_emulated(qfiles, cuda_emu):  # noqa: F811
     be = CudaBackend(native=emu)
     _, got = full_logits(qfiles["F32"], be)
     np.testing.assert_allclose(got, ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
+
+
+def _mapped_rss(path) -> int:
+    """Resident bytes of this process's mappings of ``path`` (/proc/self/smaps)."""
+    total, cur = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if head and "-" in head[0] and len(head) >= 5:  # a mapping's first line
+                cur = len(head) >= 6 and head[-1] == str(path)
+            elif cur and line.startswith("Rss:"):
+                total += int(head[1]) * 1024
+    return total
+
+
+@pytest.mark.skipif(not native_built() or not __import__("os").path.exists("/proc/self/smaps"),
+                    reason="needs pyengine._C and /proc/self/smaps")
+def test_decode_touches_only_the_chosen_experts(tmp_path):
+    """The experts stay memory-mapped: one decoded token brings into memory the k of E experts
+    it uses per layer, not the whole expert tensors. (Experts of 2 MiB: the kernel may map a
+    file's pages in folios of up to 2 MiB, so smaller experts would blur the count.)"""
+    from pyengine.backends.cpu_backend import CpuBackend
+
+    e, k, f, d = 16, 2, 512, 1024
+    rng = np.random.default_rng(0)
+    big = {}
+    for i in range(L):
+        p = f"blk.{i}."
+        big.update({p + "ffn_gate_inp.weight": rng.standard_normal((e, d), dtype=np.float32),
+                    p + "ffn_gate_exps.weight": rng.standard_normal((e, f, d), dtype=np.float32) / 32,
+                    p + "ffn_up_exps.weight": rng.standard_normal((e, f, d), dtype=np.float32) / 32,
+                    p + "ffn_down_exps.weight": rng.standard_normal((e, d, f), dtype=np.float32) / 22})
+    global D, E, K, F  # the writer's shapes, for this file only
+    saved = (D, E, K, F)
+    D, E, K, F = d, e, k, f
+    try:
+        path = write_qwen3moe(tmp_path / "big.gguf", extra=big)
+    finally:
+        D, E, K, F = saved
+    del big
+    gf = open_gguf(path)
+    arch = build(gf)
+    expert_bytes = sum(t.n_bytes for n, t in gf.tensors.items() if "_exps" in n)
+    be = CpuBackend()
+    cache = be.kv_cache(arch.cfg.n_layers, 8, arch.kv_width)
+    before = _mapped_rss(path)
+    arch.forward(be, np.asarray([7], np.int32), 0, cache, True)
+    touched = _mapped_rss(path) - before
+    used = expert_bytes * k / e                       # the chosen experts' bytes (1/8 of them)
+    assert used * 0.9 <= touched <= 2 * used + 4 * 2**20, (touched, used, expert_bytes)
