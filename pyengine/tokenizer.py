@@ -80,6 +80,9 @@ _PRE_DEEPSEEK_LLM = _Pre([
     r"\p{N}+",
 ])
 
+# DeepSeek Coder: newlines alone, letter runs, punctuation runs, CJK runs, single digits
+_PRE_DEEPSEEK_CODER = _Pre([r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", r"[一-龥ࠀ-一가-퟿]+", r"\p{N}"])
+
 PRE_TOKENIZERS: dict[str, _Pre] = {
     "default": _PRE_DEFAULT,
     **dict.fromkeys(("gpt2", "gpt-2", "phi-2", "mpt", "olmo", "jais"), _PRE_GPT2),
@@ -89,6 +92,7 @@ PRE_TOKENIZERS: dict[str, _Pre] = {
     **dict.fromkeys(("dbrx", "smaug-bpe"), _PRE_DBRX),
     **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "stablelm2", "megrez"), _PRE_QWEN2),
     "deepseek-llm": _PRE_DEEPSEEK_LLM,
+    "deepseek-coder": _PRE_DEEPSEEK_CODER,
 }
 
 

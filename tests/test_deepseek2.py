@@ -370,15 +370,18 @@ def test_cuda_kernels_emulated(files, variant, cuda_emu):  # noqa: F811
     np.testing.assert_allclose(got, ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
 
 
-def test_deepseek_llm_pre_tokenizer_matches_llamacpp():
-    """DeepSeek-V2's vocabulary ('deepseek-llm' pre-tokenizer): llama.cpp's own tokenizer test
-    cases (models/ggml-vocab-deepseek-llm.gguf.inp/.out of the llama-cpp-python sdist)."""
+@pytest.mark.parametrize("vocab", ["deepseek-llm", "deepseek-coder"])
+def test_deepseek_pre_tokenizers_match_llamacpp(vocab):
+    """DeepSeek-V2's vocabulary ('deepseek-llm' pre-tokenizer) and DeepSeek Coder's: llama.cpp's
+    own tokenizer test cases (models/ggml-vocab-<vocab>.gguf.inp/.out of the llama-cpp-python sdist)."""
     from llamacpp_sdist import vocab_dir
 
     from pyengine.tokenizer import Tokenizer
 
-    base = vocab_dir() / "ggml-vocab-deepseek-llm.gguf"
-    tok = Tokenizer.from_metadata(open_gguf(base, check_types=False).metadata)
+    base = vocab_dir() / f"ggml-vocab-{vocab}.gguf"
+    md = open_gguf(base, check_types=False).metadata
+    assert md["tokenizer.ggml.pre"] == vocab
+    tok = Tokenizer.from_metadata(md)
     texts = base.with_name(base.name + ".inp").read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")
     ids = base.with_name(base.name + ".out").read_text(encoding="utf-8").split("\n")
     cases = [(t, [int(x) for x in o.split()]) for t, o in zip(texts, ids) if t]
