@@ -84,16 +84,19 @@ class Config(common.Config):
                              scale=float(a("expert_weights_scale", 0.0)), n_group=n_group if n_group > 1 else 0,
                              n_group_used=int(a("expert_group_used_count", 0)) if n_group > 1 else 0)
         # rope: YaRN's magnitude correction is cancelled in the rope and moved into kq_scale
+        # (llama.cpp: attn_factor is the rope's factor; attn_factor_org = attn_factor * (1 + 0.1 ln f),
+        # m = attn_factor_org * (1 + 0.1 mscale_all_dim ln f), f = 1 / freq_scale)
         scaling = common.rope_scaling_from_gguf(gf, kw)
         rope_attn = float(a("rope.scaling.attn_factor", 1.0))
-        mscale = rope_attn
+        f = 1.0 / scaling.freq_scale if scaling is not None else 1.0
+        attn_factor = rope_attn
         if scaling is not None and scaling.ext_factor != 0.0:
-            f = 1.0 / scaling.freq_scale
-            scaling = replace(scaling, attn_factor=rope_attn / (1.0 + 0.1 * math.log(f)))
-            mscale_all_dim = float(a("rope.scaling.yarn_log_multiplier", 0.0)) / 0.1
-            mscale = rope_attn * (1.0 + 0.1 * mscale_all_dim * math.log(f))
+            attn_factor = rope_attn / (1.0 + 0.1 * math.log(f))
+            scaling = replace(scaling, attn_factor=attn_factor)
             if scaling.is_identity:
                 scaling = None
+        mscale_all_dim = float(a("rope.scaling.yarn_log_multiplier", 0.0)) / 0.1
+        mscale = attn_factor * (1.0 + 0.1 * math.log(f)) * (1.0 + 0.1 * mscale_all_dim * math.log(f))
         kw.update(head_dim=k_mla, n_kv_heads=1)
         return cls(**kw, rope_scaling=scaling, neox=False, q_lora_rank=int(a("attention.q_lora_rank", 0)),
                    kv_lora_rank=R, qk_nope=k_mla - r, qk_rope=r, v_head=v_mla,
