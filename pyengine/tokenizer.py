@@ -69,19 +69,6 @@ _PRE_STARCODER = _Pre([r"\p{N}", _GPT2])  # digits one by one, then GPT-2's rule
 _PRE_LLAMA3 = _Pre([_LLAMA3], ignore_merges=True, add_bos=True)
 _PRE_DBRX = _Pre([_LLAMA3])
 _PRE_QWEN2 = _Pre([_QWEN2])
-# DeepSeek LLM / DeepSeek-V2: newlines alone, Latin-script words, ASCII/fullwidth punctuation,
-# trailing spaces, CJK runs, digit runs (llama.cpp's LLAMA_VOCAB_PRE_TYPE_DEEPSEEK_LLM list)
-_PRE_DEEPSEEK_LLM = _Pre([
-    r"[\r\n]",
-    r"\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-ώᾀ-ᾴᾶ-ᾼιῂ-ῄῆ-ῌῐ-ΐῖ-Ίῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤΩℨK-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+",
-    r"\s?[!-/:-~！-／：-～‘-‟　-。]+",
-    r"\s+$",
-    r"[一-龥ࠀ-一가-퟿]+",
-    r"\p{N}+",
-])
-
-# DeepSeek Coder: newlines alone, letter runs, punctuation runs, CJK runs, single digits
-_PRE_DEEPSEEK_CODER = _Pre([r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", r"[一-龥ࠀ-一가-퟿]+", r"\p{N}"])
 
 PRE_TOKENIZERS: dict[str, _Pre] = {
     "default": _PRE_DEFAULT,
@@ -91,8 +78,6 @@ PRE_TOKENIZERS: dict[str, _Pre] = {
     **dict.fromkeys(("llama3", "llama-v3", "llama-bpe", "falcon3"), _PRE_LLAMA3),
     **dict.fromkeys(("dbrx", "smaug-bpe"), _PRE_DBRX),
     **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "stablelm2", "megrez"), _PRE_QWEN2),
-    "deepseek-llm": _PRE_DEEPSEEK_LLM,
-    "deepseek-coder": _PRE_DEEPSEEK_CODER,
 }
 
 

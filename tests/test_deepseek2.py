@@ -368,23 +368,3 @@ def test_cuda_kernels_emulated(files, variant, cuda_emu):  # noqa: F811
     _, ref = full_logits(files[(variant, "F32")], NumpyBackend())
     _, got = full_logits(files[(variant, "F32")], CudaBackend(native=cuda_emu))
     np.testing.assert_allclose(got, ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
-
-
-@pytest.mark.parametrize("vocab", ["deepseek-llm", "deepseek-coder"])
-def test_deepseek_pre_tokenizers_match_llamacpp(vocab):
-    """DeepSeek-V2's vocabulary ('deepseek-llm' pre-tokenizer) and DeepSeek Coder's: llama.cpp's
-    own tokenizer test cases (models/ggml-vocab-<vocab>.gguf.inp/.out of the llama-cpp-python sdist)."""
-    from llamacpp_sdist import vocab_dir
-
-    from pyengine.tokenizer import Tokenizer
-
-    base = vocab_dir() / f"ggml-vocab-{vocab}.gguf"
-    md = open_gguf(base, check_types=False).metadata
-    assert md["tokenizer.ggml.pre"] == vocab
-    tok = Tokenizer.from_metadata(md)
-    texts = base.with_name(base.name + ".inp").read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")
-    ids = base.with_name(base.name + ".out").read_text(encoding="utf-8").split("\n")
-    cases = [(t, [int(x) for x in o.split()]) for t, o in zip(texts, ids) if t]
-    assert len(cases) >= 40
-    bad = [(t, tok.encode(t, add_bos=False), want) for t, want in cases if tok.encode(t, add_bos=False) != want]
-    assert not bad, bad[:3]
