@@ -113,6 +113,12 @@ void Program::run(int32_t token, int64_t pos0, const MatmulKernels& mk, double* 
             case Kind::Softcap:
                 cpu::softcap(nd.a, nd.s, nd.out, nd.n * nd.cols);
                 break;
+            case Kind::MoeFfn:
+                moe::moe_ffn(*nd.moe, nd.a, nd.n, nd.out, mk);
+                break;
+            case Kind::MlaAttention:
+                mla::mla_attention(*nd.mla, nd.a, nd.b, 1, nd.pos.at(pos0), nd.kt, nd.vc, nd.out, mk);
+                break;
         }
         if (ns) {
             const auto t1 = std::chrono::steady_clock::now();
@@ -124,6 +130,12 @@ void Program::run(int32_t token, int64_t pos0, const MatmulKernels& mk, double* 
 
 }  // namespace graph
 }  // namespace pe
+
+// csrc/bind_moe.cpp: a moe::Layer from _C.moe_ffn's keyword arguments (arrays kept alive in keep)
+std::shared_ptr<const pe::moe::Layer> moe_layer_from_kwargs(const py::kwargs& kw, std::vector<py::object>& keep);
+// csrc/bind_mla.cpp: the same for _C.mla_attention, and the positions its cache holds (checked)
+std::shared_ptr<const pe::mla::Layer> mla_layer_from_kwargs(const py::kwargs& kw, std::vector<py::object>& keep);
+int64_t mla_cache_positions(const pe::mla::Layer& L, const py::array& kt, const py::array& vc);
 
 namespace {
 
@@ -329,6 +341,35 @@ public:
         push(nd);
     }
 
+    void add_moe_ffn(const py::array& x, const py::array& out, const py::kwargs& kw) {
+        Node nd{Kind::MoeFfn};
+        nd.moe = moe_layer_from_kwargs(kw, keep_);
+        nd.cols = nd.moe->dim;
+        nd.n = tokens(x, nd.cols, "moe_ffn x");
+        nd.a = fbuf(x, "moe_ffn x", nd.n * nd.cols, false);
+        nd.out = fbuf(out, "moe_ffn out", nd.n * nd.cols, true);
+        if ((const float*)nd.out == nd.a) bad("moe_ffn out must not alias x");
+        push(nd);
+    }
+
+    void add_mla_attention(const py::array& q, const py::array& kv, const py::array& out, const py::array& k_panels,
+                           const py::array& v_cache, int64_t pos_off, bool pos_rel, const py::kwargs& kw) {
+        Node nd{Kind::MlaAttention};
+        nd.mla = mla_layer_from_kwargs(kw, keep_);
+        const pe::mla::Layer& L = *nd.mla;
+        const int64_t positions = mla_cache_positions(L, k_panels, v_cache);
+        nd.width = L.R + L.r;
+        nd.kt = fbuf(k_panels, "mla key panels", k_panels.size(), true);
+        nd.vc = fbuf(v_cache, "mla cache rows", v_cache.size(), true);
+        nd.n = 1;
+        nd.a = fbuf(q, "mla q", (int64_t)L.n_heads * (L.dn + L.r), false);
+        nd.b = fbuf(kv, "mla kv", nd.width, false);
+        nd.out = fbuf(out, "mla out", (int64_t)L.n_heads * L.dv, true);
+        nd.pos = Pos{pos_off, pos_rel};
+        bound(nd.pos, 0, positions - 1, "mla_attention");
+        push(nd);
+    }
+
     void set_output(const py::array& logits) {
         fbuf(logits, "output", logits.size(), true);
         output_ = logits;
@@ -497,6 +538,11 @@ void bind_graph(py::module_& m) {
         .def("add_softcap", &DecodeGraph::add_softcap, py::arg("x"), py::arg("cap"), py::arg("out"),
              "out = cap * tanh(x / cap).")
         .def("add_scale", &DecodeGraph::add_scale, py::arg("x"), py::arg("s"), py::arg("out"))
+        .def("add_moe_ffn", &DecodeGraph::add_moe_ffn, py::arg("x"), py::arg("out"),
+             "out = routed experts of x; keyword arguments as _C.moe_ffn.")
+        .def("add_mla_attention", &DecodeGraph::add_mla_attention, py::arg("q"), py::arg("kv"), py::arg("out"),
+             py::arg("k_panels"), py::arg("v_cache"), py::arg("pos_off"), py::arg("pos_rel"),
+             "out = latent attention at position pos_off (+ pos0 when pos_rel); keyword arguments as _C.mla_attention.")
         .def("set_output", &DecodeGraph::set_output, py::arg("logits"))
         .def("step", &DecodeGraph::step, py::arg("token_id"), py::arg("pos0"), py::arg("copy") = true,
              "Run the recorded step for token_id at position pos0 (GIL released) and return the logits.\n"

@@ -291,6 +291,11 @@ class Layer:
             self.post_attn_norm = W.vec(p + "post_attention_norm.weight", d)
             self.post_ffn_norm = W.vec(p + "post_ffw_norm.weight", d)
         self.ffn_norm = W.vec(p + "ffn_norm.weight", d)
+        self.load_ffn(W, i, cfg)
+
+    def load_ffn(self, W: Weights, i: int, cfg: Config) -> None:
+        """The feed-forward tensors of block ``i`` (a mixture-of-experts layer loads its own)."""
+        f, p, d = cfg.features, f"blk.{i}.", cfg.dim
         if "fused_up" in f and not W.has(p + "ffn_gate.weight"):
             # ffn_up (2*ffn_dim, dim) = [Wgate; Wup] (llama.cpp's SWIGLU on a fused up)
             self.w_gate, self.w_up = split_rows(W.get(p + "ffn_up.weight", (2 * cfg.ffn_dim, d)), [cfg.ffn_dim, cfg.ffn_dim])
