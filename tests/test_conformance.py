@@ -99,6 +99,38 @@ def test_reference_logits_are_peaked(case):
         assert (r["top_logits"][:, 0] <= r["lse"]).all()
 
 
+# llama.cpp's own top-1 margin. An engine that matches llama.cpp up to rounding still moves the
+# top-1 minus top-2 logit gap: measured (benchmarks/conformance_gaps.py --backend B, data of
+# 2026-12-06) with a std of 0.09-0.26 and a max of 0.23-0.52 per two-layer case on numpy/numba,
+# up to 0.71 on cpu (gemma3, 6 layers: 0.94 / 1.32); the flipped positions had gaps <= 0.2
+# (one gemma3 position: 0.67). A position whose reference gap is under GAP_MIN (~3 std of the
+# two-layer noise) can flip with no bug, so the top-1 bound is a fair test only where at least
+# TOP1_MIN of the positions are decisive.
+GAP_MIN = 0.5
+# Committed cases whose data is known not to be decisive (README: "Near-ties"): the share of
+# positions with gap >= GAP_MIN as measured. The test checks the share is still this value (the
+# data has not changed unnoticed) and xfails; a regenerated case must drop out of this table
+# and pass.
+NEAR_TIE_DATA = {
+    "deepseek2": 0.795, "gemma2": 0.704, "gemma3": 0.907, "glm4": 0.875, "llama": 0.864,
+    "llama-iq4_xs": 0.773, "llama-q2_k": 0.864, "llama-q3_k_m": 0.773, "llama-q5_k_m": 0.818,
+    "mistral": 0.778, "phi3": 0.796, "qwen2": 0.775, "qwen3": 0.675, "qwen3moe": 0.800,
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_reference_top1_is_decisive(case):
+    """llama.cpp's top-1 beats its top-2 by >= GAP_MIN at >= TOP1_MIN of the positions, so that
+    the teacher-forced top-1 bound is not decided by near-ties (data only, no model run)."""
+    g = np.concatenate([r["top_logits"][:, 0] - r["top_logits"][:, 1] for r in reference(case)])
+    share = float((g >= GAP_MIN).mean())
+    if case in NEAR_TIE_DATA:
+        assert round(share, 3) == NEAR_TIE_DATA[case], \
+            f"{case}: decisive share {share:.3f}, recorded {NEAR_TIE_DATA[case]}: the data changed, update NEAR_TIE_DATA"
+        pytest.xfail(f"{case}: known near-tie data, {share:.3f} of positions have gap >= {GAP_MIN} (< {TOP1_MIN})")
+    assert share >= TOP1_MIN, f"{case}: only {share:.3f} of positions have llama.cpp's top-1 gap >= {GAP_MIN}"
+
+
 def test_kl_topk_matches_full_kl_when_tails_agree():
     """The coarsened KL equals the full KL when Q's tail is P's tail rescaled, and is 0 for Q = P."""
     rng = np.random.default_rng(0)
