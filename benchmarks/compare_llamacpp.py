@@ -41,6 +41,8 @@ TARGETS = [
     ("smollm2-135m", 1.3, 1.0, None),
     ("synthetic-1b", 1.1, 1.0, None),
     ("synthetic-7b", 1.1, 1.0, 0.80),
+    ("qwen2.5-coder-0.5b", 1.3, 1.0, None),
+    ("qwen2.5-coder-1.5b", 1.3, 1.0, None),
 ]
 
 

@@ -12,6 +12,13 @@ The tokenizer metadata (vocab 49152) is copied from SmolLM2-135M when it is in t
 model cache (``pyengine pull smollm2-135m``), so llama.cpp loads the files too.
 The files are written tensor by tensor (7B: ~4 GB, written in under a minute);
 benchmarks/out/ is git-ignored -- never commit them.
+
+    python benchmarks/make_synthetic.py --arch llama,qwen2,gemma2 --out /tmp/syn
+
+``--arch`` writes instead the small per-architecture source models of the llama.cpp conformance
+suite (tests/synthetic_gguf.py: real tensor names and metadata keys, real llama.cpp vocabularies
+from the llama-cpp-python sdist, unquantized; benchmarks/make_conformance.py quantizes them with
+llama-quantize and records llama.cpp's logits).
 """
 from __future__ import annotations
 
@@ -31,8 +38,14 @@ def main(argv=None) -> int:
     p.add_argument("--tokenizer", default="auto",
                    help="GGUF file to copy tokenizer.* metadata from; 'auto' = SmolLM2-135M from the model "
                         "cache if present, else 'bytes' (a built-in byte-level vocabulary)")
+    p.add_argument("--arch", default=None,
+                   help="comma list of conformance cases (tests/synthetic_gguf.py ARCHS) or 'all'")
+    p.add_argument("--vocab-dir", default=None,
+                   help="llama.cpp models/ folder with ggml-vocab-*.gguf (default: the llama-cpp-python sdist, pip-fetched)")
     p.add_argument("--keep", action="store_true", help="do not rewrite files that already exist")
     args = p.parse_args(argv)
+    if args.arch:
+        return write_arch_sources(args)
     try:
         for shape in [s.strip() for s in args.shapes.split(",") if s.strip()]:
             t0 = time.perf_counter()
@@ -42,6 +55,34 @@ def main(argv=None) -> int:
     except PyEngineError as e:
         print(f"make_synthetic: error: {e}", file=sys.stderr)
         return 1
+    return 0
+
+
+def write_arch_sources(args) -> int:
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent.parent / "tests"
+    sys.path.insert(0, str(tests))
+    import synthetic_gguf as sg
+
+    if args.vocab_dir:
+        vocab_dir = Path(args.vocab_dir)
+    else:
+        from llamacpp_sdist import vocab_dir as sdist_vocab_dir
+
+        vocab_dir = sdist_vocab_dir()
+    names = list(sg.ARCHS) if args.arch == "all" else [s.strip() for s in args.arch.split(",") if s.strip()]
+    unknown = [n for n in names if n not in sg.ARCHS]
+    if unknown:
+        print(f"make_synthetic: error: unknown case {unknown[0]!r}; known: {', '.join(sg.ARCHS)}", file=sys.stderr)
+        return 1
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        a = sg.ARCHS[name]
+        path = out / f"{name}.src.gguf"
+        sha = sg.make_source(a, sg.vocab_path(vocab_dir, a), path)
+        print(f"{path}  {path.stat().st_size / 1e6:.1f} MB  sha256 {sha[:16]}")
     return 0
 
 

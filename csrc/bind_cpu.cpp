@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstdint>
 #include <string>
 
 #include "common.h"
@@ -16,6 +17,22 @@ namespace py = pybind11;
 void bind_cpu_ops(py::module_& m);  // csrc/bind_ops.cpp: rmsnorm, rope, attention, gates, ...
 
 namespace {
+
+// a * b for a, b >= 0, or false when the product does not fit int64 (no wrap-around:
+// a weight of 2**58 rows must not pass a size check as 0 bytes)
+bool mul_fits(int64_t a, int64_t b, int64_t* out) {
+    if (a < 0 || b < 0 || (b != 0 && a > INT64_MAX / b)) return false;
+    *out = a * b;
+    return true;
+}
+
+// whether two arrays' bytes overlap (the kernels read one while writing the other)
+bool overlap(const py::array& a, const py::array& b) {
+    if (a.nbytes() == 0 || b.nbytes() == 0) return false;
+    const char *a0 = (const char*)a.data(), *a1 = a0 + a.nbytes();
+    const char *b0 = (const char*)b.data(), *b1 = b0 + b.nbytes();
+    return a0 < b1 && b0 < a1;
+}
 
 pe::WType parse_type(const std::string& name) {
     pe::WType t;
@@ -39,15 +56,19 @@ void check_array(const py::array& a, const char* what, const char* dtype_name, b
 
 const uint8_t* weight_ptr(const py::array& w, pe::WType t, int64_t rows, int64_t cols) {
     check_array<uint8_t>(w, "w", "uint8", false);
-    if (rows < 0 || cols < 0) throw py::value_error("rows and cols must be >= 0");
+    if (rows < 0 || cols <= 0) throw py::value_error("rows must be >= 0 and cols > 0");
     const pe::WTypeInfo& ti = pe::wtype_info(t);
     const int64_t rb = pe::row_bytes(t, cols);
     if (rb < 0)
         throw py::value_error(std::string(ti.name) + ": cols=" + std::to_string(cols) +
                               " is not a multiple of the block size " + std::to_string(ti.block_elems));
-    if ((int64_t)w.nbytes() != rows * rb)
+    int64_t need = 0;
+    if (!mul_fits(rows, rb, &need))
         throw py::value_error(std::string(ti.name) + " weight of shape (" + std::to_string(rows) + ", " +
-                              std::to_string(cols) + ") needs " + std::to_string(rows * rb) + " bytes, got " +
+                              std::to_string(cols) + ") is too large (its byte size overflows)");
+    if ((int64_t)w.nbytes() != need)
+        throw py::value_error(std::string(ti.name) + " weight of shape (" + std::to_string(rows) + ", " +
+                              std::to_string(cols) + ") needs " + std::to_string(need) + " bytes, got " +
                               std::to_string(w.nbytes()));
     return (const uint8_t*)w.data();
 }
@@ -73,7 +94,8 @@ void py_matmul(const std::string& type_name, const py::array& w, int64_t rows, i
         throw py::value_error("out must have shape (" + std::to_string(n) + ", " + std::to_string(rows) + "), got " +
                               std::string(py::str(py::tuple(py::cast(std::vector<py::ssize_t>(
                                   out.shape(), out.shape() + out.ndim()))))));
-    if (out.data() == x.data() && n * cols > 0) throw py::value_error("out must not alias x");
+    if (overlap(out, x)) throw py::value_error("out must not overlap x");
+    if (overlap(out, w)) throw py::value_error("out must not overlap w");
     const float* xp = (const float*)x.data();
     float* op = (float*)out.mutable_data();
     py::gil_scoped_release nogil;

@@ -103,6 +103,10 @@ Mat as_mat(const py::array& a, const char* what, bool writable, bool need_contig
     m.cols = a.shape(nd - 1);
     m.rows = 1;
     for (int i = 0; i < nd - 1; ++i) m.rows *= a.shape(i);
+    if (a.size() == 0) {  // empty: numpy gives any strides (often 0); nothing is read or written
+        m.stride = m.cols;
+        return m;
+    }
     if (m.cols > 1 && a.strides(nd - 1) != (py::ssize_t)sizeof(float))
         bad(std::string(what) + ": last axis must be contiguous");
     if (nd == 1) {
@@ -129,6 +133,7 @@ void same_size(const Mat& a, const Mat& b, const char* an, const char* bn) {
 
 void rmsnorm_common(const Mat& x, const Mat& w, float eps, int64_t& g, int64_t& per_row) {
     g = w.rows * w.cols;
+    if (x.cols <= 0) bad("rmsnorm: x width must be > 0 (got " + std::to_string(x.cols) + ")");
     if (g <= 0 || x.cols % g) bad("rmsnorm: x width " + std::to_string(x.cols) +
                                   " is not a multiple of the weight length " + std::to_string(g));
     per_row = x.cols / g;
@@ -286,7 +291,7 @@ void op_kv_store(const py::array& ka, const py::array& kta, int64_t pos0) {
     Mat kt = as_mat(kta, "k_panels", true, true);
     const int64_t width = kta.shape(1), cap = kta.shape(0) * KB;
     if (k.cols != width) bad("kv_store: k width " + std::to_string(k.cols) + " != panel width " + std::to_string(width));
-    if (pos0 < 0 || pos0 + k.rows > cap)
+    if (pos0 < 0 || k.rows > cap || pos0 > cap - k.rows)  // (pos0 + k.rows could wrap)
         bad("kv_store: positions " + std::to_string(pos0) + ".." + std::to_string(pos0 + k.rows - 1) +
             " outside the cache (" + std::to_string(cap) + " positions)");
     py::gil_scoped_release nogil;

@@ -1,6 +1,9 @@
 #include "dispatch.h"
 
+#include <algorithm>
 #include <cstdlib>
+#include <cstring>
+#include <limits>
 #if defined(_MSC_VER)
 #include <malloc.h>
 #endif
@@ -111,11 +114,41 @@ void matmul_float(WType t, const uint8_t* w, int64_t rows, int64_t cols, const f
     });
 }
 
+// Whether all `cols` floats of x are finite, by their exponent bits (immune to fast-math).
+bool row_finite(const float* x, int64_t cols) {
+    uint32_t all = 0;
+    for (int64_t i = 0; i < cols; ++i) {
+        uint32_t b;
+        std::memcpy(&b, x + i, 4);
+        all |= (b & 0x7f800000u) == 0x7f800000u;  // exponent all ones: Inf or NaN
+    }
+    return all == 0;
+}
+
+void matmul_impl(WType t, const uint8_t* w, int64_t rows, int64_t cols, const float* x, int64_t n, float* out,
+                 const MatmulKernels& k);
+
 }  // namespace
 
+// Quantized types quantize x to int8 first, which turns NaN and Inf into ordinary
+// numbers; in float arithmetic (the NumPy reference) a non-finite activation makes every
+// output of its token non-finite. Keep that: such tokens' outputs are NaN, so a broken
+// model never produces finite-looking logits. (The scan reads n*cols floats, against the
+// rows*cols weights the matmul reads.)
 void matmul(WType t, const uint8_t* w, int64_t rows, int64_t cols, const float* x, int64_t n, float* out,
             const MatmulKernels& k) {
     if (rows <= 0 || n <= 0) return;
+    matmul_impl(t, w, rows, cols, x, n, out, k);
+    if (!wtype_is_quant(t)) return;
+    for (int64_t i = 0; i < n; ++i)
+        if (!row_finite(x + i * cols, cols))
+            std::fill(out + i * rows, out + (i + 1) * rows, std::numeric_limits<float>::quiet_NaN());
+}
+
+namespace {
+
+void matmul_impl(WType t, const uint8_t* w, int64_t rows, int64_t cols, const float* x, int64_t n, float* out,
+                 const MatmulKernels& k) {
     std::lock_guard<std::mutex> lock(g_matmul_mutex);
     if (!wtype_is_quant(t)) return matmul_float(t, w, rows, cols, x, n, out, k);
 
@@ -179,6 +212,8 @@ void matmul(WType t, const uint8_t* w, int64_t rows, int64_t cols, const float* 
         }
     }, nth);
 }
+
+}  // namespace
 
 void get_rows(WType t, const uint8_t* w, int64_t rows, int64_t cols, const int32_t* ids, int64_t n, float* out) {
     const int64_t rb = row_bytes(t, cols);

@@ -113,6 +113,12 @@ void Program::run(int32_t token, int64_t pos0, const MatmulKernels& mk, double* 
             case Kind::Softcap:
                 cpu::softcap(nd.a, nd.s, nd.out, nd.n * nd.cols);
                 break;
+            case Kind::MoeFfn:
+                moe::moe_ffn(*nd.moe, nd.a, nd.n, nd.out, mk);
+                break;
+            case Kind::MlaAttention:
+                mla::mla_attention(*nd.mla, nd.a, nd.b, 1, nd.pos.at(pos0), nd.kt, nd.vc, nd.out, mk);
+                break;
         }
         if (ns) {
             const auto t1 = std::chrono::steady_clock::now();
@@ -125,6 +131,12 @@ void Program::run(int32_t token, int64_t pos0, const MatmulKernels& mk, double* 
 }  // namespace graph
 }  // namespace pe
 
+// csrc/bind_moe.cpp: a moe::Layer from _C.moe_ffn's keyword arguments (arrays kept alive in keep)
+std::shared_ptr<const pe::moe::Layer> moe_layer_from_kwargs(const py::kwargs& kw, std::vector<py::object>& keep);
+// csrc/bind_mla.cpp: the same for _C.mla_attention, and the positions its cache holds (checked)
+std::shared_ptr<const pe::mla::Layer> mla_layer_from_kwargs(const py::kwargs& kw, std::vector<py::object>& keep);
+int64_t mla_cache_positions(const pe::mla::Layer& L, const py::array& kt, const py::array& vc);
+
 namespace {
 
 using pe::graph::Kind;
@@ -133,6 +145,16 @@ using pe::graph::Pos;
 constexpr int KB = pyengine::ops::kAttnKeyBlock;
 
 [[noreturn]] void bad(const std::string& msg) { throw py::value_error("DecodeGraph: " + msg); }
+
+// a * b for a, b >= 0, or false when the product does not fit int64 (no wrap-around)
+bool mul_fits(int64_t a, int64_t b, int64_t* out) {
+    if (a < 0 || b < 0 || (b != 0 && a > std::numeric_limits<int64_t>::max() / b)) return false;
+    *out = a * b;
+    return true;
+}
+
+// position offsets beyond this are refused, so pos0 + off and lo - off never wrap
+constexpr int64_t kMaxPosOffset = int64_t(1) << 40;
 
 // The builder and the replay. Arrays handed in are referenced (kept alive) and read or
 // written by pointer on every step, so Python must not resize or free them: the cpu
@@ -193,6 +215,7 @@ public:
         if (n_heads <= 0 || head_dim <= 0) bad("rope: n_heads and head_dim must be positive");
         if (n_rot <= 0 || n_rot % 2 || n_rot > head_dim) bad("rope: need 0 < n_rot <= head_dim, n_rot even");
         if (!(freq_base > 0.0)) bad("rope: freq_base must be > 0");
+        if (pos_off < -kMaxPosOffset || pos_off > kMaxPosOffset) bad("rope: position offset out of range");
         nd.cols = (int64_t)n_heads * head_dim;
         nd.n = 1;
         nd.a = fbuf(x, "rope x", nd.cols, false);
@@ -318,14 +341,44 @@ public:
         push(nd);
     }
 
+    void add_moe_ffn(const py::array& x, const py::array& out, const py::kwargs& kw) {
+        Node nd{Kind::MoeFfn};
+        nd.moe = moe_layer_from_kwargs(kw, keep_);
+        nd.cols = nd.moe->dim;
+        nd.n = tokens(x, nd.cols, "moe_ffn x");
+        nd.a = fbuf(x, "moe_ffn x", nd.n * nd.cols, false);
+        nd.out = fbuf(out, "moe_ffn out", nd.n * nd.cols, true);
+        if ((const float*)nd.out == nd.a) bad("moe_ffn out must not alias x");
+        push(nd);
+    }
+
+    void add_mla_attention(const py::array& q, const py::array& kv, const py::array& out, const py::array& k_panels,
+                           const py::array& v_cache, int64_t pos_off, bool pos_rel, const py::kwargs& kw) {
+        Node nd{Kind::MlaAttention};
+        nd.mla = mla_layer_from_kwargs(kw, keep_);
+        const pe::mla::Layer& L = *nd.mla;
+        const int64_t positions = mla_cache_positions(L, k_panels, v_cache);
+        nd.width = L.R + L.r;
+        nd.kt = fbuf(k_panels, "mla key panels", k_panels.size(), true);
+        nd.vc = fbuf(v_cache, "mla cache rows", v_cache.size(), true);
+        nd.n = 1;
+        nd.a = fbuf(q, "mla q", (int64_t)L.n_heads * (L.dn + L.r), false);
+        nd.b = fbuf(kv, "mla kv", nd.width, false);
+        nd.out = fbuf(out, "mla out", (int64_t)L.n_heads * L.dv, true);
+        nd.pos = Pos{pos_off, pos_rel};
+        bound(nd.pos, 0, positions - 1, "mla_attention");
+        push(nd);
+    }
+
     void set_output(const py::array& logits) {
         fbuf(logits, "output", logits.size(), true);
         output_ = logits;
+        has_output_ = true;
     }
 
     // -- running -------------------------------------------------------------------
     py::object step(int64_t token, int64_t pos0, bool copy) {
-        if (!output_) bad("no output set");
+        if (!has_output_) bad("no output set (call set_output first)");
         if (token < 0 || token >= prog_.n_tokens)
             throw py::index_error("DecodeGraph: token id " + std::to_string(token) + " is outside 0.." +
                                   std::to_string(prog_.n_tokens - 1));
@@ -377,6 +430,7 @@ private:
     pe::graph::Program prog_;
     std::vector<py::object> keep_;
     py::array output_;
+    bool has_output_ = false;  // (a default py::array is an empty array, not null)
     std::mutex mutex_;
 
     void push(const Node& nd) { prog_.nodes.push_back(nd); }
@@ -407,7 +461,8 @@ private:
         if (!py::dtype::of<uint8_t>().equal(w.dtype()) || !(w.flags() & py::array::c_style))
             bad("weights must be C-contiguous uint8");
         const int64_t rb = pe::row_bytes(nd.wt, cols);
-        if (rows <= 0 || cols <= 0 || rb < 0 || (int64_t)w.nbytes() != rows * rb)
+        int64_t need = -1;
+        if (rows <= 0 || cols <= 0 || rb < 0 || !mul_fits(rows, rb, &need) || (int64_t)w.nbytes() != need)
             bad(type + " weight (" + std::to_string(rows) + ", " + std::to_string(cols) + ") has the wrong size");
         keep_.push_back(w);
         nd.w = static_cast<const uint8_t*>(w.data());
@@ -437,6 +492,8 @@ private:
 
     // position p.at(pos0) must lie in [lo, hi]: narrows the accepted pos0 range
     void bound(const Pos& p, int64_t lo, int64_t hi, const char* what) {
+        if (p.off < -kMaxPosOffset || p.off > kMaxPosOffset)
+            bad(std::string(what) + ": position offset " + std::to_string(p.off) + " is out of range");
         if (p.rel) {
             prog_.pos_lo = std::max(prog_.pos_lo, lo - p.off);
             prog_.pos_hi = std::min(prog_.pos_hi, hi - p.off);
@@ -481,6 +538,11 @@ void bind_graph(py::module_& m) {
         .def("add_softcap", &DecodeGraph::add_softcap, py::arg("x"), py::arg("cap"), py::arg("out"),
              "out = cap * tanh(x / cap).")
         .def("add_scale", &DecodeGraph::add_scale, py::arg("x"), py::arg("s"), py::arg("out"))
+        .def("add_moe_ffn", &DecodeGraph::add_moe_ffn, py::arg("x"), py::arg("out"),
+             "out = routed experts of x; keyword arguments as _C.moe_ffn.")
+        .def("add_mla_attention", &DecodeGraph::add_mla_attention, py::arg("q"), py::arg("kv"), py::arg("out"),
+             py::arg("k_panels"), py::arg("v_cache"), py::arg("pos_off"), py::arg("pos_rel"),
+             "out = latent attention at position pos_off (+ pos0 when pos_rel); keyword arguments as _C.mla_attention.")
         .def("set_output", &DecodeGraph::set_output, py::arg("logits"))
         .def("step", &DecodeGraph::step, py::arg("token_id"), py::arg("pos0"), py::arg("copy") = true,
              "Run the recorded step for token_id at position pos0 (GIL released) and return the logits.\n"

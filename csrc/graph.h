@@ -15,10 +15,13 @@
 
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "cpu_ops.h"
 #include "dispatch.h"
+#include "mla.h"
+#include "moe.h"
 #include "quants.h"
 
 namespace pybind11 {
@@ -47,7 +50,9 @@ namespace graph {
     X(GeluMul, "gelu_mul", "out = gelu_tanh(a) * b")                               \
     X(Scale, "scale", "out = a * s")                                               \
     X(AddBias, "add_bias", "out (n, cols) = a + wv for every row")                 \
-    X(Softcap, "softcap", "out = s * tanh(a / s)")
+    X(Softcap, "softcap", "out = s * tanh(a / s)")                                 \
+    X(MoeFfn, "moe_ffn", "out = routed experts of a (moe: router, top-k, SwiGLU)")             \
+    X(MlaAttention, "mla_attention", "out = latent attention of q=a, kv=b; cache kt/vc at pos")
 
 enum class Kind : uint8_t {
 #define PE_KIND_ENUM(e, name, what) e,
@@ -88,6 +93,8 @@ struct Node {
     int n_kv_heads = 0, window = 0;
     float cap = 0.0f;  // attention logit soft-capping (0: off)
     Pos pos;
+    std::shared_ptr<const moe::Layer> moe;  // MoeFfn: router, experts, routing
+    std::shared_ptr<const mla::Layer> mla;  // MlaAttention: head layout, weights, rope
 };
 
 // cos/sin of one position for one (base, n_rot): shared by every rope node that asks

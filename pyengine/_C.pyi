@@ -126,6 +126,23 @@ def attention(
     and values v (n_ctx, Hkv*hd); window > 0: sliding window; softcap > 0: scores
     scale*q.k -> softcap*tanh(score/softcap) before the softmax."""
 
+def moe_ffn(x: npt.NDArray[np.float32], out: npt.NDArray[np.float32], **layer: object) -> None:
+    """out (n, dim) = routed SwiGLU experts on x (csrc/moe.cpp; spec: pyengine/backends/moe.py).
+
+    Keyword arguments (pyengine.backends.moe.native_args makes them): router_type, router,
+    gate_type, gate, up_type, up, down_type, down (GGUF bytes; experts (E, rows, cols)),
+    n_expert, dim, ffn, top_k, gating ("softmax" | "sigmoid"), norm, scale, n_group,
+    n_group_used, bias (None or (n_expert,) float32)."""
+
+def mla_attention(
+    q: npt.NDArray[np.float32], kv: npt.NDArray[np.float32], out: npt.NDArray[np.float32],
+    k_panels: npt.NDArray[np.float32], v_cache: npt.NDArray[np.float32], pos0: int, **layer: object,
+) -> None:
+    """out (n, H*v_head) = DeepSeek-V2's multi-head latent attention of q (n, H*(qk_nope+n_rot)) and
+    kv (n, kv_lora_rank+n_rot) at positions pos0.., writing [rmsnorm(latent), rope(k_pe)] into the
+    cache (csrc/mla.cpp; spec: pyengine/backends/mla.py). Keyword arguments:
+    pyengine.backends.mla.native_args."""
+
 class DecodeGraph:
     """A decode step recorded op by op (pyengine/backends/cpu_graph.py), replayed in one call."""
 
@@ -152,6 +169,14 @@ class DecodeGraph:
     def add_add_bias(self, x: npt.NDArray[np.float32], b: npt.NDArray[np.float32], out: npt.NDArray[np.float32]) -> None: ...
     def add_softcap(self, x: npt.NDArray[np.float32], cap: float, out: npt.NDArray[np.float32]) -> None: ...
     def add_scale(self, x: npt.NDArray[np.float32], s: float, out: npt.NDArray[np.float32]) -> None: ...
+    def add_moe_ffn(self, x: npt.NDArray[np.float32], out: npt.NDArray[np.float32], **layer: object) -> None:
+        """out = routed experts of x; keyword arguments as moe_ffn."""
+    def add_mla_attention(
+        self, q: npt.NDArray[np.float32], kv: npt.NDArray[np.float32], out: npt.NDArray[np.float32],
+        k_panels: npt.NDArray[np.float32], v_cache: npt.NDArray[np.float32], pos_off: int, pos_rel: bool,
+        **layer: object,
+    ) -> None:
+        """Latent attention at position pos_off (+ pos0 when pos_rel); keyword arguments as mla_attention."""
     def set_output(self, logits: npt.NDArray[np.float32]) -> None: ...
     def step(self, token_id: int, pos0: int, copy: bool = True) -> npt.NDArray[np.float32]:
         """Run the step (GIL released); copy=False returns the graph's own buffer (overwritten next step)."""

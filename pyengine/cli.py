@@ -109,8 +109,8 @@ def _check_generate_args(args) -> None:
         raise UsageError(f"-t/--threads must be >= 1, got {args.threads}")
     if args.seed is not None and args.seed < -1:
         raise UsageError(f"--seed must be >= 0 (or -1: a fresh random seed), got {args.seed}")
-    if args.chat and args.raw:
-        raise UsageError("--chat and --raw contradict each other: give one")
+    if args.raw and (args.chat or args.system):
+        raise UsageError(f"--raw and {'--chat' if args.chat else '--system'} contradict each other: give one")
 
 
 def _sampling(args) -> dict:
@@ -185,7 +185,7 @@ def cmd_generate(args) -> int:
         raise UsageError(f"--ctx {args.ctx} is above the model's context length {int(limit)} "
                          f"({path.name}); use --ctx {int(limit)} or less")
     has_template = isinstance(header.metadata.get("tokenizer.chat_template"), str)
-    chat = args.chat or (has_template and not args.raw)
+    chat = args.chat or bool(args.system) or (has_template and not args.raw)
     echo = (not chat) if args.echo is None else args.echo
     del header  # only the header was read; load() maps the file again and prepares the weights
 
@@ -204,8 +204,10 @@ def cmd_generate(args) -> int:
                                                              if not has_template else "")), file=sys.stderr)
     text = prompt
     if chat:
+        msgs = ([{"role": "system", "content": args.system}] if args.system else []) + \
+            [{"role": "user", "content": prompt}]
         try:
-            text = model.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
+            text = model.chat_tokens(msgs)  # the model's own template; the BOS only once
         except PyEngineError as e:
             raise PyEngineError(f"{e}; use --raw to send the prompt as plain text") from None
     max_tokens = model.n_ctx if args.n_predict == UNTIL_END else args.n_predict
@@ -376,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "when the model has one)")
     g.add_argument("--raw", action="store_true",
                    help="send the prompt as plain text to continue, without the chat template")
+    g.add_argument("--system", metavar="TEXT", help="system message for the chat template (implies --chat)")
     g.add_argument("--special", action="store_true", help="parse special tokens like <start_of_turn> written in the prompt")
     g.add_argument("--echo", action=argparse.BooleanOptionalAction, default=None,
                    help="print the prompt before the continuation (default: on for plain text, off for chat)")
@@ -417,6 +420,11 @@ def build_parser() -> argparse.ArgumentParser:
         bench.add_parser(sub)
     except ImportError:
         pass
+    from .chat import add_parser as add_chat_parser
+    from .server import add_parser as add_serve_parser
+
+    add_chat_parser(sub)
+    add_serve_parser(sub)
     return p
 
 

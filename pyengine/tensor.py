@@ -1,6 +1,7 @@
 """A weight as it sits in the GGUF file: raw quantized bytes plus type and shape."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +37,7 @@ class QTensor:
 
     @property
     def n_elements(self) -> int:
-        return int(np.prod(self.shape))
+        return math.prod(self.shape)  # Python ints: no int64 wrap-around
 
     @property
     def n_bytes(self) -> int:
@@ -48,5 +49,7 @@ class QTensor:
 
     def row_raw(self, i: int) -> np.ndarray:
         """Raw bytes of row ``i`` (for embedding lookups)."""
+        if not 0 <= i < self.rows:
+            raise IndexError(f"{self.name}: row {i} outside 0..{self.rows - 1}")
         rb = self.row_bytes
         return self.raw[i * rb:(i + 1) * rb]

@@ -666,69 +666,17 @@ class Tokenizer:
             return "chatml"
         return None
 
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        """The prompt text for ``messages`` ([{"role", "content"}]) in the model's chat format.
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True,
+                            tools: list[dict] | None = None) -> str:
+        """The prompt text for ``messages`` (OpenAI-style dicts): the file's own Jinja template
+        rendered in a sandbox, or a Gemma/ChatML fallback for a file without one (see
+        :mod:`pyengine.chat_template`).
 
-        Encode the result with ``parse_special=True`` (and ``add_bos=True``: the BOS is
-        the tokenizer's job, not the template's).
+        Encode the result with ``parse_special=True``.
         """
-        fmt = self.chat_format
-        if fmt is None:
-            raise ModelFileError("unsupported chat template (pyengine knows the Gemma "
-                                 "<start_of_turn> and ChatML <|im_start|> formats)")
-        msgs = [(str(m.get("role", "user")), "" if m.get("content") is None else str(m["content"]))
-                for m in messages]
-        if fmt == "gemma":
-            return _gemma_chat(msgs, add_generation_prompt)
-        return _chatml_chat(msgs, add_generation_prompt, _chatml_default_system(self._chat_template))
+        from .chat_template import apply_chat_template
 
-
-def _gemma_chat(msgs: list[tuple[str, str]], add_generation_prompt: bool) -> str:
-    # Gemma: system text is folded into the first user turn; "assistant" is "model";
-    # contents are stripped of surrounding whitespace.
-    out = []
-    system = ""
-    for role, content in msgs:
-        if role == "system":
-            system += content.strip()
-            continue
-        role = "model" if role == "assistant" else role
-        out.append(f"<start_of_turn>{role}\n")
-        if system:
-            out.append(system + "\n\n")
-            system = ""
-        out.append(content.strip() + "<end_of_turn>\n")
-    if add_generation_prompt:
-        out.append("<start_of_turn>model\n")
-    return "".join(out)
-
-
-def _chatml_chat(msgs: list[tuple[str, str]], add_generation_prompt: bool,
-                 default_system: str | None) -> str:
-    out = []
-    if default_system is not None and msgs and msgs[0][0] != "system":
-        out.append(f"<|im_start|>system\n{default_system}<|im_end|>\n")
-    for role, content in msgs:
-        out.append(f"<|im_start|>{role}\n{content}<|im_end|>\n")
-    if add_generation_prompt:
-        out.append("<|im_start|>assistant\n")
-    return "".join(out)
-
-
-_DEFAULT_SYSTEM = re.compile(
-    r"""messages\[0\]\[['"]role['"]\]\s*!=\s*['"]system['"].{0,80}?"""
-    r"""(['"])<\|im_start\|>system(?:\n|\\n)(.*?)<\|im_end\|>(?:\n|\\n)\1""", re.S)
-
-
-def _chatml_default_system(template: str | None) -> str | None:
-    """A ChatML template's built-in system prompt (SmolLM2 adds one when the
-    conversation has none), or None."""
-    if not template:
-        return None
-    m = _DEFAULT_SYSTEM.search(template)
-    if not m:
-        return None
-    return m.group(2).replace("\\n", "\n").replace("\\'", "'").replace('\\"', '"')
+        return apply_chat_template(self, messages, add_generation_prompt=add_generation_prompt, tools=tools)
 
 
 class SPMTokenizer(Tokenizer):

@@ -18,7 +18,18 @@ REAL_MODELS = {
     "gemma3-270m": "gemma-3-270m-q4_k_m",
     "smollm2-135m": "SmolLM2-135M-Instruct.Q4_1",
     "qwen2.5-coder-0.5b": "qwen2.5-coder-0.5b-instruct",
+    "qwen2.5-coder-1.5b": "qwen2.5-coder-1.5b-instruct-q4_k_m",
 }
+
+# Models checked on the native backends only: the numpy reference would hold every weight
+# dequantized (1.5B x 4 bytes = 6 GB) and the numba tier takes minutes per golden prompt.
+NATIVE_ONLY_MODELS = {"qwen2.5-coder-1.5b"}
+
+
+def golden_cases(backends: list[str]) -> list[tuple[str, str]]:
+    """(model, backend) pairs of the golden tests."""
+    return [(m, b) for b in backends for m in REAL_MODELS
+            if m not in NATIVE_ONLY_MODELS or b in ("cpu", "cuda")]
 
 
 @lru_cache(maxsize=None)

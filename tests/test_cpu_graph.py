@@ -294,7 +294,8 @@ def test_engine_falls_back_when_refused(monkeypatch):
     m = model("smollm2-135m")
     ids = m.tokenize("Fallback still decodes", add_bos=True)
     ref = m.logits(ids)
-    m._cache = None  # a fresh cache: the engine asks for a step again
+    m._default.cache = None  # a fresh cache: the engine asks for a step again
+    m._default.reset()
     monkeypatch.setattr(m.arch, "forward", wrapped(type(m.arch).forward.__get__(m.arch), **REFUSED["numpy_add"]))
     try:
         m.prefill(ids[:3])
@@ -302,7 +303,8 @@ def test_engine_falls_back_when_refused(monkeypatch):
         out = np.stack([m.decode(t) for t in ids[3:]])
     finally:
         monkeypatch.undo()
-        m._cache = None
+        m._default.cache = None
+        m._default.reset()
     err = np.abs(out - ref[3:]).max() / np.abs(ref).max()
     assert err < 2e-3
 

@@ -134,3 +134,73 @@ def test_cli_help_teaches():
     out = run_cli("generate", "--help").stdout
     for word in ("--temp", "--top-k", "--top-p", "--min-p", "--repeat-penalty", "--seed", "--backend", "greedy"):
         assert word in out
+
+
+# --- sequences: prefix reuse and threads -------------------------------------------------------
+
+@pytest.mark.slow
+def test_second_chat_turn_processes_only_its_new_tokens():
+    from pyengine.engine import GenerationStats, common_prefix
+
+    m = load_real_model("smollm2-135m", "auto", n_ctx=512)
+    kw = dict(max_tokens=8, temperature=0)
+    conv = [{"role": "user", "content": "Name a colour."}]
+    with m.sequence() as seq:
+        ids1 = m.chat_tokens(conv)
+        st1 = GenerationStats()
+        answer = "".join(m.generate(ids1, sequence=seq, stats=st1, **kw))
+        assert st1.prompt_reused == 0 and st1.prompt_processed == len(ids1)
+        conv += [{"role": "assistant", "content": answer}, {"role": "user", "content": "Another one?"}]
+        ids2 = m.chat_tokens(conv)
+        before = list(seq.ids)
+        st2 = GenerationStats()
+        text2 = "".join(m.generate(ids2, sequence=seq, stats=st2, **kw))
+    k = common_prefix(before, ids2)
+    assert k > len(ids1) - 1  # the whole first prompt (at least) was kept
+    assert st2.prompt_reused == k and st2.prompt_processed == len(ids2) - k
+    assert st2.prompt_processed < len(ids2) / 2
+    # the reused cache gives what a from-scratch run gives
+    with m.sequence() as fresh:
+        fresh.reset()
+        st3 = GenerationStats()
+        assert "".join(m.generate(ids2, sequence=fresh, stats=st3, **kw)) == text2
+        assert st3.prompt_reused == 0
+
+
+@pytest.mark.slow
+def test_four_threads_on_one_model_give_their_solo_text():
+    import threading
+
+    m = load_real_model("smollm2-135m", "auto", n_ctx=256)
+    prompts = ["Once upon a time", "The capital of France", "def fib(n):", "离线使用大语言模型的好处是"]
+    kw = dict(max_tokens=16, temperature=0.9, top_k=0, top_p=1.0, min_p=0.0, stop_at_eos=False)
+    solo = ["".join(m.generate(p, seed=3 + i, **kw)) for i, p in enumerate(prompts)]
+    out = [None] * 4
+    errors = []
+    barrier = threading.Barrier(4)
+
+    def run(i):
+        try:
+            barrier.wait()
+            out[i] = "".join(m.generate(prompts[i], seed=3 + i, **kw))
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    th = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in th:
+        t.start()
+    for t in th:
+        t.join(300)
+    assert not errors, errors
+    assert out == solo
+
+
+def test_sequence_pool_bounds_and_reuses():
+    m = load_real_model("smollm2-135m", "numpy", n_ctx=64)
+    ids = m.tokenize("Hello there", add_bos=True)
+    with m.sequence(ids) as a:
+        a.prefill(ids)
+    with m.sequence(ids) as b:  # the idle sequence holding that prefix comes back
+        assert b is a
+        assert b.prefill(ids)[1] == len(ids) - 1
+    assert m.max_sequences == 4

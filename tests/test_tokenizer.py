@@ -467,10 +467,12 @@ def test_bad_metadata_errors():
     _one_line_error(b, "merges")
 
 
-def test_unsupported_chat_template_is_an_error():
-    md = _spm_md(**{"tokenizer.chat_template": "{% for m in messages %}{{ m.content }}{% endfor %}"})
+def test_any_jinja_chat_template_renders_and_none_without_turn_tokens_is_an_error():
+    md = _spm_md(**{"tokenizer.chat_template": "{% for m in messages %}[{{ m.content }}]{% endfor %}"})
     t = Tokenizer.from_metadata(md)
-    assert t.chat_format is None
+    assert t.chat_format is None  # no hand-written format: the template itself is rendered
+    assert t.apply_chat_template([{"role": "user", "content": "hi"}]) == "[hi]"
+    t = Tokenizer.from_metadata(_spm_md())
     with pytest.raises(ModelFileError, match="chat template"):
         t.apply_chat_template([{"role": "user", "content": "hi"}])
 

@@ -188,6 +188,23 @@ class Backend:
         """
         raise NotImplementedError
 
+    # -- mixture of experts --------------------------------------------------------
+    def moe_ffn(self, x: Any, router: QTensor, gate_exps: QTensor, up_exps: QTensor, down_exps: QTensor,
+                routing) -> Any:
+        """Routed SwiGLU experts on ``x (n, d)``: router ``(E, d)``, experts ``(E, f, d)`` /
+        ``(E, d, f)``; each token runs its ``routing.top_k`` best experts (a
+        :class:`~pyengine.backends.moe.MoERouting`) and sums their outputs weighted. Spec:
+        :func:`pyengine.backends.moe.moe_ffn_reference`."""
+        raise NotImplementedError
+
+    def mla_attention(self, q: Any, kv: Any, cache: KVCache, layer: int, pos0: int, wk_b: QTensor, wv_b: QTensor,
+                      kv_norm: QTensor, eps: float, n_heads: int, qk_nope: int, n_rot: int, freq_base: float,
+                      neox: bool, scaling: RopeScaling | None, scale: float) -> Any:
+        """DeepSeek-V2's multi-head latent attention over the compressed cache (width
+        kv_lora_rank + n_rot): ``(n, H*v_head)`` from the projections q, kv. Spec:
+        :mod:`pyengine.backends.mla`."""
+        raise NotImplementedError
+
     # -- lifecycle ---------------------------------------------------------------
     def prepare(self, tensors: dict[str, QTensor]) -> None:
         """Called once after loading (e.g. to upload weights); default: nothing."""

@@ -263,6 +263,35 @@ class CpuBackend(Backend):
         kt = cache.k[layer]
         return kt.transpose(0, 2, 1).reshape(-1, kt.shape[1])[:cache.n_ctx].copy()
 
+    # -- mixture of experts --------------------------------------------------------
+    def moe_ffn(self, x, router, gate_exps, up_exps, down_exps, routing):
+        """Natively (``_C.moe_ffn``: routing and the chosen experts only, tokens grouped by
+        expert); a weight type without a native kernel runs through the ops instead."""
+        from .moe import moe_ffn_grouped, native_args
+
+        args = native_args(router, gate_exps, up_exps, down_exps, routing, native_type)
+        if args is None or not hasattr(_C, "moe_ffn"):
+            return moe_ffn_grouped(self, x, router, gate_exps, up_exps, down_exps, routing)
+        x = _contig(x)
+        out = np.empty(x.shape, dtype=np.float32)
+        _C.moe_ffn(x, out, **args)
+        return out
+
+    def mla_attention(self, q, kv, cache, layer, pos0, wk_b, wv_b, kv_norm, eps, n_heads, qk_nope, n_rot,
+                      freq_base, neox, scaling, scale):
+        """Natively (``_C.mla_attention``); a weight type without a native kernel runs through the ops."""
+        from .mla import mla_attention_composed, native_args
+
+        args = native_args(wk_b, wv_b, self._vector(kv_norm), eps, n_heads, qk_nope, n_rot, freq_base, neox,
+                           scaling, scale, native_type)
+        if args is None or not hasattr(_C, "mla_attention"):
+            return mla_attention_composed(self, q, kv, cache, layer, pos0, wk_b, wv_b, kv_norm, eps, n_heads,
+                                          qk_nope, n_rot, freq_base, neox, scaling, scale)
+        q, kv = _contig(q), _contig(kv)
+        out = np.empty((q.shape[0], int(n_heads) * int(wv_b.shape[1])), dtype=np.float32)
+        _C.mla_attention(q, kv, out, cache.k[layer], cache.v[layer], int(pos0), **args)
+        return out
+
     # -- a whole decode step in one native call -----------------------------------
     def make_decode_step(self, forward, cache: KVCache):
         """``forward`` for one token traced into a native ``_C.DecodeGraph`` (see backends/cpu_graph.py).

@@ -221,6 +221,48 @@ class Recorder(Backend):
                                     window=const[5], softcap=const[6]), (i,), (o,), const=const, pos=(p,))
         return out
 
+    def moe_ffn(self, x, router, gate_exps, up_exps, down_exps, routing):
+        """One node that routes inside the replay (the experts a token uses come from its data)."""
+        from .moe import native_args
+
+        args = native_args(router, gate_exps, up_exps, down_exps, routing, native_type)
+        if args is None or not hasattr(_C.DecodeGraph, "add_moe_ffn"):
+            raise Unsupported("moe_ffn: an expert weight type without a native kernel (no replay node)")
+        i = self._in(x)
+        out = self.inner.moe_ffn(x, router, gate_exps, up_exps, down_exps, routing)
+        o = self._out(out)
+        self._rec("moe_ffn", dict(x=x, out=out, **args), (i,), (o,),
+                  weights=tuple(id(t.raw) for t in (router, gate_exps, up_exps, down_exps)), const=routing.key())
+        return out
+
+    def mla_attention(self, q, kv, cache, layer, pos0, wk_b, wv_b, kv_norm, eps, n_heads, qk_nope, n_rot,
+                      freq_base, neox, scaling, scale):
+        """One node: the latent attention, its cache write included (positions move with pos0)."""
+        from .mla import native_args
+
+        layer = self._cache(cache, layer)
+        vec = self.inner._vector(kv_norm)
+        args = native_args(wk_b, wv_b, vec, eps, n_heads, qk_nope, n_rot, freq_base, neox, scaling, scale,
+                           native_type)
+        if args is None or not hasattr(_C.DecodeGraph, "add_mla_attention"):
+            raise Unsupported("mla_attention: a weight type without a native kernel (no replay node)")
+        iq, ikv = self._in(q), self._in(kv)
+        if q.shape[0] != 1:
+            raise Unsupported(f"mla_attention of {q.shape[0]} rows")
+        p = self._position(pos0)
+        kt, vc = cache.k[layer], cache.v[layer]
+        blk = kt.shape[-1]
+        if 0 <= p < vc.shape[0] and p < kt.shape[0] * blk:  # the trace's cache write, undone afterwards
+            self.saved.append((layer, p, kt[p // blk, :, p % blk].copy(), vc[p].copy()))
+        out = self.inner.mla_attention(q, kv, cache, layer, p, wk_b, wv_b, kv_norm, eps, n_heads, qk_nope, n_rot,
+                                       freq_base, neox, scaling, scale)
+        o = self._out(out)
+        const = (layer, int(n_heads), int(qk_nope), int(n_rot), float(freq_base), bool(neox), float(eps),
+                 float(scale), None if scaling is None else scaling.key())
+        self._rec("mla_attention", dict(q=q, kv=kv, out=out, k_panels=kt, v_cache=vc, **args), (iq, ikv), (o,),
+                  weights=(id(wk_b.raw), id(wv_b.raw), id(vec)), const=const, pos=(p,))
+        return out
+
     # -- everything else -----------------------------------------------------------
     def from_numpy(self, x):  # a constant made in Python: fine until an op reads it (refused there)
         return self.inner.from_numpy(x)

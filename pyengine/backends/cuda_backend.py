@@ -573,6 +573,19 @@ class CudaBackend(Backend):
                                  **({"softcap": float(softcap)} if softcap else {}))
         return out
 
+    def mla_attention(self, q, kv, cache, layer, pos0, wk_b, wv_b, kv_norm, eps, n_heads, qk_nope, n_rot,
+                      freq_base, neox, scaling, scale):
+        from .mla import mla_attention_composed
+
+        return mla_attention_composed(self, q, kv, cache, layer, pos0, wk_b, wv_b, kv_norm, eps, n_heads, qk_nope,
+                                      n_rot, freq_base, neox, scaling, scale)
+
+    def moe_ffn(self, x, router, gate_exps, up_exps, down_exps, routing) -> DeviceArray:
+        """See :meth:`Backend.moe_ffn`: routing on the host, each chosen expert uploaded at first use."""
+        from .moe import moe_ffn_grouped
+
+        return moe_ffn_grouped(self, x, router, gate_exps, up_exps, down_exps, routing)
+
     def synchronize(self) -> None:
         """Wait for the GPU (raises CudaError if a kernel failed)."""
         self._cuda.synchronize()

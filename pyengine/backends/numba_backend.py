@@ -91,6 +91,18 @@ class NumbaBackend(Backend):
         return nk.attention(q, cache.k[layer], cache.v[layer], pos0, n_heads, n_kv_heads, head_dim,
                             scale, window, softcap)
 
+    def mla_attention(self, q, kv, cache, layer, pos0, wk_b, wv_b, kv_norm, eps, n_heads, qk_nope, n_rot,
+                      freq_base, neox, scaling, scale):
+        from .mla import mla_attention_composed
+
+        return mla_attention_composed(self, q, kv, cache, layer, pos0, wk_b, wv_b, kv_norm, eps, n_heads, qk_nope,
+                                      n_rot, freq_base, neox, scaling, scale)
+
+    def moe_ffn(self, x, router, gate_exps, up_exps, down_exps, routing):
+        from .moe import moe_ffn_grouped  # only the chosen experts' bytes are read
+
+        return moe_ffn_grouped(self, x, router, gate_exps, up_exps, down_exps, routing)
+
     # -- lifecycle -------------------------------------------------------------------------
     def prepare(self, tensors: dict[str, QTensor]) -> None:
         """Compile or load the JIT kernels now (seconds the first time in a checkout, then

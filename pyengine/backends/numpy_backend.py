@@ -145,6 +145,19 @@ class NumpyBackend(Backend):
         cache.k[layer][pos0:pos0 + n] = k
         cache.v[layer][pos0:pos0 + n] = v
 
+    def mla_attention(self, q, kv, cache, layer, pos0, wk_b, wv_b, kv_norm, eps, n_heads, qk_nope, n_rot,
+                      freq_base, neox, scaling, scale):
+        from .mla import mla_attention_composed
+
+        return mla_attention_composed(self, q, kv, cache, layer, pos0, wk_b, wv_b, kv_norm, eps, n_heads, qk_nope,
+                                      n_rot, freq_base, neox, scaling, scale)
+
+    def moe_ffn(self, x, router, gate_exps, up_exps, down_exps, routing):
+        from .moe import moe_ffn_reference
+
+        return moe_ffn_reference(x, dequantized(router), dequantized(gate_exps), dequantized(up_exps),
+                                 dequantized(down_exps), routing)
+
     def attention(self, q, cache, layer, pos0, n_heads, n_kv_heads, head_dim, scale, window=0, softcap=0.0):
         t = pos0 + q.shape[0]
         return attention_reference(q, cache.k[layer][:t], cache.v[layer][:t], pos0, n_heads,

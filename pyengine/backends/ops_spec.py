@@ -66,6 +66,13 @@ OPS: tuple[Op, ...] = (
     Op("attention", ("q", "cache", "layer", "pos0", "n_heads", "n_kv_heads", "head_dim", "scale", "window",
                      "softcap"),
        "causal GQA attention over the cache (sliding window, soft-capping)", graph="attention"),
+    # mixture of experts (spec: backends/moe.py)
+    Op("moe_ffn", ("x", "router", "gate_exps", "up_exps", "down_exps", "routing"),
+       "routed SwiGLU experts: top-k of router(x), weighted sum of the chosen experts (MoERouting)",
+       graph="moe_ffn"),
+    Op("mla_attention", ("q", "kv", "cache", "layer", "pos0", "wk_b", "wv_b", "kv_norm", "eps", "n_heads", "qk_nope",
+                         "n_rot", "freq_base", "neox", "scaling", "scale"),
+       "multi-head latent attention over the compressed cache (spec: backends/mla.py)", graph="mla_attention"),
 )
 
 #: fused forms a backend may offer beyond the contract (used by a model when present)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from ..errors import ModelFileError
 from ..gguf_file import GGUFFile
 from . import gemma2, gemma3, glm4, llama, phi3, qwen2, qwen3
+from . import deepseek2, qwen3moe
 
 ARCHITECTURES = {
     "llama": llama,
@@ -18,6 +19,8 @@ ARCHITECTURES = {
     "gemma3": gemma3,
     "phi3": phi3,
     "glm4": glm4,
+    "qwen3moe": qwen3moe,
+    "deepseek2": deepseek2,
 }
 
 

@@ -65,6 +65,10 @@ def split_rows(t: QTensor, sizes: list[int]) -> list[QTensor]:
     return out
 
 
+#: types a 1-D weight (norm scales, biases) may have
+VECTOR_TYPES = ("F32", "F16", "BF16")
+
+
 class Weights:
     """The file's tensors as the model takes them; remembers which were taken."""
 
@@ -75,17 +79,27 @@ class Weights:
     def has(self, name: str) -> bool:
         return name in self.gf.tensors
 
-    def get(self, name: str, shape: tuple | None = None) -> QTensor:
-        """A tensor the architecture needs (missing: one-line error); ``shape`` checked when given."""
+    def get(self, name: str, shape: tuple | None = None, types: tuple[str, ...] | None = None) -> QTensor:
+        """A tensor the architecture needs (missing: one-line error); ``shape`` (NumPy order) and
+        ``types`` (allowed GGML types) checked when given."""
         t = self.gf.tensor(name)
-        if shape is not None and tuple(t.shape) != tuple(shape):
+        if shape is not None and tuple(t.shape) != tuple(int(d) for d in shape):
             raise ModelFileError(f"{self.gf.path}: tensor {name!r} has shape {tuple(t.shape)}, "
-                                 f"expected {tuple(shape)} (architecture {self.gf.architecture})")
+                                 f"expected {tuple(shape)} from the model's configuration "
+                                 f"(architecture {self.gf.architecture})")
+        if types is not None and t.type_name not in types:
+            raise ModelFileError(f"{self.gf.path}: tensor {name!r} has type {t.type_name}, "
+                                 f"expected {' or '.join(types)}")
         self.used.add(name)
         return t
 
-    def opt(self, name: str, shape: tuple | None = None) -> QTensor | None:
-        return self.get(name, shape) if name in self.gf.tensors else None
+    def opt(self, name: str, shape: tuple | None = None, types: tuple[str, ...] | None = None) -> QTensor | None:
+        return self.get(name, shape, types) if name in self.gf.tensors else None
+
+    def vec(self, name: str, n: int) -> QTensor:
+        """A norm's scale vector ``(n,)``: float types only (the norm kernels read it as floats)."""
+        return self.get(name, (n,), VECTOR_TYPES)
+
 
     def check_all_used(self) -> None:
         unused = [n for n in self.gf.tensors if n not in self.used]
@@ -251,12 +265,12 @@ class Layer:
         f = cfg.features
         p = f"blk.{i}."
         d, q_w, kv_w = cfg.dim, cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
-        self.attn_norm = W.get(p + "attn_norm.weight")  # (dim,)
+        self.attn_norm = W.vec(p + "attn_norm.weight", d)  # (dim,)
         self.bq = self.bk = self.bv = None
         if "fused_qkv" in f and W.has(p + "attn_qkv.weight"):
             # one (q_w + 2 kv_w, dim) matrix: its row blocks are Wq, Wk, Wv
-            self.wq, self.wk, self.wv = split_rows(W.get(p + "attn_qkv.weight"), [q_w, kv_w, kv_w])
-            b = W.opt(p + "attn_qkv.bias") if "qkv_bias" in f else None
+            self.wq, self.wk, self.wv = split_rows(W.get(p + "attn_qkv.weight", (q_w + 2 * kv_w, d)), [q_w, kv_w, kv_w])
+            b = W.opt(p + "attn_qkv.bias", (q_w + 2 * kv_w,), VECTOR_TYPES) if "qkv_bias" in f else None
             if b is not None:
                 self.bq, self.bk, self.bv = split_rows(b, [q_w, kv_w, kv_w])
         else:
@@ -264,22 +278,27 @@ class Layer:
             self.wk = W.get(p + "attn_k.weight", (kv_w, d))
             self.wv = W.get(p + "attn_v.weight", (kv_w, d))
             if "qkv_bias" in f:
-                self.bq = W.opt(p + "attn_q.bias", (q_w,))  # (q_w,)
-                self.bk = W.opt(p + "attn_k.bias", (kv_w,))
-                self.bv = W.opt(p + "attn_v.bias", (kv_w,))
-        self.wo = W.get(p + "attn_output.weight")  # (dim, q_w)
+                self.bq = W.opt(p + "attn_q.bias", (q_w,), VECTOR_TYPES)  # (q_w,)
+                self.bk = W.opt(p + "attn_k.bias", (kv_w,), VECTOR_TYPES)
+                self.bv = W.opt(p + "attn_v.bias", (kv_w,), VECTOR_TYPES)
+        self.wo = W.get(p + "attn_output.weight", (d, q_w))  # (dim, q_w)
         self.q_norm = self.k_norm = None
         if "qk_norm" in f:
-            self.q_norm = W.get(p + "attn_q_norm.weight", (cfg.head_dim,))  # per-head norm
-            self.k_norm = W.get(p + "attn_k_norm.weight", (cfg.head_dim,))
+            self.q_norm = W.vec(p + "attn_q_norm.weight", cfg.head_dim)  # per-head norm
+            self.k_norm = W.vec(p + "attn_k_norm.weight", cfg.head_dim)
         self.post_attn_norm = self.post_ffn_norm = None
         if "post_norms" in f:
-            self.post_attn_norm = W.get(p + "post_attention_norm.weight", (d,))
-            self.post_ffn_norm = W.get(p + "post_ffw_norm.weight", (d,))
-        self.ffn_norm = W.get(p + "ffn_norm.weight", (d,))
+            self.post_attn_norm = W.vec(p + "post_attention_norm.weight", d)
+            self.post_ffn_norm = W.vec(p + "post_ffw_norm.weight", d)
+        self.ffn_norm = W.vec(p + "ffn_norm.weight", d)
+        self.load_ffn(W, i, cfg)
+
+    def load_ffn(self, W: Weights, i: int, cfg: Config) -> None:
+        """The feed-forward tensors of block ``i`` (a mixture-of-experts layer loads its own)."""
+        f, p, d = cfg.features, f"blk.{i}.", cfg.dim
         if "fused_up" in f and not W.has(p + "ffn_gate.weight"):
             # ffn_up (2*ffn_dim, dim) = [Wgate; Wup] (llama.cpp's SWIGLU on a fused up)
-            self.w_gate, self.w_up = split_rows(W.get(p + "ffn_up.weight"), [cfg.ffn_dim, cfg.ffn_dim])
+            self.w_gate, self.w_up = split_rows(W.get(p + "ffn_up.weight", (2 * cfg.ffn_dim, d)), [cfg.ffn_dim, cfg.ffn_dim])
         else:
             self.w_gate = W.get(p + "ffn_gate.weight", (cfg.ffn_dim, d))
             self.w_up = W.get(p + "ffn_up.weight", (cfg.ffn_dim, d))
@@ -300,13 +319,27 @@ class Model:
     def __init__(self, cfg: Config, gf: GGUFFile, W: Weights | None = None):
         self.cfg = cfg
         W = W or Weights(gf)
-        self.tok_embd = W.get("token_embd.weight")  # (n_vocab, dim)
+        self.check_config(cfg, gf)
+        self.tok_embd = W.get("token_embd.weight", (cfg.n_vocab, cfg.dim))  # (n_vocab, dim)
         self.layers = [self.Layer(W, i, cfg) for i in range(cfg.n_layers)]
-        self.output_norm = W.get("output_norm.weight")  # (dim,)
+        self.output_norm = W.vec("output_norm.weight", cfg.dim)  # (dim,)
         # tied embeddings: no output.weight means the embedding matrix doubles as the head
-        self.output = W.opt("output.weight") or self.tok_embd  # (n_vocab, dim)
+        self.output = W.opt("output.weight", (cfg.n_vocab, cfg.dim)) or self.tok_embd  # (n_vocab, dim)
         self.load_extra(W, gf)
         W.check_all_used()
+
+    @staticmethod
+    def check_config(c: Config, gf: GGUFFile) -> None:
+        """Config values against each other (one line naming the key); tensor shapes are
+        checked as the layers take them."""
+        a = gf.architecture
+        gf.expect(c.n_heads % c.n_kv_heads == 0, f"{a}.attention.head_count_kv", f"a divisor of {c.n_heads}")
+        gf.expect(0 < c.n_rot <= c.head_dim and c.n_rot % 2 == 0, f"{a}.rope.dimension_count",
+                  f"an even number in 2..{c.head_dim} (head_dim)")
+        tokens = gf.metadata.get("tokenizer.ggml.tokens")
+        if tokens is not None:  # a sampled id must always be a token the tokenizer knows
+            gf.expect(len(tokens) == c.n_vocab, "tokenizer.ggml.tokens",
+                      f"{c.n_vocab} tokens (the model's vocabulary), got {len(tokens)}")
 
     def load_extra(self, W: Weights, gf: GGUFFile) -> None:
         """Architecture-specific tensors (e.g. rope frequency factors)."""

@@ -1,0 +1,120 @@
+// pyengine._C.mla_attention: native multi-head latent attention (csrc/mla.h), and the
+// argument reading the DecodeGraph's mla_attention node shares with it.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <memory>
+#include <string>
+
+#include "common.h"
+#include "mla.h"
+
+namespace py = pybind11;
+
+namespace {
+
+[[noreturn]] void bad(const std::string& msg) { throw py::value_error("mla_attention: " + msg); }
+
+const float* floats(const py::object& o, const char* key, int64_t size, std::vector<py::object>& keep) {
+    py::array a = py::cast<py::array>(o);
+    if (!py::dtype::of<float>().equal(a.dtype()) || !(a.flags() & py::array::c_style) || (int64_t)a.size() != size)
+        bad(std::string(key) + " must be C-contiguous float32 of " + std::to_string(size) + " values");
+    keep.push_back(a);
+    return static_cast<const float*>(a.data());
+}
+
+const uint8_t* heads(const py::kwargs& kw, const char* type_key, const char* key, int64_t H, int64_t rows,
+                     int64_t cols, pe::WType& t, int64_t& head_bytes, std::vector<py::object>& keep) {
+    const std::string name = py::cast<std::string>(kw[type_key]);
+    if (!pe::wtype_from_name(name.c_str(), &t)) bad("unsupported weight type '" + name + "' (" + key + ")");
+    const int64_t rb = pe::row_bytes(t, cols);
+    if (rb < 0) bad(std::string(key) + ": a row is not a whole number of blocks");
+    head_bytes = rows * rb;
+    py::array a = py::cast<py::array>(kw[key]);
+    if (!py::dtype::of<uint8_t>().equal(a.dtype()) || !(a.flags() & py::array::c_style) ||
+        (int64_t)a.nbytes() != H * head_bytes)
+        bad(std::string(key) + " must be C-contiguous uint8 of " + std::to_string(H * head_bytes) + " bytes");
+    keep.push_back(a);
+    return static_cast<const uint8_t*>(a.data());
+}
+
+}  // namespace
+
+std::shared_ptr<const pe::mla::Layer> mla_layer_from_kwargs(const py::kwargs& kw, std::vector<py::object>& keep) {
+    for (const char* k : {"kv_norm", "eps", "wk_type", "wk", "wv_type", "wv", "n_heads", "kv_lora_rank", "qk_nope",
+                          "n_rot", "v_head", "freq_base", "neox", "scale", "freq_factors", "freq_scale", "ext_factor",
+                          "attn_factor", "beta_fast", "beta_slow", "n_ctx_orig"})
+        if (!kw.contains(k)) bad(std::string("missing argument ") + k);
+    auto L = std::make_shared<pe::mla::Layer>();
+    L->n_heads = py::cast<int>(kw["n_heads"]);
+    L->R = py::cast<int>(kw["kv_lora_rank"]);
+    L->dn = py::cast<int>(kw["qk_nope"]);
+    L->r = py::cast<int>(kw["n_rot"]);
+    L->dv = py::cast<int>(kw["v_head"]);
+    if (L->n_heads <= 0 || L->R <= 0 || L->dn <= 0 || L->dv <= 0 || L->r <= 0 || L->r % 2)
+        bad("n_heads, kv_lora_rank, qk_nope, v_head must be > 0 and n_rot even and > 0");
+    L->kv_norm = floats(kw["kv_norm"], "kv_norm", L->R, keep);
+    L->eps = py::cast<float>(kw["eps"]);
+    L->wk = heads(kw, "wk_type", "wk", L->n_heads, L->R, L->dn, L->wk_t, L->wk_bytes, keep);
+    L->wv = heads(kw, "wv_type", "wv", L->n_heads, L->dv, L->R, L->wv_t, L->wv_bytes, keep);
+    L->base = py::cast<double>(kw["freq_base"]);
+    L->neox = py::cast<bool>(kw["neox"]);
+    L->scale = py::cast<float>(kw["scale"]);
+    if (!kw["freq_factors"].is_none()) {
+        py::array_t<float, py::array::c_style | py::array::forcecast> f = py::cast<py::array>(kw["freq_factors"]);
+        if ((int64_t)f.size() != L->r / 2) bad("freq_factors must hold n_rot/2 values");
+        L->ff.assign(f.data(), f.data() + f.size());
+    }
+    L->sc.freq_scale = py::cast<double>(kw["freq_scale"]);
+    L->sc.ext_factor = py::cast<double>(kw["ext_factor"]);
+    L->sc.attn_factor = py::cast<double>(kw["attn_factor"]);
+    L->sc.beta_fast = py::cast<double>(kw["beta_fast"]);
+    L->sc.beta_slow = py::cast<double>(kw["beta_slow"]);
+    L->sc.n_ctx_orig = py::cast<int64_t>(kw["n_ctx_orig"]);
+    return L;
+}
+
+// positions the cache holds (key panels (n_blocks, R+r, 64) and rows (n_ctx, R+r)), checked
+int64_t mla_cache_positions(const pe::mla::Layer& L, const py::array& kt, const py::array& vc) {
+    const int64_t W = L.R + L.r;
+    for (const py::array* a : {&kt, &vc})
+        if (!py::dtype::of<float>().equal(a->dtype()) || !(a->flags() & py::array::c_style) || !a->writeable())
+            bad("the cache must be writeable C-contiguous float32");
+    if (kt.ndim() != 3 || kt.shape(1) != W || kt.shape(2) != pyengine::ops::kAttnKeyBlock)
+        bad("key panels must be (n_blocks, kv_lora_rank + n_rot, 64)");
+    if (vc.ndim() != 2 || vc.shape(1) != W) bad("cache rows must be (n_ctx, kv_lora_rank + n_rot)");
+    return std::min<int64_t>(kt.shape(0) * pyengine::ops::kAttnKeyBlock, vc.shape(0));
+}
+
+void bind_mla(py::module_& m) {
+    m.def("mla_attention", [](const py::array& q, const py::array& kv, py::array& out, py::array& k_panels,
+                              py::array& v_cache, int64_t pos0, const py::kwargs& kw) {
+        std::vector<py::object> keep;
+        auto L = mla_layer_from_kwargs(kw, keep);
+        const int64_t H = L->n_heads, W = L->R + L->r;
+        if (q.ndim() != 2 || q.shape(1) != H * (L->dn + L->r)) bad("q must be (n, n_heads*(qk_nope+n_rot))");
+        const int64_t n = q.shape(0);
+        floats(q, "q", n * H * (L->dn + L->r), keep);
+        floats(kv, "kv", n * W, keep);
+        floats(out, "out", n * H * L->dv, keep);
+        if (!out.writeable()) bad("out must be writeable");
+        const int64_t positions = mla_cache_positions(*L, k_panels, v_cache);
+        if (n <= 0 || pos0 < 0 || pos0 + n > positions)
+            bad("positions " + std::to_string(pos0) + ".." + std::to_string(pos0 + n - 1) + " outside the cache");
+        const pe::MatmulKernels* mk;
+        try {
+            mk = &pe::select_variant("auto");
+        } catch (const std::invalid_argument& e) {
+            throw py::value_error(e.what());
+        }
+        const float* qp = static_cast<const float*>(q.data());
+        const float* kp = static_cast<const float*>(kv.data());
+        float* op = static_cast<float*>(out.mutable_data());
+        float* ktp = static_cast<float*>(k_panels.mutable_data());
+        float* vcp = static_cast<float*>(v_cache.mutable_data());
+        py::gil_scoped_release nogil;
+        pe::mla::mla_attention(*L, qp, kp, n, pos0, ktp, vcp, op, *mk);
+    }, py::arg("q"), py::arg("kv"), py::arg("out"), py::arg("k_panels"), py::arg("v_cache"), py::arg("pos0"),
+          "out (n, H*v_head) = multi-head latent attention of q (n, H*(qk_nope+n_rot)) and kv (n, kv_lora_rank+n_rot)\n"
+          "at positions pos0.. (writes the compressed cache). Keyword arguments: pyengine.backends.mla.native_args.");
+}

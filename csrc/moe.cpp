@@ -1,0 +1,114 @@
+// Native mixture-of-experts feed-forward (see moe.h; spec: pyengine/backends/moe.py).
+#include "moe.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+
+#include "cpu_ops.h"
+
+namespace pe {
+namespace moe {
+
+namespace {
+
+// indices of the k largest s[0..m), best first; ties: the lower index first (a stable sort)
+void top_k(const float* s, int m, int k, int* idx) {
+    std::vector<int> order(m);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return s[a] > s[b]; });
+    for (int j = 0; j < k; ++j) idx[j] = order[j];
+}
+
+}  // namespace
+
+void route(const Layer& L, const float* logits, int64_t n, int32_t* sel, float* w) {
+    const int E = (int)L.n_expert, k = L.top_k;
+    std::vector<float> p(E), s(E);
+    std::vector<int> idx(std::max(E, 2));
+    for (int64_t t = 0; t < n; ++t) {
+        const float* z = logits + t * E;
+        if (L.sigmoid) {
+            for (int e = 0; e < E; ++e) p[e] = 1.0f / (1.0f + std::exp(-z[e]));
+        } else {  // softmax, max subtracted
+            float mx = z[0];
+            for (int e = 1; e < E; ++e) mx = std::max(mx, z[e]);
+            float sum = 0.0f;
+            for (int e = 0; e < E; ++e) sum += (p[e] = std::exp(z[e] - mx));
+            for (int e = 0; e < E; ++e) p[e] /= sum;
+        }
+        for (int e = 0; e < E; ++e) s[e] = L.bias.empty() ? p[e] : p[e] + L.bias[e];
+        if (L.n_group > 1) {  // only the n_group_used groups with the best top-2 sums compete
+            const int G = L.n_group, per = E / G;
+            std::vector<float> gscore(G);
+            for (int g = 0; g < G; ++g) {
+                top_k(s.data() + g * per, per, std::min(2, per), idx.data());
+                gscore[g] = s[g * per + idx[0]] + (per > 1 ? s[g * per + idx[1]] : 0.0f);
+            }
+            std::vector<int> keep(G);
+            top_k(gscore.data(), G, L.n_group_used, keep.data());
+            std::vector<char> on(G, 0);
+            for (int j = 0; j < L.n_group_used; ++j) on[keep[j]] = 1;
+            for (int e = 0; e < E; ++e)
+                if (!on[e / per]) s[e] = -std::numeric_limits<float>::infinity();
+        }
+        top_k(s.data(), E, k, idx.data());
+        float sum = 0.0f;
+        for (int j = 0; j < k; ++j) {
+            sel[t * k + j] = idx[j];
+            sum += (w[t * k + j] = p[idx[j]]);  // weights: the unbiased probabilities
+        }
+        if (L.norm) {
+            const float d = std::max(sum, 6.103515625e-5f);
+            for (int j = 0; j < k; ++j) w[t * k + j] /= d;
+        }
+        if (L.scale != 0.0f && L.scale != 1.0f)
+            for (int j = 0; j < k; ++j) w[t * k + j] *= L.scale;
+    }
+}
+
+void moe_ffn(const Layer& L, const float* x, int64_t n, float* out, const MatmulKernels& mk) {
+    const int64_t E = L.n_expert, d = L.dim, f = L.ffn, k = L.top_k;
+    // scratch, grown once per thread and reused (a decode step allocates nothing after the first)
+    thread_local std::vector<float> logits, wts, xe, g, u, ys;
+    thread_local std::vector<int32_t> sel;
+    thread_local std::vector<int64_t> tok;
+    logits.resize(n * E);
+    sel.resize(n * k);
+    wts.resize(n * k);
+    ys.resize(n * k * d);  // (n, k, d): each slot's expert output
+    matmul(L.router_t, L.router, E, d, x, n, logits.data(), mk);
+    route(L, logits.data(), n, sel.data(), wts.data());
+    std::vector<char> used(E, 0);
+    for (int64_t i = 0; i < n * k; ++i) used[sel[i]] = 1;
+    for (int64_t e = 0; e < E; ++e) {
+        if (!used[e]) continue;
+        tok.clear();  // flat (token, slot) indices routed to e
+        for (int64_t i = 0; i < n * k; ++i)
+            if (sel[i] == e) tok.push_back(i);
+        const int64_t m = (int64_t)tok.size();
+        xe.resize(m * d);
+        g.resize(m * f);
+        u.resize(m * f);
+        for (int64_t r = 0; r < m; ++r) std::copy(x + (tok[r] / k) * d, x + (tok[r] / k + 1) * d, xe.data() + r * d);
+        matmul(L.gate.t, L.gate.at(e), f, d, xe.data(), m, g.data(), mk);
+        matmul(L.up.t, L.up.at(e), f, d, xe.data(), m, u.data(), mk);
+        cpu::binary(cpu::Binary::silu_mul, g.data(), u.data(), g.data(), m * f);
+        xe.resize(m * d);
+        matmul(L.down.t, L.down.at(e), d, f, g.data(), m, xe.data(), mk);
+        for (int64_t r = 0; r < m; ++r) std::copy(xe.data() + r * d, xe.data() + (r + 1) * d, ys.data() + tok[r] * d);
+    }
+    for (int64_t t = 0; t < n; ++t) {  // weighted sum in slot order
+        float* o = out + t * d;
+        for (int64_t c = 0; c < d; ++c) o[c] = wts[t * k] * ys[(t * k) * d + c];
+        for (int64_t j = 1; j < k; ++j) {
+            const float wj = wts[t * k + j];
+            const float* y = ys.data() + (t * k + j) * d;
+            for (int64_t c = 0; c < d; ++c) o[c] += wj * y[c];
+        }
+    }
+}
+
+}  // namespace moe
+}  // namespace pe
