@@ -22,7 +22,6 @@ def session(n_ctx=512, **kw):
     return ChatSession(m, **kw)
 
 
-@pytest.mark.slow
 def test_turns_reuse_the_cache_and_history_is_kept():
     s = session(system="You are terse.")
     a1 = s.ask("Name a colour.")
@@ -38,7 +37,6 @@ def test_turns_reuse_the_cache_and_history_is_kept():
     assert "reused from the cache" in s.stats_text()
 
 
-@pytest.mark.slow
 def test_interrupted_answer_is_kept_partial():
     s = session(max_tokens=50)
     gen = s.send("Tell me a story.")
@@ -48,7 +46,6 @@ def test_interrupted_answer_is_kept_partial():
     assert s.ask("Go on.")  # the session goes on
 
 
-@pytest.mark.slow
 def test_context_overflow_is_refused_with_counts_then_drop_makes_room():
     from pyengine.chat import ContextFullError
 
@@ -68,7 +65,6 @@ def test_context_overflow_is_refused_with_counts_then_drop_makes_room():
     assert s2.messages[0]["content"].startswith("More please")
 
 
-@pytest.mark.slow
 def test_save_and_load(tmp_path):
     from pyengine.errors import PyEngineError
 
@@ -100,7 +96,6 @@ def test_repl_commands_through_streams(tmp_path):
     assert json.loads(f.read_text())["messages"][0] == {"role": "user", "content": "Hi"}
 
 
-@pytest.mark.slow
 def test_cli_chat_through_a_pipe():
     p = real_model_path(NAME)
     proc = subprocess.run([sys.executable, "-m", "pyengine", "chat", "-m", str(p), "--temp", "0", "-n", "8", "-q",
@@ -124,7 +119,6 @@ def test_cli_chat_and_serve_help_teach():
             assert w in out, (cmd, w)
 
 
-@pytest.mark.slow
 def test_ctrl_c_stops_the_answer_not_the_session():
     import os
     import signal

@@ -138,7 +138,6 @@ def test_cli_help_teaches():
 
 # --- sequences: prefix reuse and threads -------------------------------------------------------
 
-@pytest.mark.slow
 def test_second_chat_turn_processes_only_its_new_tokens():
     from pyengine.engine import GenerationStats, common_prefix
 
@@ -167,7 +166,6 @@ def test_second_chat_turn_processes_only_its_new_tokens():
         assert st3.prompt_reused == 0
 
 
-@pytest.mark.slow
 def test_four_threads_on_one_model_give_their_solo_text():
     import threading
 

@@ -15,7 +15,6 @@ pytest.importorskip("uvicorn")
 
 from conftest import real_model_path  # noqa: E402
 
-pytestmark = pytest.mark.slow
 NAME = "smollm2-135m"
 N_CTX = 512
 HI = [{"role": "user", "content": "Say hi"}]
