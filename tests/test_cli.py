@@ -91,7 +91,8 @@ BAD_ARGS = [
      rf"use --ctx {HEADER_CTX} or less"),
     (["-t", "0"], r"-t/--threads must be >= 1, got 0"),
     (["--threads", "-4"], r"-t/--threads must be >= 1, got -4"),
-    (["--chat", "--raw"], r"--chat and --raw contradict each other"),
+    (["--chat", "--raw"], r"--raw and --chat contradict each other"),
+    (["--system", "be brief", "--raw"], r"--raw and --system contradict each other"),
 ]
 
 
@@ -204,9 +205,8 @@ def _greedy_api(name: str, text: str, parse_special: bool) -> str:
     import pyengine
 
     m = pyengine.load(real_model_path(name), n_ctx=256, progress=False)
-    if parse_special:
-        text = m.tokenizer.apply_chat_template([{"role": "user", "content": text}])
-    return "".join(m.generate(text, max_tokens=N, temperature=0, repeat_penalty=1.0, parse_special=parse_special))
+    prompt = m.chat_tokens([{"role": "user", "content": text}]) if parse_special else text
+    return "".join(m.generate(prompt, max_tokens=N, temperature=0, repeat_penalty=1.0, parse_special=parse_special))
 
 
 def test_instruct_model_answers_through_its_chat_template():
