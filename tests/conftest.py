@@ -10,6 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# Child Pythons the tests start (`python -m pyengine ...`, `python -c ...`) must import the
+# INSTALLED pyengine: run from the repository root, they would otherwise find the source
+# package (without the compiled pyengine._C) first. Python >= 3.11 honours this.
+os.environ.setdefault("PYTHONSAFEPATH", "1")
+
 DATA = Path(__file__).parent / "data"
 GOLDEN = DATA / "golden"
 
