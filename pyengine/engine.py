@@ -251,7 +251,10 @@ class Model:
         self.backend = backend
         self.n_vocab = self.config.n_vocab
         ctx_max = self.config.context_length
-        self.n_ctx = min(int(check_n_ctx(n_ctx) or min(ctx_max, DEFAULT_N_CTX)), ctx_max)
+        n_ctx = check_n_ctx(n_ctx)
+        if n_ctx and int(n_ctx) > ctx_max:  # never capped silently
+            raise PyEngineError(f"n_ctx {int(n_ctx)} is above the model's context length {ctx_max}")
+        self.n_ctx = int(n_ctx or min(ctx_max, DEFAULT_N_CTX))
         backend.prepare(gf.tensors)
         self._compute = _FairLock()
         self._pool_cond = threading.Condition()

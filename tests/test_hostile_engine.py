@@ -120,3 +120,12 @@ def test_numpy_integer_ids_are_fine(tiny_path):
     assert m.logits(np.array([1, 2], dtype=np.int64)).shape[0] == 2
     m.prefill(np.array([1, 2], dtype=np.uint16))
     assert m.decode(np.int64(3)).ndim == 1
+
+
+def test_n_ctx_above_the_model_limit_is_an_error_not_a_cap(tiny_path):
+    import pyengine.gguf_file as gg
+
+    limit = int(gg.open_gguf(tiny_path).arch_key("context_length", 2048))
+    with pytest.raises(PyEngineError, match="above the model's context length"):
+        pyengine.load(str(tiny_path), backend="numpy", n_ctx=limit + 1, progress=False)
+    assert pyengine.load(str(tiny_path), backend="numpy", n_ctx=limit, progress=False).n_ctx == limit

@@ -143,7 +143,12 @@ def test_attention_softcap(ops, n, pos0, n_kv, group, hd, window, cap, sharp, se
                 np.testing.assert_allclose(want[i, h * hd:(h + 1) * hd], ref, rtol=1e-4, atol=1e-5)
     got = ops.attention(q, _cache(ops, k, v, t + 5), 0, pos0, H, n_kv, hd, scale, window=window,
                         **({"softcap": cap} if cap else {}))
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    # float32 scores carry an absolute error of ~eps32 * scale * |q||k| (summation order differs
+    # between tiers); the softmax passes it on to the output times |v|. Sharp queries at
+    # head_dim 256 make that bound exceed 1e-5 (a fixed atol failed such draws by 1.1e-5).
+    score_err = np.finfo(np.float32).eps * scale * np.linalg.norm(q.reshape(n, H, hd), axis=-1).max() \
+        * np.linalg.norm(k.reshape(t, n_kv, hd), axis=-1).max()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=max(1e-5, 4 * score_err * np.abs(v).max()))
 
 
 # ----------------------------------------------------------------------------- rope scaling
