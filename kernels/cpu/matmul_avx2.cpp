@@ -90,8 +90,8 @@ static inline __m256i iq4_levels_s8() {
     return _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)kIQ4Values));
 }
 
-template <int T_>
-static inline void pack_panel_32(const uint8_t* blk, uint8_t* dst) {
+template <int T_, class Sink>
+static inline void pack_panel_32(const uint8_t* blk, Sink& sink) {
     constexpr WType t = (WType)T_;
     constexpr int BB = wtype_block_bytes(t);
     __m256i v[8];
@@ -124,11 +124,12 @@ static inline void pack_panel_32(const uint8_t* blk, uint8_t* dst) {
     } else {  // Q8_0, IQ4_NL: signed
         E = _mm256_setzero_ps();
     }
-    store_panel<32>(dst, v, D, E);
+    sink.template put<32>(v, D, E);
 }
 
 // Q5_K: one panel = one super-block; Q4_K's nibbles (at blk + 48) plus bit 2c / 2c+1 of qh[l].
-static inline void pack_panel_q5k(const uint8_t* blk, uint8_t* dst) {
+template <class Sink>
+static inline void pack_panel_q5k(const uint8_t* blk, Sink& sink) {
     const __m256i lo4 = _mm256_set1_epi8(15), one = _mm256_set1_epi8(1);
     const __m256i qh = _mm256_loadu_si256((const __m256i*)(blk + 16));
     __m256i v[8];
@@ -146,14 +147,14 @@ static inline void pack_panel_q5k(const uint8_t* blk, uint8_t* dst) {
     std::memcpy(&mw, m, 8);
     const __m256 scf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)scw)));
     const __m256 mnf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)mw)));
-    store_panel<32>(dst, v, _mm256_mul_ps(_mm256_set1_ps(half(blk)), scf),
-                    _mm256_mul_ps(_mm256_set1_ps(half(blk + 2)), mnf));
+    sink.template put<32>(v, _mm256_mul_ps(_mm256_set1_ps(half(blk)), scf),
+                          _mm256_mul_ps(_mm256_set1_ps(half(blk + 2)), mnf));
 }
 
 // Q2_K / Q3_K: one panel = half a super-block (values 128c .. 128c+127, 8 groups of 16);
 // v[j] = groups 2j, 2j+1 = bit pair j of qs[32c ..] (+ Q3_K: bit 4c+j of hmask as the value 4).
-template <bool THREE>
-static inline void pack_panel_q23k(const uint8_t* blk, int c, uint8_t* dst) {
+template <bool THREE, class Sink>
+static inline void pack_panel_q23k(const uint8_t* blk, int c, Sink& sink) {
     const __m256i three = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
     const __m256i x = _mm256_loadu_si256((const __m256i*)(blk + (THREE ? 32 : 16) + 32 * c));
     const __m256i hm = THREE ? _mm256_loadu_si256((const __m256i*)blk) : _mm256_setzero_si256();
@@ -178,11 +179,12 @@ static inline void pack_panel_q23k(const uint8_t* blk, int c, uint8_t* dst) {
         D = _mm256_mul_ps(_mm256_set1_ps(half(blk + 80)), _mm256_cvtepi32_ps(_mm256_and_si256(s8, _mm256_set1_epi32(15))));
         E = _mm256_mul_ps(_mm256_set1_ps(half(blk + 82)), _mm256_cvtepi32_ps(_mm256_srli_epi32(s8, 4)));
     }
-    store_panel<16>(dst, v, D, E);
+    sink.template put<16>(v, D, E);
 }
 
 // IQ4_XS: one panel = one super-block (8 groups of 32, group j's nibbles at qs[16j ..]); signed, E = 0.
-static inline void pack_panel_iq4xs(const uint8_t* blk, uint8_t* dst) {
+template <class Sink>
+static inline void pack_panel_iq4xs(const uint8_t* blk, Sink& sink) {
     const __m256i lut = iq4_levels_s8();
     __m256i v[8];
     for (int j = 0; j < 8; ++j) v[j] = _mm256_shuffle_epi8(lut, nibbles_16(blk + 8 + 16 * j));
@@ -192,11 +194,12 @@ static inline void pack_panel_iq4xs(const uint8_t* blk, uint8_t* dst) {
     std::memcpy(&w, sc, 8);
     const __m256 D = _mm256_mul_ps(_mm256_set1_ps(half(blk)),
                                    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128((long long)w))));
-    store_panel<32>(dst, v, D, _mm256_setzero_ps());
+    sink.template put<32>(v, D, _mm256_setzero_ps());
 }
 
 // Q4_K: one panel = one super-block (8 groups of 32).
-static inline void pack_panel_q4k(const uint8_t* blk, uint8_t* dst) {
+template <class Sink>
+static inline void pack_panel_q4k(const uint8_t* blk, Sink& sink) {
     const __m256i lo4 = _mm256_set1_epi8(15);
     __m256i v[8];
     for (int c = 0; c < 4; ++c) {
@@ -210,12 +213,13 @@ static inline void pack_panel_q4k(const uint8_t* blk, uint8_t* dst) {
     const uint64_t mn = (uint64_t)(w1 & lo6) | (uint64_t)(((w2 >> 4) & l4) | (((w1 >> 6) & lo2) << 4)) << 32;
     const __m256 scf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)sc)));
     const __m256 mnf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)mn)));
-    store_panel<32>(dst, v, _mm256_mul_ps(_mm256_set1_ps(half(blk)), scf),
-                    _mm256_mul_ps(_mm256_set1_ps(half(blk + 2)), mnf));
+    sink.template put<32>(v, _mm256_mul_ps(_mm256_set1_ps(half(blk)), scf),
+                          _mm256_mul_ps(_mm256_set1_ps(half(blk + 2)), mnf));
 }
 
 // Q6_K: one panel = half a super-block (8 groups of 16).
-static inline void pack_panel_q6k(const uint8_t* blk, int h, uint8_t* dst) {
+template <class Sink>
+static inline void pack_panel_q6k(const uint8_t* blk, int h, Sink& sink) {
     const block_q6_K* b = (const block_q6_K*)blk;
     const __m256i lo4 = _mm256_set1_epi8(15), lo2 = _mm256_set1_epi8(3);
     const __m256i qa = _mm256_loadu_si256((const __m256i*)(b->ql + 64 * h));
@@ -231,49 +235,48 @@ static inline void pack_panel_q6k(const uint8_t* blk, int h, uint8_t* dst) {
                            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), lo2), 4));
     const __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(b->scales + 8 * h))));
     const __m256 D = _mm256_mul_ps(_mm256_set1_ps(half(blk + 208)), sc);
-    store_panel<16>(dst, v, D, _mm256_mul_ps(_mm256_set1_ps(32.0f), D));
+    sink.template put<16>(v, D, _mm256_mul_ps(_mm256_set1_ps(32.0f), D));
 }
 
-void pack_w_avx2(WType t, const uint8_t* row, int64_t cols, uint8_t* dst) {
+// Walk one GGUF row panel by panel, handing each unpacked panel to sink.put<G>().
+template <class Sink>
+static inline void for_each_panel(WType t, const uint8_t* row, int64_t cols, Sink& sink) {
     const WTypeInfo& ti = wtype_info(t);
-    const int G = ti.group;
-    const int64_t pb = (int64_t)PG * (G + 8);
     const int64_t nb = cols / ti.block_elems;
+    const int BB = ti.block_bytes;
     switch (t) {
+        case WType::Q4_K:
+            for (int64_t b = 0; b < nb; ++b) pack_panel_q4k(row + b * BB, sink);
+            return;
         case WType::Q5_K:
-            for (int64_t b = 0; b < nb; ++b, dst += pb) pack_panel_q5k(row + b * 176, dst);
+            for (int64_t b = 0; b < nb; ++b) pack_panel_q5k(row + b * BB, sink);
             return;
         case WType::IQ4_XS:
-            for (int64_t b = 0; b < nb; ++b, dst += pb) pack_panel_iq4xs(row + b * 136, dst);
+            for (int64_t b = 0; b < nb; ++b) pack_panel_iq4xs(row + b * BB, sink);
             return;
         case WType::Q2_K:
+            for (int64_t b = 0; b < nb; ++b) {
+                pack_panel_q23k<false>(row + b * BB, 0, sink);
+                pack_panel_q23k<false>(row + b * BB, 1, sink);
+            }
+            return;
         case WType::Q3_K:
-            for (int64_t b = 0; b < nb; ++b)
-                for (int c = 0; c < 2; ++c, dst += pb) {
-                    if (t == WType::Q2_K)
-                        pack_panel_q23k<false>(row + b * 84, c, dst);
-                    else
-                        pack_panel_q23k<true>(row + b * 110, c, dst);
-                }
+            for (int64_t b = 0; b < nb; ++b) {
+                pack_panel_q23k<true>(row + b * BB, 0, sink);
+                pack_panel_q23k<true>(row + b * BB, 1, sink);
+            }
+            return;
+        case WType::Q6_K:
+            for (int64_t b = 0; b < nb; ++b) {
+                pack_panel_q6k(row + b * BB, 0, sink);
+                pack_panel_q6k(row + b * BB, 1, sink);
+            }
             return;
         default:
-            break;  // below
+            break;  // below: 8 blocks of 32 per panel
     }
-    if (t == WType::Q4_K) {
-        for (int64_t b = 0; b < nb; ++b, dst += pb) pack_panel_q4k(row + b * 144, dst);
-        return;
-    }
-    if (t == WType::Q6_K) {
-        for (int64_t b = 0; b < nb; ++b) {
-            pack_panel_q6k(row + b * 210, 0, dst);
-            pack_panel_q6k(row + b * 210, 1, dst + pb);
-            dst += 2 * pb;
-        }
-        return;
-    }
-    const int BB = ti.block_bytes;
     alignas(32) uint8_t tail[8 * 34];
-    for (int64_t b = 0; b < nb; b += 8, dst += pb) {
+    for (int64_t b = 0; b < nb; b += 8) {
         const uint8_t* src = row + b * BB;
         if (nb - b < 8) {  // partial last panel: zero blocks (d = 0) fill it
             std::memset(tail, 0, sizeof(tail));
@@ -281,14 +284,29 @@ void pack_w_avx2(WType t, const uint8_t* row, int64_t cols, uint8_t* dst) {
             src = tail;
         }
         switch (t) {
-            case WType::Q4_0: pack_panel_32<(int)WType::Q4_0>(src, dst); break;
-            case WType::Q4_1: pack_panel_32<(int)WType::Q4_1>(src, dst); break;
-            case WType::Q5_0: pack_panel_32<(int)WType::Q5_0>(src, dst); break;
-            case WType::Q5_1: pack_panel_32<(int)WType::Q5_1>(src, dst); break;
-            case WType::IQ4_NL: pack_panel_32<(int)WType::IQ4_NL>(src, dst); break;
-            default: pack_panel_32<(int)WType::Q8_0>(src, dst); break;
+            case WType::Q4_0: pack_panel_32<(int)WType::Q4_0>(src, sink); break;
+            case WType::Q4_1: pack_panel_32<(int)WType::Q4_1>(src, sink); break;
+            case WType::Q5_0: pack_panel_32<(int)WType::Q5_0>(src, sink); break;
+            case WType::Q5_1: pack_panel_32<(int)WType::Q5_1>(src, sink); break;
+            case WType::IQ4_NL: pack_panel_32<(int)WType::IQ4_NL>(src, sink); break;
+            default: pack_panel_32<(int)WType::Q8_0>(src, sink); break;
         }
     }
+}
+
+// Sink that stores panels (the matmul's packed weight rows).
+struct StoreSink {
+    uint8_t* dst;
+    template <int G>
+    void put(__m256i* v, __m256 A, __m256 B) {
+        store_panel<G>(dst, v, A, B);
+        dst += PG * (G + 8);
+    }
+};
+
+void pack_w_avx2(WType t, const uint8_t* row, int64_t cols, uint8_t* dst) {
+    StoreSink sink{dst};
+    for_each_panel(t, row, cols, sink);
 }
 
 // ---- activations (bit-identical to the generic tier) ------------------------------------
@@ -470,6 +488,79 @@ void gemm_avx2(WType t, int G, int64_t np, const uint8_t* wp, int nr, const uint
     }
 }
 
+// ---- a few tokens: unpack each weight panel into registers and use it at once ----------------
+// Same arithmetic as pack_w + tile<1, T> (the same integer dot per lane, the same float
+// epilogue per panel, the same final reduction), without the round trip of the panel
+// through memory: bit-identical results.
+template <bool SIGNED, bool MIN>
+struct DotSink {
+    const uint8_t* a;  // current panel of token 0
+    int64_t astride;
+    int nt;  // 1..kGemvMaxTokens
+    __m256 acc[kGemvMaxTokens];
+    template <int G>
+    void put(__m256i* v, __m256 D, __m256 E) {
+        constexpr int64_t PB = PG * (G + 8);
+        const __m256i ones = _mm256_set1_epi16(1);
+        if (G == 32) {
+            transpose_g32(v);
+        } else {
+            transpose_g16(v);
+            const __m256i perm = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+            D = _mm256_permutevar8x32_ps(D, perm);
+            if (MIN) E = _mm256_permutevar8x32_ps(E, perm);
+        }
+        for (int t = 0; t < kGemvMaxTokens; ++t) {
+            if (t >= nt) break;
+            const uint8_t* y = a + t * astride;
+            __m256i s = MIN ? _mm256_setzero_si256() : _mm256_load_si256((const __m256i*)(y + PG * G + 32));
+            for (int k = 0; k < G / 4; k += 2) {
+                const __m256i y0 = _mm256_load_si256((const __m256i*)(y + 32 * k));
+                const __m256i y1 = _mm256_load_si256((const __m256i*)(y + 32 * k + 32));
+                __m256i p16;
+                if (SIGNED) {  // |w| x sign(y, w), as in tile
+                    const __m256i pa = _mm256_maddubs_epi16(_mm256_sign_epi8(v[k], v[k]), _mm256_sign_epi8(y0, v[k]));
+                    s = _mm256_add_epi32(s, _mm256_madd_epi16(pa, ones));
+                    p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(v[k + 1], v[k + 1]), _mm256_sign_epi8(y1, v[k + 1]));
+                } else {
+                    p16 = _mm256_add_epi16(_mm256_maddubs_epi16(v[k], y0), _mm256_maddubs_epi16(v[k + 1], y1));
+                }
+                s = _mm256_add_epi32(s, _mm256_madd_epi16(p16, ones));
+            }
+            const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(s), D);
+            acc[t] = _mm256_fmadd_ps(f, _mm256_load_ps((const float*)(y + PG * G)), acc[t]);
+            if (MIN) acc[t] = _mm256_fnmadd_ps(E, _mm256_load_ps((const float*)(y + PG * G + 32)), acc[t]);
+        }
+        a += PB;
+    }
+};
+
+template <bool SIGNED, bool MIN>
+static void gemv_impl(WType t, const uint8_t* row, int64_t cols, const uint8_t* ap, int nt, int64_t astride,
+                      float* out, int64_t ldo) {
+    DotSink<SIGNED, MIN> sink{ap, astride, nt, {}};
+    for (int k = 0; k < kGemvMaxTokens; ++k) sink.acc[k] = _mm256_setzero_ps();
+    for_each_panel(t, row, cols, sink);
+    for (int k = 0; k < nt; ++k) {
+        const __m256 v8 = sink.acc[k];
+        __m128 s = _mm_add_ps(_mm256_castps256_ps128(v8), _mm256_extractf128_ps(v8, 1));
+        s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        out[k * ldo] = _mm_cvtss_f32(s);
+    }
+}
+
+void gemv_avx2(WType t, const uint8_t* row, int64_t cols, const uint8_t* ap, int nt, int64_t astride, float* out,
+               int64_t ldo) {
+    const int off = weight_offset(t, true);  // 0: signed weights (Q8_0, IQ4_*); < 0: float min
+    if (off == 0)
+        gemv_impl<true, false>(t, row, cols, ap, nt, astride, out, ldo);
+    else if (off < 0)
+        gemv_impl<false, true>(t, row, cols, ap, nt, astride, out, ldo);
+    else
+        gemv_impl<false, false>(t, row, cols, ap, nt, astride, out, ldo);
+}
+
 // ---- F32 / F16 weights ------------------------------------------------------------------------
 // K: 0 = F32, 1 = F16, 2 = BF16 (the top half of a float32: widen, shift left 16).
 template <int K, int R, int T>
@@ -554,8 +645,7 @@ void gemm_float_avx2(WType t, const uint8_t* w, int64_t rb, int64_t cols, int nr
 }  // namespace
 
 const MatmulKernels matmul_kernels_avx2 = {
-    "avx2", PG, true, pack_act_avx2, pack_w_avx2, gemm_avx2, gemm_float_avx2,
-    nullptr,  // gemv: pack_w + gemm
+    "avx2", PG, true, pack_act_avx2, pack_w_avx2, gemm_avx2, gemm_float_avx2, gemv_avx2,
 };
 
 }  // namespace pe
