@@ -492,12 +492,11 @@ void gemm_avx2(WType t, int G, int64_t np, const uint8_t* wp, int nr, const uint
 // Same arithmetic as pack_w + tile<1, T> (the same integer dot per lane, the same float
 // epilogue per panel, the same final reduction), without the round trip of the panel
 // through memory: bit-identical results.
-template <bool SIGNED, bool MIN>
+template <bool SIGNED, bool MIN, int NT>
 struct DotSink {
     const uint8_t* a;  // current panel of token 0
     int64_t astride;
-    int nt;  // 1..kGemvMaxTokens
-    __m256 acc[kGemvMaxTokens];
+    __m256 acc[NT];  // NT = 1..kGemvMaxTokens tokens, fixed at compile time: no spills for few tokens
     template <int G>
     void put(__m256i* v, __m256 D, __m256 E) {
         constexpr int64_t PB = PG * (G + 8);
@@ -510,8 +509,7 @@ struct DotSink {
             D = _mm256_permutevar8x32_ps(D, perm);
             if (MIN) E = _mm256_permutevar8x32_ps(E, perm);
         }
-        for (int t = 0; t < kGemvMaxTokens; ++t) {
-            if (t >= nt) break;
+        for (int t = 0; t < NT; ++t) {
             const uint8_t* y = a + t * astride;
             __m256i s = MIN ? _mm256_setzero_si256() : _mm256_load_si256((const __m256i*)(y + PG * G + 32));
             for (int k = 0; k < G / 4; k += 2) {
@@ -535,18 +533,30 @@ struct DotSink {
     }
 };
 
-template <bool SIGNED, bool MIN>
-static void gemv_impl(WType t, const uint8_t* row, int64_t cols, const uint8_t* ap, int nt, int64_t astride,
-                      float* out, int64_t ldo) {
-    DotSink<SIGNED, MIN> sink{ap, astride, nt, {}};
-    for (int k = 0; k < kGemvMaxTokens; ++k) sink.acc[k] = _mm256_setzero_ps();
+template <bool SIGNED, bool MIN, int NT>
+static void gemv_nt(WType t, const uint8_t* row, int64_t cols, const uint8_t* ap, int64_t astride, float* out,
+                    int64_t ldo) {
+    DotSink<SIGNED, MIN, NT> sink{ap, astride, {}};
+    for (int k = 0; k < NT; ++k) sink.acc[k] = _mm256_setzero_ps();
     for_each_panel(t, row, cols, sink);
-    for (int k = 0; k < nt; ++k) {
+    for (int k = 0; k < NT; ++k) {
         const __m256 v8 = sink.acc[k];
         __m128 s = _mm_add_ps(_mm256_castps256_ps128(v8), _mm256_extractf128_ps(v8, 1));
         s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         s = _mm_add_ss(s, _mm_movehdup_ps(s));
         out[k * ldo] = _mm_cvtss_f32(s);
+    }
+}
+
+template <bool SIGNED, bool MIN>
+static void gemv_impl(WType t, const uint8_t* row, int64_t cols, const uint8_t* ap, int nt, int64_t astride,
+                      float* out, int64_t ldo) {
+    static_assert(kGemvMaxTokens == 4, "one case per token count");
+    switch (nt) {
+        case 1: gemv_nt<SIGNED, MIN, 1>(t, row, cols, ap, astride, out, ldo); break;
+        case 2: gemv_nt<SIGNED, MIN, 2>(t, row, cols, ap, astride, out, ldo); break;
+        case 3: gemv_nt<SIGNED, MIN, 3>(t, row, cols, ap, astride, out, ldo); break;
+        default: gemv_nt<SIGNED, MIN, 4>(t, row, cols, ap, astride, out, ldo); break;
     }
 }
 
