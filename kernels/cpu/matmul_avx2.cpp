@@ -16,8 +16,12 @@ namespace {
 
 constexpr int PG = 8;  // groups (lanes) per panel
 
+// The panel unpackers are instantiated once per sink (store, and a dot for each token count):
+// forced inline so the unpacked vectors never leave registers.
+#define AI_INLINE inline __attribute__((always_inline))
+
 // out_k (128-bit lane i) dword m = in_m (lane i) dword k
-static inline void transpose4_inlane(__m256i& a0, __m256i& a1, __m256i& a2, __m256i& a3) {
+static AI_INLINE void transpose4_inlane(__m256i& a0, __m256i& a1, __m256i& a2, __m256i& a3) {
     const __m256i t0 = _mm256_unpacklo_epi32(a0, a1), t1 = _mm256_unpackhi_epi32(a0, a1);
     const __m256i t2 = _mm256_unpacklo_epi32(a2, a3), t3 = _mm256_unpackhi_epi32(a2, a3);
     a0 = _mm256_unpacklo_epi64(t0, t2);
@@ -27,7 +31,7 @@ static inline void transpose4_inlane(__m256i& a0, __m256i& a1, __m256i& a2, __m2
 }
 
 // G = 32: v[m] = group m (8 dwords). Afterwards lane l of every v[k] belongs to group l.
-static inline void transpose_g32(__m256i v[8]) {
+static AI_INLINE void transpose_g32(__m256i v[8]) {
     transpose4_inlane(v[0], v[1], v[2], v[3]);
     transpose4_inlane(v[4], v[5], v[6], v[7]);
     for (int k = 0; k < 4; ++k) {
@@ -37,12 +41,13 @@ static inline void transpose_g32(__m256i v[8]) {
     }
 }
 // G = 16: v[m] = groups 2m, 2m+1; afterwards lane 4i+m belongs to group 2m+i.
-static inline void transpose_g16(__m256i v[4]) { transpose4_inlane(v[0], v[1], v[2], v[3]); }
+static AI_INLINE void transpose_g16(__m256i v[4]) { transpose4_inlane(v[0], v[1], v[2], v[3]); }
 
-template <int G>
-static inline void store_panel(uint8_t* dst, __m256i* v, __m256 A_nat, __m256 B_nat) {
+// PRE (G = 32 only): v is already in panel order (lane l of every v[k] = group l).
+template <int G, bool PRE = false>
+static AI_INLINE void store_panel(uint8_t* dst, __m256i* v, __m256 A_nat, __m256 B_nat) {
     if (G == 32) {
-        transpose_g32(v);
+        if (!PRE) transpose_g32(v);
     } else {
         transpose_g16(v);
         const __m256i perm = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
@@ -54,10 +59,10 @@ static inline void store_panel(uint8_t* dst, __m256i* v, __m256 A_nat, __m256 B_
     _mm256_store_ps((float*)(dst + PG * G + 32), B_nat);
 }
 
-static inline float half(const uint8_t* p) { return _cvtsh_ss(load_u16(p)); }
+static AI_INLINE float half(const uint8_t* p) { return _cvtsh_ss(load_u16(p)); }
 
 // fp16 words at p + j*stride, j = 0..7 -> 8 floats.
-static inline __m256 load_f16x8(const uint8_t* p, int stride) {
+static AI_INLINE __m256 load_f16x8(const uint8_t* p, int stride) {
     uint64_t w[2];
     for (int i = 0; i < 2; ++i) {
         const uint8_t* q = p + 4 * i * stride;
@@ -68,48 +73,83 @@ static inline __m256 load_f16x8(const uint8_t* p, int stride) {
 }
 
 // 16 nibble bytes -> [x & 15 | x >> 4] (elements 0..15, 16..31 of a 32-block).
-static inline __m256i nibbles_16(const uint8_t* p) {
+static AI_INLINE __m256i nibbles_16(const uint8_t* p) {
     const __m128i x = _mm_loadu_si128((const __m128i*)p);
     const __m256i t = _mm256_inserti128_si256(_mm256_castsi128_si256(x), _mm_srli_epi16(x, 4), 1);
     return _mm256_and_si256(t, _mm256_set1_epi8(15));
 }
 
-// The 32 bits of Q5_0's qh as 32 bytes: 16 where the bit is set, else 0.
-static inline __m256i q5_high_bits(uint32_t qh) {
-    const __m256i shuf = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,  //
-                                          2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
-    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
-    const __m256i x = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh), shuf);  // byte j <- byte j/8 of qh
-    const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(x, bit), bit);
-    return _mm256_and_si256(set, _mm256_set1_epi8(16));
-}
-
 // ---- weights -------------------------------------------------------------------------
 // kIQ4Values (signed: see the top of the file) in both 128-bit lanes, for vpshufb by a nibble.
-static inline __m256i iq4_levels_s8() {
+static AI_INLINE __m256i iq4_levels_s8() {
     return _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)kIQ4Values));
 }
 
+// The 16 packed nibble bytes (at offset O) of 8 blocks m = 0..7, transposed *before* unpacking:
+// P[k] lane l = packed dword k of block l, i.e. the bytes of elements 4k..4k+3 (low nibbles)
+// and 16+4k..16+4k+3 (high nibbles). So dword k and dword 4+k of the unpacked groups are
+// P[k] & 15 and P[k] >> 4 & 15: 4 inserts + 8 shuffles instead of unpacking 8 groups and
+// then transposing 8 x 8 dwords (24 shuffles).
+template <int BB, int O>
+static AI_INLINE void nibbles_transposed(const uint8_t* blk, __m256i v[8]) {
+    __m256i P[4];
+    for (int m = 0; m < 4; ++m)  // lane 0: block m, lane 1: block m + 4
+        P[m] = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i*)(blk + m * BB + O))),
+                                       _mm_loadu_si128((const __m128i*)(blk + (m + 4) * BB + O)), 1);
+    transpose4_inlane(P[0], P[1], P[2], P[3]);  // P[k] dword 4i+m = packed dword k of block m + 4i
+    const __m256i lo4 = _mm256_set1_epi8(15);
+    for (int k = 0; k < 4; ++k) {
+        v[k] = _mm256_and_si256(P[k], lo4);
+        v[4 + k] = _mm256_and_si256(_mm256_srli_epi16(P[k], 4), lo4);
+    }
+}
+
+// Q5_0 / Q5_1 high bits in the transposed layout: qh (32 bits at offset O) of block l in lane l;
+// byte b of dword k is element 4k+b, so v[k] |= 16 where bit 4k+b of qh is set.
+template <int BB, int O>
+static AI_INLINE void q5_high_transposed(const uint8_t* blk, __m256i v[8]) {
+    const __m256i qh = _mm256_setr_epi32((int)load_u32(blk + O), (int)load_u32(blk + BB + O),
+                                         (int)load_u32(blk + 2 * BB + O), (int)load_u32(blk + 3 * BB + O),
+                                         (int)load_u32(blk + 4 * BB + O), (int)load_u32(blk + 5 * BB + O),
+                                         (int)load_u32(blk + 6 * BB + O), (int)load_u32(blk + 7 * BB + O));
+    const __m256i sixteen = _mm256_set1_epi8(16);
+    const __m256i bit_lo = _mm256_set1_epi32(0x08040201), bit_hi = _mm256_set1_epi32((int)0x80402010u);
+    for (int k = 0; k < 8; ++k) {
+        // bits 4k..4k+3 lie in byte k/2 of qh (low nibble for even k): copy it to the dword's 4 bytes
+        const char c = (char)(k / 2);
+        const __m256i rep = _mm256_setr_epi8(c, c, c, c, c + 4, c + 4, c + 4, c + 4, c + 8, c + 8, c + 8, c + 8, c + 12,
+                                             c + 12, c + 12, c + 12, c, c, c, c, c + 4, c + 4, c + 4, c + 4, c + 8, c + 8,
+                                             c + 8, c + 8, c + 12, c + 12, c + 12, c + 12);
+        const __m256i bit = (k & 1) ? bit_hi : bit_lo;
+        const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(qh, rep), bit), bit);
+        v[k] = _mm256_or_si256(v[k], _mm256_and_si256(set, sixteen));
+    }
+}
+
 template <int T_, class Sink>
-static inline void pack_panel_32(const uint8_t* blk, Sink& sink) {
+static AI_INLINE void pack_panel_32(const uint8_t* blk, Sink& sink) {
     constexpr WType t = (WType)T_;
     constexpr int BB = wtype_block_bytes(t);
     __m256i v[8];
-    for (int m = 0; m < 8; ++m) {
-        const uint8_t* b = blk + m * BB;
-        if (t == WType::Q4_0) {
-            v[m] = nibbles_16(b + 2);
-        } else if (t == WType::Q4_1) {
-            v[m] = nibbles_16(b + 4);
-        } else if (t == WType::Q5_0) {
-            v[m] = _mm256_or_si256(nibbles_16(b + 6), q5_high_bits(load_u32(b + 2)));
-        } else if (t == WType::Q5_1) {
-            v[m] = _mm256_or_si256(nibbles_16(b + 8), q5_high_bits(load_u32(b + 4)));
-        } else if (t == WType::IQ4_NL) {
-            v[m] = _mm256_shuffle_epi8(iq4_levels_s8(), nibbles_16(b + 2));  // signed level, E = 0
-        } else {
-            v[m] = _mm256_loadu_si256((const __m256i*)(b + 2));  // signed int8, see top of file
-        }
+    bool transposed = true;  // v already in panel order (lane l = group l)
+    if (t == WType::Q4_0) {
+        nibbles_transposed<BB, 2>(blk, v);
+    } else if (t == WType::Q4_1) {
+        nibbles_transposed<BB, 4>(blk, v);
+    } else if (t == WType::Q5_0) {
+        nibbles_transposed<BB, 6>(blk, v);
+        q5_high_transposed<BB, 2>(blk, v);
+    } else if (t == WType::Q5_1) {
+        nibbles_transposed<BB, 8>(blk, v);
+        q5_high_transposed<BB, 4>(blk, v);
+    } else if (t == WType::IQ4_NL) {
+        nibbles_transposed<BB, 2>(blk, v);
+        const __m256i lut = iq4_levels_s8();
+        for (int k = 0; k < 8; ++k) v[k] = _mm256_shuffle_epi8(lut, v[k]);  // signed level, E = 0
+    } else {
+        transposed = false;
+        for (int m = 0; m < 8; ++m)
+            v[m] = _mm256_loadu_si256((const __m256i*)(blk + m * BB + 2));  // signed int8, see top of file
     }
     const __m256 D = load_f16x8(blk, BB);
     __m256 E;
@@ -124,12 +164,15 @@ static inline void pack_panel_32(const uint8_t* blk, Sink& sink) {
     } else {  // Q8_0, IQ4_NL: signed
         E = _mm256_setzero_ps();
     }
-    sink.template put<32>(v, D, E);
+    if (transposed)
+        sink.template put<32, true>(v, D, E);
+    else
+        sink.template put<32>(v, D, E);
 }
 
 // Q5_K: one panel = one super-block; Q4_K's nibbles (at blk + 48) plus bit 2c / 2c+1 of qh[l].
 template <class Sink>
-static inline void pack_panel_q5k(const uint8_t* blk, Sink& sink) {
+static AI_INLINE void pack_panel_q5k(const uint8_t* blk, Sink& sink) {
     const __m256i lo4 = _mm256_set1_epi8(15), one = _mm256_set1_epi8(1);
     const __m256i qh = _mm256_loadu_si256((const __m256i*)(blk + 16));
     __m256i v[8];
@@ -154,7 +197,7 @@ static inline void pack_panel_q5k(const uint8_t* blk, Sink& sink) {
 // Q2_K / Q3_K: one panel = half a super-block (values 128c .. 128c+127, 8 groups of 16);
 // v[j] = groups 2j, 2j+1 = bit pair j of qs[32c ..] (+ Q3_K: bit 4c+j of hmask as the value 4).
 template <bool THREE, class Sink>
-static inline void pack_panel_q23k(const uint8_t* blk, int c, Sink& sink) {
+static AI_INLINE void pack_panel_q23k(const uint8_t* blk, int c, Sink& sink) {
     const __m256i three = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
     const __m256i x = _mm256_loadu_si256((const __m256i*)(blk + (THREE ? 32 : 16) + 32 * c));
     const __m256i hm = THREE ? _mm256_loadu_si256((const __m256i*)blk) : _mm256_setzero_si256();
@@ -184,7 +227,7 @@ static inline void pack_panel_q23k(const uint8_t* blk, int c, Sink& sink) {
 
 // IQ4_XS: one panel = one super-block (8 groups of 32, group j's nibbles at qs[16j ..]); signed, E = 0.
 template <class Sink>
-static inline void pack_panel_iq4xs(const uint8_t* blk, Sink& sink) {
+static AI_INLINE void pack_panel_iq4xs(const uint8_t* blk, Sink& sink) {
     const __m256i lut = iq4_levels_s8();
     __m256i v[8];
     for (int j = 0; j < 8; ++j) v[j] = _mm256_shuffle_epi8(lut, nibbles_16(blk + 8 + 16 * j));
@@ -199,7 +242,7 @@ static inline void pack_panel_iq4xs(const uint8_t* blk, Sink& sink) {
 
 // Q4_K: one panel = one super-block (8 groups of 32).
 template <class Sink>
-static inline void pack_panel_q4k(const uint8_t* blk, Sink& sink) {
+static AI_INLINE void pack_panel_q4k(const uint8_t* blk, Sink& sink) {
     const __m256i lo4 = _mm256_set1_epi8(15);
     __m256i v[8];
     for (int c = 0; c < 4; ++c) {
@@ -219,7 +262,7 @@ static inline void pack_panel_q4k(const uint8_t* blk, Sink& sink) {
 
 // Q6_K: one panel = half a super-block (8 groups of 16).
 template <class Sink>
-static inline void pack_panel_q6k(const uint8_t* blk, int h, Sink& sink) {
+static AI_INLINE void pack_panel_q6k(const uint8_t* blk, int h, Sink& sink) {
     const block_q6_K* b = (const block_q6_K*)blk;
     const __m256i lo4 = _mm256_set1_epi8(15), lo2 = _mm256_set1_epi8(3);
     const __m256i qa = _mm256_loadu_si256((const __m256i*)(b->ql + 64 * h));
@@ -240,7 +283,7 @@ static inline void pack_panel_q6k(const uint8_t* blk, int h, Sink& sink) {
 
 // Walk one GGUF row panel by panel, handing each unpacked panel to sink.put<G>().
 template <class Sink>
-static inline void for_each_panel(WType t, const uint8_t* row, int64_t cols, Sink& sink) {
+static AI_INLINE void for_each_panel(WType t, const uint8_t* row, int64_t cols, Sink& sink) {
     const WTypeInfo& ti = wtype_info(t);
     const int64_t nb = cols / ti.block_elems;
     const int BB = ti.block_bytes;
@@ -297,9 +340,9 @@ static inline void for_each_panel(WType t, const uint8_t* row, int64_t cols, Sin
 // Sink that stores panels (the matmul's packed weight rows).
 struct StoreSink {
     uint8_t* dst;
-    template <int G>
-    void put(__m256i* v, __m256 A, __m256 B) {
-        store_panel<G>(dst, v, A, B);
+    template <int G, bool PRE = false>
+    AI_INLINE void put(__m256i* v, __m256 A, __m256 B) {
+        store_panel<G, PRE>(dst, v, A, B);
         dst += PG * (G + 8);
     }
 };
@@ -497,12 +540,12 @@ struct DotSink {
     const uint8_t* a;  // current panel of token 0
     int64_t astride;
     __m256 acc[NT];  // NT = 1..kGemvMaxTokens tokens, fixed at compile time: no spills for few tokens
-    template <int G>
-    void put(__m256i* v, __m256 D, __m256 E) {
+    template <int G, bool PRE = false>
+    AI_INLINE void put(__m256i* v, __m256 D, __m256 E) {
         constexpr int64_t PB = PG * (G + 8);
         const __m256i ones = _mm256_set1_epi16(1);
         if (G == 32) {
-            transpose_g32(v);
+            if (!PRE) transpose_g32(v);
         } else {
             transpose_g16(v);
             const __m256i perm = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
