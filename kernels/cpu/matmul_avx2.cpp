@@ -72,13 +72,6 @@ static AI_INLINE __m256 load_f16x8(const uint8_t* p, int stride) {
     return _mm256_cvtph_ps(_mm_set_epi64x((long long)w[1], (long long)w[0]));
 }
 
-// 16 nibble bytes -> [x & 15 | x >> 4] (elements 0..15, 16..31 of a 32-block).
-static AI_INLINE __m256i nibbles_16(const uint8_t* p) {
-    const __m128i x = _mm_loadu_si128((const __m128i*)p);
-    const __m256i t = _mm256_inserti128_si256(_mm256_castsi128_si256(x), _mm_srli_epi16(x, 4), 1);
-    return _mm256_and_si256(t, _mm256_set1_epi8(15));
-}
-
 // ---- weights -------------------------------------------------------------------------
 // kIQ4Values (signed: see the top of the file) in both 128-bit lanes, for vpshufb by a nibble.
 static AI_INLINE __m256i iq4_levels_s8() {
@@ -131,7 +124,6 @@ static AI_INLINE void pack_panel_32(const uint8_t* blk, Sink& sink) {
     constexpr WType t = (WType)T_;
     constexpr int BB = wtype_block_bytes(t);
     __m256i v[8];
-    bool transposed = true;  // v already in panel order (lane l = group l)
     if (t == WType::Q4_0) {
         nibbles_transposed<BB, 2>(blk, v);
     } else if (t == WType::Q4_1) {
@@ -147,9 +139,17 @@ static AI_INLINE void pack_panel_32(const uint8_t* blk, Sink& sink) {
         const __m256i lut = iq4_levels_s8();
         for (int k = 0; k < 8; ++k) v[k] = _mm256_shuffle_epi8(lut, v[k]);  // signed level, E = 0
     } else {
-        transposed = false;
-        for (int m = 0; m < 8; ++m)
-            v[m] = _mm256_loadu_si256((const __m256i*)(blk + m * BB + 2));  // signed int8, see top of file
+        // Q8_0: signed int8 (see top of file). Each 128-bit half of a group goes into one lane,
+        // group m next to group m + 4, so the 4 x 4 in-lane transposes finish the job without
+        // the 8 lane-crossing permutes of transpose_g32.
+        for (int h = 0; h < 2; ++h) {
+            __m256i* z = v + 4 * h;  // z[k] -> dword 4h + k of every group
+            for (int m = 0; m < 4; ++m)
+                z[m] = _mm256_inserti128_si256(
+                    _mm256_castsi128_si256(_mm_loadu_si128((const __m128i*)(blk + m * BB + 2 + 16 * h))),
+                    _mm_loadu_si128((const __m128i*)(blk + (m + 4) * BB + 2 + 16 * h)), 1);
+            transpose4_inlane(z[0], z[1], z[2], z[3]);  // z[k] dword 4i+m = dword 4h+k of group m + 4i
+        }
     }
     const __m256 D = load_f16x8(blk, BB);
     __m256 E;
@@ -164,10 +164,7 @@ static AI_INLINE void pack_panel_32(const uint8_t* blk, Sink& sink) {
     } else {  // Q8_0, IQ4_NL: signed
         E = _mm256_setzero_ps();
     }
-    if (transposed)
-        sink.template put<32, true>(v, D, E);
-    else
-        sink.template put<32>(v, D, E);
+    sink.template put<32, true>(v, D, E);  // v already in panel order (lane l = group l)
 }
 
 // Q5_K: one panel = one super-block; Q4_K's nibbles (at blk + 48) plus bit 2c / 2c+1 of qh[l].
@@ -230,14 +227,15 @@ template <class Sink>
 static AI_INLINE void pack_panel_iq4xs(const uint8_t* blk, Sink& sink) {
     const __m256i lut = iq4_levels_s8();
     __m256i v[8];
-    for (int j = 0; j < 8; ++j) v[j] = _mm256_shuffle_epi8(lut, nibbles_16(blk + 8 + 16 * j));
+    nibbles_transposed<16, 8>(blk, v);  // group j's 16 nibble bytes at qs[16 j]
+    for (int k = 0; k < 8; ++k) v[k] = _mm256_shuffle_epi8(lut, v[k]);
     int8_t sc[8];
     iq4xs_scales(blk, sc);
     int64_t w;
     std::memcpy(&w, sc, 8);
     const __m256 D = _mm256_mul_ps(_mm256_set1_ps(half(blk)),
                                    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128((long long)w))));
-    sink.template put<32>(v, D, _mm256_setzero_ps());
+    sink.template put<32, true>(v, D, _mm256_setzero_ps());
 }
 
 // Q4_K: one panel = one super-block (8 groups of 32).
