@@ -170,15 +170,27 @@ static AI_INLINE void pack_panel_32(const uint8_t* blk, Sink& sink) {
 // Q5_K: one panel = one super-block; Q4_K's nibbles (at blk + 48) plus bit 2c / 2c+1 of qh[l].
 template <class Sink>
 static AI_INLINE void pack_panel_q5k(const uint8_t* blk, Sink& sink) {
+    // Same half-lane pairing as Q4_K below; group g's high bit is bit g of qh (both lanes hold
+    // the same qh bytes, shifted by g = m in lane 0 and g = m + 4 in lane 1).
     const __m256i lo4 = _mm256_set1_epi8(15), one = _mm256_set1_epi8(1);
-    const __m256i qh = _mm256_loadu_si256((const __m256i*)(blk + 16));
+    const uint8_t* qs = blk + 48;
     __m256i v[8];
-    for (int c = 0; c < 4; ++c) {
-        const __m256i x = _mm256_loadu_si256((const __m256i*)(blk + 48 + 32 * c));
-        const __m256i h0 = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c)), one);
-        const __m256i h1 = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c + 1)), one);
-        v[2 * c] = _mm256_or_si256(_mm256_and_si256(x, lo4), _mm256_slli_epi16(h0, 4));
-        v[2 * c + 1] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(x, 4), lo4), _mm256_slli_epi16(h1, 4));
+    for (int h = 0; h < 2; ++h) {
+        const __m256i qh = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)(blk + 16 + 16 * h)));
+        __m256i* z = v + 4 * h;  // z[k] -> dword 4h + k of every group
+        for (int c = 0; c < 2; ++c) {
+            const __m256i x = _mm256_inserti128_si256(
+                _mm256_castsi128_si256(_mm_loadu_si128((const __m128i*)(qs + 32 * c + 16 * h))),
+                _mm_loadu_si128((const __m128i*)(qs + 32 * (c + 2) + 16 * h)), 1);
+            for (int s = 0; s < 2; ++s) {
+                const int m = 2 * c + s;
+                const __m256i cnt = _mm256_setr_epi32(m, m, m, m, m + 4, m + 4, m + 4, m + 4);
+                const __m256i hb = _mm256_and_si256(_mm256_srlv_epi32(qh, cnt), one);
+                const __m256i lo = _mm256_and_si256(s ? _mm256_srli_epi16(x, 4) : x, lo4);
+                z[m] = _mm256_or_si256(lo, _mm256_slli_epi16(hb, 4));
+            }
+        }
+        transpose4_inlane(z[0], z[1], z[2], z[3]);
     }
     uint8_t sc[8], m[8];
     q4k_scales_mins(blk + 4, sc, m);
@@ -187,8 +199,8 @@ static AI_INLINE void pack_panel_q5k(const uint8_t* blk, Sink& sink) {
     std::memcpy(&mw, m, 8);
     const __m256 scf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)scw)));
     const __m256 mnf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)mw)));
-    sink.template put<32>(v, _mm256_mul_ps(_mm256_set1_ps(half(blk)), scf),
-                          _mm256_mul_ps(_mm256_set1_ps(half(blk + 2)), mnf));
+    sink.template put<32, true>(v, _mm256_mul_ps(_mm256_set1_ps(half(blk)), scf),
+                                _mm256_mul_ps(_mm256_set1_ps(half(blk + 2)), mnf));
 }
 
 // Q2_K / Q3_K: one panel = half a super-block (values 128c .. 128c+127, 8 groups of 16);
@@ -241,12 +253,23 @@ static AI_INLINE void pack_panel_iq4xs(const uint8_t* blk, Sink& sink) {
 // Q4_K: one panel = one super-block (8 groups of 32).
 template <class Sink>
 static AI_INLINE void pack_panel_q4k(const uint8_t* blk, Sink& sink) {
+    // Group 2c+s = nibble s of the 32 bytes x_c at qs[32 c]. Per half h (bytes 16h..16h+15 ->
+    // dwords 4h..4h+3 of a group) pair x_c with x_{c+2} in the two 128-bit lanes: then z[m] holds
+    // group m in lane 0 and group m + 4 in lane 1, and the in-lane 4 x 4 transposes put every
+    // group in its own dword lane (no lane-crossing permutes).
     const __m256i lo4 = _mm256_set1_epi8(15);
+    const uint8_t* qs = blk + 16;
     __m256i v[8];
-    for (int c = 0; c < 4; ++c) {
-        const __m256i x = _mm256_loadu_si256((const __m256i*)(blk + 16 + 32 * c));
-        v[2 * c] = _mm256_and_si256(x, lo4);
-        v[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(x, 4), lo4);
+    for (int h = 0; h < 2; ++h) {
+        __m256i* z = v + 4 * h;  // z[k] -> dword 4h + k of every group
+        for (int c = 0; c < 2; ++c) {
+            const __m256i x = _mm256_inserti128_si256(
+                _mm256_castsi128_si256(_mm_loadu_si128((const __m128i*)(qs + 32 * c + 16 * h))),
+                _mm_loadu_si128((const __m128i*)(qs + 32 * (c + 2) + 16 * h)), 1);
+            z[2 * c] = _mm256_and_si256(x, lo4);
+            z[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(x, 4), lo4);
+        }
+        transpose4_inlane(z[0], z[1], z[2], z[3]);
     }
     const uint32_t w0 = load_u32(blk + 4), w1 = load_u32(blk + 8), w2 = load_u32(blk + 12);
     const uint32_t lo6 = 0x3f3f3f3fu, l4 = 0x0f0f0f0fu, lo2 = 0x03030303u;
@@ -254,8 +277,8 @@ static AI_INLINE void pack_panel_q4k(const uint8_t* blk, Sink& sink) {
     const uint64_t mn = (uint64_t)(w1 & lo6) | (uint64_t)(((w2 >> 4) & l4) | (((w1 >> 6) & lo2) << 4)) << 32;
     const __m256 scf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)sc)));
     const __m256 mnf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)mn)));
-    sink.template put<32>(v, _mm256_mul_ps(_mm256_set1_ps(half(blk)), scf),
-                          _mm256_mul_ps(_mm256_set1_ps(half(blk + 2)), mnf));
+    sink.template put<32, true>(v, _mm256_mul_ps(_mm256_set1_ps(half(blk)), scf),
+                                _mm256_mul_ps(_mm256_set1_ps(half(blk + 2)), mnf));
 }
 
 // Q6_K: one panel = half a super-block (8 groups of 16).
