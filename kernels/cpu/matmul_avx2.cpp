@@ -16,8 +16,12 @@ namespace {
 
 constexpr int PG = 8;  // groups (lanes) per panel
 
+// The panel unpackers are instantiated once per sink (store, and a dot for each token count):
+// forced inline so the unpacked vectors never leave registers.
+#define AI_INLINE inline __attribute__((always_inline))
+
 // out_k (128-bit lane i) dword m = in_m (lane i) dword k
-static inline void transpose4_inlane(__m256i& a0, __m256i& a1, __m256i& a2, __m256i& a3) {
+static AI_INLINE void transpose4_inlane(__m256i& a0, __m256i& a1, __m256i& a2, __m256i& a3) {
     const __m256i t0 = _mm256_unpacklo_epi32(a0, a1), t1 = _mm256_unpackhi_epi32(a0, a1);
     const __m256i t2 = _mm256_unpacklo_epi32(a2, a3), t3 = _mm256_unpackhi_epi32(a2, a3);
     a0 = _mm256_unpacklo_epi64(t0, t2);
@@ -27,7 +31,7 @@ static inline void transpose4_inlane(__m256i& a0, __m256i& a1, __m256i& a2, __m2
 }
 
 // G = 32: v[m] = group m (8 dwords). Afterwards lane l of every v[k] belongs to group l.
-static inline void transpose_g32(__m256i v[8]) {
+static AI_INLINE void transpose_g32(__m256i v[8]) {
     transpose4_inlane(v[0], v[1], v[2], v[3]);
     transpose4_inlane(v[4], v[5], v[6], v[7]);
     for (int k = 0; k < 4; ++k) {
@@ -37,12 +41,13 @@ static inline void transpose_g32(__m256i v[8]) {
     }
 }
 // G = 16: v[m] = groups 2m, 2m+1; afterwards lane 4i+m belongs to group 2m+i.
-static inline void transpose_g16(__m256i v[4]) { transpose4_inlane(v[0], v[1], v[2], v[3]); }
+static AI_INLINE void transpose_g16(__m256i v[4]) { transpose4_inlane(v[0], v[1], v[2], v[3]); }
 
-template <int G>
-static inline void store_panel(uint8_t* dst, __m256i* v, __m256 A_nat, __m256 B_nat) {
+// PRE (G = 32 only): v is already in panel order (lane l of every v[k] = group l).
+template <int G, bool PRE = false>
+static AI_INLINE void store_panel(uint8_t* dst, __m256i* v, __m256 A_nat, __m256 B_nat) {
     if (G == 32) {
-        transpose_g32(v);
+        if (!PRE) transpose_g32(v);
     } else {
         transpose_g16(v);
         const __m256i perm = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
@@ -54,10 +59,10 @@ static inline void store_panel(uint8_t* dst, __m256i* v, __m256 A_nat, __m256 B_
     _mm256_store_ps((float*)(dst + PG * G + 32), B_nat);
 }
 
-static inline float half(const uint8_t* p) { return _cvtsh_ss(load_u16(p)); }
+static AI_INLINE float half(const uint8_t* p) { return _cvtsh_ss(load_u16(p)); }
 
 // fp16 words at p + j*stride, j = 0..7 -> 8 floats.
-static inline __m256 load_f16x8(const uint8_t* p, int stride) {
+static AI_INLINE __m256 load_f16x8(const uint8_t* p, int stride) {
     uint64_t w[2];
     for (int i = 0; i < 2; ++i) {
         const uint8_t* q = p + 4 * i * stride;
@@ -67,48 +72,83 @@ static inline __m256 load_f16x8(const uint8_t* p, int stride) {
     return _mm256_cvtph_ps(_mm_set_epi64x((long long)w[1], (long long)w[0]));
 }
 
-// 16 nibble bytes -> [x & 15 | x >> 4] (elements 0..15, 16..31 of a 32-block).
-static inline __m256i nibbles_16(const uint8_t* p) {
-    const __m128i x = _mm_loadu_si128((const __m128i*)p);
-    const __m256i t = _mm256_inserti128_si256(_mm256_castsi128_si256(x), _mm_srli_epi16(x, 4), 1);
-    return _mm256_and_si256(t, _mm256_set1_epi8(15));
-}
-
-// The 32 bits of Q5_0's qh as 32 bytes: 16 where the bit is set, else 0.
-static inline __m256i q5_high_bits(uint32_t qh) {
-    const __m256i shuf = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,  //
-                                          2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
-    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
-    const __m256i x = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh), shuf);  // byte j <- byte j/8 of qh
-    const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(x, bit), bit);
-    return _mm256_and_si256(set, _mm256_set1_epi8(16));
-}
-
 // ---- weights -------------------------------------------------------------------------
 // kIQ4Values (signed: see the top of the file) in both 128-bit lanes, for vpshufb by a nibble.
-static inline __m256i iq4_levels_s8() {
+static AI_INLINE __m256i iq4_levels_s8() {
     return _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)kIQ4Values));
 }
 
-template <int T_>
-static inline void pack_panel_32(const uint8_t* blk, uint8_t* dst) {
+// The 16 packed nibble bytes (at offset O) of 8 blocks m = 0..7, transposed *before* unpacking:
+// P[k] lane l = packed dword k of block l, i.e. the bytes of elements 4k..4k+3 (low nibbles)
+// and 16+4k..16+4k+3 (high nibbles). So dword k and dword 4+k of the unpacked groups are
+// P[k] & 15 and P[k] >> 4 & 15: 4 inserts + 8 shuffles instead of unpacking 8 groups and
+// then transposing 8 x 8 dwords (24 shuffles).
+template <int BB, int O>
+static AI_INLINE void nibbles_transposed(const uint8_t* blk, __m256i v[8]) {
+    __m256i P[4];
+    for (int m = 0; m < 4; ++m)  // lane 0: block m, lane 1: block m + 4
+        P[m] = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i*)(blk + m * BB + O))),
+                                       _mm_loadu_si128((const __m128i*)(blk + (m + 4) * BB + O)), 1);
+    transpose4_inlane(P[0], P[1], P[2], P[3]);  // P[k] dword 4i+m = packed dword k of block m + 4i
+    const __m256i lo4 = _mm256_set1_epi8(15);
+    for (int k = 0; k < 4; ++k) {
+        v[k] = _mm256_and_si256(P[k], lo4);
+        v[4 + k] = _mm256_and_si256(_mm256_srli_epi16(P[k], 4), lo4);
+    }
+}
+
+// Q5_0 / Q5_1 high bits in the transposed layout: qh (32 bits at offset O) of block l in lane l;
+// byte b of dword k is element 4k+b, so v[k] |= 16 where bit 4k+b of qh is set.
+template <int BB, int O>
+static AI_INLINE void q5_high_transposed(const uint8_t* blk, __m256i v[8]) {
+    const __m256i qh = _mm256_setr_epi32((int)load_u32(blk + O), (int)load_u32(blk + BB + O),
+                                         (int)load_u32(blk + 2 * BB + O), (int)load_u32(blk + 3 * BB + O),
+                                         (int)load_u32(blk + 4 * BB + O), (int)load_u32(blk + 5 * BB + O),
+                                         (int)load_u32(blk + 6 * BB + O), (int)load_u32(blk + 7 * BB + O));
+    const __m256i sixteen = _mm256_set1_epi8(16);
+    const __m256i bit_lo = _mm256_set1_epi32(0x08040201), bit_hi = _mm256_set1_epi32((int)0x80402010u);
+    for (int k = 0; k < 8; ++k) {
+        // bits 4k..4k+3 lie in byte k/2 of qh (low nibble for even k): copy it to the dword's 4 bytes
+        const char c = (char)(k / 2);
+        const __m256i rep = _mm256_setr_epi8(c, c, c, c, c + 4, c + 4, c + 4, c + 4, c + 8, c + 8, c + 8, c + 8, c + 12,
+                                             c + 12, c + 12, c + 12, c, c, c, c, c + 4, c + 4, c + 4, c + 4, c + 8, c + 8,
+                                             c + 8, c + 8, c + 12, c + 12, c + 12, c + 12);
+        const __m256i bit = (k & 1) ? bit_hi : bit_lo;
+        const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(qh, rep), bit), bit);
+        v[k] = _mm256_or_si256(v[k], _mm256_and_si256(set, sixteen));
+    }
+}
+
+template <int T_, class Sink>
+static AI_INLINE void pack_panel_32(const uint8_t* blk, Sink& sink) {
     constexpr WType t = (WType)T_;
     constexpr int BB = wtype_block_bytes(t);
     __m256i v[8];
-    for (int m = 0; m < 8; ++m) {
-        const uint8_t* b = blk + m * BB;
-        if (t == WType::Q4_0) {
-            v[m] = nibbles_16(b + 2);
-        } else if (t == WType::Q4_1) {
-            v[m] = nibbles_16(b + 4);
-        } else if (t == WType::Q5_0) {
-            v[m] = _mm256_or_si256(nibbles_16(b + 6), q5_high_bits(load_u32(b + 2)));
-        } else if (t == WType::Q5_1) {
-            v[m] = _mm256_or_si256(nibbles_16(b + 8), q5_high_bits(load_u32(b + 4)));
-        } else if (t == WType::IQ4_NL) {
-            v[m] = _mm256_shuffle_epi8(iq4_levels_s8(), nibbles_16(b + 2));  // signed level, E = 0
-        } else {
-            v[m] = _mm256_loadu_si256((const __m256i*)(b + 2));  // signed int8, see top of file
+    if (t == WType::Q4_0) {
+        nibbles_transposed<BB, 2>(blk, v);
+    } else if (t == WType::Q4_1) {
+        nibbles_transposed<BB, 4>(blk, v);
+    } else if (t == WType::Q5_0) {
+        nibbles_transposed<BB, 6>(blk, v);
+        q5_high_transposed<BB, 2>(blk, v);
+    } else if (t == WType::Q5_1) {
+        nibbles_transposed<BB, 8>(blk, v);
+        q5_high_transposed<BB, 4>(blk, v);
+    } else if (t == WType::IQ4_NL) {
+        nibbles_transposed<BB, 2>(blk, v);
+        const __m256i lut = iq4_levels_s8();
+        for (int k = 0; k < 8; ++k) v[k] = _mm256_shuffle_epi8(lut, v[k]);  // signed level, E = 0
+    } else {
+        // Q8_0: signed int8 (see top of file). Each 128-bit half of a group goes into one lane,
+        // group m next to group m + 4, so the 4 x 4 in-lane transposes finish the job without
+        // the 8 lane-crossing permutes of transpose_g32.
+        for (int h = 0; h < 2; ++h) {
+            __m256i* z = v + 4 * h;  // z[k] -> dword 4h + k of every group
+            for (int m = 0; m < 4; ++m)
+                z[m] = _mm256_inserti128_si256(
+                    _mm256_castsi128_si256(_mm_loadu_si128((const __m128i*)(blk + m * BB + 2 + 16 * h))),
+                    _mm_loadu_si128((const __m128i*)(blk + (m + 4) * BB + 2 + 16 * h)), 1);
+            transpose4_inlane(z[0], z[1], z[2], z[3]);  // z[k] dword 4i+m = dword 4h+k of group m + 4i
         }
     }
     const __m256 D = load_f16x8(blk, BB);
@@ -124,20 +164,33 @@ static inline void pack_panel_32(const uint8_t* blk, uint8_t* dst) {
     } else {  // Q8_0, IQ4_NL: signed
         E = _mm256_setzero_ps();
     }
-    store_panel<32>(dst, v, D, E);
+    sink.template put<32, true>(v, D, E);  // v already in panel order (lane l = group l)
 }
 
 // Q5_K: one panel = one super-block; Q4_K's nibbles (at blk + 48) plus bit 2c / 2c+1 of qh[l].
-static inline void pack_panel_q5k(const uint8_t* blk, uint8_t* dst) {
+template <class Sink>
+static AI_INLINE void pack_panel_q5k(const uint8_t* blk, Sink& sink) {
+    // Same half-lane pairing as Q4_K below; group g's high bit is bit g of qh (both lanes hold
+    // the same qh bytes, shifted by g = m in lane 0 and g = m + 4 in lane 1).
     const __m256i lo4 = _mm256_set1_epi8(15), one = _mm256_set1_epi8(1);
-    const __m256i qh = _mm256_loadu_si256((const __m256i*)(blk + 16));
+    const uint8_t* qs = blk + 48;
     __m256i v[8];
-    for (int c = 0; c < 4; ++c) {
-        const __m256i x = _mm256_loadu_si256((const __m256i*)(blk + 48 + 32 * c));
-        const __m256i h0 = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c)), one);
-        const __m256i h1 = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c + 1)), one);
-        v[2 * c] = _mm256_or_si256(_mm256_and_si256(x, lo4), _mm256_slli_epi16(h0, 4));
-        v[2 * c + 1] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(x, 4), lo4), _mm256_slli_epi16(h1, 4));
+    for (int h = 0; h < 2; ++h) {
+        const __m256i qh = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)(blk + 16 + 16 * h)));
+        __m256i* z = v + 4 * h;  // z[k] -> dword 4h + k of every group
+        for (int c = 0; c < 2; ++c) {
+            const __m256i x = _mm256_inserti128_si256(
+                _mm256_castsi128_si256(_mm_loadu_si128((const __m128i*)(qs + 32 * c + 16 * h))),
+                _mm_loadu_si128((const __m128i*)(qs + 32 * (c + 2) + 16 * h)), 1);
+            for (int s = 0; s < 2; ++s) {
+                const int m = 2 * c + s;
+                const __m256i cnt = _mm256_setr_epi32(m, m, m, m, m + 4, m + 4, m + 4, m + 4);
+                const __m256i hb = _mm256_and_si256(_mm256_srlv_epi32(qh, cnt), one);
+                const __m256i lo = _mm256_and_si256(s ? _mm256_srli_epi16(x, 4) : x, lo4);
+                z[m] = _mm256_or_si256(lo, _mm256_slli_epi16(hb, 4));
+            }
+        }
+        transpose4_inlane(z[0], z[1], z[2], z[3]);
     }
     uint8_t sc[8], m[8];
     q4k_scales_mins(blk + 4, sc, m);
@@ -146,14 +199,14 @@ static inline void pack_panel_q5k(const uint8_t* blk, uint8_t* dst) {
     std::memcpy(&mw, m, 8);
     const __m256 scf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)scw)));
     const __m256 mnf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)mw)));
-    store_panel<32>(dst, v, _mm256_mul_ps(_mm256_set1_ps(half(blk)), scf),
-                    _mm256_mul_ps(_mm256_set1_ps(half(blk + 2)), mnf));
+    sink.template put<32, true>(v, _mm256_mul_ps(_mm256_set1_ps(half(blk)), scf),
+                                _mm256_mul_ps(_mm256_set1_ps(half(blk + 2)), mnf));
 }
 
 // Q2_K / Q3_K: one panel = half a super-block (values 128c .. 128c+127, 8 groups of 16);
 // v[j] = groups 2j, 2j+1 = bit pair j of qs[32c ..] (+ Q3_K: bit 4c+j of hmask as the value 4).
-template <bool THREE>
-static inline void pack_panel_q23k(const uint8_t* blk, int c, uint8_t* dst) {
+template <bool THREE, class Sink>
+static AI_INLINE void pack_panel_q23k(const uint8_t* blk, int c, Sink& sink) {
     const __m256i three = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
     const __m256i x = _mm256_loadu_si256((const __m256i*)(blk + (THREE ? 32 : 16) + 32 * c));
     const __m256i hm = THREE ? _mm256_loadu_si256((const __m256i*)blk) : _mm256_setzero_si256();
@@ -178,31 +231,45 @@ static inline void pack_panel_q23k(const uint8_t* blk, int c, uint8_t* dst) {
         D = _mm256_mul_ps(_mm256_set1_ps(half(blk + 80)), _mm256_cvtepi32_ps(_mm256_and_si256(s8, _mm256_set1_epi32(15))));
         E = _mm256_mul_ps(_mm256_set1_ps(half(blk + 82)), _mm256_cvtepi32_ps(_mm256_srli_epi32(s8, 4)));
     }
-    store_panel<16>(dst, v, D, E);
+    sink.template put<16>(v, D, E);
 }
 
 // IQ4_XS: one panel = one super-block (8 groups of 32, group j's nibbles at qs[16j ..]); signed, E = 0.
-static inline void pack_panel_iq4xs(const uint8_t* blk, uint8_t* dst) {
+template <class Sink>
+static AI_INLINE void pack_panel_iq4xs(const uint8_t* blk, Sink& sink) {
     const __m256i lut = iq4_levels_s8();
     __m256i v[8];
-    for (int j = 0; j < 8; ++j) v[j] = _mm256_shuffle_epi8(lut, nibbles_16(blk + 8 + 16 * j));
+    nibbles_transposed<16, 8>(blk, v);  // group j's 16 nibble bytes at qs[16 j]
+    for (int k = 0; k < 8; ++k) v[k] = _mm256_shuffle_epi8(lut, v[k]);
     int8_t sc[8];
     iq4xs_scales(blk, sc);
     int64_t w;
     std::memcpy(&w, sc, 8);
     const __m256 D = _mm256_mul_ps(_mm256_set1_ps(half(blk)),
                                    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128((long long)w))));
-    store_panel<32>(dst, v, D, _mm256_setzero_ps());
+    sink.template put<32, true>(v, D, _mm256_setzero_ps());
 }
 
 // Q4_K: one panel = one super-block (8 groups of 32).
-static inline void pack_panel_q4k(const uint8_t* blk, uint8_t* dst) {
+template <class Sink>
+static AI_INLINE void pack_panel_q4k(const uint8_t* blk, Sink& sink) {
+    // Group 2c+s = nibble s of the 32 bytes x_c at qs[32 c]. Per half h (bytes 16h..16h+15 ->
+    // dwords 4h..4h+3 of a group) pair x_c with x_{c+2} in the two 128-bit lanes: then z[m] holds
+    // group m in lane 0 and group m + 4 in lane 1, and the in-lane 4 x 4 transposes put every
+    // group in its own dword lane (no lane-crossing permutes).
     const __m256i lo4 = _mm256_set1_epi8(15);
+    const uint8_t* qs = blk + 16;
     __m256i v[8];
-    for (int c = 0; c < 4; ++c) {
-        const __m256i x = _mm256_loadu_si256((const __m256i*)(blk + 16 + 32 * c));
-        v[2 * c] = _mm256_and_si256(x, lo4);
-        v[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(x, 4), lo4);
+    for (int h = 0; h < 2; ++h) {
+        __m256i* z = v + 4 * h;  // z[k] -> dword 4h + k of every group
+        for (int c = 0; c < 2; ++c) {
+            const __m256i x = _mm256_inserti128_si256(
+                _mm256_castsi128_si256(_mm_loadu_si128((const __m128i*)(qs + 32 * c + 16 * h))),
+                _mm_loadu_si128((const __m128i*)(qs + 32 * (c + 2) + 16 * h)), 1);
+            z[2 * c] = _mm256_and_si256(x, lo4);
+            z[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(x, 4), lo4);
+        }
+        transpose4_inlane(z[0], z[1], z[2], z[3]);
     }
     const uint32_t w0 = load_u32(blk + 4), w1 = load_u32(blk + 8), w2 = load_u32(blk + 12);
     const uint32_t lo6 = 0x3f3f3f3fu, l4 = 0x0f0f0f0fu, lo2 = 0x03030303u;
@@ -210,12 +277,13 @@ static inline void pack_panel_q4k(const uint8_t* blk, uint8_t* dst) {
     const uint64_t mn = (uint64_t)(w1 & lo6) | (uint64_t)(((w2 >> 4) & l4) | (((w1 >> 6) & lo2) << 4)) << 32;
     const __m256 scf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)sc)));
     const __m256 mnf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)mn)));
-    store_panel<32>(dst, v, _mm256_mul_ps(_mm256_set1_ps(half(blk)), scf),
-                    _mm256_mul_ps(_mm256_set1_ps(half(blk + 2)), mnf));
+    sink.template put<32, true>(v, _mm256_mul_ps(_mm256_set1_ps(half(blk)), scf),
+                                _mm256_mul_ps(_mm256_set1_ps(half(blk + 2)), mnf));
 }
 
 // Q6_K: one panel = half a super-block (8 groups of 16).
-static inline void pack_panel_q6k(const uint8_t* blk, int h, uint8_t* dst) {
+template <class Sink>
+static AI_INLINE void pack_panel_q6k(const uint8_t* blk, int h, Sink& sink) {
     const block_q6_K* b = (const block_q6_K*)blk;
     const __m256i lo4 = _mm256_set1_epi8(15), lo2 = _mm256_set1_epi8(3);
     const __m256i qa = _mm256_loadu_si256((const __m256i*)(b->ql + 64 * h));
@@ -231,49 +299,48 @@ static inline void pack_panel_q6k(const uint8_t* blk, int h, uint8_t* dst) {
                            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), lo2), 4));
     const __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(b->scales + 8 * h))));
     const __m256 D = _mm256_mul_ps(_mm256_set1_ps(half(blk + 208)), sc);
-    store_panel<16>(dst, v, D, _mm256_mul_ps(_mm256_set1_ps(32.0f), D));
+    sink.template put<16>(v, D, _mm256_mul_ps(_mm256_set1_ps(32.0f), D));
 }
 
-void pack_w_avx2(WType t, const uint8_t* row, int64_t cols, uint8_t* dst) {
+// Walk one GGUF row panel by panel, handing each unpacked panel to sink.put<G>().
+template <class Sink>
+static AI_INLINE void for_each_panel(WType t, const uint8_t* row, int64_t cols, Sink& sink) {
     const WTypeInfo& ti = wtype_info(t);
-    const int G = ti.group;
-    const int64_t pb = (int64_t)PG * (G + 8);
     const int64_t nb = cols / ti.block_elems;
+    const int BB = ti.block_bytes;
     switch (t) {
+        case WType::Q4_K:
+            for (int64_t b = 0; b < nb; ++b) pack_panel_q4k(row + b * BB, sink);
+            return;
         case WType::Q5_K:
-            for (int64_t b = 0; b < nb; ++b, dst += pb) pack_panel_q5k(row + b * 176, dst);
+            for (int64_t b = 0; b < nb; ++b) pack_panel_q5k(row + b * BB, sink);
             return;
         case WType::IQ4_XS:
-            for (int64_t b = 0; b < nb; ++b, dst += pb) pack_panel_iq4xs(row + b * 136, dst);
+            for (int64_t b = 0; b < nb; ++b) pack_panel_iq4xs(row + b * BB, sink);
             return;
         case WType::Q2_K:
+            for (int64_t b = 0; b < nb; ++b) {
+                pack_panel_q23k<false>(row + b * BB, 0, sink);
+                pack_panel_q23k<false>(row + b * BB, 1, sink);
+            }
+            return;
         case WType::Q3_K:
-            for (int64_t b = 0; b < nb; ++b)
-                for (int c = 0; c < 2; ++c, dst += pb) {
-                    if (t == WType::Q2_K)
-                        pack_panel_q23k<false>(row + b * 84, c, dst);
-                    else
-                        pack_panel_q23k<true>(row + b * 110, c, dst);
-                }
+            for (int64_t b = 0; b < nb; ++b) {
+                pack_panel_q23k<true>(row + b * BB, 0, sink);
+                pack_panel_q23k<true>(row + b * BB, 1, sink);
+            }
+            return;
+        case WType::Q6_K:
+            for (int64_t b = 0; b < nb; ++b) {
+                pack_panel_q6k(row + b * BB, 0, sink);
+                pack_panel_q6k(row + b * BB, 1, sink);
+            }
             return;
         default:
-            break;  // below
+            break;  // below: 8 blocks of 32 per panel
     }
-    if (t == WType::Q4_K) {
-        for (int64_t b = 0; b < nb; ++b, dst += pb) pack_panel_q4k(row + b * 144, dst);
-        return;
-    }
-    if (t == WType::Q6_K) {
-        for (int64_t b = 0; b < nb; ++b) {
-            pack_panel_q6k(row + b * 210, 0, dst);
-            pack_panel_q6k(row + b * 210, 1, dst + pb);
-            dst += 2 * pb;
-        }
-        return;
-    }
-    const int BB = ti.block_bytes;
     alignas(32) uint8_t tail[8 * 34];
-    for (int64_t b = 0; b < nb; b += 8, dst += pb) {
+    for (int64_t b = 0; b < nb; b += 8) {
         const uint8_t* src = row + b * BB;
         if (nb - b < 8) {  // partial last panel: zero blocks (d = 0) fill it
             std::memset(tail, 0, sizeof(tail));
@@ -281,14 +348,29 @@ void pack_w_avx2(WType t, const uint8_t* row, int64_t cols, uint8_t* dst) {
             src = tail;
         }
         switch (t) {
-            case WType::Q4_0: pack_panel_32<(int)WType::Q4_0>(src, dst); break;
-            case WType::Q4_1: pack_panel_32<(int)WType::Q4_1>(src, dst); break;
-            case WType::Q5_0: pack_panel_32<(int)WType::Q5_0>(src, dst); break;
-            case WType::Q5_1: pack_panel_32<(int)WType::Q5_1>(src, dst); break;
-            case WType::IQ4_NL: pack_panel_32<(int)WType::IQ4_NL>(src, dst); break;
-            default: pack_panel_32<(int)WType::Q8_0>(src, dst); break;
+            case WType::Q4_0: pack_panel_32<(int)WType::Q4_0>(src, sink); break;
+            case WType::Q4_1: pack_panel_32<(int)WType::Q4_1>(src, sink); break;
+            case WType::Q5_0: pack_panel_32<(int)WType::Q5_0>(src, sink); break;
+            case WType::Q5_1: pack_panel_32<(int)WType::Q5_1>(src, sink); break;
+            case WType::IQ4_NL: pack_panel_32<(int)WType::IQ4_NL>(src, sink); break;
+            default: pack_panel_32<(int)WType::Q8_0>(src, sink); break;
         }
     }
+}
+
+// Sink that stores panels (the matmul's packed weight rows).
+struct StoreSink {
+    uint8_t* dst;
+    template <int G, bool PRE = false>
+    AI_INLINE void put(__m256i* v, __m256 A, __m256 B) {
+        store_panel<G, PRE>(dst, v, A, B);
+        dst += PG * (G + 8);
+    }
+};
+
+void pack_w_avx2(WType t, const uint8_t* row, int64_t cols, uint8_t* dst) {
+    StoreSink sink{dst};
+    for_each_panel(t, row, cols, sink);
 }
 
 // ---- activations (bit-identical to the generic tier) ------------------------------------
@@ -470,6 +552,89 @@ void gemm_avx2(WType t, int G, int64_t np, const uint8_t* wp, int nr, const uint
     }
 }
 
+// ---- a few tokens: unpack each weight panel into registers and use it at once ----------------
+// Same arithmetic as pack_w + tile<1, T> (the same integer dot per lane, the same float
+// epilogue per panel, the same final reduction), without the round trip of the panel
+// through memory: bit-identical results.
+template <bool SIGNED, bool MIN, int NT>
+struct DotSink {
+    const uint8_t* a;  // current panel of token 0
+    int64_t astride;
+    __m256 acc[NT];  // NT = 1..kGemvMaxTokens tokens, fixed at compile time: no spills for few tokens
+    template <int G, bool PRE = false>
+    AI_INLINE void put(__m256i* v, __m256 D, __m256 E) {
+        constexpr int64_t PB = PG * (G + 8);
+        const __m256i ones = _mm256_set1_epi16(1);
+        if (G == 32) {
+            if (!PRE) transpose_g32(v);
+        } else {
+            transpose_g16(v);
+            const __m256i perm = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+            D = _mm256_permutevar8x32_ps(D, perm);
+            if (MIN) E = _mm256_permutevar8x32_ps(E, perm);
+        }
+        for (int t = 0; t < NT; ++t) {
+            const uint8_t* y = a + t * astride;
+            __m256i s = MIN ? _mm256_setzero_si256() : _mm256_load_si256((const __m256i*)(y + PG * G + 32));
+            for (int k = 0; k < G / 4; k += 2) {
+                const __m256i y0 = _mm256_load_si256((const __m256i*)(y + 32 * k));
+                const __m256i y1 = _mm256_load_si256((const __m256i*)(y + 32 * k + 32));
+                __m256i p16;
+                if (SIGNED) {  // |w| x sign(y, w), as in tile
+                    const __m256i pa = _mm256_maddubs_epi16(_mm256_sign_epi8(v[k], v[k]), _mm256_sign_epi8(y0, v[k]));
+                    s = _mm256_add_epi32(s, _mm256_madd_epi16(pa, ones));
+                    p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(v[k + 1], v[k + 1]), _mm256_sign_epi8(y1, v[k + 1]));
+                } else {
+                    p16 = _mm256_add_epi16(_mm256_maddubs_epi16(v[k], y0), _mm256_maddubs_epi16(v[k + 1], y1));
+                }
+                s = _mm256_add_epi32(s, _mm256_madd_epi16(p16, ones));
+            }
+            const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(s), D);
+            acc[t] = _mm256_fmadd_ps(f, _mm256_load_ps((const float*)(y + PG * G)), acc[t]);
+            if (MIN) acc[t] = _mm256_fnmadd_ps(E, _mm256_load_ps((const float*)(y + PG * G + 32)), acc[t]);
+        }
+        a += PB;
+    }
+};
+
+template <bool SIGNED, bool MIN, int NT>
+static void gemv_nt(WType t, const uint8_t* row, int64_t cols, const uint8_t* ap, int64_t astride, float* out,
+                    int64_t ldo) {
+    DotSink<SIGNED, MIN, NT> sink{ap, astride, {}};
+    for (int k = 0; k < NT; ++k) sink.acc[k] = _mm256_setzero_ps();
+    for_each_panel(t, row, cols, sink);
+    for (int k = 0; k < NT; ++k) {
+        const __m256 v8 = sink.acc[k];
+        __m128 s = _mm_add_ps(_mm256_castps256_ps128(v8), _mm256_extractf128_ps(v8, 1));
+        s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        out[k * ldo] = _mm_cvtss_f32(s);
+    }
+}
+
+template <bool SIGNED, bool MIN>
+static void gemv_impl(WType t, const uint8_t* row, int64_t cols, const uint8_t* ap, int nt, int64_t astride,
+                      float* out, int64_t ldo) {
+    static_assert(kGemvMaxTokens == 4, "one case per token count");
+    switch (nt) {
+        case 1: gemv_nt<SIGNED, MIN, 1>(t, row, cols, ap, astride, out, ldo); break;
+        case 2: gemv_nt<SIGNED, MIN, 2>(t, row, cols, ap, astride, out, ldo); break;
+        case 3: gemv_nt<SIGNED, MIN, 3>(t, row, cols, ap, astride, out, ldo); break;
+        default: gemv_nt<SIGNED, MIN, 4>(t, row, cols, ap, astride, out, ldo); break;
+    }
+}
+
+void gemv_avx2(WType t, const uint8_t* row, int64_t cols, const uint8_t* ap, int nt, int64_t astride, float* out,
+               int64_t ldo) {
+    const int off = weight_offset(t, true);  // 0: signed weights (Q8_0, IQ4_*); < 0: float min
+    if (off == 0)
+        gemv_impl<true, false>(t, row, cols, ap, nt, astride, out, ldo);
+    else if (off < 0)
+        gemv_impl<false, true>(t, row, cols, ap, nt, astride, out, ldo);
+    else
+        gemv_impl<false, false>(t, row, cols, ap, nt, astride, out, ldo);
+}
+
 // ---- F32 / F16 weights ------------------------------------------------------------------------
 // K: 0 = F32, 1 = F16, 2 = BF16 (the top half of a float32: widen, shift left 16).
 template <int K, int R, int T>
@@ -554,8 +719,7 @@ void gemm_float_avx2(WType t, const uint8_t* w, int64_t rb, int64_t cols, int nr
 }  // namespace
 
 const MatmulKernels matmul_kernels_avx2 = {
-    "avx2", PG, true, pack_act_avx2, pack_w_avx2, gemm_avx2, gemm_float_avx2,
-    nullptr,  // gemv: pack_w + gemm
+    "avx2", PG, true, pack_act_avx2, pack_w_avx2, gemm_avx2, gemm_float_avx2, gemv_avx2,
 };
 
 }  // namespace pe
