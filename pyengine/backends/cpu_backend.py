@@ -15,6 +15,7 @@ Non-contract extras (used by a model when present): :meth:`rmsnorm_add` and
 """
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 
 import numpy as np
@@ -42,7 +43,12 @@ def _contig(x) -> np.ndarray:
 
 
 def _isa_label() -> str:
-    """A short name for the widest instruction set the kernels use here (e.g. "avx512-vnni")."""
+    """A short name for the instruction set the kernels use here (e.g. "avx512-vnni"): the
+    widest the CPU has, or the tier forced with ``$PYENGINE_CPU_VARIANT`` (benchmarks force
+    avx2 on an AVX-512 machine, and their rows must say so)."""
+    forced = os.environ.get("PYENGINE_CPU_VARIANT", "").strip().lower()
+    if forced and forced != "auto":
+        return forced
     feats = {}
     try:
         feats = dict(_C.cpu_features())
