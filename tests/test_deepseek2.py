@@ -17,8 +17,8 @@ import math
 
 import numpy as np
 import pytest
-from gguf import GGMLQuantizationType, GGUFWriter
-from gguf.quants import quantize
+from tiny_gguf import random_init, write_tensors
+from gguf import GGUFWriter
 
 from pyengine import quants
 from pyengine.backends.numpy_backend import NumpyBackend
@@ -44,23 +44,11 @@ VARIANTS = {
 }
 
 
-def _add(w, name, a, qtype):
-    a = np.ascontiguousarray(a, dtype=np.float32)
-    if qtype == "Q8_0" and a.ndim >= 2 and "ffn_gate_inp" not in name:
-        w.add_tensor(name, quantize(a, GGMLQuantizationType.Q8_0), raw_dtype=GGMLQuantizationType.Q8_0)
-    else:
-        w.add_tensor(name, a)
-
-
 def write_deepseek2(path, variant="lite", qtype="F32", seed=0, extra=None, drop=()):
     spec = VARIANTS[variant]
     rng = np.random.default_rng(seed)
 
-    def mat(*shape, s=None):
-        return rng.standard_normal(shape) * (s if s is not None else 1.0 / math.sqrt(shape[-1]))
-
-    def norm(n):
-        return 1.0 + 0.2 * rng.standard_normal(n)
+    mat, norm = random_init(rng)
 
     t = {"token_embd.weight": mat(V, D, s=1.0), "output_norm.weight": norm(D),
          "output.weight": mat(V, D, s=3.0 / math.sqrt(D))}
@@ -114,13 +102,7 @@ def write_deepseek2(path, variant="lite", qtype="F32", seed=0, extra=None, drop=
         else:
             w.add_uint32(key, v)
     w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)
-    for name, a in t.items():
-        _add(w, name, a, qtype)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return write_tensors(w, t, qtype, path)
 
 
 @pytest.fixture(scope="module")

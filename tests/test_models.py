@@ -18,8 +18,8 @@ import math
 
 import numpy as np
 import pytest
-from gguf import GGMLQuantizationType, GGUFWriter
-from gguf.quants import quantize
+from tiny_gguf import random_init, write_tensors
+from gguf import GGUFWriter
 
 from pyengine.backends.numpy_backend import NumpyBackend
 from pyengine.errors import ModelFileError
@@ -52,14 +52,6 @@ SPECS = {
 }
 
 
-def _add(w: GGUFWriter, name: str, a: np.ndarray, qtype: str) -> None:
-    a = np.ascontiguousarray(a, dtype=np.float32)
-    if qtype == "Q8_0" and a.ndim == 2:
-        w.add_tensor(name, quantize(a, GGMLQuantizationType.Q8_0), raw_dtype=GGMLQuantizationType.Q8_0)
-    else:
-        w.add_tensor(name, a)
-
-
 def write_model(path, spec_name: str, qtype: str = "F32", seed: int = 0, extra: dict | None = None,
                 drop=()):
     spec = SPECS[spec_name]
@@ -67,22 +59,18 @@ def write_model(path, spec_name: str, qtype: str = "F32", seed: int = 0, extra: 
     hd = spec.get("head_dim", HD)
     rng = np.random.default_rng(seed)
 
-    def mat(r, c, s=None):  # weights scaled so activations stay O(1) and logits are peaked
-        return rng.standard_normal((r, c)) * (s if s is not None else 1.0 / math.sqrt(c))
-
-    def norm(n):
-        return 1.0 + 0.2 * rng.standard_normal(n)
+    mat, norm = random_init(rng)
 
     tensors = {}
     q_w, kv_w = H * hd, HKV * hd
-    tensors["token_embd.weight"] = mat(V, D, 1.0)
+    tensors["token_embd.weight"] = mat(V, D, s=1.0)
     tensors["output_norm.weight"] = norm(D)
     if not spec.get("tied"):
-        tensors["output.weight"] = mat(V, D, 3.0 / math.sqrt(D))
+        tensors["output.weight"] = mat(V, D, s=3.0 / math.sqrt(D))
     for i in range(L):
         p = f"blk.{i}."
         tensors[p + "attn_norm.weight"] = norm(D)
-        wq, wk, wv = mat(q_w, D, 2.0 / math.sqrt(D)), mat(kv_w, D, 2.0 / math.sqrt(D)), mat(kv_w, D)
+        wq, wk, wv = mat(q_w, D, s=2.0 / math.sqrt(D)), mat(kv_w, D, s=2.0 / math.sqrt(D)), mat(kv_w, D)
         bq, bk, bv = (rng.standard_normal(n) * 0.5 for n in (q_w, kv_w, kv_w))
         if spec.get("fused_qkv"):
             tensors[p + "attn_qkv.weight"] = np.concatenate([wq, wk, wv])
@@ -136,13 +124,7 @@ def write_model(path, spec_name: str, qtype: str = "F32", seed: int = 0, extra: 
             w.add_float32(key, v)
         else:
             w.add_uint32(key, v)
-    for name, a in tensors.items():
-        _add(w, name, a, qtype)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return write_tensors(w, tensors, qtype, path)
 
 
 @pytest.fixture(scope="module")

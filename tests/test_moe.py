@@ -16,6 +16,7 @@ import math
 
 import numpy as np
 import pytest
+from tiny_gguf import random_init, write_tensors
 from gguf import GGMLQuantizationType, GGUFWriter
 from gguf.quants import quantize
 
@@ -184,23 +185,10 @@ def test_experts_are_views_of_the_file_bytes():
 
 # -- qwen3moe files --------------------------------------------------------------------------
 
-def _add(w, name, a, qtype):
-    a = np.ascontiguousarray(a, dtype=np.float32)
-    # the router stays F32 in quantized files, as llama.cpp's quantizer keeps ffn_gate_inp
-    if qtype == "Q8_0" and a.ndim >= 2 and "ffn_gate_inp" not in name:
-        w.add_tensor(name, quantize(a, GGMLQuantizationType.Q8_0), raw_dtype=GGMLQuantizationType.Q8_0)
-    else:
-        w.add_tensor(name, a)
-
-
 def write_qwen3moe(path, qtype="F32", seed=0, extra=None, drop=()):
     rng = np.random.default_rng(seed)
 
-    def mat(*shape, s=None):
-        return rng.standard_normal(shape) * (s if s is not None else 1.0 / math.sqrt(shape[-1]))
-
-    def norm(n):
-        return 1.0 + 0.2 * rng.standard_normal(n)
+    mat, norm = random_init(rng)
 
     t = {"token_embd.weight": mat(V, D, s=1.0), "output_norm.weight": norm(D),
          "output.weight": mat(V, D, s=3.0 / math.sqrt(D))}
@@ -225,13 +213,7 @@ def write_qwen3moe(path, qtype="F32", seed=0, extra=None, drop=()):
         w.add_uint32(f"{arch}.{k}", v)
     w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)
     w.add_float32(f"{arch}.rope.freq_base", 1000000.0)
-    for name, a in t.items():
-        _add(w, name, a, qtype)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return write_tensors(w, t, qtype, path)
 
 
 @pytest.fixture(scope="module")
