@@ -224,29 +224,37 @@ static inline void q4k_values_t(const uint8_t* b0, const uint8_t* b1, __m512i* v
     for (int k = 0; k < 8; ++k) v[k] = _mm512_and_si512(_mm512_srlv_epi16(v[k], sh), lo4);
 }
 
+// Q4_K for a sink that takes pre-transposed panels (Sink::kPre: the gemv's DotSink) goes through
+// q4k_values_t; the packing StoreSink keeps q4k_nibbles + transpose_g32 (measured faster there).
 template <bool FIVE, class Sink>
 static inline void pack_panel_q4k(const uint8_t* b0, const uint8_t* b1, Sink& sink) {
+    constexpr bool PRE = !FIVE && Sink::kPre;
     __m512i v[8];
     uint64_t sc0, mn0, sc1 = 0, mn1 = 0;
     float d1 = 0.0f, m1 = 0.0f;
     if (FIVE)
         q5k_values(b0, v);
-    else
+    else if (PRE)
         q4k_values_t(b0, b1, v);  // all 8 vectors, already transposed
+    else
+        q4k_nibbles(b0, v);
     q4k_scales_mins_u64(b0 + 4, sc0, mn0);
     if (b1) {
-        if (FIVE) q5k_values(b1, v + 4);
+        if (FIVE)
+            q5k_values(b1, v + 4);
+        else if (!PRE)
+            q4k_nibbles(b1, v + 4);
         q4k_scales_mins_u64(b1 + 4, sc1, mn1);
         d1 = half(b1);
         m1 = half(b1 + 2);
-    } else if (FIVE) {
+    } else if (!PRE) {
         for (int c = 4; c < 8; ++c) v[c] = _mm512_setzero_si512();
     }
     const __m512 dv = _mm512_insertf32x8(_mm512_set1_ps(half(b0)), _mm256_set1_ps(d1), 1);
     const __m512 mv = _mm512_insertf32x8(_mm512_set1_ps(half(b0 + 2)), _mm256_set1_ps(m1), 1);
     const __m512 scf = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_set_epi64x((long long)sc1, (long long)sc0)));
     const __m512 mnf = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_set_epi64x((long long)mn1, (long long)mn0)));
-    sink.template put<32, !FIVE>(v, _mm512_mul_ps(dv, scf), _mm512_mul_ps(mv, mnf));
+    sink.template put<32, PRE>(v, _mm512_mul_ps(dv, scf), _mm512_mul_ps(mv, mnf));
 }
 
 // Q6_K: one panel = one super-block = 16 groups of 16.
@@ -374,6 +382,7 @@ static inline void for_each_panel(WType t, const uint8_t* row, int64_t cols, Sin
 
 // Sink that stores panels (the matmul's packed weight rows).
 struct StoreSink {
+    static constexpr bool kPre = false;  // Q4_K: unpack + transpose_g32
     uint8_t* dst;
     template <int G, bool PRE = false>
     void put(__m512i* v, __m512 A, __m512 B) {
@@ -536,6 +545,7 @@ void gemm_avx512(WType t, int G, int64_t np, const uint8_t* wp, int nr, const ui
 // Same arithmetic as pack_w + tile, without the round trip of the panel through memory.
 template <bool MIN>
 struct DotSink {
+    static constexpr bool kPre = true;  // Q4_K: q4k_values_t
     const uint8_t* a;  // current panel of token 0
     int64_t astride;
     int nt;            // 1..4
