@@ -109,3 +109,16 @@ def backends_under_test() -> list[str]:
 @pytest.fixture(scope="session", params=list(REAL_MODELS))
 def real_model_name(request):
     return request.param
+
+
+def assert_replay_matches_op_by_op(be, arch, step, ca, cb, ids, prefill: int = 4) -> None:
+    """``step`` (a decode step compiled on cache ``cb``) gives bit for bit what ``arch.forward``
+    gives op by op on cache ``ca``, position after position, and leaves the same caches."""
+    prompt = np.asarray(ids[:prefill], np.int32)
+    arch.forward(be, prompt, 0, ca, True)
+    arch.forward(be, prompt, 0, cb, True)
+    for p in range(prefill, len(ids)):
+        want = arch.forward(be, np.asarray([ids[p]], np.int32), p, ca, True)
+        got = step(ids[p], p)
+        assert np.array_equal(got, want), f"replay differs at position {p}"
+    assert all(np.array_equal(x, y) for x, y in zip(ca.k + ca.v, cb.k + cb.v))

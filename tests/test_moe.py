@@ -26,7 +26,7 @@ from pyengine.errors import ModelFileError
 from pyengine.gguf_file import open_gguf
 from pyengine.models import build
 
-from conftest import native_built
+from conftest import assert_replay_matches_op_by_op, native_built
 from test_models_ops import cuda_emu  # noqa: F401  (the emulator fixture)
 
 V, D, L, H, HKV, HD = 80, 64, 2, 4, 2, 16
@@ -307,14 +307,7 @@ def test_qwen3moe_decode_step_replays_routing(qfiles, qtype):
     assert step is not None, be.decode_step_status
     assert be.decode_step_status.startswith("native single-call decode step")
     assert step.__self__.ops().count("moe_ffn") == L
-    prompt = np.asarray(IDS[:4], np.int32)
-    arch.forward(be, prompt, 0, ca, True)
-    arch.forward(be, prompt, 0, cb, True)
-    for p in range(4, len(IDS)):
-        want = arch.forward(be, np.asarray([IDS[p]], np.int32), p, ca, True)
-        got = step(IDS[p], p)
-        assert np.array_equal(got, want), f"replay differs at position {p}"
-    assert all(np.array_equal(x, y) for x, y in zip(ca.k + ca.v, cb.k + cb.v))
+    assert_replay_matches_op_by_op(be, arch, step, ca, cb, IDS)
 
 
 @pytest.mark.skipif(not native_built(), reason="needs pyengine._C")
