@@ -245,7 +245,7 @@ class Model:
         self.gguf = gf
         self.path = gf.path
         self.file_size = gf.file_size
-        self.arch = build(gf)
+        self.arch = build(gf)  # the architecture's graph: a models.common.Transformer
         self.config = self.arch.cfg
         self.tokenizer = Tokenizer.from_metadata(gf.metadata)
         self.backend = backend

@@ -13,10 +13,16 @@ One block, for the residual stream ``x (n, dim)``::
     f = (act(h Wgate^T) * h Wup^T) Wdown^T                   # SwiGLU / GeGLU; gate+up may be fused
     x = x + post_ffn_norm(f)
 
-Each architecture module holds a :class:`Config` subclass that reads its metadata and
-switches these hooks, plus whatever is really its own (Gemma's embedding scale, ...).
-The optional tensors a layer may carry are named by the config's ``features``; anything
-the model does not load is an error (:meth:`Weights.check_all_used`), never a silent skip.
+Each architecture module holds a :class:`Config` subclass whose field defaults switch these
+hooks (and whose :meth:`Config.own_from_gguf` reads what only it reads), and a
+:class:`Transformer` (this one, or a subclass) for what is really its own graph (Phi-3's
+rope factors, the mixture-of-experts feed-forward, ...). The optional tensors a layer may
+carry are named by the config's ``features``; anything the model does not load is an
+error (:meth:`Weights.check_all_used`), never a silent skip.
+
+``Transformer`` is the architecture's graph over the file's tensors; the object a user
+holds (:class:`pyengine.engine.Model`: file, tokenizer, backend, sequences) keeps one as
+``model.arch``.
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..backends.base import Backend, KVCache, RopeScaling
+from ..backends.moe import MoERouting
 from ..errors import ModelFileError
 from ..gguf_file import GGUFFile
 from ..ggml_types import ggml_type
@@ -143,12 +150,29 @@ class Config:
     features: frozenset = field(default_factory=frozenset)
 
     @classmethod
-    def base_from_gguf(cls, gf: GGUFFile, **over) -> dict:
+    def from_gguf(cls, gf: GGUFFile) -> "Config":
+        """The file's configuration: the fields every architecture reads the same way
+        (:meth:`base_from_gguf`), the file's rope scaling, then the architecture's own
+        (:meth:`own_from_gguf`, which may also override the first two). The hooks an
+        architecture always switches are its subclass's field defaults."""
+        kw = cls.base_from_gguf(gf)
+        kw["rope_scaling"] = rope_scaling_from_gguf(gf, kw)
+        kw.update(cls.own_from_gguf(gf, kw))
+        return cls(**kw)
+
+    @classmethod
+    def own_from_gguf(cls, gf: GGUFFile, kw: dict) -> dict:
+        """The fields only this architecture reads from the file (given what is read so far,
+        ``kw``), as keyword arguments: none for the plain block."""
+        return {}
+
+    @classmethod
+    def base_from_gguf(cls, gf: GGUFFile) -> dict:
         """The fields every architecture reads the same way, as keyword arguments."""
         a = gf.arch_key
         arch = gf.architecture
         dim = int(gf.require(f"{arch}.embedding_length"))
-        n_heads = _int_or_first(gf.require(f"{arch}.attention.head_count"), gf, "attention.head_count")
+        n_heads = int_or_first(gf.require(f"{arch}.attention.head_count"), gf, "attention.head_count")
         head_dim = int(a("attention.key_length", dim // n_heads))
         tokens = gf.metadata.get("tokenizer.ggml.tokens")
         n_vocab = int(a("vocab_size", len(tokens) if tokens is not None else gf.tensor("token_embd.weight").rows))
@@ -157,15 +181,14 @@ class Config:
             dim=dim,
             n_layers=int(gf.require(f"{arch}.block_count")),
             n_heads=n_heads,
-            n_kv_heads=_int_or_first(a("attention.head_count_kv", n_heads), gf, "attention.head_count_kv"),
+            n_kv_heads=int_or_first(a("attention.head_count_kv", n_heads), gf, "attention.head_count_kv"),
             head_dim=head_dim,
-            ffn_dim=_int_or_first(gf.require(f"{arch}.feed_forward_length"), gf, "feed_forward_length"),
+            ffn_dim=int_or_first(gf.require(f"{arch}.feed_forward_length"), gf, "feed_forward_length"),
             norm_eps=float(a("attention.layer_norm_rms_epsilon", 1e-5)),
             rope_base=float(a("rope.freq_base", 10000.0)),
             n_rot=int(a("rope.dimension_count", head_dim)),
             context_length=int(a("context_length", 2048)),
         )
-        kw.update(over)
         return kw
 
     # -- per-layer hooks ---------------------------------------------------------------
@@ -187,14 +210,37 @@ class Config:
         return self.attn_scale or 1.0 / math.sqrt(self.head_dim)
 
 
-def _int_or_first(v, gf: GGUFFile, key: str) -> int:
-    """A per-layer array key must be uniform (we run one shape per model)."""
+def int_or_first(v, gf: GGUFFile, key: str) -> int:
+    """A key that may be one value per layer, as one int: a per-layer array must be uniform
+    (we run one shape per model)."""
     if isinstance(v, (list, tuple, np.ndarray)):
         vals = {int(x) for x in v}
         if len(vals) != 1:
             raise ModelFileError(f"{gf.path}: per-layer {key} {sorted(vals)} is not supported")
         return vals.pop()
     return int(v)
+
+
+def expert_routing_from_gguf(gf: GGUFFile, gating: str, norm: bool, required: bool = True) -> tuple[int, MoERouting | None]:
+    """``(expert_count, routing)`` from the file's ``expert_*`` keys; routing ``None`` when the
+    file routes to no expert (``expert_used_count`` 0), an error if ``required``.
+
+    ``top_k`` = ``expert_used_count``; ``expert_weights_scale`` multiplies the weights when the
+    file has it; group-limited when ``expert_group_count > 1`` (llama.cpp reads the group keys
+    for every architecture). ``gating`` and ``norm`` are the architecture's to choose."""
+    a = gf.arch_key
+    n_expert = int(a("expert_count", 0))
+    k = int_or_first(a("expert_used_count", 0), gf, "expert_used_count")
+    if n_expert <= 0 or k <= 0:
+        if required:
+            raise ModelFileError(f"{gf.path}: {gf.architecture} needs expert_count and expert_used_count > 0 "
+                                 f"(file: {n_expert}, {k})")
+        return n_expert, None
+    n_group = int(a("expert_group_count", 0))
+    grouped = n_group > 1
+    return n_expert, MoERouting(top_k=k, gating=gating, norm=norm, scale=float(a("expert_weights_scale", 0.0)),
+                                n_group=n_group if grouped else 0,
+                                n_group_used=int(a("expert_group_used_count", 0)) if grouped else 0)
 
 
 def swa_pattern(gf: GGUFFile, n_layers: int, default: int) -> tuple:
@@ -311,8 +357,9 @@ def linear(ops: Backend, w: QTensor, x, b: QTensor | None = None):
     return y if b is None else ops.add_bias(y, b)
 
 
-class Model:
-    """The shared forward pass. Architectures override :meth:`load_extra` / hooks only."""
+class Transformer:
+    """The architecture's graph: its tensors (taken from the file, every one used) and the
+    shared forward pass. Architectures override :meth:`load_extra` / the hooks only."""
 
     Layer = Layer
 
@@ -403,5 +450,5 @@ class Model:
         return logits
 
 
-__all__ = ["Config", "Layer", "Model", "Weights", "row_slice", "split_rows", "swa_pattern",
-           "rope_scaling_from_gguf", "linear"]
+__all__ = ["Config", "Layer", "Transformer", "Weights", "row_slice", "split_rows", "swa_pattern",
+           "rope_scaling_from_gguf", "expert_routing_from_gguf", "int_or_first", "linear"]

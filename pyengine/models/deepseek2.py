@@ -60,9 +60,8 @@ class Config(common.Config):
     routing: MoERouting | None = None
 
     @classmethod
-    def from_gguf(cls, gf: GGUFFile) -> "Config":
+    def own_from_gguf(cls, gf: GGUFFile, kw: dict) -> dict:
         a = gf.arch_key
-        kw = common.Config.base_from_gguf(gf)
         k_mla = int(a("attention.key_length_mla", 0) or a("attention.key_length", 0))
         v_mla = int(a("attention.value_length_mla", 0) or a("attention.value_length", 0))
         r = kw["n_rot"]
@@ -74,19 +73,14 @@ class Config(common.Config):
         if gating is None:
             raise ModelFileError(f"{gf.path}: expert_gating_func {a('expert_gating_func')} is not supported "
                                  "(1 softmax, 2 sigmoid)")
-        n_expert = int(a("expert_count", 0))
-        k = common._int_or_first(a("expert_used_count", 0), gf, "expert_used_count")
         n_dense = int(a("leading_dense_block_count", 0))
-        if n_dense < kw["n_layers"] and (n_expert <= 0 or k <= 0):
-            raise ModelFileError(f"{gf.path}: deepseek2 MoE layers need expert_count and expert_used_count > 0")
-        n_group = int(a("expert_group_count", 0))
-        routing = MoERouting(top_k=max(k, 1), gating=gating, norm=bool(a("expert_weights_norm", False)),
-                             scale=float(a("expert_weights_scale", 0.0)), n_group=n_group if n_group > 1 else 0,
-                             n_group_used=int(a("expert_group_used_count", 0)) if n_group > 1 else 0)
+        # experts are needed only when some layer is past the leading dense ones
+        n_expert, routing = common.expert_routing_from_gguf(gf, gating=gating, norm=bool(a("expert_weights_norm", False)),
+                                                            required=n_dense < kw["n_layers"])
         # rope: YaRN's magnitude correction is cancelled in the rope and moved into kq_scale
         # (llama.cpp: attn_factor is the rope's factor; attn_factor_org = attn_factor * (1 + 0.1 ln f),
         # m = attn_factor_org * (1 + 0.1 mscale_all_dim ln f), f = 1 / freq_scale)
-        scaling = common.rope_scaling_from_gguf(gf, kw)
+        scaling = kw["rope_scaling"]
         rope_attn = float(a("rope.scaling.attn_factor", 1.0))
         f = 1.0 / scaling.freq_scale if scaling is not None else 1.0
         attn_factor = rope_attn
@@ -97,12 +91,11 @@ class Config(common.Config):
                 scaling = None
         mscale_all_dim = float(a("rope.scaling.yarn_log_multiplier", 0.0)) / 0.1
         mscale = attn_factor * (1.0 + 0.1 * math.log(f)) * (1.0 + 0.1 * mscale_all_dim * math.log(f))
-        kw.update(head_dim=k_mla, n_kv_heads=1)
-        return cls(**kw, rope_scaling=scaling, neox=False, q_lora_rank=int(a("attention.q_lora_rank", 0)),
-                   kv_lora_rank=R, qk_nope=k_mla - r, qk_rope=r, v_head=v_mla,
-                   kq_scale=mscale * mscale / math.sqrt(k_mla), n_dense=n_dense, n_expert=n_expert,
-                   n_shared=int(a("expert_shared_count", 0)),
-                   expert_ffn_dim=int(a("expert_feed_forward_length", 0)), routing=routing)
+        return dict(head_dim=k_mla, n_kv_heads=1, rope_scaling=scaling, q_lora_rank=int(a("attention.q_lora_rank", 0)),
+                    kv_lora_rank=R, qk_nope=k_mla - r, qk_rope=r, v_head=v_mla,
+                    kq_scale=mscale * mscale / math.sqrt(k_mla), n_dense=n_dense, n_expert=n_expert,
+                    n_shared=int(a("expert_shared_count", 0)),
+                    expert_ffn_dim=int(a("expert_feed_forward_length", 0)), routing=routing)
 
 
 class Layer:
@@ -153,7 +146,7 @@ def _swiglu(ops: Backend, gate, up, down, h):
     return ops.matmul(down, ops.silu_mul(ops.matmul(gate, h), ops.matmul(up, h)))
 
 
-class Model(common.Model):
+class Transformer(common.Transformer):
     Layer = Layer
 
     @property

@@ -13,29 +13,29 @@
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from ..gguf_file import GGUFFile
 from . import common
+from .gemma3 import gemma_scales
 
 
 @dataclass
 class Config(common.Config):
+    neox: bool = True
+    act: str = "gelu"
+    swa_rope_scaled: bool = True
+    features: frozenset = frozenset({"post_norms"})
+
     @classmethod
-    def from_gguf(cls, gf: GGUFFile) -> "Config":
-        kw = common.Config.base_from_gguf(gf)
+    def own_from_gguf(cls, gf: GGUFFile, kw: dict) -> dict:
         a = gf.arch_key
-        big = kw["n_layers"] == 46
-        return cls(**kw, neox=True, rope_scaling=common.rope_scaling_from_gguf(gf, kw),
-                   attn_scale=1.0 / math.sqrt(kw["dim"] / kw["n_heads"] if big else kw["head_dim"]),
-                   attn_softcap=float(a("attn_logit_softcapping", 50.0)),
-                   final_softcap=float(a("final_logit_softcapping", 30.0)),
-                   sliding_window=int(a("attention.sliding_window", 4096)),
-                   swa_layers=common.swa_pattern(gf, kw["n_layers"], 2),
-                   rope_base_swa=float(a("rope.freq_base_swa", kw["rope_base"])), swa_rope_scaled=True,
-                   embed_scale=math.sqrt(kw["dim"]), act="gelu",
-                   features=frozenset({"post_norms"}))
+        return dict(gemma_scales(kw, big=kw["n_layers"] == 46),  # 46 layers: the 27B
+                    attn_softcap=float(a("attn_logit_softcapping", 50.0)),
+                    final_softcap=float(a("final_logit_softcapping", 30.0)),
+                    sliding_window=int(a("attention.sliding_window", 4096)),
+                    swa_layers=common.swa_pattern(gf, kw["n_layers"], 2),
+                    rope_base_swa=float(a("rope.freq_base_swa", kw["rope_base"])))
 
 
-Model = common.Model
+Transformer = common.Transformer

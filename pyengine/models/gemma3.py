@@ -27,22 +27,28 @@ SWA_PATTERN = 6  # five sliding-window layers, then one global (when the file do
 ROPE_BASE_LOCAL = 10000.0
 
 
+def gemma_scales(kw: dict, big: bool) -> dict:
+    """Gemma's two scales (Gemma 2 and 3): the embedding times sqrt(dim) on the way in, and
+    queries times 1/sqrt(head_dim), or 1/sqrt(dim / n_heads) for the 27B (``big``)."""
+    return dict(embed_scale=math.sqrt(kw["dim"]),
+                attn_scale=1.0 / math.sqrt(kw["dim"] / kw["n_heads"] if big else kw["head_dim"]))
+
+
 @dataclass
 class Config(common.Config):
+    neox: bool = True
+    act: str = "gelu"
+    features: frozenset = frozenset({"qk_norm", "post_norms"})
+
     @classmethod
-    def from_gguf(cls, gf: GGUFFile) -> "Config":
-        kw = common.Config.base_from_gguf(gf)
+    def own_from_gguf(cls, gf: GGUFFile, kw: dict) -> dict:
         a = gf.arch_key
         window = int(a("attention.sliding_window", 0) or 0)
         swa = common.swa_pattern(gf, kw["n_layers"], SWA_PATTERN) if window > 0 else ()
-        big = kw["n_layers"] == 62  # Gemma 3 27B scales queries by the model width per head
-        return cls(**kw, neox=True, rope_scaling=common.rope_scaling_from_gguf(gf, kw),
-                   attn_scale=1.0 / math.sqrt(kw["dim"] / kw["n_heads"] if big else kw["head_dim"]),
-                   final_softcap=float(a("final_logit_softcapping", 0.0) or 0.0),
-                   sliding_window=window, swa_layers=swa,
-                   rope_base_swa=float(a("rope.freq_base_swa", ROPE_BASE_LOCAL)),
-                   embed_scale=math.sqrt(kw["dim"]), act="gelu",
-                   features=frozenset({"qk_norm", "post_norms"}))
+        return dict(gemma_scales(kw, big=kw["n_layers"] == 62),  # 62 layers: the 27B
+                    final_softcap=float(a("final_logit_softcapping", 0.0) or 0.0),
+                    sliding_window=window, swa_layers=swa,
+                    rope_base_swa=float(a("rope.freq_base_swa", ROPE_BASE_LOCAL)))
 
 
-Model = common.Model
+Transformer = common.Transformer

@@ -22,14 +22,14 @@ from . import common
 
 @dataclass
 class Config(common.Config):
+    features: frozenset = frozenset({"fused_qkv", "qkv_bias", "post_norms", "fused_up"})
+
     @classmethod
-    def from_gguf(cls, gf: GGUFFile) -> "Config":
-        kw = common.Config.base_from_gguf(gf)
+    def own_from_gguf(cls, gf: GGUFFile, kw: dict) -> dict:
         sections = gf.arch_key("rope.dimension_sections")
         if sections is not None and any(int(s) for s in sections):
             raise ModelFileError(f"{gf.path}: GLM-4 multi-section rope (rope.dimension_sections) is not supported")
-        return cls(**kw, neox=False, rope_scaling=common.rope_scaling_from_gguf(gf, kw),
-                   features=frozenset({"fused_qkv", "qkv_bias", "post_norms", "fused_up"}))
+        return {}
 
 
-Model = common.Model
+Transformer = common.Transformer

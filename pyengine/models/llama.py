@@ -21,13 +21,10 @@ from . import common
 
 @dataclass
 class Config(common.Config):
-    @classmethod
-    def from_gguf(cls, gf: GGUFFile) -> "Config":
-        kw = common.Config.base_from_gguf(gf)
-        return cls(**kw, rope_scaling=common.rope_scaling_from_gguf(gf, kw), features=frozenset({"qkv_bias"}))
+    features: frozenset = frozenset({"qkv_bias"})
 
 
-class Model(common.Model):
+class Transformer(common.Transformer):
     def load_extra(self, W: common.Weights, gf: GGUFFile) -> None:
         t = W.opt("rope_freqs.weight", (self.cfg.n_rot // 2,))
         if t is not None:  # Llama 3.1: per-pair frequency factors

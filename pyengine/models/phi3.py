@@ -23,18 +23,15 @@ from . import common
 
 @dataclass
 class Config(common.Config):
-    @classmethod
-    def from_gguf(cls, gf: GGUFFile) -> "Config":
-        kw = common.Config.base_from_gguf(gf)
-        return cls(**kw, neox=True, rope_scaling=common.rope_scaling_from_gguf(gf, kw),
-                   features=frozenset({"fused_qkv", "fused_up"}))
+    neox: bool = True
+    features: frozenset = frozenset({"fused_qkv", "fused_up"})
 
 
 def _factors(t) -> "object":
     return None if t is None else quants.dequantize(t.type_name, t.raw, t.n_elements).reshape(-1)
 
 
-class Model(common.Model):
+class Transformer(common.Transformer):
     def load_extra(self, W: common.Weights, gf: GGUFFile) -> None:
         half = (self.cfg.n_rot // 2,)
         self.factors_long = _factors(W.opt("rope_factors_long.weight", half))

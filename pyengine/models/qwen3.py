@@ -5,17 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..gguf_file import GGUFFile
 from . import common
 
 
 @dataclass
 class Config(common.Config):
-    @classmethod
-    def from_gguf(cls, gf: GGUFFile) -> "Config":
-        kw = common.Config.base_from_gguf(gf)
-        return cls(**kw, neox=True, rope_scaling=common.rope_scaling_from_gguf(gf, kw),
-                   features=frozenset({"qk_norm"}))
+    neox: bool = True
+    features: frozenset = frozenset({"qk_norm"})
 
 
-Model = common.Model
+Transformer = common.Transformer

@@ -14,34 +14,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..backends.moe import MoERouting, load_experts
-from ..errors import ModelFileError
 from ..gguf_file import GGUFFile
 from . import common
 
 
 @dataclass
 class Config(common.Config):
+    neox: bool = True
+    features: frozenset = frozenset({"qk_norm"})
     n_expert: int = 0
     expert_ffn_dim: int = 0
     routing: MoERouting | None = None
 
     @classmethod
-    def from_gguf(cls, gf: GGUFFile) -> "Config":
-        a = gf.arch_key
-        kw = common.Config.base_from_gguf(gf)
-        n_expert = int(a("expert_count", 0))
-        k = common._int_or_first(a("expert_used_count", 0), gf, "expert_used_count")
-        if n_expert <= 0 or k <= 0:
-            raise ModelFileError(f"{gf.path}: qwen3moe needs expert_count and expert_used_count > 0 "
-                                 f"(file: {n_expert}, {k})")
-        f = int(a("expert_feed_forward_length", 0)) or kw["ffn_dim"] // k
-        # llama.cpp reads the group keys for every architecture (group-limited when count > 1)
-        n_group = int(a("expert_group_count", 0))
-        routing = MoERouting(top_k=k, gating="softmax", norm=True, scale=float(a("expert_weights_scale", 0.0)),
-                             n_group=n_group if n_group > 1 else 0,
-                             n_group_used=int(a("expert_group_used_count", 0)) if n_group > 1 else 0)
-        return cls(**kw, neox=True, rope_scaling=common.rope_scaling_from_gguf(gf, kw),
-                   features=frozenset({"qk_norm"}), n_expert=n_expert, expert_ffn_dim=f, routing=routing)
+    def own_from_gguf(cls, gf: GGUFFile, kw: dict) -> dict:
+        n_expert, routing = common.expert_routing_from_gguf(gf, gating="softmax", norm=True)
+        f = int(gf.arch_key("expert_feed_forward_length", 0)) or kw["ffn_dim"] // routing.top_k
+        return dict(n_expert=n_expert, expert_ffn_dim=f, routing=routing)
 
 
 class Layer(common.Layer):
@@ -53,7 +42,7 @@ class Layer(common.Layer):
         self.down_exps = load_experts(W, p + "ffn_down_exps.weight", (e, d, f))  # (E, dim, f)
 
 
-class Model(common.Model):
+class Transformer(common.Transformer):
     Layer = Layer
 
     def ffn_block(self, ops, L: Layer, h):
