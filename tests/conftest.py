@@ -122,3 +122,88 @@ def assert_replay_matches_op_by_op(be, arch, step, ca, cb, ids, prefill: int = 4
         got = step(ids[p], p)
         assert np.array_equal(got, want), f"replay differs at position {p}"
     assert all(np.array_equal(x, y) for x, y in zip(ca.k + ca.v, cb.k + cb.v))
+
+
+# -- tiny random-weight models (test_models.py, test_moe.py, test_deepseek2.py) ----------------
+
+#: the prompt every tiny-model test runs (ids below each tiny vocabulary of 80)
+TINY_IDS = [3, 17, 42, 5, 79, 0, 11, 64, 23, 8, 31, 2]
+
+
+def backend(name: str):
+    """A fresh backend of tier ``name``: "numpy", "numba" or "cpu"."""
+    if name == "numpy":
+        from pyengine.backends.numpy_backend import NumpyBackend
+
+        return NumpyBackend()
+    if name == "numba":
+        from pyengine.backends.numba_backend import NumbaBackend
+
+        return NumbaBackend()
+    from pyengine.backends.cpu_backend import CpuBackend
+
+    return CpuBackend()
+
+
+def add_arch_metadata(w, arch: str, meta: dict) -> None:
+    """Write ``{arch}.{key}`` for each of ``meta`` with the GGUF type its Python type says
+    (bool, str, float32; anything else uint32)."""
+    for k, v in meta.items():
+        key = f"{arch}.{k}"
+        if isinstance(v, bool):
+            w.add_bool(key, v)
+        elif isinstance(v, str):
+            w.add_string(key, v)
+        elif isinstance(v, float):
+            w.add_float32(key, v)
+        else:
+            w.add_uint32(key, v)
+
+
+def full_logits(path, be, ids=TINY_IDS, n_ctx: int = 32, arch=None):
+    """``(arch, logits (len(ids), n_vocab))`` of one full pass over ``ids`` on a fresh cache;
+    ``arch`` (a Transformer) is built from ``path`` unless given."""
+    from pyengine.gguf_file import open_gguf
+    from pyengine.models import build
+
+    arch = arch or build(open_gguf(path))
+    cache = be.kv_cache(arch.cfg.n_layers, n_ctx, arch.kv_width)
+    return arch, np.asarray(be.to_numpy(arch.forward(be, np.asarray(ids, np.int32), 0, cache, False)))
+
+
+def assert_tier_matches_numpy(got, ref, qtype: str, tier: str) -> None:
+    """A tier's logits against the NumPy reference's for the same file."""
+    if qtype == "F32" or tier == "numba":  # float32 activations throughout: rounding only
+        np.testing.assert_allclose(got, ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
+    else:  # the cpu/cuda kernels quantize activations to 8 bits for Q8_0 weights (as llama.cpp does):
+        # ~1e-2 relative per matmul (test_cpu_ops), compounded over the layers; F32 checks the wiring
+        err = np.linalg.norm(got - ref) / np.linalg.norm(ref)
+        assert err < 5e-2, err
+        assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.8
+
+
+def assert_incremental_decode_matches(be, arch, ref, ids=TINY_IDS, n_ctx: int = 32, prefill: int = 5) -> None:
+    """A prompt of ``prefill`` ids, then one id per forward pass through the KV cache, gives
+    the full pass's logits ``ref`` row for row."""
+    cache = be.kv_cache(arch.cfg.n_layers, n_ctx, arch.kv_width)
+    out = [be.to_numpy(arch.forward(be, np.asarray(ids[:prefill], np.int32), 0, cache, False))]
+    for p in range(prefill, len(ids)):
+        out.append(be.to_numpy(arch.forward(be, np.asarray([ids[p]], np.int32), p, cache, True)))
+    np.testing.assert_allclose(np.concatenate(out), ref, rtol=1e-4, atol=1e-4)
+
+
+def cpu_decode_step(path, n_ctx: int = 32):
+    """``(be, arch, ca, cb, step)``: a cpu backend, the Transformer of ``path``, two fresh caches
+    and the replayed decode step compiled on ``cb`` (checked to exist)."""
+    from pyengine.backends.cpu_backend import CpuBackend
+    from pyengine.gguf_file import open_gguf
+    from pyengine.models import build
+
+    be = CpuBackend()
+    arch = build(open_gguf(path))
+    ca = be.kv_cache(arch.cfg.n_layers, n_ctx, arch.kv_width)
+    cb = be.kv_cache(arch.cfg.n_layers, n_ctx, arch.kv_width)
+    step = be.make_decode_step(arch.forward, cb)
+    assert step is not None, be.decode_step_status
+    assert be.decode_step_status.startswith("native single-call decode step")
+    return be, arch, ca, cb, step

@@ -215,9 +215,10 @@ class Backend:
     def make_decode_step(self, forward, cache: KVCache):
         """Optionally compile one decode step into a single call.
 
-        ``forward(ops, ids, pos0, cache, last_only)`` is the architecture's forward pass.
-        Return a callable ``step(token_id, pos) -> logits (n_vocab,)`` that does exactly
-        what ``forward(self, [token_id], pos, cache, True)`` does (same cache effects), or
-        ``None`` to let the engine call ``forward`` op by op (the default).
+        ``forward(ops, ids, pos0, cache, last_only)`` is the architecture's forward pass
+        (``Transformer.forward``). Return a callable ``step(token_id, pos) -> logits (1, n_vocab)``
+        that does exactly what ``forward(self, [token_id], pos, cache, True)`` does (the same
+        logits, shape included, and the same cache effects), or ``None`` to let the engine
+        call ``forward`` op by op (the default).
         """
         return None

@@ -10,8 +10,9 @@ array costs well under a microsecond; the kernels are the cost). The one thing c
 between calls is the rotary cos/sin table of the last few (positions, base) pairs: a
 forward pass asks for the same table for q and k of every layer.
 
-Non-contract extras (used by a model when present): :meth:`rmsnorm_add` and
-:meth:`add_rmsnorm`, one pass instead of two over the residual stream.
+Non-contract extras: :meth:`rmsnorm_add` and :meth:`add_rmsnorm`, one pass instead of two
+over the residual stream. No architecture calls them (models/common.py runs ``add`` then
+``rmsnorm``); they run in their own tests only.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """A decode step for the native CPU backend, traced once in Python and replayed natively.
 
 The architectures stay written once, in terms of backend ops (``pyengine/models``). To
-take Python out of the token loop, :func:`build_decode_step` runs the model's forward
+take Python out of the token loop, :func:`build_decode_step` runs the architecture's forward
 pass for a single token through :class:`Recorder`, a backend that executes every op
 on the real :class:`~pyengine.backends.cpu_backend.CpuBackend` and writes it down: op,
 input and output buffers, weights, scalar parameters. The outputs the ops allocate

@@ -75,7 +75,9 @@ OPS: tuple[Op, ...] = (
        "multi-head latent attention over the compressed cache (spec: backends/mla.py)", graph="mla_attention"),
 )
 
-#: fused forms a backend may offer beyond the contract (used by a model when present)
+#: fused forms beyond the contract, offered by the cpu backend (and recorded for its decode step).
+#: No architecture calls them: models/common.py runs ``add`` then ``rmsnorm``, so they run in
+#: their own tests only (tests/test_cpu_ops.py)
 EXTRAS: tuple[Op, ...] = (
     Op("rmsnorm_add", ("x", "w", "eps", "residual"), "residual + rmsnorm(x)", graph="rmsnorm_add",
        record="regular", acts=("x", "residual"), vec="w", consts=(("eps", "float"),)),

@@ -359,7 +359,9 @@ def linear(ops: Backend, w: QTensor, x, b: QTensor | None = None):
 
 class Transformer:
     """The architecture's graph: its tensors (taken from the file, every one used) and the
-    shared forward pass. Architectures override :meth:`load_extra` / the hooks only."""
+    shared forward pass. An architecture whose graph differs overrides only what differs:
+    :meth:`load_extra`, :meth:`rope_scaling`, :attr:`Layer`, :meth:`attention_block`,
+    :meth:`ffn_block`, :attr:`kv_width`."""
 
     Layer = Layer
 

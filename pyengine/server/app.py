@@ -238,6 +238,20 @@ class Job:
         r = self.stats.stop_reason
         return "stop" if r == "end of text" else "length"
 
+    async def text_until_stop(self, stops: list[str]) -> tuple[str, str]:
+        """The whole generated text, cut before the first of ``stops`` (generation ends
+        there), and the OpenAI finish reason: "stop" when a stop string or the end of text
+        ended it, else "length"."""
+        scan = StopScanner(stops)
+        out = []
+        async for piece in self.pieces():
+            out.append(scan.push(piece))
+            if scan.hit:
+                break
+        if not scan.hit:
+            out.append(scan.flush())
+        return "".join(out), ("stop" if scan.hit else self.finish_reason)
+
 
 class _ReplicaHeader:
     """Pure ASGI middleware (streaming and disconnects pass straight through): every response
@@ -374,19 +388,8 @@ def create_app(model: Model, name: str, *, max_body: int = DEFAULT_MAX_BODY, cor
             return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": state.name,
                     "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
 
-        async def collect() -> tuple[str, str, bool]:
-            scan = StopScanner(stops)
-            out = []
-            async for piece in job.pieces():
-                out.append(scan.push(piece))
-                if scan.hit:
-                    break
-            if not scan.hit:
-                out.append(scan.flush())
-            return "".join(out), ("stop" if scan.hit else job.finish_reason), scan.hit
-
         if not stream:
-            full, finish, _ = await collect()
+            full, finish = await job.text_until_stop(stops)
             split = ThinkSplitter(in_think)
             parts = split.push(full) + split.flush()
             reasoning = "".join(t for k, t in parts if k == "reasoning")
@@ -497,15 +500,8 @@ def create_app(model: Model, name: str, *, max_body: int = DEFAULT_MAX_BODY, cor
                     "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
 
         if not body.get("stream", False):
-            scan = StopScanner(stops)
-            out = []
-            async for piece in job.pieces():
-                out.append(scan.push(piece))
-                if scan.hit:
-                    break
-            if not scan.hit:
-                out.append(scan.flush())
-            r = choice((prompt if echo else "") + "".join(out), "stop" if scan.hit else job.finish_reason)
+            text, finish = await job.text_until_stop(stops)
+            r = choice((prompt if echo else "") + text, finish)
             r["usage"] = usage()
             return r
 
