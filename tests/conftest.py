@@ -3,6 +3,7 @@ through pip) and cached; a test that needs one FAILS when it cannot be had."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -143,6 +144,15 @@ def backend(name: str):
     from pyengine.backends.cpu_backend import CpuBackend
 
     return CpuBackend()
+
+
+def outer_tensors(mat, norm, n_vocab: int, dim: int, tied: bool = False) -> dict:
+    """A tiny model's tensors outside its blocks, drawn with ``tiny_gguf.random_init``'s
+    ``mat`` / ``norm``: the token embedding, the final norm and (unless ``tied``) the head."""
+    t = {"token_embd.weight": mat(n_vocab, dim, s=1.0), "output_norm.weight": norm(dim)}
+    if not tied:
+        t["output.weight"] = mat(n_vocab, dim, s=3.0 / math.sqrt(dim))
+    return t
 
 
 def add_arch_metadata(w, arch: str, meta: dict) -> None:

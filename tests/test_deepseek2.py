@@ -28,7 +28,8 @@ from pyengine.models import build
 
 from conftest import TINY_IDS as IDS
 from conftest import (add_arch_metadata, assert_incremental_decode_matches, assert_replay_matches_op_by_op,
-                      assert_tier_matches_numpy, backend, cpu_decode_step, full_logits, native_built)
+                      assert_tier_matches_numpy, backend, cpu_decode_step, full_logits, native_built,
+                      outer_tensors)
 from test_models_ops import cuda_emu  # noqa: F401  (the emulator fixture)
 
 V, D, L, H = 80, 64, 3, 4
@@ -51,9 +52,7 @@ def write_deepseek2(path, variant="lite", qtype="F32", seed=0, extra=None, drop=
     rng = np.random.default_rng(seed)
 
     mat, norm = random_init(rng)
-
-    t = {"token_embd.weight": mat(V, D, s=1.0), "output_norm.weight": norm(D),
-         "output.weight": mat(V, D, s=3.0 / math.sqrt(D))}
+    t = outer_tensors(mat, norm, V, D)
     for i in range(L):
         p = f"blk.{i}."
         t[p + "attn_norm.weight"] = norm(D)

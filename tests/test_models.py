@@ -28,7 +28,8 @@ from pyengine.models import build
 
 from conftest import TINY_IDS as IDS
 from conftest import (add_arch_metadata, assert_incremental_decode_matches, assert_replay_matches_op_by_op,
-                      assert_tier_matches_numpy, backend, cpu_decode_step, full_logits, native_built)
+                      assert_tier_matches_numpy, backend, cpu_decode_step, full_logits, native_built,
+                      outer_tensors)
 from test_models_ops import cuda_emu  # noqa: F401  (the emulator fixture)
 
 V, D, L, H, HKV, HD, FF = 80, 64, 3, 4, 2, 16, 96
@@ -63,12 +64,8 @@ def write_model(path, spec_name: str, qtype: str = "F32", seed: int = 0, extra: 
 
     mat, norm = random_init(rng)
 
-    tensors = {}
     q_w, kv_w = H * hd, HKV * hd
-    tensors["token_embd.weight"] = mat(V, D, s=1.0)
-    tensors["output_norm.weight"] = norm(D)
-    if not spec.get("tied"):
-        tensors["output.weight"] = mat(V, D, s=3.0 / math.sqrt(D))
+    tensors = outer_tensors(mat, norm, V, D, tied=spec.get("tied", False))
     for i in range(L):
         p = f"blk.{i}."
         tensors[p + "attn_norm.weight"] = norm(D)

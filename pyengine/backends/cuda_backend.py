@@ -430,10 +430,14 @@ class CudaBackend(Backend):
         return out
 
     def softcap(self, x, cap: float) -> DeviceArray:
+        return self._with_constant(self._cuda.softcap, x, cap)
+
+    def _with_constant(self, kernel, x, c: float) -> DeviceArray:
+        """``kernel(x, c)`` elementwise into a new array, ``c`` rounded to float32 as the kernel takes it."""
         x = self._dev(x)
         out = self._new(x.shape)
         if x.size:
-            self._cuda.softcap(x.buf, x.size, float(np.float32(cap)), out.buf, simple=self.simple)
+            kernel(x.buf, x.size, float(np.float32(c)), out.buf, simple=self.simple)
         return out
 
     # -- elementwise and normalisation -------------------------------------------
@@ -462,11 +466,7 @@ class CudaBackend(Backend):
         return out
 
     def scale(self, x, s: float) -> DeviceArray:
-        x = self._dev(x)
-        out = self._new(x.shape)
-        if x.size:
-            self._cuda.scale(x.buf, x.size, float(np.float32(s)), out.buf, simple=self.simple)
-        return out
+        return self._with_constant(self._cuda.scale, x, s)
 
     def _gate(self, fn, gate, up) -> DeviceArray:
         gate, up = self._dev(gate), self._dev(up)

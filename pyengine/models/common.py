@@ -124,6 +124,10 @@ FEATURES = frozenset({"qkv_bias", "fused_qkv", "qk_norm", "post_norms", "fused_u
 
 @dataclass
 class Config:
+    """The model's shape and the block's hooks, read from the file by :meth:`from_gguf`. An
+    architecture's subclass sets the hooks it always uses as field defaults (``neox: bool =
+    True``), adds its own fields, and reads what only it reads in :meth:`own_from_gguf`."""
+
     n_vocab: int
     dim: int
     n_layers: int
@@ -221,7 +225,8 @@ def int_or_first(v, gf: GGUFFile, key: str) -> int:
     return int(v)
 
 
-def expert_routing_from_gguf(gf: GGUFFile, gating: str, norm: bool, required: bool = True) -> tuple[int, MoERouting | None]:
+def expert_routing_from_gguf(gf: GGUFFile, gating: str, norm: bool,
+                             required: bool = True) -> tuple[int, MoERouting | None]:
     """``(expert_count, routing)`` from the file's ``expert_*`` keys; routing ``None`` when the
     file routes to no expert (``expert_used_count`` 0), an error if ``required``.
 

@@ -75,7 +75,7 @@ class Config(common.Config):
                                  "(1 softmax, 2 sigmoid)")
         n_dense = int(a("leading_dense_block_count", 0))
         # experts are needed only when some layer is past the leading dense ones
-        n_expert, routing = common.expert_routing_from_gguf(gf, gating=gating, norm=bool(a("expert_weights_norm", False)),
+        n_expert, routing = common.expert_routing_from_gguf(gf, gating, norm=bool(a("expert_weights_norm", False)),
                                                             required=n_dense < kw["n_layers"])
         # rope: YaRN's magnitude correction is cancelled in the rope and moved into kq_scale
         # (llama.cpp: attn_factor is the rope's factor; attn_factor_org = attn_factor * (1 + 0.1 ln f),
