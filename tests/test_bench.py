@@ -41,9 +41,9 @@ def _numpy_kernel(type_name):
 
 
 def _small_kernel_bench(**kw):
-    return kernel_bench.run_kernel_bench(types=["Q4_K", "Q8_0"], shapes=[(64, 512)], batch=[1, 3],
-                                  backends=["numpy"], bw=bandwidth.measure_bandwidth(16 << 20, threads=1, repeats=1),
-                                  threads=1, min_time=0.01, log=None, reprobe=False, **kw)
+    bw = bandwidth.measure_bandwidth(16 << 20, threads=1, repeats=1)
+    return kernel_bench.run_kernel_bench(types=["Q4_K", "Q8_0"], shapes=[(64, 512)], batch=[1, 3], backends=["numpy"],
+                                         bw=bw, threads=1, min_time=0.01, log=None, reprobe=False, **kw)
 
 
 def test_kernel_bench_validates_and_reports(tmp_path):
@@ -111,7 +111,7 @@ def test_kernel_bench_reports_a_raising_kernel():
                 kernel_bench.Kernel("numba", "numba", None, boom)]
 
     res = kernel_bench.run_kernel_bench(types=["Q4_0"], shapes=[(32, 64)], batch=[1], bw={"gbps": {"1": 10.0}},
-                                 threads=1, min_time=0.0, log=None, kernels_for=kernels_for, reprobe=False)
+                                        threads=1, min_time=0.0, log=None, kernels_for=kernels_for, reprobe=False)
     r = res["results"][1]
     assert r["status"] == "error" and "segfault avoided" in r["message"]
 
@@ -120,8 +120,9 @@ def test_kernel_bench_on_available_backends():
     """Whatever kernels are built here (numba, native variants) must pass validation on a small shape."""
     ks = kernel_bench.collect_kernels("Q4_K")
     assert ks[0].backend == "numpy"
-    res = kernel_bench.run_kernel_bench(types=["Q4_K", "Q6_K"], shapes=[(64, 512)], batch=[1, 4], bw={"gbps": {"1": 10.0}},
-                                 threads=2, min_time=0.0, cold=False, log=None, reprobe=False)
+    res = kernel_bench.run_kernel_bench(types=["Q4_K", "Q6_K"], shapes=[(64, 512)], batch=[1, 4],
+                                        bw={"gbps": {"1": 10.0}}, threads=2, min_time=0.0, cold=False, log=None,
+                                        reprobe=False)
     assert {r["kernel"] for r in res["results"]} >= {"numpy"}
     bad = [r for r in res["results"] if r["status"] in ("invalid", "error")]
     assert not bad, bad
@@ -255,8 +256,8 @@ def test_weight_bytes_per_token_against_an_independent_count(tmp_path, case):
 def test_model_bench_on_tiny_model(tmp_path, capsys):
     path = synthetic.make_synthetic("tiny", tmp_path, tokenizer="bytes")
     res = model_bench.run_model_bench(str(path), n_prompt=16, n_gen=4, reps=2, threads=1, backend="numpy",
-                                bw={"gbps": {"1": 10.0}, "method": "given", "size_bytes": 0, "repeats": 0},
-                                python_steps=3, log=None)
+                                      bw={"gbps": {"1": 10.0}, "method": "given", "size_bytes": 0, "repeats": 0},
+                                      python_steps=3, log=None)
     res = json.loads(json.dumps(res))
     names = [t["name"] for t in res["tests"]]
     assert names == ["pp16", "tg4"]
@@ -301,7 +302,7 @@ def test_kernel_bench_compares_with_the_best_probe(monkeypatch):
     monkeypatch.setattr(kernel_bench, "measure_bandwidth",
                         lambda *a, **k: {"gbps": {"1": next(seq)}, "method": "fake", "size_bytes": 0, "repeats": 0})
     res = kernel_bench.run_kernel_bench(types=["Q4_0"], shapes=[(32, 64), (64, 64)], batch=[1], threads=1,
-                                 bw_bytes=1 << 16, backends=["numpy"], min_time=0.0, cold=False, log=None)
+                                        bw_bytes=1 << 16, backends=["numpy"], min_time=0.0, cold=False, log=None)
     assert res["bandwidth_probes_gbps"] == [5.0, 20.0, 8.0] and res["reference_bandwidth_gbps"] == 20.0
     for r in res["results"]:
         assert r["bandwidth_gbps"] == 20.0 and r["pct_bandwidth"] == pytest.approx(5 * r["gbps"])
@@ -311,5 +312,5 @@ def test_model_cases_only(monkeypatch):
     calls = []
     monkeypatch.setattr(kernel_bench, "bench_case", lambda tn, r, c, n, ks, *a, **k: calls.append((tn, r, c, n)) or [])
     kernel_bench.run_kernel_bench(model_cases="only", batch=[1], bw={"gbps": {"1": 1.0}}, threads=1, log=None,
-                           kernels_for=lambda t: [], reprobe=False)
+                                  kernels_for=lambda t: [], reprobe=False)
     assert calls == [(t, r, c, 1) for t, r, c, _ in kernel_bench.MODEL_CASES]

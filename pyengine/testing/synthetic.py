@@ -186,12 +186,12 @@ def moe_metadata(s: dict, n_vocab: int) -> dict:
 # --------------------------------------------------------------------------------
 
 
-def tokenizer_metadata(source: str | os.PathLike | None) -> tuple[dict, str]:
+def tokenizer_metadata(source: str | os.PathLike | None, n_vocab: int = 49152) -> tuple[dict, str]:
     """``tokenizer.*`` metadata: copied from a GGUF file, or a built-in byte-level vocabulary.
 
     ``source``: a .gguf path, ``"auto"`` (SmolLM2-135M from the model cache when there,
-    else built-in) or ``"bytes"`` (built-in: 3 specials, 256 byte tokens, padding to 49152,
-    one merge). Returns (metadata, where it came from).
+    else built-in) or ``"bytes"`` (built-in: 3 specials, 256 byte tokens, padding to
+    ``n_vocab`` tokens, one merge). Returns (metadata, where it came from).
     """
     if source == "auto":
         cand = None
@@ -205,7 +205,6 @@ def tokenizer_metadata(source: str | os.PathLike | None) -> tuple[dict, str]:
     if source == "bytes":
         from ..tokenizer import _bytes_to_unicode
 
-        n_vocab = 49152
         byte_chars = _bytes_to_unicode()  # GPT-2's byte -> printable character map
         toks = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + [byte_chars[b] for b in range(256)]
         types = [3, 3, 3] + [1] * 256
