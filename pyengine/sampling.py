@@ -167,7 +167,7 @@ class Sampler:
         """
         pr = self.params
         a = apply_repeat_penalty(_check_logits(logits), history, pr.repeat_penalty, pr.repeat_last_n)
-        if pr.temperature <= 0:
+        if pr.is_greedy:
             return np.array([greedy(a)], dtype=np.int64), np.ones(1)
 
         n = a.shape[0]
@@ -224,12 +224,8 @@ class Sampler:
     # -- drawing ----------------------------------------------------------------------
     def sample(self, logits, history: Sequence[int] = ()) -> int:
         """Pick the next token id from ``logits`` given the tokens so far (``history``)."""
-        if self.params.temperature <= 0:
-            a = apply_repeat_penalty(_check_logits(logits), history,
-                                     self.params.repeat_penalty, self.params.repeat_last_n)
-            return greedy(a)
         ids, p = self.distribution(logits, history)
-        if ids.size == 1:
+        if ids.size == 1:  # greedy, or one candidate left: no draw
             return int(ids[0])
         cum = np.cumsum(p)
         u = self.rng.random() * cum[-1]
