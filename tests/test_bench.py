@@ -314,3 +314,22 @@ def test_model_cases_only(monkeypatch):
     kernel_bench.run_kernel_bench(model_cases="only", batch=[1], bw={"gbps": {"1": 1.0}}, threads=1, log=None,
                                   kernels_for=lambda t: [], reprobe=False)
     assert calls == [(t, r, c, 1) for t, r, c, _ in kernel_bench.MODEL_CASES]
+
+
+def test_the_engine_does_not_import_the_testing_package(tmp_path):
+    """pyengine.testing is tooling: loading a model, generating, and building the whole command
+    line (bench included) must not import it; only running a benchmark case does."""
+    import subprocess
+    import sys
+
+    path = synthetic.make_synthetic("tiny", tmp_path, tokenizer="bytes")
+    code = (
+        "import sys, pyengine, pyengine.cli, pyengine.server, pyengine.chat\n"
+        "pyengine.cli.build_parser()\n"
+        f"m = pyengine.load({str(path)!r}, backend='numpy', n_ctx=32)\n"
+        "''.join(m.generate([1, 2, 3], max_tokens=2, temperature=0.0))\n"
+        "m.weight_bytes_per_token()\n"
+        "print(sorted(k for k in sys.modules if k.startswith('pyengine.testing')))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "[]"
