@@ -49,8 +49,9 @@ what the numbers mean:
   pp512   prompt processing: one 512-token prompt run as a single batch, in tokens
           per second (the prefill a chat pays before the first word appears).
   tg128   text generation: 128 tokens produced one at a time, in tokens per second
-          (the speed you watch text appear at). Each step reads every weight once,
-          so it is bounded by memory bandwidth: tokens/s <= GB/s / GB per token.
+          (the speed you watch text appear at). Each step reads every weight once
+          (of a mixture of experts, only the experts it routes to), so it is bounded
+          by memory bandwidth: tokens/s <= GB/s / GB per token.
   GB/s    effective bandwidth = bytes of weights read / time. Compared with the
           machine's measured read bandwidth (a streaming read of a 1 GiB buffer,
           measured in the same run), it says how close to the hardware limit we are.

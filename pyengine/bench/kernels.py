@@ -31,7 +31,7 @@ from .machine import loadavg, machine_info, n_cores, set_threads
 #: validation threshold: normalised mean squared error against the NumPy reference
 NMSE_MAX = 5e-4
 
-#: (type, rows, cols) of the weights the real models multiply by, see the README
+#: (type, rows, cols, what) of the weights the real models multiply by, see the README
 MODEL_CASES: list[tuple[str, int, int, str]] = [
     ("Q8_0", 262144, 640, "gemma3-270m output (tied embedding)"),
     ("Q5_0", 2048, 640, "gemma3-270m ffn_gate/up"),

@@ -19,6 +19,7 @@ from ..errors import PyEngineError
 from .bandwidth import bandwidth_at, format_bandwidth, measure_bandwidth
 from .machine import loadavg, machine_info, peak_rss_bytes, set_threads
 
+
 class _OpTimer:
     """Accumulates wall time spent inside the outermost calls of the wrapped functions."""
 
