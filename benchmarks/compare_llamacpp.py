@@ -30,7 +30,8 @@ import sys
 import time
 from pathlib import Path
 
-from pyengine.bench import busy_others
+from pyengine.bench.bandwidth import bandwidth_at, format_bandwidth, measure_bandwidth
+from pyengine.bench.machine import busy_others, machine_info
 from pyengine.errors import PyEngineError
 
 DEFAULT_LLAMA_BENCH = "/tmp/llama-build/bin/llama-bench"
@@ -118,7 +119,7 @@ def _ms(xs):
 
 def compare_model(path: str, args, exe: str | None, log) -> dict:
     rounds = []
-    loads = []  # runnable tasks of other processes just before each round (see bench.busy_others)
+    loads = []  # runnable tasks of other processes just before each round (see pyengine.bench.machine.busy_others)
     for r in range(args.repetitions):
         order = ["pyengine", "llama.cpp"] if r % 2 == 0 else ["llama.cpp", "pyengine"]
         got = {}
@@ -275,9 +276,7 @@ def main(argv=None) -> int:
     try:
         exe = None if args.skip_llama else find_llama_bench(args.llama_bench)
         paths = [resolve_model(m) for m in args.models]
-        from pyengine import bench
-
-        info = bench.machine_info()
+        info = machine_info()
         print(f"machine: {info['cpu']}, {info['cores']} cores; llama-bench: {exe or 'skipped'}")
         results = []
         for path in paths:
@@ -291,9 +290,9 @@ def main(argv=None) -> int:
             # shared VM can be caught by outside traffic, and the tg bound would then be too low
             probes = []
             for _ in range(3):
-                bwd = bench.measure_bandwidth(int(args.bw_size * 2**30), args.threads)
-                log(bench.format_bandwidth(bwd))
-                probes.append(bench.bandwidth_at(bwd, args.threads))
+                bwd = measure_bandwidth(int(args.bw_size * 2**30), args.threads)
+                log(format_bandwidth(bwd))
+                probes.append(bandwidth_at(bwd, args.threads))
                 time.sleep(1.0)
             bw = max(probes)
         for res in results:

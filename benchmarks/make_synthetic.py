@@ -1,17 +1,23 @@
 #!/usr/bin/env python3
-"""Write Llama-shaped GGUF files with random but valid weights in llama.cpp's Q4_K_M mix.
+"""Write GGUF files with random but valid weights in llama.cpp's Q4_K_M mix, to benchmark big shapes.
 
     python benchmarks/make_synthetic.py                 # 1B and 7B into benchmarks/out/
     python benchmarks/make_synthetic.py --shapes tiny --out /tmp/syn
+    python benchmarks/make_synthetic.py --shapes ds2-lite --out /data/syn     # ~10 GB MoE
 
-Shapes: tiny (dim 256, 2 layers; for tests), 1B (dim 2048, 16 layers, FFN 8192,
+Dense Llama shapes: tiny (dim 256, 2 layers; for tests), 1B (dim 2048, 16 layers, FFN 8192,
 32 heads, 8 KV heads), 7B (dim 4096, 32 layers, FFN 11008, 32 heads, 32 KV heads).
-Types follow Q4_K_M: Q4_K everywhere, Q6_K for output.weight and for attn_v /
-ffn_down in the layers llama.cpp's ``use_more_bits`` picks; norms F32 (ones).
+Mixture-of-experts shapes: ds2-lite (DeepSeek-V2-Lite), qwen3-30b-a3b (Qwen3-30B-A3B) and
+tiny-ds2 / tiny-qwen3moe (the same layouts at dim 256); pyengine/testing/synthetic.py
+(MOE_SHAPES) lists what each copies, and is the writer of both families.
+Types follow Q4_K_M: Q4_K everywhere, Q6_K for output.weight and for attn_v / ffn_down in
+the layers llama.cpp's ``use_more_bits`` picks, llama-quantize's fallbacks (Q4_K -> Q5_0,
+Q6_K -> Q8_0) where a row is not whole 256-value super-blocks; norms and MoE routers F32.
 The tokenizer metadata (vocab 49152) is copied from SmolLM2-135M when it is in the
 model cache (``pyengine pull smollm2-135m``), so llama.cpp loads the files too.
 The files are written tensor by tensor (7B: ~4 GB, written in under a minute);
-benchmarks/out/ is git-ignored -- never commit them.
+benchmarks/out/ is git-ignored -- never commit them. The weights are noise, and so is the
+text they write: the files are for speed and memory (bytes read per token).
 
     python benchmarks/make_synthetic.py --arch llama,qwen2,gemma2 --out /tmp/syn
 
@@ -26,13 +32,14 @@ import argparse
 import sys
 import time
 
-from pyengine.bench import SYNTHETIC_SHAPES, make_synthetic
 from pyengine.errors import PyEngineError
+from pyengine.testing.synthetic import MOE_SHAPES, SYNTHETIC_SHAPES, make_synthetic
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--shapes", default="1B,7B", help=f"comma list of {', '.join(SYNTHETIC_SHAPES)} (default 1B,7B)")
+    p.add_argument("--shapes", default="1B,7B",
+                   help=f"comma list of {', '.join([*SYNTHETIC_SHAPES, *MOE_SHAPES])} (default 1B,7B)")
     p.add_argument("--out", default="benchmarks/out", help="output directory (default benchmarks/out, git-ignored)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tokenizer", default="auto",

@@ -302,12 +302,12 @@ def add_parser(sub) -> None:
 
 
 def cmd_chat(args) -> int:
-    from .cli import _set_threads
+    from .bench.machine import set_threads
     from .engine import load
 
     if args.max_tokens < 1:
         raise PyEngineError("--max-tokens must be at least 1")
-    _set_threads(args.threads)
+    set_threads(args.threads)
     model = load(args.model, backend=args.backend, n_ctx=args.ctx, progress=not args.quiet)
     session = ChatSession(model, system=args.system, max_tokens=args.max_tokens, drop_old_turns=args.drop_old_turns,
                           temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,

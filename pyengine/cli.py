@@ -7,6 +7,7 @@ import sys
 import time
 
 from . import __version__
+from .bench.machine import set_threads
 from .errors import PyEngineError
 
 EPILOG_GENERATE = """\
@@ -52,31 +53,6 @@ def _utf8_stdio() -> None:
                 stream.reconfigure(encoding="utf-8", errors="replace")
             except (ValueError, OSError):
                 pass
-
-
-def _set_threads(n: int | None) -> None:
-    if not n:
-        return
-    try:
-        from . import _C
-
-        _C.set_num_threads(int(n))
-    except (ImportError, AttributeError):
-        pass
-    os.environ["NUMBA_NUM_THREADS"] = str(n)
-
-
-def _weight_bytes_per_token(model) -> int:
-    """Weight bytes a decode step reads: every matrix once, plus one embedding row."""
-    arch = model.arch
-    total = 0
-    for t in model.gguf.tensors.values():
-        if t is arch.tok_embd:
-            continue
-        total += t.n_bytes
-    if arch.output is arch.tok_embd:
-        total += arch.tok_embd.n_bytes
-    return total
 
 
 def _check_generate_args(args) -> None:
@@ -189,7 +165,7 @@ def cmd_generate(args) -> int:
     echo = (not chat) if args.echo is None else args.echo
     del header  # only the header was read; load() maps the file again and prepares the weights
 
-    _set_threads(args.threads)
+    set_threads(args.threads)
     t0 = time.perf_counter()
     model = load(path, backend=args.backend, n_ctx=args.ctx, progress=not args.quiet)
     load_s = time.perf_counter() - t0
@@ -225,7 +201,7 @@ def cmd_generate(args) -> int:
     if st is not None and not args.quiet:
         print(st.summary(), file=sys.stderr)
         if args.verbose and st.generate_tps > 0:
-            gbs = _weight_bytes_per_token(model) * st.generate_tps / 1e9
+            gbs = model.weight_bytes_per_token() * st.generate_tps / 1e9
             print(f"tg {st.generate_tps:.1f} tok/s | {gbs:.1f} GB/s of weights | "
                   f"{model.backend.description or model.backend.name}", file=sys.stderr)
         if args.verbose:
@@ -414,15 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "`--backend auto` picks, the GPU, and the models in the cache.")
     d.set_defaults(func=cmd_doctor)
 
-    try:
-        from . import bench
-
-        bench.add_parser(sub)
-    except ImportError:
-        pass
+    from .bench import add_parser as add_bench_parser
     from .chat import add_parser as add_chat_parser
     from .server import add_parser as add_serve_parser
 
+    add_bench_parser(sub)
     add_chat_parser(sub)
     add_serve_parser(sub)
     return p

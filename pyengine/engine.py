@@ -314,6 +314,35 @@ class Model:
             ids = ids[1:]
         return ids
 
+    # -- cost --------------------------------------------------------------------
+    def weight_bytes_per_token(self) -> int:
+        """Bytes of weights one generated token reads, from the file's tensor table: the
+        figure that bounds generation speed (tokens/s <= memory bandwidth / this).
+
+        Every tensor counts once (matrices, norms, biases, MoE routers, shared experts),
+        except two whose use depends on the token:
+
+        * the token embedding: one row, the token's own -- unless no ``output.weight`` is
+          in the file (the output projection is tied to the embedding), then all of it,
+          since every logit reads its row;
+        * MoE expert stacks (``*_exps``, ``n_expert`` experts on the outermost axis): the
+          router picks ``top_k`` experts per layer, so ``top_k / n_expert`` of the bytes.
+
+        The KV cache and the activations are not weights and are not counted.
+        """
+        tensors = self.gguf.tensors
+        emb = tensors.get("token_embd.weight")
+        routing = getattr(self.config, "routing", None)  # MoE configurations only
+        total = 0
+        for name, t in tensors.items():
+            if t is emb and "output.weight" in tensors:
+                total += t.row_bytes
+            elif "_exps." in name and routing is not None:
+                total += t.n_bytes // t.shape[0] * routing.top_k
+            else:
+                total += t.n_bytes
+        return total
+
     # -- forward passes -----------------------------------------------------------
     def _new_cache(self):
         return self.backend.kv_cache(self.config.n_layers, self.n_ctx, self.arch.kv_width)

@@ -9,16 +9,19 @@ Pipeline of :meth:`Sampler.sample` (each step can be switched off):
 2. ``temperature <= 0`` -> greedy: the argmax (lowest id on ties), done;
 3. top-k: keep the ``top_k`` largest logits (``np.argpartition``, no full sort);
 4. softmax of ``logits / temperature`` in float64;
-5. top-p: keep the smallest set of most likely tokens whose probability mass
-   is ``>= top_p`` (always at least one token);
-6. min-p: drop tokens whose probability is ``< min_p * max probability``;
+5. min-p: drop tokens whose probability is ``< min_p * max probability``;
+6. top-p: of what min-p kept, keep the most likely tokens until their mass --
+   measured with the probabilities of step 4, not renormalised -- reaches
+   ``top_p`` (always at least one token);
 7. renormalise and draw with a ``numpy.random.Generator`` seeded by ``seed``.
 
 Note: unlike llama.cpp's default chain (which applies temperature last), top-p
 and min-p here see the *temperature-scaled* distribution, so a low temperature
 also narrows the nucleus. Top-p and min-p both keep a prefix of the tokens
-sorted by probability, so their order does not matter; min-p is applied first
-because it is an O(n) mask that shrinks what top-p must sort.
+sorted by probability, and step 6 measures mass before any renormalisation, so
+the result is the tokens both would keep on the full distribution, in either
+order; min-p comes first because it is an O(n) mask that shrinks what top-p
+must sort.
 
 Parameter conventions (validated by :meth:`SamplingParams.validate`, errors are
 one-line :class:`~pyengine.errors.PyEngineError`):
@@ -164,7 +167,7 @@ class Sampler:
         """
         pr = self.params
         a = apply_repeat_penalty(_check_logits(logits), history, pr.repeat_penalty, pr.repeat_last_n)
-        if pr.temperature <= 0:
+        if pr.is_greedy:
             return np.array([greedy(a)], dtype=np.int64), np.ones(1)
 
         n = a.shape[0]
@@ -194,8 +197,9 @@ class Sampler:
                 p = p[keep]
                 idx = keep if idx is None else idx[keep]
 
-        # top-p over the (already min-p filtered) tail-free prefix: cumulative sums use the
-        # un-renormalised probabilities, so this equals top-p on the full distribution.
+        # top-p over what min-p kept (a prefix of the tokens by probability): the cumulative
+        # sums use the un-renormalised probabilities, so the result is the shorter of the two
+        # prefixes top-p and min-p would each keep on the full distribution.
         if pr.top_p < 1.0:
             order = None
             m = _TOP_P_PREFILTER
@@ -220,12 +224,8 @@ class Sampler:
     # -- drawing ----------------------------------------------------------------------
     def sample(self, logits, history: Sequence[int] = ()) -> int:
         """Pick the next token id from ``logits`` given the tokens so far (``history``)."""
-        if self.params.temperature <= 0:
-            a = apply_repeat_penalty(_check_logits(logits), history,
-                                     self.params.repeat_penalty, self.params.repeat_last_n)
-            return greedy(a)
         ids, p = self.distribution(logits, history)
-        if ids.size == 1:
+        if ids.size == 1:  # greedy, or one candidate left: no draw
             return int(ids[0])
         cum = np.cumsum(p)
         u = self.rng.random() * cum[-1]

@@ -36,6 +36,7 @@ from pyengine.backends.cuda_backend import CudaBackend, DeviceArray, cuda_status
 from pyengine.errors import BackendUnavailableError
 from pyengine.ggml_types import ggml_type
 from pyengine.tensor import QTensor
+from pyengine.testing.blocks import random_raw
 
 ROOT = Path(__file__).resolve().parents[1]
 # (overridable to test a modified copy of the kernels, e.g. for mutation checks)
@@ -144,7 +145,7 @@ def q8_1_reference(x: np.ndarray) -> np.ndarray:
 
 
 def weight(type_name: str, rows: int, cols: int, rng, scales: str = "normal", name: str = "w") -> QTensor:
-    raw = quants.random_raw(type_name, rows * cols, rng, scales=scales)
+    raw = random_raw(type_name, rows * cols, rng, scales=scales)
     return QTensor(name, type_name, (rows, cols), raw)
 
 

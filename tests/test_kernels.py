@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from pyengine import kernels, quants
 from pyengine.ggml_types import ggml_type
+from pyengine.testing.blocks import random_raw
 
 # Normalized MSE bound, sum((y - ref)^2) / sum(ref^2), per weight type. The quantized types
 # carry the int8 activation quantization (measured ~3e-5, see test_report_nmse); F16/F32
@@ -75,7 +76,7 @@ def make_case(t: str, rows: int, cols: int, n: int, mode: str, seed: int):
     rng = np.random.default_rng(seed)
     if t in ("F32", "BF16") and mode == "extreme":
         mode = "zero"  # float32-range weights near 3e38 overflow any float32 matmul, reference included
-    raw = quants.random_raw(t, rows * cols, rng, scales=mode)
+    raw = random_raw(t, rows * cols, rng, scales=mode)
     x = rng.standard_normal((n, cols)).astype(np.float32)
     return raw, x
 
@@ -175,7 +176,7 @@ def test_edge_shapes(t, variant):
 
 def test_one_dimensional_x_and_bytes_input():
     rng = np.random.default_rng(5)
-    raw = quants.random_raw("Q4_K", 40 * 512, rng)
+    raw = random_raw("Q4_K", 40 * 512, rng)
     x = rng.standard_normal(512).astype(np.float32)
     y1 = kernels.matmul("Q4_K", bytes(raw), (40, 512), x)
     y2 = kernels.matmul("Q4_K", memoryview(raw), (40, 512), x[None, :])
@@ -191,7 +192,7 @@ def test_thread_count_does_not_change_results(variant):
     C = _native()
     rng = np.random.default_rng(11)
     rows, cols, n = 203, 1024, 37
-    raw = quants.random_raw("Q6_K", rows * cols, rng)
+    raw = random_raw("Q6_K", rows * cols, rng)
     x = rng.standard_normal((n, cols)).astype(np.float32)
     old = C.get_num_threads()
     outs = []
@@ -215,7 +216,7 @@ def test_get_rows(t, backend):
     _skip_unavailable(backend, "generic")
     rng = np.random.default_rng(3)
     rows, cols = 37, 4 * block_of(t) if t not in FLOAT_TYPES else 96
-    raw = quants.random_raw(t, rows * cols, rng, scales="extreme" if t not in ("F32", "BF16") else "normal")
+    raw = random_raw(t, rows * cols, rng, scales="extreme" if t not in ("F32", "BF16") else "normal")
     ids = np.array([0, 36, 5, 5, 17], dtype=np.int32)
     w = quants.dequantize(t, raw, rows * cols).reshape(rows, cols)
     got = kernels.get_rows(t, raw, (rows, cols), ids, backend=backend)
@@ -233,7 +234,7 @@ def test_report_nmse(capsys):
     rows, cols, n = 128, 2048, 16
     lines = []
     for t in TYPES:
-        raw = quants.random_raw(t, rows * cols, rng)
+        raw = random_raw(t, rows * cols, rng)
         x = rng.standard_normal((n, cols)).astype(np.float32)
         ref = reference(t, raw, rows, cols, x)
         per = {v: nmse(kernels.matmul(t, raw, (rows, cols), x, backend="cpu", variant=v), ref) for v in VARIANTS_HERE}
@@ -312,7 +313,7 @@ def args():
     if not kernels.native_available():
         pytest.skip("cpu backend unavailable: pyengine._C not importable")
     rng = np.random.default_rng(0)
-    raw = quants.random_raw("Q4_0", 8 * 64, rng)
+    raw = random_raw("Q4_0", 8 * 64, rng)
     return raw, rng.standard_normal((3, 64)).astype(np.float32), np.empty((3, 8), np.float32)
 
 
@@ -392,7 +393,7 @@ def test_concurrent_calls_from_python_threads():
     rng = np.random.default_rng(9)
     jobs = []
     for t in ("Q4_K", "Q8_0", "Q6_K", "Q4_1"):
-        raw = quants.random_raw(t, 96 * 512, rng)
+        raw = random_raw(t, 96 * 512, rng)
         x = rng.standard_normal((5, 512)).astype(np.float32)
         jobs.append((t, raw, x, kernels.matmul(t, raw, (96, 512), x, backend="cpu")))
     errors = []
@@ -418,7 +419,7 @@ def test_degrades_without_native(monkeypatch):
     assert "cpu" not in kernels.available_backends()
     assert kernels.kernel_variants() == [] and kernels.cpu_features() == {}
     rng = np.random.default_rng(1)
-    raw = quants.random_raw("Q8_0", 20 * 64, rng)
+    raw = random_raw("Q8_0", 20 * 64, rng)
     x = rng.standard_normal((17, 64)).astype(np.float32)
     y = kernels.matmul("Q8_0", raw, (20, 64), x)  # numba or numpy
     assert nmse(y, reference("Q8_0", raw, 20, 64, x)) <= NMSE_BOUND["Q8_0"]
@@ -433,7 +434,7 @@ def test_q8_0_full_int8_range(variant):
     _skip_unavailable("cpu", variant)
     rng = np.random.default_rng(4)
     rows, cols, n = 24, 256, 20
-    raw = quants.random_raw("Q8_0", rows * cols, rng)
+    raw = random_raw("Q8_0", rows * cols, rng)
     b = raw.view(quants.BLOCK_DTYPES["Q8_0"])
     qs = b["qs"]
     qs[: len(qs) // 2] = np.where(rng.random(qs[: len(qs) // 2].shape) < 0.5, -128, 127)
@@ -450,11 +451,12 @@ NEW_TYPES = ("Q5_K", "Q5_1", "BF16", "Q3_K", "Q2_K", "IQ4_XS", "IQ4_NL")
 def test_kernel_bench_covers_the_new_types():
     """`pyengine bench kernels` runs the new types by default, each kernel validated before timing
     (tiny shapes and no bandwidth probe here: this checks the code path, it measures nothing)."""
-    from pyengine import bench
+    from pyengine.bench import kernels as kernel_bench
 
-    assert set(NEW_TYPES) <= set(bench.DEFAULT_TYPES)
-    res = bench.run_kernel_bench(types=list(NEW_TYPES), shapes=[(32, 512)], batch=[1, 64], bw={"gbps": {"1": 10.0}},
-                                 threads=1, min_time=0.0, cold=False, log=None, reprobe=False)
+    assert set(NEW_TYPES) <= set(kernel_bench.DEFAULT_TYPES)
+    res = kernel_bench.run_kernel_bench(types=list(NEW_TYPES), shapes=[(32, 512)], batch=[1, 64],
+                                        bw={"gbps": {"1": 10.0}}, threads=1, min_time=0.0, cold=False, log=None,
+                                        reprobe=False)
     rs = res["results"]
     assert {r["type"] for r in rs} == set(NEW_TYPES)
     for t in NEW_TYPES:

@@ -1,9 +1,9 @@
 """Peak memory while generating, per weight type: weights stay memory-mapped in their GGUF
 encoding, so a run needs about the file plus the KV cache, never a float32 copy.
 
-For each type a small Llama-shaped file is written (gguf's GGUFWriter; weights by
-``gguf.quants.quantize`` where gguf can quantize that type, else random valid blocks from
-``pyengine.quants.random_raw`` rescaled to a sane RMS), then a subprocess loads it on the
+For each type a small Llama-shaped file is written (pyengine.testing.synthetic's writer:
+random valid blocks of a sane RMS from ``pyengine.testing.blocks.random_raw``), then a
+subprocess loads it on the
 ``cpu`` backend and generates a few tokens. Its peak RSS (``VmHWM``) minus its RSS
 before loading must stay within ``(file size + KV cache) * 1.15``. "Before loading" is
 after a warm-up run of a tiny model of the same type in the same process, so the
@@ -19,11 +19,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from pyengine import kernels, quants
-from pyengine.ggml_types import ggml_type
+from pyengine import kernels
+from pyengine.testing import synthetic
 
 gguf = pytest.importorskip("gguf")
 
@@ -36,72 +35,13 @@ TYPES = ("Q5_K", "Q5_1", "BF16", "Q3_K", "Q2_K", "IQ4_XS", "IQ4_NL", "Q4_K", "Q6
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/status (Linux)")
 
 
-def _weights(t: str, rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
-    """(rows, row bytes) uint8 of type t whose decoded values have RMS about 1/sqrt(cols)."""
-    target = 1.0 / np.sqrt(cols)
-    if t in ("F16", "BF16"):
-        f = (rng.standard_normal((rows, cols)) * target).astype(np.float32)
-        if t == "F16":
-            return f.astype(np.float16).view(np.uint8)
-        return (f.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
-    try:
-        f = (rng.standard_normal((rows, cols)) * target).astype(np.float32)
-        return np.asarray(gguf.quants.quantize(f, gguf.GGMLQuantizationType[t]), dtype=np.uint8).reshape(rows, -1)
-    except NotImplementedError:  # gguf cannot quantize this type: random valid blocks, rescaled
-        raw = quants.random_raw(t, rows * cols, rng, "normal")
-        b = raw.view(quants.BLOCK_DTYPES[t])
-        sample = quants.dequantize(t, raw[: ggml_type(t).n_bytes(min(rows, 8) * cols)], min(rows, 8) * cols)
-        k = np.float32(target / max(float(np.sqrt(np.mean(sample.astype(np.float64) ** 2))), 1e-30))
-        for field in quants._SCALE_FIELDS[t]:  # values are linear in the scale fields together
-            b[field] = (b[field].astype(np.float32) * k).astype(np.float16)
-        return raw.reshape(rows, -1)
-
-
 def write_model(path: Path, t: str, s: dict, seed: int = 0) -> None:
-    from pyengine.tokenizer import _BYTE_TO_CHAR
-
-    d, f, L = s["dim"], s["ffn"], s["n_layers"]
-    kv = d // s["n_heads"] * s["n_kv_heads"]
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_context_length(2048)
-    w.add_embedding_length(d)
-    w.add_block_count(L)
-    w.add_feed_forward_length(f)
-    w.add_head_count(s["n_heads"])
-    w.add_head_count_kv(s["n_kv_heads"])
-    w.add_rope_dimension_count(d // s["n_heads"])
-    w.add_rope_freq_base(10000.0)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_vocab_size(s["n_vocab"])
-    toks = ["<s>", "</s>", "<unk>"] + [_BYTE_TO_CHAR[b] for b in range(256)]
-    types = [3, 3, 3] + [1] * 256
-    toks += [f"<unused_{i}>" for i in range(s["n_vocab"] - len(toks))]
-    types += [5] * (s["n_vocab"] - len(types))
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(toks)
-    w.add_token_types(types)
-    w.add_token_merges(["Ġ t"])
-    w.add_bos_token_id(0)
-    w.add_eos_token_id(1)
-    rng = np.random.default_rng(seed)
-    gt = gguf.GGMLQuantizationType[t]
-    mats = [("token_embd.weight", (s["n_vocab"], d)), ("output.weight", (s["n_vocab"], d))]
-    for i in range(L):
-        p = f"blk.{i}."
-        mats += [(p + "attn_q.weight", (d, d)), (p + "attn_k.weight", (kv, d)), (p + "attn_v.weight", (kv, d)),
-                 (p + "attn_output.weight", (d, d)), (p + "ffn_gate.weight", (f, d)), (p + "ffn_up.weight", (f, d)),
-                 (p + "ffn_down.weight", (d, f))]
-    w.add_tensor("output_norm.weight", np.ones(d, np.float32))
-    for i in range(L):
-        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(d, np.float32))
-        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(d, np.float32))
-    for name, (rows, cols) in mats:
-        w.add_tensor(name, _weights(t, rows, cols, rng), raw_dtype=gt)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    """A Llama-shaped file whose matrices are all of type ``t`` (norms F32), by the synthetic
+    model writer: random valid blocks of decoded RMS 1/sqrt(cols), a byte-level vocabulary."""
+    specs = [(name, shp, tn if tn == "F32" else t) for name, shp, tn in synthetic.llama_tensors(s, s["n_vocab"])]
+    md = synthetic.llama_metadata(dict(s, ctx=2048), s["n_vocab"])
+    tok = synthetic.tokenizer_metadata("bytes", n_vocab=s["n_vocab"])
+    synthetic.write_synthetic(path, "llama", f"memory test {t}", md, specs, tok, seed=seed)
 
 
 CHILD = r"""

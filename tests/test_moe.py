@@ -313,7 +313,7 @@ def test_native_moe_rejects_bad_arguments():
         _C.moe_ffn(np.ones((2, D + 1), np.float32), np.empty((2, D + 1), np.float32), **args)
 
 
-# -- the benchmark generator (benchmarks/make_synthetic_moe.py) at test scale -------------------
+# -- the benchmark generator (pyengine/testing/synthetic.py) at test scale ---------------------
 
 @pytest.mark.skipif(not native_built(), reason="needs pyengine._C")
 @pytest.mark.parametrize("shape", ["tiny-ds2", "tiny-qwen3moe"])
@@ -321,16 +321,10 @@ def test_synthetic_moe_files_load_and_run(tmp_path, shape):
     """The Q4_K_M-like MoE files the speed benchmark uses load (every tensor used), take
     llama-quantize's fallback types where rows are not whole super-blocks, and run on cpu as
     on the NumPy reference."""
-    import importlib.util
-    from pathlib import Path
-
     from pyengine.backends.cpu_backend import CpuBackend
+    from pyengine.testing.synthetic import make_synthetic
 
-    spec = importlib.util.spec_from_file_location(
-        "make_synthetic_moe", Path(__file__).resolve().parents[1] / "benchmarks" / "make_synthetic_moe.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    path = mod.make_synthetic_moe(shape, tmp_path, tokenizer="bytes")
+    path = make_synthetic(shape, tmp_path, tokenizer="bytes")
     gf = open_gguf(path)
     arch = build(gf)
     types = {t.type_name for t in gf.tensors.values()}

@@ -24,6 +24,7 @@ from pyengine.backends.numpy_backend import NumpyBackend, attention_reference, g
 from pyengine.errors import BackendUnavailableError
 from pyengine.ggml_types import ggml_type
 from pyengine.tensor import QTensor
+from pyengine.testing.blocks import random_raw
 
 try:
     import numba  # noqa: F401
@@ -62,7 +63,7 @@ def block_cols(t: str) -> int:
 
 
 def weights(t: str, rows: int, cols: int, mode: str, rng: np.random.Generator) -> np.ndarray:
-    return quants.random_raw(t, rows * cols, rng, scales=mode)
+    return random_raw(t, rows * cols, rng, scales=mode)
 
 
 def reference_matmul(t: str, raw: np.ndarray, rows: int, cols: int, x: np.ndarray) -> np.ndarray:
@@ -270,7 +271,7 @@ def test_gated_activations(n, width, mag, seed):
 
 def qtensor(name: str, t: str, shape: tuple[int, ...], rng, mode: str = "normal") -> QTensor:
     n = int(np.prod(shape))
-    return QTensor(name, t, shape, quants.random_raw(t, n, rng, scales=mode))
+    return QTensor(name, t, shape, random_raw(t, n, rng, scales=mode))
 
 
 @needs_numba

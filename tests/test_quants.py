@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from pyengine import quants as Q
+from pyengine.testing.blocks import random_raw
 from pyengine.ggml_types import BY_NAME
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -99,7 +100,7 @@ def test_structured_dtype_agrees_with_byte_offsets(name):
 
 @pytest.mark.parametrize("name", BLOCK_TYPES)
 def test_block_functions_accept_structured_or_flat_blocks(name):
-    raw = Q.random_raw(name, 3 * BY_NAME[name].block_size, np.random.default_rng(1))
+    raw = random_raw(name, 3 * BY_NAME[name].block_size, np.random.default_rng(1))
     f = Q.BLOCK_DEQUANTIZERS[name]
     a = f(raw.view(Q.BLOCK_DTYPES[name]))
     b = f(raw.reshape(3, -1))
@@ -231,7 +232,7 @@ def test_iq4_hand_blocks():
 def test_dequantize_matches_gguf_on_random_valid_blocks(name, n_blocks, mode, seed):
     t = BY_NAME[name]
     n = n_blocks * (t.block_size if t.block_size > 1 else 64)
-    raw = Q.random_raw(name, n, np.random.default_rng(seed), mode)
+    raw = random_raw(name, n, np.random.default_rng(seed), mode)
     got = Q.dequantize(name, raw, n)
     assert got.shape == (n,)
     assert np.isfinite(got).all()
@@ -274,7 +275,7 @@ def scalar_q8_dequant(name: str, raw: np.ndarray) -> np.ndarray:
        seed=st.integers(0, 2**32 - 1))
 def test_dequantize_q8_1_q8_k_match_scalar_oracle(name, n_blocks, mode, seed):
     n = n_blocks * BY_NAME[name].block_size
-    raw = Q.random_raw(name, n, np.random.default_rng(seed), mode)
+    raw = random_raw(name, n, np.random.default_rng(seed), mode)
     got = Q.dequantize(name, raw, n)
     assert np.isfinite(got).all()
     assert_bit_equal(got, scalar_q8_dequant(name, raw))
@@ -282,7 +283,7 @@ def test_dequantize_q8_1_q8_k_match_scalar_oracle(name, n_blocks, mode, seed):
 
 # --------------------------------------------------------------------------- input forms, copies
 def test_dequantize_accepts_bytes_memoryview_and_memmap(tmp_path):
-    raw = Q.random_raw("Q6_K", 4 * 256, np.random.default_rng(3))
+    raw = random_raw("Q6_K", 4 * 256, np.random.default_rng(3))
     ref = Q.dequantize("Q6_K", raw, 1024)
     p = tmp_path / "w.bin"
     p.write_bytes(b"\0" * 10 + raw.tobytes())
@@ -294,12 +295,12 @@ def test_dequantize_accepts_bytes_memoryview_and_memmap(tmp_path):
 
 
 def test_f32_is_not_copied_and_big_inputs_are_chunked_consistently():
-    raw = Q.random_raw("F32", 64, np.random.default_rng(4))
+    raw = random_raw("F32", 64, np.random.default_rng(4))
     out = Q.dequantize("F32", raw, 64)
     assert np.shares_memory(out, raw)
     # more blocks than one internal chunk: chunk seams must not show
     n = (Q._CHUNK_VALUES // 32) * 2 + 5
-    raw = Q.random_raw("Q8_0", n * 32, np.random.default_rng(5))
+    raw = random_raw("Q8_0", n * 32, np.random.default_rng(5))
     assert_bit_equal(Q.dequantize("Q8_0", raw, n * 32), Q.dequantize_q8_0(raw).reshape(-1))
 
 
@@ -325,9 +326,9 @@ def test_errors():
     one_line_error(Q.quantize_q8_1, np.zeros(48, np.float32), match="multiple of 32")
     one_line_error(Q.quantize_q8_k, np.zeros(255, np.float32), match="multiple of 256")
     rng = np.random.default_rng(0)
-    one_line_error(Q.random_raw, "Q4_K", 256, rng, "huge", match="scales mode 'huge'")
-    one_line_error(Q.random_raw, "Q4_K", 100, rng, match="multiple of the block size")
-    one_line_error(Q.random_raw, "IQ2_XXS", 256, rng, match="unsupported type 'IQ2_XXS'")
+    one_line_error(random_raw, "Q4_K", 256, rng, "huge", match="scales mode 'huge'")
+    one_line_error(random_raw, "Q4_K", 100, rng, match="multiple of the block size")
+    one_line_error(random_raw, "IQ2_XXS", 256, rng, match="unsupported type 'IQ2_XXS'")
 
 
 # --------------------------------------------------------------------------- quantizers
@@ -480,9 +481,9 @@ def test_quantize_q8_k_matches_ggml_reference_loop_and_round_trips(data, n_block
 def test_random_raw_is_valid(name, mode):
     t = BY_NAME[name]
     n = 64 * t.block_size
-    raw = Q.random_raw(name, n, np.random.default_rng(11), mode)
+    raw = random_raw(name, n, np.random.default_rng(11), mode)
     assert raw.dtype == np.uint8 and raw.shape == (t.n_bytes(n),)
-    again = Q.random_raw(name, n, np.random.default_rng(11), mode)
+    again = random_raw(name, n, np.random.default_rng(11), mode)
     np.testing.assert_array_equal(raw, again)  # reproducible from the seed
     x = Q.dequantize(name, raw, n)
     assert np.isfinite(x).all()
@@ -519,7 +520,7 @@ def test_random_raw_is_valid(name, mode):
 
 def test_random_raw_zero_mode_zeroes_whole_blocks_and_sub_scales():
     # some blocks with every scale zero, but not all
-    raw = Q.random_raw("Q4_K", 64 * 256, np.random.default_rng(12), "zero")
+    raw = random_raw("Q4_K", 64 * 256, np.random.default_rng(12), "zero")
     b = raw.view(Q.BLOCK_DTYPES["Q4_K"])
     both = (b["d"] == 0) & (b["dmin"] == 0)
     assert 0 < both.sum() < 64
@@ -530,7 +531,7 @@ def test_random_raw_zero_mode_zeroes_whole_blocks_and_sub_scales():
 
 @pytest.mark.parametrize("name", ["Q3_K", "IQ4_XS"])
 def test_random_raw_zero_mode_zeroes_offset_coded_scales(name):
-    b = Q.random_raw(name, 64 * 256, np.random.default_rng(13), "zero").view(Q.BLOCK_DTYPES[name])
+    b = random_raw(name, 64 * 256, np.random.default_rng(13), "zero").view(Q.BLOCK_DTYPES[name])
     sc = Q.unpack_scales_q3_k(b["scales"]) if name == "Q3_K" else Q.unpack_scales_iq4_xs(b["scales_h"], b["scales_l"])
     frac = float(np.mean(sc == 0))
     assert 0.15 < frac < 0.4, frac  # about a quarter (1/64 would be chance)

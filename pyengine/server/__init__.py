@@ -121,7 +121,7 @@ def cmd_serve(args) -> int:
     except ImportError as e:
         raise PyEngineError(f"pyengine serve needs FastAPI and uvicorn ({e.name} is missing): "
                             "pip install fastapi uvicorn") from None
-    from ..cli import _set_threads
+    from ..bench.machine import set_threads
     from ..engine import load
     from .app import create_app
 
@@ -129,7 +129,7 @@ def cmd_serve(args) -> int:
         raise PyEngineError("--parallel must be at least 1")
     if not 0 <= args.port <= 65535:
         raise PyEngineError(f"--port must be 0..65535, got {args.port}")
-    _set_threads(args.threads)
+    set_threads(args.threads)
     sock = bind(args.host, args.port)  # fail on a taken port before the model loads
     model = load(args.model, backend=args.backend, n_ctx=args.ctx, progress=not args.quiet,
                  max_sequences=args.parallel)
