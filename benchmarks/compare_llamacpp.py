@@ -73,9 +73,9 @@ def resolve_model(name: str) -> str:
     return str(resolve(name, pull_if_missing=True, progress=True))
 
 
-def _run(cmd: list[str], timeout: float) -> str:
+def _run(cmd: list[str], timeout: float, env: dict | None = None) -> str:
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         raise PyEngineError(f"timed out after {timeout:.0f} s: {' '.join(cmd)}") from None
     if p.returncode != 0:
@@ -84,10 +84,23 @@ def _run(cmd: list[str], timeout: float) -> str:
     return p.stdout
 
 
-def run_pyengine(path: str, p: int, n: int, t: int, backend: str, timeout: float) -> dict:
+def pyengine_isa(isa: str) -> str:
+    """The native kernel tier pyengine's cpu backend will run: the one asked for, or the best this CPU has."""
+    from pyengine import _C
+
+    avail = _C.kernel_variants()
+    if isa == "auto":
+        return avail[-1]
+    if isa not in avail:
+        raise PyEngineError(f"--isa {isa}: this CPU/build runs only {', '.join(avail)}")
+    return isa
+
+
+def run_pyengine(path: str, p: int, n: int, t: int, backend: str, timeout: float, isa: str) -> dict:
     cmd = [sys.executable, "-m", "pyengine.bench", path, "-p", str(p), "-n", str(n), "-r", "1", "-t", str(t),
            "--backend", backend, "--bw-size", "0", "--python-steps", "0", "--json"]
-    out = json.loads(_run(cmd, timeout))
+    # PYENGINE_CPU_VARIANT forces the tier (e.g. the AVX2 kernels on an AVX-512 CPU)
+    out = json.loads(_run(cmd, timeout, env={**os.environ, "PYENGINE_CPU_VARIANT": isa}))
     res = {"raw": out}
     for test in out["tests"]:
         res["pp" if test["n_prompt"] else "tg"] = test["avg_ts"]
@@ -126,7 +139,8 @@ def compare_model(path: str, args, exe: str | None, log) -> dict:
         loads.append(busy_others())
         for who in order:
             if who == "pyengine" and not args.skip_pyengine:
-                got[who] = run_pyengine(path, args.n_prompt, args.n_gen, args.threads, args.backend, args.timeout)
+                got[who] = run_pyengine(path, args.n_prompt, args.n_gen, args.threads, args.backend, args.timeout,
+                                         args.isa)
             elif who == "llama.cpp" and exe:
                 got[who] = run_llama(exe, path, args.n_prompt, args.n_gen, args.threads, args.timeout)
         rounds.append(got)
@@ -134,7 +148,7 @@ def compare_model(path: str, args, exe: str | None, log) -> dict:
             f"{w} pp {g.get('pp', float('nan')):.1f} tg {g.get('tg', float('nan')):.2f}" for w, g in got.items()))
     res = {"model": path, "file_size": Path(path).stat().st_size, "rounds": args.repetitions,
            "threads": args.threads, "n_prompt": args.n_prompt, "n_gen": args.n_gen, "target": target_for(path),
-           "busy_others_rounds": loads}
+           "busy_others_rounds": loads, "isa": f"{args.isa} / {args.llama_isa}"}
     for who in ("pyengine", "llama.cpp"):
         for test in ("pp", "tg"):
             m, sd = _ms([g[who].get(test) for g in rounds if who in g])
@@ -176,7 +190,8 @@ def _x(v):
 def table(res: dict, bw: float | None) -> str:
     lines = [f"{Path(res['model']).name} ({res['file_size'] / 1e6:.0f} MB), {res['threads']} threads, "
              f"{res['rounds']} alternating rounds (other processes busy: {_f1(_max(res['busy_others_rounds']))} "
-             f"cores at most); pyengine: {res['pyengine_backend']}; llama.cpp {res['llama_build']}",
+             f"cores at most); pyengine: {res['pyengine_backend']}; llama.cpp {res['llama_build']}; "
+             f"ISA pyengine / llama.cpp: {res['isa']}",
              f"{'test':<8}{'pyengine tok/s':>20}{'llama.cpp tok/s':>20}{'ratio':>9}{'paired':>9}{'target':>9}"]
     tgt = res["target"] or {}
     for test, n in (("pp", res["n_prompt"]), ("tg", res["n_gen"])):
@@ -209,8 +224,9 @@ def table(res: dict, bw: float | None) -> str:
 
 
 def markdown(results: list[dict], bw: float | None) -> str:
-    out = ["| model | test | pyengine tok/s | llama.cpp tok/s | pyengine / llama.cpp | paired (geomean of rounds) | target |",
-           "|---|---|---:|---:|---:|---:|---:|"]
+    out = ["| model | ISA (pyengine / llama.cpp) | test | pyengine tok/s | llama.cpp tok/s | pyengine / llama.cpp "
+           "| paired (geomean of rounds) | target |",
+           "|---|---|---|---:|---:|---:|---:|---:|"]
     for res in results:
         tgt = res["target"] or {}
         for test, n in (("pp", res["n_prompt"]), ("tg", res["n_gen"])):
@@ -218,7 +234,7 @@ def markdown(results: list[dict], bw: float | None) -> str:
                 continue
             ratio = res[f"ratio_{test}"]
             t = tgt.get(test)
-            out.append(f"| {Path(res['model']).name} | {test}{n} | {_fmt(res[f'pyengine_{test}'], res[f'pyengine_{test}_sd'], 2)}"
+            out.append(f"| {Path(res['model']).name} | {res['isa']} | {test}{n} | {_fmt(res[f'pyengine_{test}'], res[f'pyengine_{test}_sd'], 2)}"
                        f" | {_fmt(res[f'llama.cpp_{test}'], res[f'llama.cpp_{test}_sd'], 2)}"
                        f" | {_x(ratio)} | {_x(res[f'paired_ratio_{test}'])} | {'' if t is None else f'>= {t}x'} |")
     return "\n".join(out)
@@ -264,6 +280,12 @@ def main(argv=None) -> int:
     ap.add_argument("-p", "--n-prompt", type=int, default=512, help="prompt tokens for pp (default 512)")
     ap.add_argument("-n", "--n-gen", type=int, default=128, help="generated tokens for tg (default 128)")
     ap.add_argument("--backend", default="auto", help="pyengine backend (default auto)")
+    ap.add_argument("--isa", default="auto", choices=["auto", "generic", "avx2", "avx512"],
+                    help="pyengine's native kernel tier (default: the best this CPU runs); avx2 on an AVX-512 "
+                         "CPU measures the AVX2 tier there")
+    ap.add_argument("--llama-isa", default="native", metavar="LABEL",
+                    help="what the llama-bench build was compiled for, shown in every row (default 'native'; "
+                         "e.g. 'avx2' for a build with GGML_NATIVE=OFF GGML_AVX2=ON GGML_AVX512=OFF)")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per single run (default 1800)")
     ap.add_argument("--skip-pyengine", action="store_true", help="only run llama-bench (record its figures)")
     ap.add_argument("--skip-llama", action="store_true", help="only run pyengine")
@@ -275,6 +297,8 @@ def main(argv=None) -> int:
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     try:
         exe = None if args.skip_llama else find_llama_bench(args.llama_bench)
+        if not args.skip_pyengine:
+            args.isa = pyengine_isa(args.isa)
         paths = [resolve_model(m) for m in args.models]
         info = machine_info()
         print(f"machine: {info['cpu']}, {info['cores']} cores; llama-bench: {exe or 'skipped'}")
