@@ -4,6 +4,11 @@ Weights are dequantized to float32 on first use with :func:`pyengine.quants.dequ
 and kept (so peak memory stays under about twice the dequantized model: the file is
 memory-mapped and only touched once per tensor). Embedding rows are dequantized on
 demand, never the whole table.
+
+A matmul is the spec's, :func:`pyengine.quants.matmul_dequantized` on the kept weight: for a
+quantized weight the activations are quantized to int8 per 32 values and decoded first,
+as the native tiers do, so this backend computes what the cpu backend computes (up to
+float32 rounding) rather than an unquantized product it would only approximate.
 """
 from __future__ import annotations
 
@@ -96,7 +101,7 @@ def attention_reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, pos0: int, 
 
 class NumpyBackend(Backend):
     name = "numpy"
-    description = "numpy reference (float32, dequantized weights)"
+    description = "numpy reference (float32, dequantized weights, int8-per-32 activations as the native tiers)"
 
     def embed(self, w: QTensor, ids: np.ndarray) -> np.ndarray:
         out = np.empty((len(ids), w.cols), dtype=np.float32)
@@ -105,7 +110,7 @@ class NumpyBackend(Backend):
         return out
 
     def matmul(self, w: QTensor, x: np.ndarray) -> np.ndarray:
-        return np.matmul(x, dequantized(w).T)
+        return quants.matmul_dequantized(w.type_name, dequantized(w), x)
 
     def add_bias(self, x: np.ndarray, b: QTensor) -> np.ndarray:
         return x + dequantized(b).reshape(-1)
