@@ -11,10 +11,15 @@ small integers. This module spells every block out twice:
   layout byte by byte and the formula, vectorised over all blocks at once.
 
 :func:`dequantize` is the entry point the engine uses (bytes in, float32 out);
-:func:`quantize_q8_0`, :func:`quantize_q8_1` and :func:`quantize_q8_K` produce the
-8-bit activation formats native dot-product kernels consume, rounding exactly as
-ggml's reference C code does; :func:`random_raw` makes random but valid blocks for
-property tests of kernels.
+:func:`matmul` (and ``matmul_<type>``, e.g. :func:`matmul_q4_K`) is the spec of the matmul
+every tier computes: activations quantized to int8 per 32 values exactly as the native
+kernels do it (:func:`quantize_act_q8_32`) and decoded, weights dequantized, then the float
+product. :func:`quantize_q8_0`, :func:`quantize_q8_1` and :func:`quantize_q8_K` produce
+ggml's 8-bit activation formats, rounding exactly as ggml's reference C code does;
+:func:`random_raw` makes random but valid blocks for property tests of kernels.
+
+Names spell the type as ggml does in identifiers (``GGMLType.ident``): ``dequantize_q4_K``,
+``matmul_iq4_xs``.
 
 Conventions: everything is little-endian; "fp16" is IEEE binary16; ``q`` is the
 stored small integer; ``x`` the decoded float32 value. Products are evaluated in
