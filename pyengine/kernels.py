@@ -18,13 +18,13 @@ Backends:
   multi-threaded), which compute the spec with integer dots.
   ``variant`` picks the instruction set: ``"generic"``, ``"avx2"``, ``"avx512"`` or
   ``"auto"`` (the best this CPU runs); see :func:`kernel_variants`.
+* ``"auto"``  -- ``cpu`` when the extension is importable and knows the type, else
+  ``numba`` when importable, else ``numpy``.
 
-Every backend therefore carries the same int8 activation rounding: against the exact
+For a quantized weight type every backend carries the same int8 activation rounding: against the exact
 product of ``x`` and the dequantized weight its results differ by a normalized MSE of
 about 3e-5 (bound 5e-4, tests/test_kernels.py), and against each other only by float32
 summation order.
-* ``"auto"``  -- ``cpu`` when the extension is importable and knows the type, else
-  ``numba`` when importable, else ``numpy``.
 
 A build without native code (``PYENGINE_NO_NATIVE=1``) or without numba degrades to
 the backends that exist; :func:`available_backends` says which.

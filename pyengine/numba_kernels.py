@@ -49,8 +49,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import BackendUnavailableError
 from . import quants
+from .errors import BackendUnavailableError
 from .ggml_types import SUPPORTED, ggml_type
 
 try:
