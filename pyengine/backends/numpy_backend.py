@@ -101,7 +101,15 @@ def attention_reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, pos0: int, 
 
 class NumpyBackend(Backend):
     name = "numpy"
-    description = "numpy reference (float32, dequantized weights, int8-per-32 activations as the native tiers)"
+
+    def __init__(self, quantize_activations: bool = True):
+        """``quantize_activations=False`` multiplies by the unrounded activations instead of the
+        spec's (``x @ W.T`` in float32): the oracle of kernels that do not quantize (the CUDA
+        "simple" set), and a way to measure what the int8 rounding costs a model."""
+        self.quantize_activations = bool(quantize_activations)
+        self.description = ("numpy reference (float32, dequantized weights, "
+                            + ("int8-per-32 activations as the native tiers)" if self.quantize_activations
+                               else "unquantized activations)"))
 
     def embed(self, w: QTensor, ids: np.ndarray) -> np.ndarray:
         out = np.empty((len(ids), w.cols), dtype=np.float32)
@@ -110,6 +118,8 @@ class NumpyBackend(Backend):
         return out
 
     def matmul(self, w: QTensor, x: np.ndarray) -> np.ndarray:
+        if not self.quantize_activations:
+            return np.matmul(x, dequantized(w).T)
         return quants.matmul_dequantized(w.type_name, dequantized(w), x)
 
     def add_bias(self, x: np.ndarray, b: QTensor) -> np.ndarray:
