@@ -168,8 +168,13 @@ class NumpyBackend(Backend):
                                       n_rot, freq_base, neox, scaling, scale)
 
     def moe_ffn(self, x, router, gate_exps, up_exps, down_exps, routing):
-        from .moe import moe_ffn_reference
+        """The routed experts through this backend's own matmul (so each expert product is the
+        matmul spec, activations quantized as the native tiers do); with unquantized activations,
+        :func:`pyengine.backends.moe.moe_ffn_reference` on the dequantized tensors."""
+        from .moe import moe_ffn_grouped, moe_ffn_reference
 
+        if self.quantize_activations:
+            return moe_ffn_grouped(self, x, router, gate_exps, up_exps, down_exps, routing)
         return moe_ffn_reference(x, dequantized(router), dequantized(gate_exps), dequantized(up_exps),
                                  dequantized(down_exps), routing)
 
