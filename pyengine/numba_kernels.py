@@ -837,14 +837,14 @@ def matmul(type_name: str, raw, shape, x) -> np.ndarray:
     x = _f32(x)
     if x.ndim != 2 or x.shape[1] != cols:
         raise ValueError(f"matmul: x has shape {x.shape}, expected (n, {cols})")
-    x = _f32(quants.matmul_activations(KINDS[kind], x))
+    xq = _f32(quants.matmul_activations(KINDS[kind], x))  # (n, cols) what the kernels multiply by
     n = x.shape[0]
     out = np.empty(n * rows, dtype=np.float32)
     if n and rows and cols:
-        _matmul_kernel(kind, raw, rows, cols, row_bytes, x.reshape(-1), n, out)
+        _matmul_kernel(kind, raw, rows, cols, row_bytes, xq.reshape(-1), n, out)
     else:
         out[:] = 0.0
-    return out.reshape(n, rows)
+    return quants.nan_rows_of_non_finite_tokens(KINDS[kind], x, out.reshape(n, rows))
 
 
 def get_rows(type_name: str, raw, shape, ids) -> np.ndarray:

@@ -797,7 +797,26 @@ def matmul_activations(type_name: str, x) -> np.ndarray:
 def matmul_dequantized(type_name: str, w: np.ndarray, x) -> np.ndarray:
     """:func:`matmul` with the weight already dequantized, ``w (rows, cols)`` float32: the float
     product ``matmul_activations(type_name, x) @ w.T`` (the NumPy backend keeps ``w``)."""
-    return np.matmul(matmul_activations(type_name, x), w.T).astype(np.float32, copy=False)
+    x = np.asarray(x, dtype=np.float32)
+    out = np.matmul(matmul_activations(type_name, x), w.T).astype(np.float32, copy=False)
+    return nan_rows_of_non_finite_tokens(type_name, x, out)
+
+
+def nan_rows_of_non_finite_tokens(type_name: str, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """For quantized weights, NaN in every output of a token whose activations hold a NaN or an
+    Inf (``x (..., cols)``, ``out (..., rows)``, written in place and returned).
+
+    The int8 quantization would turn a non-finite value into ordinary numbers (its block's
+    ``amax`` is NaN or Inf); in float arithmetic it makes the token's outputs non-finite. The
+    native tiers keep the float behaviour this way (csrc/dispatch.cpp), so a broken model never
+    yields finite-looking logits, and so does the spec. Float weights need nothing: their
+    product propagates NaN and Inf by itself."""
+    name = _matmul_type(type_name)
+    if name not in _FLOAT_DTYPES and x.size:
+        bad = ~np.isfinite(x).all(axis=-1)
+        if bad.any():
+            out[bad] = np.float32(np.nan)
+    return out
 
 
 def matmul(type_name: str, raw, shape, x) -> np.ndarray:
@@ -827,7 +846,9 @@ def matmul(type_name: str, raw, shape, x) -> np.ndarray:
     float scaling of each group and the sum over groups round, so a tier differs from this
     spec by float32 rounding of a sum whose terms are ``|w_i| |dy y_i|`` (measured in
     tests/test_kernels.py), never by the activation quantization, which is part of the spec.
-    Float weights are not quantized: ``x @ W.T`` in float32.
+    Float weights are not quantized: ``x @ W.T`` in float32. A token whose activations hold a
+    NaN or an Inf gets NaN in every output (:func:`nan_rows_of_non_finite_tokens`), as in float
+    arithmetic and in the native tiers.
     """
     name = _matmul_type(type_name)
     rows, cols = (int(s) for s in shape)

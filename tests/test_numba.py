@@ -114,6 +114,19 @@ def test_matmul_matches_spec(t, data):
 
 
 @needs_numba
+@pytest.mark.parametrize("n", [1, 5])  # both code paths
+def test_matmul_keeps_non_finite_tokens_non_finite(n):
+    rng = np.random.default_rng(8)
+    raw = weights("Q6_K", 3, 256, "normal", rng)
+    x = rng.standard_normal((n, 256)).astype(np.float32)
+    x[n - 1, 7] = np.inf
+    y = nk.matmul("Q6_K", raw, (3, 256), x)
+    spec = quants.matmul("Q6_K", raw, (3, 256), x)
+    assert np.isnan(y[n - 1]).all() and np.isnan(spec[n - 1]).all()
+    assert np.isfinite(y[:n - 1]).all()
+
+
+@needs_numba
 @pytest.mark.parametrize("t", QUANT_TYPES)
 def test_matmul_direct_and_dequant_paths_agree(t):
     # The same rows through both code paths (n < 4 and n >= 4) give the same dot products

@@ -627,3 +627,17 @@ def test_matmul_spec_rejects_activation_and_unknown_types():
     for name in ("Q8_K", "Q8_1", "IQ2_XXS", "Q9_9"):
         with pytest.raises(Q.QuantError, match="for matmul"):
             Q.matmul(name, np.zeros(292, np.uint8), (1, 256), np.zeros(256, np.float32))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_matmul_spec_keeps_non_finite_tokens_non_finite(bad):
+    """int8 quantization would turn NaN/Inf into numbers; the spec (like the native tiers) makes
+    every output of such a token NaN and leaves the other tokens alone."""
+    rng = np.random.default_rng(6)
+    raw = Q.random_raw("Q4_K", 4 * 256, rng)
+    x = rng.standard_normal((2, 256)).astype(np.float32)
+    good = Q.matmul("Q4_K", raw, (4, 256), x)
+    x[1, 40] = bad
+    got = Q.matmul("Q4_K", raw, (4, 256), x)
+    assert np.isnan(got[1]).all()
+    np.testing.assert_array_equal(got[0], good[0])
