@@ -825,26 +825,28 @@ def _f32(a) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
-def matmul(type_name: str, raw, shape, x) -> np.ndarray:
+def matmul(type_name: str, raw, shape, x, quantize_activations: bool = True) -> np.ndarray:
     """``x (n, cols) @ W.T`` for ``W (rows, cols)`` stored as GGUF ``type_name`` bytes -> float32 ``(n, rows)``.
 
     The port of :func:`pyengine.quants.matmul`: the activations go through the spec's own
     :func:`pyengine.quants.matmul_activations` (int8 per 32 values and back, for a quantized
     type), then each output element is ``matmul_<type>_numba`` of one row with one token.
+    ``quantize_activations=False`` multiplies by ``x`` as it is (the exact float product).
     """
     raw = weight_bytes(raw)
     kind, rows, cols, row_bytes = _geometry(type_name, shape, raw)
     x = _f32(x)
     if x.ndim != 2 or x.shape[1] != cols:
         raise ValueError(f"matmul: x has shape {x.shape}, expected (n, {cols})")
-    xq = _f32(quants.matmul_activations(KINDS[kind], x))  # (n, cols) what the kernels multiply by
+    xq = _f32(quants.matmul_activations(KINDS[kind], x)) if quantize_activations else x  # (n, cols) multiplied by
     n = x.shape[0]
     out = np.empty(n * rows, dtype=np.float32)
     if n and rows and cols:
         _matmul_kernel(kind, raw, rows, cols, row_bytes, xq.reshape(-1), n, out)
     else:
         out[:] = 0.0
-    return quants.nan_rows_of_non_finite_tokens(KINDS[kind], x, out.reshape(n, rows))
+    out = out.reshape(n, rows)
+    return quants.nan_rows_of_non_finite_tokens(KINDS[kind], x, out) if quantize_activations else out
 
 
 def get_rows(type_name: str, raw, shape, ids) -> np.ndarray:

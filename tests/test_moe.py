@@ -250,12 +250,18 @@ def test_qwen3moe_config_and_routing_spread(qfiles):
 def test_qwen3moe_tiers_match_numpy(qfiles, tier, qtype):
     _, ref = full_logits(qfiles[qtype], NumpyBackend())
     assert np.isfinite(ref).all() and ref.std() > 0.5
-    _, got = full_logits(qfiles[qtype], backend(tier))
-    if qtype == "F32":
+    be = backend(tier)
+    if tier == "numba" and qtype != "F32":
+        # numba computes the numpy spec (int8 activations) up to float32 summation order, which
+        # the rounding can turn into a whole-step flip (measured: one value at x*127/amax =
+        # -19.499996, then the last token off by 0.15); the wiring is compared on unrounded
+        # activations, float32 rounding only (as in test_models.py)
+        ref = full_logits(qfiles[qtype], NumpyBackend(quantize_activations=False))[1]
+        be = type(be)(quantize_activations=False)
+    _, got = full_logits(qfiles[qtype], be)
+    if qtype == "F32" or tier == "numba":
         np.testing.assert_allclose(got, ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
-    else:  # 8-bit activations in every tier, the spec's: an upstream float rounding difference
-        # can flip one activation's int8 rounding (numba here: one value at x*127/amax = -19.499996,
-        # then the last token's logits differ by 0.15, norm 5.3e-3; cpu 3.3e-7; see test_models.py)
+    else:  # 8-bit activations in the cpu kernels (see test_models.py)
         err = np.linalg.norm(got - ref) / np.linalg.norm(ref)
         assert err < 5e-2, err
         assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.8
