@@ -20,6 +20,15 @@ class GGMLType:
             raise ValueError(f"{self.name}: {n_elements} elements is not a multiple of the block size {self.block_size}")
         return n_elements // self.block_size * self.type_size
 
+    @property
+    def ident(self) -> str:
+        """The type as ggml spells it inside identifiers: ``q4_0``, ``q4_K``, ``iq4_xs``, ``bf16``
+        (lowercase, but the K-quants keep their capital K). Per-type functions of every tier
+        are named with it: ``quants.dequantize_q4_K``, ``quants.matmul_q4_K``,
+        ``numba_kernels.matmul_q4_K_numba``."""
+        low = self.name.lower()
+        return low[:-2] + "_K" if low.endswith("_k") else low
+
 
 _TYPES = [
     GGMLType("F32", 0, 1, 4),
@@ -51,7 +60,9 @@ _TYPES = [
 BY_NAME: dict[str, GGMLType] = {t.name: t for t in _TYPES}
 BY_ID: dict[int, GGMLType] = {t.id: t for t in _TYPES}
 
-# Types whose weights pyengine can run (dequantize in the reference path).
+# The one list of weight types pyengine runs: every tier (NumPy spec, numba, native CPU)
+# has a matmul and a row gather for each. Q8_1 and Q8_K are not here: they are activation
+# formats (quants.DEQUANT_TYPES adds them, for decoding only).
 SUPPORTED = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
              "IQ4_NL", "IQ4_XS")
 

@@ -9,16 +9,22 @@ is ``(rows, cols)`` with ``cols`` the contiguous, reduced dimension, and the res
 
 Backends:
 
-* ``"numpy"`` -- the reference: dequantize with :func:`pyengine.quants.dequantize`, then
-  a float32 matmul. Exact up to float rounding; slow and memory hungry.
-* ``"numba"`` -- :func:`pyengine.numba_kernels.matmul` (imported on first use).
+* ``"numpy"`` -- the spec, :func:`pyengine.quants.matmul`: for a quantized weight type ``x``
+  is quantized to int8 per 32 values and decoded, the weight dequantized with
+  :func:`pyengine.quants.dequantize`, then a float32 matmul. Slow and memory hungry.
+* ``"numba"`` -- :func:`pyengine.numba_kernels.matmul` (imported on first use), a port of
+  the spec.
 * ``"cpu"``   -- the native kernels in ``pyengine._C`` (C++: scalar, AVX2, AVX-512 VNNI;
-  multi-threaded). ``x`` is quantized to int8 per 32 values inside the call, so results
-  differ from the reference by a normalized MSE of about 3e-5 (bound: 5e-4).
+  multi-threaded), which compute the spec with integer dots.
   ``variant`` picks the instruction set: ``"generic"``, ``"avx2"``, ``"avx512"`` or
   ``"auto"`` (the best this CPU runs); see :func:`kernel_variants`.
 * ``"auto"``  -- ``cpu`` when the extension is importable and knows the type, else
   ``numba`` when importable, else ``numpy``.
+
+For a quantized weight type every backend carries the same int8 activation rounding: against the exact
+product of ``x`` and the dequantized weight its results differ by a normalized MSE of
+about 3e-5 (bound 5e-4, tests/test_kernels.py), and against each other only by float32
+summation order.
 
 A build without native code (``PYENGINE_NO_NATIVE=1``) or without numba degrades to
 the backends that exist; :func:`available_backends` says which.
@@ -30,16 +36,15 @@ from typing import Any
 
 import numpy as np
 
-from .ggml_types import ggml_type
+from .ggml_types import SUPPORTED, ggml_type
 
 __all__ = [
     "matmul", "get_rows", "available_backends", "native_available", "numba_available",
     "native_types", "kernel_variants", "cpu_features", "set_num_threads", "get_num_threads",
 ]
 
-#: Weight types the native CPU kernels take.
-NATIVE_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
-                "Q6_K", "IQ4_XS")
+#: Weight types the native CPU kernels take: every supported type (tests/test_kernels.py runs each).
+NATIVE_TYPES = SUPPORTED
 
 _BACKENDS = ("numpy", "numba", "cpu")
 
@@ -179,8 +184,7 @@ def matmul(type_name: str, raw_bytes, shape, x, backend: str = "auto", variant: 
     else:
         from . import quants
 
-        w = quants.dequantize(name, raw, rows * cols).reshape(rows, cols)
-        out = np.matmul(x2, w.T).astype(np.float32, copy=False)
+        out = quants.matmul(name, raw, (rows, cols), x2)
     return out[0] if one else out
 
 

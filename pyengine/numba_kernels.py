@@ -5,13 +5,19 @@ The readable middle step between the NumPy reference (``pyengine.quants`` and
 block formats, walked block by block with the bit unpacking spelled out, compiled by
 LLVM instead of interpreted.
 
-Matmul, ``x (n, cols) @ W.T`` with float32 activations throughout (``x`` is never
-quantized, so the only error is float32 summation order). Per type, as in ggml:
+Matmul, ``x (n, cols) @ W.T``, is a port of the spec :func:`pyengine.quants.matmul`: for a
+quantized weight type the activations are first quantized to int8 per 32 values and
+decoded again with the spec's own :func:`pyengine.quants.matmul_activations` (as every
+native tier quantizes them), then multiplied in float32; float weights (F32, F16, BF16)
+take ``x`` as it is. So this tier equals the spec up to float32 summation order. Per type
+(named as ggml spells the type, ``ggml_types.GGMLType.ident``):
 
-* ``vec_dot_<type>(w, x)``: dot product of one weight row (``w``: its bytes) with
-  ``x`` (float32), block by block, unpacking the quants in registers; nothing
-  dequantized is stored;
-* ``dequantize_row_<type>(w, y)``: the row's values into ``y``.
+* ``matmul_<type>_numba(w, x)``, e.g. :func:`matmul_q4_K_numba`: one output element of
+  ``quants.matmul_<type>``, the dot product of one weight row (``w``: its bytes) with the
+  decoded activations ``x`` (float32), block by block, unpacking the quants in
+  registers; nothing dequantized is stored;
+* ``dequantize_<type>_numba(w, y)``, e.g. :func:`dequantize_q4_K_numba`: the row's values
+  into ``y``, as ``quants.dequantize_<type>``.
 
 :func:`_matmul_kernel` runs ``prange`` over chunks of rows. For a few tokens each row
 is dotted with every token straight from its bytes (they stay in L1 across tokens);
@@ -43,8 +49,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import quants
 from .errors import BackendUnavailableError
-from .ggml_types import ggml_type
+from .ggml_types import SUPPORTED, ggml_type
 
 try:
     import numba
@@ -54,11 +61,14 @@ except ImportError:  # pragma: no cover - exercised only without numba
 
 FASTMATH = {"reassoc", "contract", "nsz"}
 
-KINDS = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K",
-         "Q2_K", "Q3_K", "IQ4_NL", "IQ4_XS")
-(K_F32, K_F16, K_BF16, K_Q4_0, K_Q4_1, K_Q5_0, K_Q5_1, K_Q8_0, K_Q4_K, K_Q5_K, K_Q6_K,
- K_Q2_K, K_Q3_K, K_IQ4_NL, K_IQ4_XS) = range(len(KINDS))
+# The integer ``kind`` of a weight type is its index in the one list of supported types,
+# which starts with the three float types (the kernels test ``kind <= K_BF16``).
+KINDS = SUPPORTED
 KIND_OF = {name: i for i, name in enumerate(KINDS)}
+assert KINDS[:3] == ("F32", "F16", "BF16"), KINDS
+(K_F32, K_F16, K_BF16, K_Q4_0, K_Q4_1, K_Q5_0, K_Q5_1, K_Q8_0, K_Q2_K, K_Q3_K, K_Q4_K, K_Q5_K, K_Q6_K,
+ K_IQ4_NL, K_IQ4_XS) = (KIND_OF[t] for t in ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K",
+                                             "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"))
 
 # From this many tokens on, matmul dequantizes each row once instead of unpacking it per token.
 _DEQUANT_MIN_TOKENS = 4
@@ -126,8 +136,8 @@ def _scale_min_k4(raw, sc, j):
     return np.float32(s), np.float32(m)
 
 
-# Per type: vec_dot_<type>(w, x) is the dot product of one weight row, ``w`` its bytes,
-# with ``x`` (float32, as many values as the row); dequantize_row_<type>(w, y) writes the
+# Per type: matmul_<type>_numba(w, x) is the dot product of one weight row, ``w`` its bytes,
+# with ``x`` (float32, as many values as the row); dequantize_<type>_numba(w, y) writes the
 # row's values into ``y``. Both walk the row block by block.
 # Two shapes that LLVM needs to vectorise well:
 # * row slices rather than offsets, so every index is provably non-negative;
@@ -139,7 +149,9 @@ def _scale_min_k4(raw, sc, j):
 # -- Q4_0: d (f16) | qs[16]; value j = d*(qs[j]&15 - 8), value j+16 = d*(qs[j]>>4 - 8) ------
 
 @njit(cache=True, fastmath=FASTMATH)
-def vec_dot_q4_0(w, x):
+def matmul_q4_0_numba(w, x):
+    """One output element of ``quants.matmul_q4_0``: the row ``w`` (its bytes) dotted
+    with ``x``, the activations as that matmul decodes them."""
     acc = np.zeros(16, dtype=np.float32)  # one SIMD register of partial sums (see above)
     for b in range(x.size // 32):
         o = 18 * b
@@ -151,7 +163,8 @@ def vec_dot_q4_0(w, x):
 
 
 @njit(cache=True)
-def dequantize_row_q4_0(w, y):
+def dequantize_q4_0_numba(w, y):
+    """``quants.dequantize_q4_0`` of the row ``w`` (its bytes), written into ``y``."""
     for b in range(y.size // 32):
         o = 18 * b
         d = _f16(w, o)
@@ -164,7 +177,9 @@ def dequantize_row_q4_0(w, y):
 # -- Q4_1: d (f16) | m (f16) | qs[16]; value = d*nibble + m ------------------------------
 
 @njit(cache=True, fastmath=FASTMATH)
-def vec_dot_q4_1(w, x):
+def matmul_q4_1_numba(w, x):
+    """One output element of ``quants.matmul_q4_1``: the row ``w`` (its bytes) dotted
+    with ``x``, the activations as that matmul decodes them."""
     acc = np.zeros(16, dtype=np.float32)  # d * q * x
     acc_m = np.zeros(16, dtype=np.float32)  # m * x
     for b in range(x.size // 32):
@@ -181,7 +196,8 @@ def vec_dot_q4_1(w, x):
 
 
 @njit(cache=True)
-def dequantize_row_q4_1(w, y):
+def dequantize_q4_1_numba(w, y):
+    """``quants.dequantize_q4_1`` of the row ``w`` (its bytes), written into ``y``."""
     for b in range(y.size // 32):
         o = 20 * b
         d = _f16(w, o)
@@ -195,7 +211,9 @@ def dequantize_row_q4_1(w, y):
 # -- Q5_0: d (f16) | qh (u32, bit j = 5th bit of value j) | qs[16]; value = d*(q5 - 16) --
 
 @njit(cache=True, fastmath=FASTMATH)
-def vec_dot_q5_0(w, x):
+def matmul_q5_0_numba(w, x):
+    """One output element of ``quants.matmul_q5_0``: the row ``w`` (its bytes) dotted
+    with ``x``, the activations as that matmul decodes them."""
     acc = np.zeros(16, dtype=np.float32)
     for b in range(x.size // 32):
         o = 22 * b
@@ -210,7 +228,8 @@ def vec_dot_q5_0(w, x):
 
 
 @njit(cache=True)
-def dequantize_row_q5_0(w, y):
+def dequantize_q5_0_numba(w, y):
+    """``quants.dequantize_q5_0`` of the row ``w`` (its bytes), written into ``y``."""
     for b in range(y.size // 32):
         o = 22 * b
         d = _f16(w, o)
@@ -224,7 +243,9 @@ def dequantize_row_q5_0(w, y):
 # -- Q5_1: d (f16) | m (f16) | qh (u32) | qs[16]; value = d*q5 + m ----------------------
 
 @njit(cache=True, fastmath=FASTMATH)
-def vec_dot_q5_1(w, x):
+def matmul_q5_1_numba(w, x):
+    """One output element of ``quants.matmul_q5_1``: the row ``w`` (its bytes) dotted
+    with ``x``, the activations as that matmul decodes them."""
     acc = np.zeros(16, dtype=np.float32)  # d * q * x
     acc_m = np.zeros(16, dtype=np.float32)  # m * x
     for b in range(x.size // 32):
@@ -244,7 +265,8 @@ def vec_dot_q5_1(w, x):
 
 
 @njit(cache=True)
-def dequantize_row_q5_1(w, y):
+def dequantize_q5_1_numba(w, y):
+    """``quants.dequantize_q5_1`` of the row ``w`` (its bytes), written into ``y``."""
     for b in range(y.size // 32):
         o = 24 * b
         d = _f16(w, o)
@@ -259,7 +281,9 @@ def dequantize_row_q5_1(w, y):
 # -- Q8_0: d (f16) | qs[32] (int8); value = d*q ------------------------------------------
 
 @njit(cache=True, fastmath=FASTMATH)
-def vec_dot_q8_0(w, x):
+def matmul_q8_0_numba(w, x):
+    """One output element of ``quants.matmul_q8_0``: the row ``w`` (its bytes) dotted
+    with ``x``, the activations as that matmul decodes them."""
     acc = np.zeros(32, dtype=np.float32)
     for b in range(x.size // 32):
         o = 34 * b
@@ -270,7 +294,8 @@ def vec_dot_q8_0(w, x):
 
 
 @njit(cache=True)
-def dequantize_row_q8_0(w, y):
+def dequantize_q8_0_numba(w, y):
+    """``quants.dequantize_q8_0`` of the row ``w`` (its bytes), written into ``y``."""
     for b in range(y.size // 32):
         o = 34 * b
         d = _f16(w, o)
@@ -283,7 +308,9 @@ def dequantize_row_q8_0(w, y):
 # high nibbles sub-block 2g+1. value = d*scale[s]*q - dmin*min[s].
 
 @njit(cache=True, fastmath=FASTMATH)
-def vec_dot_q4_k(w, x):
+def matmul_q4_K_numba(w, x):
+    """One output element of ``quants.matmul_q4_K``: the row ``w`` (its bytes) dotted
+    with ``x``, the activations as that matmul decodes them."""
     s = np.float32(0.0)
     for b in range(x.size // 256):
         o = 144 * b
@@ -307,7 +334,8 @@ def vec_dot_q4_k(w, x):
 
 
 @njit(cache=True)
-def dequantize_row_q4_k(w, y):
+def dequantize_q4_K_numba(w, y):
+    """``quants.dequantize_q4_K`` of the row ``w`` (its bytes), written into ``y``."""
     for b in range(y.size // 256):
         o = 144 * b
         d = _f16(w, o)
@@ -331,7 +359,9 @@ def dequantize_row_q4_k(w, y):
 # In group g, bit 2g of qh[l] tops value l and bit 2g+1 tops value 32+l.
 
 @njit(cache=True, fastmath=FASTMATH)
-def vec_dot_q5_k(w, x):
+def matmul_q5_K_numba(w, x):
+    """One output element of ``quants.matmul_q5_K``: the row ``w`` (its bytes) dotted
+    with ``x``, the activations as that matmul decodes them."""
     s = np.float32(0.0)
     for b in range(x.size // 256):
         o = 176 * b
@@ -358,7 +388,8 @@ def vec_dot_q5_k(w, x):
 
 
 @njit(cache=True)
-def dequantize_row_q5_k(w, y):
+def dequantize_q5_K_numba(w, y):
+    """``quants.dequantize_q5_K`` of the row ``w`` (its bytes), written into ``y``."""
     for b in range(y.size // 256):
         o = 176 * b
         d = _f16(w, o)
@@ -385,7 +416,9 @@ def dequantize_row_q5_k(w, y):
 # pairs (0-1, 2-3, 4-5, 6-7) of c, minus 32, times d*scales[8h + l//16 + (0, 2, 4, 6)].
 
 @njit(cache=True, fastmath=FASTMATH)
-def vec_dot_q6_k(w, x):
+def matmul_q6_K_numba(w, x):
+    """One output element of ``quants.matmul_q6_K``: the row ``w`` (its bytes) dotted
+    with ``x``, the activations as that matmul decodes them."""
     s = np.float32(0.0)
     for b in range(x.size // 256):
         o = 210 * b
@@ -416,7 +449,8 @@ def vec_dot_q6_k(w, x):
 
 
 @njit(cache=True)
-def dequantize_row_q6_k(w, y):
+def dequantize_q6_K_numba(w, y):
+    """``quants.dequantize_q6_K`` of the row ``w`` (its bytes), written into ``y``."""
     for b in range(y.size // 256):
         o = 210 * b
         d = _f16(w, o + 208)
@@ -441,7 +475,9 @@ def dequantize_row_q6_k(w, y):
 # scale (d * (scales[k] & 15)) and min (dmin * (scales[k] >> 4)): x = dl*q - ml.
 
 @njit(cache=True, fastmath=FASTMATH)
-def vec_dot_q2_k(w, x):
+def matmul_q2_K_numba(w, x):
+    """One output element of ``quants.matmul_q2_K``: the row ``w`` (its bytes) dotted
+    with ``x``, the activations as that matmul decodes them."""
     s = np.float32(0.0)
     for b in range(x.size // 256):
         o = 84 * b
@@ -466,7 +502,8 @@ def vec_dot_q2_k(w, x):
 
 
 @njit(cache=True)
-def dequantize_row_q2_k(w, y):
+def dequantize_q2_K_numba(w, y):
+    """``quants.dequantize_q2_K`` of the row ``w`` (its bytes), written into ``y``."""
     for b in range(y.size // 256):
         o = 84 * b
         d = _f16(w, o + 80)
@@ -498,7 +535,9 @@ def _scale_q3_k(raw, o, k):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def vec_dot_q3_k(w, x):
+def matmul_q3_K_numba(w, x):
+    """One output element of ``quants.matmul_q3_K``: the row ``w`` (its bytes) dotted
+    with ``x``, the activations as that matmul decodes them."""
     s = np.float32(0.0)
     for b in range(x.size // 256):
         o = 110 * b
@@ -519,7 +558,8 @@ def vec_dot_q3_k(w, x):
 
 
 @njit(cache=True)
-def dequantize_row_q3_k(w, y):
+def dequantize_q3_K_numba(w, y):
+    """``quants.dequantize_q3_K`` of the row ``w`` (its bytes), written into ``y``."""
     for b in range(y.size // 256):
         o = 110 * b
         d = _f16(w, o + 108)
@@ -540,7 +580,9 @@ _IQ4 = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def vec_dot_iq4_nl(w, x):
+def matmul_iq4_nl_numba(w, x):
+    """One output element of ``quants.matmul_iq4_nl``: the row ``w`` (its bytes) dotted
+    with ``x``, the activations as that matmul decodes them."""
     acc = np.zeros(16, dtype=np.float32)
     for b in range(x.size // 32):
         o = 18 * b
@@ -552,7 +594,8 @@ def vec_dot_iq4_nl(w, x):
 
 
 @njit(cache=True)
-def dequantize_row_iq4_nl(w, y):
+def dequantize_iq4_nl_numba(w, y):
+    """``quants.dequantize_iq4_nl`` of the row ``w`` (its bytes), written into ``y``."""
     for b in range(y.size // 32):
         o = 18 * b
         d = _f16(w, o)
@@ -571,7 +614,9 @@ def _scale_iq4_xs(raw, o, j):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def vec_dot_iq4_xs(w, x):
+def matmul_iq4_xs_numba(w, x):
+    """One output element of ``quants.matmul_iq4_xs``: the row ``w`` (its bytes) dotted
+    with ``x``, the activations as that matmul decodes them."""
     s = np.float32(0.0)
     for b in range(x.size // 256):
         o = 136 * b
@@ -589,7 +634,8 @@ def vec_dot_iq4_xs(w, x):
 
 
 @njit(cache=True)
-def dequantize_row_iq4_xs(w, y):
+def dequantize_iq4_xs_numba(w, y):
+    """``quants.dequantize_iq4_xs`` of the row ``w`` (its bytes), written into ``y``."""
     for b in range(y.size // 256):
         o = 136 * b
         d = _f16(w, o)
@@ -605,7 +651,9 @@ def dequantize_row_iq4_xs(w, y):
 # -- F32 / F16 / BF16 rows (exact) -------------------------------------------------------
 
 @njit(cache=True, fastmath=FASTMATH)
-def vec_dot_f32(w, x):
+def matmul_f32_numba(w, x):
+    """One output element of ``quants.matmul_f32``: the row ``w`` (its bytes) dotted
+    with ``x``, the activations as that matmul decodes them."""
     wf = w.view(np.float32)
     s = np.float32(0.0)
     for j in range(x.size):
@@ -614,7 +662,7 @@ def vec_dot_f32(w, x):
 
 
 @njit(cache=True)
-def dequantize_row_float(kind, w, y):
+def _dequantize_float(kind, w, y):
     if kind == K_F32:
         y[:] = w.view(np.float32)
     elif kind == K_BF16:  # the top half of a float32
@@ -623,11 +671,11 @@ def dequantize_row_float(kind, w, y):
         for j in range(y.size):
             bits[j] = np.uint32(np.int64(h16[j]) << 16)
     else:
-        dequantize_row_f16(w, y)
+        dequantize_f16_numba(w, y)
 
 
 @njit(cache=True)
-def dequantize_row_f16(w, y):
+def dequantize_f16_numba(w, y):
     """IEEE half -> float32, exact, in two branch-free (vectorisable) passes over bit patterns."""
     bits = y.view(np.uint32)
     h16 = w.view(np.uint16)
@@ -651,62 +699,62 @@ def dequantize_row_f16(w, y):
 
 @njit(cache=True, inline="always")
 def _vec_dot(kind, w, x):
-    """``vec_dot_<type>`` for ``kind`` (F16 / BF16 go through dequantize_row instead)."""
+    """``matmul_<type>_numba`` for ``kind`` (F16 / BF16 go through _dequantize_row instead)."""
     if kind == K_F32:
-        return vec_dot_f32(w, x)
+        return matmul_f32_numba(w, x)
     if kind == K_Q4_0:
-        return vec_dot_q4_0(w, x)
+        return matmul_q4_0_numba(w, x)
     if kind == K_Q4_1:
-        return vec_dot_q4_1(w, x)
+        return matmul_q4_1_numba(w, x)
     if kind == K_Q5_0:
-        return vec_dot_q5_0(w, x)
+        return matmul_q5_0_numba(w, x)
     if kind == K_Q5_1:
-        return vec_dot_q5_1(w, x)
+        return matmul_q5_1_numba(w, x)
     if kind == K_Q8_0:
-        return vec_dot_q8_0(w, x)
+        return matmul_q8_0_numba(w, x)
     if kind == K_Q4_K:
-        return vec_dot_q4_k(w, x)
+        return matmul_q4_K_numba(w, x)
     if kind == K_Q5_K:
-        return vec_dot_q5_k(w, x)
+        return matmul_q5_K_numba(w, x)
     if kind == K_Q6_K:
-        return vec_dot_q6_k(w, x)
+        return matmul_q6_K_numba(w, x)
     if kind == K_Q2_K:
-        return vec_dot_q2_k(w, x)
+        return matmul_q2_K_numba(w, x)
     if kind == K_Q3_K:
-        return vec_dot_q3_k(w, x)
+        return matmul_q3_K_numba(w, x)
     if kind == K_IQ4_NL:
-        return vec_dot_iq4_nl(w, x)
-    return vec_dot_iq4_xs(w, x)
+        return matmul_iq4_nl_numba(w, x)
+    return matmul_iq4_xs_numba(w, x)
 
 
 @njit(cache=True, inline="always")
 def _dequantize_row(kind, w, y):
     if kind <= K_BF16:
-        dequantize_row_float(kind, w, y)
+        _dequantize_float(kind, w, y)
     elif kind == K_Q4_0:
-        dequantize_row_q4_0(w, y)
+        dequantize_q4_0_numba(w, y)
     elif kind == K_Q4_1:
-        dequantize_row_q4_1(w, y)
+        dequantize_q4_1_numba(w, y)
     elif kind == K_Q5_0:
-        dequantize_row_q5_0(w, y)
+        dequantize_q5_0_numba(w, y)
     elif kind == K_Q5_1:
-        dequantize_row_q5_1(w, y)
+        dequantize_q5_1_numba(w, y)
     elif kind == K_Q8_0:
-        dequantize_row_q8_0(w, y)
+        dequantize_q8_0_numba(w, y)
     elif kind == K_Q4_K:
-        dequantize_row_q4_k(w, y)
+        dequantize_q4_K_numba(w, y)
     elif kind == K_Q5_K:
-        dequantize_row_q5_k(w, y)
+        dequantize_q5_K_numba(w, y)
     elif kind == K_Q6_K:
-        dequantize_row_q6_k(w, y)
+        dequantize_q6_K_numba(w, y)
     elif kind == K_Q2_K:
-        dequantize_row_q2_k(w, y)
+        dequantize_q2_K_numba(w, y)
     elif kind == K_Q3_K:
-        dequantize_row_q3_k(w, y)
+        dequantize_q3_K_numba(w, y)
     elif kind == K_IQ4_NL:
-        dequantize_row_iq4_nl(w, y)
+        dequantize_iq4_nl_numba(w, y)
     else:
-        dequantize_row_iq4_xs(w, y)
+        dequantize_iq4_xs_numba(w, y)
 
 
 # -- matmul and row gather -----------------------------------------------------------------
@@ -777,20 +825,28 @@ def _f32(a) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
-def matmul(type_name: str, raw, shape, x) -> np.ndarray:
-    """``x (n, cols) @ W.T`` for ``W (rows, cols)`` stored as GGUF ``type_name`` bytes -> float32 ``(n, rows)``."""
+def matmul(type_name: str, raw, shape, x, quantize_activations: bool = True) -> np.ndarray:
+    """``x (n, cols) @ W.T`` for ``W (rows, cols)`` stored as GGUF ``type_name`` bytes -> float32 ``(n, rows)``.
+
+    The port of :func:`pyengine.quants.matmul`: the activations go through the spec's own
+    :func:`pyengine.quants.matmul_activations` (int8 per 32 values and back, for a quantized
+    type), then each output element is ``matmul_<type>_numba`` of one row with one token.
+    ``quantize_activations=False`` multiplies by ``x`` as it is (the exact float product).
+    """
     raw = weight_bytes(raw)
     kind, rows, cols, row_bytes = _geometry(type_name, shape, raw)
     x = _f32(x)
     if x.ndim != 2 or x.shape[1] != cols:
         raise ValueError(f"matmul: x has shape {x.shape}, expected (n, {cols})")
+    xq = _f32(quants.matmul_activations(KINDS[kind], x)) if quantize_activations else x  # (n, cols) multiplied by
     n = x.shape[0]
     out = np.empty(n * rows, dtype=np.float32)
     if n and rows and cols:
-        _matmul_kernel(kind, raw, rows, cols, row_bytes, x.reshape(-1), n, out)
+        _matmul_kernel(kind, raw, rows, cols, row_bytes, xq.reshape(-1), n, out)
     else:
         out[:] = 0.0
-    return out.reshape(n, rows)
+    out = out.reshape(n, rows)
+    return quants.nan_rows_of_non_finite_tokens(KINDS[kind], x, out) if quantize_activations else out
 
 
 def get_rows(type_name: str, raw, shape, ids) -> np.ndarray:

@@ -11,9 +11,15 @@ small integers. This module spells every block out twice:
   layout byte by byte and the formula, vectorised over all blocks at once.
 
 :func:`dequantize` is the entry point the engine uses (bytes in, float32 out);
-:func:`quantize_q8_0`, :func:`quantize_q8_1` and :func:`quantize_q8_k` produce the
-8-bit activation formats native dot-product kernels consume, rounding exactly as
-ggml's reference C code does (random but valid blocks for tests: pyengine.testing.blocks).
+:func:`matmul` (and ``matmul_<type>``, e.g. :func:`matmul_q4_K`) is the spec of the matmul
+every tier computes: activations quantized to int8 per 32 values exactly as the native
+kernels do it (:func:`quantize_act_q8_32`) and decoded, weights dequantized, then the float
+product. :func:`quantize_q8_0`, :func:`quantize_q8_1` and :func:`quantize_q8_K` produce
+ggml's 8-bit activation formats, rounding exactly as ggml's reference C code does;
+random but valid blocks for tests: ``pyengine.testing.blocks``.
+
+Names spell the type as ggml does in identifiers (``GGMLType.ident``): ``dequantize_q4_K``,
+``matmul_iq4_xs``.
 
 Conventions: everything is little-endian; "fp16" is IEEE binary16; ``q`` is the
 stored small integer; ``x`` the decoded float32 value. Products are evaluated in
@@ -29,7 +35,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import PyEngineError
-from .ggml_types import BY_NAME, GGMLType
+from .ggml_types import BY_NAME, SUPPORTED, GGMLType
 
 QK = 32  # values per block of the classic formats (Q4_0 .. Q8_1)
 QK_K = 256  # values per super-block of the K-quants
@@ -316,7 +322,7 @@ def _scale_min_apply(b: np.ndarray, q: np.ndarray, out) -> np.ndarray:
     return o.reshape(n, QK_K)
 
 
-def dequantize_q4_k(blocks, out=None) -> np.ndarray:
+def dequantize_q4_K(blocks, out=None) -> np.ndarray:
     """Q4_K: 256 values in 144 bytes; 8 sub-blocks of 32, each with its own 6-bit scale and min.
 
     ======= ====== =====================================================
@@ -336,7 +342,7 @@ def dequantize_q4_k(blocks, out=None) -> np.ndarray:
     return _scale_min_apply(b, _nibbles_k(b["qs"]), out)
 
 
-def dequantize_q5_k(blocks, out=None) -> np.ndarray:
+def dequantize_q5_K(blocks, out=None) -> np.ndarray:
     """Q5_K: 256 values in 176 bytes; Q4_K plus a 5th bit per value.
 
     ======= ====== =====================================================
@@ -358,7 +364,7 @@ def dequantize_q5_k(blocks, out=None) -> np.ndarray:
     return _scale_min_apply(b, q, out)
 
 
-def dequantize_q6_k(blocks, out=None) -> np.ndarray:
+def dequantize_q6_K(blocks, out=None) -> np.ndarray:
     """Q6_K: 256 values in 210 bytes; 16 sub-blocks of 16, each with an int8 scale.
 
     ======= ====== =====================================================
@@ -416,7 +422,7 @@ def _crumbs_k(qs: np.ndarray) -> np.ndarray:
     return q.reshape(n, 16, 16)
 
 
-def dequantize_q2_k(blocks, out=None) -> np.ndarray:
+def dequantize_q2_K(blocks, out=None) -> np.ndarray:
     """Q2_K: 256 values in 84 bytes; 16 sub-blocks of 16, 2-bit quants, 4-bit scale and min.
 
     ======= ====== =====================================================
@@ -444,7 +450,7 @@ def dequantize_q2_k(blocks, out=None) -> np.ndarray:
     return o.reshape(n, QK_K)
 
 
-def unpack_scales_q3_k(scales: np.ndarray) -> np.ndarray:
+def unpack_scales_q3_K(scales: np.ndarray) -> np.ndarray:
     """The 12 packed bytes of Q3_K -> (n, 16) int8 scales in -32..31.
 
     Sixteen 6-bit values ``u[k]``, stored offset by 32 (``sc = u - 32``). With ``b`` the
@@ -463,7 +469,7 @@ def unpack_scales_q3_k(scales: np.ndarray) -> np.ndarray:
     return u.view(np.int8) - np.int8(32)
 
 
-def dequantize_q3_k(blocks, out=None) -> np.ndarray:
+def dequantize_q3_K(blocks, out=None) -> np.ndarray:
     """Q3_K: 256 values in 110 bytes; 16 sub-blocks of 16, 3-bit quants, signed 6-bit scales.
 
     ======= ====== =====================================================
@@ -473,7 +479,7 @@ def dequantize_q3_k(blocks, out=None) -> np.ndarray:
                    value ``32b + l``
     32-95   qs     low 2 bits, laid out as Q2_K's ``qs`` (byte ``32c + l``,
                    bit pair ``j`` = value ``128c + 32j + l``)
-    96-107  scales 16 six-bit scales, packed (:func:`unpack_scales_q3_k`)
+    96-107  scales 16 six-bit scales, packed (:func:`unpack_scales_q3_K`)
     108-109 d      fp16 super-scale
     ======= ====== =====================================================
 
@@ -488,7 +494,7 @@ def dequantize_q3_k(blocks, out=None) -> np.ndarray:
     q |= hbit << 2
     qi = q.view(np.int8)
     qi -= 4
-    dl = b["d"].astype(np.float32)[:, None] * unpack_scales_q3_k(b["scales"])  # (n, 16) float32
+    dl = b["d"].astype(np.float32)[:, None] * unpack_scales_q3_K(b["scales"])  # (n, 16) float32
     o = _out(out, n, QK_K).reshape(n, 16, 16)
     np.multiply(dl[:, :, None], qi, out=o)
     return o.reshape(n, QK_K)
@@ -558,7 +564,7 @@ def dequantize_iq4_xs(blocks, out=None) -> np.ndarray:
     return o.reshape(n, QK_K)
 
 
-def dequantize_q8_k(blocks, out=None) -> np.ndarray:
+def dequantize_q8_K(blocks, out=None) -> np.ndarray:
     """Q8_K: 256 values in 292 bytes; the activation format of K-quant dot products.
 
     ======= ====== =====================================================
@@ -583,20 +589,20 @@ BLOCK_DEQUANTIZERS: dict[str, Callable[..., np.ndarray]] = {
     "Q5_1": dequantize_q5_1,
     "Q8_0": dequantize_q8_0,
     "Q8_1": dequantize_q8_1,
-    "Q2_K": dequantize_q2_k,
-    "Q3_K": dequantize_q3_k,
-    "Q4_K": dequantize_q4_k,
-    "Q5_K": dequantize_q5_k,
-    "Q6_K": dequantize_q6_k,
-    "Q8_K": dequantize_q8_k,
+    "Q2_K": dequantize_q2_K,
+    "Q3_K": dequantize_q3_K,
+    "Q4_K": dequantize_q4_K,
+    "Q5_K": dequantize_q5_K,
+    "Q6_K": dequantize_q6_K,
+    "Q8_K": dequantize_q8_K,
     "IQ4_NL": dequantize_iq4_nl,
     "IQ4_XS": dequantize_iq4_xs,
 }
 _FLOAT_DEQUANTIZERS = {"F32": dequantize_f32, "F16": dequantize_f16, "BF16": dequantize_bf16}
 
-#: every type :func:`dequantize` accepts
-DEQUANT_TYPES: tuple[str, ...] = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q8_1",
-                                  "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ4_NL", "IQ4_XS")
+#: every type :func:`dequantize` accepts: the weight types pyengine runs (``ggml_types.SUPPORTED``)
+#: plus the two activation formats Q8_1 and Q8_K, which are decoded but never a weight of a matmul
+DEQUANT_TYPES: tuple[str, ...] = SUPPORTED + ("Q8_1", "Q8_K")
 
 # Blocks dequantized per step: large enough that NumPy's per-call overhead vanishes,
 # small enough that the temporaries stay in cache (and a huge table never needs
@@ -703,7 +709,7 @@ def quantize_q8_1(x) -> np.ndarray:
     return blocks.view(np.uint8)
 
 
-def quantize_q8_k(x) -> np.ndarray:
+def quantize_q8_K(x) -> np.ndarray:
     """float32 values (length a multiple of 256) -> Q8_K bytes, as ``quantize_row_q8_K_ref``.
 
     Per block of 256: ``max`` is the first value of largest magnitude (sign kept);
@@ -715,7 +721,7 @@ def quantize_q8_k(x) -> np.ndarray:
     block's bsums unwritten). Input must be finite, and a block's largest magnitude
     either 0 or above about ``127 / FLT_MAX`` (else ``iscale`` overflows).
     """
-    xb = _blocks_of(x, QK_K, "quantize_q8_k")
+    xb = _blocks_of(x, QK_K, "quantize_q8_K")
     n = len(xb)
     idx = np.abs(xb).argmax(axis=1)  # first index of the largest |x|
     mx = xb[np.arange(n), idx]
@@ -763,6 +769,134 @@ def dequantize_act_q8_32(y: np.ndarray, dy: np.ndarray) -> np.ndarray:
     """``dy * y`` per 32 values: the activations a native matmul effectively multiplies by."""
     yb = y.reshape(*y.shape[:-1], y.shape[-1] // QK, QK).astype(np.float32)
     return (dy[..., None] * yb).reshape(y.shape)
+
+
+# ---------------------------------------------------------------------------------
+# The matmul every tier computes
+# ---------------------------------------------------------------------------------
+#: weight types :func:`matmul` takes (the one list, ``ggml_types.SUPPORTED``)
+MATMUL_TYPES: tuple[str, ...] = SUPPORTED
+
+
+def matmul_activations(type_name: str, x) -> np.ndarray:
+    """The float32 activations a matmul with ``type_name`` weights multiplies by, ``(..., cols)``.
+
+    Float weights (F32, F16, BF16): ``x`` itself. Quantized weights: ``x`` quantized per 32
+    values to int8 and decoded again, ``dy * y`` with ``(y, dy)`` from
+    :func:`quantize_act_q8_32` (``y = nearbyint(x * 127/amax)``, ``dy = amax/127``). So the
+    activations carry a rounding error of at most ``dy/2 = amax/254`` per value, the
+    same one every native tier has.
+    """
+    name = _matmul_type(type_name)
+    x = np.asarray(x, dtype=np.float32)
+    if name in _FLOAT_DTYPES:
+        return x
+    return dequantize_act_q8_32(*quantize_act_q8_32(x))
+
+
+def matmul_dequantized(type_name: str, w: np.ndarray, x) -> np.ndarray:
+    """:func:`matmul` with the weight already dequantized, ``w (rows, cols)`` float32: the float
+    product ``matmul_activations(type_name, x) @ w.T`` (the NumPy backend keeps ``w``)."""
+    x = np.asarray(x, dtype=np.float32)
+    out = np.matmul(matmul_activations(type_name, x), w.T).astype(np.float32, copy=False)
+    return nan_rows_of_non_finite_tokens(type_name, x, out)
+
+
+def nan_rows_of_non_finite_tokens(type_name: str, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """For quantized weights, NaN in every output of a token whose activations hold a NaN or an
+    Inf (``x (..., cols)``, ``out (..., rows)``, written in place and returned).
+
+    The int8 quantization would turn a non-finite value into ordinary numbers (its block's
+    ``amax`` is NaN or Inf); in float arithmetic it makes the token's outputs non-finite. The
+    native tiers keep the float behaviour this way (csrc/dispatch.cpp), so a broken model never
+    yields finite-looking logits, and so does the spec. Float weights need nothing: their
+    product propagates NaN and Inf by itself."""
+    name = _matmul_type(type_name)
+    if name not in _FLOAT_DTYPES and x.size:
+        bad = ~np.isfinite(x).all(axis=-1)
+        if bad.any():
+            out[bad] = np.float32(np.nan)
+    return out
+
+
+def matmul(type_name: str, raw, shape, x) -> np.ndarray:
+    """``x @ W.T`` for ``W (rows, cols)`` stored as GGUF ``type_name`` bytes, exactly as every tier
+    computes it: float32 ``x (n, cols)`` -> ``(n, rows)``, or ``(cols,)`` -> ``(rows,)``.
+
+    The spec is two decodings and a float product::
+
+        W  = dequantize(type_name, raw).reshape(rows, cols)
+        xq = matmul_activations(type_name, x)      # dy * y per 32 values; x itself for F32/F16/BF16
+        out = xq @ W.T                             # float32
+
+    Why a native tier computes the same number up to float32 rounding of its sums: a group of
+    G weights that share one scale (G = 32, or 16 for Q2_K/Q3_K/Q6_K) decodes as
+    ``w_i = D * q_i - E`` with small unsigned integers ``q_i`` and two floats per group
+    (``dequantize_q4_K``: ``D = d*sc``, ``E = dmin*m``; zero-point types such as Q4_0 have
+    ``E = off * D``, ``off = 8``). With the activations ``x_i ~ dy * y_i`` of its 32-value
+    block (``y_i = nearbyint(x_i * 127/amax)`` in -128..127, ``dy = amax/127``)::
+
+        sum_i w_i * (dy y_i) = D dy * sum_i q_i y_i  -  E dy * sum_i y_i
+
+    ``sum_i q_i y_i`` is a sum of at most 32 products of a byte and an int8, below 2**21 in
+    magnitude: exact in int32 (and exact again in float32), which is why the native tiers
+    can compute it with integer SIMD instructions and still agree with this float spec.
+    For zero-point types the second term is the integer ``off * sum(y)`` folded into the same
+    exact dot; for types with a real min it is the float ``E * (dy * sum(y))``. Only the
+    float scaling of each group and the sum over groups round, so a tier differs from this
+    spec by float32 rounding of a sum whose terms are ``|w_i| |dy y_i|`` (measured in
+    tests/test_kernels.py), never by the activation quantization, which is part of the spec.
+    Float weights are not quantized: ``x @ W.T`` in float32. A token whose activations hold a
+    NaN or an Inf gets NaN in every output (:func:`nan_rows_of_non_finite_tokens`), as in float
+    arithmetic and in the native tiers.
+    """
+    name = _matmul_type(type_name)
+    rows, cols = (int(s) for s in shape)
+    w = dequantize(name, raw, rows * cols).reshape(rows, cols)
+    return matmul_dequantized(name, w, x)
+
+
+def _matmul_type(type_name: str) -> str:
+    name = str(type_name).upper()
+    if name not in MATMUL_TYPES:
+        what = "unsupported" if name in BY_NAME else "unknown"
+        raise QuantError(f"{what} weight type {type_name!r} for matmul (supported: {', '.join(MATMUL_TYPES)})")
+    return name
+
+
+def _matmul_of(type_name: str) -> Callable[..., np.ndarray]:
+    """``matmul_<type>(raw, shape, x)``: :func:`matmul` for one weight type."""
+    def f(raw, shape, x) -> np.ndarray:
+        return matmul(type_name, raw, shape, x)
+
+    f.__name__ = f.__qualname__ = "matmul_" + BY_NAME[type_name].ident
+    f.__doc__ = (f"``x @ W.T`` for {type_name} weights as every tier computes it: "
+                 + ("``x`` not quantized" if type_name in _FLOAT_DTYPES else
+                    "``x`` quantized to int8 per 32 values, then decoded")
+                 + f", ``W`` by :func:`dequantize_{BY_NAME[type_name].ident}`. See :func:`matmul`.")
+    return f
+
+
+# One per weight type, named as ggml spells the type (GGMLType.ident); the numba tier's
+# port of each is numba_kernels.matmul_<type>_numba.
+matmul_f32 = _matmul_of("F32")
+matmul_f16 = _matmul_of("F16")
+matmul_bf16 = _matmul_of("BF16")
+matmul_q4_0 = _matmul_of("Q4_0")
+matmul_q4_1 = _matmul_of("Q4_1")
+matmul_q5_0 = _matmul_of("Q5_0")
+matmul_q5_1 = _matmul_of("Q5_1")
+matmul_q8_0 = _matmul_of("Q8_0")
+matmul_q2_K = _matmul_of("Q2_K")
+matmul_q3_K = _matmul_of("Q3_K")
+matmul_q4_K = _matmul_of("Q4_K")
+matmul_q5_K = _matmul_of("Q5_K")
+matmul_q6_K = _matmul_of("Q6_K")
+matmul_iq4_nl = _matmul_of("IQ4_NL")
+matmul_iq4_xs = _matmul_of("IQ4_XS")
+
+#: type name -> its ``matmul_<type>``
+MATMULS: dict[str, Callable[..., np.ndarray]] = {t: globals()["matmul_" + BY_NAME[t].ident] for t in MATMUL_TYPES}
 
 
 def type_table() -> list[tuple[str, int, int, bool]]:

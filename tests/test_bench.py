@@ -54,7 +54,7 @@ def test_kernel_bench_validates_and_reports(tmp_path):
     assert [(r["type"], r["n"]) for r in rs] == [("Q4_K", 1), ("Q4_K", 3), ("Q8_0", 1), ("Q8_0", 3)]
     for r in rs:
         assert r["status"] == "ok", r
-        assert r["nmse"] < 1e-10  # the NumPy kernel is the reference itself, up to float32 sums
+        assert 1e-7 < r["nmse"] < 5e-4  # the NumPy kernel is the spec: int8 activation rounding (~3e-5) only
         assert r["ms"] > 0 and r["reps"] >= 1
         assert r["weight_bytes"] == {"Q4_K": 64 * 512 // 256 * 144, "Q8_0": 64 * 512 // 32 * 34}[r["type"]]
         assert r["gbps"] == pytest.approx(r["weight_bytes"] / r["ms"] / 1e6)

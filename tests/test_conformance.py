@@ -198,11 +198,15 @@ MATRIX = [(c, b) for c in CASES for b in backends_under_test()]
 
 # Measured misses of the top-1 bound alone, on near-tie data (see NEAR_TIE_DATA and the README's
 # "Near-ties"): llama.cpp's own top-1/top-2 gap is below its rounding noise at these positions, and
-# the exact float32 numpy pass flips them too. KL stays far inside its bounds and is still
-# asserted; the rate must stay exactly the recorded one, so a change in either direction fails.
+# the numpy spec flips them too. KL stays far inside its bounds and is still asserted; the rate
+# must stay exactly the recorded one, so a change in either direction fails. Re-measured
+# 2026-12-06 when the numpy and numba backends took the spec's int8-per-32 activation
+# quantization: gemma2 numpy/numba 0.944 -> 0.926 (now the cpu figure); qwen3 numpy/numba
+# 0.925 -> 0.975 (no longer a miss, removed); phi3 numpy 0.944 is new (its three flipped
+# positions have llama.cpp gaps 0.04, 0.17, 0.12; numba and cpu flip two of them: 0.963).
 TOP1_KNOWN_MISSES = {
-    ("gemma2", "numpy"): 0.944, ("gemma2", "numba"): 0.944, ("gemma2", "cpu"): 0.926,
-    ("qwen3", "numpy"): 0.925, ("qwen3", "numba"): 0.925,
+    ("gemma2", "numpy"): 0.926, ("gemma2", "numba"): 0.926, ("gemma2", "cpu"): 0.926,
+    ("phi3", "numpy"): 0.944,
 }
 
 

@@ -28,11 +28,22 @@ def _decode_cases():
 def test_decode_step_by_step_equals_full_forward(name, backend):
     m = model_on(backend, name)
     ids = m.tokenize("Local inference keeps data private. 本地推理", add_bos=True)
-    full = m.logits(ids)
-    k = 4
-    steps = [m.prefill(ids[:k])]
-    for t in ids[k:]:
-        steps.append(m.decode(t))
+    # The reference tiers' float products depend on the batch size in their last bits (BLAS,
+    # numba's two paths) and the spec's int8 activation rounding turns such bits into whole-step
+    # flips (numpy, smollm2: 2-6% of the max logit). The KV-cache logic under test is the same
+    # either way, so they run it on unrounded activations; cpu is batch-invariant by design.
+    exact = backend in ("numpy", "numba")
+    if exact:
+        m.backend.quantize_activations = False
+    try:
+        full = m.logits(ids)
+        k = 4
+        steps = [m.prefill(ids[:k])]
+        for t in ids[k:]:
+            steps.append(m.decode(t))
+    finally:
+        if exact:
+            m.backend.quantize_activations = True
     inc = np.stack(steps)
     ref = full[k - 1:]
     err = np.abs(inc - ref).max() / np.abs(ref).max()

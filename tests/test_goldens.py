@@ -33,11 +33,23 @@ def kl_per_position(ref_logits: np.ndarray, our_logits: np.ndarray) -> np.ndarra
 
 # A known, measured miss (not a tolerance change): on Qwen2.5-Coder-1.5B the FIRST position
 # of each prompt (the attention-sink token, whose hidden state carries huge outliers) is far
-# from llama.cpp for every pyengine backend, the exact float32 numpy pass included
-# (KL 4.6 / 6.0 there, cpu 3.8 / 5.0; every later position <= 0.008). llama.cpp quantizes
-# these activations per 256 values (Q8_K) before its Q4_K/Q6_K dot products. Strict: the
-# test fails loudly the day it passes.
+# from llama.cpp for every pyengine backend: KL 3.85 / 5.02 for the numpy spec (re-measured
+# 2026-12-06 after it took the int8-per-32 activation quantization; cpu 3.8 / 5.0), and an
+# exact float32 pass with unquantized activations misses too (4.6 / 6.0); every later
+# position <= 0.008. llama.cpp quantizes these activations per 256 values (Q8_K) before its
+# Q4_K/Q6_K dot products. Strict: the test fails loudly the day it passes.
 KL_KNOWN_MISSES = {("qwen2.5-coder-1.5b", "cpu"), ("qwen2.5-coder-1.5b", "cuda")}
+
+
+# A measured miss of the top-1 bound alone (-m slow): SmolLM2-135M (Q4_1) on numba, golden
+# prompts 2-5: 0.949 (243 of 256), one position under the bound. Measured 2026-12-06 when numba
+# took the spec's int8-per-32 activation quantization: on the same prompts the cpu tier, which
+# quantizes the same way, also measures 0.949 (its test counts prompt 1 too: 0.956), numpy 0.965,
+# and numba before the change 0.957. Every missed position is a near-tie in our own logits (our
+# top token beats llama.cpp's by 0.002-0.45), and numba and numpy, which agree per matmul to
+# float32 rounding, miss different ones. KL is asserted as before; the rate must stay exactly
+# the recorded one, so a change in either direction fails.
+TOP1_KNOWN_MISSES = {("smollm2-135m", "numba", "rest"): 0.949}
 
 
 def _cases(known_misses=frozenset()):
@@ -94,6 +106,10 @@ def test_teacher_forced_top1_against_llamacpp(name, backend, part):
         total += len(cont)
     rate = agree / total
     print(f"{name} [{backend}, {part}] teacher-forced top-1 {rate:.3f} over {total} positions")
+    known = TOP1_KNOWN_MISSES.get((name, backend, part))
+    if known is not None:
+        assert round(rate, 3) == known, f"top-1 {rate:.3f}, recorded miss {known}: update TOP1_KNOWN_MISSES"
+        pytest.xfail(f"known near-tie miss: top-1 {rate:.3f} < {TOP1_MIN}")
     assert rate >= TOP1_MIN
 
 

@@ -193,7 +193,7 @@ def test_q3_k_hand_block():
     hm[20] = 1 << 6  # value 212 -> sub-block 13 (sc 16), low2 0 -> 0
     blk["hmask"] = hm
     x = Q.dequantize("Q3_K", blk.view(np.uint8), 256)
-    scales = Q.unpack_scales_q3_k(sc[None])[0]
+    scales = Q.unpack_scales_q3_K(sc[None])[0]
     want_sc = np.zeros(16, np.int8)
     want_sc[1], want_sc[9], want_sc[13] = 3, 5, 16
     np.testing.assert_array_equal(scales, want_sc)
@@ -324,7 +324,7 @@ def test_errors():
     one_line_error(Q.dequantize, "F16", np.zeros(6, np.uint8), 4, match="need 8 bytes, got 6")
     one_line_error(Q.quantize_q8_0, np.zeros(33, np.float32), match="multiple of 32")
     one_line_error(Q.quantize_q8_1, np.zeros(48, np.float32), match="multiple of 32")
-    one_line_error(Q.quantize_q8_k, np.zeros(255, np.float32), match="multiple of 256")
+    one_line_error(Q.quantize_q8_K, np.zeros(255, np.float32), match="multiple of 256")
     rng = np.random.default_rng(0)
     one_line_error(random_raw, "Q4_K", 256, rng, "huge", match="scales mode 'huge'")
     one_line_error(random_raw, "Q4_K", 100, rng, match="multiple of the block size")
@@ -390,7 +390,7 @@ def test_roundings_at_exact_halves():
     q0 = Q.quantize_q8_0(x).view(Q.BLOCK_DTYPES["Q8_0"])
     assert q0["d"][0] == 1.0
     assert list(q0["qs"][0, :7]) == [127, 3, -3, 1, 2, -1, 4]
-    qk = Q.quantize_q8_k(x).view(Q.BLOCK_DTYPES["Q8_K"])
+    qk = Q.quantize_q8_K(x).view(Q.BLOCK_DTYPES["Q8_K"])
     assert qk["d"][0] == -1.0
     assert list(qk["qs"][0, :7]) == [-127, -2, 2, 0, -2, 0, -4]
     assert qk["bsums"][0, 0] == -127 - 2 + 2 + 0 - 2 + 0 - 4
@@ -413,7 +413,7 @@ def test_quantize_q8_0_near_ties_matches_gguf():
 
 def test_quantize_q8_k_near_ties_matches_ggml_reference_loop():
     x = near_ties(np.random.default_rng(22), 6, 256)
-    assert Q.quantize_q8_k(x).tobytes() == scalar_q8_k(x)
+    assert Q.quantize_q8_K(x).tobytes() == scalar_q8_k(x)
 
 
 @SETTINGS
@@ -459,7 +459,7 @@ def test_quantize_q8_k_matches_ggml_reference_loop_and_round_trips(data, n_block
         x[:256] = 0  # an all-zero block
     xb = x.reshape(-1, 256)
     assume(np.all((np.abs(xb).max(axis=1) == 0) | (np.abs(xb).max(axis=1) > 1e-30)))
-    got = Q.quantize_q8_k(x)
+    got = Q.quantize_q8_K(x)
     assert got.dtype == np.uint8 and got.shape == (292 * n_blocks,)
     assert got.tobytes() == scalar_q8_k(x)
     b = got.view(Q.BLOCK_DTYPES["Q8_K"])
@@ -532,7 +532,7 @@ def test_random_raw_zero_mode_zeroes_whole_blocks_and_sub_scales():
 @pytest.mark.parametrize("name", ["Q3_K", "IQ4_XS"])
 def test_random_raw_zero_mode_zeroes_offset_coded_scales(name):
     b = random_raw(name, 64 * 256, np.random.default_rng(13), "zero").view(Q.BLOCK_DTYPES[name])
-    sc = Q.unpack_scales_q3_k(b["scales"]) if name == "Q3_K" else Q.unpack_scales_iq4_xs(b["scales_h"], b["scales_l"])
+    sc = Q.unpack_scales_q3_K(b["scales"]) if name == "Q3_K" else Q.unpack_scales_iq4_xs(b["scales_h"], b["scales_l"])
     frac = float(np.mean(sc == 0))
     assert 0.15 < frac < 0.4, frac  # about a quarter (1/64 would be chance)
 
@@ -574,3 +574,71 @@ def test_quantize_act_q8_32_rounds_ties_to_even():
     x[1], x[2], x[3] = 0.5, 1.5, -2.5
     y, dy = Q.quantize_act_q8_32(x)
     assert dy[0] == 1.0 and list(y[:4]) == [127, 0, 2, -2]
+
+
+# --------------------------------------------------------------------------- the matmul spec
+def test_matmul_spec_multiplies_by_the_quantized_activations():
+    """One Q8_0 block by hand: d = 1, q = (2, 5, 0, ...), x = (1, 0.3, 0, ...). amax = 1, so
+    y = (127, nearbyint(0.3 * 127) = 38, 0, ...) and dy = 1/127: the spec's answer is
+    (2*127 + 5*38) / 127 = 444/127 = 3.49606..., not the unquantized 2*1 + 5*0.3 = 3.5."""
+    blk = np.zeros(1, Q.BLOCK_DTYPES["Q8_0"])
+    blk["d"] = 1.0
+    blk["qs"][0, :2] = (2, 5)
+    x = np.zeros(32, np.float32)
+    x[:2] = (1.0, 0.3)
+    got = Q.matmul("Q8_0", blk.view(np.uint8), (1, 32), x)
+    assert got.shape == (1,) and got.dtype == np.float32
+    assert abs(float(got[0]) - 444 / 127) <= 4 * float(np.finfo(np.float32).eps)
+    assert abs(float(got[0]) - 3.5) > 3e-3
+    # and the same through the per-type function and a 2-D x
+    np.testing.assert_array_equal(Q.matmul_q8_0(blk.view(np.uint8), (1, 32), x[None]), got[None])
+
+
+@pytest.mark.parametrize("name", ["F32", "F16", "BF16"])
+def test_matmul_spec_does_not_quantize_float_weights_activations(name):
+    rng = np.random.default_rng(4)
+    raw = Q.random_raw(name, 5 * 40, rng)
+    x = rng.standard_normal((3, 40)).astype(np.float32)  # 40: not even a whole Q8 block
+    w = Q.dequantize(name, raw, 5 * 40).reshape(5, 40)
+    np.testing.assert_array_equal(Q.matmul(name, raw, (5, 40), x), np.matmul(x, w.T))
+
+
+@pytest.mark.parametrize("name", Q.MATMUL_TYPES)
+def test_matmul_spec_per_type_names(name):
+    """One name per thing: ``dequantize_<t>`` and ``matmul_<t>`` with ggml's spelling of the type."""
+    ident = BY_NAME[name].ident
+    assert ident == (name.lower()[:-2] + "_K" if name.endswith("_K") else name.lower())
+    f = Q.MATMULS[name]
+    assert f is getattr(Q, "matmul_" + ident) and f.__name__ == "matmul_" + ident
+    if name in Q.BLOCK_DEQUANTIZERS:
+        assert Q.BLOCK_DEQUANTIZERS[name] is getattr(Q, "dequantize_" + ident)
+    rng = np.random.default_rng(5)
+    cols = 2 * BY_NAME[name].block_size if BY_NAME[name].block_size > 1 else 64
+    raw = Q.random_raw(name, 3 * cols, rng)
+    x = rng.standard_normal((2, cols)).astype(np.float32)
+    xq = Q.matmul_activations(name, x)
+    if BY_NAME[name].block_size > 1:  # quantized weights: x rounded to int8 per 32 values
+        np.testing.assert_array_equal(xq, Q.dequantize_act_q8_32(*Q.quantize_act_q8_32(x)))
+        assert not np.array_equal(xq, x)
+    w = Q.dequantize(name, raw, 3 * cols).reshape(3, cols)
+    np.testing.assert_array_equal(f(raw, (3, cols), x), np.matmul(xq, w.T))
+
+
+def test_matmul_spec_rejects_activation_and_unknown_types():
+    for name in ("Q8_K", "Q8_1", "IQ2_XXS", "Q9_9"):
+        with pytest.raises(Q.QuantError, match="for matmul"):
+            Q.matmul(name, np.zeros(292, np.uint8), (1, 256), np.zeros(256, np.float32))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_matmul_spec_keeps_non_finite_tokens_non_finite(bad):
+    """int8 quantization would turn NaN/Inf into numbers; the spec (like the native tiers) makes
+    every output of such a token NaN and leaves the other tokens alone."""
+    rng = np.random.default_rng(6)
+    raw = Q.random_raw("Q4_K", 4 * 256, rng)
+    x = rng.standard_normal((2, 256)).astype(np.float32)
+    good = Q.matmul("Q4_K", raw, (4, 256), x)
+    x[1, 40] = bad
+    got = Q.matmul("Q4_K", raw, (4, 256), x)
+    assert np.isnan(got[1]).all()
+    np.testing.assert_array_equal(got[0], good[0])

@@ -3,7 +3,8 @@
 Weights stay in their GGUF encoding (the memory-mapped bytes); matmul and embedding
 lookups read the blocks directly. Small 1-D weights (norms) are decoded once and kept
 in ``tensor.cache["numba"]``. Activations are NumPy float32 arrays, as in the NumPy
-reference backend.
+reference backend; a matmul with a quantized weight first quantizes them to int8 per 32
+values and decodes them (:func:`pyengine.numba_kernels.matmul`), as the spec does.
 """
 from __future__ import annotations
 
@@ -22,7 +23,10 @@ except ImportError as e:  # numba present but broken (e.g. a NumPy it does not s
 class NumbaBackend(Backend):
     name = "numba"
 
-    def __init__(self):
+    def __init__(self, quantize_activations: bool = True):
+        """``quantize_activations=False``: matmuls multiply by the unrounded activations (the
+        exact float product), as ``NumpyBackend(quantize_activations=False)``."""
+        self.quantize_activations = bool(quantize_activations)
         self.description = f"numba {nk.numba.__version__} JIT, {nk.numba.get_num_threads()} threads"
 
     # -- weights ---------------------------------------------------------------------
@@ -47,7 +51,7 @@ class NumbaBackend(Backend):
         return nk.get_rows(w.type_name, self._raw(w), w.shape, np.asarray(ids))
 
     def matmul(self, w: QTensor, x: np.ndarray) -> np.ndarray:
-        return nk.matmul(w.type_name, self._raw(w), w.shape, x)
+        return nk.matmul(w.type_name, self._raw(w), w.shape, x, self.quantize_activations)
 
     def add_bias(self, x: np.ndarray, b: QTensor) -> np.ndarray:
         return np.add(x, self._vector(b).reshape(-1), dtype=np.float32)

@@ -4,6 +4,11 @@ Weights are dequantized to float32 on first use with :func:`pyengine.quants.dequ
 and kept (so peak memory stays under about twice the dequantized model: the file is
 memory-mapped and only touched once per tensor). Embedding rows are dequantized on
 demand, never the whole table.
+
+A matmul is the spec's, :func:`pyengine.quants.matmul_dequantized` on the kept weight: for a
+quantized weight the activations are quantized to int8 per 32 values and decoded first,
+as the native tiers do, so this backend computes what the cpu backend computes (up to
+float32 rounding) rather than an unquantized product it would only approximate.
 """
 from __future__ import annotations
 
@@ -96,7 +101,15 @@ def attention_reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, pos0: int, 
 
 class NumpyBackend(Backend):
     name = "numpy"
-    description = "numpy reference (float32, dequantized weights)"
+
+    def __init__(self, quantize_activations: bool = True):
+        """``quantize_activations=False`` multiplies by the unrounded activations instead of the
+        spec's (``x @ W.T`` in float32): the oracle of kernels that do not quantize (the CUDA
+        "simple" set), and a way to measure what the int8 rounding costs a model."""
+        self.quantize_activations = bool(quantize_activations)
+        self.description = ("numpy reference (float32, dequantized weights, "
+                            + ("int8-per-32 activations as the native tiers)" if self.quantize_activations
+                               else "unquantized activations)"))
 
     def embed(self, w: QTensor, ids: np.ndarray) -> np.ndarray:
         out = np.empty((len(ids), w.cols), dtype=np.float32)
@@ -105,7 +118,9 @@ class NumpyBackend(Backend):
         return out
 
     def matmul(self, w: QTensor, x: np.ndarray) -> np.ndarray:
-        return np.matmul(x, dequantized(w).T)
+        if not self.quantize_activations:
+            return np.matmul(x, dequantized(w).T)
+        return quants.matmul_dequantized(w.type_name, dequantized(w), x)
 
     def add_bias(self, x: np.ndarray, b: QTensor) -> np.ndarray:
         return x + dequantized(b).reshape(-1)
@@ -153,8 +168,13 @@ class NumpyBackend(Backend):
                                       n_rot, freq_base, neox, scaling, scale)
 
     def moe_ffn(self, x, router, gate_exps, up_exps, down_exps, routing):
-        from .moe import moe_ffn_reference
+        """The routed experts through this backend's own matmul (so each expert product is the
+        matmul spec, activations quantized as the native tiers do); with unquantized activations,
+        :func:`pyengine.backends.moe.moe_ffn_reference` on the dequantized tensors."""
+        from .moe import moe_ffn_grouped, moe_ffn_reference
 
+        if self.quantize_activations:
+            return moe_ffn_grouped(self, x, router, gate_exps, up_exps, down_exps, routing)
         return moe_ffn_reference(x, dequantized(router), dequantized(gate_exps), dequantized(up_exps),
                                  dequantized(down_exps), routing)
 
