@@ -129,11 +129,12 @@ void bind_cpu(py::module_& m) {
           py::arg("out"), py::arg("variant") = "auto",
           R"doc(out[:] = x @ W.T for a GGUF weight W of shape (rows, cols).
 
-type_name: F32, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K or Q6_K.
+type_name: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K or IQ4_XS.
 w: the weight's raw GGUF bytes, uint8, C-contiguous, rows * row_bytes long.
 x: float32 (n, cols) C-contiguous; out: float32 (n, rows) C-contiguous, writeable.
-variant: "generic", "avx2", "avx512" or "auto" (best this CPU runs).
-x is quantized to int8 per 32 values inside the call; the GIL is released and the
+variant: "generic", "avx2", "avx512" or "auto" (best this CPU runs); the call runs
+matmul_<type>_<variant> (kernels/cpu/matmul_<variant>.cpp).
+For quantized types x is quantized to int8 per 32 values inside the call; the GIL is released and the
 work is split over the thread pool.)doc");
     m.def("get_rows", &py_get_rows, py::arg("type_name"), py::arg("w"), py::arg("rows"), py::arg("cols"),
           py::arg("ids"), py::arg("out"),

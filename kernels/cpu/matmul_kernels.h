@@ -122,51 +122,18 @@ struct MatmulCall {
     float* out;          // (n, rows)
 };
 
-static inline void prefetch_bytes(const uint8_t* p, int64_t n) {
-#if defined(__GNUC__) || defined(__clang__)
-    for (int64_t o = 0; o < n; o += 64) __builtin_prefetch(p + o, 0, 3);
-#else
-    (void)p, (void)n;
-#endif
-}
-
-// The body every quantized matmul_<type>_<tier> runs with its own type and tier:
-// out[:, r0:r1) from weight rows [r0, r1) and the activations c.act packed by k.pack_act.
-// Few tokens (n <= kGemvMaxTokens, tier has a gemv): each weight row is unpacked straight
-// into registers against every token. Otherwise rb_rows rows at a time are unpacked into
-// wbuf (pack_w) and every token runs against them (gemm), so each unpacked byte is
-// reused n times.
-static inline void matmul_rows_quant(const MatmulKernels& k, WType t, const MatmulCall& c, int64_t r0, int64_t r1,
-                                     uint8_t* wbuf) {
-    if (k.gemv != nullptr && c.n <= kGemvMaxTokens) {
-        for (int64_t r = r0; r < r1; ++r) {
-            if (r + c.pf_rows < c.rows) prefetch_bytes(c.w + (r + c.pf_rows) * c.rb, c.rb);
-            k.gemv(t, c.w + r * c.rb, c.cols, c.act, (int)c.n, c.stride, c.out + r, c.rows);
-        }
-        return;
-    }
-    for (int64_t a = r0; a < r1; a += c.rb_rows) {
-        const int nr = (int)(r1 - a < c.rb_rows ? r1 - a : c.rb_rows);
-        for (int i = 0; i < nr; ++i) {
-            // Pull a row ~4-8 KB ahead toward L1 while this one unpacks: a decode step streams
-            // every weight once from DRAM, and this measured 10-70% faster than hardware
-            // prefetch alone (8 x 4096^2 weights, 2 threads).
-            if (a + i + c.pf_rows < c.rows) prefetch_bytes(c.w + (a + i + c.pf_rows) * c.rb, c.rb);
-            k.pack_w(t, c.w + (a + i) * c.rb, c.cols, wbuf + i * c.stride);
-        }
-        k.gemm(t, c.G, c.np, wbuf, nr, c.act, (int)c.n, c.out + a, c.rows);
-    }
-}
-
-// The body of matmul_f32/f16/bf16_<tier>: out[:, r0:r1) from weight rows [r0, r1) and x
-// in float, 64 tokens at a time (no quantization of x).
-static inline void matmul_rows_float(const MatmulKernels& k, WType t, const MatmulCall& c, int64_t r0, int64_t r1) {
-    for (int64_t t0 = 0; t0 < c.n; t0 += 64) {
-        const int nt = (int)(c.n - t0 < 64 ? c.n - t0 : 64);
-        k.gemm_float(t, c.w + r0 * c.rb, c.rb, c.cols, (int)(r1 - r0), c.x + t0 * c.cols, c.cols, nt,
-                     c.out + t0 * c.rows + r0, c.rows);
-    }
-}
+// The bodies every matmul_<type>_<tier> runs with its own type and tier's kernels,
+// defined once in csrc/dispatch.cpp (compiled without ISA flags: they only loop and call
+// the tier's kernels through k):
+//  - quantized types: out[:, r0:r1) from weight rows [r0, r1) and the activations c.act
+//    packed by k.pack_act. Few tokens (n <= kGemvMaxTokens, tier has a gemv): each weight
+//    row is unpacked straight into registers against every token. Otherwise rb_rows rows
+//    at a time are unpacked into wbuf (pack_w) and every token runs against them (gemm),
+//    so each unpacked byte is reused n times.
+//  - float types (F32/F16/BF16): out[:, r0:r1) from weight rows [r0, r1) and x in float,
+//    64 tokens at a time (no quantization of x).
+void matmul_rows_quant(const MatmulKernels& k, WType t, const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf);
+void matmul_rows_float(const MatmulKernels& k, WType t, const MatmulCall& c, int64_t r0, int64_t r1);
 
 extern const MatmulKernels matmul_kernels_generic;
 #ifdef PYENGINE_HAVE_X86_VARIANTS
