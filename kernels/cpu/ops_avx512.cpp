@@ -1,4 +1,6 @@
-// AVX-512 versions of the non-matmul ops (see ops.h). Compiled with AVX-512 flags by
+// AVX-512 versions of the non-matmul ops (see ops.h); the attention kernel is
+// attention_avx512 (attention_generic / attention_avx2 in ops_generic.cpp, attention_cuda
+// in kernels/cuda/attention.cu). Compiled with AVX-512 flags by
 // CMake whatever the build machine has; only called when CPUID says the CPU has
 // AVX-512F/BW/DQ/VL (csrc/bind_ops.cpp checks).
 //

@@ -195,8 +195,9 @@ inline void attention_rows(const AttnArgs& a, int g, int r0, int r1) {
     }
 }
 
-// Attention rows [r0, r1) of KV head g (AttentionFn in ops.h): the same arithmetic as
-// the NumPy spec's attention; attention_generic without AVX2 flags, attention_avx2 with.
+// Attention rows [r0, r1) of KV head g (AttentionFn in ops.h): the NumPy spec's attention
+// (numpy_backend.attention_reference) in float32, exp by the polynomial exp_f above;
+// attention_generic without AVX2 flags, attention_avx2 with.
 #ifdef PYENGINE_OPS_AVX2
 void attention_avx2(const AttnArgs& a, int g, int r0, int r1) { attention_rows(a, g, r0, r1); }
 #else
