@@ -139,8 +139,9 @@ void matmul_impl(WType t, const uint8_t* w, int64_t rows, int64_t cols, const fl
 #define PYENGINE_NOIPA
 #endif
 
-PYENGINE_NOIPA void matmul_rows_quant(const MatmulKernels& k, WType t, const MatmulCall& c, int64_t r0, int64_t r1,
-                                      uint8_t* wbuf) {
+PYENGINE_NOIPA void matmul_rows_quant(const MatmulKernels& k, WType t, const MatmulCall& shared, int64_t r0,
+                                      int64_t r1, uint8_t* wbuf) {
+    const MatmulCall c = shared;  // this thread's copy, on its own stack
     if (k.gemv != nullptr && c.n <= kGemvMaxTokens) {  // few tokens: no packed copy of the rows
         for (int64_t r = r0; r < r1; ++r) {
             if (r + c.pf_rows < c.rows) prefetch_bytes(c.w + (r + c.pf_rows) * c.rb, c.rb);
@@ -161,7 +162,9 @@ PYENGINE_NOIPA void matmul_rows_quant(const MatmulKernels& k, WType t, const Mat
     }
 }
 
-PYENGINE_NOIPA void matmul_rows_float(const MatmulKernels& k, WType t, const MatmulCall& c, int64_t r0, int64_t r1) {
+PYENGINE_NOIPA void matmul_rows_float(const MatmulKernels& k, WType t, const MatmulCall& shared, int64_t r0,
+                                      int64_t r1) {
+    const MatmulCall c = shared;  // this thread's copy, on its own stack
     for (int64_t t0 = 0; t0 < c.n; t0 += 64) {
         const int nt = (int)(c.n - t0 < 64 ? c.n - t0 : 64);
         k.gemm_float(t, c.w + r0 * c.rb, c.rb, c.cols, (int)(r1 - r0), c.x + t0 * c.cols, c.cols, nt,

@@ -106,8 +106,9 @@ static inline int64_t n_panels(const MatmulKernels& k, int G, int64_t cols) {
 }
 
 // ---- one matmul call, split over threads by rows -------------------------------------
-// What csrc/dispatch.cpp sets up once per call and every worker thread reads.
-struct MatmulCall {
+// What csrc/dispatch.cpp sets up once per call and every worker thread reads (each
+// worker takes its own copy; the shared one sits alone on its cache lines).
+struct alignas(64) MatmulCall {
     const uint8_t* w;    // (rows, rb) GGUF bytes of the weight
     int64_t rows, cols;
     int64_t rb;          // bytes of one weight row
