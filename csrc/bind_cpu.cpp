@@ -34,11 +34,11 @@ bool overlap(const py::array& a, const py::array& b) {
     return a0 < b1 && b0 < a1;
 }
 
-pe::WType parse_type(const std::string& name) {
-    pe::WType t;
-    if (!pe::wtype_from_name(name.c_str(), &t)) {
+pyengine::WType parse_type(const std::string& name) {
+    pyengine::WType t;
+    if (!pyengine::wtype_from_name(name.c_str(), &t)) {
         std::string have;
-        for (int i = 0; i < (int)pe::WType::COUNT; ++i) have += (i ? ", " : "") + std::string(pe::wtype_info((pe::WType)i).name);
+        for (int i = 0; i < (int)pyengine::WType::COUNT; ++i) have += (i ? ", " : "") + std::string(pyengine::wtype_info((pyengine::WType)i).name);
         throw py::value_error("unsupported weight type '" + name + "' (native kernels: " + have + ")");
     }
     return t;
@@ -54,11 +54,11 @@ void check_array(const py::array& a, const char* what, const char* dtype_name, b
     if (writeable && !a.writeable()) throw py::value_error(std::string(what) + " must be writeable");
 }
 
-const uint8_t* weight_ptr(const py::array& w, pe::WType t, int64_t rows, int64_t cols) {
+const uint8_t* weight_ptr(const py::array& w, pyengine::WType t, int64_t rows, int64_t cols) {
     check_array<uint8_t>(w, "w", "uint8", false);
     if (rows < 0 || cols <= 0) throw py::value_error("rows must be >= 0 and cols > 0");
-    const pe::WTypeInfo& ti = pe::wtype_info(t);
-    const int64_t rb = pe::row_bytes(t, cols);
+    const pyengine::WTypeInfo& ti = pyengine::wtype_info(t);
+    const int64_t rb = pyengine::row_bytes(t, cols);
     if (rb < 0)
         throw py::value_error(std::string(ti.name) + ": cols=" + std::to_string(cols) +
                               " is not a multiple of the block size " + std::to_string(ti.block_elems));
@@ -75,10 +75,10 @@ const uint8_t* weight_ptr(const py::array& w, pe::WType t, int64_t rows, int64_t
 
 void py_matmul(const std::string& type_name, const py::array& w, int64_t rows, int64_t cols, const py::array& x,
                py::array& out, const std::string& variant) {
-    const pe::WType t = parse_type(type_name);
-    const pe::MatmulKernels* k;
+    const pyengine::WType t = parse_type(type_name);
+    const pyengine::MatmulKernels* k;
     try {
-        k = &pe::select_variant(variant);
+        k = &pyengine::select_variant(variant);
     } catch (const std::invalid_argument& e) {
         throw py::value_error(e.what());
     }
@@ -99,12 +99,12 @@ void py_matmul(const std::string& type_name, const py::array& w, int64_t rows, i
     const float* xp = (const float*)x.data();
     float* op = (float*)out.mutable_data();
     py::gil_scoped_release nogil;
-    pe::matmul(t, wp, rows, cols, xp, n, op, *k);
+    pyengine::matmul(t, wp, rows, cols, xp, n, op, *k);
 }
 
 void py_get_rows(const std::string& type_name, const py::array& w, int64_t rows, int64_t cols, const py::array& ids,
                  py::array& out) {
-    const pe::WType t = parse_type(type_name);
+    const pyengine::WType t = parse_type(type_name);
     const uint8_t* wp = weight_ptr(w, t, rows, cols);
     check_array<int32_t>(ids, "ids", "int32", false);
     check_array<float>(out, "out", "float32", true);
@@ -119,7 +119,7 @@ void py_get_rows(const std::string& type_name, const py::array& w, int64_t rows,
                                   " is out of range for " + std::to_string(rows) + " rows");
     float* op = (float*)out.mutable_data();
     py::gil_scoped_release nogil;
-    pe::get_rows(t, wp, rows, cols, ip, n, op);
+    pyengine::get_rows(t, wp, rows, cols, ip, n, op);
 }
 
 }  // namespace
@@ -129,11 +129,12 @@ void bind_cpu(py::module_& m) {
           py::arg("out"), py::arg("variant") = "auto",
           R"doc(out[:] = x @ W.T for a GGUF weight W of shape (rows, cols).
 
-type_name: F32, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K or Q6_K.
+type_name: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K or IQ4_XS.
 w: the weight's raw GGUF bytes, uint8, C-contiguous, rows * row_bytes long.
 x: float32 (n, cols) C-contiguous; out: float32 (n, rows) C-contiguous, writeable.
-variant: "generic", "avx2", "avx512" or "auto" (best this CPU runs).
-x is quantized to int8 per 32 values inside the call; the GIL is released and the
+variant: "generic", "avx2", "avx512" or "auto" (best this CPU runs); the call runs
+matmul_<type>_<variant> (kernels/cpu/matmul_<variant>.cpp).
+For quantized types x is quantized to int8 per 32 values inside the call; the GIL is released and the
 work is split over the thread pool.)doc");
     m.def("get_rows", &py_get_rows, py::arg("type_name"), py::arg("w"), py::arg("rows"), py::arg("cols"),
           py::arg("ids"), py::arg("out"),
@@ -142,21 +143,21 @@ work is split over the thread pool.)doc");
         "cpu_features",
         []() {
             py::dict d;
-            for (const auto& kv : pe::cpu_features().as_list()) d[py::str(kv.first)] = kv.second;
-            d["logical_cores"] = pe::cpu_features().logical_cores;
+            for (const auto& kv : pyengine::cpu_features().as_list()) d[py::str(kv.first)] = kv.second;
+            d["logical_cores"] = pyengine::cpu_features().logical_cores;
             return d;
         },
         "CPUID feature flags of this CPU (avx2, fma, f16c, avx512f, avx512bw, avx512vl, avx512_vnni, ...).");
-    m.def("kernel_variants", &pe::available_variants,
+    m.def("kernel_variants", &pyengine::available_variants,
           "Kernel tiers this CPU and build can run, slowest first (\"generic\" always).");
     m.def(
-        "set_num_threads", [](int n) { pe::ThreadPool::instance().set_num_threads(n); }, py::arg("n"),
+        "set_num_threads", [](int n) { pyengine::ThreadPool::instance().set_num_threads(n); }, py::arg("n"),
         "Threads used by native kernels (n <= 0: one per core).");
     m.def(
-        "get_num_threads", []() { return pe::ThreadPool::instance().num_threads(); },
+        "get_num_threads", []() { return pyengine::ThreadPool::instance().num_threads(); },
         "Threads used by native kernels.");
     m.def(
-        "set_spin_us", [](int us) { pe::ThreadPool::instance().set_spin_us(us); }, py::arg("us"),
+        "set_spin_us", [](int us) { pyengine::ThreadPool::instance().set_spin_us(us); }, py::arg("us"),
         "How long idle pool workers spin before sleeping (microseconds).");
     bind_cpu_ops(m);
 }

@@ -24,10 +24,10 @@ const float* floats(const py::object& o, const char* key, int64_t size, std::vec
 }
 
 const uint8_t* heads(const py::kwargs& kw, const char* type_key, const char* key, int64_t H, int64_t rows,
-                     int64_t cols, pe::WType& t, int64_t& head_bytes, std::vector<py::object>& keep) {
+                     int64_t cols, pyengine::WType& t, int64_t& head_bytes, std::vector<py::object>& keep) {
     const std::string name = py::cast<std::string>(kw[type_key]);
-    if (!pe::wtype_from_name(name.c_str(), &t)) bad("unsupported weight type '" + name + "' (" + key + ")");
-    const int64_t rb = pe::row_bytes(t, cols);
+    if (!pyengine::wtype_from_name(name.c_str(), &t)) bad("unsupported weight type '" + name + "' (" + key + ")");
+    const int64_t rb = pyengine::row_bytes(t, cols);
     if (rb < 0) bad(std::string(key) + ": a row is not a whole number of blocks");
     head_bytes = rows * rb;
     py::array a = py::cast<py::array>(kw[key]);
@@ -40,12 +40,12 @@ const uint8_t* heads(const py::kwargs& kw, const char* type_key, const char* key
 
 }  // namespace
 
-std::shared_ptr<const pe::mla::Layer> mla_layer_from_kwargs(const py::kwargs& kw, std::vector<py::object>& keep) {
+std::shared_ptr<const pyengine::mla::Layer> mla_layer_from_kwargs(const py::kwargs& kw, std::vector<py::object>& keep) {
     for (const char* k : {"kv_norm", "eps", "wk_type", "wk", "wv_type", "wv", "n_heads", "kv_lora_rank", "qk_nope",
                           "n_rot", "v_head", "freq_base", "neox", "scale", "freq_factors", "freq_scale", "ext_factor",
                           "attn_factor", "beta_fast", "beta_slow", "n_ctx_orig"})
         if (!kw.contains(k)) bad(std::string("missing argument ") + k);
-    auto L = std::make_shared<pe::mla::Layer>();
+    auto L = std::make_shared<pyengine::mla::Layer>();
     L->n_heads = py::cast<int>(kw["n_heads"]);
     L->R = py::cast<int>(kw["kv_lora_rank"]);
     L->dn = py::cast<int>(kw["qk_nope"]);
@@ -75,15 +75,15 @@ std::shared_ptr<const pe::mla::Layer> mla_layer_from_kwargs(const py::kwargs& kw
 }
 
 // positions the cache holds (key panels (n_blocks, R+r, 64) and rows (n_ctx, R+r)), checked
-int64_t mla_cache_positions(const pe::mla::Layer& L, const py::array& kt, const py::array& vc) {
+int64_t mla_cache_positions(const pyengine::mla::Layer& L, const py::array& kt, const py::array& vc) {
     const int64_t W = L.R + L.r;
     for (const py::array* a : {&kt, &vc})
         if (!py::dtype::of<float>().equal(a->dtype()) || !(a->flags() & py::array::c_style) || !a->writeable())
             bad("the cache must be writeable C-contiguous float32");
-    if (kt.ndim() != 3 || kt.shape(1) != W || kt.shape(2) != pyengine::ops::kAttnKeyBlock)
+    if (kt.ndim() != 3 || kt.shape(1) != W || kt.shape(2) != pyengine::kAttnKeyBlock)
         bad("key panels must be (n_blocks, kv_lora_rank + n_rot, 64)");
     if (vc.ndim() != 2 || vc.shape(1) != W) bad("cache rows must be (n_ctx, kv_lora_rank + n_rot)");
-    return std::min<int64_t>(kt.shape(0) * pyengine::ops::kAttnKeyBlock, vc.shape(0));
+    return std::min<int64_t>(kt.shape(0) * pyengine::kAttnKeyBlock, vc.shape(0));
 }
 
 void bind_mla(py::module_& m) {
@@ -101,9 +101,9 @@ void bind_mla(py::module_& m) {
         const int64_t positions = mla_cache_positions(*L, k_panels, v_cache);
         if (n <= 0 || pos0 < 0 || pos0 + n > positions)
             bad("positions " + std::to_string(pos0) + ".." + std::to_string(pos0 + n - 1) + " outside the cache");
-        const pe::MatmulKernels* mk;
+        const pyengine::MatmulKernels* mk;
         try {
-            mk = &pe::select_variant("auto");
+            mk = &pyengine::select_variant("auto");
         } catch (const std::invalid_argument& e) {
             throw py::value_error(e.what());
         }
@@ -113,7 +113,7 @@ void bind_mla(py::module_& m) {
         float* ktp = static_cast<float*>(k_panels.mutable_data());
         float* vcp = static_cast<float*>(v_cache.mutable_data());
         py::gil_scoped_release nogil;
-        pe::mla::mla_attention(*L, qp, kp, n, pos0, ktp, vcp, op, *mk);
+        pyengine::mla::mla_attention(*L, qp, kp, n, pos0, ktp, vcp, op, *mk);
     }, py::arg("q"), py::arg("kv"), py::arg("out"), py::arg("k_panels"), py::arg("v_cache"), py::arg("pos0"),
           "out (n, H*v_head) = multi-head latent attention of q (n, H*(qk_nope+n_rot)) and kv (n, kv_lora_rank+n_rot)\n"
           "at positions pos0.. (writes the compressed cache). Keyword arguments: pyengine.backends.mla.native_args.");

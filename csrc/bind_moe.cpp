@@ -15,10 +15,10 @@ namespace {
 
 [[noreturn]] void bad(const std::string& msg) { throw py::value_error("moe_ffn: " + msg); }
 
-pe::WType wtype(const py::kwargs& kw, const char* key) {
-    pe::WType t;
+pyengine::WType wtype(const py::kwargs& kw, const char* key) {
+    pyengine::WType t;
     const std::string name = py::cast<std::string>(kw[key]);
-    if (!pe::wtype_from_name(name.c_str(), &t)) bad("unsupported weight type '" + name + "' (" + key + ")");
+    if (!pyengine::wtype_from_name(name.c_str(), &t)) bad("unsupported weight type '" + name + "' (" + key + ")");
     return t;
 }
 
@@ -32,10 +32,10 @@ const uint8_t* bytes(const py::kwargs& kw, const char* key, int64_t n_bytes, std
     return static_cast<const uint8_t*>(a.data());
 }
 
-void experts(pe::moe::Experts& x, const py::kwargs& kw, const char* type_key, const char* key, int64_t E,
+void experts(pyengine::moe::Experts& x, const py::kwargs& kw, const char* type_key, const char* key, int64_t E,
              int64_t rows, int64_t cols, std::vector<py::object>& keep) {
     x.t = wtype(kw, type_key);
-    const int64_t rb = pe::row_bytes(x.t, cols);
+    const int64_t rb = pyengine::row_bytes(x.t, cols);
     if (rb < 0) bad(std::string(key) + ": cols " + std::to_string(cols) + " is not a whole number of blocks");
     x.rows = rows;
     x.cols = cols;
@@ -46,12 +46,12 @@ void experts(pe::moe::Experts& x, const py::kwargs& kw, const char* type_key, co
 }  // namespace
 
 // a moe::Layer from the keyword arguments of _C.moe_ffn (arrays kept alive in keep)
-std::shared_ptr<const pe::moe::Layer> moe_layer_from_kwargs(const py::kwargs& kw, std::vector<py::object>& keep) {
+std::shared_ptr<const pyengine::moe::Layer> moe_layer_from_kwargs(const py::kwargs& kw, std::vector<py::object>& keep) {
     for (const char* k : {"router_type", "router", "gate_type", "gate", "up_type", "up", "down_type", "down",
                           "n_expert", "dim", "ffn", "top_k", "gating", "norm", "scale", "n_group", "n_group_used",
                           "bias"})
         if (!kw.contains(k)) bad(std::string("missing argument ") + k);
-    auto L = std::make_shared<pe::moe::Layer>();
+    auto L = std::make_shared<pyengine::moe::Layer>();
     L->n_expert = py::cast<int64_t>(kw["n_expert"]);
     L->dim = py::cast<int64_t>(kw["dim"]);
     L->ffn = py::cast<int64_t>(kw["ffn"]);
@@ -59,7 +59,7 @@ std::shared_ptr<const pe::moe::Layer> moe_layer_from_kwargs(const py::kwargs& kw
     if (L->n_expert <= 0 || L->dim <= 0 || L->ffn <= 0) bad("n_expert, dim and ffn must be > 0");
     if (L->top_k < 1 || L->top_k > L->n_expert) bad("top_k must be in 1..n_expert");
     L->router_t = wtype(kw, "router_type");
-    const int64_t rb = pe::row_bytes(L->router_t, L->dim);
+    const int64_t rb = pyengine::row_bytes(L->router_t, L->dim);
     if (rb < 0) bad("router: dim is not a whole number of blocks");
     L->router = bytes(kw, "router", L->n_expert * rb, keep);
     experts(L->gate, kw, "gate_type", "gate", L->n_expert, L->ffn, L->dim, keep);
@@ -92,9 +92,9 @@ void bind_moe(py::module_& m) {
         if (!py::dtype::of<float>().equal(out.dtype()) || !(out.flags() & py::array::c_style) ||
             out.size() != x.size() || !out.writeable())
             bad("out must be a writeable C-contiguous float32 array shaped like x");
-        const pe::MatmulKernels* mk;
+        const pyengine::MatmulKernels* mk;
         try {
-            mk = &pe::select_variant("auto");
+            mk = &pyengine::select_variant("auto");
         } catch (const std::invalid_argument& e) {
             throw py::value_error(e.what());
         }
@@ -102,7 +102,7 @@ void bind_moe(py::module_& m) {
         float* op = static_cast<float*>(out.mutable_data());
         const int64_t n = x.shape(0);
         py::gil_scoped_release nogil;
-        pe::moe::moe_ffn(*L, xp, n, op, *mk);
+        pyengine::moe::moe_ffn(*L, xp, n, op, *mk);
     }, py::arg("x"), py::arg("out"),
           "out (n, dim) = routed SwiGLU experts on x (spec: pyengine/backends/moe.py). Keyword arguments:\n"
           "router_type, router, gate_type, gate, up_type, up, down_type, down (GGUF bytes), n_expert, dim, ffn,\n"

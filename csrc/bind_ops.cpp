@@ -25,19 +25,19 @@
 #include "threadpool.h"
 
 namespace py = pybind11;
-using pyengine::ops::AttnArgs;
-using pyengine::ops::OpsTable;
+using pyengine::AttnArgs;
+using pyengine::OpsTable;
 
 namespace {
 
 // ------------------------------------------------------------ variant choice --------
 
 std::vector<const OpsTable*> available_tables() {  // narrowest first
-    std::vector<const OpsTable*> v{&pyengine::ops::ops_generic()};
+    std::vector<const OpsTable*> v{&pyengine::ops_generic()};
 #if defined(PYENGINE_HAVE_X86_VARIANTS)
-    const pe::CpuFeatures& f = pe::cpu_features();
-    if (f.avx2 && f.fma && f.os_avx) v.push_back(&pyengine::ops::ops_avx2());
-    if (f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl && f.os_avx512) v.push_back(&pyengine::ops::ops_avx512());
+    const pyengine::CpuFeatures& f = pyengine::cpu_features();
+    if (f.avx2 && f.fma && f.os_avx) v.push_back(&pyengine::ops_avx2());
+    if (f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl && f.os_avx512) v.push_back(&pyengine::ops_avx512());
 #endif
     return v;
 }
@@ -61,7 +61,7 @@ const OpsTable& ops() {
 
 // Tasks run on the shared persistent pool (csrc/threadpool.h), handed out one at a time
 // so uneven tasks (causal attention) balance; a single task runs inline.
-int n_threads() { return pe::ThreadPool::instance().num_threads(); }
+int n_threads() { return pyengine::ThreadPool::instance().num_threads(); }
 
 template <class F>
 void run_tasks(int n_tasks, F&& f) {
@@ -69,7 +69,7 @@ void run_tasks(int n_tasks, F&& f) {
         if (n_tasks == 1) f(0);
         return;
     }
-    pe::ThreadPool::instance().parallel_for(n_tasks, 1, [&](int64_t b, int64_t e, int) {
+    pyengine::ThreadPool::instance().parallel_for(n_tasks, 1, [&](int64_t b, int64_t e, int) {
         for (int64_t t = b; t < e; ++t) f((int)t);
     });
 }
@@ -147,7 +147,7 @@ void op_rmsnorm(const py::array& xa, const py::array& wa, float eps, const py::a
     rmsnorm_common(x, w, eps, g, per_row);
     if (o.rows != x.rows || o.cols != x.cols) bad("rmsnorm: out must have x's shape");
     py::gil_scoped_release nogil;
-    pe::cpu::rmsnorm(x.p, x.stride, x.rows, x.cols, w.p, g, eps, o.p);
+    pyengine::cpu::rmsnorm(x.p, x.stride, x.rows, x.cols, w.p, g, eps, o.p);
 }
 
 void op_rmsnorm_add(const py::array& xa, const py::array& wa, float eps, const py::array& ra,
@@ -159,7 +159,7 @@ void op_rmsnorm_add(const py::array& xa, const py::array& wa, float eps, const p
     if (o.rows != x.rows || o.cols != x.cols || r.rows != x.rows || r.cols != x.cols)
         bad("rmsnorm_add: residual and out must have x's shape");
     py::gil_scoped_release nogil;
-    pe::cpu::rmsnorm_add(x.p, w.p, r.p, o.p, x.rows, x.cols, g, eps);
+    pyengine::cpu::rmsnorm_add(x.p, w.p, r.p, o.p, x.rows, x.cols, g, eps);
 }
 
 void op_add_rmsnorm(const py::array& aa, const py::array& ba, const py::array& wa, float eps,
@@ -172,7 +172,7 @@ void op_add_rmsnorm(const py::array& aa, const py::array& ba, const py::array& w
         nrm.rows != a.rows || nrm.cols != a.cols)
         bad("add_rmsnorm: b, sum_out and norm_out must have a's shape");
     py::gil_scoped_release nogil;
-    pe::cpu::add_rmsnorm(a.p, b.p, w.p, s.p, nrm.p, a.rows, a.cols, g, eps);
+    pyengine::cpu::add_rmsnorm(a.p, b.p, w.p, s.p, nrm.p, a.rows, a.cols, g, eps);
 }
 
 void op_rope_table(const py::array& pa, double freq_base, int n_rot, const py::array& ca,
@@ -191,7 +191,7 @@ void op_rope_table(const py::array& pa, double freq_base, int n_rot, const py::a
     Mat c = as_mat(ca, "cos_out", true, true), s = as_mat(sa, "sin_out", true, true);
     if (c.rows != n || c.cols != half || s.rows != n || s.cols != half)
         bad("rope_table: cos_out and sin_out must be (n, n_rot/2)");
-    pe::cpu::RopeScaling sc;
+    pyengine::cpu::RopeScaling sc;
     py::array ff;
     if (!freq_factors.is_none()) {
         ff = py::array::ensure(freq_factors);
@@ -209,7 +209,7 @@ void op_rope_table(const py::array& pa, double freq_base, int n_rot, const py::a
     if (ext_factor != 0.0 && n_ctx_orig <= 0) bad("rope_table: YaRN (ext_factor != 0) needs n_ctx_orig > 0");
     const double* pos = static_cast<const double*>(pa.data());
     py::gil_scoped_release nogil;
-    pe::cpu::rope_table(pos, n, freq_base, n_rot, c.p, s.p, &sc);
+    pyengine::cpu::rope_table(pos, n, freq_base, n_rot, c.p, s.p, &sc);
 }
 
 void op_rope(const py::array& xa, const py::array& oa, const py::array& ca, const py::array& sa,
@@ -230,10 +230,10 @@ void op_rope(const py::array& xa, const py::array& oa, const py::array& ca, cons
         bad("rope: in place needs contiguous rows");
     }
     py::gil_scoped_release nogil;
-    pe::cpu::rope(x.p, x.stride, x.rows, o.p, c.p, s.p, n_heads, head_dim, n_rot, neox);
+    pyengine::cpu::rope(x.p, x.stride, x.rows, o.p, c.p, s.p, n_heads, head_dim, n_rot, neox);
 }
 
-using EW = pe::cpu::Binary;
+using EW = pyengine::cpu::Binary;
 
 void op_binary(EW kind, const py::array& aa, const py::array& ba, const py::array& oa) {
     Mat a = as_mat(aa, "a", false, true), b = as_mat(ba, "b", false, true), o = as_mat(oa, "out", true, true);
@@ -241,7 +241,7 @@ void op_binary(EW kind, const py::array& aa, const py::array& ba, const py::arra
     same_size(a, o, "a", "out");
     const int64_t count = a.rows * a.cols;
     py::gil_scoped_release nogil;
-    pe::cpu::binary(kind, a.p, b.p, o.p, count);
+    pyengine::cpu::binary(kind, a.p, b.p, o.p, count);
 }
 
 // out (n, d) = x (n, d) + b (d,) for every row
@@ -250,7 +250,7 @@ void op_add_bias(const py::array& xa, const py::array& ba, const py::array& oa) 
     if (b.rows * b.cols != x.cols) bad("add_bias: b must have x's width (" + std::to_string(x.cols) + " values)");
     if (o.rows != x.rows || o.cols != x.cols) bad("add_bias: out must have x's shape");
     py::gil_scoped_release nogil;
-    pe::cpu::add_bias(x.p, x.stride, x.rows, x.cols, b.p, o.p);
+    pyengine::cpu::add_bias(x.p, x.stride, x.rows, x.cols, b.p, o.p);
 }
 
 void op_softcap(const py::array& xa, float cap, const py::array& oa) {
@@ -259,7 +259,7 @@ void op_softcap(const py::array& xa, float cap, const py::array& oa) {
     if (!(cap > 0.0f) || !std::isfinite(cap)) bad("softcap: cap must be a finite value > 0");
     const int64_t count = x.rows * x.cols;
     py::gil_scoped_release nogil;
-    pe::cpu::softcap(x.p, cap, o.p, count);
+    pyengine::cpu::softcap(x.p, cap, o.p, count);
 }
 
 void op_scale(const py::array& xa, float s, const py::array& oa) {
@@ -267,12 +267,12 @@ void op_scale(const py::array& xa, float s, const py::array& oa) {
     same_size(x, o, "x", "out");
     const int64_t count = x.rows * x.cols;
     py::gil_scoped_release nogil;
-    pe::cpu::scale(x.p, s, o.p, count);
+    pyengine::cpu::scale(x.p, s, o.p, count);
 }
 
 // ------------------------------------------------------------ attention -----------
 
-constexpr int KB = pyengine::ops::kAttnKeyBlock;
+constexpr int KB = pyengine::kAttnKeyBlock;
 
 // k (n, width) rows -> positions pos0.. of the panel array kt (n_blocks, width, 64)
 void store_panels(const float* k, int64_t k_stride, int64_t n, int64_t width, float* kt, int64_t pos0) {
@@ -295,7 +295,7 @@ void op_kv_store(const py::array& ka, const py::array& kta, int64_t pos0) {
         bad("kv_store: positions " + std::to_string(pos0) + ".." + std::to_string(pos0 + k.rows - 1) +
             " outside the cache (" + std::to_string(cap) + " positions)");
     py::gil_scoped_release nogil;
-    pe::cpu::kv_store(k.p, k.stride, k.rows, width, kt.p, pos0);
+    pyengine::cpu::kv_store(k.p, k.stride, k.rows, width, kt.p, pos0);
 }
 
 // Query rows per task: 32 (8 tokens of a 4-head group) for prompts. A decode step has
@@ -318,7 +318,7 @@ void attention_tiles(const AttnArgs& a) {
     // later rows see more keys: hand them out first
     run_tasks(a.n_kv_heads * tiles, [&](int task) {
         const int g = task % a.n_kv_heads, b = tiles - 1 - task / a.n_kv_heads;
-        t.attn_tile(a, g, b * tr, (int)std::min<int64_t>(rows_g, (int64_t)(b + 1) * tr));
+        t.attention(a, g, b * tr, (int)std::min<int64_t>(rows_g, (int64_t)(b + 1) * tr));
     });
 }
 
@@ -397,7 +397,7 @@ void op_attention(const py::array& qa, const py::array& ka, const py::array& va,
 // ------------------------------------------------------------ raw entry points ------
 // (csrc/cpu_ops.h) What the bindings above run once their arguments are checked.
 
-namespace pe {
+namespace pyengine {
 namespace cpu {
 
 const OpsTable& ops_table() { return ops(); }
@@ -564,7 +564,7 @@ void attention(AttnArgs a) {
 }
 
 }  // namespace cpu
-}  // namespace pe
+}  // namespace pyengine
 
 void bind_cpu_ops(py::module_& m) {
     m.def("ops_variants", []() {

@@ -11,7 +11,7 @@
 #endif
 #endif
 
-namespace pe {
+namespace pyengine {
 
 #ifdef PE_X86
 static void cpuid(unsigned leaf, unsigned sub, unsigned r[4]) {
@@ -106,4 +106,4 @@ std::vector<std::pair<std::string, bool>> CpuFeatures::as_list() const {
     };
 }
 
-}  // namespace pe
+}  // namespace pyengine

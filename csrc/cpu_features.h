@@ -5,7 +5,7 @@
 #include <utility>
 #include <vector>
 
-namespace pe {
+namespace pyengine {
 
 struct CpuFeatures {
     bool x86 = false;
@@ -28,4 +28,4 @@ struct CpuFeatures {
 
 const CpuFeatures& cpu_features();
 
-}  // namespace pe
+}  // namespace pyengine

@@ -4,18 +4,18 @@
 // have checked their arguments and released the GIL (same op-kernel variant, same work
 // split), so a native caller gets bit-for-bit the results of the Python-facing ops.
 // No argument checks here: the caller guarantees shapes, strides and bounds.
-// The matmul and embedding entry points are pe::matmul / pe::get_rows (csrc/dispatch.h).
+// The matmul and embedding entry points are pyengine::matmul / pyengine::get_rows (csrc/dispatch.h).
 #pragma once
 
 #include <cstdint>
 
 #include "ops.h"
 
-namespace pe {
+namespace pyengine {
 namespace cpu {
 
 // The op-kernel table in use (_C.ops_variant(); switchable with _C.set_ops_variant).
-const pyengine::ops::OpsTable& ops_table();
+const pyengine::OpsTable& ops_table();
 
 // out (rows, cols) = rmsnorm of each group of g values of x; x rows x_stride floats apart.
 void rmsnorm(const float* x, int64_t x_stride, int64_t rows, int64_t cols, const float* w, int64_t g, float eps,
@@ -56,7 +56,7 @@ void scale(const float* x, float s, float* out, int64_t count);
 // keys k (n, width; row stride k_stride) -> positions pos0.. of the panels kt (n_blocks, width, 64)
 void kv_store(const float* k, int64_t k_stride, int64_t n, int64_t width, float* kt, int64_t pos0);
 // attention over key panels (a.kt = panel of block 0, a.kt_b0 = 0); a.n > 0
-void attention(pyengine::ops::AttnArgs a);
+void attention(pyengine::AttnArgs a);
 
 }  // namespace cpu
-}  // namespace pe
+}  // namespace pyengine

@@ -15,7 +15,7 @@
 #include "cpu_features.h"
 #include "threadpool.h"
 
-namespace pe {
+namespace pyengine {
 
 std::vector<std::string> available_variants() {
     std::vector<std::string> v{"generic"};
@@ -100,18 +100,15 @@ static inline void prefetch_bytes(const uint8_t* p, int64_t n) {
 
 constexpr int64_t kL2Budget = 256 * 1024;  // bytes of packed weight rows a thread keeps hot
 
+// F32 / F16 / BF16 weights: no packing, rows split over the pool in small chunks.
 void matmul_float(WType t, const uint8_t* w, int64_t rows, int64_t cols, const float* x, int64_t n, float* out,
                   const MatmulKernels& k) {
-    const int64_t rb = row_bytes(t, cols);
+    MatmulCall c{};
+    c.w = w, c.rows = rows, c.cols = cols, c.rb = row_bytes(t, cols), c.x = x, c.n = n, c.out = out;
+    const MatmulRowsFn fn = k.by_type[(int)t];  // matmul_f32_<tier>, matmul_f16_<tier>, matmul_bf16_<tier>
     ThreadPool& pool = ThreadPool::instance();
     const int64_t chunk = rows >= 64 * pool.num_threads() ? 16 : 4;
-    pool.parallel_for(rows, chunk, [&](int64_t r0, int64_t r1, int) {
-        for (int64_t t0 = 0; t0 < n; t0 += 64) {
-            const int nt = (int)(n - t0 < 64 ? n - t0 : 64);
-            k.gemm_float(t, w + r0 * rb, rb, cols, (int)(r1 - r0), x + t0 * cols, cols, nt, out + t0 * rows + r0,
-                         rows);
-        }
-    });
+    pool.parallel_for(rows, chunk, [&](int64_t r0, int64_t r1, int) { fn(c, r0, r1, nullptr); });
 }
 
 // Whether all `cols` floats of x are finite, by their exponent bits (immune to fast-math).
@@ -129,6 +126,51 @@ void matmul_impl(WType t, const uint8_t* w, int64_t rows, int64_t cols, const fl
                  const MatmulKernels& k);
 
 }  // namespace
+
+// The per-thread bodies of matmul_<type>_<tier> (see matmul_kernels.h). Kept out of line
+// and out of interprocedural optimisation (noipa, under the build's LTO): each tier's
+// kernels are then called through k, one compiled copy of each, rather than inlined by
+// type into the 45 per-type entries.
+#if defined(__GNUC__) && !defined(__clang__)
+#define PYENGINE_NOIPA __attribute__((noipa))
+#elif defined(__clang__)
+#define PYENGINE_NOIPA __attribute__((noinline))
+#else
+#define PYENGINE_NOIPA
+#endif
+
+PYENGINE_NOIPA void matmul_rows_quant(const MatmulKernels& k, WType t, const MatmulCall& shared, int64_t r0,
+                                      int64_t r1, uint8_t* wbuf) {
+    const MatmulCall c = shared;  // this thread's copy, on its own stack
+    if (k.gemv != nullptr && c.n <= kGemvMaxTokens) {  // few tokens: no packed copy of the rows
+        for (int64_t r = r0; r < r1; ++r) {
+            if (r + c.pf_rows < c.rows) prefetch_bytes(c.w + (r + c.pf_rows) * c.rb, c.rb);
+            k.gemv(t, c.w + r * c.rb, c.cols, c.act, (int)c.n, c.stride, c.out + r, c.rows);
+        }
+        return;
+    }
+    for (int64_t a = r0; a < r1; a += c.rb_rows) {
+        const int nr = (int)(r1 - a < c.rb_rows ? r1 - a : c.rb_rows);
+        for (int i = 0; i < nr; ++i) {
+            // Pull a row ~4-8 KB ahead toward L1 while this one unpacks: a decode step streams
+            // every weight once from DRAM, and this measured 10-70% faster than hardware
+            // prefetch alone (8 x 4096^2 weights, 2 threads).
+            if (a + i + c.pf_rows < c.rows) prefetch_bytes(c.w + (a + i + c.pf_rows) * c.rb, c.rb);
+            k.pack_w(t, c.w + (a + i) * c.rb, c.cols, wbuf + i * c.stride);
+        }
+        k.gemm(t, c.G, c.np, wbuf, nr, c.act, (int)c.n, c.out + a, c.rows);
+    }
+}
+
+PYENGINE_NOIPA void matmul_rows_float(const MatmulKernels& k, WType t, const MatmulCall& shared, int64_t r0,
+                                      int64_t r1) {
+    const MatmulCall c = shared;  // this thread's copy, on its own stack
+    for (int64_t t0 = 0; t0 < c.n; t0 += 64) {
+        const int nt = (int)(c.n - t0 < 64 ? c.n - t0 : 64);
+        k.gemm_float(t, c.w + r0 * c.rb, c.rb, c.cols, (int)(r1 - r0), c.x + t0 * c.cols, c.cols, nt,
+                     c.out + t0 * c.rows + r0, c.rows);
+    }
+}
 
 // Quantized types quantize x to int8 first, which turns NaN and Inf into ordinary
 // numbers; in float arithmetic (the NumPy reference) a non-finite activation makes every
@@ -153,10 +195,14 @@ void matmul_impl(WType t, const uint8_t* w, int64_t rows, int64_t cols, const fl
     if (!wtype_is_quant(t)) return matmul_float(t, w, rows, cols, x, n, out, k);
 
     const WTypeInfo& ti = wtype_info(t);
-    const int G = ti.group;
-    const int64_t np = n_panels(k, G, cols);
-    const int64_t stride = np * panel_bytes(k, G);  // bytes of one packed row / token
-    const int64_t rb = row_bytes(t, cols);
+    MatmulCall c{};
+    c.w = w, c.rows = rows, c.cols = cols, c.x = x, c.n = n, c.out = out;
+    c.G = ti.group;
+    c.np = n_panels(k, c.G, cols);
+    c.stride = c.np * panel_bytes(k, c.G);  // bytes of one packed row / token
+    c.rb = row_bytes(t, cols);
+    const int64_t stride = c.stride;
+    const int G = c.G;
     const int off = weight_offset(t, k.q8_signed);
     ThreadPool& pool = ThreadPool::instance();
     const int nth = pool.num_threads();
@@ -170,6 +216,7 @@ void matmul_impl(WType t, const uint8_t* w, int64_t rows, int64_t cols, const fl
             for (int64_t i = a; i < b; ++i) k.pack_act(x + i * cols, cols, G, off, act + i * stride);
         });
     }
+    c.act = act;
 
     // 2. Rows in chunks: unpack a few weight rows into the thread's buffer, then
     //    run every token against them (each unpacked weight byte is reused n times).
@@ -181,6 +228,7 @@ void matmul_impl(WType t, const uint8_t* w, int64_t rows, int64_t cols, const fl
         rb_rows = rb_rows < 8 ? 8 : (rb_rows > 128 ? 128 : rb_rows);
         rb_rows &= ~(int64_t)3;
     }
+    c.rb_rows = rb_rows;
     // Scheduling unit: a few chunks per thread so a slow core does not hold up the rest.
     int64_t sched = (rows + 4 * nth - 1) / (4 * nth);
     sched = (sched + rb_rows - 1) / rb_rows * rb_rows;
@@ -188,29 +236,10 @@ void matmul_impl(WType t, const uint8_t* w, int64_t rows, int64_t cols, const fl
     while ((int)g_wbuf.size() < nth) g_wbuf.emplace_back(new Scratch());
     for (int i = 0; i < nth; ++i) g_wbuf[i]->get((size_t)(rb_rows * stride));
 
-    const int64_t pf_rows = rb >= 6144 ? 1 : 6144 / (rb > 0 ? rb : 1);
-    const bool direct = k.gemv != nullptr && n <= kGemvMaxTokens;  // few tokens: no packed copy of the rows
-    pool.parallel_for(rows, sched, [&](int64_t r0, int64_t r1, int tid) {
-        if (direct) {
-            for (int64_t r = r0; r < r1; ++r) {
-                if (r + pf_rows < rows) prefetch_bytes(w + (r + pf_rows) * rb, rb);
-                k.gemv(t, w + r * rb, cols, act, (int)n, stride, out + r, rows);
-            }
-            return;
-        }
-        uint8_t* wbuf = g_wbuf[tid]->p;
-        for (int64_t a = r0; a < r1; a += rb_rows) {
-            const int nr = (int)(r1 - a < rb_rows ? r1 - a : rb_rows);
-            for (int i = 0; i < nr; ++i) {
-                // Pull a row ~4-8 KB ahead toward L1 while this one unpacks: a decode step streams
-                // every weight once from DRAM, and this measured 10-70% faster than hardware
-                // prefetch alone (8 x 4096^2 weights, 2 threads).
-                if (a + i + pf_rows < rows) prefetch_bytes(w + (a + i + pf_rows) * rb, rb);
-                k.pack_w(t, w + (a + i) * rb, cols, wbuf + i * stride);
-            }
-            k.gemm(t, G, np, wbuf, nr, act, (int)n, out + a, rows);
-        }
-    }, nth);
+    c.pf_rows = c.rb >= 6144 ? 1 : 6144 / (c.rb > 0 ? c.rb : 1);
+    // 3. Each thread runs matmul_<type>_<tier> (kernels/cpu/matmul_<tier>.cpp) on its rows.
+    const MatmulRowsFn fn = k.by_type[(int)t];
+    pool.parallel_for(rows, sched, [&](int64_t r0, int64_t r1, int tid) { fn(c, r0, r1, g_wbuf[tid]->p); }, nth);
 }
 
 }  // namespace
@@ -221,4 +250,4 @@ void get_rows(WType t, const uint8_t* w, int64_t rows, int64_t cols, const int32
     for (int64_t i = 0; i < n; ++i) dequantize_row(t, w + (int64_t)ids[i] * rb, cols, out + i * cols);
 }
 
-}  // namespace pe
+}  // namespace pyengine

@@ -7,7 +7,7 @@
 
 #include "matmul_kernels.h"
 
-namespace pe {
+namespace pyengine {
 
 // Tiers this CPU can run, slowest first: "generic" always, then "avx2", "avx512".
 std::vector<std::string> available_variants();
@@ -24,4 +24,4 @@ void matmul(WType t, const uint8_t* w, int64_t rows, int64_t cols, const float* 
 // out (n, cols) = dequantized rows ids[0..n) of W (rows, cols). ids must be in range.
 void get_rows(WType t, const uint8_t* w, int64_t rows, int64_t cols, const int32_t* ids, int64_t n, float* out);
 
-}  // namespace pe
+}  // namespace pyengine

@@ -20,7 +20,7 @@
 
 namespace py = pybind11;
 
-namespace pe {
+namespace pyengine {
 namespace graph {
 
 const char* kind_name(Kind k) {
@@ -41,7 +41,7 @@ void Program::run(int32_t token, int64_t pos0, const MatmulKernels& mk, double* 
         sc.freq_factors = t.ff.empty() ? nullptr : t.ff.data();
         cpu::rope_table(&p, 1, t.base, t.n_rot, t.cos.data(), t.sin.data(), &sc);
     }
-    constexpr int KB = pyengine::ops::kAttnKeyBlock;
+    constexpr int KB = pyengine::kAttnKeyBlock;
     auto t0 = std::chrono::steady_clock::now();
     for (size_t i = 0; i < nodes.size(); ++i) {
         const Node& nd = nodes[i];
@@ -74,7 +74,7 @@ void Program::run(int32_t token, int64_t pos0, const MatmulKernels& mk, double* 
                 break;
             }
             case Kind::Attention: {
-                pyengine::ops::AttnArgs a;
+                pyengine::AttnArgs a;
                 a.q = nd.a;
                 a.q_stride = nd.cols;
                 a.kt = nd.kt;
@@ -129,20 +129,20 @@ void Program::run(int32_t token, int64_t pos0, const MatmulKernels& mk, double* 
 }
 
 }  // namespace graph
-}  // namespace pe
+}  // namespace pyengine
 
 // csrc/bind_moe.cpp: a moe::Layer from _C.moe_ffn's keyword arguments (arrays kept alive in keep)
-std::shared_ptr<const pe::moe::Layer> moe_layer_from_kwargs(const py::kwargs& kw, std::vector<py::object>& keep);
+std::shared_ptr<const pyengine::moe::Layer> moe_layer_from_kwargs(const py::kwargs& kw, std::vector<py::object>& keep);
 // csrc/bind_mla.cpp: the same for _C.mla_attention, and the positions its cache holds (checked)
-std::shared_ptr<const pe::mla::Layer> mla_layer_from_kwargs(const py::kwargs& kw, std::vector<py::object>& keep);
-int64_t mla_cache_positions(const pe::mla::Layer& L, const py::array& kt, const py::array& vc);
+std::shared_ptr<const pyengine::mla::Layer> mla_layer_from_kwargs(const py::kwargs& kw, std::vector<py::object>& keep);
+int64_t mla_cache_positions(const pyengine::mla::Layer& L, const py::array& kt, const py::array& vc);
 
 namespace {
 
-using pe::graph::Kind;
-using pe::graph::Node;
-using pe::graph::Pos;
-constexpr int KB = pyengine::ops::kAttnKeyBlock;
+using pyengine::graph::Kind;
+using pyengine::graph::Node;
+using pyengine::graph::Pos;
+constexpr int KB = pyengine::kAttnKeyBlock;
 
 [[noreturn]] void bad(const std::string& msg) { throw py::value_error("DecodeGraph: " + msg); }
 
@@ -235,7 +235,7 @@ public:
         if (!(freq_scale > 0.0) || !std::isfinite(ext_factor) || !std::isfinite(attn_factor) || n_ctx_orig < 0 ||
             (ext_factor != 0.0 && n_ctx_orig <= 0))
             bad("rope: bad scaling (need freq_scale > 0, finite factors, n_ctx_orig > 0 with YaRN)");
-        pe::cpu::RopeScaling sc;
+        pyengine::cpu::RopeScaling sc;
         sc.freq_scale = freq_scale;
         sc.ext_factor = ext_factor;
         sc.attn_factor = attn_factor;
@@ -251,7 +251,7 @@ public:
                 nd.table = (int)i;
         }
         if (nd.table < 0) {
-            pe::graph::RopeTable t;
+            pyengine::graph::RopeTable t;
             t.base = freq_base;
             t.n_rot = n_rot;
             t.pos = p;
@@ -356,7 +356,7 @@ public:
                            const py::array& v_cache, int64_t pos_off, bool pos_rel, const py::kwargs& kw) {
         Node nd{Kind::MlaAttention};
         nd.mla = mla_layer_from_kwargs(kw, keep_);
-        const pe::mla::Layer& L = *nd.mla;
+        const pyengine::mla::Layer& L = *nd.mla;
         const int64_t positions = mla_cache_positions(L, k_panels, v_cache);
         nd.width = L.R + L.r;
         nd.kt = fbuf(k_panels, "mla key panels", k_panels.size(), true);
@@ -386,9 +386,9 @@ public:
             throw py::value_error("DecodeGraph: position " + std::to_string(pos0) + " outside " +
                                   std::to_string(prog_.pos_lo) + ".." + std::to_string(prog_.pos_hi) +
                                   " (the KV cache bounds)");
-        const pe::MatmulKernels* mk;
+        const pyengine::MatmulKernels* mk;
         try {
-            mk = &pe::select_variant("auto");
+            mk = &pyengine::select_variant("auto");
         } catch (const std::invalid_argument& e) {
             throw py::value_error(e.what());
         }
@@ -408,13 +408,13 @@ public:
         step(token, pos0, false);  // checks the arguments, warms up
         std::vector<double> ns(prog_.nodes.size(), 0.0);
         {
-            const pe::MatmulKernels& mk = pe::select_variant("auto");
+            const pyengine::MatmulKernels& mk = pyengine::select_variant("auto");
             py::gil_scoped_release nogil;
             std::lock_guard<std::mutex> lock(mutex_);
             for (int r = 0; r < reps; ++r) prog_.run((int32_t)token, pos0, mk, ns.data());
         }
         py::list l;
-        for (size_t i = 0; i < ns.size(); ++i) l.append(py::make_tuple(pe::graph::kind_name(prog_.nodes[i].kind), ns[i]));
+        for (size_t i = 0; i < ns.size(); ++i) l.append(py::make_tuple(pyengine::graph::kind_name(prog_.nodes[i].kind), ns[i]));
         return l;
     }
 
@@ -422,12 +422,12 @@ public:
     py::tuple positions() const { return py::make_tuple(prog_.pos_lo, prog_.pos_hi); }
     py::list ops() const {
         py::list l;
-        for (const Node& nd : prog_.nodes) l.append(pe::graph::kind_name(nd.kind));
+        for (const Node& nd : prog_.nodes) l.append(pyengine::graph::kind_name(nd.kind));
         return l;
     }
 
 private:
-    pe::graph::Program prog_;
+    pyengine::graph::Program prog_;
     std::vector<py::object> keep_;
     py::array output_;
     bool has_output_ = false;  // (a default py::array is an empty array, not null)
@@ -457,10 +457,10 @@ private:
     }
 
     void weight(Node& nd, const std::string& type, const py::array& w, int64_t rows, int64_t cols) {
-        if (!pe::wtype_from_name(type.c_str(), &nd.wt)) bad("unsupported weight type '" + type + "'");
+        if (!pyengine::wtype_from_name(type.c_str(), &nd.wt)) bad("unsupported weight type '" + type + "'");
         if (!py::dtype::of<uint8_t>().equal(w.dtype()) || !(w.flags() & py::array::c_style))
             bad("weights must be C-contiguous uint8");
-        const int64_t rb = pe::row_bytes(nd.wt, cols);
+        const int64_t rb = pyengine::row_bytes(nd.wt, cols);
         int64_t need = -1;
         if (rows <= 0 || cols <= 0 || rb < 0 || !mul_fits(rows, rb, &need) || (int64_t)w.nbytes() != need)
             bad(type + " weight (" + std::to_string(rows) + ", " + std::to_string(cols) + ") has the wrong size");

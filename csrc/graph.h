@@ -29,7 +29,7 @@ class module_;
 }
 void bind_graph(pybind11::module_& m);  // csrc/graph.cpp: registers _C.DecodeGraph
 
-namespace pe {
+namespace pyengine {
 namespace graph {
 
 // The node kinds, listed once: X(enum name, name shown by DecodeGraph.ops()/profile(), what it
@@ -121,4 +121,4 @@ struct Program {
 };
 
 }  // namespace graph
-}  // namespace pe
+}  // namespace pyengine

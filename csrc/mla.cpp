@@ -4,7 +4,7 @@
 #include <algorithm>
 #include <cstring>
 
-namespace pe {
+namespace pyengine {
 namespace mla {
 
 void mla_attention(const Layer& L, const float* q, const float* kv, int64_t n, int64_t pos0, float* kt, float* vc,
@@ -44,12 +44,12 @@ void mla_attention(const Layer& L, const float* q, const float* kv, int64_t n, i
     }
     // multi-query attention over the cached [c, k_pe]; the values' first R dims are the latent
     att.resize(n * H * W);
-    pyengine::ops::AttnArgs a;
+    pyengine::AttnArgs a;
     a.q = qcat.data();
     a.q_stride = H * W;
     a.kt = kt;
     a.kt_b0 = 0;
-    a.kt_block_stride = W * pyengine::ops::kAttnKeyBlock;
+    a.kt_block_stride = W * pyengine::kAttnKeyBlock;
     a.v = vc;
     a.v_stride = W;
     a.out = att.data();
@@ -73,4 +73,4 @@ void mla_attention(const Layer& L, const float* q, const float* kv, int64_t n, i
 }
 
 }  // namespace mla
-}  // namespace pe
+}  // namespace pyengine

@@ -11,7 +11,7 @@
 #include "dispatch.h"
 #include "quants.h"
 
-namespace pe {
+namespace pyengine {
 namespace mla {
 
 struct Layer {
@@ -36,4 +36,4 @@ void mla_attention(const Layer& L, const float* q, const float* kv, int64_t n, i
                    float* out, const MatmulKernels& mk);
 
 }  // namespace mla
-}  // namespace pe
+}  // namespace pyengine

@@ -8,7 +8,7 @@
 
 #include "cpu_ops.h"
 
-namespace pe {
+namespace pyengine {
 namespace moe {
 
 namespace {
@@ -111,4 +111,4 @@ void moe_ffn(const Layer& L, const float* x, int64_t n, float* out, const Matmul
 }
 
 }  // namespace moe
-}  // namespace pe
+}  // namespace pyengine

@@ -12,7 +12,7 @@
 #include "dispatch.h"
 #include "quants.h"
 
-namespace pe {
+namespace pyengine {
 namespace moe {
 
 // one expert tensor (E, rows, cols) as GGUF bytes: expert e starts at w + e * expert_bytes
@@ -45,4 +45,4 @@ void route(const Layer& L, const float* logits, int64_t n, int32_t* sel, float* 
 void moe_ffn(const Layer& L, const float* x, int64_t n, float* out, const MatmulKernels& mk);
 
 }  // namespace moe
-}  // namespace pe
+}  // namespace pyengine

@@ -12,7 +12,7 @@ static inline void cpu_relax() { __asm__ __volatile__("yield"); }
 static inline void cpu_relax() {}
 #endif
 
-namespace pe {
+namespace pyengine {
 
 ThreadPool& ThreadPool::instance() {
     // Leaked on purpose: joining threads from a static destructor at interpreter exit is fragile.
@@ -144,4 +144,4 @@ void ThreadPool::parallel_for(int64_t n, int64_t chunk, const std::function<void
         dispatch(body, want, false);
 }
 
-}  // namespace pe
+}  // namespace pyengine

@@ -1,7 +1,7 @@
 // A persistent fork-join thread pool: workers are started once and then spin
 // (briefly) or sleep between jobs, so a kernel call costs no thread creation.
 //
-//   pe::ThreadPool::instance().run([&](int tid, int nth) { ... });
+//   pyengine::ThreadPool::instance().run([&](int tid, int nth) { ... });
 //
 // run() executes fn(tid, nth) on nth threads (the caller is tid 0) and returns
 // when all have finished. parallel_for() hands out chunks dynamically and does not
@@ -19,7 +19,7 @@
 #include <thread>
 #include <vector>
 
-namespace pe {
+namespace pyengine {
 
 class ThreadPool {
 public:
@@ -67,4 +67,4 @@ private:
     std::condition_variable sleep_cv_;
 };
 
-}  // namespace pe
+}  // namespace pyengine

@@ -1,7 +1,7 @@
 // Scalar dequantization of whole rows (used by get_rows / embedding lookups).
 #include "common.h"
 
-namespace pe {
+namespace pyengine {
 
 int64_t row_bytes(WType t, int64_t cols) {
     const WTypeInfo& ti = wtype_info(t);
@@ -185,4 +185,4 @@ void dequantize_row(WType t, const uint8_t* row, int64_t cols, float* out) {
     }
 }
 
-}  // namespace pe
+}  // namespace pyengine

@@ -5,7 +5,7 @@
 
 #include "quants.h"
 
-namespace pe {
+namespace pyengine {
 
 // Dequantize one GGUF row of `cols` elements of type t to float32 (embedding lookups).
 // Same formulas, in the same order, as the NumPy reference (pyengine.quants / ggml).
@@ -14,4 +14,4 @@ void dequantize_row(WType t, const uint8_t* row, int64_t cols, float* out);
 // Bytes one row of `cols` elements of type t occupies; -1 if cols is not a whole number of blocks.
 int64_t row_bytes(WType t, int64_t cols);
 
-}  // namespace pe
+}  // namespace pyengine

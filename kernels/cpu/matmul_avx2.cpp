@@ -7,11 +7,20 @@
 // *signed* here (E = 0) and multiplied with the sign trick |w| x sign(y, w).
 //
 // No STL, anonymous namespace: see the note at the top of matmul_avx512.cpp.
+//
+// Per type, one entry each (end of this file), called by csrc/dispatch.cpp through
+// matmul_kernels_avx2.by_type:
+//   matmul_q4_0_avx2 matmul_q4_1_avx2 matmul_q5_0_avx2 matmul_q5_1_avx2 matmul_q8_0_avx2
+//   matmul_q2_K_avx2 matmul_q3_K_avx2 matmul_q4_K_avx2 matmul_q5_K_avx2 matmul_q6_K_avx2
+//   matmul_iq4_nl_avx2 matmul_iq4_xs_avx2 matmul_bf16_avx2 matmul_f16_avx2 matmul_f32_avx2
+// Each computes y (n, rows) = x (n, cols) @ W.T for W of its type: the same arithmetic
+// as quants.matmul_<type>, the spec (activations quantized to int8 per 32 values as
+// described in matmul_kernels.h; float types in float).
 #include <immintrin.h>
 
 #include "matmul_kernels.h"
 
-namespace pe {
+namespace pyengine {
 namespace {
 
 constexpr int PG = 8;  // groups (lanes) per panel
@@ -716,10 +725,77 @@ void gemm_float_avx2(WType t, const uint8_t* w, int64_t rb, int64_t cols, int nr
         gemm_float_impl<0>(w, rb, cols, nr, x, ldx, nt, out, ldo);
 }
 
+// ---- the per-type entries: matmul_<type>_avx2 ----------------------------------------
+// Each computes columns [r0, r1) of out (n, rows) = x (n, cols) @ W.T for W of its type:
+// the body shared by every tier (matmul_kernels.h) run with this tier's kernels. Listed
+// in WType order, the order of the by_type table below.
+void matmul_f32_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t*) {
+    matmul_rows_float(matmul_kernels_avx2, WType::F32, c, r0, r1);
+}
+void matmul_f16_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t*) {
+    matmul_rows_float(matmul_kernels_avx2, WType::F16, c, r0, r1);
+}
+void matmul_q4_0_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx2, WType::Q4_0, c, r0, r1, wbuf);
+}
+void matmul_q4_1_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx2, WType::Q4_1, c, r0, r1, wbuf);
+}
+void matmul_q5_0_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx2, WType::Q5_0, c, r0, r1, wbuf);
+}
+void matmul_q8_0_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx2, WType::Q8_0, c, r0, r1, wbuf);
+}
+void matmul_q4_K_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx2, WType::Q4_K, c, r0, r1, wbuf);
+}
+void matmul_q6_K_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx2, WType::Q6_K, c, r0, r1, wbuf);
+}
+void matmul_bf16_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t*) {
+    matmul_rows_float(matmul_kernels_avx2, WType::BF16, c, r0, r1);
+}
+void matmul_q5_1_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx2, WType::Q5_1, c, r0, r1, wbuf);
+}
+void matmul_q5_K_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx2, WType::Q5_K, c, r0, r1, wbuf);
+}
+void matmul_q2_K_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx2, WType::Q2_K, c, r0, r1, wbuf);
+}
+void matmul_q3_K_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx2, WType::Q3_K, c, r0, r1, wbuf);
+}
+void matmul_iq4_nl_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx2, WType::IQ4_NL, c, r0, r1, wbuf);
+}
+void matmul_iq4_xs_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx2, WType::IQ4_XS, c, r0, r1, wbuf);
+}
+
 }  // namespace
 
 const MatmulKernels matmul_kernels_avx2 = {
     "avx2", PG, true, pack_act_avx2, pack_w_avx2, gemm_avx2, gemm_float_avx2, gemv_avx2,
+    {
+        matmul_f32_avx2,
+        matmul_f16_avx2,
+        matmul_q4_0_avx2,
+        matmul_q4_1_avx2,
+        matmul_q5_0_avx2,
+        matmul_q8_0_avx2,
+        matmul_q4_K_avx2,
+        matmul_q6_K_avx2,
+        matmul_bf16_avx2,
+        matmul_q5_1_avx2,
+        matmul_q5_K_avx2,
+        matmul_q2_K_avx2,
+        matmul_q3_K_avx2,
+        matmul_iq4_nl_avx2,
+        matmul_iq4_xs_avx2,
+    },
 };
 
-}  // namespace pe
+}  // namespace pyengine

@@ -2,11 +2,21 @@
 // is tested against, and what non-x86 builds run. Same panels, same integer dots,
 // same float epilogue as the SIMD tiers (see matmul_kernels.h); only the byte order
 // inside a panel is natural here (no transposition) and lanes are plain arrays.
+//
+// Per type, one entry each (end of this file), called by csrc/dispatch.cpp through
+// matmul_kernels_generic.by_type:
+//   matmul_q4_0_generic matmul_q4_1_generic matmul_q5_0_generic matmul_q5_1_generic
+//   matmul_q8_0_generic matmul_q2_K_generic matmul_q3_K_generic matmul_q4_K_generic
+//   matmul_q5_K_generic matmul_q6_K_generic matmul_iq4_nl_generic matmul_iq4_xs_generic
+//   matmul_bf16_generic matmul_f16_generic matmul_f32_generic
+// Each computes y (n, rows) = x (n, cols) @ W.T for W of its type: the same arithmetic
+// as quants.matmul_<type>, the spec (activations quantized to int8 per 32 values as
+// described in matmul_kernels.h; float types in float).
 #include <cmath>
 
 #include "matmul_kernels.h"
 
-namespace pe {
+namespace pyengine {
 namespace {
 
 constexpr int PG = 8;  // groups per panel
@@ -137,11 +147,78 @@ void gemm_float_generic(WType t, const uint8_t* w, int64_t row_bytes, int64_t co
     }
 }
 
+// ---- the per-type entries: matmul_<type>_generic ----------------------------------------
+// Each computes columns [r0, r1) of out (n, rows) = x (n, cols) @ W.T for W of its type:
+// the body shared by every tier (matmul_kernels.h) run with this tier's kernels. Listed
+// in WType order, the order of the by_type table below.
+void matmul_f32_generic(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t*) {
+    matmul_rows_float(matmul_kernels_generic, WType::F32, c, r0, r1);
+}
+void matmul_f16_generic(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t*) {
+    matmul_rows_float(matmul_kernels_generic, WType::F16, c, r0, r1);
+}
+void matmul_q4_0_generic(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_generic, WType::Q4_0, c, r0, r1, wbuf);
+}
+void matmul_q4_1_generic(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_generic, WType::Q4_1, c, r0, r1, wbuf);
+}
+void matmul_q5_0_generic(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_generic, WType::Q5_0, c, r0, r1, wbuf);
+}
+void matmul_q8_0_generic(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_generic, WType::Q8_0, c, r0, r1, wbuf);
+}
+void matmul_q4_K_generic(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_generic, WType::Q4_K, c, r0, r1, wbuf);
+}
+void matmul_q6_K_generic(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_generic, WType::Q6_K, c, r0, r1, wbuf);
+}
+void matmul_bf16_generic(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t*) {
+    matmul_rows_float(matmul_kernels_generic, WType::BF16, c, r0, r1);
+}
+void matmul_q5_1_generic(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_generic, WType::Q5_1, c, r0, r1, wbuf);
+}
+void matmul_q5_K_generic(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_generic, WType::Q5_K, c, r0, r1, wbuf);
+}
+void matmul_q2_K_generic(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_generic, WType::Q2_K, c, r0, r1, wbuf);
+}
+void matmul_q3_K_generic(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_generic, WType::Q3_K, c, r0, r1, wbuf);
+}
+void matmul_iq4_nl_generic(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_generic, WType::IQ4_NL, c, r0, r1, wbuf);
+}
+void matmul_iq4_xs_generic(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_generic, WType::IQ4_XS, c, r0, r1, wbuf);
+}
+
 }  // namespace
 
 const MatmulKernels matmul_kernels_generic = {
     "generic", PG, false, pack_act_generic, pack_w_generic, gemm_generic, gemm_float_generic,
-    nullptr,  // gemv: pack_w + gemm
+    nullptr,  // gemv: none, pack_w + gemm for every n
+    {
+        matmul_f32_generic,
+        matmul_f16_generic,
+        matmul_q4_0_generic,
+        matmul_q4_1_generic,
+        matmul_q5_0_generic,
+        matmul_q8_0_generic,
+        matmul_q4_K_generic,
+        matmul_q6_K_generic,
+        matmul_bf16_generic,
+        matmul_q5_1_generic,
+        matmul_q5_K_generic,
+        matmul_q2_K_generic,
+        matmul_q3_K_generic,
+        matmul_iq4_nl_generic,
+        matmul_iq4_xs_generic,
+    },
 };
 
-}  // namespace pe
+}  // namespace pyengine

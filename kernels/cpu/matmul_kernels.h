@@ -1,5 +1,7 @@
 // The contract between csrc/dispatch.cpp and the per-ISA matmul kernels
-// (matmul_generic.cpp, matmul_avx2.cpp, matmul_avx512.cpp).
+// (matmul_generic.cpp, matmul_avx2.cpp, matmul_avx512.cpp). Each tier names its
+// per-type entry matmul_<type>_<tier> (matmul_q4_K_generic, matmul_q4_K_avx2,
+// matmul_q4_K_avx512, ...; type spelled as ggml does) and lists them in its by_type table.
 //
 // How a quantized matmul runs (every tier does the same arithmetic):
 //
@@ -19,8 +21,11 @@
 //        Q5_K:   q = 5-bit value,   D = d sc_j, E = dmin m_j
 //        Q6_K:   q = 6-bit value,   D = d sc_j, E = 32 d sc_j
 //        IQ4_XS: q = level + 128,   D = d sc_j, E = 128 d sc_j (AVX2: signed)
-//  2. Activations are quantized per 32 values to int8 (y = round(x * 127/amax)),
-//     scale dy = amax/127; for each group we keep DY = dy and either
+//  2. Activations are quantized per 32 values to int8: amax = max |x| over the 32, then
+//     y = x * (127/amax) rounded to the nearest integer, ties to even (the factor 127/amax
+//     is one float division per block; the rounding is nearbyint in the default rounding
+//     mode, cvtps_epi32 in the SIMD tiers), scale dy = amax/127; a block with amax < 1e-30
+//     (or NaN) becomes all zeros with dy = 0. For each group we keep DY = dy and either
 //        SY = dy * sum(y)            (float)  for the types with a real min (Q4_1, Q5_1, Q2_K, Q4_K, Q5_K), or
 //        C  = -off * sum(y)          (int32)  for the others, off = E / D = 8, 16, 128, 4, 32.
 //  3. sum_i w_i x_i  ~=  D * DY * (sum_i q_i y_i + C)        (zero-point types: exact in int)
@@ -41,7 +46,14 @@
 
 #include "quants.h"
 
-namespace pe {
+namespace pyengine {
+
+struct MatmulCall;  // one call's shared state (below)
+
+// The per-type entry of a tier, matmul_<type>_<tier>: columns [r0, r1) of out (n, rows)
+// for one call, the unit of work of one thread. wbuf: that thread's buffer of
+// rb_rows * stride bytes (unused by the float types).
+using MatmulRowsFn = void (*)(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf);
 
 struct MatmulKernels {
     const char* name;
@@ -65,6 +77,8 @@ struct MatmulKernels {
     // out[t*ldo] = dot(row, token t). Same arithmetic as pack_w + gemm.
     void (*gemv)(WType t, const uint8_t* row, int64_t cols, const uint8_t* ap, int nt, int64_t astride, float* out,
                  int64_t ldo);
+    // matmul_<type>_<tier> of every type, indexed by (int)WType (see MatmulRowsFn above).
+    MatmulRowsFn by_type[(int)WType::COUNT];
 };
 
 constexpr int kGemvMaxTokens = 4;
@@ -91,10 +105,41 @@ static inline int64_t n_panels(const MatmulKernels& k, int G, int64_t cols) {
     return (cols + pe_ - 1) / pe_;
 }
 
+// ---- one matmul call, split over threads by rows -------------------------------------
+// What csrc/dispatch.cpp sets up once per call and every worker thread reads (each
+// worker takes its own copy; the shared one sits alone on its cache lines).
+struct alignas(64) MatmulCall {
+    const uint8_t* w;    // (rows, rb) GGUF bytes of the weight
+    int64_t rows, cols;
+    int64_t rb;          // bytes of one weight row
+    const float* x;      // (n, cols) float activations (what the float weight types read)
+    const uint8_t* act;  // (n, stride) activations packed by pack_act (quantized types)
+    int64_t n;           // tokens
+    int G;               // group size of the weight type (0 for float types)
+    int64_t np;          // panels per packed row
+    int64_t stride;      // bytes of one packed row / token (np * panel_bytes)
+    int64_t rb_rows;     // weight rows unpacked at a time into a thread's buffer
+    int64_t pf_rows;     // prefetch distance, in weight rows
+    float* out;          // (n, rows)
+};
+
+// The bodies every matmul_<type>_<tier> runs with its own type and tier's kernels,
+// defined once in csrc/dispatch.cpp (compiled without ISA flags: they only loop and call
+// the tier's kernels through k):
+//  - quantized types: out[:, r0:r1) from weight rows [r0, r1) and the activations c.act
+//    packed by k.pack_act. Few tokens (n <= kGemvMaxTokens, tier has a gemv): each weight
+//    row is unpacked straight into registers against every token. Otherwise rb_rows rows
+//    at a time are unpacked into wbuf (pack_w) and every token runs against them (gemm),
+//    so each unpacked byte is reused n times.
+//  - float types (F32/F16/BF16): out[:, r0:r1) from weight rows [r0, r1) and x in float,
+//    64 tokens at a time (no quantization of x).
+void matmul_rows_quant(const MatmulKernels& k, WType t, const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf);
+void matmul_rows_float(const MatmulKernels& k, WType t, const MatmulCall& c, int64_t r0, int64_t r1);
+
 extern const MatmulKernels matmul_kernels_generic;
 #ifdef PYENGINE_HAVE_X86_VARIANTS
 extern const MatmulKernels matmul_kernels_avx2;
 extern const MatmulKernels matmul_kernels_avx512;
 #endif
 
-}  // namespace pe
+}  // namespace pyengine

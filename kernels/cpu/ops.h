@@ -1,6 +1,9 @@
 // Non-matmul CPU ops (float32): RMSNorm, RoPE, gated activations, elementwise, attention.
 //
-// Every ISA variant (ops_generic.cpp, ops_avx512.cpp) fills one OpsTable; the binding
+// Three variants each fill one OpsTable: "generic" (ops_generic.cpp, baseline flags),
+// "avx2" (the same ops_generic.cpp compiled again from ops_avx2.cpp with AVX2/FMA flags)
+// and "avx512" (ops_avx512.cpp, hand-written intrinsics). Their attention kernels are
+// attention_generic, attention_avx2 and attention_avx512. The binding
 // (csrc/bind_ops.cpp) picks a table at run time, splits the work into tasks and runs
 // them on the thread pool. Kernels here are single-threaded and re-entrant: each call
 // works on the slice it is given, and any scratch is thread-local, so one table can
@@ -13,7 +16,6 @@
 #include <cstdint>
 
 namespace pyengine {
-namespace ops {
 
 // Keys live in "panels": block b of 64 positions is stored transposed, as a
 // (kv_width, 64) float32 matrix (row g*head_dim + e holds dim e of KV head g for the
@@ -59,7 +61,7 @@ struct AttnArgs {
 // heads: row r is token r / group, head g*group + r % group. Each row's result depends
 // only on that row's query and the keys it sees, never on which other rows share the
 // call, so a prompt gives bit for bit the same answer processed whole or token by token.
-using AttnTileFn = void (*)(const AttnArgs& a, int g, int r0, int r1);
+using AttentionFn = void (*)(const AttnArgs& a, int g, int r0, int r1);
 
 struct OpsTable {
     const char* name;
@@ -67,6 +69,9 @@ struct OpsTable {
     // out[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * w for rows r of length g.
     // x rows are `rows` consecutive groups starting at x + r*g (contiguous).
     void (*rmsnorm)(const float* x, const float* w, float* out, int64_t rows, int64_t g, float eps);
+    // Fused forms of rmsnorm and add, one pass instead of two over the residual stream.
+    // Reached only through _C.rmsnorm_add / _C.add_rmsnorm and the DecodeGraph nodes of
+    // the same names; no model in pyengine/models calls them today.
     // out = residual + rmsnorm(x)   (out may alias residual)
     void (*rmsnorm_add)(const float* x, const float* w, const float* residual, float* out,
                         int64_t rows, int64_t g, float eps);
@@ -86,7 +91,7 @@ struct OpsTable {
     void (*add)(const float* a, const float* b, float* out, int64_t count);
     void (*scale)(const float* x, float s, float* out, int64_t count);
 
-    AttnTileFn attn_tile;
+    AttentionFn attention;  // attention_generic / attention_avx2 / attention_avx512
 
     // out = cap * tanh(x / cap) over `count` floats (logit soft-capping); out may alias x.
     void (*softcap)(const float* x, float cap, float* out, int64_t count);
@@ -94,9 +99,8 @@ struct OpsTable {
 
 const OpsTable& ops_generic();
 #if defined(PYENGINE_HAVE_X86_VARIANTS)
-const OpsTable& ops_avx2();    // ops_generic.cpp's loops built with AVX2/FMA
+const OpsTable& ops_avx2();    // ops_generic.cpp's loops built with AVX2/FMA (ops_avx2.cpp)
 const OpsTable& ops_avx512();
 #endif
 
-}  // namespace ops
 }  // namespace pyengine

@@ -1,4 +1,6 @@
-// AVX-512 versions of the non-matmul ops (see ops.h). Compiled with AVX-512 flags by
+// AVX-512 versions of the non-matmul ops (see ops.h); the attention kernel is
+// attention_avx512 (attention_generic / attention_avx2 in ops_generic.cpp, attention_cuda
+// in kernels/cuda/attention.cu). Compiled with AVX-512 flags by
 // CMake whatever the build machine has; only called when CPUID says the CPU has
 // AVX-512F/BW/DQ/VL (csrc/bind_ops.cpp checks).
 //
@@ -17,7 +19,6 @@
 #include "ops.h"
 
 namespace pyengine {
-namespace ops {
 namespace {
 
 inline __mmask16 tail_mask(int64_t remaining) {
@@ -284,7 +285,7 @@ inline void qk_tile(const float* const* q, const float* kt, int hd, float* S /* 
         for (int c = 0; c < 4; ++c) _mm512_storeu_ps(S + r * KB + 16 * c, acc[r][c]);
 }
 
-void attn_tile(const AttnArgs& a, int g, int r0, int r1) {
+void attention_avx512(const AttnArgs& a, int g, int r0, int r1) {
     thread_local std::vector<float> s_buf, ml_buf;
     thread_local std::vector<const float*> qp_buf;
     thread_local std::vector<float*> op_buf;
@@ -385,12 +386,11 @@ void softcap(const float* x, float cap, float* out, int64_t count) {
 }
 
 const OpsTable kTable = {
-    "avx512", rmsnorm, rmsnorm_add, add_rmsnorm, rope, silu_mul, gelu_mul, add, scale, attn_tile, softcap,
+    "avx512", rmsnorm, rmsnorm_add, add_rmsnorm, rope, silu_mul, gelu_mul, add, scale, attention_avx512, softcap,
 };
 
 }  // namespace
 
 const OpsTable& ops_avx512() { return kTable; }
 
-}  // namespace ops
 }  // namespace pyengine

@@ -1,8 +1,10 @@
 // Portable versions of the non-matmul ops (see ops.h), written as plain loops the
 // compiler vectorises. This file is compiled twice:
 //   - as itself, with the baseline flags: the "generic" variant, runs on any CPU;
-//   - from ops_avx2.cpp (which defines PYENGINE_OPS_VARIANT avx2 and includes it) with
-//     AVX2/FMA flags: the "avx2" variant.
+//     its attention is attention_generic, its table ops_generic();
+//   - from ops_avx2.cpp (which defines PYENGINE_OPS_AVX2 and includes it) with
+//     AVX2/FMA flags: the "avx2" variant, attention_avx2 and ops_avx2().
+//   Both attentions run the same loops (attention_rows below); only the flags differ.
 // exp() is a polynomial in plain float arithmetic (no libm call) so that loops over it
 // vectorise; the AVX-512 variant uses the same range reduction and coefficients.
 #include <algorithm>
@@ -14,16 +16,14 @@
 
 #include "ops.h"
 
-#ifndef PYENGINE_OPS_VARIANT
+// The namespace of this compilation's kernels (two copies must not share one).
+#ifdef PYENGINE_OPS_AVX2
+#define PYENGINE_OPS_VARIANT avx2
+#else
 #define PYENGINE_OPS_VARIANT generic
 #endif
-#define PYENGINE_OPS_STR2(x) #x
-#define PYENGINE_OPS_STR(x) PYENGINE_OPS_STR2(x)
-#define PYENGINE_OPS_CAT2(a, b) a##b
-#define PYENGINE_OPS_CAT(a, b) PYENGINE_OPS_CAT2(a, b)
 
 namespace pyengine {
-namespace ops {
 namespace PYENGINE_OPS_VARIANT {
 namespace {
 
@@ -149,7 +149,7 @@ void softcap(const float* x, float cap, float* out, int64_t count) {
 
 // One row at a time: scores of the row's visible blocks (64 keys per step, a
 // contiguous inner loop over the panel), then max, exp and sum, then the weighted values.
-void attn_tile(const AttnArgs& a, int g, int r0, int r1) {
+inline void attention_rows(const AttnArgs& a, int g, int r0, int r1) {
     constexpr int KB = kAttnKeyBlock;
     thread_local std::vector<float> scores;
     const int group = a.group(), hd = a.head_dim;
@@ -195,15 +195,30 @@ void attn_tile(const AttnArgs& a, int g, int r0, int r1) {
     }
 }
 
+// Attention rows [r0, r1) of KV head g (AttentionFn in ops.h): the NumPy spec's attention
+// (numpy_backend.attention_reference) in float32, exp by the polynomial exp_f above;
+// attention_generic without AVX2 flags, attention_avx2 with.
+#ifdef PYENGINE_OPS_AVX2
+void attention_avx2(const AttnArgs& a, int g, int r0, int r1) { attention_rows(a, g, r0, r1); }
+#else
+void attention_generic(const AttnArgs& a, int g, int r0, int r1) { attention_rows(a, g, r0, r1); }
+#endif
+
 const OpsTable kTable = {
-    PYENGINE_OPS_STR(PYENGINE_OPS_VARIANT), rmsnorm, rmsnorm_add, add_rmsnorm, rope, silu_mul,
-    gelu_mul, add, scale, attn_tile, softcap,
+#ifdef PYENGINE_OPS_AVX2
+    "avx2", rmsnorm, rmsnorm_add, add_rmsnorm, rope, silu_mul, gelu_mul, add, scale, attention_avx2, softcap,
+#else
+    "generic", rmsnorm, rmsnorm_add, add_rmsnorm, rope, silu_mul, gelu_mul, add, scale, attention_generic, softcap,
+#endif
 };
 
 }  // namespace
 }  // namespace PYENGINE_OPS_VARIANT
 
-const OpsTable& PYENGINE_OPS_CAT(ops_, PYENGINE_OPS_VARIANT)() { return PYENGINE_OPS_VARIANT::kTable; }
+#ifdef PYENGINE_OPS_AVX2
+const OpsTable& ops_avx2() { return avx2::kTable; }
+#else
+const OpsTable& ops_generic() { return generic::kTable; }
+#endif
 
-}  // namespace ops
 }  // namespace pyengine

@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <cstring>
 
-namespace pe {
+namespace pyengine {
 
 // --- the weight types the CPU kernels run ------------------------------------
 enum class WType : int { F32 = 0, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K, BF16, Q5_1, Q5_K, Q2_K, Q3_K, IQ4_NL, IQ4_XS, COUNT };
@@ -370,4 +370,4 @@ static inline int unpack_block(WType t, const uint8_t* blk, uint8_t* q, float* D
     }
 }
 
-}  // namespace pe
+}  // namespace pyengine

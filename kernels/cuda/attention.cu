@@ -1,4 +1,5 @@
-// Causal attention over the float32 KV cache, with sliding window and grouped-query heads.
+// Causal attention over the float32 KV cache, with sliding window and grouped-query heads:
+// attention_cuda (the CPU tiers' attention_generic / _avx2 / _avx512).
 //
 // Query t (position p = pos0 + t) of head h sees keys j with j <= p and, when
 // window > 0, p - j < window; it reads key/value head h / (H / Hkv). Scores are
@@ -18,7 +19,8 @@
 #include "compat.cuh"
 #include "kernels.h"
 
-namespace pye {
+namespace pyengine {
+namespace cuda {
 
 namespace {
 
@@ -199,9 +201,9 @@ size_t attention_scratch_bytes(int n, int n_heads, int head_dim, int n_splits) {
     return static_cast<size_t>(n) * n_heads * n_splits * (static_cast<size_t>(head_dim) + 2) * sizeof(float);
 }
 
-void attention(const float* q, const float* k, const float* v, int n, int pos0, int n_heads, int n_kv_heads,
-               int head_dim, float scale, int window, float* out, int n_splits, void* scratch, size_t scratch_bytes,
-               bool simple, float softcap) {
+void attention_cuda(const float* q, const float* k, const float* v, int n, int pos0, int n_heads, int n_kv_heads,
+                    int head_dim, float scale, int window, float* out, int n_splits, void* scratch,
+                    size_t scratch_bytes, bool simple, float softcap) {
     if (n_heads <= 0 || n_kv_heads <= 0 || n_heads % n_kv_heads || head_dim <= 0)
         throw std::invalid_argument("attention: need n_heads a positive multiple of n_kv_heads (got " +
                                     std::to_string(n_heads) + " and " + std::to_string(n_kv_heads) + ")");
@@ -233,4 +235,5 @@ void attention(const float* q, const float* k, const float* v, int n, int pos0, 
                             part);
 }
 
-}  // namespace pye
+}  // namespace cuda
+}  // namespace pyengine

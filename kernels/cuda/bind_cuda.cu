@@ -19,7 +19,7 @@
 #include "runtime.h"
 
 namespace py = pybind11;
-using pye::DeviceBuffer;
+using pyengine::cuda::DeviceBuffer;
 
 #ifndef PYENGINE_CUDA_ARCHS
 #define PYENGINE_CUDA_ARCHS ""
@@ -58,7 +58,7 @@ py::array contiguous_or_raise(const py::array& a, const char* fn) {
     return a;
 }
 
-py::dict info_dict(const pye::DeviceInfo& i) {
+py::dict info_dict(const pyengine::cuda::DeviceInfo& i) {
     py::dict d;
     d["available"] = i.available;
     d["error"] = i.error;
@@ -83,8 +83,8 @@ void bind_cuda(py::module_& m) {
 
     // Translators run newest first, so the derived out-of-memory error is registered last.
     // Module-local: the test emulator module binds this same file beside pyengine._C.
-    auto& cuda_error = py::register_local_exception<pye::CudaError>(c, "CudaError", PyExc_RuntimeError);
-    py::register_local_exception<pye::CudaOutOfMemory>(c, "CudaOutOfMemoryError", cuda_error.ptr());
+    auto& cuda_error = py::register_local_exception<pyengine::cuda::CudaError>(c, "CudaError", PyExc_RuntimeError);
+    py::register_local_exception<pyengine::cuda::CudaOutOfMemory>(c, "CudaOutOfMemoryError", cuda_error.ptr());
 
     c.attr("compiled_archs") = std::string(PYENGINE_CUDA_ARCHS);
 #ifdef PYENGINE_CUDA_EMU
@@ -93,7 +93,7 @@ void bind_cuda(py::module_& m) {
     c.attr("emulated") = false;
 #endif
 
-    auto info = []() { return info_dict(pye::device_info()); };
+    auto info = []() { return info_dict(pyengine::cuda::device_info()); };
     const char* info_doc =
         "Device facts as a dict: available (bool), error (why not), device_count, driver_version and "
         "runtime_version (1000*major + 10*minor), and when available: device, name, compute_capability "
@@ -101,13 +101,13 @@ void bind_cuda(py::module_& m) {
     c.def("device_info", info, info_doc);
     m.def("cuda_device_info", info, info_doc);
 
-    c.def("set_device", &pye::set_device, py::arg("device"), "Make `device` current for this thread.");
-    c.def("synchronize", &pye::synchronize, "Wait for all queued kernels; raises CudaError if one failed.");
+    c.def("set_device", &pyengine::cuda::set_device, py::arg("device"), "Make `device` current for this thread.");
+    c.def("synchronize", &pyengine::cuda::synchronize, "Wait for all queued kernels; raises CudaError if one failed.");
     c.def(
         "mem_info",
         []() {
             std::size_t f = 0, t = 0;
-            pye::mem_info(&f, &t);
+            pyengine::cuda::mem_info(&f, &t);
             return py::make_tuple(f, t);
         },
         "(free, total) device memory in bytes.");
@@ -151,17 +151,19 @@ void bind_cuda(py::module_& m) {
            std::size_t nbytes) {
             need(dst, dst_offset + nbytes, "copy", "dst");
             need(src, src_offset + nbytes, "copy", "src");
-            pye::copy_device(static_cast<char*>(dst.data()) + dst_offset,
+            pyengine::cuda::copy_device(static_cast<char*>(dst.data()) + dst_offset,
                              static_cast<const char*>(src.data()) + src_offset, nbytes);
         },
         py::arg("dst"), py::arg("dst_offset"), py::arg("src"), py::arg("src_offset"), py::arg("nbytes"),
         "Device-to-device copy of `nbytes` (ranges must not overlap).");
 
     // ---- weights -------------------------------------------------------------------------
-    c.def("type_supported", &pye::type_supported, py::arg("ggml_type"),
+    c.def("type_supported", &pyengine::cuda::type_supported, py::arg("ggml_type"),
           "Whether the kernels read this GGML type id directly.");
-    c.def("row_bytes", &pye::row_bytes, py::arg("ggml_type"), py::arg("cols"), "Bytes of one row of `cols` values.");
-    c.def("matmul_scratch_bytes", &pye::matmul_scratch_bytes, py::arg("ggml_type"), py::arg("n"), py::arg("cols"),
+    c.def("row_bytes", &pyengine::cuda::row_bytes, py::arg("ggml_type"), py::arg("cols"),
+          "Bytes of one row of `cols` values.");
+    c.def("matmul_scratch_bytes", &pyengine::cuda::matmul_scratch_bytes, py::arg("ggml_type"), py::arg("n"),
+          py::arg("cols"),
           "Scratch bytes the tuned matmul needs (x quantized to Q8_1); 0 for float weights.");
 
     c.def(
@@ -172,7 +174,7 @@ void bind_cuda(py::module_& m) {
             positive(rows, fn, "rows");
             positive(cols, fn, "cols");
             positive(n, fn, "n");
-            const std::size_t rb = pye::row_bytes(type, cols);
+            const std::size_t rb = pyengine::cuda::row_bytes(type, cols);
             need(w, rb * rows, fn, "w");
             need(x, std::size_t(n) * cols * 4, fn, "x");
             need(y, std::size_t(n) * rows * 4, fn, "y");
@@ -180,7 +182,7 @@ void bind_cuda(py::module_& m) {
             distinct(y, w, fn, "w");
             std::size_t sb = 0;
             void* sp = nullptr;
-            const std::size_t sneed = simple ? 0 : pye::matmul_scratch_bytes(type, n, cols);
+            const std::size_t sneed = simple ? 0 : pyengine::cuda::matmul_scratch_bytes(type, n, cols);
             if (sneed) {
                 if (!scratch) throw py::value_error("matmul: the tuned kernel needs a scratch buffer of " + str(sneed) + " bytes");
                 need(*scratch, sneed, fn, "scratch");
@@ -189,7 +191,8 @@ void bind_cuda(py::module_& m) {
                 sb = scratch->nbytes();
                 sp = scratch->data();
             }
-            pye::matmul(type, static_cast<const uint8_t*>(w.data()), rows, cols, f32(x), n, f32(y), sp, sb, simple);
+            pyengine::cuda::matmul(type, static_cast<const uint8_t*>(w.data()), rows, cols, f32(x), n, f32(y), sp, sb,
+                                   simple);
         },
         py::arg("ggml_type"), py::arg("w"), py::arg("rows"), py::arg("cols"), py::arg("x"), py::arg("n"),
         py::arg("y"), py::arg("scratch") = nullptr, py::arg("simple") = false,
@@ -202,14 +205,14 @@ void bind_cuda(py::module_& m) {
             const char* fn = "get_rows";
             positive(rows, fn, "rows");
             nonneg(n, fn, "n");
-            const std::size_t rb = pye::row_bytes(type, cols);
+            const std::size_t rb = pyengine::cuda::row_bytes(type, cols);
             need(w, rb * rows, fn, "w");
             need(ids, std::size_t(n) * 4, fn, "ids");
             need(out, std::size_t(n) * cols * 4, fn, "out");
             distinct(out, w, fn, "w");
             distinct(out, ids, fn, "ids");
-            pye::get_rows(type, static_cast<const uint8_t*>(w.data()), cols, static_cast<const int32_t*>(ids.data()),
-                          n, f32(out), simple);
+            pyengine::cuda::get_rows(type, static_cast<const uint8_t*>(w.data()), cols,
+                                     static_cast<const int32_t*>(ids.data()), n, f32(out), simple);
         },
         py::arg("ggml_type"), py::arg("w"), py::arg("rows"), py::arg("cols"), py::arg("ids"), py::arg("n"),
         py::arg("out"), py::arg("simple") = false,
@@ -228,7 +231,7 @@ void bind_cuda(py::module_& m) {
             need(w, std::size_t(g) * 4, fn, "w");
             need(out, std::size_t(n) * d * 4, fn, "out");
             distinct(out, w, fn, "w");
-            pye::rmsnorm(f32(x), n, d, f32(w), g, eps, f32(out), simple);
+            pyengine::cuda::rmsnorm(f32(x), n, d, f32(w), g, eps, f32(out), simple);
         },
         py::arg("x"), py::arg("n"), py::arg("d"), py::arg("w"), py::arg("g"), py::arg("eps"), py::arg("out"),
         py::arg("simple") = false,
@@ -249,7 +252,7 @@ void bind_cuda(py::module_& m) {
             need(out, bytes, fn, "out");
             distinct(out, x, fn, "x");
             distinct(out, pos, fn, "positions");
-            pye::RopeScaling sc;
+            pyengine::cuda::RopeScaling sc;
             if (freq_factors) {
                 positive(n_rot, fn, "n_rot");
                 need(*freq_factors, std::size_t(n_rot / 2) * 4, fn, "freq_factors");
@@ -261,8 +264,8 @@ void bind_cuda(py::module_& m) {
             sc.beta_fast = beta_fast;
             sc.beta_slow = beta_slow;
             sc.n_ctx_orig = n_ctx_orig;
-            pye::rope(f32(x), n, n_heads, head_dim, static_cast<const int32_t*>(pos.data()), freq_base, neox, n_rot,
-                      f32(out), simple, sc);
+            pyengine::cuda::rope(f32(x), n, n_heads, head_dim, static_cast<const int32_t*>(pos.data()), freq_base,
+                                 neox, n_rot, f32(out), simple, sc);
         },
         py::arg("x"), py::arg("n"), py::arg("n_heads"), py::arg("head_dim"), py::arg("positions"),
         py::arg("freq_base"), py::arg("neox"), py::arg("n_rot"), py::arg("out"), py::arg("simple") = false,
@@ -280,7 +283,7 @@ void bind_cuda(py::module_& m) {
             need(a, na * 4, "add", "a");
             need(b, nb * 4, "add", "b");
             need(out, na * 4, "add", "out");
-            pye::add(f32(a), na, f32(b), nb, f32(out), simple);
+            pyengine::cuda::add(f32(a), na, f32(b), nb, f32(out), simple);
         },
         py::arg("a"), py::arg("na"), py::arg("b"), py::arg("nb"), py::arg("out"), py::arg("simple") = false,
         "out[i] = a[i] + b[i % nb] for i < na (nb must divide na: row broadcast). out may be a or b.");
@@ -290,7 +293,7 @@ void bind_cuda(py::module_& m) {
         [](const DeviceBuffer& x, std::size_t n, float s, DeviceBuffer& out, bool simple) {
             need(x, n * 4, "scale", "x");
             need(out, n * 4, "scale", "out");
-            pye::scale(f32(x), n, s, f32(out), simple);
+            pyengine::cuda::scale(f32(x), n, s, f32(out), simple);
         },
         py::arg("x"), py::arg("n"), py::arg("s"), py::arg("out"), py::arg("simple") = false,
         "out = x * s (n values). out may be x.");
@@ -301,7 +304,7 @@ void bind_cuda(py::module_& m) {
             need(x, n * 4, "softcap", "x");
             need(out, n * 4, "softcap", "out");
             if (!(cap > 0.0f)) throw py::value_error("softcap: cap must be > 0");
-            pye::softcap(f32(x), n, cap, f32(out), simple);
+            pyengine::cuda::softcap(f32(x), n, cap, f32(out), simple);
         },
         py::arg("x"), py::arg("n"), py::arg("cap"), py::arg("out"), py::arg("simple") = false,
         "out = cap * tanh(x / cap) (n values). out may be x.");
@@ -315,14 +318,14 @@ void bind_cuda(py::module_& m) {
             op(f32(gate_), f32(up), n, f32(out), simple);
         };
     };
-    c.def("silu_mul", gate("silu_mul", &pye::silu_mul), py::arg("gate"), py::arg("up"), py::arg("n"), py::arg("out"),
-          py::arg("simple") = false, "out = silu(gate) * up (n values). out may alias an input.");
-    c.def("gelu_mul", gate("gelu_mul", &pye::gelu_mul), py::arg("gate"), py::arg("up"), py::arg("n"), py::arg("out"),
-          py::arg("simple") = false, "out = gelu_tanh(gate) * up (n values). out may alias an input.");
+    c.def("silu_mul", gate("silu_mul", &pyengine::cuda::silu_mul), py::arg("gate"), py::arg("up"), py::arg("n"),
+          py::arg("out"), py::arg("simple") = false, "out = silu(gate) * up (n values). out may alias an input.");
+    c.def("gelu_mul", gate("gelu_mul", &pyengine::cuda::gelu_mul), py::arg("gate"), py::arg("up"), py::arg("n"),
+          py::arg("out"), py::arg("simple") = false, "out = gelu_tanh(gate) * up (n values). out may alias an input.");
 
     // ---- attention --------------------------------------------------------------------------
-    c.attr("ATTN_MAX_HEAD_DIM") = pye::ATTN_MAX_HEAD_DIM;
-    c.def("attention_scratch_bytes", &pye::attention_scratch_bytes, py::arg("n"), py::arg("n_heads"),
+    c.attr("ATTN_MAX_HEAD_DIM") = pyengine::cuda::ATTN_MAX_HEAD_DIM;
+    c.def("attention_scratch_bytes", &pyengine::cuda::attention_scratch_bytes, py::arg("n"), py::arg("n_heads"),
           py::arg("head_dim"), py::arg("n_splits"), "Scratch bytes the tuned attention needs for n_splits > 1.");
     c.def(
         "attention",
@@ -351,8 +354,9 @@ void bind_cuda(py::module_& m) {
             distinct(out, v, fn, "v");
             std::size_t sb = 0;
             void* sp = nullptr;
-            const bool tuned = !simple && head_dim <= pye::ATTN_MAX_HEAD_DIM;
-            const std::size_t sneed = tuned ? pye::attention_scratch_bytes(n, n_heads, head_dim, n_splits) : 0;
+            const bool tuned = !simple && head_dim <= pyengine::cuda::ATTN_MAX_HEAD_DIM;
+            const std::size_t sneed =
+                tuned ? pyengine::cuda::attention_scratch_bytes(n, n_heads, head_dim, n_splits) : 0;
             if (sneed) {
                 if (!scratch)
                     throw py::value_error("attention: n_splits > 1 needs a scratch buffer of " + str(sneed) + " bytes");
@@ -361,8 +365,8 @@ void bind_cuda(py::module_& m) {
                 sb = scratch->nbytes();
                 sp = scratch->data();
             }
-            pye::attention(f32(q), f32(k), f32(v), n, pos0, n_heads, n_kv_heads, head_dim, scale, window, f32(out),
-                           n_splits, sp, sb, simple, softcap);
+            pyengine::cuda::attention_cuda(f32(q), f32(k), f32(v), n, pos0, n_heads, n_kv_heads, head_dim, scale,
+                                           window, f32(out), n_splits, sp, sb, simple, softcap);
         },
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("n"), py::arg("pos0"), py::arg("n_heads"),
         py::arg("n_kv_heads"), py::arg("head_dim"), py::arg("scale"), py::arg("window"), py::arg("out"),

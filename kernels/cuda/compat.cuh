@@ -41,7 +41,8 @@
 #define PYE_CHECK_ALIGN(p, n) ((void)0)
 #endif
 
-namespace pye {
+namespace pyengine {
+namespace cuda {
 
 // Errors: thrown by host code (errors.h), turned into Python exceptions by bind_cuda.cu.
 // "CUDA error in <what>: <name> (<description>)" (runtime.cu).
@@ -136,4 +137,5 @@ PYE_HD float bits_to_f32(uint32_t u) {
 
 PYE_HD float bf16_to_f32(uint16_t b) { return bits_to_f32(static_cast<uint32_t>(b) << 16); }
 
-}  // namespace pye
+}  // namespace cuda
+}  // namespace pyengine

@@ -5,7 +5,8 @@
 
 #include <stdexcept>
 
-namespace pye {
+namespace pyengine {
+namespace cuda {
 
 class CudaError : public std::runtime_error {
   public:
@@ -17,4 +18,5 @@ class CudaOutOfMemory : public CudaError {
     using CudaError::CudaError;
 };
 
-}  // namespace pye
+}  // namespace cuda
+}  // namespace pyengine

@@ -2,7 +2,7 @@
 //
 // Every op has a "simple" form (one thread per output value, obviously right: the
 // GPU-side oracle the tuned form is tested against) and a tuned form; `simple`
-// picks. Functions throw std::invalid_argument on bad sizes and pye::CudaError on
+// picks. Functions throw std::invalid_argument on bad sizes and pyengine::cuda::CudaError on
 // a CUDA failure. Launches are asynchronous on the default stream; errors inside a
 // kernel surface at the next synchronising call.
 #pragma once
@@ -10,7 +10,8 @@
 #include <cstddef>
 #include <cstdint>
 
-namespace pye {
+namespace pyengine {
+namespace cuda {
 
 // ---- weights ---------------------------------------------------------------------
 // GGML type ids the kernels read directly (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL,
@@ -62,8 +63,9 @@ std::size_t attention_scratch_bytes(int n, int n_heads, int head_dim, int n_spli
 // pos0 .. pos0+n-1 over k, v caches (>= pos0+n rows of Hkv*hd). n_splits > 1 splits
 // every query's keys over that many blocks (flash-decoding) and needs scratch.
 // softcap > 0: scores scale*q.k become softcap * tanh(score / softcap) (Gemma 2).
-void attention(const float* q, const float* k, const float* v, int n, int pos0, int n_heads, int n_kv_heads,
-               int head_dim, float scale, int window, float* out, int n_splits, void* scratch,
-               std::size_t scratch_bytes, bool simple, float softcap = 0.0f);
+void attention_cuda(const float* q, const float* k, const float* v, int n, int pos0, int n_heads, int n_kv_heads,
+                    int head_dim, float scale, int window, float* out, int n_splits, void* scratch,
+                    std::size_t scratch_bytes, bool simple, float softcap = 0.0f);
 
-}  // namespace pye
+}  // namespace cuda
+}  // namespace pyengine

@@ -3,12 +3,21 @@
 //
 // simple : one thread per output value, dequantizing W value by value in float32.
 // tuned  : x is first quantized to Q8_1 (per 32 values: d8 = max|x|/127, int8
-//          codes, s8 = d8 * sum of codes); then one warp per weight row, each lane
+//          codes roundf(x / d8), i.e. to nearest with halves away from zero, which is
+//          not the CPU tiers' x * (127/max|x|) with ties to even, so the two can differ
+//          by one code; s8 = d8 * sum of codes); then one warp per weight row, each lane
 //          taking every 32nd group of 32 weights ("unit"), decoding it once to int8
 //          codes (quants.cuh: decode_unit) and dotting it with NC token columns by
 //          dp4a. NC = 1 is the decode matrix-vector product; NC = 8 the prompt
 //          matrix-matrix product, which reads each weight row once per 8 tokens.
 //          Float weights (F32/F16/BF16) use the same warp-per-row shape in float.
+//
+// Per type, one entry each (defined below, called by matmul()'s switch on the type id):
+//   matmul_q4_0_cuda matmul_q4_1_cuda matmul_q5_0_cuda matmul_q5_1_cuda matmul_q8_0_cuda
+//   matmul_q2_K_cuda matmul_q3_K_cuda matmul_q4_K_cuda matmul_q5_K_cuda matmul_q6_K_cuda
+//   matmul_iq4_nl_cuda matmul_iq4_xs_cuda matmul_bf16_cuda matmul_f16_cuda matmul_f32_cuda
+// Each computes y = x @ W.T for its type: the same arithmetic as quants.matmul_<type>,
+// the spec (with the activation rounding above on the tuned path).
 #include <stdexcept>
 #include <string>
 
@@ -16,7 +25,8 @@
 #include "kernels.h"
 #include "quants.cuh"
 
-namespace pye {
+namespace pyengine {
+namespace cuda {
 
 namespace {
 
@@ -207,6 +217,71 @@ void get_rows_t(const uint8_t* w, int cols, const int32_t* ids, int n, float* ou
     }
 }
 
+// ---------------------------------------------------------------------------------
+// the per-type entries: matmul_<type>_cuda, y (n, rows) = x (n, cols) @ W.T for W of that
+// type (matmul_t above with the type fixed); matmul() below switches on the type id.
+// ---------------------------------------------------------------------------------
+void matmul_f32_cuda(const uint8_t* w, int rows, int cols, const float* x, int n, float* y, void* scratch,
+                     bool simple) {
+    matmul_t<T_F32>(w, rows, cols, x, n, y, scratch, simple);
+}
+void matmul_f16_cuda(const uint8_t* w, int rows, int cols, const float* x, int n, float* y, void* scratch,
+                     bool simple) {
+    matmul_t<T_F16>(w, rows, cols, x, n, y, scratch, simple);
+}
+void matmul_bf16_cuda(const uint8_t* w, int rows, int cols, const float* x, int n, float* y, void* scratch,
+                      bool simple) {
+    matmul_t<T_BF16>(w, rows, cols, x, n, y, scratch, simple);
+}
+void matmul_q4_0_cuda(const uint8_t* w, int rows, int cols, const float* x, int n, float* y, void* scratch,
+                      bool simple) {
+    matmul_t<T_Q4_0>(w, rows, cols, x, n, y, scratch, simple);
+}
+void matmul_q4_1_cuda(const uint8_t* w, int rows, int cols, const float* x, int n, float* y, void* scratch,
+                      bool simple) {
+    matmul_t<T_Q4_1>(w, rows, cols, x, n, y, scratch, simple);
+}
+void matmul_q5_0_cuda(const uint8_t* w, int rows, int cols, const float* x, int n, float* y, void* scratch,
+                      bool simple) {
+    matmul_t<T_Q5_0>(w, rows, cols, x, n, y, scratch, simple);
+}
+void matmul_q5_1_cuda(const uint8_t* w, int rows, int cols, const float* x, int n, float* y, void* scratch,
+                      bool simple) {
+    matmul_t<T_Q5_1>(w, rows, cols, x, n, y, scratch, simple);
+}
+void matmul_q8_0_cuda(const uint8_t* w, int rows, int cols, const float* x, int n, float* y, void* scratch,
+                      bool simple) {
+    matmul_t<T_Q8_0>(w, rows, cols, x, n, y, scratch, simple);
+}
+void matmul_q2_K_cuda(const uint8_t* w, int rows, int cols, const float* x, int n, float* y, void* scratch,
+                      bool simple) {
+    matmul_t<T_Q2_K>(w, rows, cols, x, n, y, scratch, simple);
+}
+void matmul_q3_K_cuda(const uint8_t* w, int rows, int cols, const float* x, int n, float* y, void* scratch,
+                      bool simple) {
+    matmul_t<T_Q3_K>(w, rows, cols, x, n, y, scratch, simple);
+}
+void matmul_q4_K_cuda(const uint8_t* w, int rows, int cols, const float* x, int n, float* y, void* scratch,
+                      bool simple) {
+    matmul_t<T_Q4_K>(w, rows, cols, x, n, y, scratch, simple);
+}
+void matmul_q5_K_cuda(const uint8_t* w, int rows, int cols, const float* x, int n, float* y, void* scratch,
+                      bool simple) {
+    matmul_t<T_Q5_K>(w, rows, cols, x, n, y, scratch, simple);
+}
+void matmul_q6_K_cuda(const uint8_t* w, int rows, int cols, const float* x, int n, float* y, void* scratch,
+                      bool simple) {
+    matmul_t<T_Q6_K>(w, rows, cols, x, n, y, scratch, simple);
+}
+void matmul_iq4_nl_cuda(const uint8_t* w, int rows, int cols, const float* x, int n, float* y, void* scratch,
+                        bool simple) {
+    matmul_t<T_IQ4_NL>(w, rows, cols, x, n, y, scratch, simple);
+}
+void matmul_iq4_xs_cuda(const uint8_t* w, int rows, int cols, const float* x, int n, float* y, void* scratch,
+                        bool simple) {
+    matmul_t<T_IQ4_XS>(w, rows, cols, x, n, y, scratch, simple);
+}
+
 #define PYE_DISPATCH(type, CALL)                                                          \
     switch (type) {                                                                       \
         case T_F32: { constexpr int TT = T_F32; CALL; } break;                             \
@@ -261,7 +336,24 @@ void matmul(int type, const uint8_t* w, int rows, int cols, const float* x, int 
     if (!simple && scratch_bytes < matmul_scratch_bytes(type, n, cols))
         throw std::invalid_argument("matmul: scratch of " + std::to_string(scratch_bytes) + " bytes, needs " +
                                     std::to_string(matmul_scratch_bytes(type, n, cols)));
-    PYE_DISPATCH(type, (matmul_t<TT>(w, rows, cols, x, n, y, scratch, simple)));
+    switch (type) {
+        case T_F32: return matmul_f32_cuda(w, rows, cols, x, n, y, scratch, simple);
+        case T_F16: return matmul_f16_cuda(w, rows, cols, x, n, y, scratch, simple);
+        case T_BF16: return matmul_bf16_cuda(w, rows, cols, x, n, y, scratch, simple);
+        case T_Q4_0: return matmul_q4_0_cuda(w, rows, cols, x, n, y, scratch, simple);
+        case T_Q4_1: return matmul_q4_1_cuda(w, rows, cols, x, n, y, scratch, simple);
+        case T_Q5_0: return matmul_q5_0_cuda(w, rows, cols, x, n, y, scratch, simple);
+        case T_Q5_1: return matmul_q5_1_cuda(w, rows, cols, x, n, y, scratch, simple);
+        case T_Q8_0: return matmul_q8_0_cuda(w, rows, cols, x, n, y, scratch, simple);
+        case T_Q2_K: return matmul_q2_K_cuda(w, rows, cols, x, n, y, scratch, simple);
+        case T_Q3_K: return matmul_q3_K_cuda(w, rows, cols, x, n, y, scratch, simple);
+        case T_Q4_K: return matmul_q4_K_cuda(w, rows, cols, x, n, y, scratch, simple);
+        case T_Q5_K: return matmul_q5_K_cuda(w, rows, cols, x, n, y, scratch, simple);
+        case T_Q6_K: return matmul_q6_K_cuda(w, rows, cols, x, n, y, scratch, simple);
+        case T_IQ4_NL: return matmul_iq4_nl_cuda(w, rows, cols, x, n, y, scratch, simple);
+        case T_IQ4_XS: return matmul_iq4_xs_cuda(w, rows, cols, x, n, y, scratch, simple);
+        default: throw std::invalid_argument("unsupported GGML type id " + std::to_string(type));
+    }
 }
 
 void get_rows(int type, const uint8_t* w, int cols, const int32_t* ids, int n, float* out, bool simple) {
@@ -270,4 +362,5 @@ void get_rows(int type, const uint8_t* w, int cols, const int32_t* ids, int n, f
     PYE_DISPATCH(type, (get_rows_t<TT>(w, cols, ids, n, out, simple)));
 }
 
-}  // namespace pye
+}  // namespace cuda
+}  // namespace pyengine

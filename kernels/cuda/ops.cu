@@ -8,7 +8,8 @@
 #include "compat.cuh"
 #include "kernels.h"
 
-namespace pye {
+namespace pyengine {
+namespace cuda {
 
 namespace {
 
@@ -260,4 +261,5 @@ void softcap(const float* x, size_t n, float cap, float* out, bool simple) {
     eltwise<OP_SOFTCAP>("softcap", x, n, nullptr, 0, cap, out, simple);
 }
 
-}  // namespace pye
+}  // namespace cuda
+}  // namespace pyengine

@@ -42,7 +42,8 @@
 
 #include "compat.cuh"
 
-namespace pye {
+namespace pyengine {
+namespace cuda {
 
 enum GgmlType : int {
     T_F32 = 0,
@@ -466,4 +467,5 @@ template <> PYE_HD float unit_dot_t<T_Q2_K>(const Unit& U, const int8_t* q8, flo
     return unit_dot(U, q8, ds) + ds.x * (U.m0 * static_cast<float>(h0) + U.m1 * static_cast<float>(h1));
 }
 
-}  // namespace pye
+}  // namespace cuda
+}  // namespace pyengine

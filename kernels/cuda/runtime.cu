@@ -5,7 +5,8 @@
 #include "compat.cuh"
 #include "runtime.h"
 
-namespace pye {
+namespace pyengine {
+namespace cuda {
 
 std::string cuda_error_message(cudaError_t err, const char* what) {
     return std::string("CUDA error in ") + what + ": " + cudaGetErrorName(err) + " (" + cudaGetErrorString(err) + ")";
@@ -126,4 +127,5 @@ void mem_info(std::size_t* free_bytes, std::size_t* total_bytes) {
     check(cudaMemGetInfo(free_bytes, total_bytes), "cudaMemGetInfo");
 }
 
-}  // namespace pye
+}  // namespace cuda
+}  // namespace pyengine

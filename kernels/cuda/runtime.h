@@ -5,7 +5,8 @@
 #include <cstddef>
 #include <string>
 
-namespace pye {
+namespace pyengine {
+namespace cuda {
 
 // One block of device memory. Owns it; frees it on destruction (or free()).
 class DeviceBuffer {
@@ -48,4 +49,5 @@ void synchronize();          // waits for all launched work; throws on a kernel 
 void copy_device(void* dst, const void* src, std::size_t n);
 void mem_info(std::size_t* free_bytes, std::size_t* total_bytes);
 
-}  // namespace pye
+}  // namespace cuda
+}  // namespace pyengine
