@@ -47,9 +47,12 @@ KL_KNOWN_MISSES = {("qwen2.5-coder-1.5b", "cpu"), ("qwen2.5-coder-1.5b", "cuda")
 # quantizes the same way, also measures 0.949 (its test counts prompt 1 too: 0.956), numpy 0.965,
 # and numba before the change 0.957. Every missed position is a near-tie in our own logits (our
 # top token beats llama.cpp's by 0.002-0.45), and numba and numpy, which agree per matmul to
-# float32 rounding, miss different ones. KL is asserted as before; the rate must stay exactly
-# the recorded one, so a change in either direction fails.
-TOP1_KNOWN_MISSES = {("smollm2-135m", "numba", "rest"): 0.949}
+# float32 rounding, miss different ones. KL is asserted as before. The rate is one of two
+# measured values: 0.949 when the test runs alone or with any one other test file, 0.953
+# (244 of 256, a pass) in the full `-m "slow or not slow"` run - one near-tie position flips
+# with state left by earlier tests that we have not pinned down (numba and BLAS thread counts
+# ruled out). Any other rate fails, so a real change either way is still caught.
+TOP1_KNOWN_MISSES = {("smollm2-135m", "numba", "rest"): (0.949, 0.953)}
 
 
 def _cases(known_misses=frozenset()):
@@ -108,8 +111,9 @@ def test_teacher_forced_top1_against_llamacpp(name, backend, part):
     print(f"{name} [{backend}, {part}] teacher-forced top-1 {rate:.3f} over {total} positions")
     known = TOP1_KNOWN_MISSES.get((name, backend, part))
     if known is not None:
-        assert round(rate, 3) == known, f"top-1 {rate:.3f}, recorded miss {known}: update TOP1_KNOWN_MISSES"
-        pytest.xfail(f"known near-tie miss: top-1 {rate:.3f} < {TOP1_MIN}")
+        assert round(rate, 3) in known, f"top-1 {rate:.3f}, recorded {known}: update TOP1_KNOWN_MISSES"
+        if rate < TOP1_MIN:
+            pytest.xfail(f"known near-tie miss: top-1 {rate:.3f} < {TOP1_MIN}")
     assert rate >= TOP1_MIN
 
 

@@ -597,7 +597,7 @@ def test_matmul_spec_multiplies_by_the_quantized_activations():
 @pytest.mark.parametrize("name", ["F32", "F16", "BF16"])
 def test_matmul_spec_does_not_quantize_float_weights_activations(name):
     rng = np.random.default_rng(4)
-    raw = Q.random_raw(name, 5 * 40, rng)
+    raw = random_raw(name, 5 * 40, rng)
     x = rng.standard_normal((3, 40)).astype(np.float32)  # 40: not even a whole Q8 block
     w = Q.dequantize(name, raw, 5 * 40).reshape(5, 40)
     np.testing.assert_array_equal(Q.matmul(name, raw, (5, 40), x), np.matmul(x, w.T))
@@ -614,7 +614,7 @@ def test_matmul_spec_per_type_names(name):
         assert Q.BLOCK_DEQUANTIZERS[name] is getattr(Q, "dequantize_" + ident)
     rng = np.random.default_rng(5)
     cols = 2 * BY_NAME[name].block_size if BY_NAME[name].block_size > 1 else 64
-    raw = Q.random_raw(name, 3 * cols, rng)
+    raw = random_raw(name, 3 * cols, rng)
     x = rng.standard_normal((2, cols)).astype(np.float32)
     xq = Q.matmul_activations(name, x)
     if BY_NAME[name].block_size > 1:  # quantized weights: x rounded to int8 per 32 values
@@ -635,7 +635,7 @@ def test_matmul_spec_keeps_non_finite_tokens_non_finite(bad):
     """int8 quantization would turn NaN/Inf into numbers; the spec (like the native tiers) makes
     every output of such a token NaN and leaves the other tokens alone."""
     rng = np.random.default_rng(6)
-    raw = Q.random_raw("Q4_K", 4 * 256, rng)
+    raw = random_raw("Q4_K", 4 * 256, rng)
     x = rng.standard_normal((2, 256)).astype(np.float32)
     good = Q.matmul("Q4_K", raw, (4, 256), x)
     x[1, 40] = bad
