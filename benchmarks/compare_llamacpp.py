@@ -187,6 +187,14 @@ def _x(v):
     return "n/a" if v is None else f"{v:.2f}x"
 
 
+def _tests(res: dict):
+    """``(test, n, ratio, target)`` for each test run (pp, tg) of one model's result."""
+    tgt = res["target"] or {}
+    for test, n in (("pp", res["n_prompt"]), ("tg", res["n_gen"])):
+        if n:
+            yield test, n, res[f"ratio_{test}"], tgt.get(test)
+
+
 def table(res: dict, bw: float | None) -> str:
     lines = [f"{Path(res['model']).name} ({res['file_size'] / 1e6:.0f} MB), {res['threads']} threads, "
              f"{res['rounds']} alternating rounds (other processes busy: {_f1(_max(res['busy_others_rounds']))} "
@@ -194,11 +202,7 @@ def table(res: dict, bw: float | None) -> str:
              f"ISA pyengine / llama.cpp: {res['isa']}",
              f"{'test':<8}{'pyengine tok/s':>20}{'llama.cpp tok/s':>20}{'ratio':>9}{'paired':>9}{'target':>9}"]
     tgt = res["target"] or {}
-    for test, n in (("pp", res["n_prompt"]), ("tg", res["n_gen"])):
-        if not n:
-            continue
-        ratio = res[f"ratio_{test}"]
-        t = tgt.get(test)
+    for test, n, ratio, t in _tests(res):
         ok = "" if ratio is None or t is None else (" ok" if ratio >= t else " MISS")
         lines.append(f"{test}{n:<6}{_fmt(res[f'pyengine_{test}'], res[f'pyengine_{test}_sd'], 2):>20}"
                      f"{_fmt(res[f'llama.cpp_{test}'], res[f'llama.cpp_{test}_sd'], 2):>20}"
@@ -228,12 +232,7 @@ def markdown(results: list[dict], bw: float | None) -> str:
            "| paired (geomean of rounds) | target |",
            "|---|---|---|---:|---:|---:|---:|---:|"]
     for res in results:
-        tgt = res["target"] or {}
-        for test, n in (("pp", res["n_prompt"]), ("tg", res["n_gen"])):
-            if not n:
-                continue
-            ratio = res[f"ratio_{test}"]
-            t = tgt.get(test)
+        for test, n, ratio, t in _tests(res):
             out.append(f"| {Path(res['model']).name} | {res['isa']} | {test}{n} | {_fmt(res[f'pyengine_{test}'], res[f'pyengine_{test}_sd'], 2)}"
                        f" | {_fmt(res[f'llama.cpp_{test}'], res[f'llama.cpp_{test}_sd'], 2)}"
                        f" | {_x(ratio)} | {_x(res[f'paired_ratio_{test}'])} | {'' if t is None else f'>= {t}x'} |")

@@ -276,12 +276,13 @@ def repl(session: ChatSession, stdin=None, stdout=None, stderr=None, interactive
 
 
 def add_parser(sub) -> None:
+    from .registry import add_model_argument
+
     p = sub.add_parser("chat", help="talk with a model, turn after turn",
                        description="An interactive conversation using the model's own chat template. Only the "
                                    "new tokens of each turn are processed; the KV cache keeps the rest.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-m", "--model", default="gemma3-270m",
-                   help="registry name (see `pyengine list`) or path to a .gguf file (default: gemma3-270m)")
+    add_model_argument(p)
     p.add_argument("--system", metavar="TEXT", help="system message (the model's instructions)")
     p.add_argument("--load", metavar="FILE", help="continue a conversation saved with /save")
     p.add_argument("-n", "--max-tokens", type=int, default=512, help="longest answer in tokens (default 512)")

@@ -316,7 +316,7 @@ def cmd_doctor(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .registry import DEFAULT_MODEL
+    from .registry import DEFAULT_MODEL, add_model_argument
 
     p = argparse.ArgumentParser(
         prog="pyengine",
@@ -333,8 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "A one-line speed summary goes to stderr.",
                        epilog=EPILOG_GENERATE, formatter_class=argparse.RawDescriptionHelpFormatter)
     g.add_argument("prompt", nargs="?", help="the text to continue ('-' reads it from stdin)")
-    g.add_argument("-m", "--model", default=DEFAULT_MODEL,
-                   help=f"registry name (see `pyengine list`) or path to a .gguf file (default: {DEFAULT_MODEL})")
+    add_model_argument(g)
     g.add_argument("-f", "--file", help="read the prompt from this file")
     g.add_argument("-n", "--n-predict", type=int, default=128, metavar="N", help=f"max tokens to generate, >= 1, or {UNTIL_END} = until the model ends the text "
                         "or the context is full (default 128)")

@@ -41,6 +41,7 @@ from .errors import ModelFileError, PyEngineError
 
 __all__ = [
     "DEFAULT_MODEL",
+    "add_model_argument",
     "REGISTRY",
     "WheelFile",
     "ModelEntry",
@@ -62,6 +63,12 @@ __all__ = [
 ]
 
 DEFAULT_MODEL = "qwen2.5-coder-0.5b"
+
+
+def add_model_argument(parser) -> None:
+    """``-m/--model`` for every command that runs a model (generate, chat, serve): one default."""
+    parser.add_argument("-m", "--model", default=DEFAULT_MODEL,
+                        help=f"registry name (see `pyengine list`) or path to a .gguf file (default: {DEFAULT_MODEL})")
 
 _CHUNK = 1 << 20  # 1 MiB copy / hash blocks
 

@@ -32,12 +32,13 @@ token by token; more wait in line. A repeated conversation prefix is not recompu
 
 
 def add_parser(sub) -> None:
+    from ..registry import add_model_argument
+
     p = sub.add_parser("serve", help="serve a model over the OpenAI and Ollama HTTP APIs",
                        description="Serve MODEL over HTTP with OpenAI- and Ollama-compatible endpoints, so "
                                    "Open WebUI, Continue, LobeChat and the openai/ollama client libraries can use it.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-m", "--model", default="gemma3-270m",
-                   help="registry name (see `pyengine list`) or path to a .gguf file (default: gemma3-270m)")
+    add_model_argument(p)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1, loopback: this machine only); anything else is "
                         "printed as an explicit choice")
