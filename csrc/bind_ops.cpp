@@ -191,7 +191,8 @@ void op_rope_table(const py::array& pa, double freq_base, int n_rot, const py::a
     Mat c = as_mat(ca, "cos_out", true, true), s = as_mat(sa, "sin_out", true, true);
     if (c.rows != n || c.cols != half || s.rows != n || s.cols != half)
         bad("rope_table: cos_out and sin_out must be (n, n_rot/2)");
-    pyengine::cpu::RopeScaling sc;
+    pyengine::cpu::RopeScaling sc =
+        pyengine::rope_scaling(freq_scale, ext_factor, attn_factor, beta_fast, beta_slow, n_ctx_orig);
     py::array ff;
     if (!freq_factors.is_none()) {
         ff = py::array::ensure(freq_factors);
@@ -200,12 +201,6 @@ void op_rope_table(const py::array& pa, double freq_base, int n_rot, const py::a
         if (ff.ndim() != 1 || f.cols != half) bad("rope_table: freq_factors must be (n_rot/2,)");
         sc.freq_factors = f.p;
     }
-    sc.freq_scale = freq_scale;
-    sc.ext_factor = ext_factor;
-    sc.attn_factor = attn_factor;
-    sc.beta_fast = beta_fast;
-    sc.beta_slow = beta_slow;
-    sc.n_ctx_orig = n_ctx_orig;
     if (ext_factor != 0.0 && n_ctx_orig <= 0) bad("rope_table: YaRN (ext_factor != 0) needs n_ctx_orig > 0");
     const double* pos = static_cast<const double*>(pa.data());
     py::gil_scoped_release nogil;
