@@ -390,6 +390,13 @@ static inline float hmax8(__m256 v) {
     m = _mm_max_ss(m, _mm_movehdup_ps(m));
     return _mm_cvtss_f32(m);
 }
+// sum of the 8 lanes: (lo half + hi half), then pairs, then the last two, in that order
+static AI_INLINE float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
 static inline int hsum8_epi32(__m256i v) {
     __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
@@ -517,13 +524,7 @@ void tile(const uint8_t* wp, const uint8_t* ap, int64_t stride, int64_t np, floa
         }
     }
     for (int r = 0; r < R; ++r)
-        for (int t = 0; t < T; ++t) {
-            const __m256 v8 = acc[r][t];
-            __m128 s = _mm_add_ps(_mm256_castps256_ps128(v8), _mm256_extractf128_ps(v8, 1));
-            s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-            s = _mm_add_ss(s, _mm_movehdup_ps(s));
-            out[t * ldo + r] = _mm_cvtss_f32(s);
-        }
+        for (int t = 0; t < T; ++t) out[t * ldo + r] = hsum8(acc[r][t]);
 }
 
 constexpr int RMAX = 2, TMAX = 2;
@@ -613,13 +614,7 @@ static void gemv_nt(WType t, const uint8_t* row, int64_t cols, const uint8_t* ap
     DotSink<SIGNED, MIN, NT> sink{ap, astride, {}};
     for (int k = 0; k < NT; ++k) sink.acc[k] = _mm256_setzero_ps();
     for_each_panel(t, row, cols, sink);
-    for (int k = 0; k < NT; ++k) {
-        const __m256 v8 = sink.acc[k];
-        __m128 s = _mm_add_ps(_mm256_castps256_ps128(v8), _mm256_extractf128_ps(v8, 1));
-        s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        out[k * ldo] = _mm_cvtss_f32(s);
-    }
+    for (int k = 0; k < NT; ++k) out[k * ldo] = hsum8(sink.acc[k]);
 }
 
 template <bool SIGNED, bool MIN>
@@ -674,11 +669,7 @@ struct FloatTile {
         }
         for (int r = 0; r < R; ++r)
             for (int t = 0; t < T; ++t) {
-                const __m256 v8 = acc[r][t];
-                __m128 s = _mm_add_ps(_mm256_castps256_ps128(v8), _mm256_extractf128_ps(v8, 1));
-                s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-                s = _mm_add_ss(s, _mm_movehdup_ps(s));
-                float tot = _mm_cvtss_f32(s);
+                float tot = hsum8(acc[r][t]);
                 for (int64_t j = i; j < cols; ++j) {
                     float wj;
                     if (K == 1)
