@@ -442,9 +442,7 @@ void rope_table(const double* pos, int64_t n, double freq_base, int n_rot, float
     const double* inv_freq = inv_freq_buf.data();  // workers need the caller's buffer
     // same expression as the reference: base ** (-(2i) / n_rot), angles in double
     for (int i = 0; i < half; ++i) inv_freq_buf[i] = std::pow(freq_base, -(double)i * 2.0 / (double)n_rot);
-    const bool scaled = sc && (sc->freq_factors || sc->freq_scale != 1.0 || sc->ext_factor != 0.0 ||
-                               sc->attn_factor != 1.0);
-    if (!scaled) {
+    if (!sc || !pyengine::scales_angles(*sc)) {
         const int nt = task_count(n, std::max(1, 4096 / half));
         run_tasks(nt, [&](int task) {
             for (int64_t t = n * task / nt; t < n * (task + 1) / nt; ++t) {
@@ -464,16 +462,8 @@ void rope_table(const double* pos, int64_t n, double freq_base, int n_rot, float
     if (sc->freq_factors)
         for (int i = 0; i < half; ++i) inv_freq_buf[i] /= (double)sc->freq_factors[i];
     const double fs = sc->freq_scale, ext = sc->ext_factor;
-    double lo = 0.0, hi = 0.0, mscale = sc->attn_factor;
-    if (ext != 0.0) {
-        // correction dims: the dims whose wavelength fits beta_fast / beta_slow turns in n_ctx_orig
-        auto corr = [&](double beta) {
-            return n_rot * std::log((double)sc->n_ctx_orig / (beta * 2.0 * M_PI)) / (2.0 * std::log(freq_base));
-        };
-        lo = std::max(0.0, std::floor(corr(sc->beta_fast)));
-        hi = std::min((double)(n_rot - 1), std::ceil(corr(sc->beta_slow)));
-        mscale *= 1.0 + 0.1 * std::log(1.0 / fs);
-    }
+    const pyengine::YarnRamp yr = pyengine::yarn_ramp(*sc, n_rot, freq_base);  // correction dims lo, hi; mscale
+    const double lo = yr.lo, hi = yr.hi, mscale = yr.mscale;
     const int nt = task_count(n, std::max(1, 4096 / half));
     run_tasks(nt, [&](int task) {
         for (int64_t t = n * task / nt; t < n * (task + 1) / nt; ++t) {
