@@ -65,12 +65,9 @@ std::shared_ptr<const pyengine::mla::Layer> mla_layer_from_kwargs(const py::kwar
         if ((int64_t)f.size() != L->r / 2) bad("freq_factors must hold n_rot/2 values");
         L->ff.assign(f.data(), f.data() + f.size());
     }
-    L->sc.freq_scale = py::cast<double>(kw["freq_scale"]);
-    L->sc.ext_factor = py::cast<double>(kw["ext_factor"]);
-    L->sc.attn_factor = py::cast<double>(kw["attn_factor"]);
-    L->sc.beta_fast = py::cast<double>(kw["beta_fast"]);
-    L->sc.beta_slow = py::cast<double>(kw["beta_slow"]);
-    L->sc.n_ctx_orig = py::cast<int64_t>(kw["n_ctx_orig"]);
+    L->sc = pyengine::rope_scaling(py::cast<double>(kw["freq_scale"]), py::cast<double>(kw["ext_factor"]),
+                                   py::cast<double>(kw["attn_factor"]), py::cast<double>(kw["beta_fast"]),
+                                   py::cast<double>(kw["beta_slow"]), py::cast<int64_t>(kw["n_ctx_orig"]));
     return L;
 }
 

@@ -191,7 +191,8 @@ void op_rope_table(const py::array& pa, double freq_base, int n_rot, const py::a
     Mat c = as_mat(ca, "cos_out", true, true), s = as_mat(sa, "sin_out", true, true);
     if (c.rows != n || c.cols != half || s.rows != n || s.cols != half)
         bad("rope_table: cos_out and sin_out must be (n, n_rot/2)");
-    pyengine::cpu::RopeScaling sc;
+    pyengine::cpu::RopeScaling sc =
+        pyengine::rope_scaling(freq_scale, ext_factor, attn_factor, beta_fast, beta_slow, n_ctx_orig);
     py::array ff;
     if (!freq_factors.is_none()) {
         ff = py::array::ensure(freq_factors);
@@ -200,12 +201,6 @@ void op_rope_table(const py::array& pa, double freq_base, int n_rot, const py::a
         if (ff.ndim() != 1 || f.cols != half) bad("rope_table: freq_factors must be (n_rot/2,)");
         sc.freq_factors = f.p;
     }
-    sc.freq_scale = freq_scale;
-    sc.ext_factor = ext_factor;
-    sc.attn_factor = attn_factor;
-    sc.beta_fast = beta_fast;
-    sc.beta_slow = beta_slow;
-    sc.n_ctx_orig = n_ctx_orig;
     if (ext_factor != 0.0 && n_ctx_orig <= 0) bad("rope_table: YaRN (ext_factor != 0) needs n_ctx_orig > 0");
     const double* pos = static_cast<const double*>(pa.data());
     py::gil_scoped_release nogil;
@@ -447,9 +442,7 @@ void rope_table(const double* pos, int64_t n, double freq_base, int n_rot, float
     const double* inv_freq = inv_freq_buf.data();  // workers need the caller's buffer
     // same expression as the reference: base ** (-(2i) / n_rot), angles in double
     for (int i = 0; i < half; ++i) inv_freq_buf[i] = std::pow(freq_base, -(double)i * 2.0 / (double)n_rot);
-    const bool scaled = sc && (sc->freq_factors || sc->freq_scale != 1.0 || sc->ext_factor != 0.0 ||
-                               sc->attn_factor != 1.0);
-    if (!scaled) {
+    if (!sc || !pyengine::scales_angles(*sc)) {
         const int nt = task_count(n, std::max(1, 4096 / half));
         run_tasks(nt, [&](int task) {
             for (int64_t t = n * task / nt; t < n * (task + 1) / nt; ++t) {
@@ -469,16 +462,8 @@ void rope_table(const double* pos, int64_t n, double freq_base, int n_rot, float
     if (sc->freq_factors)
         for (int i = 0; i < half; ++i) inv_freq_buf[i] /= (double)sc->freq_factors[i];
     const double fs = sc->freq_scale, ext = sc->ext_factor;
-    double lo = 0.0, hi = 0.0, mscale = sc->attn_factor;
-    if (ext != 0.0) {
-        // correction dims: the dims whose wavelength fits beta_fast / beta_slow turns in n_ctx_orig
-        auto corr = [&](double beta) {
-            return n_rot * std::log((double)sc->n_ctx_orig / (beta * 2.0 * M_PI)) / (2.0 * std::log(freq_base));
-        };
-        lo = std::max(0.0, std::floor(corr(sc->beta_fast)));
-        hi = std::min((double)(n_rot - 1), std::ceil(corr(sc->beta_slow)));
-        mscale *= 1.0 + 0.1 * std::log(1.0 / fs);
-    }
+    const pyengine::YarnRamp yr = pyengine::yarn_ramp(*sc, n_rot, freq_base);  // correction dims lo, hi; mscale
+    const double lo = yr.lo, hi = yr.hi, mscale = yr.mscale;
     const int nt = task_count(n, std::max(1, 4096 / half));
     run_tasks(nt, [&](int task) {
         for (int64_t t = n * task / nt; t < n * (task + 1) / nt; ++t) {

@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "ops.h"
+#include "rope_scaling.h"
 
 namespace pyengine {
 namespace cpu {
@@ -26,16 +27,8 @@ void rmsnorm_add(const float* x, const float* w, const float* residual, float* o
 // sum = a + b; norm = rmsnorm(sum)
 void add_rmsnorm(const float* a, const float* b, const float* w, float* sum, float* norm, int64_t rows,
                  int64_t cols, int64_t g, float eps);
-// How rope's angles are scaled (the parameters of llama.cpp's ggml_rope_ext; see
-// pyengine/backends/base.py RopeScaling). Defaults: no scaling.
-struct RopeScaling {
-    const float* freq_factors = nullptr;  // (n_rot/2) or null: pair i's frequency is divided by it
-    double freq_scale = 1.0;              // interpolated angle = freq_scale * angle (linear, YaRN)
-    double ext_factor = 0.0;              // YaRN: weight of the extrapolated angle on the ramp; 0 = off
-    double attn_factor = 1.0;             // cos and sin are multiplied by this (times YaRN's mscale)
-    double beta_fast = 32.0, beta_slow = 1.0;
-    int64_t n_ctx_orig = 0;               // YaRN: the training context
-};
+// How rope's angles are scaled: pyengine::RopeScaling (rope_scaling.h).
+using pyengine::RopeScaling;
 // cos/sin (n, n_rot/2) of pos[t] * freq_base ** (-2i / n_rot), angles in double;
 // with sc, scaled as RopeScaling says (null: exactly the unscaled table)
 void rope_table(const double* pos, int64_t n, double freq_base, int n_rot, float* cos_out, float* sin_out,

@@ -235,19 +235,12 @@ public:
         if (!(freq_scale > 0.0) || !std::isfinite(ext_factor) || !std::isfinite(attn_factor) || n_ctx_orig < 0 ||
             (ext_factor != 0.0 && n_ctx_orig <= 0))
             bad("rope: bad scaling (need freq_scale > 0, finite factors, n_ctx_orig > 0 with YaRN)");
-        pyengine::cpu::RopeScaling sc;
-        sc.freq_scale = freq_scale;
-        sc.ext_factor = ext_factor;
-        sc.attn_factor = attn_factor;
-        sc.beta_fast = beta_fast;
-        sc.beta_slow = beta_slow;
-        sc.n_ctx_orig = n_ctx_orig;
+        const pyengine::cpu::RopeScaling sc =
+            pyengine::rope_scaling(freq_scale, ext_factor, attn_factor, beta_fast, beta_slow, n_ctx_orig);
         for (size_t i = 0; i < prog_.tables.size() && nd.table < 0; ++i) {
             const auto& t = prog_.tables[i];
             if (t.base == freq_base && t.n_rot == n_rot && t.pos.off == p.off && t.pos.rel == p.rel && t.ff == ff &&
-                t.sc.freq_scale == sc.freq_scale && t.sc.ext_factor == sc.ext_factor &&
-                t.sc.attn_factor == sc.attn_factor && t.sc.beta_fast == sc.beta_fast &&
-                t.sc.beta_slow == sc.beta_slow && t.sc.n_ctx_orig == sc.n_ctx_orig)
+                pyengine::same_scalars(t.sc, sc))
                 nd.table = (int)i;
         }
         if (nd.table < 0) {
@@ -313,13 +306,19 @@ public:
         push(nd);
     }
 
-    void add_scale(const py::array& x, float s, const py::array& out) {
-        Node nd{Kind::Scale};
+    // A node out = f(x; s) of one float parameter s, elementwise over x and out (n, cols): Scale, Softcap.
+    void push_scalar_op(Kind k, const py::array& x, float s, const py::array& out, const char* x_what,
+                        const char* out_what) {
+        Node nd{k};
         shape2(nd, x);
-        nd.a = fbuf(x, "scale x", nd.n * nd.cols, false);
-        nd.out = fbuf(out, "scale out", nd.n * nd.cols, true);
+        nd.a = fbuf(x, x_what, nd.n * nd.cols, false);
+        nd.out = fbuf(out, out_what, nd.n * nd.cols, true);
         nd.s = s;
         push(nd);
+    }
+
+    void add_scale(const py::array& x, float s, const py::array& out) {
+        push_scalar_op(Kind::Scale, x, s, out, "scale x", "scale out");
     }
 
     void add_add_bias(const py::array& x, const py::array& b, const py::array& out) {
@@ -332,13 +331,8 @@ public:
     }
 
     void add_softcap(const py::array& x, float cap, const py::array& out) {
-        Node nd{Kind::Softcap};
         if (!(cap > 0.0f) || !std::isfinite(cap)) bad("softcap: cap must be a finite value > 0");
-        shape2(nd, x);
-        nd.a = fbuf(x, "softcap x", nd.n * nd.cols, false);
-        nd.out = fbuf(out, "softcap out", nd.n * nd.cols, true);
-        nd.s = cap;
-        push(nd);
+        push_scalar_op(Kind::Softcap, x, cap, out, "softcap x", "softcap out");
     }
 
     void add_moe_ffn(const py::array& x, const py::array& out, const py::kwargs& kw) {

@@ -19,6 +19,7 @@
 #include <immintrin.h>
 
 #include "matmul_kernels.h"
+#include "matmul_tier.h"
 
 namespace pyengine {
 namespace {
@@ -389,6 +390,13 @@ static inline float hmax8(__m256 v) {
     m = _mm_max_ss(m, _mm_movehdup_ps(m));
     return _mm_cvtss_f32(m);
 }
+// sum of the 8 lanes: (lo half + hi half), then pairs, then the last two, in that order
+static AI_INLINE float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
 static inline int hsum8_epi32(__m256i v) {
     __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
@@ -516,13 +524,7 @@ void tile(const uint8_t* wp, const uint8_t* ap, int64_t stride, int64_t np, floa
         }
     }
     for (int r = 0; r < R; ++r)
-        for (int t = 0; t < T; ++t) {
-            const __m256 v8 = acc[r][t];
-            __m128 s = _mm_add_ps(_mm256_castps256_ps128(v8), _mm256_extractf128_ps(v8, 1));
-            s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-            s = _mm_add_ss(s, _mm_movehdup_ps(s));
-            out[t * ldo + r] = _mm_cvtss_f32(s);
-        }
+        for (int t = 0; t < T; ++t) out[t * ldo + r] = hsum8(acc[r][t]);
 }
 
 constexpr int RMAX = 2, TMAX = 2;
@@ -612,13 +614,7 @@ static void gemv_nt(WType t, const uint8_t* row, int64_t cols, const uint8_t* ap
     DotSink<SIGNED, MIN, NT> sink{ap, astride, {}};
     for (int k = 0; k < NT; ++k) sink.acc[k] = _mm256_setzero_ps();
     for_each_panel(t, row, cols, sink);
-    for (int k = 0; k < NT; ++k) {
-        const __m256 v8 = sink.acc[k];
-        __m128 s = _mm_add_ps(_mm256_castps256_ps128(v8), _mm256_extractf128_ps(v8, 1));
-        s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        out[k * ldo] = _mm_cvtss_f32(s);
-    }
+    for (int k = 0; k < NT; ++k) out[k * ldo] = hsum8(sink.acc[k]);
 }
 
 template <bool SIGNED, bool MIN>
@@ -646,156 +642,57 @@ void gemv_avx2(WType t, const uint8_t* row, int64_t cols, const uint8_t* ap, int
 
 // ---- F32 / F16 weights ------------------------------------------------------------------------
 // K: 0 = F32, 1 = F16, 2 = BF16 (the top half of a float32: widen, shift left 16).
-template <int K, int R, int T>
-void float_tile(const uint8_t* w, int64_t rb, int64_t cols, const float* x, int64_t ldx, float* out, int64_t ldo) {
-    __m256 acc[R][T];
-    for (int r = 0; r < R; ++r)
-        for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 8 <= cols; i += 8) {
-        __m256 wv[R];
-        for (int r = 0; r < R; ++r) {
-            if (K == 1)
-                wv[r] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(w + r * rb + 2 * i)));
-            else if (K == 2)
-                wv[r] = _mm256_castsi256_ps(_mm256_slli_epi32(
-                    _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)(w + r * rb + 2 * i))), 16));
-            else
-                wv[r] = _mm256_loadu_ps((const float*)(const void*)(w + r * rb + 4 * i));
-        }
-        for (int t = 0; t < T; ++t) {
-            const __m256 xv = _mm256_loadu_ps(x + t * ldx + i);
-            for (int r = 0; r < R; ++r) acc[r][t] = _mm256_fmadd_ps(wv[r], xv, acc[r][t]);
-        }
-    }
-    for (int r = 0; r < R; ++r)
-        for (int t = 0; t < T; ++t) {
-            const __m256 v8 = acc[r][t];
-            __m128 s = _mm_add_ps(_mm256_castps256_ps128(v8), _mm256_extractf128_ps(v8, 1));
-            s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-            s = _mm_add_ss(s, _mm_movehdup_ps(s));
-            float tot = _mm_cvtss_f32(s);
-            for (int64_t j = i; j < cols; ++j) {
-                float wj;
+// FloatTile::run<K, R, T>: the tile of R rows x T tokens that gemm_float_tiles (matmul_tier.h) loops over.
+struct FloatTile {
+    template <int K, int R, int T>
+    static void run(const uint8_t* w, int64_t rb, int64_t cols, const float* x, int64_t ldx, float* out,
+                    int64_t ldo) {
+        __m256 acc[R][T];
+        for (int r = 0; r < R; ++r)
+            for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
+        int64_t i = 0;
+        for (; i + 8 <= cols; i += 8) {
+            __m256 wv[R];
+            for (int r = 0; r < R; ++r) {
                 if (K == 1)
-                    wj = _cvtsh_ss(load_u16(w + r * rb + 2 * j));
+                    wv[r] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(w + r * rb + 2 * i)));
                 else if (K == 2)
-                    wj = bf16_to_fp32(load_u16(w + r * rb + 2 * j));
+                    wv[r] = _mm256_castsi256_ps(_mm256_slli_epi32(
+                        _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)(w + r * rb + 2 * i))), 16));
                 else
-                    std::memcpy(&wj, w + r * rb + 4 * j, 4);
-                tot += wj * x[t * ldx + j];
+                    wv[r] = _mm256_loadu_ps((const float*)(const void*)(w + r * rb + 4 * i));
             }
-            out[t * ldo + r] = tot;
-        }
-}
-
-template <int K>
-void gemm_float_impl(const uint8_t* w, int64_t rb, int64_t cols, int nr, const float* x, int64_t ldx, int nt,
-                     float* out, int64_t ldo) {
-    for (int t0 = 0; t0 < nt; t0 += 2) {
-        const bool two = nt - t0 >= 2;
-        for (int r0 = 0; r0 < nr;) {
-            const uint8_t* wr = w + r0 * rb;
-            const float* xt = x + t0 * ldx;
-            float* o = out + t0 * ldo + r0;
-            if (nr - r0 >= 4) {
-                if (two)
-                    float_tile<K, 4, 2>(wr, rb, cols, xt, ldx, o, ldo);
-                else
-                    float_tile<K, 4, 1>(wr, rb, cols, xt, ldx, o, ldo);
-                r0 += 4;
-            } else {
-                if (two)
-                    float_tile<K, 1, 2>(wr, rb, cols, xt, ldx, o, ldo);
-                else
-                    float_tile<K, 1, 1>(wr, rb, cols, xt, ldx, o, ldo);
-                r0 += 1;
+            for (int t = 0; t < T; ++t) {
+                const __m256 xv = _mm256_loadu_ps(x + t * ldx + i);
+                for (int r = 0; r < R; ++r) acc[r][t] = _mm256_fmadd_ps(wv[r], xv, acc[r][t]);
             }
         }
+        for (int r = 0; r < R; ++r)
+            for (int t = 0; t < T; ++t) {
+                float tot = hsum8(acc[r][t]);
+                for (int64_t j = i; j < cols; ++j) {
+                    float wj;
+                    if (K == 1)
+                        wj = _cvtsh_ss(load_u16(w + r * rb + 2 * j));
+                    else if (K == 2)
+                        wj = bf16_to_fp32(load_u16(w + r * rb + 2 * j));
+                    else
+                        std::memcpy(&wj, w + r * rb + 4 * j, 4);
+                    tot += wj * x[t * ldx + j];
+                }
+                out[t * ldo + r] = tot;
+            }
     }
-}
+};
 
-void gemm_float_avx2(WType t, const uint8_t* w, int64_t rb, int64_t cols, int nr, const float* x, int64_t ldx,
-                     int nt, float* out, int64_t ldo) {
-    if (t == WType::F16)
-        gemm_float_impl<1>(w, rb, cols, nr, x, ldx, nt, out, ldo);
-    else if (t == WType::BF16)
-        gemm_float_impl<2>(w, rb, cols, nr, x, ldx, nt, out, ldo);
-    else
-        gemm_float_impl<0>(w, rb, cols, nr, x, ldx, nt, out, ldo);
-}
-
-// ---- the per-type entries: matmul_<type>_avx2 ----------------------------------------
-// Each computes columns [r0, r1) of out (n, rows) = x (n, cols) @ W.T for W of its type:
-// the body shared by every tier (matmul_kernels.h) run with this tier's kernels. Listed
-// in WType order, the order of the by_type table below.
-void matmul_f32_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t*) {
-    matmul_rows_float(matmul_kernels_avx2, WType::F32, c, r0, r1);
-}
-void matmul_f16_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t*) {
-    matmul_rows_float(matmul_kernels_avx2, WType::F16, c, r0, r1);
-}
-void matmul_q4_0_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
-    matmul_rows_quant(matmul_kernels_avx2, WType::Q4_0, c, r0, r1, wbuf);
-}
-void matmul_q4_1_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
-    matmul_rows_quant(matmul_kernels_avx2, WType::Q4_1, c, r0, r1, wbuf);
-}
-void matmul_q5_0_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
-    matmul_rows_quant(matmul_kernels_avx2, WType::Q5_0, c, r0, r1, wbuf);
-}
-void matmul_q8_0_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
-    matmul_rows_quant(matmul_kernels_avx2, WType::Q8_0, c, r0, r1, wbuf);
-}
-void matmul_q4_K_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
-    matmul_rows_quant(matmul_kernels_avx2, WType::Q4_K, c, r0, r1, wbuf);
-}
-void matmul_q6_K_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
-    matmul_rows_quant(matmul_kernels_avx2, WType::Q6_K, c, r0, r1, wbuf);
-}
-void matmul_bf16_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t*) {
-    matmul_rows_float(matmul_kernels_avx2, WType::BF16, c, r0, r1);
-}
-void matmul_q5_1_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
-    matmul_rows_quant(matmul_kernels_avx2, WType::Q5_1, c, r0, r1, wbuf);
-}
-void matmul_q5_K_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
-    matmul_rows_quant(matmul_kernels_avx2, WType::Q5_K, c, r0, r1, wbuf);
-}
-void matmul_q2_K_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
-    matmul_rows_quant(matmul_kernels_avx2, WType::Q2_K, c, r0, r1, wbuf);
-}
-void matmul_q3_K_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
-    matmul_rows_quant(matmul_kernels_avx2, WType::Q3_K, c, r0, r1, wbuf);
-}
-void matmul_iq4_nl_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
-    matmul_rows_quant(matmul_kernels_avx2, WType::IQ4_NL, c, r0, r1, wbuf);
-}
-void matmul_iq4_xs_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
-    matmul_rows_quant(matmul_kernels_avx2, WType::IQ4_XS, c, r0, r1, wbuf);
-}
+// The per-type entries matmul_<type>_avx2 (listed at the top of this file; matmul_tier.h).
+PYENGINE_MATMUL_TIER_ENTRIES(avx2)
 
 }  // namespace
 
 const MatmulKernels matmul_kernels_avx2 = {
-    "avx2", PG, true, pack_act_avx2, pack_w_avx2, gemm_avx2, gemm_float_avx2, gemv_avx2,
-    {
-        matmul_f32_avx2,
-        matmul_f16_avx2,
-        matmul_q4_0_avx2,
-        matmul_q4_1_avx2,
-        matmul_q5_0_avx2,
-        matmul_q8_0_avx2,
-        matmul_q4_K_avx2,
-        matmul_q6_K_avx2,
-        matmul_bf16_avx2,
-        matmul_q5_1_avx2,
-        matmul_q5_K_avx2,
-        matmul_q2_K_avx2,
-        matmul_q3_K_avx2,
-        matmul_iq4_nl_avx2,
-        matmul_iq4_xs_avx2,
-    },
+    "avx2", PG, true, pack_act_avx2, pack_w_avx2, gemm_avx2, gemm_float_tiles<FloatTile, 2>, gemv_avx2,
+    PYENGINE_MATMUL_BY_TYPE(avx2),
 };
 
 }  // namespace pyengine

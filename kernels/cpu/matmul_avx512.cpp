@@ -18,6 +18,7 @@
 #include <immintrin.h>
 
 #include "matmul_kernels.h"
+#include "matmul_tier.h"
 
 namespace pyengine {
 namespace {
@@ -607,144 +608,45 @@ void gemv_avx512(WType t, const uint8_t* row, int64_t cols, const uint8_t* ap, i
 
 // ---- F32 / F16 weights: plain FMA dot products, 4 rows x up to 4 tokens -------------------
 // K: 0 = F32, 1 = F16, 2 = BF16 (the top half of a float32: widen, shift left 16).
-template <int K, int R, int T>
-void float_tile(const uint8_t* w, int64_t rb, int64_t cols, const float* x, int64_t ldx, float* out, int64_t ldo) {
-    __m512 acc[R][T];
-    for (int r = 0; r < R; ++r)
-        for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
-    for (int64_t i = 0; i < cols; i += 16) {
-        const int left = (int)(cols - i);
-        const __mmask16 mk = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
-        __m512 wv[R];
-        for (int r = 0; r < R; ++r) {
-            if (K == 1)
-                wv[r] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, (const void*)(w + r * rb + 2 * i)));
-            else if (K == 2)
-                wv[r] = _mm512_castsi512_ps(_mm512_slli_epi32(
-                    _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, (const void*)(w + r * rb + 2 * i))), 16));
-            else
-                wv[r] = _mm512_maskz_loadu_ps(mk, (const void*)(w + r * rb + 4 * i));
-        }
-        for (int t = 0; t < T; ++t) {
-            const __m512 xv = _mm512_maskz_loadu_ps(mk, x + t * ldx + i);
-            for (int r = 0; r < R; ++r) acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
-        }
-    }
-    for (int r = 0; r < R; ++r)
-        for (int t = 0; t < T; ++t) out[t * ldo + r] = _mm512_reduce_add_ps(acc[r][t]);
-}
-
-template <int K>
-void gemm_float_impl(const uint8_t* w, int64_t rb, int64_t cols, int nr, const float* x, int64_t ldx, int nt,
-                     float* out, int64_t ldo) {
-    for (int t0 = 0; t0 < nt; t0 += 4) {
-        const int tt = nt - t0 < 4 ? nt - t0 : 4;
-        for (int r0 = 0; r0 < nr; ++r0) {
-            const int rr = nr - r0 >= 4 ? 4 : 1;
-            const uint8_t* wr = w + r0 * rb;
-            const float* xt = x + t0 * ldx;
-            float* o = out + t0 * ldo + r0;
-            if (rr == 4) {
-                switch (tt) {
-                    case 4: float_tile<K, 4, 4>(wr, rb, cols, xt, ldx, o, ldo); break;
-                    case 3: float_tile<K, 4, 3>(wr, rb, cols, xt, ldx, o, ldo); break;
-                    case 2: float_tile<K, 4, 2>(wr, rb, cols, xt, ldx, o, ldo); break;
-                    default: float_tile<K, 4, 1>(wr, rb, cols, xt, ldx, o, ldo); break;
-                }
-                r0 += 3;
-            } else {
-                switch (tt) {
-                    case 4: float_tile<K, 1, 4>(wr, rb, cols, xt, ldx, o, ldo); break;
-                    case 3: float_tile<K, 1, 3>(wr, rb, cols, xt, ldx, o, ldo); break;
-                    case 2: float_tile<K, 1, 2>(wr, rb, cols, xt, ldx, o, ldo); break;
-                    default: float_tile<K, 1, 1>(wr, rb, cols, xt, ldx, o, ldo); break;
-                }
+// FloatTile::run<K, R, T>: the tile of R rows x T tokens that gemm_float_tiles (matmul_tier.h) loops over.
+struct FloatTile {
+    template <int K, int R, int T>
+    static void run(const uint8_t* w, int64_t rb, int64_t cols, const float* x, int64_t ldx, float* out,
+                    int64_t ldo) {
+        __m512 acc[R][T];
+        for (int r = 0; r < R; ++r)
+            for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+        for (int64_t i = 0; i < cols; i += 16) {
+            const int left = (int)(cols - i);
+            const __mmask16 mk = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+            __m512 wv[R];
+            for (int r = 0; r < R; ++r) {
+                if (K == 1)
+                    wv[r] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, (const void*)(w + r * rb + 2 * i)));
+                else if (K == 2)
+                    wv[r] = _mm512_castsi512_ps(_mm512_slli_epi32(
+                        _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, (const void*)(w + r * rb + 2 * i))), 16));
+                else
+                    wv[r] = _mm512_maskz_loadu_ps(mk, (const void*)(w + r * rb + 4 * i));
+            }
+            for (int t = 0; t < T; ++t) {
+                const __m512 xv = _mm512_maskz_loadu_ps(mk, x + t * ldx + i);
+                for (int r = 0; r < R; ++r) acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
             }
         }
+        for (int r = 0; r < R; ++r)
+            for (int t = 0; t < T; ++t) out[t * ldo + r] = _mm512_reduce_add_ps(acc[r][t]);
     }
-}
+};
 
-void gemm_float_avx512(WType t, const uint8_t* w, int64_t rb, int64_t cols, int nr, const float* x, int64_t ldx,
-                       int nt, float* out, int64_t ldo) {
-    if (t == WType::F16)
-        gemm_float_impl<1>(w, rb, cols, nr, x, ldx, nt, out, ldo);
-    else if (t == WType::BF16)
-        gemm_float_impl<2>(w, rb, cols, nr, x, ldx, nt, out, ldo);
-    else
-        gemm_float_impl<0>(w, rb, cols, nr, x, ldx, nt, out, ldo);
-}
-
-// ---- the per-type entries: matmul_<type>_avx512 ----------------------------------------
-// Each computes columns [r0, r1) of out (n, rows) = x (n, cols) @ W.T for W of its type:
-// the body shared by every tier (matmul_kernels.h) run with this tier's kernels. Listed
-// in WType order, the order of the by_type table below.
-void matmul_f32_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t*) {
-    matmul_rows_float(matmul_kernels_avx512, WType::F32, c, r0, r1);
-}
-void matmul_f16_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t*) {
-    matmul_rows_float(matmul_kernels_avx512, WType::F16, c, r0, r1);
-}
-void matmul_q4_0_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
-    matmul_rows_quant(matmul_kernels_avx512, WType::Q4_0, c, r0, r1, wbuf);
-}
-void matmul_q4_1_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
-    matmul_rows_quant(matmul_kernels_avx512, WType::Q4_1, c, r0, r1, wbuf);
-}
-void matmul_q5_0_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
-    matmul_rows_quant(matmul_kernels_avx512, WType::Q5_0, c, r0, r1, wbuf);
-}
-void matmul_q8_0_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
-    matmul_rows_quant(matmul_kernels_avx512, WType::Q8_0, c, r0, r1, wbuf);
-}
-void matmul_q4_K_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
-    matmul_rows_quant(matmul_kernels_avx512, WType::Q4_K, c, r0, r1, wbuf);
-}
-void matmul_q6_K_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
-    matmul_rows_quant(matmul_kernels_avx512, WType::Q6_K, c, r0, r1, wbuf);
-}
-void matmul_bf16_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t*) {
-    matmul_rows_float(matmul_kernels_avx512, WType::BF16, c, r0, r1);
-}
-void matmul_q5_1_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
-    matmul_rows_quant(matmul_kernels_avx512, WType::Q5_1, c, r0, r1, wbuf);
-}
-void matmul_q5_K_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
-    matmul_rows_quant(matmul_kernels_avx512, WType::Q5_K, c, r0, r1, wbuf);
-}
-void matmul_q2_K_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
-    matmul_rows_quant(matmul_kernels_avx512, WType::Q2_K, c, r0, r1, wbuf);
-}
-void matmul_q3_K_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
-    matmul_rows_quant(matmul_kernels_avx512, WType::Q3_K, c, r0, r1, wbuf);
-}
-void matmul_iq4_nl_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
-    matmul_rows_quant(matmul_kernels_avx512, WType::IQ4_NL, c, r0, r1, wbuf);
-}
-void matmul_iq4_xs_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
-    matmul_rows_quant(matmul_kernels_avx512, WType::IQ4_XS, c, r0, r1, wbuf);
-}
+// The per-type entries matmul_<type>_avx512 (listed at the top of this file; matmul_tier.h).
+PYENGINE_MATMUL_TIER_ENTRIES(avx512)
 
 }  // namespace
 
 const MatmulKernels matmul_kernels_avx512 = {
-    "avx512", PG, false, pack_act_avx512, pack_w_avx512, gemm_avx512, gemm_float_avx512, gemv_avx512,
-    {
-        matmul_f32_avx512,
-        matmul_f16_avx512,
-        matmul_q4_0_avx512,
-        matmul_q4_1_avx512,
-        matmul_q5_0_avx512,
-        matmul_q8_0_avx512,
-        matmul_q4_K_avx512,
-        matmul_q6_K_avx512,
-        matmul_bf16_avx512,
-        matmul_q5_1_avx512,
-        matmul_q5_K_avx512,
-        matmul_q2_K_avx512,
-        matmul_q3_K_avx512,
-        matmul_iq4_nl_avx512,
-        matmul_iq4_xs_avx512,
-    },
+    "avx512", PG, false, pack_act_avx512, pack_w_avx512, gemm_avx512, gemm_float_tiles<FloatTile, 4>, gemv_avx512,
+    PYENGINE_MATMUL_BY_TYPE(avx512),
 };
 
 }  // namespace pyengine

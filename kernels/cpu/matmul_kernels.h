@@ -1,7 +1,8 @@
 // The contract between csrc/dispatch.cpp and the per-ISA matmul kernels
 // (matmul_generic.cpp, matmul_avx2.cpp, matmul_avx512.cpp). Each tier names its
 // per-type entry matmul_<type>_<tier> (matmul_q4_K_generic, matmul_q4_K_avx2,
-// matmul_q4_K_avx512, ...; type spelled as ggml does) and lists them in its by_type table.
+// matmul_q4_K_avx512, ...; type spelled as ggml does) and lists them in its by_type table;
+// both come from one macro pair in matmul_tier.h, with the loop of the float weight types.
 //
 // How a quantized matmul runs (every tier does the same arithmetic):
 //

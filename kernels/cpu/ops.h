@@ -14,6 +14,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 namespace pyengine {
 
@@ -102,5 +103,31 @@ const OpsTable& ops_generic();
 const OpsTable& ops_avx2();    // ops_generic.cpp's loops built with AVX2/FMA (ops_avx2.cpp)
 const OpsTable& ops_avx512();
 #endif
+
+// ---- the loop every rope kernel runs (ops_generic.cpp, ops_avx512.cpp) ----------------
+// Tokens [t0, t1) x n_heads heads of head_dim values: token t's row of x starts at
+// x + t * x_stride, its row of out at out + t * n_heads * head_dim, and its cos/sin rows
+// (n_rot/2 values each) at cos_t / sin_t + t * n_rot/2. rotate(xh, oh, c, s) writes the
+// first n_rot values of one head oh from xh; the other head_dim - n_rot values are copied
+// unless out is x. Internal linkage: each variant's TU, whatever its ISA flags, gets its own copy.
+namespace {
+template <class Rotate>
+inline void rope_heads(const float* x, int64_t x_stride, float* out, const float* cos_t, const float* sin_t,
+                       int64_t t0, int64_t t1, int n_heads, int head_dim, int n_rot, Rotate rotate) {
+    const int half = n_rot / 2;
+    const int64_t width = (int64_t)n_heads * head_dim;
+    for (int64_t t = t0; t < t1; ++t) {
+        const float* c = cos_t + t * half;
+        const float* s = sin_t + t * half;
+        for (int h = 0; h < n_heads; ++h) {
+            const float* xh = x + t * x_stride + (int64_t)h * head_dim;
+            float* oh = out + t * width + (int64_t)h * head_dim;
+            rotate(xh, oh, c, s);
+            if (oh != xh && n_rot < head_dim)
+                std::memcpy(oh + n_rot, xh + n_rot, sizeof(float) * (size_t)(head_dim - n_rot));
+        }
+    }
+}
+}  // namespace
 
 }  // namespace pyengine

@@ -119,41 +119,33 @@ void add_rmsnorm(const float* a, const float* b, const float* w, float* sum, flo
 void rope(const float* x, int64_t x_stride, float* out, const float* cos_t, const float* sin_t,
           int64_t t0, int64_t t1, int n_heads, int head_dim, int n_rot, bool neox) {
     const int half = n_rot / 2;
-    const int64_t width = (int64_t)n_heads * head_dim;
     // NORM mode: lane 2i and 2i+1 both use pair i
     const __m512i dup = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
     const __m512 zero = _mm512_setzero_ps();
-    for (int64_t t = t0; t < t1; ++t) {
-        const float* c = cos_t + t * half;
-        const float* s = sin_t + t * half;
-        for (int h = 0; h < n_heads; ++h) {
-            const float* xh = x + t * x_stride + (int64_t)h * head_dim;
-            float* oh = out + t * width + (int64_t)h * head_dim;
-            if (neox) {
-                for (int i = 0; i < half; i += 16) {
-                    const __mmask16 k = tail_mask(half - i);
-                    const __m512 cv = _mm512_maskz_loadu_ps(k, c + i), sv = _mm512_maskz_loadu_ps(k, s + i);
-                    const __m512 a = _mm512_maskz_loadu_ps(k, xh + i);
-                    const __m512 b = _mm512_maskz_loadu_ps(k, xh + i + half);
-                    _mm512_mask_storeu_ps(oh + i, k, _mm512_fmsub_ps(a, cv, _mm512_mul_ps(b, sv)));
-                    _mm512_mask_storeu_ps(oh + i + half, k, _mm512_fmadd_ps(a, sv, _mm512_mul_ps(b, cv)));
-                }
-            } else {
-                for (int e = 0; e < n_rot; e += 16) {
-                    const __mmask16 k = tail_mask(n_rot - e);        // n_rot is even
-                    const __mmask16 kp = tail_mask((n_rot - e) / 2);  // pairs
-                    const __m512 cv = _mm512_permutexvar_ps(dup, _mm512_maskz_loadu_ps(kp, c + e / 2));
-                    __m512 sv = _mm512_permutexvar_ps(dup, _mm512_maskz_loadu_ps(kp, s + e / 2));
-                    sv = _mm512_mask_sub_ps(sv, 0x5555, zero, sv);  // -sin on even lanes
-                    const __m512 xv = _mm512_maskz_loadu_ps(k, xh + e);
-                    const __m512 xs = _mm512_permute_ps(xv, 0xB1);  // swap within pairs
-                    _mm512_mask_storeu_ps(oh + e, k, _mm512_fmadd_ps(xv, cv, _mm512_mul_ps(xs, sv)));
-                }
-            }
-            if (oh != xh && n_rot < head_dim)
-                std::memcpy(oh + n_rot, xh + n_rot, sizeof(float) * (size_t)(head_dim - n_rot));
-        }
-    }
+    rope_heads(x, x_stride, out, cos_t, sin_t, t0, t1, n_heads, head_dim, n_rot,
+               [=](const float* xh, float* oh, const float* c, const float* s) {
+                   if (neox) {  // pair (i, i + half)
+                       for (int i = 0; i < half; i += 16) {
+                           const __mmask16 k = tail_mask(half - i);
+                           const __m512 cv = _mm512_maskz_loadu_ps(k, c + i), sv = _mm512_maskz_loadu_ps(k, s + i);
+                           const __m512 a = _mm512_maskz_loadu_ps(k, xh + i);
+                           const __m512 b = _mm512_maskz_loadu_ps(k, xh + i + half);
+                           _mm512_mask_storeu_ps(oh + i, k, _mm512_fmsub_ps(a, cv, _mm512_mul_ps(b, sv)));
+                           _mm512_mask_storeu_ps(oh + i + half, k, _mm512_fmadd_ps(a, sv, _mm512_mul_ps(b, cv)));
+                       }
+                   } else {  // pair (2i, 2i + 1)
+                       for (int e = 0; e < n_rot; e += 16) {
+                           const __mmask16 k = tail_mask(n_rot - e);        // n_rot is even
+                           const __mmask16 kp = tail_mask((n_rot - e) / 2);  // pairs
+                           const __m512 cv = _mm512_permutexvar_ps(dup, _mm512_maskz_loadu_ps(kp, c + e / 2));
+                           __m512 sv = _mm512_permutexvar_ps(dup, _mm512_maskz_loadu_ps(kp, s + e / 2));
+                           sv = _mm512_mask_sub_ps(sv, 0x5555, zero, sv);  // -sin on even lanes
+                           const __m512 xv = _mm512_maskz_loadu_ps(k, xh + e);
+                           const __m512 xs = _mm512_permute_ps(xv, 0xB1);  // swap within pairs
+                           _mm512_mask_storeu_ps(oh + e, k, _mm512_fmadd_ps(xv, cv, _mm512_mul_ps(xs, sv)));
+                       }
+                   }
+               });
 }
 
 // ------------------------------------------------------------ elementwise ----------

@@ -96,30 +96,22 @@ void add_rmsnorm(const float* a, const float* b, const float* w, float* sum, flo
 void rope(const float* x, int64_t x_stride, float* out, const float* cos_t, const float* sin_t,
           int64_t t0, int64_t t1, int n_heads, int head_dim, int n_rot, bool neox) {
     const int half = n_rot / 2;
-    const int64_t width = (int64_t)n_heads * head_dim;
-    for (int64_t t = t0; t < t1; ++t) {
-        const float* c = cos_t + t * half;
-        const float* s = sin_t + t * half;
-        for (int h = 0; h < n_heads; ++h) {
-            const float* xh = x + t * x_stride + (int64_t)h * head_dim;
-            float* oh = out + t * width + (int64_t)h * head_dim;
-            if (neox) {
-                for (int i = 0; i < half; ++i) {
-                    const float a = xh[i], b = xh[i + half];
-                    oh[i] = a * c[i] - b * s[i];
-                    oh[i + half] = a * s[i] + b * c[i];
-                }
-            } else {
-                for (int i = 0; i < half; ++i) {
-                    const float a = xh[2 * i], b = xh[2 * i + 1];
-                    oh[2 * i] = a * c[i] - b * s[i];
-                    oh[2 * i + 1] = a * s[i] + b * c[i];
-                }
-            }
-            if (oh != xh)
-                for (int i = n_rot; i < head_dim; ++i) oh[i] = xh[i];
-        }
-    }
+    rope_heads(x, x_stride, out, cos_t, sin_t, t0, t1, n_heads, head_dim, n_rot,
+               [=](const float* xh, float* oh, const float* c, const float* s) {
+                   if (neox) {  // pair (i, i + half)
+                       for (int i = 0; i < half; ++i) {
+                           const float a = xh[i], b = xh[i + half];
+                           oh[i] = a * c[i] - b * s[i];
+                           oh[i + half] = a * s[i] + b * c[i];
+                       }
+                   } else {  // pair (2i, 2i + 1)
+                       for (int i = 0; i < half; ++i) {
+                           const float a = xh[2 * i], b = xh[2 * i + 1];
+                           oh[2 * i] = a * c[i] - b * s[i];
+                           oh[2 * i + 1] = a * s[i] + b * c[i];
+                       }
+                   }
+               });
 }
 
 void silu_mul(const float* g, const float* u, float* out, int64_t count) {

@@ -252,18 +252,13 @@ void bind_cuda(py::module_& m) {
             need(out, bytes, fn, "out");
             distinct(out, x, fn, "x");
             distinct(out, pos, fn, "positions");
-            pyengine::cuda::RopeScaling sc;
+            pyengine::cuda::RopeScaling sc =
+                pyengine::rope_scaling(freq_scale, ext_factor, attn_factor, beta_fast, beta_slow, n_ctx_orig);
             if (freq_factors) {
                 positive(n_rot, fn, "n_rot");
                 need(*freq_factors, std::size_t(n_rot / 2) * 4, fn, "freq_factors");
                 sc.freq_factors = f32(*freq_factors);
             }
-            sc.freq_scale = freq_scale;
-            sc.ext_factor = ext_factor;
-            sc.attn_factor = attn_factor;
-            sc.beta_fast = beta_fast;
-            sc.beta_slow = beta_slow;
-            sc.n_ctx_orig = n_ctx_orig;
             pyengine::cuda::rope(f32(x), n, n_heads, head_dim, static_cast<const int32_t*>(pos.data()), freq_base,
                                  neox, n_rot, f32(out), simple, sc);
         },

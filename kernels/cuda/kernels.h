@@ -10,6 +10,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "../../csrc/rope_scaling.h"
+
 namespace pyengine {
 namespace cuda {
 
@@ -34,13 +36,9 @@ void get_rows(int type, const uint8_t* w, int cols, const int32_t* ids, int n, f
 // Each group of g values of x (n, d) divided by its RMS (+eps) and multiplied by w (g).
 void rmsnorm(const float* x, int n, int d, const float* w, int g, float eps, float* out, bool simple);
 
-// How rope's angles are scaled (pyengine/backends/base.py RopeScaling; llama.cpp's
-// ggml_rope_ext parameters). The defaults change nothing.
-struct RopeScaling {
-    const float* freq_factors = nullptr;  // device (n_rot/2) or null: pair i's frequency is divided by it
-    double freq_scale = 1.0, ext_factor = 0.0, attn_factor = 1.0, beta_fast = 32.0, beta_slow = 1.0;
-    int n_ctx_orig = 0;  // YaRN's training context (needed when ext_factor != 0)
-};
+// How rope's angles are scaled: pyengine::RopeScaling (csrc/rope_scaling.h, shared with the CPU
+// ops); its freq_factors is a device pointer here. The defaults change nothing.
+using pyengine::RopeScaling;
 
 // Rotary embedding of x (n, n_heads*head_dim) at positions pos (n); out may equal x.
 void rope(const float* x, int n, int n_heads, int head_dim, const int32_t* pos, double freq_base,

@@ -69,18 +69,34 @@ __global__ void quantize_q8_1_kernel(const float* __restrict__ x, int n, int col
 // ---------------------------------------------------------------------------------
 // tuned: quantized weights, dp4a
 // ---------------------------------------------------------------------------------
-template <int T, int NC>
-__global__ void __launch_bounds__(32 * MM_WARPS)
-matmul_q8_kernel(const uint8_t* __restrict__ w, size_t row_bytes, int rows, int units,
-                 const int8_t* __restrict__ q8, const float2* __restrict__ ds, int n, float* __restrict__ y) {
+// The shape both tuned matmul kernels share: one warp per weight row r, NC tokens
+// c0 .. c0+NC-1 per block. lane_dots(wr, lane, c0, acc) adds lane's strided share of
+// dot(row r, token c0 + c) into acc[c] (tokens >= n skipped); the warp then sums the 32
+// shares and lane 0 writes y (n, rows)[c0 + c][r].
+template <int NC, class LaneDots>
+PYE_D void warp_row_dots(const uint8_t* __restrict__ w, size_t row_bytes, int rows, int n, float* __restrict__ y,
+                         LaneDots lane_dots) {
     const int lane = threadIdx.x;
     const int r = blockIdx.x * MM_WARPS + threadIdx.y;  // same for the whole warp
     const int c0 = blockIdx.y * NC;
     float acc[NC];
 #pragma unroll
     for (int c = 0; c < NC; ++c) acc[c] = 0.0f;
-    if (r < rows) {
-        const uint8_t* wr = w + static_cast<size_t>(r) * row_bytes;
+    if (r < rows) lane_dots(w + static_cast<size_t>(r) * row_bytes, lane, c0, acc);
+#pragma unroll
+    for (int c = 0; c < NC; ++c) acc[c] = warp_sum(acc[c]);
+    if (r < rows && lane == 0) {
+#pragma unroll
+        for (int c = 0; c < NC; ++c)
+            if (c0 + c < n) y[static_cast<size_t>(c0 + c) * rows + r] = acc[c];
+    }
+}
+
+template <int T, int NC>
+__global__ void __launch_bounds__(32 * MM_WARPS)
+matmul_q8_kernel(const uint8_t* __restrict__ w, size_t row_bytes, int rows, int units,
+                 const int8_t* __restrict__ q8, const float2* __restrict__ ds, int n, float* __restrict__ y) {
+    warp_row_dots<NC>(w, row_bytes, rows, n, y, [&](const uint8_t* wr, int lane, int c0, float* acc) {
         for (int u = lane; u < units; u += 32) {
             Unit U;
             decode_unit<T>(wr, u, U);
@@ -92,14 +108,7 @@ matmul_q8_kernel(const uint8_t* __restrict__ w, size_t row_bytes, int rows, int 
                 }
             }
         }
-    }
-#pragma unroll
-    for (int c = 0; c < NC; ++c) acc[c] = warp_sum(acc[c]);
-    if (r < rows && lane == 0) {
-#pragma unroll
-        for (int c = 0; c < NC; ++c)
-            if (c0 + c < n) y[static_cast<size_t>(c0 + c) * rows + r] = acc[c];
-    }
+    });
 }
 
 // ---------------------------------------------------------------------------------
@@ -109,28 +118,14 @@ template <int T, int NC>
 __global__ void __launch_bounds__(32 * MM_WARPS)
 matmul_float_kernel(const uint8_t* __restrict__ w, size_t row_bytes, int rows, int cols,
                     const float* __restrict__ x, int n, float* __restrict__ y) {
-    const int lane = threadIdx.x;
-    const int r = blockIdx.x * MM_WARPS + threadIdx.y;
-    const int c0 = blockIdx.y * NC;
-    float acc[NC];
-#pragma unroll
-    for (int c = 0; c < NC; ++c) acc[c] = 0.0f;
-    if (r < rows) {
-        const uint8_t* wr = w + static_cast<size_t>(r) * row_bytes;
+    warp_row_dots<NC>(w, row_bytes, rows, n, y, [&](const uint8_t* wr, int lane, int c0, float* acc) {
         for (int e = lane; e < cols; e += 32) {
             const float wv = dequant_elem<T>(wr, e);
 #pragma unroll
             for (int c = 0; c < NC; ++c)
                 if (c0 + c < n) acc[c] += wv * x[static_cast<size_t>(c0 + c) * cols + e];
         }
-    }
-#pragma unroll
-    for (int c = 0; c < NC; ++c) acc[c] = warp_sum(acc[c]);
-    if (r < rows && lane == 0) {
-#pragma unroll
-        for (int c = 0; c < NC; ++c)
-            if (c0 + c < n) y[static_cast<size_t>(c0 + c) * rows + r] = acc[c];
-    }
+    });
 }
 
 // ---------------------------------------------------------------------------------

@@ -222,17 +222,8 @@ void rope(const float* x, int n, int n_heads, int head_dim, const int32_t* pos, 
     if (!(sc.freq_scale > 0.0) || (sc.ext_factor != 0.0 && sc.n_ctx_orig <= 0))
         throw std::invalid_argument("rope: need freq_scale > 0, and n_ctx_orig > 0 with YaRN (ext_factor != 0)");
     if (n <= 0) return;
-    RopeK rk{sc.freq_factors, sc.freq_scale, sc.ext_factor, 0.0, 0.0, sc.attn_factor, 0};
-    rk.scaled = sc.freq_factors || sc.freq_scale != 1.0 || sc.ext_factor != 0.0 || sc.attn_factor != 1.0;
-    if (sc.ext_factor != 0.0) {  // YaRN's correction dims and magnitude (host side, in double)
-        const double pi = 3.14159265358979323846;
-        auto corr = [&](double beta) {
-            return n_rot * std::log(static_cast<double>(sc.n_ctx_orig) / (beta * 2.0 * pi)) / (2.0 * std::log(freq_base));
-        };
-        rk.lo = std::max(0.0, std::floor(corr(sc.beta_fast)));
-        rk.hi = std::min(static_cast<double>(n_rot - 1), std::ceil(corr(sc.beta_slow)));
-        rk.mscale *= 1.0 + 0.1 * std::log(1.0 / sc.freq_scale);
-    }
+    const YarnRamp yr = yarn_ramp(sc, n_rot, freq_base);  // YaRN's correction dims and magnitude (host, double)
+    RopeK rk{sc.freq_factors, sc.freq_scale, sc.ext_factor, yr.lo, yr.hi, yr.mscale, scales_angles(sc) ? 1 : 0};
     if (simple) {
         const size_t total = static_cast<size_t>(n) * n_heads * head_dim;
         launch("rope_simple", rope_simple_kernel, dim3(ceil_div(total, 256)), dim3(256), x, n, n_heads, head_dim,

@@ -39,6 +39,7 @@ def _hashed_inputs() -> list[Path]:
     for d in (CUDA_DIR, HERE):
         for pat in ("*.cuh", "*.h"):
             files.update(d.glob(pat))
+    files.add(CUDA_DIR.parent.parent / "csrc" / "rope_scaling.h")  # included by kernels.h
     return sorted(files)
 
 
