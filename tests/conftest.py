@@ -217,3 +217,27 @@ def cpu_decode_step(path, n_ctx: int = 32):
     assert step is not None, be.decode_step_status
     assert be.decode_step_status.startswith("native single-call decode step")
     return be, arch, ca, cb, step
+
+
+def nmse(y: np.ndarray, ref: np.ndarray) -> float:
+    """Normalised mean squared error sum((y - ref)^2) / sum(ref^2), in float64 (0 when both are 0)."""
+    den = float(np.sum(ref * ref))
+    num = float(np.sum((y.astype(np.float64) - ref) ** 2))
+    if den == 0.0:
+        return 0.0 if num == 0.0 else float("inf")
+    return num / den
+
+
+def load_cuda_emulator(builder_path: Path):
+    """kernels/cuda/*.cu compiled against the CPU emulator by the builder script at
+    ``builder_path`` (kernels/cuda/emu/build_emu.py); skips the test where it cannot be built."""
+    import importlib.util
+
+    if not builder_path.exists():
+        pytest.skip(f"CUDA emulator sources not found at {builder_path} (not a source checkout)")
+    spec = importlib.util.spec_from_file_location("pyengine_build_emu", builder_path)
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+    if not builder.compiler():
+        pytest.skip("no C++ compiler to build the CUDA emulator")
+    return builder.load(builder.build())

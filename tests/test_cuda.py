@@ -19,7 +19,6 @@ the other ops elementwise.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -37,6 +36,8 @@ from pyengine.errors import BackendUnavailableError
 from pyengine.ggml_types import ggml_type
 from pyengine.tensor import QTensor
 from pyengine.testing.blocks import random_raw
+
+from conftest import load_cuda_emulator
 
 ROOT = Path(__file__).resolve().parents[1]
 # (overridable to test a modified copy of the kernels, e.g. for mutation checks)
@@ -56,14 +57,7 @@ NMSE_TOL = 5e-4
 # devices
 # ---------------------------------------------------------------------------------
 def _load_emulator():
-    if not EMU_BUILDER.exists():
-        pytest.skip(f"CUDA emulator sources not found at {EMU_BUILDER} (not a source checkout)")
-    spec = importlib.util.spec_from_file_location("pyengine_build_emu", EMU_BUILDER)
-    builder = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(builder)
-    if not builder.compiler():
-        pytest.skip("no C++ compiler to build the CUDA emulator")
-    return builder.load(builder.build())
+    return load_cuda_emulator(EMU_BUILDER)
 
 
 def _load_gpu():

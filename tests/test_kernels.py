@@ -22,6 +22,8 @@ from pyengine import kernels, quants
 from pyengine.ggml_types import ggml_type
 from pyengine.testing.blocks import random_raw
 
+from conftest import nmse
+
 # Normalized MSE bound, sum((y - ref)^2) / sum(ref^2), per weight type. The quantized types
 # carry the int8 activation quantization (measured ~3e-5, see test_report_nmse); F16/F32
 # weights are multiplied in float32 with x unquantized (float32 rounding only).
@@ -69,14 +71,6 @@ def reference(t: str, raw: np.ndarray, rows: int, cols: int, x: np.ndarray) -> n
     the spec: it lacks the activation rounding every backend has)."""
     w = quants.dequantize(t, raw, rows * cols).reshape(rows, cols).astype(np.float64)
     return x.astype(np.float64) @ w.T
-
-
-def nmse(y: np.ndarray, ref: np.ndarray) -> float:
-    den = float(np.sum(ref * ref))
-    num = float(np.sum((y.astype(np.float64) - ref) ** 2))
-    if den == 0.0:
-        return 0.0 if num == 0.0 else float("inf")
-    return num / den
 
 
 def make_case(t: str, rows: int, cols: int, n: int, mode: str, seed: int):

@@ -20,7 +20,7 @@ from pyengine.backends import numpy_backend as nb
 from pyengine.backends.base import KVCache, RopeScaling
 from pyengine.tensor import QTensor
 
-from conftest import native_built
+from conftest import load_cuda_emulator, native_built
 
 HEALTH = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
 FAST = settings(max_examples=20, deadline=None, suppress_health_check=HEALTH)
@@ -43,18 +43,9 @@ def tiers():
 @pytest.fixture(scope="session")
 def cuda_emu():
     """kernels/cuda/*.cu compiled against the CPU emulator (see tests/test_cuda.py)."""
-    import importlib.util
     from pathlib import Path
 
-    builder_path = Path(__file__).resolve().parents[1] / "kernels" / "cuda" / "emu" / "build_emu.py"
-    if not builder_path.exists():
-        pytest.skip("CUDA emulator sources not found (not a source checkout)")
-    spec = importlib.util.spec_from_file_location("pyengine_build_emu", builder_path)
-    builder = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(builder)
-    if not builder.compiler():
-        pytest.skip("no C++ compiler to build the CUDA emulator")
-    return builder.load(builder.build())
+    return load_cuda_emulator(Path(__file__).resolve().parents[1] / "kernels" / "cuda" / "emu" / "build_emu.py")
 
 
 @pytest.fixture(params=tiers())

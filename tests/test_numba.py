@@ -29,6 +29,8 @@ from pyengine.ggml_types import ggml_type
 from pyengine.tensor import QTensor
 from pyengine.testing.blocks import random_raw
 
+from conftest import nmse
+
 try:
     import numba  # noqa: F401
 
@@ -50,14 +52,6 @@ TYPES = QUANT_TYPES + FLOAT_TYPES
 MODES = ("normal", "zero", "extreme")
 SETTINGS = settings(max_examples=12, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-
-
-def nmse(y: np.ndarray, ref: np.ndarray) -> float:
-    den = float(np.sum(ref * ref))
-    num = float(np.sum((y.astype(np.float64) - ref) ** 2))
-    if den == 0.0:
-        return 0.0 if num == 0.0 else float("inf")
-    return num / den
 
 
 def block_cols(t: str) -> int:

@@ -103,6 +103,23 @@ class KVCache:
         self.n_ctx = n_ctx
 
 
+class HostKVCacheMixin:
+    """``kv_cache`` / ``kv_write`` for backends whose activations are host NumPy arrays:
+    per layer one float32 array each for keys and values, shape ``(n_ctx, kv_width)``."""
+
+    def kv_cache(self, n_layers: int, n_ctx: int, kv_width: int) -> KVCache:
+        k = [np.zeros((n_ctx, kv_width), dtype=np.float32) for _ in range(n_layers)]  # each (n_ctx, kv_width)
+        v = [np.zeros((n_ctx, kv_width), dtype=np.float32) for _ in range(n_layers)]  # each (n_ctx, kv_width)
+        return KVCache(k, v, n_ctx)
+
+    def kv_write(self, cache: KVCache, layer: int, pos0: int, k: np.ndarray, v: np.ndarray) -> None:
+        n = k.shape[0]
+        if pos0 + n > cache.n_ctx:
+            raise ValueError(f"kv_write: positions up to {pos0 + n} exceed the cache ({cache.n_ctx})")
+        cache.k[layer][pos0:pos0 + n] = k
+        cache.v[layer][pos0:pos0 + n] = v
+
+
 class Backend:
     name = "base"
     #: one line for ``--verbose`` and ``pyengine doctor`` (e.g. "cpu avx512-vnni, 2 threads")

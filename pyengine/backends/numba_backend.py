@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import BackendUnavailableError
 from ..tensor import QTensor
-from .base import Backend, KVCache
+from .base import Backend, HostKVCacheMixin
 
 try:
     from .. import numba_kernels as nk  # raises BackendUnavailableError without numba
@@ -20,7 +20,7 @@ except ImportError as e:  # numba present but broken (e.g. a NumPy it does not s
     raise BackendUnavailableError(f"numba backend: numba cannot be imported ({e})") from None
 
 
-class NumbaBackend(Backend):
+class NumbaBackend(HostKVCacheMixin, Backend):
     name = "numba"
 
     def __init__(self, quantize_activations: bool = True):
@@ -78,18 +78,6 @@ class NumbaBackend(Backend):
     # -- position and attention --------------------------------------------------------
     def rope(self, x, positions, n_heads, head_dim, freq_base, neox, n_rot=None, scaling=None):
         return nk.rope(x, positions, n_heads, head_dim, freq_base, neox, n_rot, scaling)
-
-    def kv_cache(self, n_layers, n_ctx, kv_width):
-        k = [np.zeros((n_ctx, kv_width), dtype=np.float32) for _ in range(n_layers)]
-        v = [np.zeros((n_ctx, kv_width), dtype=np.float32) for _ in range(n_layers)]
-        return KVCache(k, v, n_ctx)
-
-    def kv_write(self, cache, layer, pos0, k, v):
-        n = k.shape[0]
-        if pos0 + n > cache.n_ctx:
-            raise ValueError(f"kv_write: positions up to {pos0 + n} exceed the cache ({cache.n_ctx})")
-        cache.k[layer][pos0:pos0 + n] = k
-        cache.v[layer][pos0:pos0 + n] = v
 
     def attention(self, q, cache, layer, pos0, n_heads, n_kv_heads, head_dim, scale, window=0, softcap=0.0):
         return nk.attention(q, cache.k[layer], cache.v[layer], pos0, n_heads, n_kv_heads, head_dim,

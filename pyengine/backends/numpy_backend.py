@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import quants
 from ..tensor import QTensor
-from .base import Backend, KVCache, RopeScaling
+from .base import Backend, HostKVCacheMixin, RopeScaling
 
 
 def dequantized(w: QTensor) -> np.ndarray:
@@ -99,7 +99,7 @@ def attention_reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, pos0: int, 
     return out.transpose(1, 0, 2).reshape(n, n_heads * head_dim).astype(np.float32, copy=False)
 
 
-class NumpyBackend(Backend):
+class NumpyBackend(HostKVCacheMixin, Backend):
     name = "numpy"
 
     def __init__(self, quantize_activations: bool = True):
@@ -149,16 +149,6 @@ class NumpyBackend(Backend):
 
     def rope(self, x, positions, n_heads, head_dim, freq_base, neox, n_rot=None, scaling=None):
         return rope_reference(x, positions, n_heads, head_dim, freq_base, neox, n_rot, scaling)
-
-    def kv_cache(self, n_layers, n_ctx, kv_width):
-        k = [np.zeros((n_ctx, kv_width), dtype=np.float32) for _ in range(n_layers)]
-        v = [np.zeros((n_ctx, kv_width), dtype=np.float32) for _ in range(n_layers)]
-        return KVCache(k, v, n_ctx)
-
-    def kv_write(self, cache, layer, pos0, k, v):
-        n = k.shape[0]
-        cache.k[layer][pos0:pos0 + n] = k
-        cache.v[layer][pos0:pos0 + n] = v
 
     def mla_attention(self, q, kv, cache, layer, pos0, wk_b, wv_b, kv_norm, eps, n_heads, qk_nope, n_rot,
                       freq_base, neox, scaling, scale):
