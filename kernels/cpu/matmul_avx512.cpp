@@ -640,7 +640,52 @@ struct FloatTile {
 };
 
 // The per-type entries matmul_<type>_avx512 (listed at the top of this file; matmul_tier.h).
-PYENGINE_MATMUL_TIER_ENTRIES(avx512)
+// Written out, not generated, so that `grep matmul_q4_K_avx512` finds the definition.
+void matmul_f32_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t*) {
+    matmul_rows_float(matmul_kernels_avx512, WType::F32, c, r0, r1);
+}
+void matmul_f16_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t*) {
+    matmul_rows_float(matmul_kernels_avx512, WType::F16, c, r0, r1);
+}
+void matmul_q4_0_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx512, WType::Q4_0, c, r0, r1, wbuf);
+}
+void matmul_q4_1_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx512, WType::Q4_1, c, r0, r1, wbuf);
+}
+void matmul_q5_0_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx512, WType::Q5_0, c, r0, r1, wbuf);
+}
+void matmul_q8_0_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx512, WType::Q8_0, c, r0, r1, wbuf);
+}
+void matmul_q4_K_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx512, WType::Q4_K, c, r0, r1, wbuf);
+}
+void matmul_q6_K_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx512, WType::Q6_K, c, r0, r1, wbuf);
+}
+void matmul_bf16_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t*) {
+    matmul_rows_float(matmul_kernels_avx512, WType::BF16, c, r0, r1);
+}
+void matmul_q5_1_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx512, WType::Q5_1, c, r0, r1, wbuf);
+}
+void matmul_q5_K_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx512, WType::Q5_K, c, r0, r1, wbuf);
+}
+void matmul_q2_K_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx512, WType::Q2_K, c, r0, r1, wbuf);
+}
+void matmul_q3_K_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx512, WType::Q3_K, c, r0, r1, wbuf);
+}
+void matmul_iq4_nl_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx512, WType::IQ4_NL, c, r0, r1, wbuf);
+}
+void matmul_iq4_xs_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx512, WType::IQ4_XS, c, r0, r1, wbuf);
+}
 
 }  // namespace
 

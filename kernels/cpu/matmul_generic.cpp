@@ -149,7 +149,52 @@ void gemm_float_generic(WType t, const uint8_t* w, int64_t row_bytes, int64_t co
 }
 
 // The per-type entries matmul_<type>_generic (listed at the top of this file; matmul_tier.h).
-PYENGINE_MATMUL_TIER_ENTRIES(generic)
+// Written out, not generated, so that `grep matmul_q4_K_generic` finds the definition.
+void matmul_f32_generic(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t*) {
+    matmul_rows_float(matmul_kernels_generic, WType::F32, c, r0, r1);
+}
+void matmul_f16_generic(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t*) {
+    matmul_rows_float(matmul_kernels_generic, WType::F16, c, r0, r1);
+}
+void matmul_q4_0_generic(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_generic, WType::Q4_0, c, r0, r1, wbuf);
+}
+void matmul_q4_1_generic(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_generic, WType::Q4_1, c, r0, r1, wbuf);
+}
+void matmul_q5_0_generic(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_generic, WType::Q5_0, c, r0, r1, wbuf);
+}
+void matmul_q8_0_generic(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_generic, WType::Q8_0, c, r0, r1, wbuf);
+}
+void matmul_q4_K_generic(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_generic, WType::Q4_K, c, r0, r1, wbuf);
+}
+void matmul_q6_K_generic(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_generic, WType::Q6_K, c, r0, r1, wbuf);
+}
+void matmul_bf16_generic(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t*) {
+    matmul_rows_float(matmul_kernels_generic, WType::BF16, c, r0, r1);
+}
+void matmul_q5_1_generic(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_generic, WType::Q5_1, c, r0, r1, wbuf);
+}
+void matmul_q5_K_generic(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_generic, WType::Q5_K, c, r0, r1, wbuf);
+}
+void matmul_q2_K_generic(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_generic, WType::Q2_K, c, r0, r1, wbuf);
+}
+void matmul_q3_K_generic(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_generic, WType::Q3_K, c, r0, r1, wbuf);
+}
+void matmul_iq4_nl_generic(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_generic, WType::IQ4_NL, c, r0, r1, wbuf);
+}
+void matmul_iq4_xs_generic(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_generic, WType::IQ4_XS, c, r0, r1, wbuf);
+}
 
 }  // namespace
 

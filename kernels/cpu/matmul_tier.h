@@ -3,8 +3,8 @@
 // SIMD inner loops:
 //  - gemm_float_tiles: the loop of the float weight types (F32/F16/BF16) over tiles of
 //    4 or 1 weight rows x up to TMAX tokens, each tile computed by the tier's Tile::run;
-//  - PYENGINE_MATMUL_TIER_ENTRIES / PYENGINE_MATMUL_BY_TYPE: the per-type entries
-//    matmul_<type>_<tier> and the by_type table that lists them.
+//  - PYENGINE_MATMUL_BY_TYPE: the by_type table that lists a tier's per-type entries
+//    matmul_<type>_<tier> (each tier file writes those out).
 //
 // Everything here has internal linkage (anonymous namespace): a tier compiled with
 // -mavx2 / -mavx512* gets its own copy, never one the linker could share with code that
@@ -72,37 +72,13 @@ void gemm_float_tiles(WType t, const uint8_t* w, int64_t rb, int64_t cols, int n
 }  // namespace pyengine
 
 // ---- the per-type entries: matmul_<type>_<tier> ----------------------------------------
-// PYENGINE_MATMUL_TIER_ENTRIES(tier), inside the tier's anonymous namespace, defines one entry
-// per type, e.g. matmul_q4_K_avx2: columns [r0, r1) of out (n, rows) = x (n, cols) @ W.T for W
-// of that type, the body shared by every tier (matmul_rows_quant / matmul_rows_float in
-// matmul_kernels.h) run with the tier's kernels matmul_kernels_<tier>.
-#define PYENGINE_MATMUL_QUANT_ENTRY(tier, name, wtype)                                     \
-    void matmul_##name##_##tier(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) { \
-        matmul_rows_quant(matmul_kernels_##tier, WType::wtype, c, r0, r1, wbuf);          \
-    }
-#define PYENGINE_MATMUL_FLOAT_ENTRY(tier, name, wtype)                                \
-    void matmul_##name##_##tier(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t*) { \
-        matmul_rows_float(matmul_kernels_##tier, WType::wtype, c, r0, r1);           \
-    }
-#define PYENGINE_MATMUL_TIER_ENTRIES(tier)                \
-    PYENGINE_MATMUL_FLOAT_ENTRY(tier, f32, F32)           \
-    PYENGINE_MATMUL_FLOAT_ENTRY(tier, f16, F16)           \
-    PYENGINE_MATMUL_QUANT_ENTRY(tier, q4_0, Q4_0)         \
-    PYENGINE_MATMUL_QUANT_ENTRY(tier, q4_1, Q4_1)         \
-    PYENGINE_MATMUL_QUANT_ENTRY(tier, q5_0, Q5_0)         \
-    PYENGINE_MATMUL_QUANT_ENTRY(tier, q8_0, Q8_0)         \
-    PYENGINE_MATMUL_QUANT_ENTRY(tier, q4_K, Q4_K)         \
-    PYENGINE_MATMUL_QUANT_ENTRY(tier, q6_K, Q6_K)         \
-    PYENGINE_MATMUL_FLOAT_ENTRY(tier, bf16, BF16)         \
-    PYENGINE_MATMUL_QUANT_ENTRY(tier, q5_1, Q5_1)         \
-    PYENGINE_MATMUL_QUANT_ENTRY(tier, q5_K, Q5_K)         \
-    PYENGINE_MATMUL_QUANT_ENTRY(tier, q2_K, Q2_K)         \
-    PYENGINE_MATMUL_QUANT_ENTRY(tier, q3_K, Q3_K)         \
-    PYENGINE_MATMUL_QUANT_ENTRY(tier, iq4_nl, IQ4_NL)     \
-    PYENGINE_MATMUL_QUANT_ENTRY(tier, iq4_xs, IQ4_XS)
-
-// The by_type table of MatmulKernels: the entries above in WType order.
-static_assert((int)pyengine::WType::COUNT == 15, "one entry per WType in PYENGINE_MATMUL_TIER_ENTRIES and _BY_TYPE");
+// Each tier file defines, inside its anonymous namespace, one entry per type, e.g.
+// matmul_q4_K_avx2: columns [r0, r1) of out (n, rows) = x (n, cols) @ W.T for W of that type,
+// the body shared by every tier (matmul_rows_quant / matmul_rows_float in matmul_kernels.h) run
+// with the tier's kernels matmul_kernels_<tier>. They are written out in each file, one line of
+// body each, so that a reader's grep for one name lands on its definition;
+// PYENGINE_MATMUL_BY_TYPE(tier) lists them in WType order for the tier's by_type table.
+static_assert((int)pyengine::WType::COUNT == 15, "one entry per WType in each tier file and PYENGINE_MATMUL_BY_TYPE");
 #define PYENGINE_MATMUL_BY_TYPE(tier)                                                                 \
     {                                                                                                 \
         matmul_f32_##tier, matmul_f16_##tier, matmul_q4_0_##tier, matmul_q4_1_##tier,                 \
