@@ -76,12 +76,8 @@ const uint8_t* weight_ptr(const py::array& w, pyengine::WType t, int64_t rows, i
 void py_matmul(const std::string& type_name, const py::array& w, int64_t rows, int64_t cols, const py::array& x,
                py::array& out, const std::string& variant) {
     const pyengine::WType t = parse_type(type_name);
-    const pyengine::MatmulKernels* k;
-    try {
-        k = &pyengine::select_variant(variant);
-    } catch (const std::invalid_argument& e) {
-        throw py::value_error(e.what());
-    }
+    // an unknown or unavailable variant throws std::invalid_argument: pybind11 raises ValueError
+    const pyengine::MatmulKernels* k = &pyengine::select_variant(variant);
     const uint8_t* wp = weight_ptr(w, t, rows, cols);
     check_array<float>(x, "x", "float32", false);
     check_array<float>(out, "out", "float32", true);

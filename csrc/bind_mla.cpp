@@ -98,12 +98,7 @@ void bind_mla(py::module_& m) {
         const int64_t positions = mla_cache_positions(*L, k_panels, v_cache);
         if (n <= 0 || pos0 < 0 || pos0 + n > positions)
             bad("positions " + std::to_string(pos0) + ".." + std::to_string(pos0 + n - 1) + " outside the cache");
-        const pyengine::MatmulKernels* mk;
-        try {
-            mk = &pyengine::select_variant("auto");
-        } catch (const std::invalid_argument& e) {
-            throw py::value_error(e.what());
-        }
+        const pyengine::MatmulKernels* mk = &pyengine::select_variant("auto");
         const float* qp = static_cast<const float*>(q.data());
         const float* kp = static_cast<const float*>(kv.data());
         float* op = static_cast<float*>(out.mutable_data());

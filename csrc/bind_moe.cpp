@@ -92,12 +92,7 @@ void bind_moe(py::module_& m) {
         if (!py::dtype::of<float>().equal(out.dtype()) || !(out.flags() & py::array::c_style) ||
             out.size() != x.size() || !out.writeable())
             bad("out must be a writeable C-contiguous float32 array shaped like x");
-        const pyengine::MatmulKernels* mk;
-        try {
-            mk = &pyengine::select_variant("auto");
-        } catch (const std::invalid_argument& e) {
-            throw py::value_error(e.what());
-        }
+        const pyengine::MatmulKernels* mk = &pyengine::select_variant("auto");
         const float* xp = static_cast<const float*>(x.data());
         float* op = static_cast<float*>(out.mutable_data());
         const int64_t n = x.shape(0);

@@ -380,12 +380,7 @@ public:
             throw py::value_error("DecodeGraph: position " + std::to_string(pos0) + " outside " +
                                   std::to_string(prog_.pos_lo) + ".." + std::to_string(prog_.pos_hi) +
                                   " (the KV cache bounds)");
-        const pyengine::MatmulKernels* mk;
-        try {
-            mk = &pyengine::select_variant("auto");
-        } catch (const std::invalid_argument& e) {
-            throw py::value_error(e.what());
-        }
+        const pyengine::MatmulKernels* mk = &pyengine::select_variant("auto");
         py::array out = output_;
         if (copy) out = py::array(output_.dtype(), std::vector<py::ssize_t>(output_.shape(), output_.shape() + output_.ndim()));
         {
