@@ -572,9 +572,15 @@ struct DotSink {
     const uint8_t* a;  // current panel of token 0
     int64_t astride;
     __m256 acc[NT];  // NT = 1..kGemvMaxTokens tokens, fixed at compile time: no spills for few tokens
+    const uint8_t* pf;  // weight bytes to prefetch next (nullptr: none)
+    int64_t pf_step;    // weight bytes per panel
     template <int G, bool PRE = false>
     AI_INLINE void put(__m256i* v, __m256 D, __m256 E) {
         constexpr int64_t PB = PG * (G + 8);
+        if (pf) {
+            for (int64_t o = 0; o < pf_step; o += 64) _mm_prefetch((const char*)(pf + o), _MM_HINT_T0);
+            pf += pf_step;
+        }
         const __m256i ones = _mm256_set1_epi16(1);
         if (G == 32) {
             if (!PRE) transpose_g32(v);
@@ -610,8 +616,9 @@ struct DotSink {
 
 template <bool SIGNED, bool MIN, int NT>
 static void gemv_nt(WType t, const uint8_t* row, int64_t cols, const uint8_t* ap, int64_t astride, float* out,
-                    int64_t ldo) {
-    DotSink<SIGNED, MIN, NT> sink{ap, astride, {}};
+                    int64_t ldo, int64_t pf_dist) {
+    const int64_t np = (cols + PG * wtype_info(t).group - 1) / (PG * wtype_info(t).group);
+    DotSink<SIGNED, MIN, NT> sink{ap, astride, {}, pf_dist > 0 ? row + pf_dist : nullptr, cols / wtype_info(t).block_elems * wtype_info(t).block_bytes / np};
     for (int k = 0; k < NT; ++k) sink.acc[k] = _mm256_setzero_ps();
     for_each_panel(t, row, cols, sink);
     for (int k = 0; k < NT; ++k) out[k * ldo] = hsum8(sink.acc[k]);
@@ -619,25 +626,25 @@ static void gemv_nt(WType t, const uint8_t* row, int64_t cols, const uint8_t* ap
 
 template <bool SIGNED, bool MIN>
 static void gemv_impl(WType t, const uint8_t* row, int64_t cols, const uint8_t* ap, int nt, int64_t astride,
-                      float* out, int64_t ldo) {
+                      float* out, int64_t ldo, int64_t pf_dist) {
     static_assert(kGemvMaxTokens == 4, "one case per token count");
     switch (nt) {
-        case 1: gemv_nt<SIGNED, MIN, 1>(t, row, cols, ap, astride, out, ldo); break;
-        case 2: gemv_nt<SIGNED, MIN, 2>(t, row, cols, ap, astride, out, ldo); break;
-        case 3: gemv_nt<SIGNED, MIN, 3>(t, row, cols, ap, astride, out, ldo); break;
-        default: gemv_nt<SIGNED, MIN, 4>(t, row, cols, ap, astride, out, ldo); break;
+        case 1: gemv_nt<SIGNED, MIN, 1>(t, row, cols, ap, astride, out, ldo, pf_dist); break;
+        case 2: gemv_nt<SIGNED, MIN, 2>(t, row, cols, ap, astride, out, ldo, pf_dist); break;
+        case 3: gemv_nt<SIGNED, MIN, 3>(t, row, cols, ap, astride, out, ldo, pf_dist); break;
+        default: gemv_nt<SIGNED, MIN, 4>(t, row, cols, ap, astride, out, ldo, pf_dist); break;
     }
 }
 
 void gemv_avx2(WType t, const uint8_t* row, int64_t cols, const uint8_t* ap, int nt, int64_t astride, float* out,
-               int64_t ldo) {
+               int64_t ldo, int64_t pf_dist) {
     const int off = weight_offset(t, true);  // 0: signed weights (Q8_0, IQ4_*); < 0: float min
     if (off == 0)
-        gemv_impl<true, false>(t, row, cols, ap, nt, astride, out, ldo);
+        gemv_impl<true, false>(t, row, cols, ap, nt, astride, out, ldo, pf_dist);
     else if (off < 0)
-        gemv_impl<false, true>(t, row, cols, ap, nt, astride, out, ldo);
+        gemv_impl<false, true>(t, row, cols, ap, nt, astride, out, ldo, pf_dist);
     else
-        gemv_impl<false, false>(t, row, cols, ap, nt, astride, out, ldo);
+        gemv_impl<false, false>(t, row, cols, ap, nt, astride, out, ldo, pf_dist);
 }
 
 // ---- F32 / F16 weights ------------------------------------------------------------------------

@@ -561,9 +561,15 @@ struct DotSink {
     int64_t astride;
     int nt;            // 1..4
     __m512 acc[4];
+    const uint8_t* pf;  // weight bytes to prefetch next (nullptr: none)
+    int64_t pf_step;    // weight bytes per panel
     template <int G, bool PRE = false>
     void put(__m512i* v, __m512 D_nat, __m512 E_nat) {
         constexpr int64_t PB = PG * (G + 8);
+        if (pf) {
+            for (int64_t o = 0; o < pf_step; o += 64) _mm_prefetch((const char*)(pf + o), _MM_HINT_T0);
+            pf += pf_step;
+        }
         if (PRE) {
         } else if (G == 32)
             transpose_g32(v);
@@ -591,19 +597,21 @@ struct DotSink {
 
 template <bool MIN>
 static void gemv_impl(WType t, const uint8_t* row, int64_t cols, const uint8_t* ap, int nt, int64_t astride,
-                      float* out, int64_t ldo) {
+                      float* out, int64_t ldo, int64_t pf_dist) {
+    const int64_t np = (cols + PG * wtype_info(t).group - 1) / (PG * wtype_info(t).group);
     DotSink<MIN> sink{ap, astride, nt, {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
-                                           _mm512_setzero_ps()}};
+                                           _mm512_setzero_ps()},
+                      pf_dist > 0 ? row + pf_dist : nullptr, cols / wtype_info(t).block_elems * wtype_info(t).block_bytes / np};
     for_each_panel(t, row, cols, sink);
     for (int k = 0; k < nt; ++k) out[k * ldo] = _mm512_reduce_add_ps(sink.acc[k]);
 }
 
 void gemv_avx512(WType t, const uint8_t* row, int64_t cols, const uint8_t* ap, int nt, int64_t astride, float* out,
-                 int64_t ldo) {
+                 int64_t ldo, int64_t pf_dist) {
     if (weight_offset(t, false) < 0)
-        gemv_impl<true>(t, row, cols, ap, nt, astride, out, ldo);
+        gemv_impl<true>(t, row, cols, ap, nt, astride, out, ldo, pf_dist);
     else
-        gemv_impl<false>(t, row, cols, ap, nt, astride, out, ldo);
+        gemv_impl<false>(t, row, cols, ap, nt, astride, out, ldo, pf_dist);
 }
 
 // ---- F32 / F16 weights: plain FMA dot products, 4 rows x up to 4 tokens -------------------

@@ -76,8 +76,11 @@ struct MatmulKernels {
     // Optional (nullptr: use pack_w + gemm). One GGUF weight row against nt <= kGemvMaxTokens
     // packed tokens (stride astride), unpacking each panel straight into registers:
     // out[t*ldo] = dot(row, token t). Same arithmetic as pack_w + gemm.
+    // pf_dist > 0: while reading each panel, prefetch the weight bytes pf_dist further on
+    // (the rows of one call are contiguous, so this runs into the next rows): a steady
+    // stream, a few cache lines per panel, instead of a burst per row.
     void (*gemv)(WType t, const uint8_t* row, int64_t cols, const uint8_t* ap, int nt, int64_t astride, float* out,
-                 int64_t ldo);
+                 int64_t ldo, int64_t pf_dist);
     // matmul_<type>_<tier> of every type, indexed by (int)WType (see MatmulRowsFn above).
     MatmulRowsFn by_type[(int)WType::COUNT];
 };
