@@ -229,12 +229,9 @@ static AI_INLINE void pack_panel_q23k(const uint8_t* blk, int c, Sink& sink) {
     }
     __m256 D, E;
     if (THREE) {
-        int8_t sc[16];
-        q3k_scales(blk + 96, sc);
-        int64_t w;
-        std::memcpy(&w, sc + 8 * c, 8);
+        const __m128i sc = q3k_scales_x16(blk + 96);
         D = _mm256_mul_ps(_mm256_set1_ps(half(blk + 108)),
-                          _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128((long long)w))));
+                          _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(c ? _mm_unpackhi_epi64(sc, sc) : sc)));
         E = _mm256_mul_ps(_mm256_set1_ps(4.0f), D);
     } else {
         const __m256i s8 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(blk + 8 * c)));
@@ -251,12 +248,7 @@ static AI_INLINE void pack_panel_iq4xs(const uint8_t* blk, Sink& sink) {
     __m256i v[8];
     nibbles_transposed<16, 8>(blk, v);  // group j's 16 nibble bytes at qs[16 j]
     for (int k = 0; k < 8; ++k) v[k] = _mm256_shuffle_epi8(lut, v[k]);
-    int8_t sc[8];
-    iq4xs_scales(blk, sc);
-    int64_t w;
-    std::memcpy(&w, sc, 8);
-    const __m256 D = _mm256_mul_ps(_mm256_set1_ps(half(blk)),
-                                   _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128((long long)w))));
+    const __m256 D = _mm256_mul_ps(_mm256_set1_ps(half(blk)), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(iq4xs_scales_x8(blk))));
     sink.template put<32, true>(v, D, _mm256_setzero_ps());
 }
 

@@ -311,10 +311,7 @@ static inline void pack_panel_q23k(const uint8_t* blk, Sink& sink) {
     }
     __m512 D, E;
     if (THREE) {
-        alignas(16) int8_t sc[16];
-        q3k_scales(blk + 96, sc);
-        D = _mm512_mul_ps(_mm512_set1_ps(half(blk + 108)),
-                          _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_load_si128((const __m128i*)sc))));
+        D = _mm512_mul_ps(_mm512_set1_ps(half(blk + 108)), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q3k_scales_x16(blk + 96))));
         E = _mm512_mul_ps(_mm512_set1_ps(4.0f), D);
     } else {
         const __m512i s8 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)blk));
@@ -325,25 +322,27 @@ static inline void pack_panel_q23k(const uint8_t* blk, Sink& sink) {
 }
 
 // IQ4_XS: one panel = two super-blocks (8 groups of 32 each); group j's nibbles are qs[16j ..].
-static inline void iq4xs_half(const uint8_t* blk, __m512i* v, float* D) {
+static inline void iq4xs_half(const uint8_t* blk, __m512i* v) {
     const __m512i lut = iq4_levels_u8();
     for (int m = 0; m < 4; ++m) v[m] = _mm512_shuffle_epi8(lut, nibbles_2x16(blk + 8 + 32 * m, blk + 24 + 32 * m));
-    int8_t sc[8];
-    iq4xs_scales(blk, sc);
-    const float d = half(blk);
-    for (int j = 0; j < 8; ++j) D[j] = d * (float)sc[j];
 }
 
 template <class Sink>
 static inline void pack_panel_iq4xs(const uint8_t* b0, const uint8_t* b1, Sink& sink) {
     __m512i v[8];
-    alignas(64) float D[16] = {0};
-    iq4xs_half(b0, v, D);
-    if (b1)
-        iq4xs_half(b1, v + 4, D + 8);
-    else
+    iq4xs_half(b0, v);
+    __m128i sc = iq4xs_scales_x8(b0);  // groups 0-7 | 8-15 (second super-block; 0 past the row)
+    float d1 = 0.0f;
+    if (b1) {
+        iq4xs_half(b1, v + 4);
+        sc = _mm_unpacklo_epi64(sc, iq4xs_scales_x8(b1));
+        d1 = half(b1);
+    } else {
+        sc = _mm_move_epi64(sc);  // groups 8-15: scale 0, as D = 0 there
         for (int m = 4; m < 8; ++m) v[m] = _mm512_setzero_si512();
-    const __m512 Dv = _mm512_load_ps(D);
+    }
+    const __m512 dv = _mm512_insertf32x8(_mm512_set1_ps(half(b0)), _mm256_set1_ps(d1), 1);
+    const __m512 Dv = _mm512_mul_ps(dv, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(sc)));
     sink.template put<32>(v, Dv, _mm512_mul_ps(_mm512_set1_ps(128.0f), Dv));
 }
 

@@ -12,11 +12,48 @@
 #pragma once
 
 #include <cstdint>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+#include <cstring>
 
 #include "matmul_kernels.h"
 
 namespace pyengine {
 namespace {
+
+#if defined(__AVX2__)
+// The 16 signed 6-bit sub-block scales of a Q3_K super-block (its 12 scale bytes at b), as
+// q3k_scales in quants.h computes them, in one xmm: low 4 bits are nibbles of b[0..7] (low
+// nibbles for scales 0-7, high for 8-15); the top 2 bits of scale k are bits 2(k/4), 2(k/4)+1
+// of b[8 + k%4]; minus 32. A dozen SIMD ops instead of a 16-step scalar loop.
+static inline __m128i q3k_scales_x16(const uint8_t* b) {
+    const __m128i m4 = _mm_set1_epi8(15);
+    const __m128i q = _mm_loadl_epi64((const __m128i*)b);
+    const __m128i lo = _mm_unpacklo_epi64(_mm_and_si128(q, m4), _mm_and_si128(_mm_srli_epi16(q, 4), m4));
+    uint32_t w;
+    std::memcpy(&w, b + 8, 4);
+    // dword j = w >> 2j: byte 4j + i holds bits 2j.. of b[8 + i], i.e. the top bits of scale 4j + i
+    const __m128i hi = _mm_and_si128(_mm_srlv_epi32(_mm_set1_epi32((int)w), _mm_setr_epi32(0, 2, 4, 6)), _mm_set1_epi8(3));
+    return _mm_sub_epi8(_mm_or_si128(lo, _mm_slli_epi16(hi, 4)), _mm_set1_epi8(32));
+}
+
+// The 8 signed 6-bit scales of an IQ4_XS super-block, as iq4xs_scales in quants.h computes
+// them, in the low 8 bytes of an xmm: low 4 bits are nibble j%2 of scales_l[j/2], the top 2
+// bits are bits 2j, 2j+1 of scales_h; minus 32.
+static inline __m128i iq4xs_scales_x8(const uint8_t* blk) {
+    const __m128i m4 = _mm_set1_epi8(15);
+    const __m128i q = _mm_cvtsi32_si128((int)load_u32(blk + 4));
+    const __m128i lo = _mm_unpacklo_epi8(_mm_and_si128(q, m4), _mm_and_si128(_mm_srli_epi16(q, 4), m4));
+    // spread the eight 2-bit fields of scales_h to the low bits of eight bytes
+    uint64_t h = load_u16(blk + 2);
+    h = (h & 0xFFull) | (h & 0xFF00ull) << 24;
+    h = (h & 0x0000000F0000000Full) | (h & 0x000000F0000000F0ull) << 12;
+    h = (h & 0x0003000300030003ull) | (h & 0x000C000C000C000Cull) << 6;
+    const __m128i hi = _mm_cvtsi64_si128((long long)h);
+    return _mm_sub_epi8(_mm_or_si128(lo, _mm_slli_epi16(hi, 4)), _mm_set1_epi8(32));
+}
+#endif
 
 // ---- float weights: 4 or 1 rows x up to TMAX tokens per tile ----------------------------
 // Tile::run<K, R, T>(w, rb, cols, x, ldx, out, ldo) sets out[t*ldo + r] = sum_i w[r][i] * x[t*ldx + i]
