@@ -553,13 +553,12 @@ void gemm_avx512(WType t, int G, int64_t np, const uint8_t* wp, int nr, const ui
 
 // ---- a few tokens: unpack each weight panel into registers and use it at once ----------------
 // Same arithmetic as pack_w + tile, without the round trip of the panel through memory.
-template <bool MIN>
+template <bool MIN, int NT>
 struct DotSink {
     static constexpr bool kPre = true;  // Q4_K: q4k_values_t
     const uint8_t* a;  // current panel of token 0
     int64_t astride;
-    int nt;            // 1..4
-    __m512 acc[4];
+    __m512 acc[NT];    // NT = 1..kGemvMaxTokens, fixed at compile time: the accumulators stay in registers
     const uint8_t* pf;  // weight bytes to prefetch next (nullptr: none)
     int64_t pf_step;    // weight bytes per panel
     template <int G, bool PRE = false>
@@ -577,8 +576,7 @@ struct DotSink {
         const __m512i perm = G == 32 ? perm32() : perm16();
         const __m512 D = _mm512_permutexvar_ps(perm, D_nat);
         const __m512 E = MIN ? _mm512_permutexvar_ps(perm, E_nat) : _mm512_setzero_ps();
-        for (int t = 0; t < 4; ++t) {
-            if (t >= nt) break;
+        for (int t = 0; t < NT; ++t) {
             const uint8_t* y = a + t * astride;
             __m512i s0 = MIN ? _mm512_setzero_si512() : _mm512_load_si512((const void*)(y + PG * G + 64));
             __m512i s1 = _mm512_setzero_si512();  // two chains: half the dependent vpdpbusd latency
@@ -594,15 +592,27 @@ struct DotSink {
     }
 };
 
+template <bool MIN, int NT>
+static void gemv_nt(WType t, const uint8_t* row, int64_t cols, const uint8_t* ap, int64_t astride, float* out,
+                    int64_t ldo, int64_t pf_dist) {
+    const int64_t np = (cols + PG * wtype_info(t).group - 1) / (PG * wtype_info(t).group);
+    DotSink<MIN, NT> sink{ap, astride, {}, pf_dist > 0 ? row + pf_dist : nullptr,
+                          cols / wtype_info(t).block_elems * wtype_info(t).block_bytes / np};
+    for (int k = 0; k < NT; ++k) sink.acc[k] = _mm512_setzero_ps();
+    for_each_panel(t, row, cols, sink);
+    for (int k = 0; k < NT; ++k) out[k * ldo] = _mm512_reduce_add_ps(sink.acc[k]);
+}
+
 template <bool MIN>
 static void gemv_impl(WType t, const uint8_t* row, int64_t cols, const uint8_t* ap, int nt, int64_t astride,
                       float* out, int64_t ldo, int64_t pf_dist) {
-    const int64_t np = (cols + PG * wtype_info(t).group - 1) / (PG * wtype_info(t).group);
-    DotSink<MIN> sink{ap, astride, nt, {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
-                                           _mm512_setzero_ps()},
-                      pf_dist > 0 ? row + pf_dist : nullptr, cols / wtype_info(t).block_elems * wtype_info(t).block_bytes / np};
-    for_each_panel(t, row, cols, sink);
-    for (int k = 0; k < nt; ++k) out[k * ldo] = _mm512_reduce_add_ps(sink.acc[k]);
+    static_assert(kGemvMaxTokens == 4, "one case per token count");
+    switch (nt) {
+        case 1: gemv_nt<MIN, 1>(t, row, cols, ap, astride, out, ldo, pf_dist); break;
+        case 2: gemv_nt<MIN, 2>(t, row, cols, ap, astride, out, ldo, pf_dist); break;
+        case 3: gemv_nt<MIN, 3>(t, row, cols, ap, astride, out, ldo, pf_dist); break;
+        default: gemv_nt<MIN, 4>(t, row, cols, ap, astride, out, ldo, pf_dist); break;
+    }
 }
 
 void gemv_avx512(WType t, const uint8_t* row, int64_t cols, const uint8_t* ap, int nt, int64_t astride, float* out,
