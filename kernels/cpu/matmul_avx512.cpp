@@ -293,13 +293,51 @@ static inline void pack_panel_q6k(const uint8_t* blk, Sink& sink) {
 // Q2_K / Q3_K: one panel = one super-block = 16 groups of 16. v[m] holds values 64m .. 64m+63,
 // i.e. bit pairs j = 2(m%2) (low 256 bits) and j+1 (high) of the 32 bytes qs[32c ..], c = m/2;
 // Q3_K adds bit 4c+j of hmask[l] as the value 4.
+//
+// Q3_K into a sink that takes pre-transposed panels (Sink::kPre: the gemv): the values go straight
+// to the order transpose_g16 makes (lane L = 4i + m holds group g = 4m + i, v[k] its dword k):
+// group g is values 16g .. 16g+15, i.e. bit pair jj = (g%8)/2 of qs bytes 32c + 16(g%2) + 0..15,
+// c = g/8, so v[k] lane L = (qs dword 8c + 4(g%2) + k) >> 2jj, masked to 2 bits per byte: one
+// vpermd, one vpsrlvd, one vpand per k instead of 2.5 unpacks plus the 8-shuffle transpose.
+// Q3_K's high bit, bit 4c + jj of hmask byte 16(g%2) + 4k + b, is rotated to bit 2 of its byte
+// (vprolvd by 2 - (4c + jj)) and or-ed in.
+struct Q23kLanes {  // the per-lane constants of that order
+    __m512i qidx[4], hidx[4], shift, rot;
+    Q23kLanes() {
+        alignas(64) int32_t qi[4][16], hi[4][16], sh[16], ro[16];
+        for (int L = 0; L < 16; ++L) {
+            const int g = 4 * (L % 4) + L / 4, c = g / 8, jj = (g % 8) / 2;
+            for (int k = 0; k < 4; ++k) qi[k][L] = 8 * c + 4 * (g % 2) + k, hi[k][L] = 4 * (g % 2) + k;
+            sh[L] = 2 * jj;
+            ro[L] = (2 - (4 * c + jj)) & 31;
+        }
+        for (int k = 0; k < 4; ++k)
+            qidx[k] = _mm512_load_si512((const void*)qi[k]), hidx[k] = _mm512_load_si512((const void*)hi[k]);
+        shift = _mm512_load_si512((const void*)sh);
+        rot = _mm512_load_si512((const void*)ro);
+    }
+};
+
 template <bool THREE, class Sink>
 static inline void pack_panel_q23k(const uint8_t* blk, Sink& sink) {
     const uint8_t* qs = blk + (THREE ? 32 : 16);
-    const __m512i three = _mm512_set1_epi8(3), one = _mm512_set1_epi8(1);
-    const __m512i hm = THREE ? _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)blk)) : _mm512_setzero_si512();
+    constexpr bool PRE = THREE && Sink::kPre;  // Q2_K: measured ~6% slower this way, kept as it was
     __m512i v[4];
-    for (int m = 0; m < 4; ++m) {
+    if (PRE) {
+        static const Q23kLanes lanes;
+        const __m512i q = _mm512_loadu_si512((const void*)qs);
+        const __m512i h = THREE ? _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)blk)) : _mm512_setzero_si512();
+        const __m512i three = _mm512_set1_epi8(3), four = _mm512_set1_epi8(4);
+        for (int k = 0; k < 4; ++k) {
+            v[k] = _mm512_and_si512(_mm512_srlv_epi32(_mm512_permutexvar_epi32(lanes.qidx[k], q), lanes.shift), three);
+            if (THREE)  // v | (rotated hmask & 4)
+                v[k] = _mm512_ternarylogic_epi32(v[k], _mm512_rolv_epi32(_mm512_permutexvar_epi32(lanes.hidx[k], h), lanes.rot),
+                                                 four, 0xF8);
+        }
+    }
+    const __m512i three = _mm512_set1_epi8(3), one = _mm512_set1_epi8(1);
+    const __m512i hm = THREE && !PRE ? _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)blk)) : _mm512_setzero_si512();
+    for (int m = 0; m < 4 && !PRE; ++m) {
         const int c = m >> 1, j = 2 * (m & 1);
         const __m512i x = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)(qs + 32 * c)));
         const __m512i sh = _mm512_inserti64x4(_mm512_set1_epi16((short)(2 * j)), _mm256_set1_epi16((short)(2 * j + 2)), 1);
@@ -318,7 +356,7 @@ static inline void pack_panel_q23k(const uint8_t* blk, Sink& sink) {
         D = _mm512_mul_ps(_mm512_set1_ps(half(blk + 80)), _mm512_cvtepi32_ps(_mm512_and_si512(s8, _mm512_set1_epi32(15))));
         E = _mm512_mul_ps(_mm512_set1_ps(half(blk + 82)), _mm512_cvtepi32_ps(_mm512_srli_epi32(s8, 4)));
     }
-    sink.template put<16>(v, D, E);
+    sink.template put<16, PRE>(v, D, E);
 }
 
 // IQ4_XS: one panel = two super-blocks (8 groups of 32 each); group j's nibbles are qs[16j ..].
