@@ -148,8 +148,8 @@ PYENGINE_NOIPA void matmul_rows_quant(const MatmulKernels& k, WType t, const Mat
         // time. (Prefetching whole rows ahead in one burst, as below, was 2.5x slower on long
         // rows: a 5 KB ffn_down row of Qwen2.5-1.5B issued 79 prefetches at once; decode of that
         // model measured 20-22 -> 25-26 tok/s, 2 threads; 3, 12 and 24 KB were slower than 6 KB.)
-        for (int64_t r = r0; r < r1; ++r)
-            k.gemv(t, c.w + r * c.rb, c.cols, c.act, (int)c.n, c.stride, c.out + r, c.rows, kGemvPrefetchBytes);
+        k.gemv(t, c.w + r0 * c.rb, r1 - r0, c.rb, c.cols, c.act, (int)c.n, c.stride, c.out + r0, c.rows,
+               kGemvPrefetchBytes);
         return;
     }
     for (int64_t a = r0; a < r1; a += c.rb_rows) {

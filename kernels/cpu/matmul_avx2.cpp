@@ -129,8 +129,11 @@ static AI_INLINE void q5_high_transposed(const uint8_t* blk, __m256i v[8]) {
     }
 }
 
+// valid < 8: only blocks 0..valid-1 belong to the row (the rest were read past its end, or are
+// zero blocks): their D and E are zeroed, so they add nothing whatever their bytes are (the
+// activations past the row's end are zero, so their integer dots are 0 as well).
 template <int T_, class Sink>
-static AI_INLINE void pack_panel_32(const uint8_t* blk, Sink& sink) {
+static AI_INLINE void pack_panel_32(const uint8_t* blk, Sink& sink, int valid = 8) {
     constexpr WType t = (WType)T_;
     constexpr int BB = wtype_block_bytes(t);
     __m256i v[8];
@@ -161,7 +164,7 @@ static AI_INLINE void pack_panel_32(const uint8_t* blk, Sink& sink) {
             transpose4_inlane(z[0], z[1], z[2], z[3]);  // z[k] dword 4i+m = dword 4h+k of group m + 4i
         }
     }
-    const __m256 D = load_f16x8(blk, BB);
+    __m256 D = load_f16x8(blk, BB);
     __m256 E;
     if (t == WType::Q4_0) {
         E = _mm256_mul_ps(_mm256_set1_ps(8.0f), D);
@@ -173,6 +176,11 @@ static AI_INLINE void pack_panel_32(const uint8_t* blk, Sink& sink) {
         E = _mm256_sub_ps(_mm256_setzero_ps(), load_f16x8(blk + 2, BB));
     } else {  // Q8_0, IQ4_NL: signed
         E = _mm256_setzero_ps();
+    }
+    if (valid < 8) {
+        const __m256 keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(valid), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+        D = _mm256_and_ps(D, keep);
+        E = _mm256_and_ps(E, keep);
     }
     sink.template put<32, true>(v, D, E);  // v already in panel order (lane l = group l)
 }
@@ -306,10 +314,9 @@ static AI_INLINE void pack_panel_q6k(const uint8_t* blk, int h, Sink& sink) {
 
 // Walk one GGUF row panel by panel, handing each unpacked panel to sink.put<G>().
 template <class Sink>
-static AI_INLINE void for_each_panel(WType t, const uint8_t* row, int64_t cols, Sink& sink) {
-    const WTypeInfo& ti = wtype_info(t);
-    const int64_t nb = cols / ti.block_elems;
-    const int BB = ti.block_bytes;
+static AI_INLINE void for_each_panel(WType t, const uint8_t* row, int64_t nb, Sink& sink, int64_t overread = 0) {
+    // nb: blocks in the row; overread: bytes past its end that may be read (the next rows of the same call)
+    const int BB = wtype_info(t).block_bytes;
     switch (t) {
         case WType::Q4_K:
             for (int64_t b = 0; b < nb; ++b) pack_panel_q4k(row + b * BB, sink);
@@ -344,18 +351,20 @@ static AI_INLINE void for_each_panel(WType t, const uint8_t* row, int64_t cols, 
     alignas(32) uint8_t tail[8 * 34];
     for (int64_t b = 0; b < nb; b += 8) {
         const uint8_t* src = row + b * BB;
-        if (nb - b < 8) {  // partial last panel: zero blocks (d = 0) fill it
+        const int valid = nb - b < 8 ? (int)(nb - b) : 8;
+        if (valid < 8 && (8 - valid) * BB > overread) {  // partial last panel: zero blocks (d = 0) fill it
             std::memset(tail, 0, sizeof(tail));
-            std::memcpy(tail, src, (size_t)((nb - b) * BB));
+            std::memcpy(tail, src, (size_t)(valid * BB));
             src = tail;
-        }
+        }  // else read whole blocks past the row's end (the next rows) and mask them off:
+           // measured 2-3x cheaper than the copy (store-forwarding stalls on a fresh buffer)
         switch (t) {
-            case WType::Q4_0: pack_panel_32<(int)WType::Q4_0>(src, sink); break;
-            case WType::Q4_1: pack_panel_32<(int)WType::Q4_1>(src, sink); break;
-            case WType::Q5_0: pack_panel_32<(int)WType::Q5_0>(src, sink); break;
-            case WType::Q5_1: pack_panel_32<(int)WType::Q5_1>(src, sink); break;
-            case WType::IQ4_NL: pack_panel_32<(int)WType::IQ4_NL>(src, sink); break;
-            default: pack_panel_32<(int)WType::Q8_0>(src, sink); break;
+            case WType::Q4_0: pack_panel_32<(int)WType::Q4_0>(src, sink, valid); break;
+            case WType::Q4_1: pack_panel_32<(int)WType::Q4_1>(src, sink, valid); break;
+            case WType::Q5_0: pack_panel_32<(int)WType::Q5_0>(src, sink, valid); break;
+            case WType::Q5_1: pack_panel_32<(int)WType::Q5_1>(src, sink, valid); break;
+            case WType::IQ4_NL: pack_panel_32<(int)WType::IQ4_NL>(src, sink, valid); break;
+            default: pack_panel_32<(int)WType::Q8_0>(src, sink, valid); break;
         }
     }
 }
@@ -372,7 +381,7 @@ struct StoreSink {
 
 void pack_w_avx2(WType t, const uint8_t* row, int64_t cols, uint8_t* dst) {
     StoreSink sink{dst};
-    for_each_panel(t, row, cols, sink);
+    for_each_panel(t, row, cols / wtype_info(t).block_elems, sink);
 }
 
 // ---- activations (bit-identical to the generic tier) ------------------------------------
@@ -607,36 +616,41 @@ struct DotSink {
 };
 
 template <bool SIGNED, bool MIN, int NT>
-static void gemv_nt(WType t, const uint8_t* row, int64_t cols, const uint8_t* ap, int64_t astride, float* out,
-                    int64_t ldo, int64_t pf_dist) {
+static void gemv_nt(WType t, const uint8_t* w, int64_t nrows, int64_t rb, int64_t cols, const uint8_t* ap,
+                    int64_t astride, float* out, int64_t ldo, int64_t pf_dist) {
+    const int64_t nb = cols / wtype_info(t).block_elems;
     const int64_t np = (cols + PG * wtype_info(t).group - 1) / (PG * wtype_info(t).group);
-    DotSink<SIGNED, MIN, NT> sink{ap, astride, {}, pf_dist > 0 ? row + pf_dist : nullptr, cols / wtype_info(t).block_elems * wtype_info(t).block_bytes / np};
-    for (int k = 0; k < NT; ++k) sink.acc[k] = _mm256_setzero_ps();
-    for_each_panel(t, row, cols, sink);
-    for (int k = 0; k < NT; ++k) out[k * ldo] = hsum8(sink.acc[k]);
-}
-
-template <bool SIGNED, bool MIN>
-static void gemv_impl(WType t, const uint8_t* row, int64_t cols, const uint8_t* ap, int nt, int64_t astride,
-                      float* out, int64_t ldo, int64_t pf_dist) {
-    static_assert(kGemvMaxTokens == 4, "one case per token count");
-    switch (nt) {
-        case 1: gemv_nt<SIGNED, MIN, 1>(t, row, cols, ap, astride, out, ldo, pf_dist); break;
-        case 2: gemv_nt<SIGNED, MIN, 2>(t, row, cols, ap, astride, out, ldo, pf_dist); break;
-        case 3: gemv_nt<SIGNED, MIN, 3>(t, row, cols, ap, astride, out, ldo, pf_dist); break;
-        default: gemv_nt<SIGNED, MIN, 4>(t, row, cols, ap, astride, out, ldo, pf_dist); break;
+    const int64_t pf_step = rb / np;  // weight bytes per panel (what each panel prefetches)
+    for (int64_t r = 0; r < nrows; ++r) {
+        const uint8_t* row = w + r * rb;
+        DotSink<SIGNED, MIN, NT> sink{ap, astride, {}, pf_dist > 0 ? row + pf_dist : nullptr, pf_step};
+        for (int k = 0; k < NT; ++k) sink.acc[k] = _mm256_setzero_ps();
+        for_each_panel(t, row, nb, sink, (nrows - 1 - r) * rb);
+        for (int k = 0; k < NT; ++k) out[k * ldo + r] = hsum8(sink.acc[k]);
     }
 }
 
-void gemv_avx2(WType t, const uint8_t* row, int64_t cols, const uint8_t* ap, int nt, int64_t astride, float* out,
-               int64_t ldo, int64_t pf_dist) {
+template <bool SIGNED, bool MIN>
+static void gemv_impl(WType t, const uint8_t* w, int64_t nrows, int64_t rb, int64_t cols, const uint8_t* ap, int nt,
+                      int64_t astride, float* out, int64_t ldo, int64_t pf_dist) {
+    static_assert(kGemvMaxTokens == 4, "one case per token count");
+    switch (nt) {
+        case 1: gemv_nt<SIGNED, MIN, 1>(t, w, nrows, rb, cols, ap, astride, out, ldo, pf_dist); break;
+        case 2: gemv_nt<SIGNED, MIN, 2>(t, w, nrows, rb, cols, ap, astride, out, ldo, pf_dist); break;
+        case 3: gemv_nt<SIGNED, MIN, 3>(t, w, nrows, rb, cols, ap, astride, out, ldo, pf_dist); break;
+        default: gemv_nt<SIGNED, MIN, 4>(t, w, nrows, rb, cols, ap, astride, out, ldo, pf_dist); break;
+    }
+}
+
+void gemv_avx2(WType t, const uint8_t* w, int64_t nrows, int64_t rb, int64_t cols, const uint8_t* ap, int nt,
+               int64_t astride, float* out, int64_t ldo, int64_t pf_dist) {
     const int off = weight_offset(t, true);  // 0: signed weights (Q8_0, IQ4_*); < 0: float min
     if (off == 0)
-        gemv_impl<true, false>(t, row, cols, ap, nt, astride, out, ldo, pf_dist);
+        gemv_impl<true, false>(t, w, nrows, rb, cols, ap, nt, astride, out, ldo, pf_dist);
     else if (off < 0)
-        gemv_impl<false, true>(t, row, cols, ap, nt, astride, out, ldo, pf_dist);
+        gemv_impl<false, true>(t, w, nrows, rb, cols, ap, nt, astride, out, ldo, pf_dist);
     else
-        gemv_impl<false, false>(t, row, cols, ap, nt, astride, out, ldo, pf_dist);
+        gemv_impl<false, false>(t, w, nrows, rb, cols, ap, nt, astride, out, ldo, pf_dist);
 }
 
 // ---- F32 / F16 weights ------------------------------------------------------------------------

@@ -73,14 +73,15 @@ struct MatmulKernels {
     // F32 / F16 weights (no quantization): out[t*ldo + r] = sum_i w[r][i] * x[t*ldx + i].
     void (*gemm_float)(WType t, const uint8_t* w, int64_t row_bytes, int64_t cols, int nr, const float* x,
                        int64_t ldx, int nt, float* out, int64_t ldo);
-    // Optional (nullptr: use pack_w + gemm). One GGUF weight row against nt <= kGemvMaxTokens
-    // packed tokens (stride astride), unpacking each panel straight into registers:
-    // out[t*ldo] = dot(row, token t). Same arithmetic as pack_w + gemm.
+    // Optional (nullptr: use pack_w + gemm). nrows consecutive GGUF weight rows (rb bytes apart)
+    // against nt <= kGemvMaxTokens packed tokens (stride astride), unpacking each panel straight
+    // into registers: out[t*ldo + r] = dot(row r, token t). Same arithmetic as pack_w + gemm.
+    // (A range of rows, not one: what depends only on the shape is worked out once per call.)
     // pf_dist > 0: while reading each panel, prefetch the weight bytes pf_dist further on
     // (the rows of one call are contiguous, so this runs into the next rows): a steady
     // stream, a few cache lines per panel, instead of a burst per row.
-    void (*gemv)(WType t, const uint8_t* row, int64_t cols, const uint8_t* ap, int nt, int64_t astride, float* out,
-                 int64_t ldo, int64_t pf_dist);
+    void (*gemv)(WType t, const uint8_t* w, int64_t nrows, int64_t rb, int64_t cols, const uint8_t* ap, int nt,
+                 int64_t astride, float* out, int64_t ldo, int64_t pf_dist);
     // matmul_<type>_<tier> of every type, indexed by (int)WType (see MatmulRowsFn above).
     MatmulRowsFn by_type[(int)WType::COUNT];
 };
