@@ -118,15 +118,46 @@ static inline __m512i iq4_levels_u8() {
 }
 
 // One panel = 16 blocks of a 32-element type, all present (`blk` points at block 0).
+// Q4_0 / Q4_1 / IQ4_NL for a sink that takes pre-transposed panels (Sink::kPre: the gemv):
+// the 16 packed nibble bytes (at offset O) of the 16 blocks are transposed *before* unpacking,
+// P[k] lane l = packed dword k of block perm32[l] (elements 4k..4k+3 in its low nibbles,
+// 16+4k.. in its high ones), so v[k] = P[k] & 15 and v[4+k] = P[k] >> 4 & 15 are already in
+// panel order: 12 inserts + 8 in-lane shuffles instead of 8 nibbles_2x16 and the 24-shuffle
+// transpose_g32 (the AVX2 tier's nibbles_transposed, at 16 lanes).
+template <int O, class At>
+static inline void nibbles_t16(const At& at, __m512i* v) {
+    // Z[m] 128-bit lane i = block perm32[4i + m]; transpose4_inlane then puts it in lane 4i + m
+    static constexpr int kBlock[4][4] = {{0, 1, 8, 9}, {2, 3, 10, 11}, {4, 5, 12, 13}, {6, 7, 14, 15}};
+    __m512i Z[4];
+    for (int m = 0; m < 4; ++m) {
+        const __m512i z = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i*)(at(kBlock[m][0]) + O)));
+        const __m512i z1 = _mm512_inserti32x4(z, _mm_loadu_si128((const __m128i*)(at(kBlock[m][1]) + O)), 1);
+        const __m512i z2 = _mm512_inserti32x4(z1, _mm_loadu_si128((const __m128i*)(at(kBlock[m][2]) + O)), 2);
+        Z[m] = _mm512_inserti32x4(z2, _mm_loadu_si128((const __m128i*)(at(kBlock[m][3]) + O)), 3);
+    }
+    transpose4_inlane(Z[0], Z[1], Z[2], Z[3]);
+    const __m512i lo4 = _mm512_set1_epi8(15);
+    for (int k = 0; k < 4; ++k) {
+        v[k] = _mm512_and_si512(Z[k], lo4);
+        v[4 + k] = _mm512_and_si512(_mm512_srli_epi16(Z[k], 4), lo4);
+    }
+}
+
 // valid < 16: only blocks 0..valid-1 belong to the row (the rest were read past its end, or
 // are zero blocks): their D and E are zeroed, so they add nothing whatever their bytes are
 // (the activations past the row's end are zero, so their integer dots are 0 as well).
 template <int T_, class At, class Sink>
 static inline void pack_panel_32(const At& at, Sink& sink, int valid = 16) {
     constexpr WType t = (WType)T_;
+    constexpr bool PRE = Sink::kPre && (t == WType::Q4_0 || t == WType::Q4_1 || t == WType::IQ4_NL);
     __m512i v[8];
     __m512 D, E;
-    for (int m = 0; m < 8; ++m) {
+    if (PRE) {
+        nibbles_t16<t == WType::Q4_1 ? 4 : 2>(at, v);
+        if (t == WType::IQ4_NL)
+            for (int k = 0; k < 8; ++k) v[k] = _mm512_shuffle_epi8(iq4_levels_u8(), v[k]);  // level + 128
+    }
+    for (int m = 0; m < 8 && !PRE; ++m) {
         const uint8_t* b0 = at(2 * m);
         const uint8_t* b1 = at(2 * m + 1);
         if (t == WType::Q4_0) {
@@ -167,7 +198,7 @@ static inline void pack_panel_32(const At& at, Sink& sink, int valid = 16) {
         D = _mm512_maskz_mov_ps(keep, D);
         E = _mm512_maskz_mov_ps(keep, E);
     }
-    sink.template put<32>(v, D, E);
+    sink.template put<32, PRE>(v, D, E);
 }
 
 // overread: bytes past the row's end that may be read (the next rows of the same call). A
