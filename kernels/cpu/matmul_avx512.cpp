@@ -19,6 +19,7 @@
 
 #include "matmul_kernels.h"
 #include "matmul_tier.h"
+#include "panel32_ymm.h"
 
 namespace pyengine {
 namespace {
@@ -677,17 +678,108 @@ struct DotSink {
     }
 };
 
+constexpr int kHalfBytes = 8 * 32 + 64;  // a half panel of activations: 8 step vectors | 8 DY | 8 SY or C
+
+// The last panel of a row when it holds 8 blocks of a 32-element type or fewer (`valid` of
+// them; blk: its first block, bytes past the row's end readable): unpacked and dotted at 256
+// bits (the AVX2 tier's unpacking, panel32_ymm.h) against `half`, the copy half_panel_act made
+// of the activations' half panel, and added to acc[] with the full panel's epilogue (lanes 8-15
+// zero, adding exactly nothing). A full 16-group panel here cost as much as any other, so a
+// 576-column row (18 blocks) did the work of 1024 values.
+template <int T_, bool MIN, int NT>
+static inline void half_panel_dot(const uint8_t* blk, int valid, const uint8_t* half, __m512* acc) {
+    constexpr WType t = (WType)T_;
+    __m256i w[8];
+    __m256 D, E;
+    ymm::unpack_panel_32<T_>(blk, w, D, E, valid);  // lane l = group l; Q8_0 and IQ4_NL signed there
+    if (t == WType::Q8_0 || t == WType::IQ4_NL) {   // this tier's form: int8 + 128, E = 128 D
+        for (int k = 0; k < 8; ++k) w[k] = _mm256_xor_si256(w[k], _mm256_set1_epi8((char)0x80));
+        E = _mm256_mul_ps(_mm256_set1_ps(128.0f), D);
+    }
+    for (int tk = 0; tk < NT; ++tk) {
+        const uint8_t* y = half + tk * kHalfBytes;
+        __m256i s0 = MIN ? _mm256_setzero_si256() : _mm256_load_si256((const __m256i*)(y + 288));
+        __m256i s1 = _mm256_setzero_si256();
+        for (int k = 0; k < 8; k += 2) {
+            s0 = _mm256_dpbusd_epi32(s0, w[k], _mm256_load_si256((const __m256i*)(y + 32 * k)));
+            s1 = _mm256_dpbusd_epi32(s1, w[k + 1], _mm256_load_si256((const __m256i*)(y + 32 * k + 32)));
+        }
+        const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1)), D);
+        acc[tk] = _mm512_fmadd_ps(_mm512_zextps256_ps512(f), _mm512_zextps256_ps512(_mm256_load_ps((const float*)(y + 256))),
+                                  acc[tk]);
+        if (MIN)
+            acc[tk] = _mm512_fnmadd_ps(_mm512_zextps256_ps512(E), _mm512_zextps256_ps512(_mm256_load_ps((const float*)(y + 288))),
+                                       acc[tk]);
+    }
+}
+
+// half_panel_dot for a run-time type, out of line (once per row) so that the row loop around it
+// keeps its accumulators in registers; they travel by value.
+template <int NT>
+struct AccN {
+    __m512 a[NT];
+};
+template <bool MIN, int NT>
+__attribute__((noinline)) static AccN<NT> half_panel_dot_t(WType t, const uint8_t* blk, int valid, const uint8_t* half,
+                                                           AccN<NT> acc) {
+    switch (t) {
+        case WType::Q4_0: half_panel_dot<(int)WType::Q4_0, MIN, NT>(blk, valid, half, acc.a); break;
+        case WType::Q4_1: half_panel_dot<(int)WType::Q4_1, MIN, NT>(blk, valid, half, acc.a); break;
+        case WType::Q5_0: half_panel_dot<(int)WType::Q5_0, MIN, NT>(blk, valid, half, acc.a); break;
+        case WType::Q5_1: half_panel_dot<(int)WType::Q5_1, MIN, NT>(blk, valid, half, acc.a); break;
+        case WType::IQ4_NL: half_panel_dot<(int)WType::IQ4_NL, MIN, NT>(blk, valid, half, acc.a); break;
+        default: half_panel_dot<(int)WType::Q8_0, MIN, NT>(blk, valid, half, acc.a); break;
+    }
+    return acc;
+}
+
+// For a 32-group type whose rows end in a panel of 8 groups or fewer: the activations of that
+// panel's groups 0-7, per token, in natural lane order (the panel keeps group perm32[l] in lane
+// l; lanes 0-7 hold groups 0,2,4,6,1,3,5,7), kHalfBytes each: 8 step vectors, then DY, then the
+// B field (SY or C). Returns false (nothing written) for any other shape.
+static inline bool half_panel_act(WType t, int64_t cols, const uint8_t* ap, int nt, int64_t astride, uint8_t* dst) {
+    if (wtype_info(t).group != 32 || wtype_info(t).block_elems != 32) return false;
+    const int64_t groups = cols / 32, rem = groups % PG;
+    if (rem == 0 || rem > 8) return false;
+    const __m256i inv = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  // group g sits in lane inv[g]
+    const int64_t last = (groups / PG) * PG * (32 + 8);               // byte offset of the last panel
+    for (int tk = 0; tk < nt; ++tk) {
+        const uint8_t* src = ap + tk * astride + last;
+        uint8_t* d = dst + tk * kHalfBytes;
+        for (int k = 0; k < 8; ++k)
+            _mm256_store_si256((__m256i*)(d + 32 * k),
+                               _mm256_permutevar8x32_epi32(_mm256_load_si256((const __m256i*)(src + 64 * k)), inv));
+        _mm256_store_si256((__m256i*)(d + 256), _mm256_permutevar8x32_epi32(_mm256_load_si256((const __m256i*)(src + 512)), inv));
+        _mm256_store_si256((__m256i*)(d + 288), _mm256_permutevar8x32_epi32(_mm256_load_si256((const __m256i*)(src + 576)), inv));
+    }
+    return true;
+}
+
 template <bool MIN, int NT>
 static void gemv_nt(WType t, const uint8_t* w, int64_t nrows, int64_t rb, int64_t cols, const uint8_t* ap,
                     int64_t astride, float* out, int64_t ldo, int64_t pf_dist) {
     const int64_t nb = cols / wtype_info(t).block_elems;
     const int64_t np = (cols + PG * wtype_info(t).group - 1) / (PG * wtype_info(t).group);
     const int64_t pf_step = rb / np;  // weight bytes per panel (what each panel prefetches)
+    alignas(64) uint8_t half[NT * kHalfBytes];
+    const bool has_half = half_panel_act(t, cols, ap, NT, astride, half);
+    const int64_t nb_full = has_half ? nb / PG * PG : nb;  // blocks in whole panels
+    const int half_valid = (int)(nb - nb_full);
+    const int BB = wtype_info(t).block_bytes;
     for (int64_t r = 0; r < nrows; ++r) {
         const uint8_t* row = w + r * rb;
+        const int64_t overread = (nrows - 1 - r) * rb;
         DotSink<MIN, NT> sink{ap, astride, {}, pf_dist > 0 ? row + pf_dist : nullptr, pf_step};
         for (int k = 0; k < NT; ++k) sink.acc[k] = _mm512_setzero_ps();
-        for_each_panel(t, row, nb, sink, (nrows - 1 - r) * rb);
+        // the half panel needs 8 whole blocks readable; the range's last row takes the full partial panel
+        const bool use_half = has_half && (8 - half_valid) * BB <= overread;
+        for_each_panel(t, row, use_half ? nb_full : nb, sink, overread);
+        if (use_half) {
+            AccN<NT> a;
+            for (int k = 0; k < NT; ++k) a.a[k] = sink.acc[k];
+            a = half_panel_dot_t<MIN, NT>(t, row + nb_full * BB, half_valid, half, a);
+            for (int k = 0; k < NT; ++k) sink.acc[k] = a.a[k];
+        }
         for (int k = 0; k < NT; ++k) out[k * ldo + r] = _mm512_reduce_add_ps(sink.acc[k]);
     }
 }
