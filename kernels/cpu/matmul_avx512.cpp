@@ -779,6 +779,8 @@ static void gemv_nt(WType t, const uint8_t* w, int64_t nrows, int64_t rb, int64_
             for (int k = 0; k < NT; ++k) a.a[k] = sink.acc[k];
             a = half_panel_dot_t<MIN, NT>(t, row + nb_full * BB, half_valid, half, a);
             for (int k = 0; k < NT; ++k) sink.acc[k] = a.a[k];
+            if (sink.pf)  // the half panel's share of the prefetch stream (put() does it for the others)
+                for (int64_t o = 0; o < pf_step; o += 64) _mm_prefetch((const char*)(sink.pf + o), _MM_HINT_T0);
         }
         for (int k = 0; k < NT; ++k) out[k * ldo + r] = _mm512_reduce_add_ps(sink.acc[k]);
     }
