@@ -217,6 +217,28 @@ def test_one_dimensional_x_and_bytes_input():
     assert nmse(y1, reference("Q4_K", raw, 40, 512, x[None, :])[0]) <= NMSE_BOUND["Q4_K"]
 
 
+# ---- few tokens vs many: the same numbers ------------------------------------------------------------
+@pytest.mark.parametrize("t", TYPES)
+@pytest.mark.parametrize("variant", ["generic", "avx2", "avx512"])
+def test_few_tokens_give_the_same_bits_as_many(t, variant):
+    """A decode step (1-4 tokens: the SIMD tiers' gemv, weights unpacked into registers, with
+    their own handling of a row's last panel) must give bit for bit what a prompt pass gives
+    for the same token (more tokens: pack_w + gemm) -- the engine's decode-equals-full-pass
+    check depends on it, and a small model magnifies rounding differences into percent-level
+    logit changes. Widths include short rows whose last panel is partly filled (576, 640,
+    896 columns for the 32-element types) and many rows, so a row can read past its end."""
+    _skip_unavailable("cpu", variant)
+    blk = block_of(t)
+    widths = sorted({blk * k for k in (1, 3, 9, 17, 18, 20, 28)} | ({576, 640, 896} if blk == 32 else set()))
+    for cols in widths:
+        rows = 67
+        raw, x = make_case(t, rows, cols, 7, "normal", cols)
+        many = kernels.matmul(t, raw, (rows, cols), x, backend="cpu", variant=variant)  # 7 tokens
+        for n in (1, 2, 3, 4):
+            few = kernels.matmul(t, raw, (rows, cols), x[:n], backend="cpu", variant=variant)
+            np.testing.assert_array_equal(few, many[:n], err_msg=f"{t} {variant} cols={cols} n={n}")
+
+
 # ---- determinism and threads -------------------------------------------------------------------
 @pytest.mark.parametrize("variant", ["generic", "avx2", "avx512"])
 def test_thread_count_does_not_change_results(variant):

@@ -678,38 +678,43 @@ struct DotSink {
     }
 };
 
-constexpr int kHalfBytes = 8 * 32 + 64;  // a half panel of activations: 8 step vectors | 8 DY | 8 SY or C
-
 // The last panel of a row when it holds 8 blocks of a 32-element type or fewer (`valid` of
-// them; blk: its first block, bytes past the row's end readable): unpacked and dotted at 256
-// bits (the AVX2 tier's unpacking, panel32_ymm.h) against `half`, the copy half_panel_act made
-// of the activations' half panel, and added to acc[] with the full panel's epilogue (lanes 8-15
-// zero, adding exactly nothing). A full 16-group panel here cost as much as any other, so a
-// 576-column row (18 blocks) did the work of 1024 values.
+// them; blk: its first block, bytes past the row's end readable), unpacked and dotted at 256
+// bits: the AVX2 tier's unpacking (panel32_ymm.h, lane l = block l), moved to this tier's lane
+// order (lanes 0-7 of a panel hold groups perm32[0..7] = 0,2,4,6,1,3,5,7) and dotted against
+// the low halves of the activation panel `y` (token t at y + t * astride). Lanes 8-15 of the
+// full panel would add exactly nothing (zero D and E, zero activations), so the sums are the
+// full panel's, bit for bit (the gemv stays identical to pack_w + gemm). A full 16-group panel
+// here cost as much as any other: a 576-column row (18 blocks) did the work of 1024 values.
 template <int T_, bool MIN, int NT>
-static inline void half_panel_dot(const uint8_t* blk, int valid, const uint8_t* half, __m512* acc) {
+static inline void half_panel_dot(const uint8_t* blk, int valid, const uint8_t* y, int64_t astride, __m512* acc) {
     constexpr WType t = (WType)T_;
     __m256i w[8];
     __m256 D, E;
-    ymm::unpack_panel_32<T_>(blk, w, D, E, valid);  // lane l = group l; Q8_0 and IQ4_NL signed there
+    ymm::unpack_panel_32<T_>(blk, w, D, E, valid);  // Q8_0 and IQ4_NL signed there
     if (t == WType::Q8_0 || t == WType::IQ4_NL) {   // this tier's form: int8 + 128, E = 128 D
         for (int k = 0; k < 8; ++k) w[k] = _mm256_xor_si256(w[k], _mm256_set1_epi8((char)0x80));
         E = _mm256_mul_ps(_mm256_set1_ps(128.0f), D);
     }
-    for (int tk = 0; tk < NT; ++tk) {
-        const uint8_t* y = half + tk * kHalfBytes;
-        __m256i s0 = MIN ? _mm256_setzero_si256() : _mm256_load_si256((const __m256i*)(y + 288));
+    const __m256i lanes = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);  // perm32's first 8
+    for (int k = 0; k < 8; ++k) w[k] = _mm256_permutevar8x32_epi32(w[k], lanes);
+    D = _mm256_permutevar8x32_ps(D, lanes);
+    E = _mm256_permutevar8x32_ps(E, lanes);
+    constexpr int G = 32;
+    for (int tk = 0; tk < NT; ++tk) {  // as DotSink::put, on lanes 0-7
+        const uint8_t* a = y + tk * astride;
+        __m256i s0 = MIN ? _mm256_setzero_si256() : _mm256_load_si256((const __m256i*)(a + PG * G + 64));
         __m256i s1 = _mm256_setzero_si256();
-        for (int k = 0; k < 8; k += 2) {
-            s0 = _mm256_dpbusd_epi32(s0, w[k], _mm256_load_si256((const __m256i*)(y + 32 * k)));
-            s1 = _mm256_dpbusd_epi32(s1, w[k + 1], _mm256_load_si256((const __m256i*)(y + 32 * k + 32)));
+        for (int k = 0; k < G / 4; k += 2) {
+            s0 = _mm256_dpbusd_epi32(s0, w[k], _mm256_load_si256((const __m256i*)(a + 64 * k)));
+            s1 = _mm256_dpbusd_epi32(s1, w[k + 1], _mm256_load_si256((const __m256i*)(a + 64 * k + 64)));
         }
         const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1)), D);
-        acc[tk] = _mm512_fmadd_ps(_mm512_zextps256_ps512(f), _mm512_zextps256_ps512(_mm256_load_ps((const float*)(y + 256))),
+        acc[tk] = _mm512_fmadd_ps(_mm512_zextps256_ps512(f), _mm512_zextps256_ps512(_mm256_load_ps((const float*)(a + PG * G))),
                                   acc[tk]);
         if (MIN)
-            acc[tk] = _mm512_fnmadd_ps(_mm512_zextps256_ps512(E), _mm512_zextps256_ps512(_mm256_load_ps((const float*)(y + 288))),
-                                       acc[tk]);
+            acc[tk] = _mm512_fnmadd_ps(_mm512_zextps256_ps512(E),
+                                       _mm512_zextps256_ps512(_mm256_load_ps((const float*)(a + PG * G + 64))), acc[tk]);
     }
 }
 
@@ -720,39 +725,17 @@ struct AccN {
     __m512 a[NT];
 };
 template <bool MIN, int NT>
-__attribute__((noinline)) static AccN<NT> half_panel_dot_t(WType t, const uint8_t* blk, int valid, const uint8_t* half,
-                                                           AccN<NT> acc) {
+__attribute__((noinline)) static AccN<NT> half_panel_dot_t(WType t, const uint8_t* blk, int valid, const uint8_t* y,
+                                                           int64_t astride, AccN<NT> acc) {
     switch (t) {
-        case WType::Q4_0: half_panel_dot<(int)WType::Q4_0, MIN, NT>(blk, valid, half, acc.a); break;
-        case WType::Q4_1: half_panel_dot<(int)WType::Q4_1, MIN, NT>(blk, valid, half, acc.a); break;
-        case WType::Q5_0: half_panel_dot<(int)WType::Q5_0, MIN, NT>(blk, valid, half, acc.a); break;
-        case WType::Q5_1: half_panel_dot<(int)WType::Q5_1, MIN, NT>(blk, valid, half, acc.a); break;
-        case WType::IQ4_NL: half_panel_dot<(int)WType::IQ4_NL, MIN, NT>(blk, valid, half, acc.a); break;
-        default: half_panel_dot<(int)WType::Q8_0, MIN, NT>(blk, valid, half, acc.a); break;
+        case WType::Q4_0: half_panel_dot<(int)WType::Q4_0, MIN, NT>(blk, valid, y, astride, acc.a); break;
+        case WType::Q4_1: half_panel_dot<(int)WType::Q4_1, MIN, NT>(blk, valid, y, astride, acc.a); break;
+        case WType::Q5_0: half_panel_dot<(int)WType::Q5_0, MIN, NT>(blk, valid, y, astride, acc.a); break;
+        case WType::Q5_1: half_panel_dot<(int)WType::Q5_1, MIN, NT>(blk, valid, y, astride, acc.a); break;
+        case WType::IQ4_NL: half_panel_dot<(int)WType::IQ4_NL, MIN, NT>(blk, valid, y, astride, acc.a); break;
+        default: half_panel_dot<(int)WType::Q8_0, MIN, NT>(blk, valid, y, astride, acc.a); break;
     }
     return acc;
-}
-
-// For a 32-group type whose rows end in a panel of 8 groups or fewer: the activations of that
-// panel's groups 0-7, per token, in natural lane order (the panel keeps group perm32[l] in lane
-// l; lanes 0-7 hold groups 0,2,4,6,1,3,5,7), kHalfBytes each: 8 step vectors, then DY, then the
-// B field (SY or C). Returns false (nothing written) for any other shape.
-static inline bool half_panel_act(WType t, int64_t cols, const uint8_t* ap, int nt, int64_t astride, uint8_t* dst) {
-    if (wtype_info(t).group != 32 || wtype_info(t).block_elems != 32) return false;
-    const int64_t groups = cols / 32, rem = groups % PG;
-    if (rem == 0 || rem > 8) return false;
-    const __m256i inv = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  // group g sits in lane inv[g]
-    const int64_t last = (groups / PG) * PG * (32 + 8);               // byte offset of the last panel
-    for (int tk = 0; tk < nt; ++tk) {
-        const uint8_t* src = ap + tk * astride + last;
-        uint8_t* d = dst + tk * kHalfBytes;
-        for (int k = 0; k < 8; ++k)
-            _mm256_store_si256((__m256i*)(d + 32 * k),
-                               _mm256_permutevar8x32_epi32(_mm256_load_si256((const __m256i*)(src + 64 * k)), inv));
-        _mm256_store_si256((__m256i*)(d + 256), _mm256_permutevar8x32_epi32(_mm256_load_si256((const __m256i*)(src + 512)), inv));
-        _mm256_store_si256((__m256i*)(d + 288), _mm256_permutevar8x32_epi32(_mm256_load_si256((const __m256i*)(src + 576)), inv));
-    }
-    return true;
 }
 
 template <bool MIN, int NT>
@@ -761,8 +744,8 @@ static void gemv_nt(WType t, const uint8_t* w, int64_t nrows, int64_t rb, int64_
     const int64_t nb = cols / wtype_info(t).block_elems;
     const int64_t np = (cols + PG * wtype_info(t).group - 1) / (PG * wtype_info(t).group);
     const int64_t pf_step = rb / np;  // weight bytes per panel (what each panel prefetches)
-    alignas(64) uint8_t half[NT * kHalfBytes];
-    const bool has_half = half_panel_act(t, cols, ap, NT, astride, half);
+    // rows of a 32-element type ending in a panel of 8 blocks or fewer: that panel at 256 bits
+    const bool has_half = wtype_info(t).block_elems == 32 && wtype_info(t).group == 32 && nb % PG != 0 && nb % PG <= 8;
     const int64_t nb_full = has_half ? nb / PG * PG : nb;  // blocks in whole panels
     const int half_valid = (int)(nb - nb_full);
     const int BB = wtype_info(t).block_bytes;
@@ -777,7 +760,7 @@ static void gemv_nt(WType t, const uint8_t* w, int64_t nrows, int64_t rb, int64_
         if (use_half) {
             AccN<NT> a;
             for (int k = 0; k < NT; ++k) a.a[k] = sink.acc[k];
-            a = half_panel_dot_t<MIN, NT>(t, row + nb_full * BB, half_valid, half, a);
+            a = half_panel_dot_t<MIN, NT>(t, row + nb_full * BB, half_valid, sink.a, astride, a);
             for (int k = 0; k < NT; ++k) sink.acc[k] = a.a[k];
             if (sink.pf)  // the half panel's share of the prefetch stream (put() does it for the others)
                 for (int64_t o = 0; o < pf_step; o += 64) _mm_prefetch((const char*)(sink.pf + o), _MM_HINT_T0);
