@@ -124,7 +124,7 @@ struct alignas(64) MatmulCall {
     int64_t np;          // panels per packed row
     int64_t stride;      // bytes of one packed row / token (np * panel_bytes)
     int64_t rb_rows;     // weight rows unpacked at a time into a thread's buffer
-    int64_t pf_rows;     // prefetch distance, in weight rows
+    int64_t pf_rows;     // prefetch distance of the packing path (more tokens), in weight rows
     float* out;          // (n, rows)
 };
 
@@ -132,8 +132,9 @@ struct alignas(64) MatmulCall {
 // defined once in csrc/dispatch.cpp (compiled without ISA flags: they only loop and call
 // the tier's kernels through k):
 //  - quantized types: out[:, r0:r1) from weight rows [r0, r1) and the activations c.act
-//    packed by k.pack_act. Few tokens (n <= kGemvMaxTokens, tier has a gemv): each weight
-//    row is unpacked straight into registers against every token. Otherwise rb_rows rows
+//    packed by k.pack_act. Few tokens (n <= kGemvMaxTokens, tier has a gemv): the rows go
+//    to k.gemv in one call, which unpacks each straight into registers against every
+//    token. Otherwise rb_rows rows
 //    at a time are unpacked into wbuf (pack_w) and every token runs against them (gemm),
 //    so each unpacked byte is reused n times.
 //  - float types (F32/F16/BF16): out[:, r0:r1) from weight rows [r0, r1) and x in float,
