@@ -118,7 +118,6 @@ static inline __m512i iq4_levels_u8() {
     return _mm512_broadcast_i32x4(_mm_xor_si128(_mm_loadu_si128((const __m128i*)kIQ4Values), _mm_set1_epi8((char)0x80)));
 }
 
-// One panel = 16 blocks of a 32-element type, all present (`blk` points at block 0).
 // Q4_0 / Q4_1 / IQ4_NL for a sink that takes pre-transposed panels (Sink::kPre: the gemv):
 // the 16 packed nibble bytes (at offset O) of the 16 blocks are transposed *before* unpacking,
 // P[k] lane l = packed dword k of block perm32[l] (elements 4k..4k+3 in its low nibbles,
@@ -144,6 +143,7 @@ static inline void nibbles_t16(const At& at, __m512i* v) {
     }
 }
 
+// One panel = 16 blocks of a 32-element type, block j at at(j).
 // valid < 16: only blocks 0..valid-1 belong to the row (the rest were read past its end, or
 // are zero blocks): their D and E are zeroed, so they add nothing whatever their bytes are
 // (the activations past the row's end are zero, so their integer dots are 0 as well).
@@ -157,29 +157,30 @@ static inline void pack_panel_32(const At& at, Sink& sink, int valid = 16) {
         nibbles_t16<t == WType::Q4_1 ? 4 : 2>(at, v);
         if (t == WType::IQ4_NL)
             for (int k = 0; k < 8; ++k) v[k] = _mm512_shuffle_epi8(iq4_levels_u8(), v[k]);  // level + 128
-    }
-    for (int m = 0; m < 8 && !PRE; ++m) {
-        const uint8_t* b0 = at(2 * m);
-        const uint8_t* b1 = at(2 * m + 1);
-        if (t == WType::Q4_0) {
-            v[m] = nibbles_2x16(b0 + 2, b1 + 2);
-        } else if (t == WType::Q4_1) {
-            v[m] = nibbles_2x16(b0 + 4, b1 + 4);
-        } else if (t == WType::Q5_0) {
-            // bit e of qh is the 5th bit of element e: a byte mask over the 64 elements
-            const uint64_t hb = (uint64_t)load_u32(b0 + 2) | (uint64_t)load_u32(b1 + 2) << 32;
-            v[m] = _mm512_or_si512(nibbles_2x16(b0 + 6, b1 + 6),
-                                   _mm512_maskz_mov_epi8((__mmask64)hb, _mm512_set1_epi8(16)));
-        } else if (t == WType::Q5_1) {
-            const uint64_t hb = (uint64_t)load_u32(b0 + 4) | (uint64_t)load_u32(b1 + 4) << 32;
-            v[m] = _mm512_or_si512(nibbles_2x16(b0 + 8, b1 + 8),
-                                   _mm512_maskz_mov_epi8((__mmask64)hb, _mm512_set1_epi8(16)));
-        } else if (t == WType::IQ4_NL) {
-            v[m] = _mm512_shuffle_epi8(iq4_levels_u8(), nibbles_2x16(b0 + 2, b1 + 2));  // level + 128
-        } else {
-            const __m512i x = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(b0 + 2))),
-                                                 _mm256_loadu_si256((const __m256i*)(b1 + 2)), 1);
-            v[m] = _mm512_xor_si512(x, _mm512_set1_epi8((char)0x80));  // int8 -> int8 + 128
+    } else {
+        for (int m = 0; m < 8; ++m) {
+            const uint8_t* b0 = at(2 * m);
+            const uint8_t* b1 = at(2 * m + 1);
+            if (t == WType::Q4_0) {
+                v[m] = nibbles_2x16(b0 + 2, b1 + 2);
+            } else if (t == WType::Q4_1) {
+                v[m] = nibbles_2x16(b0 + 4, b1 + 4);
+            } else if (t == WType::Q5_0) {
+                // bit e of qh is the 5th bit of element e: a byte mask over the 64 elements
+                const uint64_t hb = (uint64_t)load_u32(b0 + 2) | (uint64_t)load_u32(b1 + 2) << 32;
+                v[m] = _mm512_or_si512(nibbles_2x16(b0 + 6, b1 + 6),
+                                       _mm512_maskz_mov_epi8((__mmask64)hb, _mm512_set1_epi8(16)));
+            } else if (t == WType::Q5_1) {
+                const uint64_t hb = (uint64_t)load_u32(b0 + 4) | (uint64_t)load_u32(b1 + 4) << 32;
+                v[m] = _mm512_or_si512(nibbles_2x16(b0 + 8, b1 + 8),
+                                       _mm512_maskz_mov_epi8((__mmask64)hb, _mm512_set1_epi8(16)));
+            } else if (t == WType::IQ4_NL) {
+                v[m] = _mm512_shuffle_epi8(iq4_levels_u8(), nibbles_2x16(b0 + 2, b1 + 2));  // level + 128
+            } else {
+                const __m512i x = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(b0 + 2))),
+                                                     _mm256_loadu_si256((const __m256i*)(b1 + 2)), 1);
+                v[m] = _mm512_xor_si512(x, _mm512_set1_epi8((char)0x80));  // int8 -> int8 + 128
+            }
         }
     }
     D = load_f16x16(at, 0);
@@ -383,17 +384,19 @@ static inline void pack_panel_q23k(const uint8_t* blk, Sink& sink) {
                 v[k] = _mm512_ternarylogic_epi32(v[k], _mm512_rolv_epi32(_mm512_permutexvar_epi32(lanes.hidx[k], h), lanes.rot),
                                                  four, 0xF8);
         }
-    }
-    const __m512i three = _mm512_set1_epi8(3), one = _mm512_set1_epi8(1);
-    const __m512i hm = THREE && !PRE ? _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)blk)) : _mm512_setzero_si512();
-    for (int m = 0; m < 4 && !PRE; ++m) {
-        const int c = m >> 1, j = 2 * (m & 1);
-        const __m512i x = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)(qs + 32 * c)));
-        const __m512i sh = _mm512_inserti64x4(_mm512_set1_epi16((short)(2 * j)), _mm256_set1_epi16((short)(2 * j + 2)), 1);
-        v[m] = _mm512_and_si512(_mm512_srlv_epi16(x, sh), three);
-        if (THREE) {
-            const __m512i hs = _mm512_inserti64x4(_mm512_set1_epi16((short)(4 * c + j)), _mm256_set1_epi16((short)(4 * c + j + 1)), 1);
-            v[m] = _mm512_or_si512(v[m], _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(hm, hs), one), 2));
+    } else {
+        const __m512i three = _mm512_set1_epi8(3), one = _mm512_set1_epi8(1);
+        const __m512i hm = THREE ? _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)blk)) : _mm512_setzero_si512();
+        for (int m = 0; m < 4; ++m) {
+            const int c = m >> 1, j = 2 * (m & 1);
+            const __m512i x = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)(qs + 32 * c)));
+            const __m512i sh = _mm512_inserti64x4(_mm512_set1_epi16((short)(2 * j)), _mm256_set1_epi16((short)(2 * j + 2)), 1);
+            v[m] = _mm512_and_si512(_mm512_srlv_epi16(x, sh), three);
+            if (THREE) {
+                const __m512i hs = _mm512_inserti64x4(_mm512_set1_epi16((short)(4 * c + j)),
+                                                      _mm256_set1_epi16((short)(4 * c + j + 1)), 1);
+                v[m] = _mm512_or_si512(v[m], _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(hm, hs), one), 2));
+            }
         }
     }
     __m512 D, E;
@@ -647,13 +650,16 @@ struct DotSink {
     __m512 acc[NT];    // NT = 1..kGemvMaxTokens, fixed at compile time: the accumulators stay in registers
     const uint8_t* pf;  // weight bytes to prefetch next (nullptr: none)
     int64_t pf_step;    // weight bytes per panel
+    // One panel's share of the prefetch stream (every panel of a row takes one, put() or not).
+    void prefetch_panel() {
+        if (!pf) return;
+        for (int64_t o = 0; o < pf_step; o += 64) _mm_prefetch((const char*)(pf + o), _MM_HINT_T0);
+        pf += pf_step;
+    }
     template <int G, bool PRE = false>
     void put(__m512i* v, __m512 D_nat, __m512 E_nat) {
         constexpr int64_t PB = PG * (G + 8);
-        if (pf) {
-            for (int64_t o = 0; o < pf_step; o += 64) _mm_prefetch((const char*)(pf + o), _MM_HINT_T0);
-            pf += pf_step;
-        }
+        prefetch_panel();
         if (PRE) {
         } else if (G == 32)
             transpose_g32(v);
@@ -741,14 +747,15 @@ __attribute__((noinline)) static AccN<NT> half_panel_dot_t(WType t, const uint8_
 template <bool MIN, int NT>
 static void gemv_nt(WType t, const uint8_t* w, int64_t nrows, int64_t rb, int64_t cols, const uint8_t* ap,
                     int64_t astride, float* out, int64_t ldo, int64_t pf_dist) {
-    const int64_t nb = cols / wtype_info(t).block_elems;
-    const int64_t np = (cols + PG * wtype_info(t).group - 1) / (PG * wtype_info(t).group);
+    const WTypeInfo& ti = wtype_info(t);
+    const int64_t nb = cols / ti.block_elems;
+    const int64_t np = (cols + PG * ti.group - 1) / (PG * ti.group);
     const int64_t pf_step = rb / np;  // weight bytes per panel (what each panel prefetches)
-    // rows of a 32-element type ending in a panel of 8 blocks or fewer: that panel at 256 bits
-    const bool has_half = wtype_info(t).block_elems == 32 && wtype_info(t).group == 32 && nb % PG != 0 && nb % PG <= 8;
+    // rows of a 32-element type (a block per group) ending in a panel of 8 blocks or fewer: that panel at 256 bits
+    const bool has_half = ti.block_elems == 32 && nb % PG != 0 && nb % PG <= 8;
     const int64_t nb_full = has_half ? nb / PG * PG : nb;  // blocks in whole panels
     const int half_valid = (int)(nb - nb_full);
-    const int BB = wtype_info(t).block_bytes;
+    const int BB = ti.block_bytes;
     for (int64_t r = 0; r < nrows; ++r) {
         const uint8_t* row = w + r * rb;
         const int64_t overread = (nrows - 1 - r) * rb;
@@ -762,8 +769,7 @@ static void gemv_nt(WType t, const uint8_t* w, int64_t nrows, int64_t rb, int64_
             for (int k = 0; k < NT; ++k) a.a[k] = sink.acc[k];
             a = half_panel_dot_t<MIN, NT>(t, row + nb_full * BB, half_valid, sink.a, astride, a);
             for (int k = 0; k < NT; ++k) sink.acc[k] = a.a[k];
-            if (sink.pf)  // the half panel's share of the prefetch stream (put() does it for the others)
-                for (int64_t o = 0; o < pf_step; o += 64) _mm_prefetch((const char*)(sink.pf + o), _MM_HINT_T0);
+            sink.prefetch_panel();
         }
         for (int k = 0; k < NT; ++k) out[k * ldo + r] = _mm512_reduce_add_ps(sink.acc[k]);
     }

@@ -15,7 +15,6 @@
 #if defined(__AVX2__)
 #include <immintrin.h>
 #endif
-#include <cstring>
 
 #include "matmul_kernels.h"
 
@@ -31,8 +30,7 @@ static inline __m128i q3k_scales_x16(const uint8_t* b) {
     const __m128i m4 = _mm_set1_epi8(15);
     const __m128i q = _mm_loadl_epi64((const __m128i*)b);
     const __m128i lo = _mm_unpacklo_epi64(_mm_and_si128(q, m4), _mm_and_si128(_mm_srli_epi16(q, 4), m4));
-    uint32_t w;
-    std::memcpy(&w, b + 8, 4);
+    const uint32_t w = load_u32(b + 8);
     // dword j = w >> 2j: byte 4j + i holds bits 2j.. of b[8 + i], i.e. the top bits of scale 4j + i
     const __m128i hi = _mm_and_si128(_mm_srlv_epi32(_mm_set1_epi32((int)w), _mm_setr_epi32(0, 2, 4, 6)), _mm_set1_epi8(3));
     return _mm_sub_epi8(_mm_or_si128(lo, _mm_slli_epi16(hi, 4)), _mm_set1_epi8(32));

@@ -112,7 +112,7 @@ static AI_INLINE void unpack_panel_32(const uint8_t* blk, __m256i v[8], __m256& 
         const __m256i lut = iq4_levels_s8();
         for (int k = 0; k < 8; ++k) v[k] = _mm256_shuffle_epi8(lut, v[k]);  // signed level, E = 0
     } else {
-        // Q8_0: signed int8 (see top of file). Each 128-bit half of a group goes into one lane,
+        // Q8_0: signed int8 (the AVX2 tier's form; see the top of matmul_avx2.cpp). Each 128-bit half of a group goes into one lane,
         // group m next to group m + 4, so the 4 x 4 in-lane transposes finish the job without
         // the 8 lane-crossing permutes of transpose_g32.
         for (int h = 0; h < 2; ++h) {
