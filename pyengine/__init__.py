@@ -17,6 +17,10 @@ def load(model, backend: str = "auto", **kwargs):
 
     backend: ``"numpy"`` (reference), ``"numba"``, ``"cpu"`` (native SIMD), ``"cuda"``
     or ``"auto"`` (the fastest available). Returns a :class:`pyengine.engine.Model`.
+    Keywords: ``n_ctx``, ``progress``, ``max_sequences``, and ``weights``: ``"auto"`` (the
+    cpu backend copies the weights into 2 MiB pages where the kernel lends them and they
+    fit, see :mod:`pyengine.weight_pages`), ``"map"`` (read from the mapped file) or
+    ``"copy"``; ``model.weights_placement`` says what was done.
     """
     from .engine import load as _load
 

@@ -277,6 +277,7 @@ def repl(session: ChatSession, stdin=None, stdout=None, stderr=None, interactive
 
 def add_parser(sub) -> None:
     from .registry import add_model_argument
+    from .weight_pages import add_weights_argument
 
     p = sub.add_parser("chat", help="talk with a model, turn after turn",
                        description="An interactive conversation using the model's own chat template. Only the "
@@ -298,6 +299,7 @@ def add_parser(sub) -> None:
                         "instead of refusing the turn")
     p.add_argument("--backend", default="auto", choices=["auto", "numpy", "numba", "cpu", "cuda"], help="compute backend")
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    add_weights_argument(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_chat)
 
@@ -309,7 +311,7 @@ def cmd_chat(args) -> int:
     if args.max_tokens < 1:
         raise PyEngineError("--max-tokens must be at least 1")
     set_threads(args.threads)
-    model = load(args.model, backend=args.backend, n_ctx=args.ctx, progress=not args.quiet)
+    model = load(args.model, backend=args.backend, n_ctx=args.ctx, progress=not args.quiet, weights=args.weights)
     session = ChatSession(model, system=args.system, max_tokens=args.max_tokens, drop_old_turns=args.drop_old_turns,
                           temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                           repeat_penalty=args.repeat_penalty, seed=args.seed)

@@ -167,7 +167,7 @@ def cmd_generate(args) -> int:
 
     set_threads(args.threads)
     t0 = time.perf_counter()
-    model = load(path, backend=args.backend, n_ctx=args.ctx, progress=not args.quiet)
+    model = load(path, backend=args.backend, n_ctx=args.ctx, progress=not args.quiet, weights=args.weights)
     load_s = time.perf_counter() - t0
     if args.verbose:
         cfg = model.config
@@ -175,6 +175,7 @@ def cmd_generate(args) -> int:
               f"{cfg.n_layers} layers, dim {cfg.dim}, vocab {model.n_vocab} | "
               f"backend {model.backend.description or model.backend.name} | ctx {model.n_ctx} | "
               f"loaded in {load_s:.2f} s", file=sys.stderr)
+        print(f"weights: {model.weights_placement}", file=sys.stderr)
         print("prompt: " + ("a user turn in the model's chat template (--raw for plain text)" if chat
                             else "plain text to continue" + (" (no chat template in the file)"
                                                              if not has_template else "")), file=sys.stderr)
@@ -317,6 +318,7 @@ def cmd_doctor(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .registry import DEFAULT_MODEL, add_model_argument
+    from .weight_pages import add_weights_argument
 
     p = argparse.ArgumentParser(
         prog="pyengine",
@@ -348,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="numpy = readable reference, numba = JIT, cpu = native SIMD, cuda = NVIDIA GPU, auto = fastest here")
     g.add_argument("--ctx", type=int, default=None, help="context size in tokens, at most the model's (default min(model's, 4096))")
     g.add_argument("-t", "--threads", type=int, default=None, help="CPU threads, >= 1 (default: all cores)")
+    add_weights_argument(g)
     g.add_argument("--chat", action="store_true",
                    help="wrap the prompt in a chat turn even without a template in the file (the default "
                         "when the model has one)")

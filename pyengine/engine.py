@@ -238,13 +238,17 @@ class Model:
     sequence and is for a single thread.
     """
 
-    def __init__(self, gf: GGUFFile, backend: Backend, n_ctx: int | None = None, max_sequences: int = 4):
+    def __init__(self, gf: GGUFFile, backend: Backend, n_ctx: int | None = None, max_sequences: int = 4,
+                 weights: str = "auto", progress: bool = False):
         from .models import build
         from .tokenizer import Tokenizer
+        from .weight_pages import place_weights
 
         self.gguf = gf
         self.path = gf.path
         self.file_size = gf.file_size
+        # before build(): architectures may take row slices of a tensor (phi3's fused qkv)
+        self.weights_placement = place_weights(gf, weights, backend.name, progress)  # one line, for -v
         self.arch = build(gf)  # the architecture's graph: a models.common.Transformer
         self.config = self.arch.cfg
         self.tokenizer = Tokenizer.from_metadata(gf.metadata)
@@ -514,10 +518,11 @@ class Model:
 
 
 def load(model: str | os.PathLike, backend: str = "auto", n_ctx: int | None = None,
-         progress: bool = True, max_sequences: int = 4) -> Model:
+         progress: bool = True, max_sequences: int = 4, weights: str = "auto") -> Model:
     """See :func:`pyengine.load`."""
     from .registry import resolve
 
     path = resolve(str(model), pull_if_missing=True, progress=progress)
     gf = open_gguf(Path(path))
-    return Model(gf, make_backend(backend), n_ctx=n_ctx, max_sequences=max_sequences)
+    return Model(gf, make_backend(backend), n_ctx=n_ctx, max_sequences=max_sequences, weights=weights,
+                 progress=progress)

@@ -142,13 +142,14 @@ def run_model_bench(model: str, n_prompt: int = 512, n_gen: int = 128, reps: int
     res: dict[str, Any] = {
         "kind": "model", "model": str(getattr(m, "path", model)), "model_size": int(m.file_size),
         "backend": m.backend.name, "backend_description": m.backend.description, "threads": threads,
+        "weights": getattr(m, "weights_placement", ""),
         "machine": info, "bandwidth": None, "load_s": load_s, "n_prompt": n_prompt, "n_gen": n_gen, "reps": reps,
         "tests": [],
     }
     if log:
         log(f"{info['cpu']}, {info['cores']} cores; {threads} threads; backend {m.backend.name}: "
             f"{m.backend.description}")
-        log(f"loaded {res['model']} ({m.file_size / 1e6:.0f} MB) in {load_s:.2f} s")
+        log(f"loaded {res['model']} ({m.file_size / 1e6:.0f} MB) in {load_s:.2f} s; weights: {res['weights']}")
     if n_prompt:
         ids = rng.integers(0, n_vocab, n_prompt)
         m.prefill(ids)  # warm-up

@@ -33,6 +33,7 @@ token by token; more wait in line. A repeated conversation prefix is not recompu
 
 def add_parser(sub) -> None:
     from ..registry import add_model_argument
+    from ..weight_pages import add_weights_argument
 
     p = sub.add_parser("serve", help="serve a model over the OpenAI and Ollama HTTP APIs",
                        description="Serve MODEL over HTTP with OpenAI- and Ollama-compatible endpoints, so "
@@ -48,6 +49,7 @@ def add_parser(sub) -> None:
     p.add_argument("--parallel", type=int, default=4, help="requests generating at once, each with its own KV cache (default 4)")
     p.add_argument("--backend", default="auto", choices=["auto", "numpy", "numba", "cpu", "cuda"], help="compute backend")
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    add_weights_argument(p)
     p.add_argument("--max-body", type=int, default=8 * 1024 * 1024, metavar="BYTES",
                    help="largest request body accepted (default 8 MiB); larger gets HTTP 413")
     p.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",
@@ -133,7 +135,7 @@ def cmd_serve(args) -> int:
     set_threads(args.threads)
     sock = bind(args.host, args.port)  # fail on a taken port before the model loads
     model = load(args.model, backend=args.backend, n_ctx=args.ctx, progress=not args.quiet,
-                 max_sequences=args.parallel)
+                 max_sequences=args.parallel, weights=args.weights)
     name = args.name or model_name(args.model)
     app = create_app(model, name, max_body=args.max_body, cors_origins=tuple(args.cors_origin or ["*"]))
     port = sock.getsockname()[1]

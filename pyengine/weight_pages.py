@@ -1,0 +1,190 @@
+"""Where the weights live while a model runs: the mapped file, or a copy in 2 MiB pages.
+
+A GGUF file is memory-mapped when it is opened; nothing is read until a kernel touches
+it. Page-cache pages of a mapped file are 4 KiB each, and a matrix-vector product that
+streams a few dozen rows at once crosses a 4 KiB boundary every few hundred bytes of each
+stream: the hardware prefetchers restart at each one and the TLB misses often. Measured
+on a 2-core Zen 4 VM, decoding read 12-17% faster from an anonymous copy in transparent
+2 MiB pages than from the mapped file (Qwen2.5-Coder-1.5B 24.4-24.9 -> 27.4-28.8 tok/s;
+Gemma 3 270M 89-93 -> 103-107), while a plain streaming read (the bandwidth probe) runs
+at the same speed from either: the gain is the kernels' many concurrent streams.
+
+:func:`place_weights` therefore copies the tensors into huge pages when the weights are
+read by the CPU on every token (the ``cpu`` backend), the kernel lends huge pages
+(transparent_hugepage ``always`` or ``madvise``) and the copy fits in available memory.
+The copy is read with ``readinto`` (not through the mapping), so the file's pages never
+count in the process's RSS twice. Routed MoE experts (``*_exps`` tensors) stay mapped:
+a token reads 6 of 64 of them, and RSS should follow what is touched. Whatever it does,
+it says so in one line (``Model.weights_placement``, printed by ``generate -v``).
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ModelFileError, PyEngineError
+
+HUGE_PAGE = 2 << 20  # bytes in one x86-64 / arm64 transparent huge page
+ALIGN = 64  # each copied tensor starts on a cache line (GGUF itself guarantees 32)
+MODES = ("auto", "map", "copy")
+THP_PATH = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+FIT_SHARE = 0.7  # copy only when the copy takes at most this share of available memory
+
+
+def add_weights_argument(parser) -> None:
+    """``--weights`` for the commands that load a model (generate, chat, serve)."""
+    parser.add_argument("--weights", default="auto", choices=MODES,
+                        help="where the weights live: auto = the cpu backend copies them into 2 MiB pages when "
+                             "the kernel lends huge pages and they fit in 70%% of available memory (decoding "
+                             "reads 5-17%% faster), else they stay mapped; map = read from the mapped file "
+                             "(least memory, fastest load); copy = always copy. 'generate -v' says which")
+
+
+def stays_mapped(name: str) -> bool:
+    """Tensors read sparsely (routed experts: a token uses a few of them) keep their mapping."""
+    return "_exps." in name
+
+
+def thp_mode() -> str:
+    """The kernel's transparent-huge-page setting ('always', 'madvise', 'never'), '' where unknown."""
+    try:
+        text = THP_PATH.read_text()
+    except OSError:
+        return ""
+    for word in text.split():
+        if word.startswith("["):
+            return word.strip("[]")
+    return ""
+
+
+def available_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (free plus reclaimable memory); None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def huge_bytes(addr: int, size: int) -> int | None:
+    """Bytes of ``[addr, addr + size)`` backed by anonymous huge pages (/proc/self/smaps); None where unknown."""
+    try:
+        with open("/proc/self/smaps") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    total, inside = 0, False
+    for line in lines:
+        head = line.split(None, 1)[0]
+        if "-" in head and not head.endswith(":"):  # a mapping's first line: "start-end perms ..."
+            lo, hi = (int(x, 16) for x in head.split("-"))
+            inside = lo < addr + size and hi > addr
+        elif inside and head == "AnonHugePages:":
+            total += int(line.split()[1]) * 1024
+    return total
+
+
+def _fmt(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def place_weights(gf, mode: str = "auto", backend_name: str = "cpu", progress: bool = False) -> str:
+    """Copy ``gf``'s tensors into 2 MiB pages or leave them mapped (see the module text).
+
+    ``mode``: ``"auto"`` decides as described above; ``"map"`` leaves every tensor mapped;
+    ``"copy"`` copies whatever the backend (huge pages where the kernel lends them), and fails
+    in one line when the copy would not fit. Replaces ``QTensor.raw`` in place; returns the
+    one-line description of what was done.
+    """
+    if mode not in MODES:
+        raise PyEngineError(f"weights placement {mode!r} is not one of {', '.join(MODES)}")
+    names = [n for n, t in gf.tensors.items() if not stays_mapped(n)]
+    todo = sum((gf.tensors[n].n_bytes + ALIGN - 1) // ALIGN * ALIGN for n in names)
+    kept = sum(t.n_bytes for n, t in gf.tensors.items() if stays_mapped(n))
+    tail = f"; {_fmt(kept)} of routed experts stay mapped" if kept else ""
+    if mode == "map":
+        return "memory-mapped from the file (--weights map)"
+    thp = thp_mode()
+    can_madvise = hasattr(mmap, "MADV_HUGEPAGE")
+    if mode == "auto":
+        if backend_name != "cpu":
+            return f"memory-mapped from the file (the {backend_name} backend keeps its own form of them)"
+        if sys.platform != "linux" or not can_madvise:
+            return "memory-mapped from the file (no transparent huge pages on this system)"
+        if thp not in ("always", "madvise"):
+            return (f"memory-mapped from the file (transparent huge pages are "
+                    f"'{thp or 'unavailable'}' in this kernel)")
+        if not todo:
+            return "memory-mapped from the file (only routed experts, which stay mapped)"
+    avail = available_bytes()
+    if avail is not None and todo > FIT_SHARE * avail:
+        msg = (f"copying {_fmt(todo)} of weights would take over {FIT_SHARE:.0%} of the "
+               f"{_fmt(avail)} of available memory")
+        if mode == "copy":
+            raise PyEngineError(f"{msg}; use --weights map (or auto)")
+        return f"memory-mapped from the file ({msg})"
+    arena = _arena(todo, huge=can_madvise and thp in ("always", "madvise"))
+    _copy_into(gf, names, arena, progress)
+    got = huge_bytes(arena.ctypes.data, arena.nbytes) if todo else 0
+    share = f", {got / max(todo, 1):.0%} of it in 2 MiB pages" if got is not None else ""
+    return f"{_fmt(todo)} copied into memory{share}{tail}"
+
+
+def _arena(nbytes: int, huge: bool) -> np.ndarray:
+    """An anonymous, 2 MiB-aligned uint8 buffer of ``nbytes`` (madvised for huge pages)."""
+    m = mmap.mmap(-1, max(nbytes, 1) + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    buf = np.frombuffer(m, dtype=np.uint8)  # (nbytes + 2 MiB,) the view keeps the mapping alive
+    skip = (-buf.ctypes.data) % HUGE_PAGE
+    if huge:
+        m.madvise(mmap.MADV_HUGEPAGE, skip, nbytes + (-nbytes) % HUGE_PAGE)
+    return buf[skip:skip + nbytes]  # (nbytes,)
+
+
+def _copy_into(gf, names: list[str], arena: np.ndarray, progress: bool) -> None:
+    """Read each tensor's bytes from the file (not through the mapping) into ``arena``, back to back.
+
+    Two readers share the work: faulting in fresh huge pages and copying from the page cache
+    both scale with cores (1.04 GiB: ~1.3 s with one reader)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    base = gf._mmap.ctypes.data  # the mapping starts at file offset 0
+    jobs, at = [], 0  # (name, file offset, destination) of every tensor
+    for name in names:
+        t = gf.tensors[name]
+        jobs.append((name, t.raw.ctypes.data - base, arena[at:at + t.n_bytes]))
+        at += (t.n_bytes + ALIGN - 1) // ALIGN * ALIGN
+    lock = threading.Lock()
+    chunk = 16 << 20
+
+    def read(part, bar):
+        with open(gf.path, "rb", buffering=0) as f:
+            for name, offset, dst in part:
+                view, done = memoryview(dst), 0
+                while done < dst.nbytes:  # chunks: progress on multi-GB files; short reads retried
+                    k = os.preadv(f.fileno(), [view[done:done + chunk]], offset + done)
+                    if not k:
+                        raise ModelFileError(f"{gf.path}: file shrank while reading tensor {name!r} "
+                                             f"(changed on disk?)")
+                    done += k
+                    with lock:
+                        bar.update(k)
+
+    n_readers = max(1, min(2, os.cpu_count() or 1))
+    with tqdm(total=sum(d.nbytes for _, _, d in jobs), unit="B", unit_scale=True, unit_divisor=1024,
+              desc="weights into 2 MiB pages", disable=not progress, leave=False) as bar, \
+            ThreadPoolExecutor(n_readers) as pool:
+        for fut in [pool.submit(read, jobs[i::n_readers], bar) for i in range(n_readers)]:
+            fut.result()
+    for name, _, dst in jobs:
+        gf.tensors[name].raw = dst
+        gf.tensors[name].cache.clear()

@@ -1,0 +1,125 @@
+"""Where the weights live (pyengine.weight_pages): copied into 2 MiB pages or left mapped.
+
+- a copy holds the file's bytes exactly, shares no memory with the mapping, and gives the
+  same logits bit for bit; routed experts stay mapped;
+- ``auto`` copies for the cpu backend only, and says why it did not elsewhere;
+- a copy that does not fit, a file that shrinks under the copy and an unknown mode each
+  fail in one line; ``generate -v`` prints the placement.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pyengine import weight_pages as wp
+from pyengine.errors import ModelFileError, PyEngineError
+from pyengine.gguf_file import open_gguf
+from pyengine.models import build
+
+from conftest import TINY_IDS, backend, full_logits, native_built, real_model_path
+from test_moe import write_qwen3moe
+
+TIER = "cpu" if native_built() else "numba"
+
+
+@pytest.fixture(scope="module")
+def moe_file(tmp_path_factory):
+    return write_qwen3moe(tmp_path_factory.mktemp("pages") / "qwen3moe-Q8_0.gguf", "Q8_0")
+
+
+def _file_bytes(path, t, gf) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(t.raw.ctypes.data - gf._mmap.ctypes.data)
+        return f.read(t.n_bytes)
+
+
+def test_copy_holds_the_file_bytes_and_gives_the_same_logits(moe_file):
+    mapped = open_gguf(moe_file)
+    _, want = full_logits(moe_file, backend(TIER), arch=build(mapped))
+    gf = open_gguf(moe_file)
+    before = {n: _file_bytes(moe_file, t, gf) for n, t in gf.tensors.items()}
+    line = wp.place_weights(gf, "copy", TIER)
+    assert "copied into memory" in line and "routed experts stay mapped" in line, line
+    n_exps = 0
+    for name, t in gf.tensors.items():
+        assert t.raw.tobytes() == before[name], name
+        if "_exps." in name:
+            n_exps += 1
+            assert np.shares_memory(t.raw, gf._mmap), f"{name}: routed experts must stay mapped"
+        else:
+            assert not np.shares_memory(t.raw, gf._mmap), f"{name}: still read from the mapping"
+            assert t.raw.ctypes.data % wp.ALIGN == 0, name
+    assert n_exps == 6  # 2 layers x gate/up/down
+    _, got = full_logits(moe_file, backend(TIER), arch=build(gf))
+    assert np.array_equal(got, want)
+
+
+def test_auto_copies_for_the_cpu_backend_only(moe_file):
+    for name in ("numpy", "numba", "cuda"):
+        gf = open_gguf(moe_file)
+        line = wp.place_weights(gf, "auto", name)
+        assert line.startswith("memory-mapped") and name in line, line
+        assert all(np.shares_memory(t.raw, gf._mmap) for t in gf.tensors.values())
+    gf = open_gguf(moe_file)
+    line = wp.place_weights(gf, "auto", "cpu")
+    usable = sys.platform == "linux" and wp.thp_mode() in ("always", "madvise")
+    assert ("copied into memory" in line) == usable, line
+    assert wp.place_weights(open_gguf(moe_file), "map", "cpu") == "memory-mapped from the file (--weights map)"
+
+
+def test_a_copy_that_does_not_fit_is_refused_or_mapped(moe_file, monkeypatch):
+    monkeypatch.setattr(wp, "available_bytes", lambda: 1000)
+    with pytest.raises(PyEngineError, match=r"^copying .* would take over 70% of .*; use --weights map"):
+        wp.place_weights(open_gguf(moe_file), "copy", "cpu")
+    if wp.thp_mode() in ("always", "madvise") and sys.platform == "linux":
+        gf = open_gguf(moe_file)
+        line = wp.place_weights(gf, "auto", "cpu")
+        assert line.startswith("memory-mapped from the file (copying") and "available memory" in line, line
+        assert all(np.shares_memory(t.raw, gf._mmap) for t in gf.tensors.values())
+
+
+def test_unknown_mode_is_one_line(moe_file):
+    with pytest.raises(PyEngineError, match=r"weights placement 'huge' is not one of auto, map, copy"):
+        wp.place_weights(open_gguf(moe_file), "huge", "cpu")
+
+
+def test_a_file_that_shrinks_under_the_copy_fails_in_one_line(moe_file, tmp_path):
+    path = tmp_path / "shrinks.gguf"
+    shutil.copy(moe_file, path)
+    gf = open_gguf(path)
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+    with pytest.raises(ModelFileError, match=r"file shrank while reading tensor '.*' \(changed on disk\?\)"):
+        wp.place_weights(gf, "copy", "cpu")
+
+
+def test_huge_bytes_counts_anonymous_huge_pages():
+    if sys.platform != "linux" or wp.thp_mode() != "madvise":
+        pytest.skip("needs transparent huge pages in 'madvise' mode")
+    plain = wp._arena(8 * wp.HUGE_PAGE, huge=False)
+    huge = wp._arena(8 * wp.HUGE_PAGE, huge=True)
+    for a in (plain, huge):
+        assert a.ctypes.data % wp.HUGE_PAGE == 0
+        a[:] = 1  # fault it in
+    assert wp.huge_bytes(plain.ctypes.data, plain.nbytes) == 0
+    got = wp.huge_bytes(huge.ctypes.data, huge.nbytes)
+    assert 0 < got <= huge.nbytes and got % wp.HUGE_PAGE == 0, got
+
+
+@pytest.mark.skipif(not native_built(), reason="needs pyengine._C")
+def test_generate_verbose_says_where_the_weights_are():
+    path = real_model_path("smollm2-135m")
+    for mode, expect in (("map", "weights: memory-mapped from the file (--weights map)"),
+                         ("copy", "weights: ")):
+        r = subprocess.run([sys.executable, "-m", "pyengine", "generate", "-m", str(path), "--backend", "cpu",
+                            "-n", "2", "--temp", "0", "-v", "-q", "--raw", "--weights", mode, "Hi"],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        lines = [ln for ln in r.stderr.splitlines() if ln.startswith("weights: ")]
+        assert len(lines) == 1 and lines[0].startswith(expect), r.stderr
+        if mode == "copy":
+            assert "copied into memory" in lines[0], lines[0]
