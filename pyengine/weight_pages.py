@@ -61,6 +61,11 @@ def thp_mode() -> str:
     return ""
 
 
+def huge_pages_usable() -> bool:
+    """Whether an anonymous buffer can ask for transparent huge pages here (Linux, THP always/madvise)."""
+    return sys.platform == "linux" and hasattr(mmap, "MADV_HUGEPAGE") and thp_mode() in ("always", "madvise")
+
+
 def available_bytes() -> int | None:
     """MemAvailable from /proc/meminfo (free plus reclaimable memory); None where unknown."""
     try:
@@ -112,13 +117,12 @@ def place_weights(gf, mode: str = "auto", backend_name: str = "cpu", progress: b
     if mode == "map":
         return "memory-mapped from the file (--weights map)"
     thp = thp_mode()
-    can_madvise = hasattr(mmap, "MADV_HUGEPAGE")
     if mode == "auto":
         if backend_name != "cpu":
             return f"memory-mapped from the file (the {backend_name} backend keeps its own form of them)"
-        if sys.platform != "linux" or not can_madvise:
+        if sys.platform != "linux" or not hasattr(mmap, "MADV_HUGEPAGE"):
             return "memory-mapped from the file (no transparent huge pages on this system)"
-        if thp not in ("always", "madvise"):
+        if not huge_pages_usable():
             return (f"memory-mapped from the file (transparent huge pages are "
                     f"'{thp or 'unavailable'}' in this kernel)")
         if not todo:
@@ -130,14 +134,14 @@ def place_weights(gf, mode: str = "auto", backend_name: str = "cpu", progress: b
         if mode == "copy":
             raise PyEngineError(f"{msg}; use --weights map (or auto)")
         return f"memory-mapped from the file ({msg})"
-    arena = _arena(todo, huge=can_madvise and thp in ("always", "madvise"))
+    arena = anonymous_buffer(todo, huge=huge_pages_usable())
     _copy_into(gf, names, arena, progress)
     got = huge_bytes(arena.ctypes.data, arena.nbytes) if todo else 0
     share = f", {got / max(todo, 1):.0%} of it in 2 MiB pages" if got is not None else ""
     return f"{_fmt(todo)} copied into memory{share}{tail}"
 
 
-def _arena(nbytes: int, huge: bool) -> np.ndarray:
+def anonymous_buffer(nbytes: int, huge: bool) -> np.ndarray:
     """An anonymous, 2 MiB-aligned uint8 buffer of ``nbytes`` (madvised for huge pages)."""
     m = mmap.mmap(-1, max(nbytes, 1) + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     buf = np.frombuffer(m, dtype=np.uint8)  # (nbytes + 2 MiB,) the view keeps the mapping alive

@@ -298,14 +298,16 @@ def test_cli_hook_and_one_line_errors(tmp_path, capsys):
 
 def test_kernel_bench_compares_with_the_best_probe(monkeypatch):
     """With re-probing, every % is against the best probe of the run, whichever case it came before."""
-    seq = iter([5.0, 20.0, 8.0])
+    seq = iter([5.0, 20.0, 8.0, 4.0])
     monkeypatch.setattr(kernel_bench, "measure_bandwidth",
                         lambda *a, **k: {"gbps": {"1": next(seq)}, "method": "fake", "size_bytes": 0, "repeats": 0})
     res = kernel_bench.run_kernel_bench(types=["Q4_0"], shapes=[(32, 64), (64, 64)], batch=[1], threads=1,
                                         bw_bytes=1 << 16, backends=["numpy"], min_time=0.0, cold=False, log=None)
-    assert res["bandwidth_probes_gbps"] == [5.0, 20.0, 8.0] and res["reference_bandwidth_gbps"] == 20.0
-    for r in res["results"]:
+    assert res["bandwidth_probes_gbps"] == [5.0, 20.0, 8.0, 4.0] and res["reference_bandwidth_gbps"] == 20.0
+    assert [r["cols"] for r in res["results"]] == [64, 64]
+    for r, around in zip(res["results"], (14.0, 6.0)):  # first case between 20 and 8, second between 8 and 4
         assert r["bandwidth_gbps"] == 20.0 and r["pct_bandwidth"] == pytest.approx(5 * r["gbps"])
+        assert r["paired_bandwidth_gbps"] == around and r["pct_paired"] == pytest.approx(100 * r["gbps"] / around)
 
 
 def test_model_cases_only(monkeypatch):

@@ -100,8 +100,8 @@ def test_a_file_that_shrinks_under_the_copy_fails_in_one_line(moe_file, tmp_path
 def test_huge_bytes_counts_anonymous_huge_pages():
     if sys.platform != "linux" or wp.thp_mode() != "madvise":
         pytest.skip("needs transparent huge pages in 'madvise' mode")
-    plain = wp._arena(8 * wp.HUGE_PAGE, huge=False)
-    huge = wp._arena(8 * wp.HUGE_PAGE, huge=True)
+    plain = wp.anonymous_buffer(8 * wp.HUGE_PAGE, huge=False)
+    huge = wp.anonymous_buffer(8 * wp.HUGE_PAGE, huge=True)
     for a in (plain, huge):
         assert a.ctypes.data % wp.HUGE_PAGE == 0
         a[:] = 1  # fault it in
@@ -123,3 +123,14 @@ def test_generate_verbose_says_where_the_weights_are():
         assert len(lines) == 1 and lines[0].startswith(expect), r.stderr
         if mode == "copy":
             assert "copied into memory" in lines[0], lines[0]
+
+
+def test_kernel_bench_times_weights_in_the_engines_kind_of_memory():
+    from pyengine.bench.kernels import weight_pool
+
+    raw = np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8)
+    pool = weight_pool(raw, 3)
+    assert len(pool) == 3
+    for w in pool:
+        assert np.array_equal(w, raw) and not np.shares_memory(w, raw) and w.ctypes.data % wp.ALIGN == 0
+    assert not np.shares_memory(pool[0], pool[1])

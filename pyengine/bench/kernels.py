@@ -80,6 +80,11 @@ class KernelResult:
     gflops: float | None = None
     pct_bandwidth: float | None = None
     bandwidth_gbps: float | None = None
+    # the mean of the probes just before and just after this (type, shape) case: the memory
+    # bus of a VM switches between regimes (32 and 50 GB/s within one run here), so the
+    # probe taken in the same minute is the fair comparison; pct_bandwidth stays against the best
+    pct_paired: float | None = None
+    paired_bandwidth_gbps: float | None = None
     speedup_vs_numpy: float | None = None
     note: str = ""
 
@@ -173,6 +178,19 @@ def time_calls(fn: Callable[[int], Any], n_items: int, min_reps: int = 5, min_ti
     return statistics.median(times), min(times), len(times)
 
 
+def weight_pool(raw: np.ndarray, copies: int) -> list[np.ndarray]:
+    """``copies`` copies of ``raw`` in the memory the engine's cpu backend keeps weights in:
+    one anonymous buffer, in 2 MiB pages where the kernel lends them (pyengine.weight_pages)."""
+    from ..weight_pages import ALIGN, anonymous_buffer, huge_pages_usable
+
+    step = (raw.nbytes + ALIGN - 1) // ALIGN * ALIGN
+    buf = anonymous_buffer(step * copies, huge=huge_pages_usable())  # (copies * step,) uint8
+    pool = [buf[i * step:i * step + raw.nbytes] for i in range(copies)]
+    for w in pool:
+        w[:] = raw
+    return pool
+
+
 def bench_case(type_name: str, rows: int, cols: int, n: int, kernels: Sequence[Kernel], bw_gbps: float,
                rng: np.random.Generator, cold: bool = True, min_time: float = 0.25,
                ref_max_time: float = 2.0, log: Callable[[str], None] | None = None,
@@ -218,7 +236,7 @@ def bench_case(type_name: str, rows: int, cols: int, n: int, kernels: Sequence[K
             items = [raw]
         else:
             if pool is None:
-                pool = [raw] + [raw.copy() for _ in range(copies - 1)]
+                pool = weight_pool(raw, copies)
             items = pool
             for w in items:  # first touch of every copy (page faults, prepared-weight caches)
                 k.fn(w, (rows, cols), x)
@@ -251,7 +269,10 @@ def format_result(r: KernelResult) -> str:
         return f"{head} {r.status.upper()}: {r.message}"
     s = f"{head} {r.ms:9.3f} ms {r.gbps:7.1f} GB/s"
     if r.pct_bandwidth is not None:
-        s += f" ({r.pct_bandwidth:3.0f}% of {r.bandwidth_gbps:.1f} GB/s)"
+        s += f" ({r.pct_bandwidth:3.0f}% of {r.bandwidth_gbps:.1f} GB/s"
+        if r.pct_paired is not None:
+            s += f"; {r.pct_paired:3.0f}% of {r.paired_bandwidth_gbps:.1f} probed around it"
+        s += ")"
     s += f" {r.gflops:8.1f} GFLOP/s"
     if r.speedup_vs_numpy:
         v = r.speedup_vs_numpy
@@ -329,7 +350,8 @@ def run_kernel_bench(types: Sequence[str] | None = None, shapes: Sequence[tuple[
     generic Llama shapes plus the real models' (type, shape) cases are run;
     ``model_cases="only"`` runs just the real models' cases.
     ``reprobe``: probe bandwidth again (3 passes) before each (type, shape); every
-    %-of-bandwidth is against the best probe of the run (``reference_bandwidth_gbps``).
+    %-of-bandwidth is against the best probe of the run (``reference_bandwidth_gbps``), and
+    ``pct_paired`` against the mean of the probes just before and after the kernel's case.
     """
     threads = set_threads(threads)
     if types is not None:
@@ -358,23 +380,36 @@ def run_kernel_bench(types: Sequence[str] | None = None, shapes: Sequence[tuple[
         log(f"{info['cpu']}, {info['cores']} cores; {threads} threads; "
             f"native variants: {', '.join(kernels.kernel_variants()) or 'none'}")
         log(format_bandwidth(bw))
+        log(f"timed weights: {weight_pages_note()}")
     rng = np.random.default_rng(seed)
     results: list[KernelResult] = []
     probes = [bwv] if bwv else []
+    def reprobe_now():
+        probes.append(bandwidth_at(measure_bandwidth(threads=threads, repeats=3, thread_counts=[threads],
+                                                     buffer=pbuf), threads))
+
+    case_of: list[int] = []  # per result: the index in probes of the probe just before its case
     for tn, r, c in cases:
         ks = kernels_for(tn) if kernels_for else collect_kernels(tn, backends, variants)
         if pbuf is not None:
-            # The VM's share of the memory bus drifts (18-35 GB/s within minutes here), and any
-            # one probe can be caught by a burst of outside traffic: probe again before each
-            # case, and compare every kernel with the best probe of the whole run.
-            probes.append(bandwidth_at(measure_bandwidth(threads=threads, repeats=3, thread_counts=[threads],
-                                                         buffer=pbuf), threads))
+            # The VM's share of the memory bus drifts (18-35 GB/s within minutes here, and
+            # regimes of 32 and 50 GB/s in one run): probe again before each case (and once
+            # after the last); every kernel is compared with the best probe of the whole run
+            # and with the two probes around its case.
+            reprobe_now()
         for n in batch:
             rs = bench_case(tn, r, c, n, ks, None, rng, cold=cold, min_time=min_time, log=log, stat=stat)
             results += rs
+            case_of += [len(probes) - 1] * len(rs)
             if log:
                 for x in rs:
                     log(format_result(x))
+    if pbuf is not None and cases:
+        reprobe_now()
+        for x, i in zip(results, case_of):
+            if x.gbps is not None:
+                x.paired_bandwidth_gbps = (probes[i] + probes[i + 1]) / 2
+                x.pct_paired = 100.0 * x.gbps / x.paired_bandwidth_gbps
     del pbuf
     ref_bw = max(probes) if probes else None
     for x in results:
@@ -391,7 +426,14 @@ def run_kernel_bench(types: Sequence[str] | None = None, shapes: Sequence[tuple[
         log(f"load average: {info['loadavg'][0]} at the start, {loadavg()[0]} at the end ({n_cores()} cores)")
     return {"kind": "kernels", "machine": info, "threads": threads, "bandwidth": bw, "loadavg_end": loadavg(),
             "bandwidth_probes_gbps": probes, "reference_bandwidth_gbps": ref_bw, "nmse_max": NMSE_MAX,
-            "cold": cold, "stat": stat, "results": [asdict(x) for x in results]}
+            "cold": cold, "stat": stat, "weight_pages": weight_pages_note(), "results": [asdict(x) for x in results]}
+
+
+def weight_pages_note() -> str:
+    from ..weight_pages import huge_pages_usable
+
+    return ("copies in 2 MiB pages, as the cpu backend keeps a model's weights" if huge_pages_usable() else
+            "copies in 4 KiB pages (no transparent huge pages here; the cpu backend maps the file)")
 
 
 def check_kernel_results(res: dict) -> int:
