@@ -96,9 +96,10 @@ def pyengine_isa(isa: str) -> str:
     return isa
 
 
-def run_pyengine(path: str, p: int, n: int, t: int, backend: str, timeout: float, isa: str) -> dict:
+def run_pyengine(path: str, p: int, n: int, t: int, backend: str, timeout: float, isa: str,
+                 weights: str = "auto") -> dict:
     cmd = [sys.executable, "-m", "pyengine.bench", path, "-p", str(p), "-n", str(n), "-r", "1", "-t", str(t),
-           "--backend", backend, "--bw-size", "0", "--python-steps", "0", "--json"]
+           "--backend", backend, "--bw-size", "0", "--python-steps", "0", "--weights", weights, "--json"]
     # PYENGINE_CPU_VARIANT forces the tier (e.g. the AVX2 kernels on an AVX-512 CPU)
     out = json.loads(_run(cmd, timeout, env={**os.environ, "PYENGINE_CPU_VARIANT": isa}))
     res = {"raw": out}
@@ -109,8 +110,10 @@ def run_pyengine(path: str, p: int, n: int, t: int, backend: str, timeout: float
     return res
 
 
-def run_llama(exe: str, path: str, p: int, n: int, t: int, timeout: float) -> dict:
+def run_llama(exe: str, path: str, p: int, n: int, t: int, timeout: float, load_mode: str | None = None) -> dict:
     cmd = [exe, "-m", path, "-p", str(p), "-n", str(n), "-t", str(t), "-r", "1", "-o", "json"]
+    if load_mode:
+        cmd += ["-lm", load_mode]  # e.g. none: read the file into memory instead of mapping it
     out = json.loads(_run(cmd, timeout))
     res = {"raw": out}
     for test in out:
@@ -140,9 +143,10 @@ def compare_model(path: str, args, exe: str | None, log) -> dict:
         for who in order:
             if who == "pyengine" and not args.skip_pyengine:
                 got[who] = run_pyengine(path, args.n_prompt, args.n_gen, args.threads, args.backend, args.timeout,
-                                         args.isa)
+                                         args.isa, args.weights)
             elif who == "llama.cpp" and exe:
-                got[who] = run_llama(exe, path, args.n_prompt, args.n_gen, args.threads, args.timeout)
+                got[who] = run_llama(exe, path, args.n_prompt, args.n_gen, args.threads, args.timeout,
+                                     args.llama_load_mode)
         rounds.append(got)
         log(f"  round {r + 1}/{args.repetitions} (others busy {_f1(loads[-1])}): " + "; ".join(
             f"{w} pp {g.get('pp', float('nan')):.1f} tg {g.get('tg', float('nan')):.2f}" for w, g in got.items()))
@@ -285,6 +289,11 @@ def main(argv=None) -> int:
     ap.add_argument("--llama-isa", default="native", metavar="LABEL",
                     help="what the llama-bench build was compiled for, shown in every row (default 'native'; "
                          "e.g. 'avx2' for a build with GGML_NATIVE=OFF GGML_AVX2=ON GGML_AVX512=OFF)")
+    ap.add_argument("--weights", default="auto", choices=["auto", "map", "copy"],
+                    help="pyengine's weight placement (pyengine bench --weights; default auto)")
+    ap.add_argument("--llama-load-mode", default=None, metavar="MODE",
+                    help="llama-bench's -lm (auto|none|mmap|...; default: its own default, mapping the file); "
+                         "none reads the weights into memory, like pyengine's --weights copy")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per single run (default 1800)")
     ap.add_argument("--skip-pyengine", action="store_true", help="only run llama-bench (record its figures)")
     ap.add_argument("--skip-llama", action="store_true", help="only run pyengine")

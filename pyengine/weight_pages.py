@@ -39,9 +39,10 @@ def add_weights_argument(parser) -> None:
     """``--weights`` for the commands that load a model (generate, chat, serve)."""
     parser.add_argument("--weights", default="auto", choices=MODES,
                         help="where the weights live: auto = the cpu backend copies them into 2 MiB pages when "
-                             "the kernel lends huge pages and they fit in 70%% of available memory (decoding "
-                             "reads 5-17%% faster), else they stay mapped; map = read from the mapped file "
-                             "(least memory, fastest load); copy = always copy. 'generate -v' says which")
+                             "the kernel lends huge pages and they fit in 70%% of available memory (decoding up to "
+                             "~17%% faster), else they stay mapped; map = read from the mapped file "
+                             "(least memory, fastest load); copy = copy every tensor, MoE experts included (RSS = "
+                             "file size). 'generate -v' says which")
 
 
 def stays_mapped(name: str) -> bool:
@@ -104,15 +105,15 @@ def place_weights(gf, mode: str = "auto", backend_name: str = "cpu", progress: b
     """Copy ``gf``'s tensors into 2 MiB pages or leave them mapped (see the module text).
 
     ``mode``: ``"auto"`` decides as described above; ``"map"`` leaves every tensor mapped;
-    ``"copy"`` copies whatever the backend (huge pages where the kernel lends them), and fails
-    in one line when the copy would not fit. Replaces ``QTensor.raw`` in place; returns the
+    ``"copy"`` copies every tensor, routed experts included, whatever the backend (huge pages
+    where the kernel lends them), and fails in one line when the copy would not fit. Replaces ``QTensor.raw`` in place; returns the
     one-line description of what was done.
     """
     if mode not in MODES:
         raise PyEngineError(f"weights placement {mode!r} is not one of {', '.join(MODES)}")
-    names = [n for n, t in gf.tensors.items() if not stays_mapped(n)]
+    names = [n for n in gf.tensors if mode == "copy" or not stays_mapped(n)]
     todo = sum((gf.tensors[n].n_bytes + ALIGN - 1) // ALIGN * ALIGN for n in names)
-    kept = sum(t.n_bytes for n, t in gf.tensors.items() if stays_mapped(n))
+    kept = sum(t.n_bytes for n, t in gf.tensors.items() if n not in set(names))
     tail = f"; {_fmt(kept)} of routed experts stay mapped" if kept else ""
     if mode == "map":
         return "memory-mapped from the file (--weights map)"
@@ -185,7 +186,7 @@ def _copy_into(gf, names: list[str], arena: np.ndarray, progress: bool) -> None:
 
     n_readers = max(1, min(2, os.cpu_count() or 1))
     with tqdm(total=sum(d.nbytes for _, _, d in jobs), unit="B", unit_scale=True, unit_divisor=1024,
-              desc="weights into 2 MiB pages", disable=not progress, leave=False) as bar, \
+              desc="weights into 2 MiB pages", disable=not progress, leave=False, delay=1.0) as bar, \
             ThreadPoolExecutor(n_readers) as pool:
         for fut in [pool.submit(read, jobs[i::n_readers], bar) for i in range(n_readers)]:
             fut.result()

@@ -23,6 +23,7 @@ from pathlib import Path
 from ..errors import PyEngineError
 from .kernels import DEFAULT_TYPES, MODEL_CASES, check_kernel_results, plot_kernels, run_kernel_bench
 from .model import format_model_table, run_model_bench
+from ..weight_pages import add_weights_argument
 
 def parse_shapes(text: str) -> list[tuple[int, int]]:
     out = []
@@ -96,6 +97,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "numpy,numba,cpu (default: all available)")
     g.add_argument("--python-steps", type=int, default=8, metavar="N",
                    help="extra decode steps used to measure the python share; 0 skips it (default 8)")
+    add_weights_argument(g)
     k = b.add_argument_group("kernel benchmark (pyengine bench kernels)")
     k.add_argument("--types", default=None, help=f"comma list of weight types (default {','.join(DEFAULT_TYPES)} "
                                                  "plus the real models' own type/shape cases)")
@@ -180,7 +182,8 @@ def cmd_model(args) -> int:
         raise PyEngineError("the model benchmark takes one --backend (auto, numpy, numba, cpu or cuda)")
     res = run_model_bench(args.target, n_prompt=args.n_prompt, n_gen=args.n_gen, reps=args.repetitions,
                           threads=args.threads, backend=backend, seed=args.seed,
-                          bw_bytes=int(args.bw_size * 2**30), python_steps=args.python_steps, log=log)
+                          bw_bytes=int(args.bw_size * 2**30), python_steps=args.python_steps, log=log,
+                          weights=args.weights)
     log(format_model_table(res))
     if args.json:
         _write_json(args, res)

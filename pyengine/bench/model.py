@@ -117,7 +117,7 @@ def _mean_sd(xs: Sequence[float]) -> tuple[float, float]:
 
 def run_model_bench(model: str, n_prompt: int = 512, n_gen: int = 128, reps: int = 3, threads: int | None = None,
                     backend: str = "auto", seed: int = 0, bw: dict | None = None, bw_bytes: int = 1 << 30,
-                    python_steps: int = 8, log: Callable[[str], None] | None = print) -> dict:
+                    python_steps: int = 8, log: Callable[[str], None] | None = print, weights: str = "auto") -> dict:
     """llama-bench-style pp / tg of ``model`` (a .gguf path or registry name); returns a JSON-ready dict.
 
     pp<N>: ``reps`` times, a prompt of ``n_prompt`` random token ids processed as one
@@ -134,7 +134,7 @@ def run_model_bench(model: str, n_prompt: int = 512, n_gen: int = 128, reps: int
     if n_prompt < 0 or n_gen < 0 or reps < 1:
         raise PyEngineError("-p and -n must be >= 0 and -r >= 1")
     t0 = time.perf_counter()
-    m = pyengine.load(model, backend=backend, n_ctx=max(n_prompt, n_gen + 1, 64) + 8)
+    m = pyengine.load(model, backend=backend, n_ctx=max(n_prompt, n_gen + 1, 64) + 8, weights=weights)
     load_s = time.perf_counter() - t0
     n_vocab = int(getattr(m, "n_vocab", None) or m.config.n_vocab)
     rng = np.random.default_rng(seed)
