@@ -9,9 +9,12 @@ never cut silently: the turn is refused with the token counts, and ``/drop`` (or
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -166,6 +169,28 @@ class ChatSession:
 
 # --- the terminal loop ---------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def _ctrl_c_stops():
+    """While an answer streams, Ctrl-C also sets a flag (a non-empty list) checked after each
+    piece: a KeyboardInterrupt that lands inside a finalizer (garbage collection during the
+    step) is printed as "Exception ignored" and lost, and the answer would run on to its end
+    (seen once in CI: 400 tokens after the signal)."""
+    flag: list[bool] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def on_sigint(signum, frame):
+        flag.append(True)
+        raise KeyboardInterrupt
+
+    prev = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, prev)
+
+
 def _readline_setup() -> None:
     try:
         import readline  # noqa: F401  (line editing for input())
@@ -259,9 +284,12 @@ def repl(session: ChatSession, stdin=None, stdout=None, stderr=None, interactive
             continue
         gen = session.send(line)
         try:
-            for piece in gen:
-                stdout.write(piece)
-                stdout.flush()
+            with _ctrl_c_stops() as stop:
+                for piece in gen:
+                    stdout.write(piece)
+                    stdout.flush()
+                    if stop:  # Ctrl-C whose KeyboardInterrupt Python swallowed (raised in a finalizer)
+                        raise KeyboardInterrupt
         except KeyboardInterrupt:
             gen.close()
             stdout.write(" [stopped]")

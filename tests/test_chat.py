@@ -188,3 +188,24 @@ def test_fair_lock_survives_an_interrupted_waiter():
 
     threading.Thread(target=later).start()
     assert done.wait(5), "the lock stalled behind the abandoned ticket"
+
+
+def test_ctrl_c_swallowed_by_a_finalizer_still_stops_the_answer():
+    """A KeyboardInterrupt raised inside a finalizer is printed and lost; the flag set by the
+    chat's SIGINT handler still stops the answer after the next piece."""
+    import os
+    import signal
+
+    from pyengine.chat import _ctrl_c_stops
+
+    before = signal.getsignal(signal.SIGINT)
+    with _ctrl_c_stops() as stop:
+        assert not stop
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):  # the handler runs at the next bytecode boundary
+                pass
+        except KeyboardInterrupt:
+            pass  # what a finalizer does with it
+        assert stop
+    assert signal.getsignal(signal.SIGINT) is before
