@@ -232,8 +232,13 @@ void matmul_impl(WType t, const uint8_t* w, int64_t rows, int64_t cols, const fl
         rb_rows &= ~(int64_t)3;
     }
     c.rb_rows = rb_rows;
-    // Scheduling unit: a few chunks per thread so a slow core does not hold up the rest.
-    int64_t sched = (rows + 4 * nth - 1) / (4 * nth);
+    // Scheduling unit. Packing (many tokens): a few chunks per thread, so a slow core does not
+    // hold up the rest. The gemv (few tokens, bound by reading the weights): one contiguous
+    // range per thread, so each thread's prefetch stream runs unbroken through its rows; four
+    // chunks per thread measured 10-12% slower decoding (Qwen2.5-Coder-1.5B 29.3 -> 32.4 tok/s,
+    // Gemma 3 108 -> 119, SmolLM2 201 -> 225, 2 threads, 5 alternating rounds).
+    const int64_t per_thread = n <= kGemvMaxTokens && k.gemv != nullptr ? 1 : 4;
+    int64_t sched = (rows + per_thread * nth - 1) / (per_thread * nth);
     sched = (sched + rb_rows - 1) / rb_rows * rb_rows;
     if (sched < rb_rows) sched = rb_rows;
     while ((int)g_wbuf.size() < nth) g_wbuf.emplace_back(new Scratch());
