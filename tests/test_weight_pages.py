@@ -144,3 +144,12 @@ def test_kernel_bench_times_weights_in_the_engines_kind_of_memory():
     for w in pool:
         assert np.array_equal(w, raw) and not np.shares_memory(w, raw) and w.ctypes.data % wp.ALIGN == 0
     assert not np.shares_memory(pool[0], pool[1])
+
+
+def test_doctor_says_where_the_cpu_backend_keeps_weights():
+    r = subprocess.run([sys.executable, "-m", "pyengine", "doctor"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("weights (cpu backend): ")]
+    assert len(lines) == 1, r.stdout
+    want = "copied into 2 MiB pages" if wp.huge_pages_usable() else "read from the memory-mapped file"
+    assert want in lines[0] and f"transparent huge pages: {wp.thp_mode() or 'not available'}" in lines[0], lines[0]
