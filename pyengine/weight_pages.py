@@ -106,14 +106,15 @@ def place_weights(gf, mode: str = "auto", backend_name: str = "cpu", progress: b
 
     ``mode``: ``"auto"`` decides as described above; ``"map"`` leaves every tensor mapped;
     ``"copy"`` copies every tensor, routed experts included, whatever the backend (huge pages
-    where the kernel lends them), and fails in one line when the copy would not fit. Replaces ``QTensor.raw`` in place; returns the
-    one-line description of what was done.
+    where the kernel lends them), and fails in one line when the copy would not fit.
+    Replaces ``QTensor.raw`` in place; returns the one-line description of what was done.
     """
     if mode not in MODES:
         raise PyEngineError(f"weights placement {mode!r} is not one of {', '.join(MODES)}")
     names = [n for n in gf.tensors if mode == "copy" or not stays_mapped(n)]
     todo = sum((gf.tensors[n].n_bytes + ALIGN - 1) // ALIGN * ALIGN for n in names)
-    kept = sum(t.n_bytes for n, t in gf.tensors.items() if n not in set(names))
+    copied = set(names)
+    kept = sum(t.n_bytes for n, t in gf.tensors.items() if n not in copied)
     tail = f"; {_fmt(kept)} of routed experts stay mapped" if kept else ""
     if mode == "map":
         return "memory-mapped from the file (--weights map)"
@@ -147,8 +148,8 @@ def anonymous_buffer(nbytes: int, huge: bool) -> np.ndarray:
     m = mmap.mmap(-1, max(nbytes, 1) + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     buf = np.frombuffer(m, dtype=np.uint8)  # (nbytes + 2 MiB,) the view keeps the mapping alive
     skip = (-buf.ctypes.data) % HUGE_PAGE
-    if huge:
-        m.madvise(mmap.MADV_HUGEPAGE, skip, nbytes + (-nbytes) % HUGE_PAGE)
+    if huge:  # whole 2 MiB pages from the aligned start, within the mapping
+        m.madvise(mmap.MADV_HUGEPAGE, skip, min(nbytes + (-nbytes) % HUGE_PAGE, len(m) - skip))
     return buf[skip:skip + nbytes]  # (nbytes,)
 
 
