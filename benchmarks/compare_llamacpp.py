@@ -33,6 +33,7 @@ from pathlib import Path
 from pyengine.bench.bandwidth import bandwidth_at, format_bandwidth, measure_bandwidth
 from pyengine.bench.machine import busy_others, machine_info
 from pyengine.errors import PyEngineError
+from pyengine.weight_pages import MODES as WEIGHT_MODES
 
 DEFAULT_LLAMA_BENCH = "/tmp/llama-build/bin/llama-bench"
 
@@ -289,7 +290,7 @@ def main(argv=None) -> int:
     ap.add_argument("--llama-isa", default="native", metavar="LABEL",
                     help="what the llama-bench build was compiled for, shown in every row (default 'native'; "
                          "e.g. 'avx2' for a build with GGML_NATIVE=OFF GGML_AVX2=ON GGML_AVX512=OFF)")
-    ap.add_argument("--weights", default="auto", choices=["auto", "map", "copy"],
+    ap.add_argument("--weights", default="auto", choices=WEIGHT_MODES,
                     help="pyengine's weight placement (pyengine bench --weights; default auto)")
     ap.add_argument("--llama-load-mode", default=None, metavar="MODE",
                     help="llama-bench's -lm (auto|none|mmap|...; default: its own default, mapping the file); "

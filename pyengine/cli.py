@@ -309,14 +309,9 @@ def cmd_doctor(args) -> int:
             print(f"  {k}: {v}")
     except ImportError:
         pass
-    from .weight_pages import available_bytes, huge_pages_usable, thp_mode
+    from .weight_pages import policy_line
 
-    avail = available_bytes()
-    room = f"; {avail / 2**30:.1f} GiB available" if avail else ""
-    print("weights (cpu backend): " + (
-        f"copied into 2 MiB pages when they fit in 70% of available memory (transparent huge pages: "
-        f"{thp_mode()}{room}); --weights map reads the mapped file" if huge_pages_usable() else
-        f"read from the memory-mapped file (transparent huge pages: {thp_mode() or 'not available'})"))
+    print(f"weights (cpu backend): {policy_line()}")
     from .registry import cache_dir, list_models
 
     have = [r["name"] for r in list_models() if r.get("local")]

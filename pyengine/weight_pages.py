@@ -36,13 +36,28 @@ FIT_SHARE = 0.7  # copy only when the copy takes at most this share of available
 
 
 def add_weights_argument(parser) -> None:
-    """``--weights`` for the commands that load a model (generate, chat, serve)."""
+    """``--weights`` for the commands that load a model (generate, chat, serve, bench)."""
     parser.add_argument("--weights", default="auto", choices=MODES,
-                        help="where the weights live: auto = the cpu backend copies them into 2 MiB pages when "
-                             "the kernel lends huge pages and they fit in 70%% of available memory (decoding up to "
-                             "~17%% faster), else they stay mapped; map = read from the mapped file "
-                             "(least memory, fastest load); copy = copy every tensor, MoE experts included (RSS = "
-                             "file size). 'generate -v' says which")
+                        help=f"where the weights live: auto = the cpu backend copies them into 2 MiB pages when "
+                             f"the kernel lends huge pages and they fit in {FIT_SHARE * 100:.0f}%% of available memory "
+                             f"(decoding up to ~17%% faster), else they stay mapped; map = read from the mapped "
+                             f"file (least memory, fastest load); copy = copy every tensor, MoE experts included "
+                             f"(RSS = file size). 'generate -v' says which")
+
+
+def padded(nbytes: int) -> int:
+    """Bytes a copied tensor takes: ``nbytes`` rounded up so the next one starts on a cache line."""
+    return (nbytes + ALIGN - 1) // ALIGN * ALIGN
+
+
+def policy_line() -> str:
+    """What ``auto`` does on this machine, for ``pyengine doctor``."""
+    if not huge_pages_usable():
+        return f"read from the memory-mapped file (transparent huge pages: {thp_mode() or 'not available'})"
+    avail = available_bytes()
+    room = f"; {avail / 2**30:.1f} GiB available" if avail else ""
+    return (f"copied into 2 MiB pages when they fit in {FIT_SHARE:.0%} of available memory (transparent huge "
+            f"pages: {thp_mode()}{room}); --weights map reads the mapped file")
 
 
 def stays_mapped(name: str) -> bool:
@@ -111,22 +126,19 @@ def place_weights(gf, mode: str = "auto", backend_name: str = "cpu", progress: b
     """
     if mode not in MODES:
         raise PyEngineError(f"weights placement {mode!r} is not one of {', '.join(MODES)}")
+    if mode == "map":
+        return "memory-mapped from the file (--weights map)"
     names = [n for n in gf.tensors if mode == "copy" or not stays_mapped(n)]
-    todo = sum((gf.tensors[n].n_bytes + ALIGN - 1) // ALIGN * ALIGN for n in names)
+    todo = sum(padded(gf.tensors[n].n_bytes) for n in names)
     copied = set(names)
     kept = sum(t.n_bytes for n, t in gf.tensors.items() if n not in copied)
     tail = f"; {_fmt(kept)} of routed experts stay mapped" if kept else ""
-    if mode == "map":
-        return "memory-mapped from the file (--weights map)"
-    thp = thp_mode()
     if mode == "auto":
         if backend_name != "cpu":
             return f"memory-mapped from the file (the {backend_name} backend keeps its own form of them)"
-        if sys.platform != "linux" or not hasattr(mmap, "MADV_HUGEPAGE"):
-            return "memory-mapped from the file (no transparent huge pages on this system)"
         if not huge_pages_usable():
-            return (f"memory-mapped from the file (transparent huge pages are "
-                    f"'{thp or 'unavailable'}' in this kernel)")
+            return (f"memory-mapped from the file (transparent huge pages: "
+                    f"{thp_mode() or 'not available on this system'})")
         if not todo:
             return "memory-mapped from the file (only routed experts, which stay mapped)"
     avail = available_bytes()
@@ -145,7 +157,11 @@ def place_weights(gf, mode: str = "auto", backend_name: str = "cpu", progress: b
 
 def anonymous_buffer(nbytes: int, huge: bool) -> np.ndarray:
     """An anonymous, 2 MiB-aligned uint8 buffer of ``nbytes`` (madvised for huge pages)."""
-    m = mmap.mmap(-1, max(nbytes, 1) + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    size = max(nbytes, 1) + HUGE_PAGE
+    if hasattr(mmap, "MAP_ANONYMOUS"):
+        m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    else:  # Windows: fileno -1 is anonymous memory already
+        m = mmap.mmap(-1, size)
     buf = np.frombuffer(m, dtype=np.uint8)  # (nbytes + 2 MiB,) the view keeps the mapping alive
     skip = (-buf.ctypes.data) % HUGE_PAGE
     if huge:  # whole 2 MiB pages from the aligned start, within the mapping
@@ -168,16 +184,17 @@ def _copy_into(gf, names: list[str], arena: np.ndarray, progress: bool) -> None:
     for name in names:
         t = gf.tensors[name]
         jobs.append((name, t.raw.ctypes.data - base, arena[at:at + t.n_bytes]))
-        at += (t.n_bytes + ALIGN - 1) // ALIGN * ALIGN
+        at += padded(t.n_bytes)
     lock = threading.Lock()
     chunk = 16 << 20
 
     def read(part, bar):
-        with open(gf.path, "rb", buffering=0) as f:
+        with open(gf.path, "rb", buffering=0) as f:  # one file object per reader: its own position
             for name, offset, dst in part:
                 view, done = memoryview(dst), 0
+                f.seek(offset)
                 while done < dst.nbytes:  # chunks: progress on multi-GB files; short reads retried
-                    k = os.preadv(f.fileno(), [view[done:done + chunk]], offset + done)
+                    k = f.readinto(view[done:done + chunk])
                     if not k:
                         raise ModelFileError(f"{gf.path}: file shrank while reading tensor {name!r} "
                                              f"(changed on disk?)")

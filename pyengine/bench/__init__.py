@@ -21,9 +21,9 @@ import sys
 from pathlib import Path
 
 from ..errors import PyEngineError
+from ..weight_pages import add_weights_argument
 from .kernels import DEFAULT_TYPES, MODEL_CASES, check_kernel_results, plot_kernels, run_kernel_bench
 from .model import format_model_table, run_model_bench
-from ..weight_pages import add_weights_argument
 
 def parse_shapes(text: str) -> list[tuple[int, int]]:
     out = []

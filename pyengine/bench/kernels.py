@@ -181,9 +181,9 @@ def time_calls(fn: Callable[[int], Any], n_items: int, min_reps: int = 5, min_ti
 def weight_pool(raw: np.ndarray, copies: int) -> list[np.ndarray]:
     """``copies`` copies of ``raw`` in the memory the engine's cpu backend keeps weights in:
     one anonymous buffer, in 2 MiB pages where the kernel lends them (pyengine.weight_pages)."""
-    from ..weight_pages import ALIGN, anonymous_buffer, huge_pages_usable
+    from ..weight_pages import anonymous_buffer, huge_pages_usable, padded
 
-    step = (raw.nbytes + ALIGN - 1) // ALIGN * ALIGN
+    step = padded(raw.nbytes)
     buf = anonymous_buffer(step * copies, huge=huge_pages_usable())  # (copies * step,) uint8
     pool = [buf[i * step:i * step + raw.nbytes] for i in range(copies)]
     for w in pool:
@@ -384,6 +384,7 @@ def run_kernel_bench(types: Sequence[str] | None = None, shapes: Sequence[tuple[
     rng = np.random.default_rng(seed)
     results: list[KernelResult] = []
     probes = [bwv] if bwv else []
+
     def reprobe_now():
         probes.append(bandwidth_at(measure_bandwidth(threads=threads, repeats=3, thread_counts=[threads],
                                                      buffer=pbuf), threads))
