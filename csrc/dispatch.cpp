@@ -88,6 +88,7 @@ struct Scratch {
 
 std::mutex g_matmul_mutex;  // one matmul at a time owns the scratch and the pool
 Scratch g_act;
+std::vector<std::unique_ptr<Scratch>> g_act_more;  // matmul_group: activations in further packing forms
 std::vector<std::unique_ptr<Scratch>> g_wbuf;  // one per pool thread
 
 static inline void prefetch_bytes(const uint8_t* p, int64_t n) {
@@ -251,6 +252,84 @@ void matmul_impl(WType t, const uint8_t* w, int64_t rows, int64_t cols, const fl
 }
 
 }  // namespace
+
+void matmul_group(const MatmulPart* parts, int n_parts, int64_t cols, const float* x, int64_t n,
+                  const MatmulKernels& k) {
+    constexpr int kMaxParts = 8;
+    bool fused = k.gemv != nullptr && n > 0 && n <= kGemvMaxTokens && n_parts > 1 && n_parts <= kMaxParts;
+    for (int i = 0; i < n_parts && fused; ++i) fused = wtype_is_quant(parts[i].t) && parts[i].rows > 0;
+    if (!fused) {
+        for (int i = 0; i < n_parts; ++i) matmul(parts[i].t, parts[i].w, parts[i].rows, cols, x, n, parts[i].out, k);
+        return;
+    }
+    {
+        std::lock_guard<std::mutex> lock(g_matmul_mutex);
+        ThreadPool& pool = ThreadPool::instance();
+        const int nth = pool.num_threads();
+        // 1. The activations, quantized once per packing form (group size, weight offset) the
+        //    parts ask for: g_act for the first form, g_act_more for the others.
+        MatmulCall c[kMaxParts];
+        int form_of[kMaxParts];
+        int forms[kMaxParts][2], n_forms = 0;
+        int64_t start[kMaxParts + 1];  // byte offset of each part in the group's weight bytes
+        start[0] = 0;
+        while ((int)g_act_more.size() < kMaxParts) g_act_more.emplace_back(new Scratch());
+        for (int i = 0; i < n_parts; ++i) {
+            const WType t = parts[i].t;
+            MatmulCall& ci = c[i];
+            ci = MatmulCall{};
+            ci.w = parts[i].w, ci.rows = parts[i].rows, ci.cols = cols, ci.x = x, ci.n = n, ci.out = parts[i].out;
+            ci.G = wtype_info(t).group;
+            ci.np = n_panels(k, ci.G, cols);
+            ci.stride = ci.np * panel_bytes(k, ci.G);
+            ci.rb = row_bytes(t, cols);
+            ci.rb_rows = 4;  // as matmul_impl for n <= 4 (the gemv reads no buffer)
+            ci.pf_rows = 1;
+            const int off = weight_offset(t, k.q8_signed);
+            int f = 0;
+            while (f < n_forms && !(forms[f][0] == ci.G && forms[f][1] == off)) ++f;
+            if (f == n_forms) {
+                forms[f][0] = ci.G, forms[f][1] = off, ++n_forms;
+                uint8_t* act = (f == 0 ? g_act : *g_act_more[f]).get((size_t)(n * ci.stride));
+                for (int64_t r = 0; r < n; ++r) k.pack_act(x + r * cols, cols, ci.G, off, act + r * ci.stride);
+            }
+            form_of[i] = f;
+            start[i + 1] = start[i] + ci.rows * ci.rb;
+        }
+        for (int i = 0; i < n_parts; ++i) {
+            const int f = form_of[i];
+            c[i].act = (f == 0 ? g_act : *g_act_more[f]).p;
+        }
+        while ((int)g_wbuf.size() < nth) g_wbuf.emplace_back(new Scratch());
+        int64_t wmax = 0;
+        for (int i = 0; i < n_parts; ++i) wmax = std::max(wmax, 4 * c[i].stride);
+        for (int i = 0; i < nth; ++i) g_wbuf[i]->get((size_t)wmax);
+        // 2. Share s of nth takes the rows whose first byte lies in [s, s + 1) * total / nth of
+        //    the concatenated weights: every row exactly once, shares equal to within a row.
+        const int64_t total = start[n_parts];
+        auto first_row = [&](int i, int64_t byte) {  // first row of part i starting at or after `byte`
+            const int64_t rel = byte - start[i];
+            if (rel <= 0) return (int64_t)0;
+            const int64_t r = (rel + c[i].rb - 1) / c[i].rb;
+            return r < c[i].rows ? r : c[i].rows;
+        };
+        pool.parallel_for(nth, 1, [&](int64_t s0, int64_t s1, int tid) {
+            for (int64_t s = s0; s < s1; ++s) {
+                const int64_t lo = total / nth * s + std::min<int64_t>(s, total % nth);
+                const int64_t hi = total / nth * (s + 1) + std::min<int64_t>(s + 1, total % nth);
+                for (int i = 0; i < n_parts; ++i) {
+                    const int64_t r0 = first_row(i, lo), r1 = first_row(i, hi);
+                    if (r1 > r0) k.by_type[(int)parts[i].t](c[i], r0, r1, g_wbuf[tid]->p);
+                }
+            }
+        }, nth);
+    }
+    for (int64_t r = 0; r < n; ++r)  // as matmul(): a token with a non-finite input gets NaN outputs
+        if (!row_finite(x + r * cols, cols))
+            for (int i = 0; i < n_parts; ++i)
+                std::fill(parts[i].out + r * parts[i].rows, parts[i].out + (r + 1) * parts[i].rows,
+                          std::numeric_limits<float>::quiet_NaN());
+}
 
 void get_rows(WType t, const uint8_t* w, int64_t rows, int64_t cols, const int32_t* ids, int64_t n, float* out) {
     const int64_t rb = row_bytes(t, cols);

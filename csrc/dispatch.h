@@ -21,6 +21,23 @@ const MatmulKernels& select_variant(const std::string& name);
 void matmul(WType t, const uint8_t* w, int64_t rows, int64_t cols, const float* x, int64_t n, float* out,
             const MatmulKernels& k);
 
+// One matrix of a matmul_group: out (n, rows) = x (n, cols) @ W.T, W (rows, cols) of type t.
+struct MatmulPart {
+    WType t;
+    const uint8_t* w;
+    int64_t rows;
+    float* out;
+};
+
+// Every part's matmul against the same x (n, cols): q/k/v of one layer, or gate/up. The
+// results are matmul()'s, bit for bit. For a few tokens (the gemv: n <= kGemvMaxTokens) with
+// every part quantized, the parts run as one job on the thread pool, each thread taking one
+// contiguous share of the parts' weight bytes (one barrier instead of one per matrix, and
+// small matrices such as k and v no longer split two ways alone); otherwise one matmul each.
+// No output may overlap x.
+void matmul_group(const MatmulPart* parts, int n_parts, int64_t cols, const float* x, int64_t n,
+                  const MatmulKernels& k);
+
 // out (n, cols) = dequantized rows ids[0..n) of W (rows, cols). ids must be in range.
 void get_rows(WType t, const uint8_t* w, int64_t rows, int64_t cols, const int32_t* ids, int64_t n, float* out);
 

@@ -34,7 +34,52 @@ const char* kind_name(Kind k) {
     return "?";
 }
 
+namespace {
+// [p, p + n) and [q, q + m) share a float
+bool overlaps(const float* p, int64_t n, const float* q, int64_t m) {
+    return p != nullptr && q != nullptr && p < q + m && q < p + n;
+}
+}  // namespace
+
+// A later matmul j joins node i's group when it reads the same input (same a, n, cols) and can
+// run before the nodes between them: those are only matmuls and bias additions (whose buffers
+// are known), none of them writes j's input, and none reads or writes j's output.
+void Program::plan_groups() {
+    constexpr int kWindow = 8;    // nodes looked ahead (q, bias, k, bias, v: 5)
+    constexpr int kMaxGroup = 8;  // matmul_group's limit
+    const int N = (int)nodes.size();
+    group.assign(N, {});
+    member.assign(N, 0);
+    for (int i = 0; i < N; ++i) {
+        const Node& a = nodes[i];
+        if (a.kind != Kind::Matmul || member[i]) continue;
+        for (int j = i + 1; j < N && j <= i + kWindow && (int)group[i].size() + 1 < kMaxGroup; ++j) {
+            const Node& m = nodes[j];
+            if (m.kind != Kind::Matmul && m.kind != Kind::AddBias) break;
+            if (m.kind != Kind::Matmul || member[j] || m.a != a.a || m.n != a.n || m.cols != a.cols) continue;
+            // outputs: apart from the input and from every output already in the group
+            bool ok = !overlaps(m.out, m.n * m.w_rows, m.a, m.n * m.cols) &&
+                      !overlaps(a.out, a.n * a.w_rows, m.a, m.n * m.cols) &&
+                      !overlaps(m.out, m.n * m.w_rows, a.out, a.n * a.w_rows);
+            for (int g : group[i]) ok = ok && !overlaps(m.out, m.n * m.w_rows, nodes[g].out, nodes[g].n * nodes[g].w_rows);
+            for (int k = i + 1; k < j && ok; ++k) {
+                const Node& x = nodes[k];
+                if (x.kind == Kind::Matmul && member[k]) continue;  // already moved up into the group
+                const int64_t in = x.n * x.cols, out = x.kind == Kind::Matmul ? x.n * x.w_rows : x.n * x.cols;
+                ok = !overlaps(x.out, out, m.a, m.n * m.cols) && !overlaps(x.out, out, m.out, m.n * m.w_rows) &&
+                     !overlaps(x.a, in, m.out, m.n * m.w_rows);
+            }
+            if (!ok) continue;
+            group[i].push_back(j);
+            member[j] = 1;
+        }
+    }
+    planned = nodes.size();
+}
+
 void Program::run(int32_t token, int64_t pos0, const MatmulKernels& mk, double* ns) {
+    const bool fuse = fuse_matmuls && ns == nullptr;
+    if (fuse && planned != nodes.size()) plan_groups();
     for (RopeTable& t : tables) {
         const double p = (double)t.pos.at(pos0);
         cpu::RopeScaling sc = t.sc;
@@ -45,6 +90,15 @@ void Program::run(int32_t token, int64_t pos0, const MatmulKernels& mk, double* 
     auto t0 = std::chrono::steady_clock::now();
     for (size_t i = 0; i < nodes.size(); ++i) {
         const Node& nd = nodes[i];
+        if (fuse && member[i]) continue;  // ran with its group
+        if (fuse && !group[i].empty()) {
+            MatmulPart parts[8];
+            int np = 0;
+            parts[np++] = MatmulPart{nd.wt, nd.w, nd.w_rows, nd.out};
+            for (int j : group[i]) parts[np++] = MatmulPart{nodes[j].wt, nodes[j].w, nodes[j].w_rows, nodes[j].out};
+            matmul_group(parts, np, nd.cols, nd.a, nd.n, mk);
+            continue;
+        }
         switch (nd.kind) {
             case Kind::Embed:
                 get_rows(nd.wt, nd.w, nd.w_rows, nd.cols, &token, 1, nd.out);
@@ -407,6 +461,25 @@ public:
         return l;
     }
 
+    bool fuse() const { return prog_.fuse_matmuls; }
+    void set_fuse(bool on) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        prog_.fuse_matmuls = on;
+    }
+    py::list matmul_groups() {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (prog_.planned != prog_.nodes.size()) prog_.plan_groups();
+        py::list l;
+        for (size_t i = 0; i < prog_.group.size(); ++i) {
+            if (prog_.group[i].empty()) continue;
+            py::list g;
+            g.append(i);
+            for (int j : prog_.group[i]) g.append(j);
+            l.append(g);
+        }
+        return l;
+    }
+
     size_t n_nodes() const { return prog_.nodes.size(); }
     py::tuple positions() const { return py::make_tuple(prog_.pos_lo, prog_.pos_hi); }
     py::list ops() const {
@@ -540,6 +613,11 @@ void bind_graph(py::module_& m) {
              "[(kind, ns)] per node: wall time summed over `reps` steps at pos0 (writes the KV cache there).")
         .def_property_readonly("n_nodes", &DecodeGraph::n_nodes)
         .def_property_readonly("positions", &DecodeGraph::positions, "(lowest, highest) pos0 a step accepts.")
+        .def_property("fuse_matmuls", &DecodeGraph::fuse, &DecodeGraph::set_fuse,
+                      "Run matmuls that read the same input (q/k/v, gate/up) as one job (default True); "
+                      "the results are the same either way.")
+        .def("matmul_groups", &DecodeGraph::matmul_groups,
+             "Node indices of each group of matmuls run as one job (groups of two or more).")
         .def("ops", &DecodeGraph::ops, "Node kinds in execution order.")
         .def_static("kinds", []() {
             py::list l;

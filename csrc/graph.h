@@ -115,6 +115,17 @@ struct Program {
     int64_t pos_hi = std::numeric_limits<int64_t>::max();
     int64_t n_tokens = std::numeric_limits<int64_t>::max();
 
+    // Matmuls that read the same input run as one matmul_group (dispatch.h): q/k/v of a layer,
+    // gate/up. group[i] lists the later matmul nodes that node i's group takes with it (empty:
+    // none), and member[j] marks a node run by an earlier group. Planned on the first run
+    // after nodes change; fuse_matmuls = false (or a profiled run, which times each node on
+    // its own) runs every node in recorded order. Results are identical either way.
+    bool fuse_matmuls = true;
+    std::vector<std::vector<int>> group;
+    std::vector<char> member;
+    size_t planned = 0;  // nodes.size() when group/member were planned
+    void plan_groups();
+
     // Bounds checked by the caller (pos_lo <= pos0 <= pos_hi, 0 <= token < n_tokens).
     // With ns (nodes.size() entries), each node's wall time is added to it.
     void run(int32_t token, int64_t pos0, const MatmulKernels& mk, double* ns = nullptr);

@@ -176,6 +176,77 @@ def test_profile_covers_every_node():
     assert all(us > 0 for _, us in prof.values())
 
 
+# ------------------------------------------------------------------ matmul groups ----------
+
+@pytest.mark.parametrize("name", ["smollm2-135m", "qwen2.5-coder-0.5b"])
+def test_matmuls_sharing_an_input_run_as_one_group(name):
+    """q/k/v (through their bias additions) and gate/up run as one job each; every node is
+    still run, and the logits are those of the node-by-node replay, bit for bit (the 0.5B's
+    groups mix Q5_0 and Q8_0 rows: two activation packings in one job)."""
+    m = model(name)
+    c = m._new_cache()
+    step = m.backend.make_decode_step(m.arch.forward, c)
+    g = step.__self__
+    ops = g.ops()
+    groups = g.matmul_groups()
+    assert len(groups) == 2 * m.config.n_layers
+    assert [len(x) for x in groups[:2]] == [3, 2]
+    assert all(ops[i] == "matmul" for x in groups for i in x)
+    for f in (True, False):
+        g.fuse_matmuls = f
+        got = [np.array(step(t, p)) for p, t in enumerate([5, 17, 99, 3])]
+        if f:
+            fused = got
+    assert g.fuse_matmuls is False
+    assert all(np.array_equal(a, b) for a, b in zip(fused, got))
+
+
+def _q8_0(rng, rows, cols):
+    import gguf
+
+    return gguf.quants.quantize(rng.standard_normal((rows, cols)).astype(np.float32),
+                                gguf.GGMLQuantizationType.Q8_0)
+
+
+@pytest.mark.parametrize("between,grouped", [
+    ("bias_in_place", True),       # the first matmul's bias added into its own output
+    ("writes_input", False),       # a node between them overwrites the shared input
+    ("reads_output", False),       # a node between them reads the later matmul's output
+])
+def test_matmul_group_only_where_moving_it_up_is_safe(between, grouped):
+    """A later matmul joins an earlier one's group only when running it early changes nothing:
+    the step's result is the node-by-node result either way."""
+    from pyengine import _C
+
+    rng = np.random.default_rng(0)
+    cols, r1, r2 = 64, 96, 32
+    w1, w2 = _q8_0(rng, r1, cols), _q8_0(rng, r2, cols)
+    x = rng.standard_normal((1, cols)).astype(np.float32)
+    o1, o2, o3 = (np.zeros((1, r), np.float32) for r in (r1, r2, r2))
+    b1 = rng.standard_normal(r1).astype(np.float32)
+    b2 = rng.standard_normal(r2).astype(np.float32)
+    g = _C.DecodeGraph()
+    g.add_embed("F32", x.copy().view(np.uint8).ravel(), 1, cols, x)  # the step's input: x = row 0
+    g.add_matmul("Q8_0", w1, r1, cols, x, o1)
+    if between == "bias_in_place":
+        g.add_add_bias(o1, b1, o1)
+    elif between == "writes_input":
+        g.add_add_bias(x, np.ones(cols, np.float32), x)
+    else:
+        g.add_add_bias(o2, b2, o3)
+    g.add_matmul("Q8_0", w2, r2, cols, x, o2)
+    out = np.zeros((1, r2), np.float32)
+    g.add_elementwise("add", o2, o3, out)
+    g.set_output(out)
+    assert g.matmul_groups() == ([[1, 3]] if grouped else [])
+    results = []
+    for f in (True, False):
+        g.fuse_matmuls = f
+        o1[:], o2[:], o3[:] = 0, 0, 0
+        results.append((g.step(0, 0).copy(), o1.copy(), o3.copy()))
+    assert all(np.array_equal(a, b) for a, b in zip(*results))
+
+
 # ------------------------------------------------------------------ refusals ----------
 
 class Proxy:

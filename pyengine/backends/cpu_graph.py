@@ -435,7 +435,8 @@ def profile_by_kind(step, token_id: int, pos0: int, reps: int = 10) -> dict[str,
     """``{op kind: (nodes, microseconds per step)}`` of a replayed step, most expensive first.
 
     ``step`` is what :func:`build_decode_step` returned. Runs ``reps`` steps at ``pos0``
-    (writing the KV cache there, as a step does).
+    (writing the KV cache there, as a step does), every node on its own: matmuls that a plain
+    step runs as one group (``DecodeGraph.matmul_groups``) are timed one by one.
     """
     agg: dict[str, list] = {}
     for kind, ns in step.__self__.profile(int(token_id), int(pos0), int(reps)):
