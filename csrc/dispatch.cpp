@@ -88,7 +88,17 @@ struct Scratch {
 
 std::mutex g_matmul_mutex;  // one matmul at a time owns the scratch and the pool
 Scratch g_act;
-std::vector<std::unique_ptr<Scratch>> g_act_more;  // matmul_group: activations in further packing forms
+// matmul_group's state (under g_matmul_mutex): one activation buffer per (x, packing form), the
+// parts' calls and byte offsets
+std::vector<std::unique_ptr<Scratch>> g_act_more;
+std::vector<MatmulCall> g_group_calls;
+struct ActForm {  // activations x (n, cols) packed for weights of group size G and offset off
+    const float* x;
+    int64_t n, cols;
+    int G, off;
+};
+std::vector<ActForm> g_group_forms;
+std::vector<int64_t> g_group_start;
 std::vector<std::unique_ptr<Scratch>> g_wbuf;  // one per pool thread
 
 static inline void prefetch_bytes(const uint8_t* p, int64_t n) {
@@ -253,56 +263,55 @@ void matmul_impl(WType t, const uint8_t* w, int64_t rows, int64_t cols, const fl
 
 }  // namespace
 
-void matmul_group(const MatmulPart* parts, int n_parts, int64_t cols, const float* x, int64_t n,
-                  const MatmulKernels& k) {
-    constexpr int kMaxParts = 8;
-    bool fused = k.gemv != nullptr && n > 0 && n <= kGemvMaxTokens && n_parts > 1 && n_parts <= kMaxParts;
-    for (int i = 0; i < n_parts && fused; ++i) fused = wtype_is_quant(parts[i].t) && parts[i].rows > 0;
+void matmul_group(const MatmulPart* parts, int n_parts, const MatmulKernels& k) {
+    bool fused = k.gemv != nullptr && n_parts > 1;
+    for (int i = 0; i < n_parts && fused; ++i)
+        fused = wtype_is_quant(parts[i].t) && parts[i].rows > 0 && parts[i].n > 0 && parts[i].n <= kGemvMaxTokens;
     if (!fused) {
-        for (int i = 0; i < n_parts; ++i) matmul(parts[i].t, parts[i].w, parts[i].rows, cols, x, n, parts[i].out, k);
+        for (int i = 0; i < n_parts; ++i) {
+            const MatmulPart& p = parts[i];
+            matmul(p.t, p.w, p.rows, p.cols, p.x, p.n, p.out, k);
+        }
         return;
     }
     {
         std::lock_guard<std::mutex> lock(g_matmul_mutex);
         ThreadPool& pool = ThreadPool::instance();
         const int nth = pool.num_threads();
-        // 1. The activations, quantized once per packing form (group size, weight offset) the
-        //    parts ask for: g_act for the first form, g_act_more for the others.
-        MatmulCall c[kMaxParts];
-        int form_of[kMaxParts];
-        int forms[kMaxParts][2], n_forms = 0;
-        int64_t start[kMaxParts + 1];  // byte offset of each part in the group's weight bytes
-        start[0] = 0;
-        while ((int)g_act_more.size() < kMaxParts) g_act_more.emplace_back(new Scratch());
+        // 1. The activations, quantized once per distinct (x, n, cols, group size, weight offset).
+        std::vector<MatmulCall>& c = g_group_calls;
+        std::vector<ActForm>& forms = g_group_forms;
+        std::vector<int64_t>& start = g_group_start;  // byte offset of each part in the group's weight bytes
+        c.assign(n_parts, MatmulCall{});
+        forms.clear();
+        start.assign(n_parts + 1, 0);
+        int64_t wmax = 0;
         for (int i = 0; i < n_parts; ++i) {
-            const WType t = parts[i].t;
+            const MatmulPart& p = parts[i];
             MatmulCall& ci = c[i];
-            ci = MatmulCall{};
-            ci.w = parts[i].w, ci.rows = parts[i].rows, ci.cols = cols, ci.x = x, ci.n = n, ci.out = parts[i].out;
-            ci.G = wtype_info(t).group;
-            ci.np = n_panels(k, ci.G, cols);
+            ci.w = p.w, ci.rows = p.rows, ci.cols = p.cols, ci.x = p.x, ci.n = p.n, ci.out = p.out;
+            ci.G = wtype_info(p.t).group;
+            ci.np = n_panels(k, ci.G, p.cols);
             ci.stride = ci.np * panel_bytes(k, ci.G);
-            ci.rb = row_bytes(t, cols);
+            ci.rb = row_bytes(p.t, p.cols);
             ci.rb_rows = 4;  // as matmul_impl for n <= 4 (the gemv reads no buffer)
             ci.pf_rows = 1;
-            const int off = weight_offset(t, k.q8_signed);
-            int f = 0;
-            while (f < n_forms && !(forms[f][0] == ci.G && forms[f][1] == off)) ++f;
-            if (f == n_forms) {
-                forms[f][0] = ci.G, forms[f][1] = off, ++n_forms;
-                uint8_t* act = (f == 0 ? g_act : *g_act_more[f]).get((size_t)(n * ci.stride));
-                for (int64_t r = 0; r < n; ++r) k.pack_act(x + r * cols, cols, ci.G, off, act + r * ci.stride);
+            const int off = weight_offset(p.t, k.q8_signed);
+            size_t f = 0;
+            while (f < forms.size() && !(forms[f].x == p.x && forms[f].n == p.n && forms[f].cols == p.cols &&
+                                         forms[f].G == ci.G && forms[f].off == off))
+                ++f;
+            if (f == forms.size()) {
+                forms.push_back(ActForm{p.x, p.n, p.cols, ci.G, off});
+                while (g_act_more.size() < forms.size()) g_act_more.emplace_back(new Scratch());
+                uint8_t* act = g_act_more[f]->get((size_t)(p.n * ci.stride));
+                for (int64_t r = 0; r < p.n; ++r) k.pack_act(p.x + r * p.cols, p.cols, ci.G, off, act + r * ci.stride);
             }
-            form_of[i] = f;
+            ci.act = g_act_more[f]->p;
             start[i + 1] = start[i] + ci.rows * ci.rb;
-        }
-        for (int i = 0; i < n_parts; ++i) {
-            const int f = form_of[i];
-            c[i].act = (f == 0 ? g_act : *g_act_more[f]).p;
+            wmax = std::max(wmax, 4 * ci.stride);
         }
         while ((int)g_wbuf.size() < nth) g_wbuf.emplace_back(new Scratch());
-        int64_t wmax = 0;
-        for (int i = 0; i < n_parts; ++i) wmax = std::max(wmax, 4 * c[i].stride);
         for (int i = 0; i < nth; ++i) g_wbuf[i]->get((size_t)wmax);
         // 2. Share s of nth takes the rows whose first byte lies in [s, s + 1) * total / nth of
         //    the concatenated weights: every row exactly once, shares equal to within a row.
@@ -324,11 +333,12 @@ void matmul_group(const MatmulPart* parts, int n_parts, int64_t cols, const floa
             }
         }, nth);
     }
-    for (int64_t r = 0; r < n; ++r)  // as matmul(): a token with a non-finite input gets NaN outputs
-        if (!row_finite(x + r * cols, cols))
-            for (int i = 0; i < n_parts; ++i)
-                std::fill(parts[i].out + r * parts[i].rows, parts[i].out + (r + 1) * parts[i].rows,
-                          std::numeric_limits<float>::quiet_NaN());
+    for (int i = 0; i < n_parts; ++i) {  // as matmul(): a token with a non-finite input gets NaN outputs
+        const MatmulPart& p = parts[i];
+        for (int64_t r = 0; r < p.n; ++r)
+            if (!row_finite(p.x + r * p.cols, p.cols))
+                std::fill(p.out + r * p.rows, p.out + (r + 1) * p.rows, std::numeric_limits<float>::quiet_NaN());
+    }
 }
 
 void get_rows(WType t, const uint8_t* w, int64_t rows, int64_t cols, const int32_t* ids, int64_t n, float* out) {

@@ -21,22 +21,24 @@ const MatmulKernels& select_variant(const std::string& name);
 void matmul(WType t, const uint8_t* w, int64_t rows, int64_t cols, const float* x, int64_t n, float* out,
             const MatmulKernels& k);
 
-// One matrix of a matmul_group: out (n, rows) = x (n, cols) @ W.T, W (rows, cols) of type t.
+// One product of a matmul_group: out (n, rows) = x (n, cols) @ W.T, W (rows, cols) of type t.
 struct MatmulPart {
     WType t;
     const uint8_t* w;
-    int64_t rows;
+    int64_t rows, cols;
+    const float* x;
+    int64_t n;
     float* out;
 };
 
-// Every part's matmul against the same x (n, cols): q/k/v of one layer, or gate/up. The
-// results are matmul()'s, bit for bit. For a few tokens (the gemv: n <= kGemvMaxTokens) with
-// every part quantized, the parts run as one job on the thread pool, each thread taking one
-// contiguous share of the parts' weight bytes (one barrier instead of one per matrix, and
-// small matrices such as k and v no longer split two ways alone); otherwise one matmul each.
-// No output may overlap x.
-void matmul_group(const MatmulPart* parts, int n_parts, int64_t cols, const float* x, int64_t n,
-                  const MatmulKernels& k);
+// Every part's matmul (out = x @ W.T), as matmul() computes it, bit for bit: q/k/v of a layer
+// (one x), the routed experts of a MoE layer, the per-head products of MLA. When every part is
+// quantized and has few tokens (n <= kGemvMaxTokens: the gemv), they run as one job on the
+// thread pool, each thread taking one contiguous share of the parts' weight bytes: one
+// barrier instead of one per matrix, and small matrices no longer split two ways alone. Each
+// distinct (x, packing form) is quantized once. Otherwise they run one matmul() after another,
+// in order. No part's output may overlap any part's x or another part's output.
+void matmul_group(const MatmulPart* parts, int n_parts, const MatmulKernels& k);
 
 // out (n, cols) = dequantized rows ids[0..n) of W (rows, cols). ids must be in range.
 void get_rows(WType t, const uint8_t* w, int64_t rows, int64_t cols, const int32_t* ids, int64_t n, float* out);

@@ -46,7 +46,7 @@ bool overlaps(const float* p, int64_t n, const float* q, int64_t m) {
 // are known), none of them writes j's input, and none reads or writes j's output.
 void Program::plan_groups() {
     constexpr int kWindow = 8;    // nodes looked ahead (q, bias, k, bias, v: 5)
-    constexpr int kMaxGroup = 8;  // matmul_group's limit
+    constexpr int kMaxGroup = 8;  // matmuls in one group (the parts array of run())
     const int N = (int)nodes.size();
     group.assign(N, {});
     member.assign(N, 0);
@@ -94,9 +94,12 @@ void Program::run(int32_t token, int64_t pos0, const MatmulKernels& mk, double* 
         if (fuse && !group[i].empty()) {
             MatmulPart parts[8];
             int np = 0;
-            parts[np++] = MatmulPart{nd.wt, nd.w, nd.w_rows, nd.out};
-            for (int j : group[i]) parts[np++] = MatmulPart{nodes[j].wt, nodes[j].w, nodes[j].w_rows, nodes[j].out};
-            matmul_group(parts, np, nd.cols, nd.a, nd.n, mk);
+            parts[np++] = MatmulPart{nd.wt, nd.w, nd.w_rows, nd.cols, nd.a, nd.n, nd.out};
+            for (int j : group[i]) {
+                const Node& m = nodes[j];
+                parts[np++] = MatmulPart{m.wt, m.w, m.w_rows, m.cols, m.a, m.n, m.out};
+            }
+            matmul_group(parts, np, mk);
             continue;
         }
         switch (nd.kind) {

@@ -11,7 +11,8 @@ void mla_attention(const Layer& L, const float* q, const float* kv, int64_t n, i
                    float* out, const MatmulKernels& mk) {
     const int H = L.n_heads, R = L.R, r = L.r, dn = L.dn, dv = L.dv;
     const int64_t W = R + r, qw = (int64_t)dn + r;
-    thread_local std::vector<float> cs, sn, kcat, qcat, att, tmp, xin;
+    thread_local std::vector<float> cs, sn, kcat, qcat, att, tmp, xin, hout;
+    thread_local std::vector<MatmulPart> parts;
     thread_local std::vector<double> pos;
     // cos/sin of the positions
     pos.resize(n);
@@ -30,18 +31,24 @@ void mla_attention(const Layer& L, const float* q, const float* kv, int64_t n, i
     for (int64_t t = 0; t < n; ++t) std::memcpy(kcat.data() + t * W + R, tmp.data() + t * r, sizeof(float) * r);
     cpu::kv_store(kcat.data(), W, n, W, kt, pos0);
     std::memcpy(vc + pos0 * W, kcat.data(), sizeof(float) * (size_t)(n * W));
-    // queries in the latent space: [Wk_b[h] q_nope_h, rope(q_pe_h)] per head
+    // queries in the latent space: [Wk_b[h] q_nope_h, rope(q_pe_h)] per head; the heads'
+    // products run as one matmul_group (one pool job while decoding: 16 small matrices)
     qcat.resize(n * H * W);
-    xin.resize(n * std::max(dn, R));
+    xin.resize(H * n * std::max(dn, R));   // per head: (n, dn) query parts, later (n, R) latent sums
+    hout.resize(H * n * std::max(R, dv));  // per head: (n, R) latent queries, later (n, dv) values
+    parts.resize(H);
     for (int h = 0; h < H; ++h) {
         cpu::rope(q + h * qw + dn, H * qw, n, tmp.data(), cs.data(), sn.data(), 1, r, r, L.neox);
         for (int64_t t = 0; t < n; ++t)
             std::memcpy(qcat.data() + (t * H + h) * W + R, tmp.data() + t * r, sizeof(float) * r);
-        for (int64_t t = 0; t < n; ++t) std::memcpy(xin.data() + t * dn, q + t * H * qw + h * qw, sizeof(float) * dn);
-        matmul(L.wk_t, L.wk + h * L.wk_bytes, R, dn, xin.data(), n, tmp.data(), mk);
-        for (int64_t t = 0; t < n; ++t)
-            std::memcpy(qcat.data() + (t * H + h) * W, tmp.data() + t * R, sizeof(float) * R);
+        float* xh = xin.data() + h * n * dn;  // (n, dn)
+        for (int64_t t = 0; t < n; ++t) std::memcpy(xh + t * dn, q + t * H * qw + h * qw, sizeof(float) * dn);
+        parts[h] = MatmulPart{L.wk_t, L.wk + h * L.wk_bytes, R, dn, xh, n, hout.data() + h * n * R};
     }
+    matmul_group(parts.data(), H, mk);
+    for (int h = 0; h < H; ++h)
+        for (int64_t t = 0; t < n; ++t)
+            std::memcpy(qcat.data() + (t * H + h) * W, hout.data() + (h * n + t) * R, sizeof(float) * R);
     // multi-query attention over the cached [c, k_pe]; the values' first R dims are the latent
     att.resize(n * H * W);
     pyengine::AttnArgs a;
@@ -63,13 +70,16 @@ void mla_attention(const Layer& L, const float* q, const float* kv, int64_t n, i
     a.scale = L.scale;
     a.softcap = 0.0f;
     cpu::attention(a);
-    // each head's latent sum through its value up-projection
+    // each head's latent sum through its value up-projection (one matmul_group)
     for (int h = 0; h < H; ++h) {
-        for (int64_t t = 0; t < n; ++t) std::memcpy(xin.data() + t * R, att.data() + (t * H + h) * W, sizeof(float) * R);
-        matmul(L.wv_t, L.wv + h * L.wv_bytes, dv, R, xin.data(), n, tmp.data(), mk);
-        for (int64_t t = 0; t < n; ++t)
-            std::memcpy(out + t * H * dv + h * dv, tmp.data() + t * dv, sizeof(float) * dv);
+        float* xh = xin.data() + h * n * R;  // (n, R)
+        for (int64_t t = 0; t < n; ++t) std::memcpy(xh + t * R, att.data() + (t * H + h) * W, sizeof(float) * R);
+        parts[h] = MatmulPart{L.wv_t, L.wv + h * L.wv_bytes, dv, R, xh, n, hout.data() + h * n * dv};
     }
+    matmul_group(parts.data(), H, mk);
+    for (int h = 0; h < H; ++h)
+        for (int64_t t = 0; t < n; ++t)
+            std::memcpy(out + t * H * dv + h * dv, hout.data() + (h * n + t) * dv, sizeof(float) * dv);
 }
 
 }  // namespace mla

@@ -71,34 +71,52 @@ void route(const Layer& L, const float* logits, int64_t n, int32_t* sel, float* 
 void moe_ffn(const Layer& L, const float* x, int64_t n, float* out, const MatmulKernels& mk) {
     const int64_t E = L.n_expert, d = L.dim, f = L.ffn, k = L.top_k;
     // scratch, grown once per thread and reused (a decode step allocates nothing after the first)
-    thread_local std::vector<float> logits, wts, xe, g, u, ys;
+    thread_local std::vector<float> logits, wts, xe, g, u, yd, ys;
     thread_local std::vector<int32_t> sel;
-    thread_local std::vector<int64_t> tok;
+    thread_local std::vector<int64_t> tok, first, cnt;
+    thread_local std::vector<MatmulPart> parts;
     logits.resize(n * E);
     sel.resize(n * k);
     wts.resize(n * k);
     ys.resize(n * k * d);  // (n, k, d): each slot's expert output
     matmul(L.router_t, L.router, E, d, x, n, logits.data(), mk);
     route(L, logits.data(), n, sel.data(), wts.data());
-    std::vector<char> used(E, 0);
-    for (int64_t i = 0; i < n * k; ++i) used[sel[i]] = 1;
-    for (int64_t e = 0; e < E; ++e) {
-        if (!used[e]) continue;
-        tok.clear();  // flat (token, slot) indices routed to e
-        for (int64_t i = 0; i < n * k; ++i)
-            if (sel[i] == e) tok.push_back(i);
-        const int64_t m = (int64_t)tok.size();
-        xe.resize(m * d);
-        g.resize(m * f);
-        u.resize(m * f);
-        for (int64_t r = 0; r < m; ++r) std::copy(x + (tok[r] / k) * d, x + (tok[r] / k + 1) * d, xe.data() + r * d);
-        matmul(L.gate.t, L.gate.at(e), f, d, xe.data(), m, g.data(), mk);
-        matmul(L.up.t, L.up.at(e), f, d, xe.data(), m, u.data(), mk);
-        cpu::binary(cpu::Binary::silu_mul, g.data(), u.data(), g.data(), m * f);
-        xe.resize(m * d);
-        matmul(L.down.t, L.down.at(e), d, f, g.data(), m, xe.data(), mk);
-        for (int64_t r = 0; r < m; ++r) std::copy(xe.data() + r * d, xe.data() + (r + 1) * d, ys.data() + tok[r] * d);
+    // the (token, slot) pairs grouped by expert, in expert order: expert e owns rows
+    // first[e] .. first[e] + cnt[e] of the flat (n * k, .) buffers below
+    cnt.assign(E, 0);
+    for (int64_t i = 0; i < n * k; ++i) ++cnt[sel[i]];
+    first.assign(E + 1, 0);
+    for (int64_t e = 0; e < E; ++e) first[e + 1] = first[e] + cnt[e];
+    tok.resize(n * k);
+    {
+        std::vector<int64_t> at(first.begin(), first.end() - 1);
+        for (int64_t i = 0; i < n * k; ++i) tok[at[sel[i]]++] = i;  // flat (token, slot) index of each row
     }
+    const int64_t M = n * k;
+    xe.resize(M * d);  // (M, d) each row's token
+    g.resize(M * f);   // (M, f) gate, then silu(gate) * up
+    u.resize(M * f);   // (M, f) up
+    yd.resize(M * d);  // (M, d) expert outputs
+    for (int64_t r = 0; r < M; ++r) std::copy(x + (tok[r] / k) * d, x + (tok[r] / k + 1) * d, xe.data() + r * d);
+    // every used expert's gate and up as one matmul_group, then every down as another (one pool
+    // job each while decoding, instead of three per expert)
+    parts.clear();
+    for (int64_t e = 0; e < E; ++e) {
+        if (!cnt[e]) continue;
+        const int64_t o = first[e], m = cnt[e];
+        parts.push_back(MatmulPart{L.gate.t, L.gate.at(e), f, d, xe.data() + o * d, m, g.data() + o * f});
+        parts.push_back(MatmulPart{L.up.t, L.up.at(e), f, d, xe.data() + o * d, m, u.data() + o * f});
+    }
+    matmul_group(parts.data(), (int)parts.size(), mk);
+    cpu::binary(cpu::Binary::silu_mul, g.data(), u.data(), g.data(), M * f);
+    parts.clear();
+    for (int64_t e = 0; e < E; ++e) {
+        if (!cnt[e]) continue;
+        const int64_t o = first[e], m = cnt[e];
+        parts.push_back(MatmulPart{L.down.t, L.down.at(e), d, f, g.data() + o * f, m, yd.data() + o * d});
+    }
+    matmul_group(parts.data(), (int)parts.size(), mk);
+    for (int64_t r = 0; r < M; ++r) std::copy(yd.data() + r * d, yd.data() + (r + 1) * d, ys.data() + tok[r] * d);
     for (int64_t t = 0; t < n; ++t) {  // weighted sum in slot order
         float* o = out + t * d;
         for (int64_t c = 0; c < d; ++c) o[c] = wts[t * k] * ys[(t * k) * d + c];
