@@ -226,10 +226,12 @@ def test_few_tokens_give_the_same_bits_as_many(t, variant):
     for the same token (more tokens: pack_w + gemm) -- the engine's decode-equals-full-pass
     check depends on it, and a small model magnifies rounding differences into percent-level
     logit changes. Widths include short rows whose last panel is partly filled (576, 640,
-    896 columns for the 32-element types) and many rows, so a row can read past its end."""
+    896 columns for the 32-element types), rows of 1, 2, 4 or 8 blocks (several rows to one
+    panel on AVX-512; 67 rows leave a remainder done one by one) and many rows, so a row can
+    read past its end."""
     _skip_unavailable("cpu", variant)
     blk = block_of(t)
-    widths = sorted({blk * k for k in (1, 3, 9, 17, 18, 20, 28)} | ({576, 640, 896} if blk == 32 else set()))
+    widths = sorted({blk * k for k in (1, 2, 3, 4, 8, 9, 17, 18, 20, 28)} | ({576, 640, 896} if blk == 32 else set()))
     for cols in widths:
         rows = 67
         raw, x = make_case(t, rows, cols, 7, "normal", cols)
