@@ -29,7 +29,7 @@ constexpr int PG = 16;  // groups (lanes) per panel
 // ---- transpositions: natural group order -> "lane l holds group perm[l]" ----------
 // A 4x4 transpose of dwords inside each 128-bit lane of four vectors:
 // out_k (lane i) dword m = in_m (lane i) dword k.
-static inline void transpose4_inlane(__m512i& a0, __m512i& a1, __m512i& a2, __m512i& a3) {
+static AI_INLINE void transpose4_inlane(__m512i& a0, __m512i& a1, __m512i& a2, __m512i& a3) {
     const __m512i t0 = _mm512_unpacklo_epi32(a0, a1), t1 = _mm512_unpackhi_epi32(a0, a1);
     const __m512i t2 = _mm512_unpacklo_epi32(a2, a3), t3 = _mm512_unpackhi_epi32(a2, a3);
     a0 = _mm512_unpacklo_epi64(t0, t2);
@@ -40,7 +40,7 @@ static inline void transpose4_inlane(__m512i& a0, __m512i& a1, __m512i& a2, __m5
 
 // G = 32: v[m] holds groups 2m, 2m+1 (8 dwords each). After this, every v[k] has in
 // lane 4L+m a dword of group (L&1) + 2m + 8(L>>1): perm32 below. 24 shuffles per panel.
-static inline void transpose_g32(__m512i v[8]) {
+static AI_INLINE void transpose_g32(__m512i v[8]) {
     transpose4_inlane(v[0], v[1], v[2], v[3]);
     transpose4_inlane(v[4], v[5], v[6], v[7]);
     for (int k = 0; k < 4; ++k) {
@@ -49,17 +49,17 @@ static inline void transpose_g32(__m512i v[8]) {
         v[4 + k] = _mm512_shuffle_i32x4(a, b, 0xDD);  // a1 a3 b1 b3: dwords 4+k
     }
 }
-static inline __m512i perm32() { return _mm512_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15); }
+static AI_INLINE __m512i perm32() { return _mm512_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15); }
 
 // G = 16: v[m] holds groups 4m..4m+3 (one per 128-bit lane); lane 4i+m ends up with
 // group 4m+i: perm16 below. 8 shuffles per panel.
-static inline void transpose_g16(__m512i v[4]) { transpose4_inlane(v[0], v[1], v[2], v[3]); }
-static inline __m512i perm16() { return _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15); }
+static AI_INLINE void transpose_g16(__m512i v[4]) { transpose4_inlane(v[0], v[1], v[2], v[3]); }
+static AI_INLINE __m512i perm16() { return _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15); }
 
 // Store one finished panel: the G/4 step vectors, then the per-lane A and B floats.
 // PRE: v is already in panel order (only D/E still need the lane permutation).
 template <int G, bool PRE = false>
-static inline void store_panel(uint8_t* dst, __m512i* v, __m512 A_nat, __m512 B_nat) {
+static AI_INLINE void store_panel(uint8_t* dst, __m512i* v, __m512 A_nat, __m512 B_nat) {
     if (PRE) {
     } else if (G == 32) {
         transpose_g32(v);
@@ -72,12 +72,12 @@ static inline void store_panel(uint8_t* dst, __m512i* v, __m512 A_nat, __m512 B_
     _mm512_store_ps((float*)(dst + PG * G + 64), _mm512_permutexvar_ps(perm, B_nat));
 }
 
-static inline float half(const uint8_t* p) { return _cvtsh_ss(load_u16(p)); }
+static AI_INLINE float half(const uint8_t* p) { return _cvtsh_ss(load_u16(p)); }
 
 // The fp16 word at offset `o` of blocks at(0..15) -> 16 floats. Scalar loads packed four to
 // a 64-bit word: cheaper here than vpgatherdd or a vpermt2w gather (both measured).
 template <class At>
-static inline __m512 load_f16x16(const At& at, int o) {
+static AI_INLINE __m512 load_f16x16(const At& at, int o) {
     uint64_t w[4];
     for (int i = 0; i < 4; ++i)
         w[i] = (uint64_t)load_u16(at(4 * i) + o) | (uint64_t)load_u16(at(4 * i + 1) + o) << 16 |
@@ -104,7 +104,7 @@ struct PartialPanel {
 // ---- weights: GGUF blocks -> natural-order unsigned bytes + D, E --------------------
 
 // Two nibble blocks of 16 bytes -> one zmm [a&15, a>>4, b&15, b>>4] (elements 0..31 of each).
-static inline __m512i nibbles_2x16(const uint8_t* a, const uint8_t* b) {
+static AI_INLINE __m512i nibbles_2x16(const uint8_t* a, const uint8_t* b) {
     const __m512i sh = _mm512_setr_epi64(0, 0, 0x0004000400040004LL, 0x0004000400040004LL, 0, 0,
                                          0x0004000400040004LL, 0x0004000400040004LL);
     const __m512i x = _mm512_inserti64x4(
@@ -114,7 +114,7 @@ static inline __m512i nibbles_2x16(const uint8_t* a, const uint8_t* b) {
 }
 
 // kIQ4Values[i] + 128 in every 128-bit lane: vpshufb by a nibble gives the level as an unsigned byte.
-static inline __m512i iq4_levels_u8() {
+static AI_INLINE __m512i iq4_levels_u8() {
     return _mm512_broadcast_i32x4(_mm_xor_si128(_mm_loadu_si128((const __m128i*)kIQ4Values), _mm_set1_epi8((char)0x80)));
 }
 
@@ -125,7 +125,7 @@ static inline __m512i iq4_levels_u8() {
 // panel order: 12 inserts + 8 in-lane shuffles instead of 8 nibbles_2x16 and the 24-shuffle
 // transpose_g32 (the AVX2 tier's nibbles_transposed, at 16 lanes).
 template <int O, class At>
-static inline void nibbles_t16(const At& at, __m512i* v) {
+static AI_INLINE void nibbles_t16(const At& at, __m512i* v) {
     // Z[m] 128-bit lane i = block perm32[4i + m]; transpose4_inlane then puts it in lane 4i + m
     static constexpr int kBlock[4][4] = {{0, 1, 8, 9}, {2, 3, 10, 11}, {4, 5, 12, 13}, {6, 7, 14, 15}};
     __m512i Z[4];
@@ -148,7 +148,7 @@ static inline void nibbles_t16(const At& at, __m512i* v) {
 // are zero blocks): their D and E are zeroed, so they add nothing whatever their bytes are
 // (the activations past the row's end are zero, so their integer dots are 0 as well).
 template <int T_, class At, class Sink>
-static inline void pack_panel_32(const At& at, Sink& sink, int valid = 16) {
+static AI_INLINE void pack_panel_32(const At& at, Sink& sink, int valid = 16) {
     constexpr WType t = (WType)T_;
     constexpr bool PRE = Sink::kPre && (t == WType::Q4_0 || t == WType::Q4_1 || t == WType::IQ4_NL);
     __m512i v[8];
@@ -208,7 +208,7 @@ static inline void pack_panel_32(const At& at, Sink& sink, int valid = 16) {
 // `valid`): measured 2-3x cheaper than building it from zero blocks, which made a 576-column
 // row (SmolLM2) cost as much as a 1536-column one.
 template <int T_, class Sink>
-static inline void panels_32(const uint8_t* row, int64_t nb, Sink& sink, int64_t overread) {
+static AI_INLINE void panels_32(const uint8_t* row, int64_t nb, Sink& sink, int64_t overread) {
     constexpr WType t = (WType)T_;
     constexpr int BB = wtype_block_bytes(t);
     int64_t b = 0;
@@ -224,14 +224,14 @@ static inline void panels_32(const uint8_t* row, int64_t nb, Sink& sink, int64_t
 // Q4_K: one panel = two 256-element super-blocks (8 groups of 32 each).
 // The 8 scales / 8 mins of a super-block as two 64-bit words (byte j = sub-block j),
 // same bit surgery as q4k_scales_mins() in quants.h but kept in registers.
-static inline void q4k_scales_mins_u64(const uint8_t* q, uint64_t& sc, uint64_t& mn) {
+static AI_INLINE void q4k_scales_mins_u64(const uint8_t* q, uint64_t& sc, uint64_t& mn) {
     const uint32_t w0 = load_u32(q), w1 = load_u32(q + 4), w2 = load_u32(q + 8);
     const uint32_t lo6 = 0x3f3f3f3fu, lo4 = 0x0f0f0f0fu, lo2 = 0x03030303u;
     sc = (uint64_t)(w0 & lo6) | (uint64_t)((w2 & lo4) | (((w0 >> 6) & lo2) << 4)) << 32;
     mn = (uint64_t)(w1 & lo6) | (uint64_t)(((w2 >> 4) & lo4) | (((w1 >> 6) & lo2) << 4)) << 32;
 }
 
-static inline void q4k_nibbles(const uint8_t* blk, __m512i* v) {
+static AI_INLINE void q4k_nibbles(const uint8_t* blk, __m512i* v) {
     // epi16 shift counts: low 256 bits by 0 (low nibbles), high 256 bits by 4 (high nibbles)
     const __m512i sh = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
     const __m512i lo4 = _mm512_set1_epi8(15);
@@ -243,7 +243,7 @@ static inline void q4k_nibbles(const uint8_t* blk, __m512i* v) {
 
 // Q5_K: Q4_K's nibbles (at blk + 48) plus the 5th bits: bit 2c of qh[l] tops value l of
 // group 2c (low 256 bits of v[c]), bit 2c+1 of group 2c+1 (high 256 bits).
-static inline void q5k_values(const uint8_t* blk, __m512i* v) {
+static AI_INLINE void q5k_values(const uint8_t* blk, __m512i* v) {
     q4k_nibbles(blk + 32, v);
     const __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)(blk + 16)));
     const __m512i one = _mm512_set1_epi8(1);
@@ -259,7 +259,7 @@ static inline void q5k_values(const uint8_t* blk, __m512i* v) {
 // 8m + k of super-block L>>1. One vpermt2d per super-block and half gathers those dwords
 // (R lane j = qs dwords j, 8+j, 16+j, 24+j), one vshufi32x4 per k spreads them to the
 // four 128-bit lanes: 12 shuffles per panel instead of 24. Same bytes, same arithmetic.
-static inline void q4k_values_t(const uint8_t* b0, const uint8_t* b1, __m512i* v) {
+static AI_INLINE void q4k_values_t(const uint8_t* b0, const uint8_t* b1, __m512i* v) {
     const __m512i idx0 = _mm512_setr_epi32(0, 8, 16, 24, 1, 9, 17, 25, 2, 10, 18, 26, 3, 11, 19, 27);
     const __m512i idx1 = _mm512_setr_epi32(4, 12, 20, 28, 5, 13, 21, 29, 6, 14, 22, 30, 7, 15, 23, 31);
     // epi16 shift counts per 128-bit lane: 0 (low nibbles), 4 (high), 0, 4
@@ -288,7 +288,7 @@ static inline void q4k_values_t(const uint8_t* b0, const uint8_t* b1, __m512i* v
 // Q4_K for a sink that takes pre-transposed panels (Sink::kPre: the gemv's DotSink) goes through
 // q4k_values_t; the packing StoreSink keeps q4k_nibbles + transpose_g32 (measured faster there).
 template <bool FIVE, class Sink>
-static inline void pack_panel_q4k(const uint8_t* b0, const uint8_t* b1, Sink& sink) {
+static AI_INLINE void pack_panel_q4k(const uint8_t* b0, const uint8_t* b1, Sink& sink) {
     constexpr bool PRE = !FIVE && Sink::kPre;
     __m512i v[8];
     uint64_t sc0, mn0, sc1 = 0, mn1 = 0;
@@ -320,7 +320,7 @@ static inline void pack_panel_q4k(const uint8_t* b0, const uint8_t* b1, Sink& si
 
 // Q6_K: one panel = one super-block = 16 groups of 16.
 template <class Sink>
-static inline void pack_panel_q6k(const uint8_t* blk, Sink& sink) {
+static AI_INLINE void pack_panel_q6k(const uint8_t* blk, Sink& sink) {
     const block_q6_K* b = (const block_q6_K*)blk;
     const __m512i lo4 = _mm512_set1_epi8(15), lo2 = _mm512_set1_epi8(3);
     const __m512i shA = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);  // qh bits 0-1 | 2-3
@@ -369,7 +369,7 @@ struct Q23kLanes {  // the per-lane constants of that order
 };
 
 template <bool THREE, class Sink>
-static inline void pack_panel_q23k(const uint8_t* blk, Sink& sink) {
+static AI_INLINE void pack_panel_q23k(const uint8_t* blk, Sink& sink) {
     const uint8_t* qs = blk + (THREE ? 32 : 16);
     constexpr bool PRE = THREE && Sink::kPre;  // Q2_K: measured ~6% slower this way, kept as it was
     __m512i v[4];
@@ -412,13 +412,13 @@ static inline void pack_panel_q23k(const uint8_t* blk, Sink& sink) {
 }
 
 // IQ4_XS: one panel = two super-blocks (8 groups of 32 each); group j's nibbles are qs[16j ..].
-static inline void iq4xs_half(const uint8_t* blk, __m512i* v) {
+static AI_INLINE void iq4xs_half(const uint8_t* blk, __m512i* v) {
     const __m512i lut = iq4_levels_u8();
     for (int m = 0; m < 4; ++m) v[m] = _mm512_shuffle_epi8(lut, nibbles_2x16(blk + 8 + 32 * m, blk + 24 + 32 * m));
 }
 
 template <class Sink>
-static inline void pack_panel_iq4xs(const uint8_t* b0, const uint8_t* b1, Sink& sink) {
+static AI_INLINE void pack_panel_iq4xs(const uint8_t* b0, const uint8_t* b1, Sink& sink) {
     __m512i v[8];
     iq4xs_half(b0, v);
     __m128i sc = iq4xs_scales_x8(b0);  // groups 0-7 | 8-15 (second super-block; 0 past the row)
@@ -438,7 +438,7 @@ static inline void pack_panel_iq4xs(const uint8_t* b0, const uint8_t* b1, Sink& 
 
 // Walk one GGUF row panel by panel, handing each unpacked panel to sink.put<G>().
 template <class Sink>
-static inline void for_each_panel(WType t, const uint8_t* row, int64_t nb, Sink& sink, int64_t overread = 0) {
+static AI_INLINE void for_each_panel(WType t, const uint8_t* row, int64_t nb, Sink& sink, int64_t overread = 0) {
     // nb: blocks in the row; overread: bytes past its end that may be read (see panels_32)
     const int BB = wtype_info(t).block_bytes;
     switch (t) {
@@ -497,7 +497,7 @@ void pack_w_avx512(WType t, const uint8_t* row, int64_t cols, uint8_t* dst) {
 
 // ---- activations: quantize per 32 (bit-identical to the generic tier) ------------------
 // Returns the int8 values of one 32-block as two int32 vectors and its scale dy.
-static inline void quantize32(const float* x, __m512i& q0, __m512i& q1, float& dy) {
+static AI_INLINE void quantize32(const float* x, __m512i& q0, __m512i& q1, float& dy) {
     const __m512 x0 = _mm512_loadu_ps(x), x1 = _mm512_loadu_ps(x + 16);
     const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
     if (!(amax >= 1e-30f)) {
@@ -651,13 +651,13 @@ struct DotSink {
     const uint8_t* pf;  // weight bytes to prefetch next (nullptr: none)
     int64_t pf_step;    // weight bytes per panel
     // One panel's share of the prefetch stream (every panel of a row takes one, put() or not).
-    void prefetch_panel() {
+    AI_INLINE void prefetch_panel() {
         if (!pf) return;
         for (int64_t o = 0; o < pf_step; o += 64) _mm_prefetch((const char*)(pf + o), _MM_HINT_T0);
         pf += pf_step;
     }
     template <int G, bool PRE = false>
-    void put(__m512i* v, __m512 D_nat, __m512 E_nat) {
+    AI_INLINE void put(__m512i* v, __m512 D_nat, __m512 E_nat) {
         constexpr int64_t PB = PG * (G + 8);
         prefetch_panel();
         if (PRE) {
@@ -693,7 +693,7 @@ struct DotSink {
 // full panel's, bit for bit (the gemv stays identical to pack_w + gemm). A full 16-group panel
 // here cost as much as any other: a 576-column row (18 blocks) did the work of 1024 values.
 template <int T_, bool MIN, int NT>
-static inline void half_panel_dot(const uint8_t* blk, int valid, const uint8_t* y, int64_t astride, __m512* acc) {
+static AI_INLINE void half_panel_dot(const uint8_t* blk, int valid, const uint8_t* y, int64_t astride, __m512* acc) {
     constexpr WType t = (WType)T_;
     __m256i w[8];
     __m256 D, E;
