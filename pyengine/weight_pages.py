@@ -1,9 +1,12 @@
 """Where the weights live while a model runs: the mapped file, or a copy in 2 MiB pages.
 
 A GGUF file is memory-mapped when it is opened; nothing is read until a kernel touches
-it. Page-cache pages of a mapped file are 4 KiB each, and a matrix-vector product that
-streams a few dozen rows at once crosses a 4 KiB boundary every few hundred bytes of each
-stream: the hardware prefetchers restart at each one and the TLB misses often. Measured
+it. Page-cache pages of a mapped file are usually 4 KiB each, and a matrix-vector product
+that streams a few dozen rows at once crosses a 4 KiB boundary every few hundred bytes of
+each stream: the hardware prefetchers restart at each one and the TLB misses often. (A
+recent kernel may hold a file that was read sequentially in 2 MiB folios and map those
+whole -- Linux 6.18 on ext4 did, and then the mapping decoded as fast as the copy -- but
+that depends on how the file entered the page cache; the copy does not.) Measured
 on a 2-core Zen 4 VM, decoding read 12-17% faster from an anonymous copy in transparent
 2 MiB pages than from the mapped file (Qwen2.5-Coder-1.5B 24.4-24.9 -> 27.4-28.8 tok/s;
 Gemma 3 270M 89-93 -> 103-107), while a plain streaming read (the bandwidth probe) runs
