@@ -117,15 +117,19 @@ static AI_INLINE void pack_panel_q5k(const uint8_t* blk, Sink& sink) {
 // v[j] = groups 2j, 2j+1 = bit pair j of qs[32c ..] (+ Q3_K: bit 4c+j of hmask as the value 4).
 template <bool THREE, class Sink>
 static AI_INLINE void pack_panel_q23k(const uint8_t* blk, int c, Sink& sink) {
-    const __m256i three = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+    const __m256i three = _mm256_set1_epi8(3);
     const __m256i x = _mm256_loadu_si256((const __m256i*)(blk + (THREE ? 32 : 16) + 32 * c));
     const __m256i hm = THREE ? _mm256_loadu_si256((const __m256i*)blk) : _mm256_setzero_si256();
     __m256i v[4];
+    const __m256i four = _mm256_set1_epi8(4);
     for (int j = 0; j < 4; ++j) {
         v[j] = _mm256_and_si256(_mm256_srl_epi16(x, _mm_cvtsi32_si128(2 * j)), three);
-        if (THREE)
-            v[j] = _mm256_or_si256(
-                v[j], _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(hm, _mm_cvtsi32_si128(4 * c + j)), one), 2));
+        if (THREE) {  // bit 4c + j of each hmask byte, moved to bit 2 (the value 4): one shift, one and
+            const int b = 4 * c + j;
+            const __m256i h = b <= 2 ? _mm256_sll_epi16(hm, _mm_cvtsi32_si128(2 - b))
+                                     : _mm256_srl_epi16(hm, _mm_cvtsi32_si128(b - 2));
+            v[j] = _mm256_or_si256(v[j], _mm256_and_si256(h, four));
+        }
     }
     __m256 D, E;
     if (THREE) {
