@@ -49,16 +49,20 @@ static AI_INLINE void transpose_g32(__m256i v[8]) {
 // G = 16: v[m] = groups 2m, 2m+1; afterwards lane 4i+m belongs to group 2m+i.
 static AI_INLINE void transpose_g16(__m256i v[4]) { transpose4_inlane(v[0], v[1], v[2], v[3]); }
 
-// PRE (G = 32 only): v is already in panel order (lane l of every v[k] = group l).
+// PRE, G = 32: v is already in panel order (lane l of every v[k] = group l). PRE, G = 16: v is
+// in natural order but A and B are already in the lane order transpose_g16 leaves the groups
+// in (0, 2, 4, 6, 1, 3, 5, 7: kLanes16).
 template <int G, bool PRE = false>
 static AI_INLINE void store_panel(uint8_t* dst, __m256i* v, __m256 A_nat, __m256 B_nat) {
     if (G == 32) {
         if (!PRE) transpose_g32(v);
     } else {
         transpose_g16(v);
-        const __m256i perm = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
-        A_nat = _mm256_permutevar8x32_ps(A_nat, perm);
-        B_nat = _mm256_permutevar8x32_ps(B_nat, perm);
+        if (!PRE) {
+            const __m256i perm = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+            A_nat = _mm256_permutevar8x32_ps(A_nat, perm);
+            B_nat = _mm256_permutevar8x32_ps(B_nat, perm);
+        }
     }
     for (int k = 0; k < G / 4; ++k) _mm256_store_si256((__m256i*)(dst + 32 * k), v[k]);
     _mm256_store_ps((float*)(dst + PG * G), A_nat);
@@ -131,18 +135,22 @@ static AI_INLINE void pack_panel_q23k(const uint8_t* blk, int c, Sink& sink) {
             v[j] = _mm256_or_si256(v[j], _mm256_and_si256(h, four));
         }
     }
+    // the half's 8 sub-block scales, taken straight into kLanes16 order by one byte shuffle (no
+    // lane permutes of D and E later: put<16, PRE = true>)
+    const __m128i lanes = _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, -1, -1, -1, -1, -1, -1, -1, -1);
     __m256 D, E;
     if (THREE) {
         const __m128i sc = q3k_scales_x16(blk + 96);
         D = _mm256_mul_ps(_mm256_set1_ps(half(blk + 108)),
-                          _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(c ? _mm_unpackhi_epi64(sc, sc) : sc)));
+                          _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_shuffle_epi8(c ? _mm_unpackhi_epi64(sc, sc) : sc, lanes))));
         E = _mm256_mul_ps(_mm256_set1_ps(4.0f), D);
     } else {
-        const __m256i s8 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(blk + 8 * c)));
-        D = _mm256_mul_ps(_mm256_set1_ps(half(blk + 80)), _mm256_cvtepi32_ps(_mm256_and_si256(s8, _mm256_set1_epi32(15))));
-        E = _mm256_mul_ps(_mm256_set1_ps(half(blk + 82)), _mm256_cvtepi32_ps(_mm256_srli_epi32(s8, 4)));
+        const __m256i s8 = _mm256_cvtepu8_epi32(_mm_shuffle_epi8(_mm_loadl_epi64((const __m128i*)(blk + 8 * c)), lanes));
+        const __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)load_u32(blk + 80)));  // d, dmin
+        D = _mm256_mul_ps(_mm256_broadcastss_ps(dm), _mm256_cvtepi32_ps(_mm256_and_si256(s8, _mm256_set1_epi32(15))));
+        E = _mm256_mul_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dm)), _mm256_cvtepi32_ps(_mm256_srli_epi32(s8, 4)));
     }
-    sink.template put<16>(v, D, E);
+    sink.template put<16, true, true>(v, D, E);  // D, E in lane order; values 0..7
 }
 
 // IQ4_XS: one panel = one super-block (8 groups of 32, group j's nibbles at qs[16j ..]); signed, E = 0.
@@ -268,7 +276,7 @@ static AI_INLINE void for_each_panel(WType t, const uint8_t* row, int64_t nb, Si
 // Sink that stores panels (the matmul's packed weight rows).
 struct StoreSink {
     uint8_t* dst;
-    template <int G, bool PRE = false>
+    template <int G, bool PRE = false, bool SMALL = false>
     AI_INLINE void put(__m256i* v, __m256 A, __m256 B) {
         store_panel<G, PRE>(dst, v, A, B);
         dst += PG * (G + 8);
@@ -471,7 +479,7 @@ struct DotSink {
     __m256 acc[NT];  // NT = 1..kGemvMaxTokens tokens, fixed at compile time: no spills for few tokens
     const uint8_t* pf;  // weight bytes to prefetch next (nullptr: none)
     int64_t pf_step;    // weight bytes per panel
-    template <int G, bool PRE = false>
+    template <int G, bool PRE = false, bool SMALL = false>
     AI_INLINE void put(__m256i* v, __m256 D, __m256 E) {
         constexpr int64_t PB = PG * (G + 8);
         if (pf) {
@@ -483,25 +491,36 @@ struct DotSink {
             if (!PRE) transpose_g32(v);
         } else {
             transpose_g16(v);
-            const __m256i perm = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
-            D = _mm256_permutevar8x32_ps(D, perm);
-            if (MIN) E = _mm256_permutevar8x32_ps(E, perm);
+            if (!PRE) {  // (PRE: D and E come in lane order, see store_panel)
+                const __m256i perm = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+                D = _mm256_permutevar8x32_ps(D, perm);
+                if (MIN) E = _mm256_permutevar8x32_ps(E, perm);
+            }
         }
         for (int t = 0; t < NT; ++t) {
             const uint8_t* y = a + t * astride;
             __m256i s = MIN ? _mm256_setzero_si256() : _mm256_load_si256((const __m256i*)(y + PG * G + 32));
-            for (int k = 0; k < G / 4; k += 2) {
-                const __m256i y0 = _mm256_load_si256((const __m256i*)(y + 32 * k));
-                const __m256i y1 = _mm256_load_si256((const __m256i*)(y + 32 * k + 32));
-                __m256i p16;
-                if (SIGNED) {  // |w| x sign(y, w), as in tile
-                    const __m256i pa = _mm256_maddubs_epi16(_mm256_sign_epi8(v[k], v[k]), _mm256_sign_epi8(y0, v[k]));
-                    s = _mm256_add_epi32(s, _mm256_madd_epi16(pa, ones));
-                    p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(v[k + 1], v[k + 1]), _mm256_sign_epi8(y1, v[k + 1]));
-                } else {
-                    p16 = _mm256_add_epi16(_mm256_maddubs_epi16(v[k], y0), _mm256_maddubs_epi16(v[k + 1], y1));
-                }
+            if (SMALL && !SIGNED && G == 16) {
+                // weights 0..7 (Q2_K, Q3_K): a group's four maddubs pair sums add up to at most
+                // 4 * 2 * 7 * 127 = 7112 in int16, so one madd widens them all
+                __m256i p16 = _mm256_maddubs_epi16(v[0], _mm256_load_si256((const __m256i*)y));
+                for (int k = 1; k < 4; ++k)
+                    p16 = _mm256_add_epi16(p16, _mm256_maddubs_epi16(v[k], _mm256_load_si256((const __m256i*)(y + 32 * k))));
                 s = _mm256_add_epi32(s, _mm256_madd_epi16(p16, ones));
+            } else {
+                for (int k = 0; k < G / 4; k += 2) {
+                    const __m256i y0 = _mm256_load_si256((const __m256i*)(y + 32 * k));
+                    const __m256i y1 = _mm256_load_si256((const __m256i*)(y + 32 * k + 32));
+                    __m256i p16;
+                    if (SIGNED) {  // |w| x sign(y, w), as in tile
+                        const __m256i pa = _mm256_maddubs_epi16(_mm256_sign_epi8(v[k], v[k]), _mm256_sign_epi8(y0, v[k]));
+                        s = _mm256_add_epi32(s, _mm256_madd_epi16(pa, ones));
+                        p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(v[k + 1], v[k + 1]), _mm256_sign_epi8(y1, v[k + 1]));
+                    } else {
+                        p16 = _mm256_add_epi16(_mm256_maddubs_epi16(v[k], y0), _mm256_maddubs_epi16(v[k + 1], y1));
+                    }
+                    s = _mm256_add_epi32(s, _mm256_madd_epi16(p16, ones));
+                }
             }
             const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(s), D);
             acc[t] = _mm256_fmadd_ps(f, _mm256_load_ps((const float*)(y + PG * G)), acc[t]);
