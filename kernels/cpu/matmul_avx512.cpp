@@ -58,7 +58,8 @@ static AI_INLINE __m512i perm16() { return _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 
 
 // Store one finished panel: the G/4 step vectors, then the per-lane A and B floats.
 // PRE: v is already in panel order (only D/E still need the lane permutation).
-template <int G, bool PRE = false>
+// LANES: A and B are already in lane order too (perm16 / perm32), no permutation left.
+template <int G, bool PRE = false, bool LANES = false>
 static AI_INLINE void store_panel(uint8_t* dst, __m512i* v, __m512 A_nat, __m512 B_nat) {
     if (PRE) {
     } else if (G == 32) {
@@ -68,8 +69,8 @@ static AI_INLINE void store_panel(uint8_t* dst, __m512i* v, __m512 A_nat, __m512
     }
     for (int k = 0; k < G / 4; ++k) _mm512_store_si512((void*)(dst + 64 * k), v[k]);
     const __m512i perm = G == 32 ? perm32() : perm16();
-    _mm512_store_ps((float*)(dst + PG * G), _mm512_permutexvar_ps(perm, A_nat));
-    _mm512_store_ps((float*)(dst + PG * G + 64), _mm512_permutexvar_ps(perm, B_nat));
+    _mm512_store_ps((float*)(dst + PG * G), LANES ? A_nat : _mm512_permutexvar_ps(perm, A_nat));
+    _mm512_store_ps((float*)(dst + PG * G + 64), LANES ? B_nat : _mm512_permutexvar_ps(perm, B_nat));
 }
 
 static AI_INLINE float half(const uint8_t* p) { return _cvtsh_ss(load_u16(p)); }
@@ -399,16 +400,21 @@ static AI_INLINE void pack_panel_q23k(const uint8_t* blk, Sink& sink) {
             }
         }
     }
+    // the 16 sub-block scales shuffled into perm16's lane order before widening: D and E need
+    // no lane permutation later (put<16, PRE, LANES = true>)
+    const __m128i lanes = _mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
     __m512 D, E;
     if (THREE) {
-        D = _mm512_mul_ps(_mm512_set1_ps(half(blk + 108)), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q3k_scales_x16(blk + 96))));
+        D = _mm512_mul_ps(_mm512_set1_ps(half(blk + 108)),
+                          _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_shuffle_epi8(q3k_scales_x16(blk + 96), lanes))));
         E = _mm512_mul_ps(_mm512_set1_ps(4.0f), D);
     } else {
-        const __m512i s8 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)blk));
-        D = _mm512_mul_ps(_mm512_set1_ps(half(blk + 80)), _mm512_cvtepi32_ps(_mm512_and_si512(s8, _mm512_set1_epi32(15))));
-        E = _mm512_mul_ps(_mm512_set1_ps(half(blk + 82)), _mm512_cvtepi32_ps(_mm512_srli_epi32(s8, 4)));
+        const __m512i s8 = _mm512_cvtepu8_epi32(_mm_shuffle_epi8(_mm_loadu_si128((const __m128i*)blk), lanes));
+        const __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)load_u32(blk + 80)));  // d, dmin
+        D = _mm512_mul_ps(_mm512_broadcastss_ps(dm), _mm512_cvtepi32_ps(_mm512_and_si512(s8, _mm512_set1_epi32(15))));
+        E = _mm512_mul_ps(_mm512_broadcastss_ps(_mm_movehdup_ps(dm)), _mm512_cvtepi32_ps(_mm512_srli_epi32(s8, 4)));
     }
-    sink.template put<16, PRE>(v, D, E);
+    sink.template put<16, PRE, true>(v, D, E);
 }
 
 // IQ4_XS: one panel = two super-blocks (8 groups of 32 each); group j's nibbles are qs[16j ..].
@@ -483,9 +489,9 @@ static AI_INLINE void for_each_panel(WType t, const uint8_t* row, int64_t nb, Si
 struct StoreSink {
     static constexpr bool kPre = false;  // Q4_K: unpack + transpose_g32
     uint8_t* dst;
-    template <int G, bool PRE = false>
+    template <int G, bool PRE = false, bool LANES = false>
     void put(__m512i* v, __m512 A, __m512 B) {
-        store_panel<G, PRE>(dst, v, A, B);
+        store_panel<G, PRE, LANES>(dst, v, A, B);
         dst += PG * (G + 8);
     }
 };
@@ -656,7 +662,7 @@ struct DotSink {
         for (int64_t o = 0; o < pf_step; o += 64) _mm_prefetch((const char*)(pf + o), _MM_HINT_T0);
         pf += pf_step;
     }
-    template <int G, bool PRE = false>
+    template <int G, bool PRE = false, bool LANES = false>  // as store_panel's
     AI_INLINE void put(__m512i* v, __m512 D_nat, __m512 E_nat) {
         constexpr int64_t PB = PG * (G + 8);
         prefetch_panel();
@@ -666,8 +672,8 @@ struct DotSink {
         else
             transpose_g16(v);
         const __m512i perm = G == 32 ? perm32() : perm16();
-        const __m512 D = _mm512_permutexvar_ps(perm, D_nat);
-        const __m512 E = MIN ? _mm512_permutexvar_ps(perm, E_nat) : _mm512_setzero_ps();
+        const __m512 D = LANES ? D_nat : _mm512_permutexvar_ps(perm, D_nat);
+        const __m512 E = !MIN ? _mm512_setzero_ps() : LANES ? E_nat : _mm512_permutexvar_ps(perm, E_nat);
         for (int t = 0; t < NT; ++t) {
             const uint8_t* y = a + t * astride;
             __m512i s0 = MIN ? _mm512_setzero_si512() : _mm512_load_si512((const void*)(y + PG * G + 64));
