@@ -199,21 +199,22 @@ static AI_INLINE void pack_panel_q4k(const uint8_t* blk, Sink& sink) {
 template <class Sink>
 static AI_INLINE void pack_panel_q6k(const uint8_t* blk, int h, Sink& sink) {
     const block_q6_K* b = (const block_q6_K*)blk;
-    const __m256i lo4 = _mm256_set1_epi8(15), lo2 = _mm256_set1_epi8(3);
+    const __m256i lo4 = _mm256_set1_epi8(15), hi2 = _mm256_set1_epi8(0x30);
     const __m256i qa = _mm256_loadu_si256((const __m256i*)(b->ql + 64 * h));
     const __m256i qb = _mm256_loadu_si256((const __m256i*)(b->ql + 64 * h + 32));
     const __m256i qh = _mm256_loadu_si256((const __m256i*)(b->qh + 32 * h));
-    __m256i v[4];
-    v[0] = _mm256_or_si256(_mm256_and_si256(qa, lo4), _mm256_slli_epi16(_mm256_and_si256(qh, lo2), 4));
-    v[1] = _mm256_or_si256(_mm256_and_si256(qb, lo4),
-                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), lo2), 4));
-    v[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qa, 4), lo4),
-                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), lo2), 4));
+    __m256i v[4];  // qh bit pair 2j of each byte moved to bits 4-5 by one 16-bit shift, then masked
+    v[0] = _mm256_or_si256(_mm256_and_si256(qa, lo4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), hi2));
+    v[1] = _mm256_or_si256(_mm256_and_si256(qb, lo4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), hi2));
+    v[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qa, 4), lo4), _mm256_and_si256(qh, hi2));
     v[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qb, 4), lo4),
-                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), lo2), 4));
-    const __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(b->scales + 8 * h))));
+                           _mm256_and_si256(_mm256_srli_epi16(qh, 2), hi2));
+    // the half's 8 scales shuffled into kLanes16 order before widening (put<16, PRE = true>)
+    const __m128i lanes = _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m256 sc = _mm256_cvtepi32_ps(
+        _mm256_cvtepi8_epi32(_mm_shuffle_epi8(_mm_loadl_epi64((const __m128i*)(b->scales + 8 * h)), lanes)));
     const __m256 D = _mm256_mul_ps(_mm256_set1_ps(half(blk + 208)), sc);
-    sink.template put<16>(v, D, _mm256_mul_ps(_mm256_set1_ps(32.0f), D));
+    sink.template put<16, true>(v, D, _mm256_mul_ps(_mm256_set1_ps(32.0f), D));
 }
 
 // Walk one GGUF row panel by panel, handing each unpacked panel to sink.put<G>().

@@ -323,22 +323,26 @@ static AI_INLINE void pack_panel_q4k(const uint8_t* b0, const uint8_t* b1, Sink&
 template <class Sink>
 static AI_INLINE void pack_panel_q6k(const uint8_t* blk, Sink& sink) {
     const block_q6_K* b = (const block_q6_K*)blk;
-    const __m512i lo4 = _mm512_set1_epi8(15), lo2 = _mm512_set1_epi8(3);
-    const __m512i shA = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);  // qh bits 0-1 | 2-3
-    const __m512i shB = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(6), 1);    // qh bits 4-5 | 6-7
+    const __m512i lo4 = _mm512_set1_epi8(15), hi2 = _mm512_set1_epi8(0x30);
+    // qh bit pair s of every byte rotated to bits 4-5 of the same byte (dword rotation by 4 - s):
+    // A: bits 0-1 | 2-3 (rotate 4 | 2), B: bits 4-5 | 6-7 (rotate 0 | -2)
+    const __m512i rotA = _mm512_inserti64x4(_mm512_set1_epi32(4), _mm256_set1_epi32(2), 1);
+    const __m512i rotB = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi32(30), 1);
     __m512i v[4];
     for (int h = 0; h < 2; ++h) {
         const __m512i ql = _mm512_loadu_si512((const void*)(b->ql + 64 * h));
         const __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)(b->qh + 32 * h)));
-        const __m512i hA = _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(qh, shA), lo2), 4);
-        const __m512i hB = _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(qh, shB), lo2), 4);
+        const __m512i hA = _mm512_and_si512(_mm512_rolv_epi32(qh, rotA), hi2);
+        const __m512i hB = _mm512_and_si512(_mm512_rolv_epi32(qh, rotB), hi2);
         v[2 * h] = _mm512_or_si512(_mm512_and_si512(ql, lo4), hA);                         // elements 0..63
         v[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), lo4), hB);  // 64..127
     }
-    const __m512 sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)b->scales)));
+    // the 16 scales shuffled into perm16's lane order before widening (put<16, false, LANES>)
+    const __m128i lanes = _mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const __m512 sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_shuffle_epi8(_mm_loadu_si128((const __m128i*)b->scales), lanes)));
     const __m512 D = _mm512_mul_ps(_mm512_set1_ps(half(blk + 208)), sc);
     const __m512 E = _mm512_mul_ps(_mm512_set1_ps(32.0f), D);
-    sink.template put<16>(v, D, E);
+    sink.template put<16, false, true>(v, D, E);
 }
 
 // Q2_K / Q3_K: one panel = one super-block = 16 groups of 16. v[m] holds values 64m .. 64m+63,
