@@ -137,6 +137,37 @@ bool row_finite(const float* x, int64_t cols) {
 void matmul_impl(WType t, const uint8_t* w, int64_t rows, int64_t cols, const float* x, int64_t n, float* out,
                  const MatmulKernels& k);
 
+// The call of a quantized weight of type t on tier k, with its packing geometry filled in (group
+// size, panels per row, packed bytes per row, weight row bytes); act, rb_rows, pf_rows left to
+// the caller.
+MatmulCall quant_call(WType t, const uint8_t* w, int64_t rows, int64_t cols, const float* x, int64_t n, float* out,
+                      const MatmulKernels& k) {
+    MatmulCall c{};
+    c.w = w, c.rows = rows, c.cols = cols, c.x = x, c.n = n, c.out = out;
+    c.G = wtype_info(t).group;
+    c.np = n_panels(k, c.G, cols);
+    c.stride = c.np * panel_bytes(k, c.G);  // bytes of one packed row / token
+    c.rb = row_bytes(t, cols);
+    return c;
+}
+
+// Every pool thread's weight buffer holds at least `bytes`.
+void reserve_wbuf(int nth, int64_t bytes) {
+    while ((int)g_wbuf.size() < nth) g_wbuf.emplace_back(new Scratch());
+    for (int i = 0; i < nth; ++i) g_wbuf[i]->get((size_t)bytes);
+}
+
+// Quantized types quantize x to int8 first, which turns NaN and Inf into ordinary numbers; in
+// float arithmetic (the NumPy reference) a non-finite activation makes every output of its
+// token non-finite. Keep that: such tokens' outputs (out (n, rows)) become NaN, so a broken
+// model never produces finite-looking logits. (The scan reads n*cols floats, against the
+// rows*cols weights the matmul reads.)
+void nan_where_nonfinite(const float* x, int64_t n, int64_t cols, float* out, int64_t rows) {
+    for (int64_t i = 0; i < n; ++i)
+        if (!row_finite(x + i * cols, cols))
+            std::fill(out + i * rows, out + (i + 1) * rows, std::numeric_limits<float>::quiet_NaN());
+}
+
 }  // namespace
 
 // The per-thread bodies of matmul_<type>_<tier> (see matmul_kernels.h). Kept out of line
@@ -186,19 +217,11 @@ PYENGINE_NOIPA void matmul_rows_float(const MatmulKernels& k, WType t, const Mat
     }
 }
 
-// Quantized types quantize x to int8 first, which turns NaN and Inf into ordinary
-// numbers; in float arithmetic (the NumPy reference) a non-finite activation makes every
-// output of its token non-finite. Keep that: such tokens' outputs are NaN, so a broken
-// model never produces finite-looking logits. (The scan reads n*cols floats, against the
-// rows*cols weights the matmul reads.)
 void matmul(WType t, const uint8_t* w, int64_t rows, int64_t cols, const float* x, int64_t n, float* out,
             const MatmulKernels& k) {
     if (rows <= 0 || n <= 0) return;
     matmul_impl(t, w, rows, cols, x, n, out, k);
-    if (!wtype_is_quant(t)) return;
-    for (int64_t i = 0; i < n; ++i)
-        if (!row_finite(x + i * cols, cols))
-            std::fill(out + i * rows, out + (i + 1) * rows, std::numeric_limits<float>::quiet_NaN());
+    if (wtype_is_quant(t)) nan_where_nonfinite(x, n, cols, out, rows);
 }
 
 namespace {
@@ -208,13 +231,7 @@ void matmul_impl(WType t, const uint8_t* w, int64_t rows, int64_t cols, const fl
     std::lock_guard<std::mutex> lock(g_matmul_mutex);
     if (!wtype_is_quant(t)) return matmul_float(t, w, rows, cols, x, n, out, k);
 
-    const WTypeInfo& ti = wtype_info(t);
-    MatmulCall c{};
-    c.w = w, c.rows = rows, c.cols = cols, c.x = x, c.n = n, c.out = out;
-    c.G = ti.group;
-    c.np = n_panels(k, c.G, cols);
-    c.stride = c.np * panel_bytes(k, c.G);  // bytes of one packed row / token
-    c.rb = row_bytes(t, cols);
+    MatmulCall c = quant_call(t, w, rows, cols, x, n, out, k);
     const int64_t stride = c.stride;
     const int G = c.G;
     const int off = weight_offset(t, k.q8_signed);
@@ -252,8 +269,7 @@ void matmul_impl(WType t, const uint8_t* w, int64_t rows, int64_t cols, const fl
     int64_t sched = (rows + per_thread * nth - 1) / (per_thread * nth);
     sched = (sched + rb_rows - 1) / rb_rows * rb_rows;
     if (sched < rb_rows) sched = rb_rows;
-    while ((int)g_wbuf.size() < nth) g_wbuf.emplace_back(new Scratch());
-    for (int i = 0; i < nth; ++i) g_wbuf[i]->get((size_t)(rb_rows * stride));
+    reserve_wbuf(nth, rb_rows * stride);
 
     c.pf_rows = c.rb >= 6144 ? 1 : 6144 / (c.rb > 0 ? c.rb : 1);
     // 3. Each thread runs matmul_<type>_<tier> (kernels/cpu/matmul_<tier>.cpp) on its rows.
@@ -282,18 +298,14 @@ void matmul_group(const MatmulPart* parts, int n_parts, const MatmulKernels& k) 
         std::vector<MatmulCall>& c = g_group_calls;
         std::vector<ActForm>& forms = g_group_forms;
         std::vector<int64_t>& start = g_group_start;  // byte offset of each part in the group's weight bytes
-        c.assign(n_parts, MatmulCall{});
+        c.resize(n_parts);
         forms.clear();
         start.assign(n_parts + 1, 0);
         int64_t wmax = 0;
         for (int i = 0; i < n_parts; ++i) {
             const MatmulPart& p = parts[i];
             MatmulCall& ci = c[i];
-            ci.w = p.w, ci.rows = p.rows, ci.cols = p.cols, ci.x = p.x, ci.n = p.n, ci.out = p.out;
-            ci.G = wtype_info(p.t).group;
-            ci.np = n_panels(k, ci.G, p.cols);
-            ci.stride = ci.np * panel_bytes(k, ci.G);
-            ci.rb = row_bytes(p.t, p.cols);
+            ci = quant_call(p.t, p.w, p.rows, p.cols, p.x, p.n, p.out, k);
             ci.rb_rows = 4;  // as matmul_impl for n <= 4 (the gemv reads no buffer)
             ci.pf_rows = 1;
             const int off = weight_offset(p.t, k.q8_signed);
@@ -311,8 +323,7 @@ void matmul_group(const MatmulPart* parts, int n_parts, const MatmulKernels& k) 
             start[i + 1] = start[i] + ci.rows * ci.rb;
             wmax = std::max(wmax, 4 * ci.stride);
         }
-        while ((int)g_wbuf.size() < nth) g_wbuf.emplace_back(new Scratch());
-        for (int i = 0; i < nth; ++i) g_wbuf[i]->get((size_t)wmax);
+        reserve_wbuf(nth, wmax);
         // 2. Share s of nth takes the rows whose first byte lies in [s, s + 1) * total / nth of
         //    the concatenated weights: every row exactly once, shares equal to within a row.
         const int64_t total = start[n_parts];
@@ -333,12 +344,7 @@ void matmul_group(const MatmulPart* parts, int n_parts, const MatmulKernels& k) 
             }
         }, nth);
     }
-    for (int i = 0; i < n_parts; ++i) {  // as matmul(): a token with a non-finite input gets NaN outputs
-        const MatmulPart& p = parts[i];
-        for (int64_t r = 0; r < p.n; ++r)
-            if (!row_finite(p.x + r * p.cols, p.cols))
-                std::fill(p.out + r * p.rows, p.out + (r + 1) * p.rows, std::numeric_limits<float>::quiet_NaN());
-    }
+    for (int i = 0; i < n_parts; ++i) nan_where_nonfinite(parts[i].x, parts[i].n, parts[i].cols, parts[i].out, parts[i].rows);
 }
 
 void get_rows(WType t, const uint8_t* w, int64_t rows, int64_t cols, const int32_t* ids, int64_t n, float* out) {

@@ -73,7 +73,7 @@ void moe_ffn(const Layer& L, const float* x, int64_t n, float* out, const Matmul
     // scratch, grown once per thread and reused (a decode step allocates nothing after the first)
     thread_local std::vector<float> logits, wts, xe, g, u, yd, ys;
     thread_local std::vector<int32_t> sel;
-    thread_local std::vector<int64_t> tok, first, cnt;
+    thread_local std::vector<int64_t> tok, first, cnt, at;
     thread_local std::vector<MatmulPart> parts;
     logits.resize(n * E);
     sel.resize(n * k);
@@ -88,24 +88,27 @@ void moe_ffn(const Layer& L, const float* x, int64_t n, float* out, const Matmul
     first.assign(E + 1, 0);
     for (int64_t e = 0; e < E; ++e) first[e + 1] = first[e] + cnt[e];
     tok.resize(n * k);
-    {
-        std::vector<int64_t> at(first.begin(), first.end() - 1);
-        for (int64_t i = 0; i < n * k; ++i) tok[at[sel[i]]++] = i;  // flat (token, slot) index of each row
-    }
+    at.assign(first.begin(), first.end() - 1);
+    for (int64_t i = 0; i < n * k; ++i) tok[at[sel[i]]++] = i;  // flat (token, slot) index of each row
     const int64_t M = n * k;
-    xe.resize(M * d);  // (M, d) each row's token
     g.resize(M * f);   // (M, f) gate, then silu(gate) * up
     u.resize(M * f);   // (M, f) up
     yd.resize(M * d);  // (M, d) expert outputs
-    for (int64_t r = 0; r < M; ++r) std::copy(x + (tok[r] / k) * d, x + (tok[r] / k + 1) * d, xe.data() + r * d);
+    // each row's token: one token (decoding) is every expert's input as it is (and is quantized
+    // once); more are gathered per expert into xe (M, d)
+    if (n > 1) {
+        xe.resize(M * d);
+        for (int64_t r = 0; r < M; ++r) std::copy(x + (tok[r] / k) * d, x + (tok[r] / k + 1) * d, xe.data() + r * d);
+    }
     // every used expert's gate and up as one matmul_group, then every down as another (one pool
     // job each while decoding, instead of three per expert)
     parts.clear();
     for (int64_t e = 0; e < E; ++e) {
         if (!cnt[e]) continue;
         const int64_t o = first[e], m = cnt[e];
-        parts.push_back(MatmulPart{L.gate.t, L.gate.at(e), f, d, xe.data() + o * d, m, g.data() + o * f});
-        parts.push_back(MatmulPart{L.up.t, L.up.at(e), f, d, xe.data() + o * d, m, u.data() + o * f});
+        const float* xin = n > 1 ? xe.data() + o * d : x;
+        parts.push_back(MatmulPart{L.gate.t, L.gate.at(e), f, d, xin, m, g.data() + o * f});
+        parts.push_back(MatmulPart{L.up.t, L.up.at(e), f, d, xin, m, u.data() + o * f});
     }
     matmul_group(parts.data(), (int)parts.size(), mk);
     cpu::binary(cpu::Binary::silu_mul, g.data(), u.data(), g.data(), M * f);

@@ -49,19 +49,22 @@ static AI_INLINE void transpose_g32(__m256i v[8]) {
 // G = 16: v[m] = groups 2m, 2m+1; afterwards lane 4i+m belongs to group 2m+i.
 static AI_INLINE void transpose_g16(__m256i v[4]) { transpose4_inlane(v[0], v[1], v[2], v[3]); }
 
-// PRE, G = 32: v is already in panel order (lane l of every v[k] = group l). PRE, G = 16: v is
-// in natural order but A and B are already in the lane order transpose_g16 leaves the groups
-// in (0, 2, 4, 6, 1, 3, 5, 7: kLanes16).
-template <int G, bool PRE = false>
+// The lane order transpose_g16 leaves a 16-value panel's groups in, as dwords and as a byte
+// shuffle of 8 per-group bytes (sub-block scales) taken into that order before widening.
+static AI_INLINE __m256i lanes16() { return _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7); }
+static AI_INLINE __m128i lanes16_u8() { return _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, -1, -1, -1, -1, -1, -1, -1, -1); }
+
+// PRE (G = 32 only): v is already in panel order (lane l of every v[k] = group l).
+// LANES (G = 16): A and B are already in lanes16() order, no permutation left.
+template <int G, bool PRE = false, bool LANES = false>
 static AI_INLINE void store_panel(uint8_t* dst, __m256i* v, __m256 A_nat, __m256 B_nat) {
     if (G == 32) {
         if (!PRE) transpose_g32(v);
     } else {
         transpose_g16(v);
-        if (!PRE) {
-            const __m256i perm = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
-            A_nat = _mm256_permutevar8x32_ps(A_nat, perm);
-            B_nat = _mm256_permutevar8x32_ps(B_nat, perm);
+        if (!LANES) {
+            A_nat = _mm256_permutevar8x32_ps(A_nat, lanes16());
+            B_nat = _mm256_permutevar8x32_ps(B_nat, lanes16());
         }
     }
     for (int k = 0; k < G / 4; ++k) _mm256_store_si256((__m256i*)(dst + 32 * k), v[k]);
@@ -135,9 +138,9 @@ static AI_INLINE void pack_panel_q23k(const uint8_t* blk, int c, Sink& sink) {
             v[j] = _mm256_or_si256(v[j], _mm256_and_si256(h, four));
         }
     }
-    // the half's 8 sub-block scales, taken straight into kLanes16 order by one byte shuffle (no
-    // lane permutes of D and E later: put<16, PRE = true>)
-    const __m128i lanes = _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, -1, -1, -1, -1, -1, -1, -1, -1);
+    // the half's 8 sub-block scales, taken straight into lanes16 order by one byte shuffle (no
+    // lane permutes of D and E later: put<16, LANES = true>)
+    const __m128i lanes = lanes16_u8();
     __m256 D, E;
     if (THREE) {
         const __m128i sc = q3k_scales_x16(blk + 96);
@@ -150,7 +153,7 @@ static AI_INLINE void pack_panel_q23k(const uint8_t* blk, int c, Sink& sink) {
         D = _mm256_mul_ps(_mm256_broadcastss_ps(dm), _mm256_cvtepi32_ps(_mm256_and_si256(s8, _mm256_set1_epi32(15))));
         E = _mm256_mul_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dm)), _mm256_cvtepi32_ps(_mm256_srli_epi32(s8, 4)));
     }
-    sink.template put<16, true, true>(v, D, E);  // D, E in lane order; values 0..7
+    sink.template put<16, false, true, true>(v, D, E);  // D, E in lane order; values 0..7
 }
 
 // IQ4_XS: one panel = one super-block (8 groups of 32, group j's nibbles at qs[16j ..]); signed, E = 0.
@@ -209,12 +212,11 @@ static AI_INLINE void pack_panel_q6k(const uint8_t* blk, int h, Sink& sink) {
     v[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qa, 4), lo4), _mm256_and_si256(qh, hi2));
     v[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qb, 4), lo4),
                            _mm256_and_si256(_mm256_srli_epi16(qh, 2), hi2));
-    // the half's 8 scales shuffled into kLanes16 order before widening (put<16, PRE = true>)
-    const __m128i lanes = _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, -1, -1, -1, -1, -1, -1, -1, -1);
+    // the half's 8 scales shuffled into lanes16 order before widening (put<16, LANES = true>)
     const __m256 sc = _mm256_cvtepi32_ps(
-        _mm256_cvtepi8_epi32(_mm_shuffle_epi8(_mm_loadl_epi64((const __m128i*)(b->scales + 8 * h)), lanes)));
+        _mm256_cvtepi8_epi32(_mm_shuffle_epi8(_mm_loadl_epi64((const __m128i*)(b->scales + 8 * h)), lanes16_u8())));
     const __m256 D = _mm256_mul_ps(_mm256_set1_ps(half(blk + 208)), sc);
-    sink.template put<16, true>(v, D, _mm256_mul_ps(_mm256_set1_ps(32.0f), D));
+    sink.template put<16, false, true>(v, D, _mm256_mul_ps(_mm256_set1_ps(32.0f), D));
 }
 
 // Walk one GGUF row panel by panel, handing each unpacked panel to sink.put<G>().
@@ -277,9 +279,9 @@ static AI_INLINE void for_each_panel(WType t, const uint8_t* row, int64_t nb, Si
 // Sink that stores panels (the matmul's packed weight rows).
 struct StoreSink {
     uint8_t* dst;
-    template <int G, bool PRE = false, bool SMALL = false>
+    template <int G, bool PRE = false, bool LANES = false, bool SMALL = false>  // as store_panel's
     AI_INLINE void put(__m256i* v, __m256 A, __m256 B) {
-        store_panel<G, PRE>(dst, v, A, B);
+        store_panel<G, PRE, LANES>(dst, v, A, B);
         dst += PG * (G + 8);
     }
 };
@@ -480,7 +482,8 @@ struct DotSink {
     __m256 acc[NT];  // NT = 1..kGemvMaxTokens tokens, fixed at compile time: no spills for few tokens
     const uint8_t* pf;  // weight bytes to prefetch next (nullptr: none)
     int64_t pf_step;    // weight bytes per panel
-    template <int G, bool PRE = false, bool SMALL = false>
+    // PRE, LANES as store_panel's; SMALL: weights 0..7 (G = 16), see below
+    template <int G, bool PRE = false, bool LANES = false, bool SMALL = false>
     AI_INLINE void put(__m256i* v, __m256 D, __m256 E) {
         constexpr int64_t PB = PG * (G + 8);
         if (pf) {
@@ -492,10 +495,9 @@ struct DotSink {
             if (!PRE) transpose_g32(v);
         } else {
             transpose_g16(v);
-            if (!PRE) {  // (PRE: D and E come in lane order, see store_panel)
-                const __m256i perm = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
-                D = _mm256_permutevar8x32_ps(D, perm);
-                if (MIN) E = _mm256_permutevar8x32_ps(E, perm);
+            if (!LANES) {
+                D = _mm256_permutevar8x32_ps(D, lanes16());
+                if (MIN) E = _mm256_permutevar8x32_ps(E, lanes16());
             }
         }
         for (int t = 0; t < NT; ++t) {

@@ -55,6 +55,8 @@ static AI_INLINE __m512i perm32() { return _mm512_setr_epi32(0, 2, 4, 6, 1, 3, 5
 // group 4m+i: perm16 below. 8 shuffles per panel.
 static AI_INLINE void transpose_g16(__m512i v[4]) { transpose4_inlane(v[0], v[1], v[2], v[3]); }
 static AI_INLINE __m512i perm16() { return _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15); }
+// perm16 as a byte shuffle: 16 per-group bytes (sub-block scales) into lane order before widening.
+static AI_INLINE __m128i perm16_u8() { return _mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15); }
 
 // Store one finished panel: the G/4 step vectors, then the per-lane A and B floats.
 // PRE: v is already in panel order (only D/E still need the lane permutation).
@@ -338,8 +340,8 @@ static AI_INLINE void pack_panel_q6k(const uint8_t* blk, Sink& sink) {
         v[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), lo4), hB);  // 64..127
     }
     // the 16 scales shuffled into perm16's lane order before widening (put<16, false, LANES>)
-    const __m128i lanes = _mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-    const __m512 sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_shuffle_epi8(_mm_loadu_si128((const __m128i*)b->scales), lanes)));
+    const __m512 sc =
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_shuffle_epi8(_mm_loadu_si128((const __m128i*)b->scales), perm16_u8())));
     const __m512 D = _mm512_mul_ps(_mm512_set1_ps(half(blk + 208)), sc);
     const __m512 E = _mm512_mul_ps(_mm512_set1_ps(32.0f), D);
     sink.template put<16, false, true>(v, D, E);
@@ -406,7 +408,7 @@ static AI_INLINE void pack_panel_q23k(const uint8_t* blk, Sink& sink) {
     }
     // the 16 sub-block scales shuffled into perm16's lane order before widening: D and E need
     // no lane permutation later (put<16, PRE, LANES = true>)
-    const __m128i lanes = _mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const __m128i lanes = perm16_u8();
     __m512 D, E;
     if (THREE) {
         D = _mm512_mul_ps(_mm512_set1_ps(half(blk + 108)),
