@@ -41,23 +41,6 @@ void experts(pyengine::moe::Experts& x, const py::kwargs& kw, const char* type_k
     x.cols = cols;
     x.expert_bytes = rows * rb;
     x.w = bytes(kw, key, E * x.expert_bytes, keep);
-    // optional: <key>_stage (E * expert_bytes,) and <key>_ready (E,), writeable uint8, and
-    // <key>_drop_source (bool: the bytes are a read-only file mapping; moe.h)
-    const std::string sk = std::string(key) + "_stage", rk = std::string(key) + "_ready";
-    if (!kw.contains(sk.c_str()) || kw[sk.c_str()].is_none()) return;
-    if (!kw.contains(rk.c_str())) bad("missing argument " + rk);
-    py::array st = py::cast<py::array>(kw[sk.c_str()]), rd = py::cast<py::array>(kw[rk.c_str()]);
-    for (const py::array* a : {&st, &rd})
-        if (!py::dtype::of<uint8_t>().equal(a->dtype()) || !(a->flags() & py::array::c_style) || !a->writeable())
-            bad(sk + " and " + rk + " must be writeable C-contiguous uint8");
-    if ((int64_t)st.nbytes() != E * x.expert_bytes || (int64_t)rd.size() != E)
-        bad(sk + " must hold " + std::to_string(E * x.expert_bytes) + " bytes and " + rk + " " + std::to_string(E));
-    keep.push_back(st);
-    keep.push_back(rd);
-    x.stage = static_cast<uint8_t*>(st.mutable_data());
-    x.ready = static_cast<uint8_t*>(rd.mutable_data());
-    const std::string dk = std::string(key) + "_drop_source";
-    x.drop_source = kw.contains(dk.c_str()) && py::cast<bool>(kw[dk.c_str()]);
 }
 
 }  // namespace
@@ -118,7 +101,5 @@ void bind_moe(py::module_& m) {
     }, py::arg("x"), py::arg("out"),
           "out (n, dim) = routed SwiGLU experts on x (spec: pyengine/backends/moe.py). Keyword arguments:\n"
           "router_type, router, gate_type, gate, up_type, up, down_type, down (GGUF bytes), n_expert, dim, ffn,\n"
-          "top_k, gating ('softmax'|'sigmoid'), norm, scale, n_group, n_group_used, bias (None or (n_expert,)); optionally gate_stage / gate_ready (and up_, down_):\n"
-          "a writeable uint8 buffer the size of the expert bytes and (n_expert,) flags (experts copied there when\n"
-          "first used), gate_drop_source (and up_, down_): the bytes are a read-only file mapping, unmap what was copied.");
+          "top_k, gating ('softmax'|'sigmoid'), norm, scale, n_group, n_group_used, bias (None or (n_expert,)).");
 }

@@ -3,17 +3,10 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <limits>
-#include <mutex>
 #include <numeric>
-#if defined(__linux__)
-#include <sys/mman.h>
-#include <unistd.h>
-#endif
 
 #include "cpu_ops.h"
-#include "threadpool.h"
 
 namespace pyengine {
 namespace moe {
@@ -75,44 +68,6 @@ void route(const Layer& L, const float* logits, int64_t n, int32_t* sel, float* 
     }
 }
 
-void stage_used(const Layer& L, const int64_t* used) {
-    const Experts* xs[3] = {&L.gate, &L.up, &L.down};
-    auto pending = [&](std::vector<std::pair<const Experts*, int64_t>>& todo) {
-        todo.clear();
-        for (const Experts* x : xs)
-            if (x->stage)
-                for (int64_t e = 0; e < L.n_expert; ++e)
-                    if (used[e] && !x->staged(e)) todo.emplace_back(x, e);
-    };
-    thread_local std::vector<std::pair<const Experts*, int64_t>> todo;
-    pending(todo);
-    if (todo.empty()) return;  // the usual case once the experts have been used
-    static std::mutex mu;      // two callers never copy the same expert at once
-    std::lock_guard<std::mutex> lock(mu);
-    pending(todo);
-    const auto* items = todo.data();  // (a lambda would see the worker's own thread_local)
-    ThreadPool::instance().parallel_for((int64_t)todo.size(), 1, [items](int64_t b, int64_t end, int) {
-        for (int64_t i = b; i < end; ++i) {
-            const Experts& x = *items[i].first;
-            const int64_t off = items[i].second * x.expert_bytes;
-            std::memcpy(x.stage + off, x.w + off, (size_t)x.expert_bytes);
-        }
-    });
-    for (const auto& [x, e] : todo) {
-#if defined(__linux__)
-        if (x->drop_source) {
-        // the source's whole pages: a neighbour's bytes there are only unmapped, never lost
-        // (a file mapping refills from the page cache when touched again)
-        const uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
-        const uintptr_t a = (uintptr_t)(x->w + e * x->expert_bytes) & ~(pg - 1);
-        const uintptr_t z = ((uintptr_t)(x->w + (e + 1) * x->expert_bytes) + pg - 1) & ~(pg - 1);
-        madvise((void*)a, z - a, MADV_DONTNEED);
-        }
-#endif
-        __atomic_store_n(x->ready + e, (uint8_t)1, __ATOMIC_RELEASE);
-    }
-}
-
 void moe_ffn(const Layer& L, const float* x, int64_t n, float* out, const MatmulKernels& mk) {
     const int64_t E = L.n_expert, d = L.dim, f = L.ffn, k = L.top_k;
     // scratch, grown once per thread and reused (a decode step allocates nothing after the first)
@@ -130,7 +85,6 @@ void moe_ffn(const Layer& L, const float* x, int64_t n, float* out, const Matmul
     // first[e] .. first[e] + cnt[e] of the flat (n * k, .) buffers below
     cnt.assign(E, 0);
     for (int64_t i = 0; i < n * k; ++i) ++cnt[sel[i]];
-    stage_used(L, cnt.data());
     first.assign(E + 1, 0);
     for (int64_t e = 0; e < E; ++e) first[e + 1] = first[e] + cnt[e];
     tok.resize(n * k);

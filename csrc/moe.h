@@ -15,21 +15,12 @@
 namespace pyengine {
 namespace moe {
 
-// one expert tensor (E, rows, cols) as GGUF bytes: expert e starts at w + e * expert_bytes.
-// Optionally staged (pyengine/weight_pages.py): `stage` is a buffer laid out like w, in
-// anonymous 2 MiB pages that take memory only once written; expert e is copied there the first
-// time a token chooses it (stage_used below), and ready[e] != 0 from then on. The kernels then
-// read huge pages instead of the file mapping's 4 KiB ones, while the resident memory still
-// follows the experts that were used.
+// one expert tensor (E, rows, cols) as GGUF bytes: expert e starts at w + e * expert_bytes
 struct Experts {
     WType t = WType::F32;
     const uint8_t* w = nullptr;
     int64_t rows = 0, cols = 0, expert_bytes = 0;
-    uint8_t* stage = nullptr;  // (E * expert_bytes,) or nullptr: read w
-    uint8_t* ready = nullptr;  // (E,) 0 / 1, with stage
-    bool drop_source = false;  // w is a read-only mapping of a file: unmap what was copied
-    bool staged(int64_t e) const { return stage && __atomic_load_n(ready + e, __ATOMIC_ACQUIRE); }
-    const uint8_t* at(int64_t e) const { return (staged(e) ? stage : w) + e * expert_bytes; }
+    const uint8_t* at(int64_t e) const { return w + e * expert_bytes; }
 };
 
 struct Layer {
@@ -49,12 +40,6 @@ struct Layer {
 
 // experts (n, top_k) and weights (n, top_k) for router logits (n, E), best first
 void route(const Layer& L, const float* logits, int64_t n, int32_t* sel, float* w);
-
-// Copy the experts with used[e] != 0 that are not staged yet into their stage buffers (the
-// pool shares the copies). With drop_source the copied source pages then leave this process's
-// page tables (they stay in the page cache), so a used expert counts once in the resident
-// memory, not twice (never for other memory: there MADV_DONTNEED would zero it).
-void stage_used(const Layer& L, const int64_t* used);
 
 // out (n, d) = the layer on x (n, d). Each used expert runs once over the tokens that chose it.
 void moe_ffn(const Layer& L, const float* x, int64_t n, float* out, const MatmulKernels& mk);

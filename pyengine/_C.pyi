@@ -132,10 +132,7 @@ def moe_ffn(x: npt.NDArray[np.float32], out: npt.NDArray[np.float32], **layer: o
     Keyword arguments (pyengine.backends.moe.native_args makes them): router_type, router,
     gate_type, gate, up_type, up, down_type, down (GGUF bytes; experts (E, rows, cols)),
     n_expert, dim, ffn, top_k, gating ("softmax" | "sigmoid"), norm, scale, n_group,
-    n_group_used, bias (None or (n_expert,) float32); optionally gate_stage / gate_ready (and up_,
-    down_): a writeable uint8 buffer shaped like the expert bytes and (n_expert,) flags, the
-    experts copied there when first used (pyengine.weight_pages), and gate_drop_source (...):
-    True when the expert bytes are a read-only file mapping, whose copied pages are then unmapped."""
+    n_group_used, bias (None or (n_expert,) float32)."""
 
 def mla_attention(
     q: npt.NDArray[np.float32], kv: npt.NDArray[np.float32], out: npt.NDArray[np.float32],

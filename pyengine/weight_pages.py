@@ -16,16 +16,9 @@ at the same speed from either: the gain is the kernels' many concurrent streams.
 read by the CPU on every token (the ``cpu`` backend), the kernel lends huge pages
 (transparent_hugepage ``always`` or ``madvise``) and the copy fits in available memory.
 The copy is read with ``readinto`` (not through the mapping), so the file's pages never
-count in the process's RSS twice. Routed MoE experts (``*_exps`` tensors) are not copied
-up front: a token reads 6 of 64 of them, and RSS should follow what is touched. When the
-whole file would fit, each expert tensor gets an empty buffer in 2 MiB pages instead (memory
-is taken only where written) and the native MoE code copies an expert there the first time a
-token chooses it, then drops the source pages from the process (csrc/moe.h ``stage_used``):
-the kernels read huge pages, the RSS grows with the experts used (DeepSeek-V2-Lite-shaped
-file, ``pyengine bench`` tg128 19.0-19.4 tok/s staged vs 16.5-16.8 from the mapping, two
-alternating rounds each: the mapping's 4 KiB pages cost the scattered expert reads ~15%).
-Otherwise they stay mapped. Whatever it does, it says so in one line
-(``Model.weights_placement``, printed by ``generate -v``).
+count in the process's RSS twice. Routed MoE experts (``*_exps`` tensors) stay mapped:
+a token reads 6 of 64 of them, and RSS should follow what is touched. Whatever it does,
+it says so in one line (``Model.weights_placement``, printed by ``generate -v``).
 """
 from __future__ import annotations
 
@@ -50,10 +43,9 @@ def add_weights_argument(parser) -> None:
     parser.add_argument("--weights", default="auto", choices=MODES,
                         help=f"where the weights live: auto = the cpu backend copies them into 2 MiB pages when "
                              f"the kernel lends huge pages and they fit in {FIT_SHARE * 100:.0f}%% of available memory "
-                             f"(decoding up to ~17%% faster), else they stay mapped; routed MoE experts are copied "
-                             f"there one by one as tokens first use them when the whole file fits; map = read "
-                             f"from the mapped file (least memory, fastest load); copy = copy every tensor, MoE "
-                             f"experts included, at load (RSS = file size). 'generate -v' says which")
+                             f"(decoding up to ~17%% faster), else they stay mapped; map = read from the mapped "
+                             f"file (least memory, fastest load); copy = copy every tensor, MoE experts included "
+                             f"(RSS = file size). 'generate -v' says which")
 
 
 def padded(nbytes: int) -> int:
@@ -142,7 +134,6 @@ def place_weights(gf, mode: str = "auto", backend_name: str = "cpu", progress: b
     names = [n for n in gf.tensors if mode == "copy" or not stays_mapped(n)]
     todo = sum(padded(gf.tensors[n].n_bytes) for n in names)
     copied = set(names)
-    experts = [n for n in gf.tensors if n not in copied and len(gf.tensors[n].shape) == 3]
     kept = sum(t.n_bytes for n, t in gf.tensors.items() if n not in copied)
     tail = f"; {_fmt(kept)} of routed experts stay mapped" if kept else ""
     if mode == "auto":
@@ -162,10 +153,6 @@ def place_weights(gf, mode: str = "auto", backend_name: str = "cpu", progress: b
         return f"memory-mapped from the file ({msg})"
     arena = anonymous_buffer(todo, huge=huge_pages_usable())
     _copy_into(gf, names, arena, progress)
-    staged = sum(padded(gf.tensors[n].n_bytes) for n in experts)
-    if experts and huge_pages_usable() and (avail is None or todo + staged <= FIT_SHARE * avail):
-        _stage(gf, experts, staged)  # (E, rows, cols) tensors: routed experts are 3-D
-        tail = f"; {_fmt(kept)} of routed experts go into 2 MiB pages as tokens first use them"
     got = huge_bytes(arena.ctypes.data, arena.nbytes) if todo else 0
     share = f", {got / max(todo, 1):.0%} of it in 2 MiB pages" if got is not None else ""
     return f"{_fmt(todo)} copied into memory{share}{tail}"
@@ -183,19 +170,6 @@ def anonymous_buffer(nbytes: int, huge: bool) -> np.ndarray:
     if huge:  # whole 2 MiB pages from the aligned start, within the mapping
         m.madvise(mmap.MADV_HUGEPAGE, skip, min(nbytes + (-nbytes) % HUGE_PAGE, len(m) - skip))
     return buf[skip:skip + nbytes]  # (nbytes,)
-
-
-def _stage(gf, names: list[str], nbytes: int) -> None:
-    """Give each routed-expert tensor an empty buffer in 2 MiB pages and its per-expert ready
-    flags (``cache["stage"]``, read by :func:`pyengine.backends.moe.native_args`); the native MoE
-    code fills them expert by expert. Untouched pages of the buffer take no memory."""
-    arena = anonymous_buffer(nbytes, huge=True)  # (nbytes,) zero pages until written
-    at = 0
-    for name in names:
-        t = gf.tensors[name]
-        from_file = gf._mmap is not None and np.shares_memory(t.raw, gf._mmap)  # read-only: unmap what was copied
-        t.cache["stage"] = (arena[at:at + t.n_bytes], np.zeros(t.shape[0], dtype=np.uint8), bool(from_file))
-        at += padded(t.n_bytes)
 
 
 def _copy_into(gf, names: list[str], arena: np.ndarray, progress: bool) -> None:

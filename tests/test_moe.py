@@ -321,48 +321,6 @@ def test_native_moe_rejects_bad_arguments():
         _C.moe_ffn(np.ones((2, D + 1), np.float32), np.empty((2, D + 1), np.float32), **args)
 
 
-@pytest.mark.skipif(not native_built(), reason="needs pyengine._C")
-def test_native_moe_stages_each_chosen_expert_once_and_reads_the_copy():
-    """Experts with a stage buffer (pyengine.weight_pages): a call copies exactly the experts its
-    tokens chose into the buffers and flags them, and gives the unstaged output bit for bit;
-    from then on the kernels read the copies (a changed copy changes the output), not the file."""
-    from pyengine import _C
-    from pyengine.backends import moe
-    from pyengine.backends.cpu_backend import native_type
-
-    rng = np.random.default_rng(5)
-    qt = {k: _qtensor(k, rng.standard_normal(s) / 4, "Q8_0" if k != "router" else "F32") for k, s in
-          dict(router=(E, D), gate=(E, F, D), up=(E, F, D), down=(E, D, F)).items()}
-    routing = MoERouting(top_k=K)
-    args = moe.native_args(qt["router"], qt["gate"], qt["up"], qt["down"], routing, native_type)
-    x = rng.standard_normal((3, D)).astype(np.float32)
-    want = np.empty_like(x)
-    _C.moe_ffn(x, want, **args)
-    stage = {k: (np.zeros_like(args[k]), np.zeros(E, np.uint8)) for k in ("gate", "up", "down")}
-    staged = dict(args, **{f"{k}_stage": b for k, (b, _) in stage.items()},
-                  **{f"{k}_ready": r for k, (_, r) in stage.items()})
-    got = np.empty_like(x)
-    _C.moe_ffn(x, got, **staged)
-    assert np.array_equal(got, want)
-    sel, _ = moe.route(x @ qt["router"].raw.view(np.float32).reshape(E, D).T, routing)
-    chosen = np.zeros(E, np.uint8)
-    chosen[np.unique(sel)] = 1
-    assert 0 < chosen.sum() < E  # some experts unused: the test can tell
-    for k, (buf, ready) in stage.items():
-        assert np.array_equal(ready, chosen), k
-        per = buf.reshape(E, -1)
-        src = args[k].reshape(E, -1)
-        for e in range(E):
-            assert np.array_equal(per[e], src[e] if chosen[e] else np.zeros_like(per[e])), (k, e)
-    stage["down"][0].reshape(E, -1)[np.flatnonzero(chosen)] = 0  # the copies, not the file
-    _C.moe_ffn(x, got, **staged)
-    assert np.all(got == 0) and np.any(want != 0)
-    with pytest.raises(ValueError, match="gate_stage must hold"):
-        _C.moe_ffn(x, got, **dict(staged, gate_stage=stage["gate"][0][:-1]))
-    with pytest.raises(ValueError, match="missing argument up_ready"):
-        _C.moe_ffn(x, got, **{k: v for k, v in staged.items() if k != "up_ready"})
-
-
 # -- the benchmark generator (pyengine/testing/synthetic.py) at test scale ---------------------
 
 @pytest.mark.skipif(not native_built(), reason="needs pyengine._C")
@@ -417,53 +375,31 @@ def _mapped_rss(path) -> int:
     return total
 
 
-BIG_E, BIG_K, BIG_F, BIG_D = 16, 2, 512, 1024  # experts of 2 MiB (float32 512 x 1024)
+@pytest.mark.skipif(not native_built() or not __import__("os").path.exists("/proc/self/smaps"),
+                    reason="needs pyengine._C and /proc/self/smaps")
+def test_decode_touches_only_the_chosen_experts(tmp_path):
+    """The experts stay memory-mapped: one decoded token brings into memory the k of E experts
+    it uses per layer, not the whole expert tensors. (Experts of 2 MiB: the kernel may map a
+    file's pages in folios of up to 2 MiB, so smaller experts would blur the count.)"""
+    from pyengine.backends.cpu_backend import CpuBackend
 
-
-@pytest.fixture(scope="module")
-def big_moe_file(tmp_path_factory):
-    """A qwen3moe file whose expert matrices are 2 MiB each: the kernel may map a file's pages in
-    folios of up to 2 MiB, and staged experts go into 2 MiB pages, so smaller ones would blur
-    the counts of the two tests below."""
+    e, k, f, d = 16, 2, 512, 1024
     rng = np.random.default_rng(0)
     big = {}
     for i in range(L):
         p = f"blk.{i}."
-        big.update({p + "ffn_gate_inp.weight": rng.standard_normal((BIG_E, BIG_D), dtype=np.float32),
-                    p + "ffn_gate_exps.weight": rng.standard_normal((BIG_E, BIG_F, BIG_D), dtype=np.float32) / 32,
-                    p + "ffn_up_exps.weight": rng.standard_normal((BIG_E, BIG_F, BIG_D), dtype=np.float32) / 32,
-                    p + "ffn_down_exps.weight": rng.standard_normal((BIG_E, BIG_D, BIG_F), dtype=np.float32) / 22})
+        big.update({p + "ffn_gate_inp.weight": rng.standard_normal((e, d), dtype=np.float32),
+                    p + "ffn_gate_exps.weight": rng.standard_normal((e, f, d), dtype=np.float32) / 32,
+                    p + "ffn_up_exps.weight": rng.standard_normal((e, f, d), dtype=np.float32) / 32,
+                    p + "ffn_down_exps.weight": rng.standard_normal((e, d, f), dtype=np.float32) / 22})
     global D, E, K, F  # the writer's shapes, for this file only
     saved = (D, E, K, F)
-    D, E, K, F = BIG_D, BIG_E, BIG_K, BIG_F
+    D, E, K, F = d, e, k, f
     try:
-        return write_qwen3moe(tmp_path_factory.mktemp("big") / "big.gguf", extra=big)
+        path = write_qwen3moe(tmp_path / "big.gguf", extra=big)
     finally:
         D, E, K, F = saved
-
-
-def _rss_in(lo: int, hi: int) -> int:
-    """Resident bytes of this process's mappings that overlap ``[lo, hi)`` (/proc/self/smaps)."""
-    total, cur = 0, False
-    with open("/proc/self/smaps") as f:
-        for line in f:
-            head = line.split()
-            if head and "-" in head[0] and len(head) >= 5:
-                a, b = (int(v, 16) for v in head[0].split("-"))
-                cur = a < hi and b > lo
-            elif cur and line.startswith("Rss:"):
-                total += int(head[1]) * 1024
-    return total
-
-
-@pytest.mark.skipif(not native_built() or not __import__("os").path.exists("/proc/self/smaps"),
-                    reason="needs pyengine._C and /proc/self/smaps")
-def test_decode_touches_only_the_chosen_experts(big_moe_file):
-    """The experts stay memory-mapped: one decoded token brings into memory the k of E experts
-    it uses per layer, not the whole expert tensors."""
-    from pyengine.backends.cpu_backend import CpuBackend
-
-    path = big_moe_file
+    del big
     gf = open_gguf(path)
     arch = build(gf)
     expert_bytes = sum(t.n_bytes for n, t in gf.tensors.items() if "_exps" in n)
@@ -472,37 +408,5 @@ def test_decode_touches_only_the_chosen_experts(big_moe_file):
     before = _mapped_rss(path)
     arch.forward(be, np.asarray([7], np.int32), 0, cache, True)
     touched = _mapped_rss(path) - before
-    used = expert_bytes * BIG_K / BIG_E               # the chosen experts' bytes (1/8 of them)
+    used = expert_bytes * k / e                       # the chosen experts' bytes (1/8 of them)
     assert used * 0.9 <= touched <= 2 * used + 4 * 2**20, (touched, used, expert_bytes)
-
-
-@pytest.mark.skipif(not native_built() or not __import__("os").path.exists("/proc/self/smaps"),
-                    reason="needs pyengine._C and /proc/self/smaps")
-def test_staged_experts_take_memory_once_and_only_when_used(big_moe_file):
-    """Staged experts (weights 'auto' where huge pages are lent): one decoded token copies the
-    k of E experts it uses per layer into the stage buffer, which grows by their bytes alone,
-    and the file's copied pages leave the process (they are not counted twice)."""
-    from pyengine import weight_pages as wp
-    from pyengine.backends.cpu_backend import CpuBackend
-
-    if not wp.huge_pages_usable():
-        pytest.skip("experts are staged only where transparent huge pages are lent")
-    path = big_moe_file
-    gf = open_gguf(path)
-    line = wp.place_weights(gf, "auto", "cpu")
-    assert "routed experts go into 2 MiB pages as tokens first use them" in line, line
-    arch = build(gf)
-    exps = [t for n, t in gf.tensors.items() if "_exps" in n]
-    expert_bytes = sum(t.n_bytes for t in exps)
-    bufs = [t.cache["stage"][0] for t in exps]
-    lo = min(b.ctypes.data for b in bufs)
-    hi = max(b.ctypes.data + b.nbytes for b in bufs)
-    be = CpuBackend()
-    cache = be.kv_cache(arch.cfg.n_layers, 8, arch.kv_width)
-    stage0, file0 = _rss_in(lo, hi), _mapped_rss(path)
-    arch.forward(be, np.asarray([7], np.int32), 0, cache, True)
-    staged, mapped = _rss_in(lo, hi) - stage0, _mapped_rss(path) - file0
-    used = expert_bytes * BIG_K / BIG_E
-    assert sum(int(t.cache["stage"][1].sum()) for t in exps) == 3 * L * BIG_K  # gate/up/down, k per layer
-    assert used * 0.9 <= staged <= used + 4 * 2**20, (staged, used, expert_bytes)
-    assert mapped <= used / 8, (mapped, used)

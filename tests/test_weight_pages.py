@@ -1,9 +1,7 @@
 """Where the weights live (pyengine.weight_pages): copied into 2 MiB pages or left mapped.
 
 - a copy holds the file's bytes exactly, shares no memory with the mapping, and gives the
-  same logits bit for bit; ``copy`` copies routed experts too, ``auto`` gives them stage
-  buffers the native MoE code fills as tokens use them (or leaves them mapped when the whole
-  file would not fit);
+  same logits bit for bit; ``copy`` copies routed experts too, ``auto`` leaves them mapped;
 - ``auto`` copies for the cpu backend only, and says why it did not elsewhere;
 - a copy that does not fit, a file that shrinks under the copy and an unknown mode each
   fail in one line; ``generate -v`` prints the placement.
@@ -55,43 +53,18 @@ def test_copy_holds_the_file_bytes_and_gives_the_same_logits(moe_file):
 
 
 @pytest.mark.skipif(not wp.huge_pages_usable(), reason="auto copies only where transparent huge pages are lent")
-def test_auto_stages_routed_experts_as_tokens_first_use_them(moe_file):
+def test_auto_leaves_routed_experts_mapped(moe_file):
     mapped = open_gguf(moe_file)
     _, want = full_logits(moe_file, backend(TIER), arch=build(mapped))
     gf = open_gguf(moe_file)
     line = wp.place_weights(gf, "auto", "cpu")
-    assert "copied into memory" in line and "of routed experts go into 2 MiB pages as tokens first use" in line, line
+    assert "copied into memory" in line and "of routed experts stay mapped" in line, line
     exps = [n for n in gf.tensors if "_exps." in n]
     assert len(exps) == 6  # 2 layers x gate/up/down
     for name, t in gf.tensors.items():
         assert np.shares_memory(t.raw, gf._mmap) == (name in exps), name
-        assert ("stage" in t.cache) == (name in exps), name
-    for name in exps:
-        buf, ready, from_file = gf.tensors[name].cache["stage"]
-        assert from_file and buf.nbytes == gf.tensors[name].n_bytes and not ready.any(), name
-        assert buf.ctypes.data % wp.ALIGN == 0 and not np.shares_memory(buf, gf._mmap), name
     _, got = full_logits(moe_file, backend(TIER), arch=build(gf))
     assert np.array_equal(got, want)
-    if TIER != "cpu":
-        return  # the stage buffers are filled by the native MoE code
-    for name in exps:
-        t = gf.tensors[name]
-        buf, ready, _ = t.cache["stage"]
-        assert ready.any(), name
-        src = np.frombuffer(_file_bytes(moe_file, t, gf), np.uint8).reshape(len(ready), -1)
-        for e in np.flatnonzero(ready):
-            assert np.array_equal(buf.reshape(len(ready), -1)[e], src[e]), (name, e)
-
-
-@pytest.mark.skipif(not wp.huge_pages_usable(), reason="auto copies only where transparent huge pages are lent")
-def test_auto_leaves_experts_mapped_when_the_whole_file_would_not_fit(moe_file, monkeypatch):
-    gf = open_gguf(moe_file)
-    dense = sum(wp.padded(t.n_bytes) for n, t in gf.tensors.items() if "_exps." not in n)
-    exps = sum(wp.padded(t.n_bytes) for n, t in gf.tensors.items() if "_exps." in n)
-    monkeypatch.setattr(wp, "available_bytes", lambda: int((dense + exps / 2) / wp.FIT_SHARE))
-    line = wp.place_weights(gf, "auto", "cpu")
-    assert "copied into memory" in line and "of routed experts stay mapped" in line, line
-    assert not any("stage" in t.cache for t in gf.tensors.values())
 
 
 def test_auto_copies_for_the_cpu_backend_only(moe_file):

@@ -157,21 +157,13 @@ def load_experts(W, name: str, shape: tuple) -> QTensor:
 def native_args(router: QTensor, gate_exps: QTensor, up_exps: QTensor, down_exps: QTensor,
                 routing: MoERouting, native_type) -> dict | None:
     """The keyword arguments of ``_C.moe_ffn`` / ``DecodeGraph.add_moe_ffn`` (the mapped bytes,
-    nothing copied), or None when a tensor's type has no native kernel (``native_type(name)``).
-
-    An expert tensor that :func:`pyengine.weight_pages.place_weights` gave a staging buffer
-    (``cache["stage"]``: buffer, ready flags, whether the bytes are the file's read-only mapping)
-    passes it too: the native code copies each expert there when a token first chooses it."""
+    nothing copied), or None when a tensor's type has no native kernel (``native_type(name)``)."""
     if not all(native_type(t.type_name) for t in (router, gate_exps, up_exps, down_exps)):
         return None
     n_e, ffn, dim = gate_exps.shape
     bias = None if routing.bias is None else np.ascontiguousarray(routing.bias, dtype=np.float32)
-    args = dict(router_type=router.type_name, router=router.raw, gate_type=gate_exps.type_name, gate=gate_exps.raw,
+    return dict(router_type=router.type_name, router=router.raw, gate_type=gate_exps.type_name, gate=gate_exps.raw,
                 up_type=up_exps.type_name, up=up_exps.raw, down_type=down_exps.type_name, down=down_exps.raw,
                 n_expert=int(n_e), dim=int(dim), ffn=int(ffn), top_k=int(routing.top_k), gating=routing.gating,
                 norm=bool(routing.norm), scale=float(routing.scale), n_group=int(routing.n_group),
                 n_group_used=int(routing.n_group_used), bias=bias)
-    for key, t in (("gate", gate_exps), ("up", up_exps), ("down", down_exps)):
-        if "stage" in t.cache:
-            args[key + "_stage"], args[key + "_ready"], args[key + "_drop_source"] = t.cache["stage"]
-    return args
