@@ -145,6 +145,7 @@ MatmulCall quant_call(WType t, const uint8_t* w, int64_t rows, int64_t cols, con
     MatmulCall c{};
     c.w = w, c.rows = rows, c.cols = cols, c.x = x, c.n = n, c.out = out;
     c.G = wtype_info(t).group;
+    c.act_G = act_group(k, t, c.G, n);
     c.np = n_panels(k, c.G, cols);
     c.stride = c.np * panel_bytes(k, c.G);  // bytes of one packed row / token
     c.rb = row_bytes(t, cols);
@@ -241,10 +242,10 @@ void matmul_impl(WType t, const uint8_t* w, int64_t rows, int64_t cols, const fl
     // 1. Quantize the activations once for the whole call.
     uint8_t* act = g_act.get((size_t)(n * stride));
     if (n * cols <= 16384 || nth == 1) {
-        for (int64_t i = 0; i < n; ++i) k.pack_act(x + i * cols, cols, G, off, act + i * stride);
+        for (int64_t i = 0; i < n; ++i) k.pack_act(x + i * cols, cols, c.act_G, off, act + i * stride);
     } else {
         pool.parallel_for(n, (n + 4 * nth - 1) / (4 * nth), [&](int64_t a, int64_t b, int) {
-            for (int64_t i = a; i < b; ++i) k.pack_act(x + i * cols, cols, G, off, act + i * stride);
+            for (int64_t i = a; i < b; ++i) k.pack_act(x + i * cols, cols, c.act_G, off, act + i * stride);
         });
     }
     c.act = act;
@@ -311,13 +312,13 @@ void matmul_group(const MatmulPart* parts, int n_parts, const MatmulKernels& k) 
             const int off = weight_offset(p.t, k.q8_signed);
             size_t f = 0;
             while (f < forms.size() && !(forms[f].x == p.x && forms[f].n == p.n && forms[f].cols == p.cols &&
-                                         forms[f].G == ci.G && forms[f].off == off))
+                                         forms[f].G == ci.act_G && forms[f].off == off))
                 ++f;
             if (f == forms.size()) {
-                forms.push_back(ActForm{p.x, p.n, p.cols, ci.G, off});
+                forms.push_back(ActForm{p.x, p.n, p.cols, ci.act_G, off});
                 while (g_act_more.size() < forms.size()) g_act_more.emplace_back(new Scratch());
                 uint8_t* act = g_act_more[f]->get((size_t)(p.n * ci.stride));
-                for (int64_t r = 0; r < p.n; ++r) k.pack_act(p.x + r * p.cols, p.cols, ci.G, off, act + r * ci.stride);
+                for (int64_t r = 0; r < p.n; ++r) k.pack_act(p.x + r * p.cols, p.cols, ci.act_G, off, act + r * ci.stride);
             }
             ci.act = g_act_more[f]->p;
             start[i + 1] = start[i] + ci.rows * ci.rb;

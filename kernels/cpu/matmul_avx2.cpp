@@ -56,12 +56,13 @@ static AI_INLINE __m128i lanes16_u8() { return _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5
 
 // PRE (G = 32 only): v is already in panel order (lane l of every v[k] = group l).
 // LANES (G = 16): A and B are already in lanes16() order, no permutation left.
-template <int G, bool PRE = false, bool LANES = false>
+// NAT (G = 16): the bytes stay in natural order (kActNatural), only A and B are permuted.
+template <int G, bool PRE = false, bool LANES = false, bool NAT = false>
 static AI_INLINE void store_panel(uint8_t* dst, __m256i* v, __m256 A_nat, __m256 B_nat) {
     if (G == 32) {
         if (!PRE) transpose_g32(v);
     } else {
-        transpose_g16(v);
+        if (!NAT) transpose_g16(v);
         if (!LANES) {
             A_nat = _mm256_permutevar8x32_ps(A_nat, lanes16());
             B_nat = _mm256_permutevar8x32_ps(B_nat, lanes16());
@@ -339,6 +340,8 @@ static inline __m256i quantize32(const float* x, float& dy, int& s0, int& s1) {
 }
 
 void pack_act_avx2(const float* x, int64_t cols, int G, int off, uint8_t* dst) {
+    const bool natural = (G & kActNatural) != 0;  // G = 16, values left in order (matmul_kernels.h)
+    G &= ~kActNatural;
     const int64_t pb = (int64_t)PG * (G + 8);
     const int64_t nblk = cols / 32;
     const int bpp = PG * G / 32;  // 32-blocks per panel
@@ -368,6 +371,8 @@ void pack_act_avx2(const float* x, int64_t cols, int G, int off, uint8_t* dst) {
                                   : _mm256_mul_ps(dyv, _mm256_cvtepi32_ps(sv));
         if (G == 32)
             store_panel<32>(dst, v, dyv, B);
+        else if (natural)
+            store_panel<16, false, false, true>(dst, v, dyv, B);
         else
             store_panel<16>(dst, v, dyv, B);
     }
@@ -486,6 +491,10 @@ struct DotSink {
     template <int G, bool PRE = false, bool LANES = false, bool SMALL = false>
     AI_INLINE void put(__m256i* v, __m256 D, __m256 E) {
         constexpr int64_t PB = PG * (G + 8);
+        // one token of Q2_K / Q3_K: the activations come in value order (kActNatural, see
+        // act_group), the weights stay as unpacked (v[j] = groups 2j | 2j+1 in the two 128-bit
+        // halves), and horizontal adds sum each group's products (below): no 8-shuffle transpose
+        constexpr bool HADD = SMALL && !SIGNED && G == 16 && NT == 1;
         if (pf) {
             for (int64_t o = 0; o < pf_step; o += 64) _mm_prefetch((const char*)(pf + o), _MM_HINT_T0);
             pf += pf_step;
@@ -494,7 +503,7 @@ struct DotSink {
         if (G == 32) {
             if (!PRE) transpose_g32(v);
         } else {
-            transpose_g16(v);
+            if (!HADD) transpose_g16(v);
             if (!LANES) {
                 D = _mm256_permutevar8x32_ps(D, lanes16());
                 if (MIN) E = _mm256_permutevar8x32_ps(E, lanes16());
@@ -503,7 +512,16 @@ struct DotSink {
         for (int t = 0; t < NT; ++t) {
             const uint8_t* y = a + t * astride;
             __m256i s = MIN ? _mm256_setzero_si256() : _mm256_load_si256((const __m256i*)(y + PG * G + 32));
-            if (SMALL && !SIGNED && G == 16) {
+            if (HADD) {
+                // p_j: 8 pair sums of group 2j (low half), 8 of group 2j+1 (high half); two rounds of
+                // vphaddw leave 2 sums per group, in the order 0 2 4 6 | 1 3 5 7 (= lanes16), and
+                // one madd adds them: the same integers as the transposed path (values 0..7: at most
+                // 8 * 7 * 127 = 7112 per int16, no overflow)
+                __m256i p[4];
+                for (int k = 0; k < 4; ++k) p[k] = _mm256_maddubs_epi16(v[k], _mm256_load_si256((const __m256i*)(y + 32 * k)));
+                const __m256i h = _mm256_hadd_epi16(_mm256_hadd_epi16(p[0], p[1]), _mm256_hadd_epi16(p[2], p[3]));
+                s = _mm256_add_epi32(s, _mm256_madd_epi16(h, ones));
+            } else if (SMALL && !SIGNED && G == 16) {
                 // weights 0..7 (Q2_K, Q3_K): a group's four maddubs pair sums add up to at most
                 // 4 * 2 * 7 * 127 = 7112 in int16, so one madd widens them all
                 __m256i p16 = _mm256_maddubs_epi16(v[0], _mm256_load_si256((const __m256i*)y));
@@ -667,7 +685,7 @@ void matmul_iq4_xs_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wb
 }  // namespace
 
 const MatmulKernels matmul_kernels_avx2 = {
-    "avx2", PG, true, pack_act_avx2, pack_w_avx2, gemm_avx2, gemm_float_tiles<FloatTile, 2>, gemv_avx2,
+    "avx2", PG, true, true, pack_act_avx2, pack_w_avx2, gemm_avx2, gemm_float_tiles<FloatTile, 2>, gemv_avx2,
     PYENGINE_MATMUL_BY_TYPE(avx2),
 };
 

@@ -958,7 +958,7 @@ void matmul_iq4_xs_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* 
 }  // namespace
 
 const MatmulKernels matmul_kernels_avx512 = {
-    "avx512", PG, false, pack_act_avx512, pack_w_avx512, gemm_avx512, gemm_float_tiles<FloatTile, 4>, gemv_avx512,
+    "avx512", PG, false, false, pack_act_avx512, pack_w_avx512, gemm_avx512, gemm_float_tiles<FloatTile, 4>, gemv_avx512,
     PYENGINE_MATMUL_BY_TYPE(avx512),
 };
 

@@ -60,6 +60,8 @@ struct MatmulKernels {
     const char* name;
     int lanes;       // PG: groups per panel
     bool q8_signed;  // Q8_0 weights kept signed (offset 0) instead of int8 + 128
+    // The gemv of one token reads Q2_K / Q3_K activations in the kActNatural form (below).
+    bool gemv1_natural16;
 
     // Quantize one token x[0..cols) into panels of group size G (dst: n_panels * panel_bytes).
     // off >= 0: the B field gets int32 C = -off * sum(y); off < 0: float SY = dy * sum(y).
@@ -87,6 +89,17 @@ struct MatmulKernels {
 };
 
 constexpr int kGemvMaxTokens = 4;
+
+// pack_act's G may carry this flag (G = 16 only): the panel's int8 values stay in natural
+// order (byte i = value i of the panel) while the DY and B floats keep the lane order. A
+// one-token gemv that sums each group's products with horizontal adds (AVX2 Q2_K / Q3_K)
+// reads the weights as they unpack, without transposing them into lanes first.
+constexpr int kActNatural = 0x100;
+
+// The G that pack_act gets for a matmul of n tokens of type t on tier k.
+static inline int act_group(const MatmulKernels& k, WType t, int G, int64_t n) {
+    return k.gemv1_natural16 && n == 1 && (t == WType::Q2_K || t == WType::Q3_K) ? G | kActNatural : G;
+}
 
 // The zero point a type's unpacked bytes carry (q = w/D + off), or -1 for types with a
 // float min, whose correction stays in float (E * SY).
@@ -121,6 +134,7 @@ struct alignas(64) MatmulCall {
     const uint8_t* act;  // (n, stride) activations packed by pack_act (quantized types)
     int64_t n;           // tokens
     int G;               // group size of the weight type (0 for float types)
+    int act_G;           // G as pack_act got it (act_group: may carry kActNatural)
     int64_t np;          // panels per packed row
     int64_t stride;      // bytes of one packed row / token (np * panel_bytes)
     int64_t rb_rows;     // weight rows unpacked at a time into a thread's buffer
