@@ -17,7 +17,11 @@ read by the CPU on every token (the ``cpu`` backend), the kernel lends huge page
 (transparent_hugepage ``always`` or ``madvise``) and the copy fits in available memory.
 The copy is read with ``readinto`` (not through the mapping), so the file's pages never
 count in the process's RSS twice. Routed MoE experts (``*_exps`` tensors) stay mapped:
-a token reads 6 of 64 of them, and RSS should follow what is touched. Whatever it does,
+a token reads 6 of 64 of them, and RSS should follow what is touched. (In 2 MiB pages they
+decode ~10-15% faster, but fresh huge pages cost ~2.5 s per GiB to fault in on a machine whose
+memory the page cache fills, which a short generation never earns back; copying each expert
+on first use was measured and reverted, see benchmarks/README.md. ``copy`` is there for long
+sessions.) Whatever it does,
 it says so in one line (``Model.weights_placement``, printed by ``generate -v``).
 """
 from __future__ import annotations
@@ -45,7 +49,8 @@ def add_weights_argument(parser) -> None:
                              f"the kernel lends huge pages and they fit in {FIT_SHARE * 100:.0f}%% of available memory "
                              f"(decoding up to ~17%% faster), else they stay mapped; map = read from the mapped "
                              f"file (least memory, fastest load); copy = copy every tensor, MoE experts included "
-                             f"(RSS = file size). 'generate -v' says which")
+                             f"(RSS = file size; a slower load, then MoE models decode ~10-15%% faster: for long "
+                             f"sessions). 'generate -v' says which")
 
 
 def padded(nbytes: int) -> int:
