@@ -17,10 +17,11 @@ read by the CPU on every token (the ``cpu`` backend), the kernel lends huge page
 (transparent_hugepage ``always`` or ``madvise``) and the copy fits in available memory.
 The copy is read with ``readinto`` (not through the mapping), so the file's pages never
 count in the process's RSS twice. Routed MoE experts (``*_exps`` tensors) stay mapped:
-a token reads 6 of 64 of them, and RSS should follow what is touched. (In 2 MiB pages they
-decode ~10-15% faster, but fresh huge pages cost ~2.5 s per GiB to fault in on a machine whose
-memory the page cache fills, which a short generation never earns back; copying each expert
-on first use was measured and reverted, see benchmarks/README.md. ``copy`` is there for long
+a token reads 6 of 64 of them, and RSS should follow what is touched. (Copied into anonymous
+2 MiB pages they decode ~10-15% faster, but fresh huge pages cost ~2.5 s per GiB to fault in
+on a machine whose memory the page cache fills, which a short generation never earns back;
+copying each expert on first use was measured and reverted, and the file mapped in 2 MiB
+page-cache folios was no faster, see benchmarks/README.md. ``copy`` is there for long
 sessions.) Whatever it does,
 it says so in one line (``Model.weights_placement``, printed by ``generate -v``).
 """
