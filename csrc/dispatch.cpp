@@ -92,7 +92,7 @@ Scratch g_act;
 // parts' calls and byte offsets
 std::vector<std::unique_ptr<Scratch>> g_act_more;
 std::vector<MatmulCall> g_group_calls;
-struct ActForm {  // activations x (n, cols) packed for weights of group size G and offset off
+struct ActForm {  // activations x (n, cols) packed by pack_act(G, off) (G as act_group gives it)
     const float* x;
     int64_t n, cols;
     int G, off;
@@ -234,7 +234,6 @@ void matmul_impl(WType t, const uint8_t* w, int64_t rows, int64_t cols, const fl
 
     MatmulCall c = quant_call(t, w, rows, cols, x, n, out, k);
     const int64_t stride = c.stride;
-    const int G = c.G;
     const int off = weight_offset(t, k.q8_signed);
     ThreadPool& pool = ThreadPool::instance();
     const int nth = pool.num_threads();

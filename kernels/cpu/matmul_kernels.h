@@ -96,7 +96,10 @@ constexpr int kGemvMaxTokens = 4;
 // reads the weights as they unpack, without transposing them into lanes first.
 constexpr int kActNatural = 0x100;
 
-// The G that pack_act gets for a matmul of n tokens of type t on tier k.
+// The G that pack_act gets for a matmul of n tokens of type t on tier k. The types listed here
+// must be exactly those whose one-token gemv sums with horizontal adds (matmul_avx2.cpp:
+// DotSink's HADD, the types unpacked with SMALL); test_few_tokens_give_the_same_bits_as_many
+// fails on any mismatch.
 static inline int act_group(const MatmulKernels& k, WType t, int G, int64_t n) {
     return k.gemv1_natural16 && n == 1 && (t == WType::Q2_K || t == WType::Q3_K) ? G | kActNatural : G;
 }
