@@ -9,7 +9,7 @@ median, how many positions fall under 0.2 and under ``--gap-min``, and the decis
 With ``--backend B`` each case is also run on pyengine's backend B and the change of that gap
 is measured (ours at llama.cpp's top-1/top-2 tokens minus llama.cpp's): its std and max is the
 size of the rounding noise between the two engines, i.e. the gap under which a position can
-flip without a bug. Reads the committed data only (the case files are rebuilt with
+flip without a bug; the positions where B's top-1 differs are listed with llama.cpp's gap there. Reads the committed data only (the case files are rebuilt with
 tests/synthetic_gguf.assemble, which needs the llama-cpp-python sdist's vocab files).
 
     python benchmarks/conformance_gaps.py [--cases a,b] [--backend numpy]
@@ -75,14 +75,17 @@ def noise(case: str, seqs: list[dict], backend: str) -> str:
             model = pyengine.load(path, backend=backend, n_ctx=128, progress=False)
         except Exception as e:   # an architecture this checkout does not run: say so, go on
             return f"({type(e).__name__}: {str(e).splitlines()[0][:60]})"
-        d, flips = [], 0
+        d, flips, at = [], 0, []
         for s in seqs:
             ours = model.logits(s["ids"].tolist())                                   # (n, V)
             two = np.take_along_axis(ours, s["top_ids"][:, :2].astype(np.int64), 1)  # (n, 2)
             d.append((two[:, 0] - two[:, 1]) - (s["top_logits"][:, 0] - s["top_logits"][:, 1]))
-            flips += int((ours.argmax(-1) != s["top_ids"][:, 0]).sum())
+            flipped = ours.argmax(-1) != s["top_ids"][:, 0]
+            flips += int(flipped.sum())
+            at += (s["top_logits"][flipped, 0] - s["top_logits"][flipped, 1]).tolist()  # llama.cpp's gaps there
         d = np.concatenate(d)
-        return f"{d.std():6.3f} {np.abs(d).max():5.3f} {flips:3d}/{len(d)}"
+        where = " at gaps " + ", ".join(f"{g:.2f}" for g in sorted(at)) if at else ""
+        return f"{d.std():6.3f} {np.abs(d).max():5.3f} {flips:3d}/{len(d)}{where}"
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ is ``(rows, cols)`` with ``cols`` the contiguous, reduced dimension, and the res
 Backends:
 
 * ``"numpy"`` -- the spec, :func:`pyengine.quants.matmul`: for a quantized weight type ``x``
-  is quantized to int8 per 32 values and decoded, the weight dequantized with
+  is quantized to int8 per block (32 values, 256 for the super-block types) and decoded, the weight dequantized with
   :func:`pyengine.quants.dequantize`, then a float32 matmul. Slow and memory hungry.
 * ``"numba"`` -- :func:`pyengine.numba_kernels.matmul` (imported on first use), a port of
   the spec.
@@ -23,7 +23,7 @@ Backends:
 
 For a quantized weight type every backend carries the same int8 activation rounding: against the exact
 product of ``x`` and the dequantized weight its results differ by a normalized MSE of
-about 3e-5 (bound 5e-4, tests/test_kernels.py), and against each other only by float32
+about 3e-5 per 32-value scale and 5e-5 per 256 (bound 5e-4, tests/test_kernels.py), and against each other only by float32
 summation order.
 
 A build without native code (``PYENGINE_NO_NATIVE=1``) or without numba degrades to

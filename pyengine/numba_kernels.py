@@ -6,7 +6,7 @@ block formats, walked block by block with the bit unpacking spelled out, compile
 LLVM instead of interpreted.
 
 Matmul, ``x (n, cols) @ W.T``, is a port of the spec :func:`pyengine.quants.matmul`: for a
-quantized weight type the activations are first quantized to int8 per 32 values and
+quantized weight type the activations are first quantized to int8 per block (32 or 256 values) and
 decoded again with the spec's own :func:`pyengine.quants.matmul_activations` (as every
 native tier quantizes them), then multiplied in float32; float weights (F32, F16, BF16)
 take ``x`` as it is. So this tier equals the spec up to float32 summation order. Per type
@@ -841,7 +841,7 @@ def matmul(type_name: str, raw, shape, x, quantize_activations: bool = True) -> 
     """``x (n, cols) @ W.T`` for ``W (rows, cols)`` stored as GGUF ``type_name`` bytes -> float32 ``(n, rows)``.
 
     The port of :func:`pyengine.quants.matmul`: the activations go through the spec's own
-    :func:`pyengine.quants.matmul_activations` (int8 per 32 values and back, for a quantized
+    :func:`pyengine.quants.matmul_activations` (int8 per 32 or 256 values and back, for a quantized
     type), then each output element is ``matmul_<type>_numba`` of one row with one token.
     ``quantize_activations=False`` multiplies by ``x`` as it is (the exact float product).
     """

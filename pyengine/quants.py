@@ -12,9 +12,9 @@ small integers. This module spells every block out twice:
 
 :func:`dequantize` is the entry point the engine uses (bytes in, float32 out);
 :func:`matmul` (and ``matmul_<type>``, e.g. :func:`matmul_q4_K`) is the spec of the matmul
-every tier computes: activations quantized to int8 per 32 values exactly as the native
-kernels do it (:func:`quantize_act_q8_32`) and decoded, weights dequantized, then the float
-product. :func:`quantize_q8_0`, :func:`quantize_q8_1` and :func:`quantize_q8_K` produce
+every tier computes: activations quantized to int8 per block of the weight type (32 values,
+or 256 for the K-quants and IQ4_XS: :func:`act_block`) exactly as the native kernels do it
+(:func:`quantize_act_q8`) and decoded, weights dequantized, then the float product. :func:`quantize_q8_0`, :func:`quantize_q8_1` and :func:`quantize_q8_K` produce
 ggml's 8-bit activation formats, rounding exactly as ggml's reference C code does;
 random but valid blocks for tests: ``pyengine.testing.blocks``.
 
@@ -738,23 +738,26 @@ def quantize_q8_K(x) -> np.ndarray:
     return blocks.view(np.uint8)
 
 
-def quantize_act_q8_32(x) -> tuple[np.ndarray, np.ndarray]:
+def quantize_act_q8(x, block: int = QK) -> tuple[np.ndarray, np.ndarray]:
     """float32 activations ``(..., cols)`` -> ``(y, dy)`` as the native CPU matmul quantizes them.
 
-    Per 32 consecutive values of a row: ``amax = max|x|`` (float32); if ``amax < 1e-30``
-    (or NaN) the block is all zero with ``dy = 0``; else ``y = nearbyint(x * (127/amax))``
-    (float32 product, ties to even, clamped to -128..127) and ``dy = amax / 127``. ``y``
-    is int8 ``(..., cols)``, ``dy`` float32 ``(..., cols // 32)``.
+    Per ``block`` consecutive values of a row (32, or 256 for the super-block weight types,
+    see :func:`act_block`): ``amax = max|x|`` (float32); if ``amax < 1e-30`` (or NaN) the
+    block is all zero with ``dy = 0``; else ``y = nearbyint(x * (127/amax))`` (float32
+    product, ties to even, clamped to -128..127) and ``dy = amax / 127``. ``y`` is int8
+    ``(..., cols)``, ``dy`` float32 ``(..., cols // block)``.
 
     With these, every native tier computes exactly ``(dy * y) @ W.T`` up to float32
     rounding of its sums: the integer dot of a group is exact, and its zero point
     (integer ``C``) or float min (``E * SY``) is the same identity in real numbers (see
-    kernels/cpu/matmul_kernels.h). :func:`dequantize_act_q8_32` gives ``dy * y``.
+    kernels/cpu/matmul_kernels.h). :func:`dequantize_act_q8` gives ``dy * y``.
     """
     x = np.asarray(x, dtype=np.float32)
-    if x.shape[-1] % QK:
-        raise QuantError(f"quantize_act_q8_32: row length {x.shape[-1]} is not a multiple of {QK}")
-    xb = x.reshape(*x.shape[:-1], x.shape[-1] // QK, QK)
+    if block not in (QK, QK_K):
+        raise QuantError(f"quantize_act_q8: block {block} is neither {QK} nor {QK_K}")
+    if x.shape[-1] % block:
+        raise QuantError(f"quantize_act_q8: row length {x.shape[-1]} is not a multiple of {block}")
+    xb = x.reshape(*x.shape[:-1], x.shape[-1] // block, block)
     amax = np.abs(xb).max(axis=-1)
     ok = amax >= np.float32(1e-30)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -765,10 +768,22 @@ def quantize_act_q8_32(x) -> tuple[np.ndarray, np.ndarray]:
     return y, dy
 
 
-def dequantize_act_q8_32(y: np.ndarray, dy: np.ndarray) -> np.ndarray:
-    """``dy * y`` per 32 values: the activations a native matmul effectively multiplies by."""
-    yb = y.reshape(*y.shape[:-1], y.shape[-1] // QK, QK).astype(np.float32)
+def dequantize_act_q8(y: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """``dy * y`` per block (the block size is ``cols // dy.shape[-1]``): the activations a
+    native matmul effectively multiplies by."""
+    block = y.shape[-1] // dy.shape[-1]
+    yb = y.reshape(*y.shape[:-1], y.shape[-1] // block, block).astype(np.float32)
     return (dy[..., None] * yb).reshape(y.shape)
+
+
+def act_block(type_name: str) -> int:
+    """How many activation values share one int8 scale in a matmul with ``type_name`` weights:
+    the weight type's own block, 32 for Q4_0 .. Q8_0 and IQ4_NL, 256 for the K-quants and
+    IQ4_XS. This is llama.cpp's choice too (it quantizes the activations to Q8_0/Q8_1 for the
+    32-element types and to Q8_K for the super-block ones), and it matters there: a hidden state
+    with a huge outlier (Qwen2.5's first token) keeps far fewer levels for its small values
+    with one scale per 256, and matching that is what makes the logits agree with llama.cpp."""
+    return BY_NAME[_matmul_type(type_name)].block_size
 
 
 # ---------------------------------------------------------------------------------
@@ -781,17 +796,17 @@ MATMUL_TYPES: tuple[str, ...] = SUPPORTED
 def matmul_activations(type_name: str, x) -> np.ndarray:
     """The float32 activations a matmul with ``type_name`` weights multiplies by, ``(..., cols)``.
 
-    Float weights (F32, F16, BF16): ``x`` itself. Quantized weights: ``x`` quantized per 32
-    values to int8 and decoded again, ``dy * y`` with ``(y, dy)`` from
-    :func:`quantize_act_q8_32` (``y = nearbyint(x * 127/amax)``, ``dy = amax/127``). So the
-    activations carry a rounding error of at most ``dy/2 = amax/254`` per value, the
-    same one every native tier has.
+    Float weights (F32, F16, BF16): ``x`` itself. Quantized weights: ``x`` quantized to int8 per
+    :func:`act_block` values (32, or 256 for the super-block types) and decoded again, ``dy * y``
+    with ``(y, dy)`` from :func:`quantize_act_q8` (``y = nearbyint(x * 127/amax)``,
+    ``dy = amax/127``). So the activations carry a rounding error of at most
+    ``dy/2 = amax/254`` per value, the same one every native tier has.
     """
     name = _matmul_type(type_name)
     x = np.asarray(x, dtype=np.float32)
     if name in _FLOAT_DTYPES:
         return x
-    return dequantize_act_q8_32(*quantize_act_q8_32(x))
+    return dequantize_act_q8(*quantize_act_q8(x, act_block(name)))
 
 
 def matmul_dequantized(type_name: str, w: np.ndarray, x) -> np.ndarray:
@@ -826,15 +841,16 @@ def matmul(type_name: str, raw, shape, x) -> np.ndarray:
     The spec is two decodings and a float product::
 
         W  = dequantize(type_name, raw).reshape(rows, cols)
-        xq = matmul_activations(type_name, x)      # dy * y per 32 values; x itself for F32/F16/BF16
+        xq = matmul_activations(type_name, x)      # dy * y per act_block values; x itself for F32/F16/BF16
         out = xq @ W.T                             # float32
 
     Why a native tier computes the same number up to float32 rounding of its sums: a group of
     G weights that share one scale (G = 32, or 16 for Q2_K/Q3_K/Q6_K) decodes as
     ``w_i = D * q_i - E`` with small unsigned integers ``q_i`` and two floats per group
     (``dequantize_q4_K``: ``D = d*sc``, ``E = dmin*m``; zero-point types such as Q4_0 have
-    ``E = off * D``, ``off = 8``). With the activations ``x_i ~ dy * y_i`` of its 32-value
-    block (``y_i = nearbyint(x_i * 127/amax)`` in -128..127, ``dy = amax/127``)::
+    ``E = off * D``, ``off = 8``). With the activations ``x_i ~ dy * y_i`` of the activation block
+    the group lies in (32 or 256 values, :func:`act_block`; ``y_i = nearbyint(x_i * 127/amax)``
+    in -128..127, ``dy = amax/127``)::
 
         sum_i w_i * (dy y_i) = D dy * sum_i q_i y_i  -  E dy * sum_i y_i
 
@@ -872,7 +888,7 @@ def _matmul_of(type_name: str) -> Callable[..., np.ndarray]:
     f.__name__ = f.__qualname__ = "matmul_" + BY_NAME[type_name].ident
     f.__doc__ = (f"``x @ W.T`` for {type_name} weights as every tier computes it: "
                  + ("``x`` not quantized" if type_name in _FLOAT_DTYPES else
-                    "``x`` quantized to int8 per 32 values, then decoded")
+                    f"``x`` quantized to int8 per {BY_NAME[type_name].block_size} values, then decoded")
                  + f", ``W`` by :func:`dequantize_{BY_NAME[type_name].ident}`. See :func:`matmul`.")
     return f
 

@@ -200,13 +200,17 @@ MATRIX = [(c, b) for c in CASES for b in backends_under_test()]
 # "Near-ties"): llama.cpp's own top-1/top-2 gap is below its rounding noise at these positions, and
 # the numpy spec flips them too. KL stays far inside its bounds and is still asserted; the rate
 # must stay exactly the recorded one, so a change in either direction fails. Re-measured
-# 2026-12-06 when the numpy and numba backends took the spec's int8-per-32 activation
-# quantization: gemma2 numpy/numba 0.944 -> 0.926 (now the cpu figure); qwen3 numpy/numba
-# 0.925 -> 0.975 (no longer a miss, removed); phi3 numpy 0.944 is new (its three flipped
-# positions have llama.cpp gaps 0.04, 0.17, 0.12; numba and cpu flip two of them: 0.963).
+# 2026-12-07 when the spec took one activation scale per 256 values for the super-block types
+# (quants.act_block, as llama.cpp's Q8_K): KL mean fell on every case and backend (e.g. llama
+# 0.0025 -> 0.0012, glm4 0.0097 -> 0.0040, qwen3 cpu 0.0047 -> 0.0032), and the near-tie
+# positions moved: gemma2 0.926 -> 0.944 (flips at llama.cpp gaps 0.01, 0.04, 0.10), mistral
+# numpy/cpu 0.963 -> 0.944 (gaps 0.02, 0.11, 0.12; numba flips two: 0.963), qwen3 0.975 ->
+# 0.925 on every backend (gaps 0.03, 0.11, 0.30; its rounding noise: std 0.18, max 0.44), phi3
+# numpy 0.944 -> 0.981 (no longer a miss). benchmarks/conformance_gaps.py --backend B lists them.
 TOP1_KNOWN_MISSES = {
-    ("gemma2", "numpy"): 0.926, ("gemma2", "numba"): 0.926, ("gemma2", "cpu"): 0.926,
-    ("phi3", "numpy"): 0.944,
+    ("gemma2", "numpy"): 0.944, ("gemma2", "numba"): 0.944, ("gemma2", "cpu"): 0.944,
+    ("mistral", "numpy"): 0.944, ("mistral", "cpu"): 0.944,
+    ("qwen3", "numpy"): 0.925, ("qwen3", "numba"): 0.925, ("qwen3", "cpu"): 0.925,
 }
 
 

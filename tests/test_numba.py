@@ -2,7 +2,7 @@
 
 Oracles: the spec :func:`pyengine.quants.matmul` for the matmul (weights by
 ``quants.dequantize``, itself tested against gguf.quants; for quantized types the
-activations quantized to int8 per 32 values and decoded, which the numba tier does with
+activations quantized to int8 per block (32 or 256 values) and decoded, which the numba tier does with
 the spec's own function), the reference functions of ``backends/numpy_backend.py`` for the
 ops, and NumpyBackend method by method. The numba matmul's only difference from the spec
 is float32 summation order (test_matmul_matches_spec, tight); against the exact product

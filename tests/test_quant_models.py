@@ -1,7 +1,7 @@
 """A whole model per weight type: the cpu backend (native kernels, the single-call decode
 step) against the numpy backend (the reference dequantization) on a small synthetic
 Llama file of that type (written as in test_memory.py). Both backends compute the same
-matmul spec (activations quantized to int8 per 32 values, quants.matmul), so the logits agree
+matmul spec (activations quantized to int8 per block, quants.matmul), so the logits agree
 to float rounding, except where a float rounding difference upstream (rmsnorm, attention,
 summation order) moves an activation across a rounding boundary of that int8 quantization:
 one y off by one, an error of a full step dy = amax/127 in one value, which the rest of the

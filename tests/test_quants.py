@@ -538,15 +538,15 @@ def test_random_raw_zero_mode_zeroes_offset_coded_scales(name):
 
 
 # --------------------------------------------------------------------------- native activation spec
-def scalar_act_q8_32(x: np.ndarray) -> tuple[list[int], list[float]]:
-    """The native tiers' activation quantization, one value at a time (kernels/cpu: quantize_block32)."""
+def scalar_act_q8(x: np.ndarray, block: int) -> tuple[list[int], list[float]]:
+    """The native tiers' activation quantization, one value at a time (kernels/cpu: pack_act)."""
     ys, dys = [], []
-    for blk in x.reshape(-1, 32):
+    for blk in x.reshape(-1, block):
         amax = np.float32(0)
         for v in blk:
             amax = max(amax, np.float32(abs(v)))
         if not amax >= np.float32(1e-30):
-            ys += [0] * 32
+            ys += [0] * block
             dys.append(0.0)
             continue
         idv = np.float32(np.float32(127) / amax)
@@ -556,24 +556,37 @@ def scalar_act_q8_32(x: np.ndarray) -> tuple[list[int], list[float]]:
 
 
 @settings(max_examples=40, deadline=None)
-@given(data=st.data(), n_blocks=st.integers(1, 4))
-def test_quantize_act_q8_32_matches_scalar_loop(data, n_blocks):
-    x = data.draw(floats32(32 * n_blocks, -1e4, 1e4))
+@given(data=st.data(), block=st.sampled_from([32, 256]), n_blocks=st.integers(1, 3))
+def test_quantize_act_q8_matches_scalar_loop(data, block, n_blocks):
+    x = data.draw(floats32(block * n_blocks, -1e4, 1e4))
     if data.draw(st.booleans()):
-        x[:32] = 0.0  # an all-zero block
-    y, dy = Q.quantize_act_q8_32(x)
-    ys, dys = scalar_act_q8_32(x)
-    assert y.dtype == np.int8 and dy.dtype == np.float32
+        x[:block] = 0.0  # an all-zero block
+    y, dy = Q.quantize_act_q8(x, block)
+    ys, dys = scalar_act_q8(x, block)
+    assert y.dtype == np.int8 and dy.dtype == np.float32 and dy.shape == (n_blocks,)
     assert y.tolist() == ys and dy.tolist() == dys
-    np.testing.assert_array_equal(Q.dequantize_act_q8_32(y, dy), np.repeat(dy, 32) * y.astype(np.float32))
+    np.testing.assert_array_equal(Q.dequantize_act_q8(y, dy), np.repeat(dy, block) * y.astype(np.float32))
 
 
-def test_quantize_act_q8_32_rounds_ties_to_even():
+def test_quantize_act_q8_rounds_ties_to_even():
     x = np.zeros(32, np.float32)
     x[0] = 127.0  # amax 127: id = 1, values are their own quants
     x[1], x[2], x[3] = 0.5, 1.5, -2.5
-    y, dy = Q.quantize_act_q8_32(x)
+    y, dy = Q.quantize_act_q8(x)
     assert dy[0] == 1.0 and list(y[:4]) == [127, 0, 2, -2]
+
+
+def test_act_block_is_the_weight_types_block():
+    """One int8 scale per 32 activations for the 32-element types, per 256 for the super-block
+    ones (llama.cpp's Q8_0 / Q8_K), so one outlier costs a 256-block its small values' levels."""
+    assert {t: Q.act_block(t) for t in Q.MATMUL_TYPES if BY_NAME[t].block_size > 1} == {
+        "Q4_0": 32, "Q4_1": 32, "Q5_0": 32, "Q5_1": 32, "Q8_0": 32, "IQ4_NL": 32,
+        "Q2_K": 256, "Q3_K": 256, "Q4_K": 256, "Q5_K": 256, "Q6_K": 256, "IQ4_XS": 256}
+    x = np.zeros(256, np.float32)
+    x[0], x[40] = 100.0, 0.3  # 0.3 is 38 levels of its own 32-block, none of the 256-block
+    assert Q.matmul_activations("Q4_0", x)[40] != 0 and Q.matmul_activations("Q4_K", x)[40] == 0
+    with pytest.raises(Q.QuantError, match="neither"):
+        Q.quantize_act_q8(x, 64)
 
 
 # --------------------------------------------------------------------------- the matmul spec
@@ -617,8 +630,8 @@ def test_matmul_spec_per_type_names(name):
     raw = random_raw(name, 3 * cols, rng)
     x = rng.standard_normal((2, cols)).astype(np.float32)
     xq = Q.matmul_activations(name, x)
-    if BY_NAME[name].block_size > 1:  # quantized weights: x rounded to int8 per 32 values
-        np.testing.assert_array_equal(xq, Q.dequantize_act_q8_32(*Q.quantize_act_q8_32(x)))
+    if BY_NAME[name].block_size > 1:  # quantized weights: x rounded to int8 per block of the type
+        np.testing.assert_array_equal(xq, Q.dequantize_act_q8(*Q.quantize_act_q8(x, BY_NAME[name].block_size)))
         assert not np.array_equal(xq, x)
     w = Q.dequantize(name, raw, 3 * cols).reshape(3, cols)
     np.testing.assert_array_equal(f(raw, (3, cols), x), np.matmul(xq, w.T))

@@ -313,16 +313,19 @@ static inline int hsum8_epi32(__m256i v) {
     return _mm_cvtsi128_si32(s);
 }
 
-// One 32-block: int8 values in natural order, dy, and the sums of its two halves.
-static inline __m256i quantize32(const float* x, float& dy, int& s0, int& s1) {
+// max |x| over n values (a multiple of 32): the scale of one activation block.
+static inline float block_amax(const float* x, int n) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
-    __m256 xv[4];
     __m256 m = _mm256_setzero_ps();
-    for (int i = 0; i < 4; ++i) {
-        xv[i] = _mm256_loadu_ps(x + 8 * i);
-        m = _mm256_max_ps(m, _mm256_andnot_ps(sign, xv[i]));
-    }
-    const float amax = hmax8(m);
+    for (int i = 0; i < n; i += 8) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + i)));
+    return hmax8(m);
+}
+
+// 32 values with the scale of their block (whose max |x| is amax): int8 values in natural
+// order, dy, and the sums of its two halves.
+static inline __m256i quantize32(const float* x, float amax, float& dy, int& s0, int& s1) {
+    __m256 xv[4];
+    for (int i = 0; i < 4; ++i) xv[i] = _mm256_loadu_ps(x + 8 * i);
     if (!(amax >= 1e-30f)) {
         dy = 0.0f;
         s0 = s1 = 0;
@@ -341,7 +344,9 @@ static inline __m256i quantize32(const float* x, float& dy, int& s0, int& s1) {
 
 void pack_act_avx2(const float* x, int64_t cols, int G, int off, uint8_t* dst) {
     const bool natural = (G & kActNatural) != 0;  // G = 16, values left in order (matmul_kernels.h)
-    G &= ~kActNatural;
+    const bool b256 = (G & kActBlock256) != 0;    // one scale per 256 values
+    G &= ~(kActNatural | kActBlock256);
+    float amax = 0.0f;
     const int64_t pb = (int64_t)PG * (G + 8);
     const int64_t nblk = cols / 32;
     const int bpp = PG * G / 32;  // 32-blocks per panel
@@ -353,7 +358,10 @@ void pack_act_avx2(const float* x, int64_t cols, int G, int off, uint8_t* dst) {
         for (int j = 0; j < nb; ++j) {
             float dy;
             int s0, s1;
-            v[j] = quantize32(x + 32 * (b0 + j), dy, s0, s1);  // G=32: group j; G=16: groups 2j, 2j+1
+            const int64_t b = b0 + j;
+            if (!b256) amax = block_amax(x + 32 * b, 32);
+            else if (b % 8 == 0) amax = block_amax(x + 32 * b, 256);
+            v[j] = quantize32(x + 32 * b, amax, dy, s0, s1);  // G=32: group j; G=16: groups 2j, 2j+1
             if (G == 32) {
                 DY[j] = dy;
                 S[j] = s0 + s1;

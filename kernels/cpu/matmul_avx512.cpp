@@ -507,11 +507,18 @@ void pack_w_avx512(WType t, const uint8_t* row, int64_t cols, uint8_t* dst) {
     for_each_panel(t, row, cols / wtype_info(t).block_elems, sink);
 }
 
-// ---- activations: quantize per 32 (bit-identical to the generic tier) ------------------
-// Returns the int8 values of one 32-block as two int32 vectors and its scale dy.
-static AI_INLINE void quantize32(const float* x, __m512i& q0, __m512i& q1, float& dy) {
+// ---- activations: quantize per block (bit-identical to the generic tier) --------------
+// max |x| over n values (a multiple of 32): the scale of one activation block.
+static AI_INLINE float block_amax(const float* x, int n) {
+    __m512 m = _mm512_setzero_ps();
+    for (int i = 0; i < n; i += 16) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(x + i)));
+    return _mm512_reduce_max_ps(m);
+}
+
+// The int8 values of 32 values with the scale of their block (max |x| = amax), as two int32
+// vectors, and the scale dy.
+static AI_INLINE void quantize32(const float* x, float amax, __m512i& q0, __m512i& q1, float& dy) {
     const __m512 x0 = _mm512_loadu_ps(x), x1 = _mm512_loadu_ps(x + 16);
-    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
     if (!(amax >= 1e-30f)) {
         q0 = q1 = _mm512_setzero_si512();
         dy = 0.0f;
@@ -524,6 +531,9 @@ static AI_INLINE void quantize32(const float* x, __m512i& q0, __m512i& q1, float
 }
 
 void pack_act_avx512(const float* x, int64_t cols, int G, int off, uint8_t* dst) {
+    const bool b256 = (G & kActBlock256) != 0;  // one scale per 256 values
+    G &= ~(kActNatural | kActBlock256);
+    float amax = 0.0f;
     const int64_t pb = (int64_t)PG * (G + 8);
     const int64_t nblk = cols / 32;
     const int bpp = PG * G / 32;  // 32-blocks per panel
@@ -539,7 +549,10 @@ void pack_act_avx512(const float* x, int64_t cols, int G, int off, uint8_t* dst)
         for (int j = 0; j < nb; ++j) {
             __m512i q0, q1;
             float dy;
-            quantize32(x + 32 * (b0 + j), q0, q1, dy);
+            const int64_t b = b0 + j;
+            if (!b256) amax = block_amax(x + 32 * b, 32);
+            else if (b % 8 == 0) amax = block_amax(x + 32 * b, 256);
+            quantize32(x + 32 * b, amax, q0, q1, dy);
             _mm_store_si128((__m128i*)(nat + 32 * j), _mm512_cvtsepi32_epi8(q0));
             _mm_store_si128((__m128i*)(nat + 32 * j + 16), _mm512_cvtsepi32_epi8(q1));
             if (G == 32) {

@@ -45,12 +45,17 @@ void pack_w_generic(WType t, const uint8_t* row, int64_t cols, uint8_t* dst) {
     (void)ngroups;
 }
 
-// ---- activations: per 32 values y = round(x * 127/amax), dy = amax/127 ----
-// This exact sequence (float amax, one division each way, round-to-nearest-even)
-// is what the SIMD tiers reproduce bit for bit.
-static inline void quantize_block32(const float* x, int8_t* y, float* dy) {
+// ---- activations: per block y = round(x * 127/amax), dy = amax/127 ----
+// (block: 32 values, or 256 with kActBlock256.) This exact sequence (float amax, one
+// division each way, round-to-nearest-even) is what the SIMD tiers reproduce bit for bit.
+static inline float block_amax(const float* x, int n) {
     float amax = 0.0f;
-    for (int i = 0; i < 32; ++i) amax = std::fmax(amax, std::fabs(x[i]));
+    for (int i = 0; i < n; ++i) amax = std::fmax(amax, std::fabs(x[i]));
+    return amax;
+}
+
+// The 32 values x with the scale of their block, whose max |x| is amax.
+static inline void quantize32(const float* x, float amax, int8_t* y, float* dy) {
     if (!(amax >= 1e-30f)) {  // all zero (or tiny/NaN): an all-zero block
         std::memset(y, 0, 32);
         *dy = 0.0f;
@@ -66,14 +71,18 @@ static inline void quantize_block32(const float* x, int8_t* y, float* dy) {
 }
 
 void pack_act_generic(const float* x, int64_t cols, int G, int off, uint8_t* dst) {
+    const bool b256 = (G & kActBlock256) != 0;
+    G &= ~(kActBlock256 | kActNatural);
     const int64_t pb = (int64_t)PG * (G + 8);
     const int64_t np = (cols + PG * G - 1) / (PG * G);
     std::memset(dst + (np - 1) * pb, 0, (size_t)pb);
     int8_t y[32];
-    float dy;
+    float dy, amax = 0.0f;
     int64_t g = 0;
     for (int64_t b = 0; b < cols / 32; ++b) {
-        quantize_block32(x + 32 * b, y, &dy);
+        if (!b256) amax = block_amax(x + 32 * b, 32);
+        else if (b % 8 == 0) amax = block_amax(x + 32 * b, 256);
+        quantize32(x + 32 * b, amax, y, &dy);
         for (int j = 0; j < 32 / G; ++j, ++g) {
             uint8_t* panel = dst + (g / PG) * pb;
             const int lane = (int)(g % PG);

@@ -22,11 +22,14 @@
 //        Q5_K:   q = 5-bit value,   D = d sc_j, E = dmin m_j
 //        Q6_K:   q = 6-bit value,   D = d sc_j, E = 32 d sc_j
 //        IQ4_XS: q = level + 128,   D = d sc_j, E = 128 d sc_j (AVX2: signed)
-//  2. Activations are quantized per 32 values to int8: amax = max |x| over the 32, then
-//     y = x * (127/amax) rounded to the nearest integer, ties to even (the factor 127/amax
-//     is one float division per block; the rounding is nearbyint in the default rounding
-//     mode, cvtps_epi32 in the SIMD tiers), scale dy = amax/127; a block with amax < 1e-30
-//     (or NaN) becomes all zeros with dy = 0. For each group we keep DY = dy and either
+//  2. Activations are quantized to int8 per block of the weight type: 32 values for the
+//     32-element types, 256 for the K-quants and IQ4_XS (kActBlock256 below; llama.cpp's
+//     Q8_0 / Q8_K choice). amax = max |x| over the block, then y = x * (127/amax) rounded
+//     to the nearest integer, ties to even (the factor 127/amax is one float division per
+//     block; the rounding is nearbyint in the default rounding mode, cvtps_epi32 in the SIMD
+//     tiers), scale dy = amax/127; a block with amax < 1e-30 (or NaN) becomes all zeros
+//     with dy = 0. For each group we keep DY = dy (the same for every group of a 256-block)
+//     and either
 //        SY = dy * sum(y)            (float)  for the types with a real min (Q4_1, Q5_1, Q2_K, Q4_K, Q5_K), or
 //        C  = -off * sum(y)          (int32)  for the others, off = E / D = 8, 16, 128, 4, 32.
 //  3. sum_i w_i x_i  ~=  D * DY * (sum_i q_i y_i + C)        (zero-point types: exact in int)
@@ -96,12 +99,18 @@ constexpr int kGemvMaxTokens = 4;
 // reads the weights as they unpack, without transposing them into lanes first.
 constexpr int kActNatural = 0x100;
 
+// pack_act's G may carry this flag: one int8 scale per 256 activation values instead of per
+// 32 (set for the super-block weight types by act_group). Every group of a 256-block gets
+// the same DY, so the kernels need not know.
+constexpr int kActBlock256 = 0x200;
+
 // The G that pack_act gets for a matmul of n tokens of type t on tier k. The types listed here
 // must be exactly those whose one-token gemv sums with horizontal adds (matmul_avx2.cpp:
 // DotSink's HADD, the types unpacked with SMALL); test_few_tokens_give_the_same_bits_as_many
 // fails on any mismatch.
 static inline int act_group(const MatmulKernels& k, WType t, int G, int64_t n) {
-    return k.gemv1_natural16 && n == 1 && (t == WType::Q2_K || t == WType::Q3_K) ? G | kActNatural : G;
+    const int block = wtype_info(t).block_elems == 256 ? kActBlock256 : 0;  // the spec's act_block
+    return block | (k.gemv1_natural16 && n == 1 && (t == WType::Q2_K || t == WType::Q3_K) ? G | kActNatural : G);
 }
 
 // The zero point a type's unpacked bytes carry (q = w/D + off), or -1 for types with a

@@ -3,8 +3,8 @@
 Weights stay in their GGUF encoding (the memory-mapped bytes); matmul and embedding
 lookups read the blocks directly. Small 1-D weights (norms) are decoded once and kept
 in ``tensor.cache["numba"]``. Activations are NumPy float32 arrays, as in the NumPy
-reference backend; a matmul with a quantized weight first quantizes them to int8 per 32
-values and decodes them (:func:`pyengine.numba_kernels.matmul`), as the spec does.
+reference backend; a matmul with a quantized weight first quantizes them to int8 per block
+(32 or 256 values, quants.act_block) and decodes them (:func:`pyengine.numba_kernels.matmul`), as the spec does.
 """
 from __future__ import annotations
 

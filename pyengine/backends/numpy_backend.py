@@ -6,7 +6,7 @@ memory-mapped and only touched once per tensor). Embedding rows are dequantized 
 demand, never the whole table.
 
 A matmul is the spec's, :func:`pyengine.quants.matmul_dequantized` on the kept weight: for a
-quantized weight the activations are quantized to int8 per 32 values and decoded first,
+quantized weight the activations are quantized to int8 per block (quants.act_block) and decoded first,
 as the native tiers do, so this backend computes what the cpu backend computes (up to
 float32 rounding) rather than an unquantized product it would only approximate.
 """
@@ -108,7 +108,7 @@ class NumpyBackend(HostKVCacheMixin, Backend):
         "simple" set), and a way to measure what the int8 rounding costs a model."""
         self.quantize_activations = bool(quantize_activations)
         self.description = ("numpy reference (float32, dequantized weights, "
-                            + ("int8-per-32 activations as the native tiers)" if self.quantize_activations
+                            + ("int8 activations as the native tiers)" if self.quantize_activations
                                else "unquantized activations)"))
 
     def embed(self, w: QTensor, ids: np.ndarray) -> np.ndarray:
