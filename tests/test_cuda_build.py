@@ -66,7 +66,7 @@ def test_ptx_has_the_kernels_and_dp4a(tmp_path: Path):
     assert rc == 0, out
     text = ptx.read_text()
     entries = [line for line in text.splitlines() if ".entry" in line]
-    for kernel in ("matmul_q8_kernel", "matmul_simple_kernel", "matmul_float_kernel", "quantize_q8_1_kernel",
+    for kernel in ("matmul_q8_kernel", "matmul_simple_kernel", "matmul_float_kernel", "quantize_act_kernel",
                    "get_rows_kernel", "get_rows_simple_kernel"):
         assert any(kernel in e for e in entries), f"{kernel} is not a kernel entry in the PTX"
     # 12 quantized types x 4 token-tile widths

@@ -164,7 +164,7 @@ void bind_cuda(py::module_& m) {
           "Bytes of one row of `cols` values.");
     c.def("matmul_scratch_bytes", &pyengine::cuda::matmul_scratch_bytes, py::arg("ggml_type"), py::arg("n"),
           py::arg("cols"),
-          "Scratch bytes the tuned matmul needs (x quantized to Q8_1); 0 for float weights.");
+          "Scratch bytes the tuned matmul needs (x quantized to int8); 0 for float weights.");
 
     c.def(
         "matmul",

@@ -2,10 +2,10 @@
 // block layout, and embedding lookups (get_rows).
 //
 // simple : one thread per output value, dequantizing W value by value in float32.
-// tuned  : x is first quantized to Q8_1 (per 32 values: d8 = max|x|/127, int8
-//          codes roundf(x / d8), i.e. to nearest with halves away from zero, which is
-//          not the CPU tiers' x * (127/max|x|) with ties to even, so the two can differ
-//          by one code; s8 = d8 * sum of codes); then one warp per weight row, each lane
+// tuned  : x is first quantized as the spec does it (quants.quantize_act_q8): per block of
+//          the weight type (32 values, or 256 for the K-quants and IQ4_XS), int8 codes
+//          rint(x * (127/amax)) (ties to even) and d8 = amax/127, kept per 32 values as
+//          Q8_1-like pairs (d8, s8 = d8 * sum of the 32 codes); then one warp per weight row, each lane
 //          taking every 32nd group of 32 weights ("unit"), decoding it once to int8
 //          codes (quants.cuh: decode_unit) and dotting it with NC token columns by
 //          dp4a. NC = 1 is the decode matrix-vector product; NC = 8 the prompt
@@ -49,19 +49,31 @@ __global__ void matmul_simple_kernel(const uint8_t* __restrict__ w, size_t row_b
 }
 
 // ---------------------------------------------------------------------------------
-// Q8_1 quantization of activations: one warp per 32 values.
+// Activations to int8, bit for bit as the spec and the CPU tiers: one warp per 32 values
+// ("unit"), 8 warps per block. block256: one scale per 256 values (the 8 units of the
+// block, which the grid then covers exactly: cols % 256 == 0), else per 32.
 // ---------------------------------------------------------------------------------
-__global__ void quantize_q8_1_kernel(const float* __restrict__ x, int n, int cols, int8_t* __restrict__ q,
-                                     float2* __restrict__ ds) {
+__global__ void quantize_act_kernel(const float* __restrict__ x, int n, int cols, int block256,
+                                    int8_t* __restrict__ q, float2* __restrict__ ds) {
+    __shared__ float s_amax[8];
     const int units = cols / 32;
     const long long g = static_cast<long long>(blockIdx.x) * blockDim.y + threadIdx.y;  // unit over all tokens
-    if (g >= static_cast<long long>(n) * units) return;  // whole warp leaves together
+    const bool valid = g < static_cast<long long>(n) * units;  // the same for the whole warp
     const int lane = threadIdx.x;
-    const float v = x[g * 32 + lane];  // units of a token are contiguous, tokens too
-    const float amax = warp_max(fabsf(v));
-    const float d = amax / 127.0f;
-    const float qf = amax == 0.0f ? 0.0f : roundf(v / d);
+    const float v = valid ? x[g * 32 + lane] : 0.0f;  // units of a token are contiguous, tokens too
+    float amax = warp_max(fabsf(v));
+    if (block256) {  // the same for the whole block, so every warp reaches the barrier
+        if (lane == 0) s_amax[threadIdx.y] = amax;
+        __syncthreads();
+        amax = s_amax[0];
+        for (int k = 1; k < 8; ++k) amax = fmaxf(amax, s_amax[k]);
+    }
+    if (!valid) return;  // whole warp leaves together
+    const bool zero = !(amax >= 1e-30f);  // tiny, zero or NaN: an all-zero block
+    const float id = zero ? 0.0f : 127.0f / amax;
+    const float qf = zero ? 0.0f : fminf(fmaxf(rintf(v * id), -128.0f), 127.0f);
     q[g * 32 + lane] = static_cast<int8_t>(static_cast<int>(qf));
+    const float d = zero ? 0.0f : amax / 127.0f;
     const float sum = warp_sum(qf);
     if (lane == 0) ds[g] = make_float2(d, d * sum);
 }
@@ -181,7 +193,8 @@ void matmul_t(const uint8_t* w, int rows, int cols, const float* x, int n, float
         float2* ds = reinterpret_cast<float2*>(static_cast<uint8_t*>(scratch) +
                                                ((static_cast<size_t>(n) * cols + 255) / 256) * 256);
         const size_t units = static_cast<size_t>(n) * (cols / 32);
-        launch("quantize_q8_1", quantize_q8_1_kernel, dim3(ceil_div(units, 8)), dim3(32, 8), x, n, cols, q8, ds);
+        launch("quantize_act", quantize_act_kernel, dim3(ceil_div(units, 8)), dim3(32, 8), x, n, cols,
+               Traits<T>::block == 256 ? 1 : 0, q8, ds);
         if (n == 1)
             launch_q8<T, 1>(w, rb, rows, cols, q8, ds, n, y);
         else if (n == 2)
