@@ -288,25 +288,44 @@ static AI_INLINE void q4k_values_t(const uint8_t* b0, const uint8_t* b1, __m512i
     for (int k = 0; k < 8; ++k) v[k] = _mm512_and_si512(_mm512_srlv_epi16(v[k], sh), lo4);
 }
 
-// Q4_K for a sink that takes pre-transposed panels (Sink::kPre: the gemv's DotSink) goes through
-// q4k_values_t; the packing StoreSink keeps q4k_nibbles + transpose_g32 (measured faster there).
+// Q5_K's 5th bits into the order q4k_values_t makes: v[k] lane 4L+m holds dword k of group
+// g = (L&1) + 2m of super-block L>>1, whose 5th bits are bit g of the bytes of that
+// super-block's qh dword k. One vpermd brings the dword to the lane, one vprolvd by 4 - g turns
+// bit g of every byte into bit 4, one vpternlogd ors it in: 3 ops per vector, and no transpose.
+static AI_INLINE void q5k_high_t(const uint8_t* b0, const uint8_t* b1, __m512i* v) {
+    const __m256i h1 = b1 ? _mm256_loadu_si256((const __m256i*)(b1 + 16)) : _mm256_setzero_si256();
+    const __m512i qh = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(b0 + 16))), h1, 1);
+    const __m512i base = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 8, 8, 8, 8, 8, 8, 8, 8);  // qh dwords of sb L>>1
+    const __m512i rot = _mm512_setr_epi32(4, 2, 0, 30, 3, 1, 31, 29, 4, 2, 0, 30, 3, 1, 31, 29);  // (4 - g) mod 32
+    const __m512i bit4 = _mm512_set1_epi8(0x10);
+    for (int k = 0; k < 8; ++k) {
+        const __m512i h = _mm512_rolv_epi32(_mm512_permutexvar_epi32(_mm512_add_epi32(base, _mm512_set1_epi32(k)), qh), rot);
+        v[k] = _mm512_ternarylogic_epi32(v[k], h, bit4, 0xF8);  // v | (h & 0x10)
+    }
+}
+
+// Q4_K / Q5_K for a sink that takes pre-transposed panels (Sink::kPre: the gemv's DotSink) go
+// through q4k_values_t (+ q5k_high_t); the packing StoreSink keeps q4k_nibbles (q5k_values) +
+// transpose_g32 (measured faster there). Same bytes in the same order either way.
 template <bool FIVE, class Sink>
 static AI_INLINE void pack_panel_q4k(const uint8_t* b0, const uint8_t* b1, Sink& sink) {
-    constexpr bool PRE = !FIVE && Sink::kPre;
+    constexpr bool PRE = Sink::kPre;
     __m512i v[8];
     uint64_t sc0, mn0, sc1 = 0, mn1 = 0;
     float d1 = 0.0f, m1 = 0.0f;
-    if (FIVE)
+    if (PRE) {  // all 8 vectors, already transposed (Q5_K: its nibbles start 32 bytes later)
+        q4k_values_t(FIVE ? b0 + 32 : b0, FIVE && b1 ? b1 + 32 : b1, v);
+        if (FIVE) q5k_high_t(b0, b1, v);
+    } else if (FIVE)
         q5k_values(b0, v);
-    else if (PRE)
-        q4k_values_t(b0, b1, v);  // all 8 vectors, already transposed
     else
         q4k_nibbles(b0, v);
     q4k_scales_mins_u64(b0 + 4, sc0, mn0);
     if (b1) {
-        if (FIVE)
+        if (PRE) {
+        } else if (FIVE)
             q5k_values(b1, v + 4);
-        else if (!PRE)
+        else
             q4k_nibbles(b1, v + 4);
         q4k_scales_mins_u64(b1 + 4, sc1, mn1);
         d1 = half(b1);
@@ -493,7 +512,7 @@ static AI_INLINE void for_each_panel(WType t, const uint8_t* row, int64_t nb, Si
 
 // Sink that stores panels (the matmul's packed weight rows).
 struct StoreSink {
-    static constexpr bool kPre = false;  // Q4_K: unpack + transpose_g32
+    static constexpr bool kPre = false;  // Q4_K / Q5_K: unpack + transpose_g32
     uint8_t* dst;
     template <int G, bool PRE = false, bool LANES = false>
     void put(__m512i* v, __m512 A, __m512 B) {
@@ -669,7 +688,7 @@ void gemm_avx512(WType t, int G, int64_t np, const uint8_t* wp, int nr, const ui
 // Same arithmetic as pack_w + tile, without the round trip of the panel through memory.
 template <bool MIN, int NT>
 struct DotSink {
-    static constexpr bool kPre = true;  // Q4_K: q4k_values_t
+    static constexpr bool kPre = true;  // Q4_K / Q5_K: q4k_values_t (+ q5k_high_t)
     const uint8_t* a;  // current panel of token 0
     int64_t astride;
     __m512 acc[NT];    // NT = 1..kGemvMaxTokens, fixed at compile time: the accumulators stay in registers
