@@ -88,13 +88,15 @@ static AI_INLINE void pack_panel_32(const uint8_t* blk, Sink& sink, int valid = 
 // Q5_K: one panel = one super-block; Q4_K's nibbles (at blk + 48) plus bit 2c / 2c+1 of qh[l].
 template <class Sink>
 static AI_INLINE void pack_panel_q5k(const uint8_t* blk, Sink& sink) {
-    // Same half-lane pairing as Q4_K below; group g's high bit is bit g of qh (both lanes hold
-    // the same qh bytes, shifted by g = m in lane 0 and g = m + 4 in lane 1).
-    const __m256i lo4 = _mm256_set1_epi8(15), one = _mm256_set1_epi8(1);
+    // Same half-lane pairing as Q4_K below; group g's high bit is bit g of qh, g = m in lane 0
+    // and g = m + 4 in lane 1. Lane 1 takes qh >> 4 once, so in both lanes the bit is bit m,
+    // and one shift by the constant 4 - m moves it to bit 4 of its byte.
+    const __m256i lo4 = _mm256_set1_epi8(15), bit4 = _mm256_set1_epi8(16);
     const uint8_t* qs = blk + 48;
     __m256i v[8];
     for (int h = 0; h < 2; ++h) {
-        const __m256i qh = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)(blk + 16 + 16 * h)));
+        const __m256i qh0 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)(blk + 16 + 16 * h)));
+        const __m256i qh = _mm256_blend_epi32(qh0, _mm256_srli_epi32(qh0, 4), 0xF0);
         __m256i* z = v + 4 * h;  // z[k] -> dword 4h + k of every group
         for (int c = 0; c < 2; ++c) {
             const __m256i x = _mm256_inserti128_si256(
@@ -102,10 +104,9 @@ static AI_INLINE void pack_panel_q5k(const uint8_t* blk, Sink& sink) {
                 _mm_loadu_si128((const __m128i*)(qs + 32 * (c + 2) + 16 * h)), 1);
             for (int s = 0; s < 2; ++s) {
                 const int m = 2 * c + s;
-                const __m256i cnt = _mm256_setr_epi32(m, m, m, m, m + 4, m + 4, m + 4, m + 4);
-                const __m256i hb = _mm256_and_si256(_mm256_srlv_epi32(qh, cnt), one);
+                const __m256i hb = _mm256_and_si256(_mm256_slli_epi32(qh, 4 - m), bit4);
                 const __m256i lo = _mm256_and_si256(s ? _mm256_srli_epi16(x, 4) : x, lo4);
-                z[m] = _mm256_or_si256(lo, _mm256_slli_epi16(hb, 4));
+                z[m] = _mm256_or_si256(lo, hb);
             }
         }
         transpose4_inlane(z[0], z[1], z[2], z[3]);
