@@ -448,23 +448,50 @@ static AI_INLINE void iq4xs_half(const uint8_t* blk, __m512i* v) {
     for (int m = 0; m < 4; ++m) v[m] = _mm512_shuffle_epi8(lut, nibbles_2x16(blk + 8 + 32 * m, blk + 24 + 32 * m));
 }
 
+// IQ4_XS straight into the transposed panel order (the one q4k_values_t makes: v[k] lane l holds
+// dword k of group g = (l>>2 & 1) + 2(l & 3) + 8(l >> 3)). Dword k of group g is the low (k < 4)
+// or high (k >= 4) nibbles of qs dword 4(g%8) + k%4 of super-block g/8: per k < 4 one vpermt2d per
+// super-block gathers those dwords, a blend joins the two, and the two nibble halves are v[k] and
+// v[k+4]; 12 permutes and blends per panel instead of 8 nibble extractions and the 24-shuffle
+// transpose. Same bytes, same arithmetic.
+static AI_INLINE void iq4xs_values_t(const uint8_t* b0, const uint8_t* b1, __m512i* v) {
+    const __m512i lut = iq4_levels_u8(), lo4 = _mm512_set1_epi8(15);
+    const __m512i gi4 = _mm512_setr_epi32(0, 8, 16, 24, 4, 12, 20, 28, 0, 8, 16, 24, 4, 12, 20, 28);  // 4 (g % 8)
+    const __m512i a0 = _mm512_loadu_si512((const void*)(b0 + 8)), a1 = _mm512_loadu_si512((const void*)(b0 + 72));
+    __m512i c0 = _mm512_setzero_si512(), c1 = _mm512_setzero_si512();
+    if (b1) {
+        c0 = _mm512_loadu_si512((const void*)(b1 + 8));
+        c1 = _mm512_loadu_si512((const void*)(b1 + 72));
+    }
+    for (int k = 0; k < 4; ++k) {
+        const __m512i idx = _mm512_add_epi32(gi4, _mm512_set1_epi32(k));
+        const __m512i p = _mm512_mask_blend_epi32((__mmask16)0xFF00, _mm512_permutex2var_epi32(a0, idx, a1),
+                                                  _mm512_permutex2var_epi32(c0, idx, c1));
+        v[k] = _mm512_shuffle_epi8(lut, _mm512_and_si512(p, lo4));                             // level + 128
+        v[k + 4] = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(p, 4), lo4));
+    }
+}
+
 template <class Sink>
 static AI_INLINE void pack_panel_iq4xs(const uint8_t* b0, const uint8_t* b1, Sink& sink) {
+    constexpr bool PRE = Sink::kPre;  // the gemv: already in panel order
     __m512i v[8];
-    iq4xs_half(b0, v);
+    if (PRE) iq4xs_values_t(b0, b1, v);
+    else iq4xs_half(b0, v);
     __m128i sc = iq4xs_scales_x8(b0);  // groups 0-7 | 8-15 (second super-block; 0 past the row)
     float d1 = 0.0f;
     if (b1) {
-        iq4xs_half(b1, v + 4);
+        if (!PRE) iq4xs_half(b1, v + 4);
         sc = _mm_unpacklo_epi64(sc, iq4xs_scales_x8(b1));
         d1 = half(b1);
     } else {
         sc = _mm_move_epi64(sc);  // groups 8-15: scale 0, as D = 0 there
-        for (int m = 4; m < 8; ++m) v[m] = _mm512_setzero_si512();
+        if (!PRE)
+            for (int m = 4; m < 8; ++m) v[m] = _mm512_setzero_si512();
     }
     const __m512 dv = _mm512_insertf32x8(_mm512_set1_ps(half(b0)), _mm256_set1_ps(d1), 1);
     const __m512 Dv = _mm512_mul_ps(dv, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(sc)));
-    sink.template put<32>(v, Dv, _mm512_mul_ps(_mm512_set1_ps(128.0f), Dv));
+    sink.template put<32, PRE>(v, Dv, _mm512_mul_ps(_mm512_set1_ps(128.0f), Dv));
 }
 
 // Walk one GGUF row panel by panel, handing each unpacked panel to sink.put<G>().
