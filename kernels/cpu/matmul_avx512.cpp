@@ -370,7 +370,8 @@ static AI_INLINE void pack_panel_q6k(const uint8_t* blk, Sink& sink) {
 // i.e. bit pairs j = 2(m%2) (low 256 bits) and j+1 (high) of the 32 bytes qs[32c ..], c = m/2;
 // Q3_K adds bit 4c+j of hmask[l] as the value 4.
 //
-// Q3_K into a sink that takes pre-transposed panels (Sink::kPre: the gemv): the values go straight
+// Q2_K / Q3_K into a sink that takes pre-transposed panels (Sink::kPre: the gemv; Q2_K measured
+// 6% slower this way once, 1.5-6% faster since the 2026-12-07 inlining): the values go straight
 // to the order transpose_g16 makes (lane L = 4i + m holds group g = 4m + i, v[k] its dword k):
 // group g is values 16g .. 16g+15, i.e. bit pair jj = (g%8)/2 of qs bytes 32c + 16(g%2) + 0..15,
 // c = g/8, so v[k] lane L = (qs dword 8c + 4(g%2) + k) >> 2jj, masked to 2 bits per byte: one
@@ -397,7 +398,7 @@ struct Q23kLanes {  // the per-lane constants of that order
 template <bool THREE, class Sink>
 static AI_INLINE void pack_panel_q23k(const uint8_t* blk, Sink& sink) {
     const uint8_t* qs = blk + (THREE ? 32 : 16);
-    constexpr bool PRE = THREE && Sink::kPre;  // Q2_K: measured ~6% slower this way, kept as it was
+    constexpr bool PRE = Sink::kPre;
     __m512i v[4];
     if (PRE) {
         static const Q23kLanes lanes;
