@@ -14,8 +14,9 @@ small integers. This module spells every block out twice:
 :func:`matmul` (and ``matmul_<type>``, e.g. :func:`matmul_q4_K`) is the spec of the matmul
 every tier computes: activations quantized to int8 per block of the weight type (32 values,
 or 256 for the K-quants and IQ4_XS: :func:`act_block`) exactly as the native kernels do it
-(:func:`quantize_act_q8`) and decoded, weights dequantized, then the float product. :func:`quantize_q8_0`, :func:`quantize_q8_1` and :func:`quantize_q8_K` produce
-ggml's 8-bit activation formats, rounding exactly as ggml's reference C code does;
+(:func:`quantize_act_q8`) and decoded, weights dequantized, then the float product.
+:func:`quantize_q8_0`, :func:`quantize_q8_1` and :func:`quantize_q8_K` produce ggml's 8-bit
+activation formats, rounding exactly as ggml's reference C code does;
 random but valid blocks for tests: ``pyengine.testing.blocks``.
 
 Names spell the type as ggml does in identifiers (``GGMLType.ident``): ``dequantize_q4_K``,

@@ -345,7 +345,7 @@ static inline __m256i quantize32(const float* x, float amax, float& dy, int& s0,
 
 void pack_act_avx2(const float* x, int64_t cols, int G, int off, uint8_t* dst) {
     const bool natural = (G & kActNatural) != 0;  // G = 16, values left in order (matmul_kernels.h)
-    const bool b256 = (G & kActBlock256) != 0;    // one scale per 256 values
+    const int bps = (G & kActBlock256) ? 8 : 1;  // 32-blocks per int8 scale
     G &= ~(kActNatural | kActBlock256);
     float amax = 0.0f;
     const int64_t pb = (int64_t)PG * (G + 8);
@@ -360,8 +360,7 @@ void pack_act_avx2(const float* x, int64_t cols, int G, int off, uint8_t* dst) {
             float dy;
             int s0, s1;
             const int64_t b = b0 + j;
-            if (!b256) amax = block_amax(x + 32 * b, 32);
-            else if (b % 8 == 0) amax = block_amax(x + 32 * b, 256);
+            if (b % bps == 0) amax = block_amax(x + 32 * b, 32 * bps);
             v[j] = quantize32(x + 32 * b, amax, dy, s0, s1);  // G=32: group j; G=16: groups 2j, 2j+1
             if (G == 32) {
                 DY[j] = dy;

@@ -322,11 +322,12 @@ static AI_INLINE void pack_panel_q4k(const uint8_t* b0, const uint8_t* b1, Sink&
         q4k_nibbles(b0, v);
     q4k_scales_mins_u64(b0 + 4, sc0, mn0);
     if (b1) {
-        if (PRE) {
-        } else if (FIVE)
-            q5k_values(b1, v + 4);
-        else
-            q4k_nibbles(b1, v + 4);
+        if (!PRE) {
+            if (FIVE)
+                q5k_values(b1, v + 4);
+            else
+                q4k_nibbles(b1, v + 4);
+        }
         q4k_scales_mins_u64(b1 + 4, sc1, mn1);
         d1 = half(b1);
         m1 = half(b1 + 2);
@@ -370,8 +371,8 @@ static AI_INLINE void pack_panel_q6k(const uint8_t* blk, Sink& sink) {
 // i.e. bit pairs j = 2(m%2) (low 256 bits) and j+1 (high) of the 32 bytes qs[32c ..], c = m/2;
 // Q3_K adds bit 4c+j of hmask[l] as the value 4.
 //
-// Q2_K / Q3_K into a sink that takes pre-transposed panels (Sink::kPre: the gemv; Q2_K measured
-// 6% slower this way once, 1.5-6% faster since the 2026-12-07 inlining): the values go straight
+// Q2_K / Q3_K into a sink that takes pre-transposed panels (Sink::kPre: the gemv; for Q2_K
+// measured 1.5-6% faster than the transpose, benchmarks/README.md): the values go straight
 // to the order transpose_g16 makes (lane L = 4i + m holds group g = 4m + i, v[k] its dword k):
 // group g is values 16g .. 16g+15, i.e. bit pair jj = (g%8)/2 of qs bytes 32c + 16(g%2) + 0..15,
 // c = g/8, so v[k] lane L = (qs dword 8c + 4(g%2) + k) >> 2jj, masked to 2 bits per byte: one
@@ -578,7 +579,7 @@ static AI_INLINE void quantize32(const float* x, float amax, __m512i& q0, __m512
 }
 
 void pack_act_avx512(const float* x, int64_t cols, int G, int off, uint8_t* dst) {
-    const bool b256 = (G & kActBlock256) != 0;  // one scale per 256 values
+    const int bps = (G & kActBlock256) ? 8 : 1;  // 32-blocks per int8 scale
     G &= ~(kActNatural | kActBlock256);
     float amax = 0.0f;
     const int64_t pb = (int64_t)PG * (G + 8);
@@ -597,8 +598,7 @@ void pack_act_avx512(const float* x, int64_t cols, int G, int off, uint8_t* dst)
             __m512i q0, q1;
             float dy;
             const int64_t b = b0 + j;
-            if (!b256) amax = block_amax(x + 32 * b, 32);
-            else if (b % 8 == 0) amax = block_amax(x + 32 * b, 256);
+            if (b % bps == 0) amax = block_amax(x + 32 * b, 32 * bps);
             quantize32(x + 32 * b, amax, q0, q1, dy);
             _mm_store_si128((__m128i*)(nat + 32 * j), _mm512_cvtsepi32_epi8(q0));
             _mm_store_si128((__m128i*)(nat + 32 * j + 16), _mm512_cvtsepi32_epi8(q1));

@@ -71,7 +71,7 @@ static inline void quantize32(const float* x, float amax, int8_t* y, float* dy) 
 }
 
 void pack_act_generic(const float* x, int64_t cols, int G, int off, uint8_t* dst) {
-    const bool b256 = (G & kActBlock256) != 0;
+    const int bps = (G & kActBlock256) ? 8 : 1;  // 32-blocks per int8 scale
     G &= ~(kActBlock256 | kActNatural);
     const int64_t pb = (int64_t)PG * (G + 8);
     const int64_t np = (cols + PG * G - 1) / (PG * G);
@@ -80,8 +80,7 @@ void pack_act_generic(const float* x, int64_t cols, int G, int off, uint8_t* dst
     float dy, amax = 0.0f;
     int64_t g = 0;
     for (int64_t b = 0; b < cols / 32; ++b) {
-        if (!b256) amax = block_amax(x + 32 * b, 32);
-        else if (b % 8 == 0) amax = block_amax(x + 32 * b, 256);
+        if (b % bps == 0) amax = block_amax(x + 32 * b, 32 * bps);
         quantize32(x + 32 * b, amax, y, &dy);
         for (int j = 0; j < 32 / G; ++j, ++g) {
             uint8_t* panel = dst + (g / PG) * pb;

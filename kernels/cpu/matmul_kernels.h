@@ -109,8 +109,9 @@ constexpr int kActBlock256 = 0x200;
 // DotSink's HADD, the types unpacked with SMALL); test_few_tokens_give_the_same_bits_as_many
 // fails on any mismatch.
 static inline int act_group(const MatmulKernels& k, WType t, int G, int64_t n) {
-    const int block = wtype_info(t).block_elems == 256 ? kActBlock256 : 0;  // the spec's act_block
-    return block | (k.gemv1_natural16 && n == 1 && (t == WType::Q2_K || t == WType::Q3_K) ? G | kActNatural : G);
+    if (wtype_info(t).block_elems == 256) G |= kActBlock256;  // the spec's act_block
+    if (k.gemv1_natural16 && n == 1 && (t == WType::Q2_K || t == WType::Q3_K)) G |= kActNatural;
+    return G;
 }
 
 // The zero point a type's unpacked bytes carry (q = w/D + off), or -1 for types with a
@@ -146,7 +147,7 @@ struct alignas(64) MatmulCall {
     const uint8_t* act;  // (n, stride) activations packed by pack_act (quantized types)
     int64_t n;           // tokens
     int G;               // group size of the weight type (0 for float types)
-    int act_G;           // G as pack_act got it (act_group: may carry kActNatural)
+    int act_G;           // G as pack_act got it (act_group: may carry kActNatural, kActBlock256)
     int64_t np;          // panels per packed row
     int64_t stride;      // bytes of one packed row / token (np * panel_bytes)
     int64_t rb_rows;     // weight rows unpacked at a time into a thread's buffer
