@@ -18,14 +18,6 @@ void bind_cpu_ops(py::module_& m);  // csrc/bind_ops.cpp: rmsnorm, rope, attenti
 
 namespace {
 
-// a * b for a, b >= 0, or false when the product does not fit int64 (no wrap-around:
-// a weight of 2**58 rows must not pass a size check as 0 bytes)
-bool mul_fits(int64_t a, int64_t b, int64_t* out) {
-    if (a < 0 || b < 0 || (b != 0 && a > INT64_MAX / b)) return false;
-    *out = a * b;
-    return true;
-}
-
 // whether two arrays' bytes overlap (the kernels read one while writing the other)
 bool overlap(const py::array& a, const py::array& b) {
     if (a.nbytes() == 0 || b.nbytes() == 0) return false;
@@ -63,7 +55,7 @@ const uint8_t* weight_ptr(const py::array& w, pyengine::WType t, int64_t rows, i
         throw py::value_error(std::string(ti.name) + ": cols=" + std::to_string(cols) +
                               " is not a multiple of the block size " + std::to_string(ti.block_elems));
     int64_t need = 0;
-    if (!mul_fits(rows, rb, &need))
+    if (!pyengine::mul_fits(rows, rb, &need))
         throw py::value_error(std::string(ti.name) + " weight of shape (" + std::to_string(rows) + ", " +
                               std::to_string(cols) + ") is too large (its byte size overflows)");
     if ((int64_t)w.nbytes() != need)

@@ -29,11 +29,14 @@ const uint8_t* heads(const py::kwargs& kw, const char* type_key, const char* key
     if (!pyengine::wtype_from_name(name.c_str(), &t)) bad("unsupported weight type '" + name + "' (" + key + ")");
     const int64_t rb = pyengine::row_bytes(t, cols);
     if (rb < 0) bad(std::string(key) + ": a row is not a whole number of blocks");
-    head_bytes = rows * rb;
+    int64_t total = 0;
+    if (!pyengine::mul_fits(rows, rb, &head_bytes) || !pyengine::mul_fits(H, head_bytes, &total))
+        bad(std::string(key) + ": " + std::to_string(H) + " heads of (" + std::to_string(rows) + ", " +
+            std::to_string(cols) + ") are too large (the byte size overflows)");
     py::array a = py::cast<py::array>(kw[key]);
     if (!py::dtype::of<uint8_t>().equal(a.dtype()) || !(a.flags() & py::array::c_style) ||
-        (int64_t)a.nbytes() != H * head_bytes)
-        bad(std::string(key) + " must be C-contiguous uint8 of " + std::to_string(H * head_bytes) + " bytes");
+        (int64_t)a.nbytes() != total)
+        bad(std::string(key) + " must be C-contiguous uint8 of " + std::to_string(total) + " bytes");
     keep.push_back(a);
     return static_cast<const uint8_t*>(a.data());
 }

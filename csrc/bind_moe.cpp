@@ -39,8 +39,11 @@ void experts(pyengine::moe::Experts& x, const py::kwargs& kw, const char* type_k
     if (rb < 0) bad(std::string(key) + ": cols " + std::to_string(cols) + " is not a whole number of blocks");
     x.rows = rows;
     x.cols = cols;
-    x.expert_bytes = rows * rb;
-    x.w = bytes(kw, key, E * x.expert_bytes, keep);
+    int64_t total = 0;
+    if (!pyengine::mul_fits(rows, rb, &x.expert_bytes) || !pyengine::mul_fits(E, x.expert_bytes, &total))
+        bad(std::string(key) + ": " + std::to_string(E) + " experts of (" + std::to_string(rows) + ", " +
+            std::to_string(cols) + ") are too large (the byte size overflows)");
+    x.w = bytes(kw, key, total, keep);
 }
 
 }  // namespace
@@ -61,7 +64,9 @@ std::shared_ptr<const pyengine::moe::Layer> moe_layer_from_kwargs(const py::kwar
     L->router_t = wtype(kw, "router_type");
     const int64_t rb = pyengine::row_bytes(L->router_t, L->dim);
     if (rb < 0) bad("router: dim is not a whole number of blocks");
-    L->router = bytes(kw, "router", L->n_expert * rb, keep);
+    int64_t router_bytes = 0;
+    if (!pyengine::mul_fits(L->n_expert, rb, &router_bytes)) bad("router: n_expert x dim is too large (the byte size overflows)");
+    L->router = bytes(kw, "router", router_bytes, keep);
     experts(L->gate, kw, "gate_type", "gate", L->n_expert, L->ffn, L->dim, keep);
     experts(L->up, kw, "up_type", "up", L->n_expert, L->ffn, L->dim, keep);
     experts(L->down, kw, "down_type", "down", L->n_expert, L->dim, L->ffn, keep);

@@ -203,13 +203,6 @@ constexpr int KB = pyengine::kAttnKeyBlock;
 
 [[noreturn]] void bad(const std::string& msg) { throw py::value_error("DecodeGraph: " + msg); }
 
-// a * b for a, b >= 0, or false when the product does not fit int64 (no wrap-around)
-bool mul_fits(int64_t a, int64_t b, int64_t* out) {
-    if (a < 0 || b < 0 || (b != 0 && a > std::numeric_limits<int64_t>::max() / b)) return false;
-    *out = a * b;
-    return true;
-}
-
 // position offsets beyond this are refused, so pos0 + off and lo - off never wrap
 constexpr int64_t kMaxPosOffset = int64_t(1) << 40;
 
@@ -527,7 +520,7 @@ private:
             bad("weights must be C-contiguous uint8");
         const int64_t rb = pyengine::row_bytes(nd.wt, cols);
         int64_t need = -1;
-        if (rows <= 0 || cols <= 0 || rb < 0 || !mul_fits(rows, rb, &need) || (int64_t)w.nbytes() != need)
+        if (rows <= 0 || cols <= 0 || rb < 0 || !pyengine::mul_fits(rows, rb, &need) || (int64_t)w.nbytes() != need)
             bad(type + " weight (" + std::to_string(rows) + ", " + std::to_string(cols) + ") has the wrong size");
         keep_.push_back(w);
         nd.w = static_cast<const uint8_t*>(w.data());

@@ -319,6 +319,12 @@ def test_native_moe_rejects_bad_arguments():
         _C.moe_ffn(x, np.empty_like(x), **dict(args, down=args["down"][:-4]))
     with pytest.raises(ValueError, match="x must be"):
         _C.moe_ffn(np.ones((2, D + 1), np.float32), np.empty((2, D + 1), np.float32), **args)
+    # sizes whose byte counts overflow int64 must not wrap into a small number an array matches
+    nothing = np.empty(0, np.uint8)
+    with pytest.raises(ValueError, match="router.*overflows"):
+        _C.moe_ffn(x, np.empty_like(x), **dict(args, n_expert=2**62, router=nothing))
+    with pytest.raises(ValueError, match="gate.*overflows"):
+        _C.moe_ffn(x, np.empty_like(x), **dict(args, ffn=2**60, gate=nothing, up=nothing, down=nothing))
 
 
 # -- the benchmark generator (pyengine/testing/synthetic.py) at test scale ---------------------
