@@ -296,11 +296,14 @@ void op_kv_store(const py::array& ka, const py::array& kta, int64_t pos0) {
 // Query rows per task: 32 (8 tokens of a 4-head group) for prompts. A decode step has
 // only `group` rows per KV head, and decode is bound by reading K and V: with as many
 // KV heads as threads each task takes a whole head (every K/V byte read once); with
-// fewer, a head's rows are split (down to 2 per task) so all threads work.
+// fewer, a head's rows are split evenly over the threads (at least 2 per task), once:
+// every task reads its head's whole cache, so splitting further multiplies the reads
+// (MLA's 16 heads on one latent KV head in 8 tasks of 2 read it 8 times per layer, and
+// at 2048 positions attention took half the decode step).
 int rows_per_task(int64_t rows_g, int n_kv_heads) {
     const int nt = n_threads();
     if (n_kv_heads >= nt) return (int)std::min<int64_t>(32, rows_g);
-    const int64_t r = rows_g * n_kv_heads / (4 * (int64_t)nt);
+    const int64_t r = (rows_g * n_kv_heads + nt - 1) / nt;
     return (int)std::max<int64_t>(2, std::min<int64_t>(32, r));
 }
 
