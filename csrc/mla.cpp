@@ -69,6 +69,7 @@ void mla_attention(const Layer& L, const float* q, const float* kv, int64_t n, i
     a.window = 0;
     a.scale = L.scale;
     a.softcap = 0.0f;
+    a.v_dim = R;  // the values' latent part: the rope key's 64 dims would be summed for nothing
     cpu::attention(a);
     // each head's latent sum through its value up-projection (one matmul_group)
     for (int h = 0; h < H; ++h) {

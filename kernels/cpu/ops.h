@@ -47,6 +47,11 @@ struct AttnArgs {
     // > 0: scores pass through softcap * tanh(score / softcap) before the softmax (Gemma 2's
     // attention logit soft-capping; score = scale * q.k); 0: off
     float softcap = 0.0f;
+    // > 0: only the first v_dim of a value's head_dim floats are summed (out's other dims of
+    // the row are zero). MLA's values are the cached [latent, rope key] rows, of which the
+    // latent (kv_lora_rank dims) is all it uses; 0: all head_dim.
+    int v_dim = 0;
+    int value_dim() const { return v_dim > 0 && v_dim < head_dim ? v_dim : head_dim; }
 
     int group() const { return n_heads / n_kv_heads; }
     // first / one-past-last key visible from position p

@@ -281,7 +281,7 @@ void attention_avx512(const AttnArgs& a, int g, int r0, int r1) {
     thread_local std::vector<float> s_buf, ml_buf;
     thread_local std::vector<const float*> qp_buf;
     thread_local std::vector<float*> op_buf;
-    const int group = a.group(), hd = a.head_dim;
+    const int group = a.group(), hd = a.head_dim, vd = a.value_dim();
     const int rows = r1 - r0;
     if (rows <= 0) return;
     const float ninf = -std::numeric_limits<float>::infinity();
@@ -361,13 +361,13 @@ void attention_avx512(const AttnArgs& a, int g, int r0, int r1) {
         by_four(re - rs, [&](int q0, auto R_) {
             constexpr int R = decltype(R_)::value;
             pv<R>(op + rs + q0, corr + rs + q0, S + (int64_t)(rs + q0) * KB, KB,
-                  vbase + (int64_t)jb * a.v_stride, a.v_stride, nb, hd);
+                  vbase + (int64_t)jb * a.v_stride, a.v_stride, nb, vd);
         });
     }
     for (int r = 0; r < rows; ++r) {
         const __m512 inv = _mm512_set1_ps(1.0f / l[r]);
-        for (int e = 0; e < hd; e += 16) {
-            const __mmask16 k = tail_mask(hd - e);
+        for (int e = 0; e < vd; e += 16) {
+            const __mmask16 k = tail_mask(vd - e);
             _mm512_mask_storeu_ps(op[r] + e, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, op[r] + e), inv));
         }
     }

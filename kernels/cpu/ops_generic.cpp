@@ -144,7 +144,7 @@ void softcap(const float* x, float cap, float* out, int64_t count) {
 inline void attention_rows(const AttnArgs& a, int g, int r0, int r1) {
     constexpr int KB = kAttnKeyBlock;
     thread_local std::vector<float> scores;
-    const int group = a.group(), hd = a.head_dim;
+    const int group = a.group(), hd = a.head_dim, vd = a.value_dim();
     const float ninf = -std::numeric_limits<float>::infinity();
     for (int r = r0; r < r1; ++r) {
         const int i = r / group, h = g * group + r % group;
@@ -180,10 +180,10 @@ inline void attention_rows(const AttnArgs& a, int g, int r0, int r1) {
         for (int j = lo; j < hi; ++j) {
             const float pj = Sv[j - lo];
             const float* vr = a.v + (int64_t)j * a.v_stride + (int64_t)g * hd;
-            for (int e = 0; e < hd; ++e) o[e] += pj * vr[e];
+            for (int e = 0; e < vd; ++e) o[e] += pj * vr[e];
         }
         const float inv = 1.0f / sum;
-        for (int e = 0; e < hd; ++e) o[e] *= inv;
+        for (int e = 0; e < vd; ++e) o[e] *= inv;
     }
 }
 
