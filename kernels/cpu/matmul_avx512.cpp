@@ -541,7 +541,7 @@ static AI_INLINE void for_each_panel(WType t, const uint8_t* row, int64_t nb, Si
 
 // Sink that stores panels (the matmul's packed weight rows).
 struct StoreSink {
-    static constexpr bool kPre = false;  // Q4_K / Q5_K: unpack + transpose_g32
+    static constexpr bool kPre = false;  // panels unpacked in natural order, then transposed
     uint8_t* dst;
     template <int G, bool PRE = false, bool LANES = false>
     void put(__m512i* v, __m512 A, __m512 B) {
@@ -716,7 +716,7 @@ void gemm_avx512(WType t, int G, int64_t np, const uint8_t* wp, int nr, const ui
 // Same arithmetic as pack_w + tile, without the round trip of the panel through memory.
 template <bool MIN, int NT>
 struct DotSink {
-    static constexpr bool kPre = true;  // Q4_K / Q5_K: q4k_values_t (+ q5k_high_t)
+    static constexpr bool kPre = true;  // types that can, unpacked straight into panel order (not Q6_K, Q5_0/Q5_1, Q8_0)
     const uint8_t* a;  // current panel of token 0
     int64_t astride;
     __m512 acc[NT];    // NT = 1..kGemvMaxTokens, fixed at compile time: the accumulators stay in registers
