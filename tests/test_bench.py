@@ -335,3 +335,28 @@ def test_the_engine_does_not_import_the_testing_package(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_profile_step_script(capsys):
+    """benchmarks/profile_step.py: one line per position naming the step and its op kinds;
+    bad positions and a missing file are one-line errors."""
+    import importlib.util
+    from pathlib import Path
+
+    from conftest import native_built, real_model_path
+
+    if not native_built():
+        pytest.skip("needs pyengine._C")
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "profile_step.py"
+    spec = importlib.util.spec_from_file_location("profile_step", path)
+    ps = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ps)
+    assert ps.main([str(real_model_path("gemma3-270m")), "--positions", "3,70", "--reps", "1", "--top", "2"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("pos ")]
+    assert [ln.split(":")[0] for ln in lines] == ["pos 3", "pos 70"]
+    assert all("matmul" in ln and ln.count(",") == 1 for ln in lines)  # --top 2: two kinds
+    with pytest.raises(SystemExit):
+        ps.main(["x.gguf", "--positions", "a,b"])
+    assert "--positions: not a comma list of integers" in capsys.readouterr().err
+    assert ps.main(["/nonexistent/model.gguf", "--positions", "3"]) == 2
+    assert capsys.readouterr().err.strip().startswith("profile_step: model file not found")
