@@ -74,21 +74,17 @@ std::shared_ptr<const pyengine::mla::Layer> mla_layer_from_kwargs(const py::kwar
     return L;
 }
 
-// positions the cache holds (key panels (n_blocks, R+r, 64) and rows (n_ctx, R+r)), checked
-int64_t mla_cache_positions(const pyengine::mla::Layer& L, const py::array& kt, const py::array& vc) {
-    const int64_t W = L.R + L.r;
-    for (const py::array* a : {&kt, &vc})
-        if (!py::dtype::of<float>().equal(a->dtype()) || !(a->flags() & py::array::c_style) || !a->writeable())
-            bad("the cache must be writeable C-contiguous float32");
-    if (kt.ndim() != 3 || kt.shape(1) != W || kt.shape(2) != pyengine::kAttnKeyBlock)
-        bad("key panels must be (n_blocks, kv_lora_rank + n_rot, 64)");
-    if (vc.ndim() != 2 || vc.shape(1) != W) bad("cache rows must be (n_ctx, kv_lora_rank + n_rot)");
-    return std::min<int64_t>(kt.shape(0) * pyengine::kAttnKeyBlock, vc.shape(0));
+// positions the cache rows (n_ctx, R+r) hold, checked
+int64_t mla_cache_positions(const pyengine::mla::Layer& L, const py::array& vc) {
+    if (!py::dtype::of<float>().equal(vc.dtype()) || !(vc.flags() & py::array::c_style) || !vc.writeable())
+        bad("the cache must be writeable C-contiguous float32");
+    if (vc.ndim() != 2 || vc.shape(1) != L.R + L.r) bad("the cache must be (n_ctx, kv_lora_rank + n_rot) rows");
+    return vc.shape(0);
 }
 
 void bind_mla(py::module_& m) {
-    m.def("mla_attention", [](const py::array& q, const py::array& kv, py::array& out, py::array& k_panels,
-                              py::array& v_cache, int64_t pos0, const py::kwargs& kw) {
+    m.def("mla_attention", [](const py::array& q, const py::array& kv, py::array& out, py::array& cache,
+                              int64_t pos0, const py::kwargs& kw) {
         std::vector<py::object> keep;
         auto L = mla_layer_from_kwargs(kw, keep);
         const int64_t H = L->n_heads, W = L->R + L->r;
@@ -98,18 +94,18 @@ void bind_mla(py::module_& m) {
         floats(kv, "kv", n * W, keep);
         floats(out, "out", n * H * L->dv, keep);
         if (!out.writeable()) bad("out must be writeable");
-        const int64_t positions = mla_cache_positions(*L, k_panels, v_cache);
+        const int64_t positions = mla_cache_positions(*L, cache);
         if (n <= 0 || pos0 < 0 || pos0 + n > positions)
             bad("positions " + std::to_string(pos0) + ".." + std::to_string(pos0 + n - 1) + " outside the cache");
         const pyengine::MatmulKernels* mk = &pyengine::select_variant("auto");
         const float* qp = static_cast<const float*>(q.data());
         const float* kp = static_cast<const float*>(kv.data());
         float* op = static_cast<float*>(out.mutable_data());
-        float* ktp = static_cast<float*>(k_panels.mutable_data());
-        float* vcp = static_cast<float*>(v_cache.mutable_data());
+        float* vcp = static_cast<float*>(cache.mutable_data());
         py::gil_scoped_release nogil;
-        pyengine::mla::mla_attention(*L, qp, kp, n, pos0, ktp, vcp, op, *mk);
-    }, py::arg("q"), py::arg("kv"), py::arg("out"), py::arg("k_panels"), py::arg("v_cache"), py::arg("pos0"),
+        pyengine::mla::mla_attention(*L, qp, kp, n, pos0, vcp, op, *mk);
+    }, py::arg("q"), py::arg("kv"), py::arg("out"), py::arg("cache"), py::arg("pos0"),
           "out (n, H*v_head) = multi-head latent attention of q (n, H*(qk_nope+n_rot)) and kv (n, kv_lora_rank+n_rot)\n"
-          "at positions pos0.. (writes the compressed cache). Keyword arguments: pyengine.backends.mla.native_args.");
+          "at positions pos0.., writing the compressed rows into cache (n_ctx, kv_lora_rank+n_rot): one copy, the\n"
+          "keys and the values. Keyword arguments: pyengine.backends.mla.native_args.");
 }

@@ -320,8 +320,10 @@ void attention_tiles(const AttnArgs& a) {
     });
 }
 
-void op_attention(const py::array& qa, const py::array& ka, const py::array& va, const py::array& oa,
+void op_attention(const py::array& qa, const py::object& ko, const py::array& va, const py::array& oa,
                   int pos0, int n_heads, int n_kv_heads, int head_dim, float scale, int window, float softcap) {
+    const bool in_rows = ko.is_none();  // keys = the value rows (MLA's single-copy cache)
+    const py::array ka = in_rows ? va : py::cast<py::array>(ko);
     Mat q = as_mat(qa, "q", false, false), v = as_mat(va, "v", false, false);
     Mat o = as_mat(oa, "out", true, false);
     if (qa.ndim() != 2 || va.ndim() != 2 || oa.ndim() != 2) bad("attention: q, v and out must be 2-D");
@@ -334,7 +336,10 @@ void op_attention(const py::array& qa, const py::array& ka, const py::array& va,
     const bool panels = ka.ndim() == 3;
     Mat k;
     int64_t k_positions;
-    if (panels) {  // (n_blocks, width, 64): the cpu backend's cache
+    if (in_rows) {
+        k = v;
+        k_positions = v.rows;
+    } else if (panels) {  // (n_blocks, width, 64): the cpu backend's cache
         if (ka.shape(1) != width || ka.shape(2) != KB || !(ka.flags() & py::array::c_style))
             bad("attention: key panels must be C-contiguous (n_blocks, n_kv_heads*head_dim, 64)");
         k = as_mat(ka, "k", false, true);
@@ -370,7 +375,10 @@ void op_attention(const py::array& qa, const py::array& ka, const py::array& va,
 
     py::gil_scoped_release nogil;
     thread_local std::vector<float> packed;
-    if (panels) {
+    if (in_rows) {
+        a.kt = nullptr;
+        a.kt_b0 = 0;
+    } else if (panels) {
         a.kt = k.p;
         a.kt_b0 = 0;
     } else {  // only the blocks this call reads
@@ -603,7 +611,8 @@ void bind_cpu_ops(py::module_& m) {
           py::arg("softcap") = 0.0f,
           "Causal grouped-query attention of q (n, H*hd) at positions pos0.. into out (n, H*hd).\n"
           "k: key panels (n_blocks, Hkv*hd, 64) as kv_store writes them, or plain (n_ctx, Hkv*hd) rows\n"
-          "(transposed for each call: fine for tests, slow for decoding); v: (n_ctx, Hkv*hd).\n"
+          "(transposed for each call: fine for tests, slow for decoding), or None: the keys are the value\n"
+          "rows (key j = value j, a cache stored once, as MLA's); v: (n_ctx, Hkv*hd).\n"
           "Key j is visible from position p iff j <= p and (window == 0 or p - j < window).\n"
           "softcap > 0: scores scale*q.k become softcap*tanh(score/softcap) before the softmax.\n"
           "A row's result does not depend on how many tokens the call holds.");

@@ -174,7 +174,7 @@ void Program::run(int32_t token, int64_t pos0, const MatmulKernels& mk, double* 
                 moe::moe_ffn(*nd.moe, nd.a, nd.n, nd.out, mk);
                 break;
             case Kind::MlaAttention:
-                mla::mla_attention(*nd.mla, nd.a, nd.b, 1, nd.pos.at(pos0), nd.kt, nd.vc, nd.out, mk);
+                mla::mla_attention(*nd.mla, nd.a, nd.b, 1, nd.pos.at(pos0), nd.vc, nd.out, mk);
                 break;
         }
         if (ns) {
@@ -192,7 +192,7 @@ void Program::run(int32_t token, int64_t pos0, const MatmulKernels& mk, double* 
 std::shared_ptr<const pyengine::moe::Layer> moe_layer_from_kwargs(const py::kwargs& kw, std::vector<py::object>& keep);
 // csrc/bind_mla.cpp: the same for _C.mla_attention, and the positions its cache holds (checked)
 std::shared_ptr<const pyengine::mla::Layer> mla_layer_from_kwargs(const py::kwargs& kw, std::vector<py::object>& keep);
-int64_t mla_cache_positions(const pyengine::mla::Layer& L, const py::array& kt, const py::array& vc);
+int64_t mla_cache_positions(const pyengine::mla::Layer& L, const py::array& vc);
 
 namespace {
 
@@ -396,15 +396,14 @@ public:
         push(nd);
     }
 
-    void add_mla_attention(const py::array& q, const py::array& kv, const py::array& out, const py::array& k_panels,
-                           const py::array& v_cache, int64_t pos_off, bool pos_rel, const py::kwargs& kw) {
+    void add_mla_attention(const py::array& q, const py::array& kv, const py::array& out, const py::array& cache,
+                           int64_t pos_off, bool pos_rel, const py::kwargs& kw) {
         Node nd{Kind::MlaAttention};
         nd.mla = mla_layer_from_kwargs(kw, keep_);
         const pyengine::mla::Layer& L = *nd.mla;
-        const int64_t positions = mla_cache_positions(L, k_panels, v_cache);
+        const int64_t positions = mla_cache_positions(L, cache);
         nd.width = L.R + L.r;
-        nd.kt = fbuf(k_panels, "mla key panels", k_panels.size(), true);
-        nd.vc = fbuf(v_cache, "mla cache rows", v_cache.size(), true);
+        nd.vc = fbuf(cache, "mla cache rows", cache.size(), true);
         nd.n = 1;
         nd.a = fbuf(q, "mla q", (int64_t)L.n_heads * (L.dn + L.r), false);
         nd.b = fbuf(kv, "mla kv", nd.width, false);
@@ -599,7 +598,7 @@ void bind_graph(py::module_& m) {
         .def("add_moe_ffn", &DecodeGraph::add_moe_ffn, py::arg("x"), py::arg("out"),
              "out = routed experts of x; keyword arguments as _C.moe_ffn.")
         .def("add_mla_attention", &DecodeGraph::add_mla_attention, py::arg("q"), py::arg("kv"), py::arg("out"),
-             py::arg("k_panels"), py::arg("v_cache"), py::arg("pos_off"), py::arg("pos_rel"),
+             py::arg("cache"), py::arg("pos_off"), py::arg("pos_rel"),
              "out = latent attention at position pos_off (+ pos0 when pos_rel); keyword arguments as _C.mla_attention.")
         .def("set_output", &DecodeGraph::set_output, py::arg("logits"))
         .def("step", &DecodeGraph::step, py::arg("token_id"), py::arg("pos0"), py::arg("copy") = true,

@@ -7,8 +7,8 @@
 namespace pyengine {
 namespace mla {
 
-void mla_attention(const Layer& L, const float* q, const float* kv, int64_t n, int64_t pos0, float* kt, float* vc,
-                   float* out, const MatmulKernels& mk) {
+void mla_attention(const Layer& L, const float* q, const float* kv, int64_t n, int64_t pos0, float* vc, float* out,
+                   const MatmulKernels& mk) {
     const int H = L.n_heads, R = L.R, r = L.r, dn = L.dn, dv = L.dv;
     const int64_t W = R + r, qw = (int64_t)dn + r;
     thread_local std::vector<float> cs, sn, kcat, qcat, att, tmp, xin, hout;
@@ -22,14 +22,13 @@ void mla_attention(const Layer& L, const float* q, const float* kv, int64_t n, i
     cpu::RopeScaling sc = L.sc;
     sc.freq_factors = L.ff.empty() ? nullptr : L.ff.data();
     cpu::rope_table(pos.data(), n, L.base, r, cs.data(), sn.data(), &sc);
-    // keys: [rmsnorm(c), rope(k_pe)] per token -> the cache (keys as panels, and as rows)
+    // keys: [rmsnorm(c), rope(k_pe)] per token -> the cache rows (the keys, and the values)
     kcat.resize(n * W);
     tmp.resize(n * std::max<int64_t>({(int64_t)r, (int64_t)R, (int64_t)dv}));
     cpu::rmsnorm(kv, W, n, R, L.kv_norm, R, L.eps, tmp.data());
     for (int64_t t = 0; t < n; ++t) std::memcpy(kcat.data() + t * W, tmp.data() + t * R, sizeof(float) * R);
     cpu::rope(kv + R, W, n, tmp.data(), cs.data(), sn.data(), 1, r, r, L.neox);
     for (int64_t t = 0; t < n; ++t) std::memcpy(kcat.data() + t * W + R, tmp.data() + t * r, sizeof(float) * r);
-    cpu::kv_store(kcat.data(), W, n, W, kt, pos0);
     std::memcpy(vc + pos0 * W, kcat.data(), sizeof(float) * (size_t)(n * W));
     // queries in the latent space: [Wk_b[h] q_nope_h, rope(q_pe_h)] per head; the heads'
     // products run as one matmul_group (one pool job while decoding: 16 small matrices)
@@ -49,14 +48,15 @@ void mla_attention(const Layer& L, const float* q, const float* kv, int64_t n, i
     for (int h = 0; h < H; ++h)
         for (int64_t t = 0; t < n; ++t)
             std::memcpy(qcat.data() + (t * H + h) * W, hout.data() + (h * n + t) * R, sizeof(float) * R);
-    // multi-query attention over the cached [c, k_pe]; the values' first R dims are the latent
+    // multi-query attention over the cached rows [c, k_pe], keys and values alike (kt = nullptr);
+    // the values' first R dims are the latent
     att.resize(n * H * W);
     pyengine::AttnArgs a;
     a.q = qcat.data();
     a.q_stride = H * W;
-    a.kt = kt;
+    a.kt = nullptr;
     a.kt_b0 = 0;
-    a.kt_block_stride = W * pyengine::kAttnKeyBlock;
+    a.kt_block_stride = 0;
     a.v = vc;
     a.v_stride = W;
     a.out = att.data();

@@ -30,10 +30,10 @@ struct Layer {
 };
 
 // out (n, H*dv) for q (n, H*(dn+r)) and kv (n, R+r) at positions pos0..pos0+n-1; writes
-// [rmsnorm(c), rope(k_pe)] of each token into the key panels kt (n_blocks, R+r, 64) and the
-// rows vc (n_ctx, R+r). The caller checks the bounds.
-void mla_attention(const Layer& L, const float* q, const float* kv, int64_t n, int64_t pos0, float* kt, float* vc,
-                   float* out, const MatmulKernels& mk);
+// [rmsnorm(c), rope(k_pe)] of each token into the cache rows vc (n_ctx, R+r), the one copy
+// that serves as both keys and values. The caller checks the bounds.
+void mla_attention(const Layer& L, const float* q, const float* kv, int64_t n, int64_t pos0, float* vc, float* out,
+                   const MatmulKernels& mk);
 
 }  // namespace mla
 }  // namespace pyengine

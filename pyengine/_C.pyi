@@ -119,12 +119,13 @@ def kv_store(k: npt.NDArray[np.float32], k_panels: npt.NDArray[np.float32], pos0
     """Keys k (n, kv_width) -> positions pos0.. of key panels (n_blocks, kv_width, 64)."""
 
 def attention(
-    q: npt.NDArray[np.float32], k: npt.NDArray[np.float32], v: npt.NDArray[np.float32], out: npt.NDArray[np.float32], pos0: int, n_heads: int, n_kv_heads: int, head_dim: int, scale: float,
+    q: npt.NDArray[np.float32], k: npt.NDArray[np.float32] | None, v: npt.NDArray[np.float32], out: npt.NDArray[np.float32], pos0: int, n_heads: int, n_kv_heads: int, head_dim: int, scale: float,
     window: int = 0, softcap: float = 0.0,
 ) -> None:
     """Causal GQA attention of q (n, H*hd) at positions pos0.. over key panels (or plain rows) k
-    and values v (n_ctx, Hkv*hd); window > 0: sliding window; softcap > 0: scores
-    scale*q.k -> softcap*tanh(score/softcap) before the softmax."""
+    and values v (n_ctx, Hkv*hd); k None: the keys are the value rows (a cache stored once, MLA's);
+    window > 0: sliding window; softcap > 0: scores scale*q.k -> softcap*tanh(score/softcap)
+    before the softmax."""
 
 def moe_ffn(x: npt.NDArray[np.float32], out: npt.NDArray[np.float32], **layer: object) -> None:
     """out (n, dim) = routed SwiGLU experts on x (csrc/moe.cpp; spec: pyengine/backends/moe.py).
@@ -136,12 +137,12 @@ def moe_ffn(x: npt.NDArray[np.float32], out: npt.NDArray[np.float32], **layer: o
 
 def mla_attention(
     q: npt.NDArray[np.float32], kv: npt.NDArray[np.float32], out: npt.NDArray[np.float32],
-    k_panels: npt.NDArray[np.float32], v_cache: npt.NDArray[np.float32], pos0: int, **layer: object,
+    cache: npt.NDArray[np.float32], pos0: int, **layer: object,
 ) -> None:
     """out (n, H*v_head) = DeepSeek-V2's multi-head latent attention of q (n, H*(qk_nope+n_rot)) and
     kv (n, kv_lora_rank+n_rot) at positions pos0.., writing [rmsnorm(latent), rope(k_pe)] into the
-    cache (csrc/mla.cpp; spec: pyengine/backends/mla.py). Keyword arguments:
-    pyengine.backends.mla.native_args."""
+    cache rows (n_ctx, kv_lora_rank+n_rot), one copy serving as keys and values (csrc/mla.cpp;
+    spec: pyengine/backends/mla.py). Keyword arguments: pyengine.backends.mla.native_args."""
 
 class DecodeGraph:
     """A decode step recorded op by op (pyengine/backends/cpu_graph.py), replayed in one call."""
@@ -173,8 +174,7 @@ class DecodeGraph:
         """out = routed experts of x; keyword arguments as moe_ffn."""
     def add_mla_attention(
         self, q: npt.NDArray[np.float32], kv: npt.NDArray[np.float32], out: npt.NDArray[np.float32],
-        k_panels: npt.NDArray[np.float32], v_cache: npt.NDArray[np.float32], pos_off: int, pos_rel: bool,
-        **layer: object,
+        cache: npt.NDArray[np.float32], pos_off: int, pos_rel: bool, **layer: object,
     ) -> None:
         """Latent attention at position pos_off (+ pos0 when pos_rel); keyword arguments as mla_attention."""
     def set_output(self, logits: npt.NDArray[np.float32]) -> None: ...

@@ -349,7 +349,7 @@ class Model:
 
     # -- forward passes -----------------------------------------------------------
     def _new_cache(self):
-        return self.backend.kv_cache(self.config.n_layers, self.n_ctx, self.arch.kv_width)
+        return self.arch.kv_cache(self.backend, self.n_ctx)
 
     def _check_ids(self, ids) -> np.ndarray:
         """``ids`` as int32 ``(n,)``: integers only (no floats, strings or bools cast silently), in range."""

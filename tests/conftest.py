@@ -177,7 +177,7 @@ def full_logits(path, be, ids=TINY_IDS, n_ctx: int = 32, arch=None):
     from pyengine.models import build
 
     arch = arch or build(open_gguf(path))
-    cache = be.kv_cache(arch.cfg.n_layers, n_ctx, arch.kv_width)
+    cache = arch.kv_cache(be, n_ctx)
     return arch, np.asarray(be.to_numpy(arch.forward(be, np.asarray(ids, np.int32), 0, cache, False)))
 
 
@@ -195,7 +195,7 @@ def assert_tier_matches_numpy(got, ref, qtype: str, tier: str) -> None:
 def assert_incremental_decode_matches(be, arch, ref, ids=TINY_IDS, n_ctx: int = 32, prefill: int = 5) -> None:
     """A prompt of ``prefill`` ids, then one id per forward pass through the KV cache, gives
     the full pass's logits ``ref`` row for row."""
-    cache = be.kv_cache(arch.cfg.n_layers, n_ctx, arch.kv_width)
+    cache = arch.kv_cache(be, n_ctx)
     out = [be.to_numpy(arch.forward(be, np.asarray(ids[:prefill], np.int32), 0, cache, False))]
     for p in range(prefill, len(ids)):
         out.append(be.to_numpy(arch.forward(be, np.asarray([ids[p]], np.int32), p, cache, True)))
@@ -211,8 +211,8 @@ def cpu_decode_step(path, n_ctx: int = 32):
 
     be = CpuBackend()
     arch = build(open_gguf(path))
-    ca = be.kv_cache(arch.cfg.n_layers, n_ctx, arch.kv_width)
-    cb = be.kv_cache(arch.cfg.n_layers, n_ctx, arch.kv_width)
+    ca = arch.kv_cache(be, n_ctx)
+    cb = arch.kv_cache(be, n_ctx)
     step = be.make_decode_step(arch.forward, cb)
     assert step is not None, be.decode_step_status
     assert be.decode_step_status.startswith("native single-call decode step")

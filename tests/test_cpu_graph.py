@@ -406,7 +406,7 @@ def test_trace_cost_does_not_grow_with_the_context(monkeypatch):
 
     monkeypatch.setattr(cpu_graph, "_trace", spy)
     be = m.backend
-    cache = be.kv_cache(m.config.n_layers, 4096, m.arch.kv_width)
+    cache = m.arch.kv_cache(be, 4096)
     step = be.make_decode_step(m.arch.forward, cache)
     assert step is not None and seen == [0, 1]
     assert be.decode_step_status.startswith("native single-call decode step")

@@ -271,24 +271,50 @@ def test_kv_store_layout():
         _C.kv_store(k[:10], kt, 190)
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=HEALTH)
-@given(n=st.integers(1, 300), pos0=st.integers(0, 300), n_kv_heads=st.integers(1, 2), group=st.sampled_from([1, 3, 4]),
-       head_dim=st.sampled_from([8, 20, 48, 64, 80, 128, 256]), window=st.sampled_from([0, 0, 1, 5, 64, 100, 512]),
-       panels=st.booleans(), sharp=st.sampled_from([1.0, 3.0]), seed=st.integers(0, 2**32 - 1))
-def test_attention(variant, n, pos0, n_kv_heads, group, head_dim, window, panels, sharp, seed):
-    # keep each example under ~2e7 multiply-adds so the generic variant stays quick
-    budget = 2e7
+def within_budget(n, pos0, n_kv_heads, group, head_dim, budget=2e7):
+    """(head_dim, pos0) shrunk until an example is under ~2e7 multiply-adds (the generic variant stays quick)."""
     work = lambda hd: n * (pos0 + n) * n_kv_heads * group * hd  # noqa: E731
     while head_dim > 8 and work(head_dim) > budget:
         head_dim //= 2
     if work(head_dim) > budget:
         pos0 = max(0, int(budget / (n * n_kv_heads * group * head_dim)) - n)
+    return head_dim, pos0
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=HEALTH)
+@given(n=st.integers(1, 300), pos0=st.integers(0, 300), n_kv_heads=st.integers(1, 2), group=st.sampled_from([1, 3, 4]),
+       head_dim=st.sampled_from([8, 20, 48, 64, 80, 128, 256]), window=st.sampled_from([0, 0, 1, 5, 64, 100, 512]),
+       panels=st.booleans(), sharp=st.sampled_from([1.0, 3.0]), seed=st.integers(0, 2**32 - 1))
+def test_attention(variant, n, pos0, n_kv_heads, group, head_dim, window, panels, sharp, seed):
+    head_dim, pos0 = within_budget(n, pos0, n_kv_heads, group, head_dim)
     rng = rng_for(seed)
     q, k, v, scale, ref = attention_case(rng, n, pos0, n_kv_heads, group, head_dim, window, sharp=sharp)
     kin = panels_of(k, pos0 + n) if panels else k
     out = np.full_like(q, np.nan)
     _C.attention(q, kin, v, out, pos0, n_kv_heads * group, n_kv_heads, head_dim, scale, window)
     np.testing.assert_allclose(out, ref, **TOL["attention"])
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=HEALTH)
+@given(n=st.integers(1, 200), pos0=st.integers(0, 300), n_kv_heads=st.integers(1, 2), group=st.sampled_from([1, 4, 16]),
+       head_dim=st.sampled_from([8, 20, 48, 64, 80, 576]), window=st.sampled_from([0, 0, 5, 100]),
+       sharp=st.sampled_from([1.0, 3.0]), seed=st.integers(0, 2**32 - 1))
+def test_attention_keys_are_values(variant, n, pos0, n_kv_heads, group, head_dim, window, sharp, seed):
+    # k = None: key j is value row j (MLA's single-copy cache); rows past the last position are
+    # NaN and must not be read
+    head_dim, pos0 = within_budget(n, pos0, n_kv_heads, group, head_dim)
+    rng = rng_for(seed)
+    q, _, v, scale, _ = attention_case(rng, n, pos0, n_kv_heads, group, head_dim, window, sharp=sharp)
+    t = pos0 + n
+    ref = nb.attention_reference(q, v[:t], v[:t], pos0, n_kv_heads * group, n_kv_heads, head_dim, scale, window)
+    out = np.full_like(q, np.nan)
+    _C.attention(q, None, v, out, pos0, n_kv_heads * group, n_kv_heads, head_dim, scale, window)
+    np.testing.assert_allclose(out, ref, **TOL["attention"])
+    # bit for bit the same token by token (a decode step) as in the whole call (the prompt)
+    one = np.empty_like(q[:1])
+    for i in {0, n // 2, n - 1}:
+        _C.attention(q[i:i + 1], None, v, one, pos0 + i, n_kv_heads * group, n_kv_heads, head_dim, scale, window)
+        np.testing.assert_array_equal(one[0], out[i])
 
 
 @pytest.mark.parametrize("H,Hkv,hd", [(4, 1, 256), (9, 3, 64), (8, 8, 64)], ids=["gemma3", "smollm2", "mha"])
@@ -328,19 +354,24 @@ def test_attention_is_batch_invariant(variant, n, pos0, group, head_dim, window,
         np.testing.assert_array_equal(one[0], whole[i])
 
 
-def test_attention_threads_do_not_change_results(variant):
+@pytest.mark.parametrize("keys", ["panels", "values"])
+def test_attention_threads_do_not_change_results(variant, keys):
+    # values: key j is value row j (k = None), in MLA's shape (16 heads on one 576-wide row)
     if not hasattr(_C, "set_num_threads"):
         pytest.skip("no thread pool in this build")
     rng = rng_for(9)
-    q, k, v, scale, ref = attention_case(rng, 100, 30, 1, 4, 64, 0)
-    kt = panels_of(k, 130)
+    n, pos0, group, hd = (100, 30, 4, 64) if keys == "panels" else (3, 300, 16, 576)
+    q, k, v, scale, ref = attention_case(rng, n, pos0, 1, group, hd, 0)
+    kin = panels_of(k, pos0 + n)
+    if keys == "values":
+        kin, ref = None, nb.attention_reference(q, v[:pos0 + n], v[:pos0 + n], pos0, group, 1, hd, scale, 0)
     prev = _C.get_num_threads()
     outs = []
     try:
         for th in (1, 2, 3):
             _C.set_num_threads(th)
             out = np.empty_like(q)
-            _C.attention(q, kt, v, out, 30, 4, 1, 64, scale, 0)
+            _C.attention(q, kin, v, out, pos0, group, 1, hd, scale, 0)
             outs.append(out)
     finally:
         _C.set_num_threads(prev)
@@ -509,3 +540,27 @@ def test_backend_kv_attention_sequence(backends, variant):
         pos0 += n
     np.testing.assert_array_equal(cpu.keys(caches[0], 1)[:pos0], caches[1].k[1][:pos0])
     np.testing.assert_array_equal(caches[0].v[1][:pos0], caches[1].v[1][:pos0])
+
+
+def test_backend_cache_whose_keys_are_its_values(backends, variant):
+    # MLA's cache: one row per position serves as key and value; one copy on the cpu backend
+    cpu, ref = backends
+    rng = rng_for(6)
+    H, W, n_ctx = 16, 96, 100
+    caches = cpu.kv_cache(2, n_ctx, W, keys_are_values=True), ref.kv_cache(2, n_ctx, W, keys_are_values=True)
+    for c in caches:
+        assert c.keys_are_values and all(k is v for k, v in zip(c.k, c.v))
+    pos0 = 0
+    for n in (21, 1, 1, 50):
+        for layer in (0, 1):
+            kv = rng.standard_normal((n, W)).astype(np.float32)
+            q = rng.standard_normal((n, H * W)).astype(np.float32)
+            outs = []
+            for be, cache in zip((cpu, ref), caches):
+                be.kv_write(cache, layer, pos0, kv, kv)
+                outs.append(be.attention(q, cache, layer, pos0, H, 1, W, 1 / np.sqrt(W)))
+            np.testing.assert_allclose(outs[0], outs[1], **TOL["attention"])
+        pos0 += n
+    np.testing.assert_array_equal(cpu.keys(caches[0], 1)[:pos0], caches[1].k[1][:pos0])
+    with pytest.raises(ValueError, match="same array"):
+        cpu.kv_write(caches[0], 0, 0, kv, kv.copy())

@@ -144,12 +144,24 @@ def test_cache_holds_the_compressed_latent(files):
     be = NumpyBackend()
     arch, _ = full_logits(files[("lite", "F32")], be)
     assert arch.kv_width == R + RR
-    cache = be.kv_cache(arch.cfg.n_layers, 32, arch.kv_width)
+    cache = arch.kv_cache(be, 32)
     arch.forward(be, np.asarray(IDS[:3], np.int32), 0, cache, True)
     assert cache.k[1].shape == (32, R + RR)
     # row 0 of layer 0: the normalised latent (its RMS is the kv_a_norm scale's) and k_pe
     lat = cache.k[0][0, :R]
     assert np.isfinite(lat).all() and np.abs(lat).max() > 0 and (cache.k[0][3:] == 0).all()
+
+
+@pytest.mark.parametrize("tier", ["numpy"] + TIERS)
+def test_cache_stores_the_row_once(files, tier):
+    # the row is both key and value: one (n_ctx, R + r) float32 array per layer, not two
+    be = backend(tier)
+    arch, ref = full_logits(files[("lite", "F32")], be)
+    cache = arch.kv_cache(be, 32)
+    assert cache.keys_are_values and all(k is v for k, v in zip(cache.k, cache.v))
+    assert sum(v.nbytes for v in cache.v) == L * 32 * (R + RR) * 4
+    arch.forward(be, np.asarray(IDS[:3], np.int32), 0, cache, True)
+    assert np.abs(cache.v[0][:3]).max() > 0 and not cache.v[0][3:].any()
 
 
 def _f32(t):
@@ -253,7 +265,7 @@ def test_native_mla_matches_the_composed_spec(files):
     c, Ly = arch.cfg, arch.layers[1]
     rng = np.random.default_rng(7)
     base, sc = arch.rope_scaling(1, None)
-    caches = [be.kv_cache(L, 32, arch.kv_width) for _ in range(2)]
+    caches = [arch.kv_cache(be, 32) for _ in range(2)]
     for pos0, n in ((0, 5), (5, 1), (6, 3)):
         q = rng.standard_normal((n, H * (DN + RR))).astype(np.float32)
         kv = rng.standard_normal((n, R + RR)).astype(np.float32)
@@ -277,16 +289,16 @@ def test_mla_bad_arguments_are_one_line_errors(files):
     Ly = arch.layers[0]
     args = native_args(Ly.wk_b, Ly.wv_b, be._vector(Ly.kv_a_norm), 1e-6, H, DN, RR, 10000.0, False, None, 0.1,
                        native_type)
-    cache = be.kv_cache(L, 8, arch.kv_width)
+    cache = arch.kv_cache(be, 8)
     q = np.zeros((2, H * (DN + RR)), np.float32)
     kv = np.zeros((2, R + RR), np.float32)
     out = np.empty((2, H * DV), np.float32)
     with pytest.raises(ValueError, match="outside the cache"):
-        _C.mla_attention(q, kv, out, cache.k[0], cache.v[0], 7, **args)
+        _C.mla_attention(q, kv, out, cache.v[0], 7, **args)
     with pytest.raises(ValueError, match="kv"):
-        _C.mla_attention(q, kv[:, 1:].copy(), out, cache.k[0], cache.v[0], 0, **args)
+        _C.mla_attention(q, kv[:, 1:].copy(), out, cache.v[0], 0, **args)
     with pytest.raises(ValueError, match="wv"):
-        _C.mla_attention(q, kv, out, cache.k[0], cache.v[0], 0, **dict(args, wv=args["wv"][:-4]))
+        _C.mla_attention(q, kv, out, cache.v[0], 0, **dict(args, wv=args["wv"][:-4]))
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))

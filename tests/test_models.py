@@ -199,10 +199,10 @@ def test_biases_and_factors_are_applied(tmp_path):
     be = NumpyBackend()
     path = write_model(tmp_path / "q.gguf", "qwen2")
     arch = build(open_gguf(path))
-    with_b = arch.forward(be, np.asarray(IDS, np.int32), 0, be.kv_cache(L, 32, arch.kv_width), False)
+    with_b = arch.forward(be, np.asarray(IDS, np.int32), 0, arch.kv_cache(be, 32), False)
     for layer in arch.layers:
         layer.bq = layer.bk = layer.bv = None
-    without = arch.forward(be, np.asarray(IDS, np.int32), 0, be.kv_cache(L, 32, arch.kv_width), False)
+    without = arch.forward(be, np.asarray(IDS, np.int32), 0, arch.kv_cache(be, 32), False)
     assert np.abs(with_b - without).max() > 1e-2
 
     p1 = write_model(tmp_path / "l1.gguf", "llama-llama3", seed=3)
@@ -285,7 +285,7 @@ def test_each_hook_matters_on_the_test_files(files, spec, field, value):
     be = NumpyBackend()
     arch, ref = full_logits(files[(spec, "F32")], be, IDS)
     setattr(arch.cfg, field, value)
-    out = arch.forward(be, np.asarray(IDS, np.int32), 0, be.kv_cache(L, 32, arch.kv_width), False)
+    out = arch.forward(be, np.asarray(IDS, np.int32), 0, arch.kv_cache(be, 32), False)
     assert np.abs(out - ref).max() > 1e-3
 
 

@@ -255,7 +255,7 @@ def test_qwen3moe_top_k_matters(qfiles):
     from dataclasses import replace
 
     arch.cfg.routing = replace(arch.cfg.routing, top_k=1)
-    out = arch.forward(be, np.asarray(IDS, np.int32), 0, be.kv_cache(L, 32, arch.kv_width), False)
+    out = arch.forward(be, np.asarray(IDS, np.int32), 0, arch.kv_cache(be, 32), False)
     assert np.abs(out - ref).max() > 1e-2
 
 
@@ -297,7 +297,7 @@ def test_decode_step_refuses_experts_without_native_kernel(qfiles, monkeypatch):
 
     be = CpuBackend()
     arch = build(open_gguf(qfiles["F32"]))
-    cache = be.kv_cache(arch.cfg.n_layers, 32, arch.kv_width)
+    cache = arch.kv_cache(be, 32)
     monkeypatch.setattr(moe, "native_args", lambda *a: None)  # as for a type the kernels lack
     assert be.make_decode_step(arch.forward, cache) is None
     assert be.decode_step_status.startswith("op by op") and "moe_ffn" in be.decode_step_status
@@ -349,7 +349,7 @@ def test_synthetic_moe_files_load_and_run(tmp_path, shape):
     ids = np.array([1, 5, 9, 200, 7], np.int32)
     outs = []
     for be in (NumpyBackend(), CpuBackend()):
-        cache = be.kv_cache(arch.cfg.n_layers, 16, arch.kv_width)
+        cache = arch.kv_cache(be, 16)
         outs.append(be.to_numpy(arch.forward(be, ids, 0, cache, False)))
     ref, got = outs
     assert np.isfinite(got).all() and ref.std() > 0.1
@@ -410,7 +410,7 @@ def test_decode_touches_only_the_chosen_experts(tmp_path):
     arch = build(gf)
     expert_bytes = sum(t.n_bytes for n, t in gf.tensors.items() if "_exps" in n)
     be = CpuBackend()
-    cache = be.kv_cache(arch.cfg.n_layers, 8, arch.kv_width)
+    cache = arch.kv_cache(be, 8)
     before = _mapped_rss(path)
     arch.forward(be, np.asarray([7], np.int32), 0, cache, True)
     touched = _mapped_rss(path) - before

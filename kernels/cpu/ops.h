@@ -31,11 +31,12 @@ constexpr int kAttnKeyBlock = 64;
 // It reads q + i*q_stride + h*head_dim and sees key j iff
 //   j <= pos0 + i  and  (window == 0 or pos0 + i - j < window),
 // using KV head g = h / (n_heads / n_kv_heads): key j from panel j / 64 (see above),
-// value j at v + j*v_stride + g*head_dim.
+// value j at v + j*v_stride + g*head_dim. With kt == nullptr the keys are the value rows
+// themselves (key j = value j): MLA's cache, one compressed row per position, stored once.
 struct AttnArgs {
     const float* q;
     int64_t q_stride;       // floats between tokens of q
-    const float* kt;        // panel of block kt_b0 (head 0)
+    const float* kt;        // panel of block kt_b0 (head 0); nullptr: keys are the value rows
     int kt_b0;              // first block kt holds
     int64_t kt_block_stride;  // floats between consecutive blocks (kv_width * 64)
     const float* v;
@@ -54,6 +55,7 @@ struct AttnArgs {
     int value_dim() const { return v_dim > 0 && v_dim < head_dim ? v_dim : head_dim; }
 
     int group() const { return n_heads / n_kv_heads; }
+    bool keys_in_rows() const { return kt == nullptr; }
     // first / one-past-last key visible from position p
     int key_lo(int p) const { return (window > 0 && p - window + 1 > 0) ? p - window + 1 : 0; }
     int key_hi(int p) const { return p + 1; }

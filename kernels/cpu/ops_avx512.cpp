@@ -277,6 +277,60 @@ inline void qk_tile(const float* const* q, const float* kt, int hd, float* S /* 
         for (int c = 0; c < 4; ++c) _mm512_storeu_ps(S + r * KB + 16 * c, acc[r][c]);
 }
 
+// The 16 lane sums of v[0..15], in that order, one zmm: pairs of vectors are folded by
+// unpack + add three times, then the four 128-bit quarters are summed. Every input goes
+// through the same additions whatever its slot, so a sum does not depend on its neighbours.
+inline __m512 hsum16x16(__m512* v) {
+    __m512 t[8], u[4];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i)  // per quarter: [a0+a2, b0+b2, a1+a3, b1+b3]
+        t[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) {  // per quarter: the quarter's sums of v[4i .. 4i+3]
+        const __m512d a = _mm512_castps_pd(t[2 * i]), b = _mm512_castps_pd(t[2 * i + 1]);
+        u[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+    }
+    // quarters q0+q2, q1+q3 of u0, u1 (then u2, u3), then the two halves: quarter i = v[4i..4i+3]
+    const __m512 s01 = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], 0x44), _mm512_shuffle_f32x4(u[0], u[1], 0xEE));
+    const __m512 s23 = _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], 0x44), _mm512_shuffle_f32x4(u[2], u[3], 0xEE));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(s01, s23, 0x88), _mm512_shuffle_f32x4(s01, s23, 0xDD));
+}
+
+// S[r][j] = q_r . key_j for the nb (<= 64) keys of a block stored as rows (key j at k + j*ks;
+// AttnArgs with kt == nullptr: the keys are the value rows, MLA's single-copy cache); S[r][j]
+// for j >= nb is 0. Tiles of R rows x 4 keys: per 16 dims, 4 key loads and R query loads feed
+// 4R accumulators (lane e % 16 of each dot), folded into 16 sums at once by hsum16x16. A dot's
+// arithmetic depends only on its row and key, not on R or the tile it shares.
+template <int R>
+inline void qk_rows(const float* const* q, const float* k, int64_t ks, int nb, int hd, float* S /* R x KB */) {
+    for (int j0 = 0; j0 < nb; j0 += 4) {
+        const float* kr[4];
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; ++c) kr[c] = k + (int64_t)std::min(j0 + c, nb - 1) * ks;  // past nb: repeat the last key
+        __m512 acc[16];
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
+        for (int e = 0; e < hd; e += 16) {
+            const __mmask16 mk = tail_mask(hd - e);
+            __m512 kv[4];
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; ++c) kv[c] = _mm512_maskz_loadu_ps(mk, kr[c] + e);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; ++r) {
+                const __m512 qv = _mm512_maskz_loadu_ps(mk, q[r] + e);
+#pragma GCC unroll 4
+                for (int c = 0; c < 4; ++c) acc[4 * r + c] = _mm512_fmadd_ps(qv, kv[c], acc[4 * r + c]);
+            }
+        }
+        alignas(64) float d[16];
+        _mm512_store_ps(d, hsum16x16(acc));
+        for (int r = 0; r < R; ++r)
+            for (int c = 0; c < 4 && j0 + c < nb; ++c) S[r * KB + j0 + c] = d[4 * r + c];
+    }
+    for (int r = 0; r < R; ++r)
+        for (int j = nb; j < KB; ++j) S[r * KB + j] = 0.0f;
+}
+
 void attention_avx512(const AttnArgs& a, int g, int r0, int r1) {
     thread_local std::vector<float> s_buf, ml_buf;
     thread_local std::vector<const float*> qp_buf;
@@ -320,10 +374,12 @@ void attention_avx512(const AttnArgs& a, int g, int r0, int r1) {
         while (rs < rows && pos_of(rs) < jb) ++rs;
         while (re > rs && a.key_lo(pos_of(re - 1)) >= jb + nb) --re;
         if (rs >= re) continue;
-        const float* kt = a.panel(jb / KB, g);
         by_four(re - rs, [&](int q0, auto R_) {
             constexpr int R = decltype(R_)::value;
-            qk_tile<R>(qp + rs + q0, kt, hd, S + (int64_t)(rs + q0) * KB);
+            if (a.keys_in_rows())
+                qk_rows<R>(qp + rs + q0, vbase + (int64_t)jb * a.v_stride, a.v_stride, nb, hd, S + (int64_t)(rs + q0) * KB);
+            else
+                qk_tile<R>(qp + rs + q0, a.panel(jb / KB, g), hd, S + (int64_t)(rs + q0) * KB);
         });
         // scale, mask, online softmax update
         for (int r = rs; r < re; ++r) {

@@ -102,21 +102,36 @@ class KVCache:
         self.v = v  # per layer: (n_ctx, Hkv*hd)
         self.n_ctx = n_ctx
 
+    @property
+    def keys_are_values(self) -> bool:
+        """One copy per layer serves as both keys and values (``k is v``; MLA's compressed rows)."""
+        return self.k is self.v
+
+
+def _check_same(k: Any, v: Any) -> None:
+    """A cache whose keys are its values takes only writes with ``k is v``."""
+    if k is not v:
+        raise ValueError("kv_write: this cache stores its keys as its values (one copy); pass the same array as k and v")
+
 
 class HostKVCacheMixin:
     """``kv_cache`` / ``kv_write`` for backends whose activations are host NumPy arrays:
-    per layer one float32 array each for keys and values, shape ``(n_ctx, kv_width)``."""
+    per layer one float32 array each for keys and values, shape ``(n_ctx, kv_width)`` (one
+    array for both when the keys are the values)."""
 
-    def kv_cache(self, n_layers: int, n_ctx: int, kv_width: int) -> KVCache:
-        k = [np.zeros((n_ctx, kv_width), dtype=np.float32) for _ in range(n_layers)]  # each (n_ctx, kv_width)
+    def kv_cache(self, n_layers: int, n_ctx: int, kv_width: int, keys_are_values: bool = False) -> KVCache:
         v = [np.zeros((n_ctx, kv_width), dtype=np.float32) for _ in range(n_layers)]  # each (n_ctx, kv_width)
+        k = v if keys_are_values else [np.zeros((n_ctx, kv_width), dtype=np.float32) for _ in range(n_layers)]
         return KVCache(k, v, n_ctx)
 
     def kv_write(self, cache: KVCache, layer: int, pos0: int, k: np.ndarray, v: np.ndarray) -> None:
         n = k.shape[0]
         if pos0 + n > cache.n_ctx:
             raise ValueError(f"kv_write: positions up to {pos0 + n} exceed the cache ({cache.n_ctx})")
-        cache.k[layer][pos0:pos0 + n] = k
+        if cache.keys_are_values:
+            _check_same(k, v)
+        else:
+            cache.k[layer][pos0:pos0 + n] = k
         cache.v[layer][pos0:pos0 + n] = v
 
 
@@ -185,7 +200,11 @@ class Backend:
         """
         raise NotImplementedError
 
-    def kv_cache(self, n_layers: int, n_ctx: int, kv_width: int) -> KVCache:
+    def kv_cache(self, n_layers: int, n_ctx: int, kv_width: int, keys_are_values: bool = False) -> KVCache:
+        """A cache of ``n_ctx`` positions per layer. ``keys_are_values``: the model's key and value
+        at a position are one row (MLA caches the compressed ``[latent, rope key]`` once and
+        attends with it as both); the backend may then store one copy, and ``kv_write`` gets the
+        same array as ``k`` and ``v``."""
         raise NotImplementedError
 
     def kv_write(self, cache: KVCache, layer: int, pos0: int, k: Any, v: Any) -> None:

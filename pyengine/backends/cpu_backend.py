@@ -24,7 +24,7 @@ import numpy as np
 from .. import _C
 from ..errors import BackendUnavailableError, ModelFileError
 from ..tensor import QTensor
-from .base import Backend, KVCache
+from .base import Backend, KVCache, _check_same
 
 _F32 = np.dtype(np.float32)
 
@@ -247,27 +247,35 @@ class CpuBackend(Backend):
         _C.rope(x, out, cos, sin, int(n_heads), int(head_dim), n_rot, bool(neox))
         return out
 
-    def kv_cache(self, n_layers: int, n_ctx: int, kv_width: int) -> KVCache:
+    def kv_cache(self, n_layers: int, n_ctx: int, kv_width: int, keys_are_values: bool = False) -> KVCache:
         """Values as ``(n_ctx, kv_width)`` rows; keys as transposed panels
         ``(ceil(n_ctx/64), kv_width, 64)`` (see kernels/cpu/ops.h), the layout the attention
-        kernel reads without any per-call repacking. :meth:`keys` gives them back as rows."""
+        kernel reads without any per-call repacking. :meth:`keys` gives them back as rows.
+        ``keys_are_values`` (MLA): the rows only, read as keys too; half the memory."""
+        v = [np.zeros((n_ctx, kv_width), dtype=np.float32) for _ in range(n_layers)]  # each (n_ctx, kv_width)
+        if keys_are_values:
+            return KVCache(v, v, n_ctx)
         blk = int(_C.ATTN_KEY_BLOCK)
         n_blocks = -(-n_ctx // blk)
-        k = [np.zeros((n_blocks, kv_width, blk), dtype=np.float32) for _ in range(n_layers)]
-        v = [np.zeros((n_ctx, kv_width), dtype=np.float32) for _ in range(n_layers)]
+        k = [np.zeros((n_blocks, kv_width, blk), dtype=np.float32) for _ in range(n_layers)]  # (n_blocks, kv_width, 64)
         return KVCache(k, v, n_ctx)
 
     def kv_write(self, cache: KVCache, layer: int, pos0: int, k: np.ndarray, v: np.ndarray) -> None:
         n = k.shape[0]
         if pos0 < 0 or pos0 + n > cache.n_ctx:
             raise ValueError(f"kv_write: positions {pos0}..{pos0 + n - 1} outside the cache (n_ctx {cache.n_ctx})")
-        _C.kv_store(_act(k), cache.k[layer], int(pos0))
+        if cache.keys_are_values:
+            _check_same(k, v)
+        else:
+            _C.kv_store(_act(k), cache.k[layer], int(pos0))
         cache.v[layer][pos0:pos0 + n] = v
 
     @staticmethod
     def keys(cache: KVCache, layer: int) -> np.ndarray:
         """The keys of ``layer`` as ``(n_ctx, kv_width)`` rows (a copy; for inspection and tests)."""
         kt = cache.k[layer]
+        if cache.keys_are_values:
+            return kt.copy()
         return kt.transpose(0, 2, 1).reshape(-1, kt.shape[1])[:cache.n_ctx].copy()
 
     # -- mixture of experts --------------------------------------------------------
@@ -294,9 +302,12 @@ class CpuBackend(Backend):
         if args is None or not hasattr(_C, "mla_attention"):
             return mla_attention_composed(self, q, kv, cache, layer, pos0, wk_b, wv_b, kv_norm, eps, n_heads,
                                           qk_nope, n_rot, freq_base, neox, scaling, scale)
+        if not cache.keys_are_values:
+            raise ValueError("mla_attention: the cache must store one row per position "
+                             "(kv_cache(..., keys_are_values=True))")
         q, kv = _contig(q), _contig(kv)
         out = np.empty((q.shape[0], int(n_heads) * int(wv_b.shape[1])), dtype=np.float32)
-        _C.mla_attention(q, kv, out, cache.k[layer], cache.v[layer], int(pos0), **args)
+        _C.mla_attention(q, kv, out, cache.v[layer], int(pos0), **args)
         return out
 
     # -- a whole decode step in one native call -----------------------------------
@@ -316,6 +327,7 @@ class CpuBackend(Backend):
     def attention(self, q, cache, layer, pos0, n_heads, n_kv_heads, head_dim, scale, window=0, softcap=0.0):
         q = _act(q)
         out = np.empty((q.shape[0], n_heads * head_dim), dtype=np.float32)
-        _C.attention(q, cache.k[layer], cache.v[layer], out, int(pos0), int(n_heads), int(n_kv_heads),
+        keys = None if cache.keys_are_values else cache.k[layer]  # None: the value rows are the keys
+        _C.attention(q, keys, cache.v[layer], out, int(pos0), int(n_heads), int(n_kv_heads),
                      int(head_dim), float(scale), int(window or 0), float(softcap or 0.0))
         return out

@@ -199,6 +199,8 @@ class Recorder(Backend):
         if k.shape[0] != 1 or v.shape[0] != 1:
             raise Unsupported(f"a KV write of {k.shape[0]} rows")
         p = self._position(pos0)
+        if cache.keys_are_values:
+            raise Unsupported("a KV write into a cache whose keys are its values (mla_attention writes its own)")
         kt, vc = cache.k[layer], cache.v[layer]
         blk = kt.shape[-1]
         if 0 <= p < vc.shape[0] and p < kt.shape[0] * blk:  # else the backend raises below
@@ -212,6 +214,8 @@ class Recorder(Backend):
         if q.shape[0] != 1:
             raise Unsupported(f"attention of {q.shape[0]} rows")
         p = self._position(pos0)
+        if cache.keys_are_values:
+            raise Unsupported("attention over a cache whose keys are its values (only mla_attention replays)")
         out = self.inner.attention(q, cache, layer, p, n_heads, n_kv_heads, head_dim, scale, window, softcap)
         o = self._out(out)
         const = (layer, int(n_heads), int(n_kv_heads), int(head_dim), float(scale), int(window or 0),
@@ -250,16 +254,15 @@ class Recorder(Backend):
         if q.shape[0] != 1:
             raise Unsupported(f"mla_attention of {q.shape[0]} rows")
         p = self._position(pos0)
-        kt, vc = cache.k[layer], cache.v[layer]
-        blk = kt.shape[-1]
-        if 0 <= p < vc.shape[0] and p < kt.shape[0] * blk:  # the trace's cache write, undone afterwards
-            self.saved.append((layer, p, kt[p // blk, :, p % blk].copy(), vc[p].copy()))
+        vc = cache.v[layer]  # (n_ctx, R + r): the one copy, keys and values
+        if 0 <= p < vc.shape[0]:  # the trace's cache write, undone afterwards
+            self.saved.append((layer, p, None, vc[p].copy()))
         out = self.inner.mla_attention(q, kv, cache, layer, p, wk_b, wv_b, kv_norm, eps, n_heads, qk_nope, n_rot,
                                        freq_base, neox, scaling, scale)
         o = self._out(out)
         const = (layer, int(n_heads), int(qk_nope), int(n_rot), float(freq_base), bool(neox), float(eps),
                  float(scale), None if scaling is None else scaling.key())
-        self._rec("mla_attention", dict(q=q, kv=kv, out=out, k_panels=kt, v_cache=vc, **args), (iq, ikv), (o,),
+        self._rec("mla_attention", dict(q=q, kv=kv, out=out, cache=vc, **args), (iq, ikv), (o,),
                   weights=(id(wk_b.raw), id(wv_b.raw), id(vec)), const=const, pos=(p,))
         return out
 
@@ -290,9 +293,10 @@ class Recorder(Backend):
     def restore_cache(self) -> None:
         """Put back the KV cache contents the trace overwrote (latest first)."""
         for layer, p, k, v in reversed(self.saved):
-            kt = self.cache.k[layer]
-            blk = kt.shape[-1]
-            kt[p // blk, :, p % blk] = k
+            if k is not None:  # (None: a cache whose keys are its values)
+                kt = self.cache.k[layer]
+                blk = kt.shape[-1]
+                kt[p // blk, :, p % blk] = k
             self.cache.v[layer][p] = v
         self.saved.clear()
 

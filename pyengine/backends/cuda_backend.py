@@ -516,7 +516,8 @@ class CudaBackend(Backend):
             self._pool.give(pb)
         return out
 
-    def kv_cache(self, n_layers: int, n_ctx: int, kv_width: int) -> KVCache:
+    def kv_cache(self, n_layers: int, n_ctx: int, kv_width: int, keys_are_values: bool = False) -> KVCache:
+        # keys_are_values (MLA) is not used here yet: the device cache keeps both copies
         nbytes = 4 * int(n_ctx) * int(kv_width)
         k, v = [], []
         try:

@@ -12,8 +12,9 @@ nope dims, ``dv`` value dims; ``wk_b (H, R, dn)``, ``wv_b (H, dv, R)``)::
     out_h  = Wv_b[h] (sum_j a_hj c_j)             # the value up-projection after the sum
 
 returns ``out (n, H*dv)`` (before ``Wo``). The cache is the backend's KV cache of width
-``R + r``; the attention op's values are the cached rows too (their first R dims are the
-latent the values use), so the cache holds the compressed row twice (keys and values).
+``R + r``, made with ``keys_are_values=True``: the attention op's keys and values are the same
+cached rows (the values use their first R dims, the latent), so the backend may keep one copy
+(``cache.k is cache.v``; cpu, numpy and numba do) and ``kv_write`` gets the row as ``k`` and ``v``.
 
 :func:`mla_attention_composed` is the spec written with a backend's own ops (numpy: the
 reference); the cpu backend runs it natively (``_C.mla_attention``, csrc/mla.cpp) and its

@@ -402,6 +402,13 @@ class Transformer:
     def kv_width(self) -> int:
         return self.cfg.n_kv_heads * self.cfg.head_dim
 
+    #: the cached key and value of a position are one row (MLA): the backend may store it once
+    keys_are_values = False
+
+    def kv_cache(self, ops: Backend, n_ctx: int) -> KVCache:
+        """This model's KV cache of ``n_ctx`` positions on backend ``ops``."""
+        return ops.kv_cache(self.cfg.n_layers, n_ctx, self.kv_width, keys_are_values=self.keys_are_values)
+
     def rope_scaling(self, layer: int, cache: KVCache) -> tuple[float, RopeScaling | None]:
         return self.cfg.rope_for(layer)
 

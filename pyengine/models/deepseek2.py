@@ -154,6 +154,9 @@ class Transformer(common.Transformer):
         """Cached per token and layer: the normalised latent c (R) and the roped k_pe (r)."""
         return self.cfg.kv_lora_rank + self.cfg.qk_rope
 
+    #: mla_attention attends with the cached [c, k_pe] rows as keys and as values: one copy
+    keys_are_values = True
+
     def attention_block(self, ops: Backend, L: Layer, i: int, h, pos: np.ndarray, pos0: int, cache: KVCache):
         c = self.cfg
         if L.wq is not None:
