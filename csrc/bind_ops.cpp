@@ -44,10 +44,13 @@ std::vector<const OpsTable*> available_tables() {  // narrowest first
 
 const OpsTable* pick_default() {
     auto v = available_tables();
-    if (const char* env = std::getenv("PYENGINE_OPS")) {  // e.g. PYENGINE_OPS=generic
-        for (auto* t : v)
-            if (std::string(env) == t->name) return t;
-    }
+    // PYENGINE_OPS=generic picks the op table alone; PYENGINE_CPU_VARIANT=avx2 (the tier the
+    // matmuls use, csrc/dispatch.cpp) picks it too unless PYENGINE_OPS says otherwise, so a
+    // forced tier runs its own attention, norms and rope, as on a CPU of that kind
+    for (const char* key : {"PYENGINE_OPS", "PYENGINE_CPU_VARIANT"})
+        if (const char* env = std::getenv(key))
+            for (auto* t : v)
+                if (std::string(env) == t->name) return t;
     return v.back();  // the widest the CPU runs
 }
 

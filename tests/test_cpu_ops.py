@@ -258,6 +258,24 @@ def attention_case(rng, n, pos0, n_kv_heads, group, head_dim, window, extra=3, s
     return q, k, v, scale, ref
 
 
+@pytest.mark.parametrize("env,want", [({"PYENGINE_CPU_VARIANT": "avx2"}, "avx2"),
+                                      ({"PYENGINE_CPU_VARIANT": "avx2", "PYENGINE_OPS": "generic"}, "generic"),
+                                      ({"PYENGINE_OPS": "generic"}, "generic")])
+def test_forced_tier_picks_the_op_table_too(env, want):
+    # a tier forced for the matmuls (benchmarks' AVX2 rows on an AVX-512 CPU) runs that tier's
+    # attention, norms and rope as well; PYENGINE_OPS alone still picks the op table
+    import os
+    import subprocess
+    import sys
+
+    if want not in VARIANTS:
+        pytest.skip(f"no {want} op table on this CPU")
+    clean = {k: v for k, v in os.environ.items() if k not in ("PYENGINE_CPU_VARIANT", "PYENGINE_OPS")}
+    got = subprocess.run([sys.executable, "-c", "from pyengine import _C; print(_C.ops_variant())"],
+                         env={**clean, **env}, capture_output=True, text=True, check=True).stdout.strip()
+    assert got == want
+
+
 def test_kv_store_layout():
     rng = rng_for(11)
     k = rng.standard_normal((150, 48)).astype(np.float32)
