@@ -1,9 +1,10 @@
 // Non-matmul CPU ops (float32): RMSNorm, RoPE, gated activations, elementwise, attention.
 //
 // Three variants each fill one OpsTable: "generic" (ops_generic.cpp, baseline flags),
-// "avx2" (the same ops_generic.cpp compiled again from ops_avx2.cpp with AVX2/FMA flags)
-// and "avx512" (ops_avx512.cpp, hand-written intrinsics). Their attention kernels are
-// attention_generic, attention_avx2 and attention_avx512. The binding
+// "avx2" (the same ops_generic.cpp compiled again from ops_avx2.cpp with AVX2/FMA flags,
+// with the hand-written attention of attention_avx2.cpp) and "avx512" (ops_avx512.cpp,
+// hand-written intrinsics). Their attention kernels are attention_generic, attention_avx2
+// and attention_avx512. The binding
 // (csrc/bind_ops.cpp) picks a table at run time, splits the work into tasks and runs
 // them on the thread pool. Kernels here are single-threaded and re-entrant: each call
 // works on the slice it is given, and any scratch is thread-local, so one table can
@@ -107,7 +108,8 @@ struct OpsTable {
 
 const OpsTable& ops_generic();
 #if defined(PYENGINE_HAVE_X86_VARIANTS)
-const OpsTable& ops_avx2();    // ops_generic.cpp's loops built with AVX2/FMA (ops_avx2.cpp)
+const OpsTable& ops_avx2();    // ops_generic.cpp's loops built with AVX2/FMA (ops_avx2.cpp), and:
+void attention_avx2(const AttnArgs& a, int g, int r0, int r1);  // attention_avx2.cpp
 const OpsTable& ops_avx512();
 #endif
 

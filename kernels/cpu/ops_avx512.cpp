@@ -16,6 +16,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "attention_blocks.h"
 #include "ops.h"
 
 namespace pyengine {
@@ -192,90 +193,13 @@ void scale(const float* x, float s, float* out, int64_t count) {
 
 // -------------------------------------------------------------- attention ----------
 
-// acc[r][0:hd] = pre[r] * acc[r] + sum_j p[r][j] v[j]   for R rows (p rows have stride ps)
-// (pre == nullptr: start from zero). v rows at v + j*vs.
-template <int R>
-inline void pv(float* const* acc, const float* pre, const float* p, int64_t ps, const float* v,
-               int64_t vs, int nj, int hd) {
-    for (int e = 0; e < hd; e += 64) {
-        __mmask16 mk[4];
-#pragma GCC unroll 4
-        for (int c = 0; c < 4; ++c) mk[c] = (e + 16 * c < hd) ? tail_mask(hd - e - 16 * c) : (__mmask16)0;
-        __m512 a[R][4];
-#pragma GCC unroll 4
-        for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 4
-            for (int c = 0; c < 4; ++c) {
-                if (pre) {
-                    a[r][c] = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk[c], acc[r] + e + 16 * c), _mm512_set1_ps(pre[r]));
-                } else {
-                    a[r][c] = _mm512_setzero_ps();
-                }
-            }
-        }
-        for (int j = 0; j < nj; ++j) {
-            const float* vr = v + (int64_t)j * vs + e;
-            __m512 vv[4];
-#pragma GCC unroll 4
-            for (int c = 0; c < 4; ++c) vv[c] = _mm512_maskz_loadu_ps(mk[c], vr + 16 * c);
-#pragma GCC unroll 4
-            for (int r = 0; r < R; ++r) {
-                const __m512 pj = _mm512_set1_ps(p[r * ps + j]);
-#pragma GCC unroll 4
-                for (int c = 0; c < 4; ++c) a[r][c] = _mm512_fmadd_ps(pj, vv[c], a[r][c]);
-            }
-        }
-#pragma GCC unroll 4
-        for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 4
-            for (int c = 0; c < 4; ++c) _mm512_mask_storeu_ps(acc[r] + e + 16 * c, mk[c], a[r][c]);
-        }
-    }
-}
 
-template <typename F>
-inline void by_four(int n, F&& f) {  // f(start, count) with count 1..4 as a template
-    int r = 0;
-    for (; r + 4 <= n; r += 4) f(r, std::integral_constant<int, 4>{});
-    switch (n - r) {
-        case 3: f(r, std::integral_constant<int, 3>{}); break;
-        case 2: f(r, std::integral_constant<int, 2>{}); break;
-        case 1: f(r, std::integral_constant<int, 1>{}); break;
-        default: break;
-    }
-}
-
-// Attention for a run of query rows of one KV head (see ops.h): keys in 64-position
-// blocks read from the transposed panels, a 4-row x 64-key score tile in 16 register
-// accumulators fed by broadcasts of q, then an online-softmax update of each row's
-// running max m, sum l and output accumulator (kept in the output row itself).
+// Attention for a run of query rows of one KV head (see ops.h), in attention_blocks's loop
+// (attention_blocks.h): keys in 64-position blocks read from the transposed panels, a
+// 4-row x 64-key score tile in 16 register accumulators fed by broadcasts of q, then an
+// online-softmax update of each row, then the weighted values of 4 rows at once (pv above).
 constexpr int KB = kAttnKeyBlock;
 
-template <int R>
-inline void qk_tile(const float* const* q, const float* kt, int hd, float* S /* R x KB */) {
-    __m512 acc[R][4];
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-        for (int c = 0; c < 4; ++c) acc[r][c] = _mm512_setzero_ps();
-    for (int e = 0; e < hd; ++e) {
-        const float* kr = kt + (int64_t)e * KB;
-        const __m512 k0 = _mm512_loadu_ps(kr), k1 = _mm512_loadu_ps(kr + 16);
-        const __m512 k2 = _mm512_loadu_ps(kr + 32), k3 = _mm512_loadu_ps(kr + 48);
-#pragma GCC unroll 4
-        for (int r = 0; r < R; ++r) {
-            const __m512 b = _mm512_set1_ps(q[r][e]);
-            acc[r][0] = _mm512_fmadd_ps(b, k0, acc[r][0]);
-            acc[r][1] = _mm512_fmadd_ps(b, k1, acc[r][1]);
-            acc[r][2] = _mm512_fmadd_ps(b, k2, acc[r][2]);
-            acc[r][3] = _mm512_fmadd_ps(b, k3, acc[r][3]);
-        }
-    }
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-        for (int c = 0; c < 4; ++c) _mm512_storeu_ps(S + r * KB + 16 * c, acc[r][c]);
-}
 
 // The 16 lane sums of v[0..15], in that order, one zmm: pairs of vectors are folded by
 // unpack + add three times, then the four 128-bit quarters are summed. Every input goes
@@ -296,138 +220,141 @@ inline __m512 hsum16x16(__m512* v) {
     return _mm512_add_ps(_mm512_shuffle_f32x4(s01, s23, 0x88), _mm512_shuffle_f32x4(s01, s23, 0xDD));
 }
 
-// S[r][j] = q_r . key_j for the nb (<= 64) keys of a block stored as rows (key j at k + j*ks;
-// AttnArgs with kt == nullptr: the keys are the value rows, MLA's single-copy cache); S[r][j]
-// for j >= nb is 0. Tiles of R rows x 4 keys: per 16 dims, 4 key loads and R query loads feed
-// 4R accumulators (lane e % 16 of each dot), folded into 16 sums at once by hsum16x16. A dot's
-// arithmetic depends only on its row and key, not on R or the tile it shares.
-template <int R>
-inline void qk_rows(const float* const* q, const float* k, int64_t ks, int nb, int hd, float* S /* R x KB */) {
-    for (int j0 = 0; j0 < nb; j0 += 4) {
-        const float* kr[4];
+// What attention_blocks (attention_blocks.h) needs from AVX-512: 16 floats a register.
+struct Avx512 {
+    template <int R>
+    static void qk_tile(const float* const* q, const float* kt, int hd, float* S /* R x KB */) {
+        __m512 acc[R][4];
 #pragma GCC unroll 4
-        for (int c = 0; c < 4; ++c) kr[c] = k + (int64_t)std::min(j0 + c, nb - 1) * ks;  // past nb: repeat the last key
-        __m512 acc[16];
-#pragma GCC unroll 16
-        for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
-        for (int e = 0; e < hd; e += 16) {
-            const __mmask16 mk = tail_mask(hd - e);
-            __m512 kv[4];
+        for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-            for (int c = 0; c < 4; ++c) kv[c] = _mm512_maskz_loadu_ps(mk, kr[c] + e);
+            for (int c = 0; c < 4; ++c) acc[r][c] = _mm512_setzero_ps();
+        for (int e = 0; e < hd; ++e) {
+            const float* kr = kt + (int64_t)e * KB;
+            const __m512 k0 = _mm512_loadu_ps(kr), k1 = _mm512_loadu_ps(kr + 16);
+            const __m512 k2 = _mm512_loadu_ps(kr + 32), k3 = _mm512_loadu_ps(kr + 48);
 #pragma GCC unroll 4
             for (int r = 0; r < R; ++r) {
-                const __m512 qv = _mm512_maskz_loadu_ps(mk, q[r] + e);
+                const __m512 b = _mm512_set1_ps(q[r][e]);
+                acc[r][0] = _mm512_fmadd_ps(b, k0, acc[r][0]);
+                acc[r][1] = _mm512_fmadd_ps(b, k1, acc[r][1]);
+                acc[r][2] = _mm512_fmadd_ps(b, k2, acc[r][2]);
+                acc[r][3] = _mm512_fmadd_ps(b, k3, acc[r][3]);
+            }
+        }
 #pragma GCC unroll 4
-                for (int c = 0; c < 4; ++c) acc[4 * r + c] = _mm512_fmadd_ps(qv, kv[c], acc[4 * r + c]);
-            }
-        }
-        alignas(64) float d[16];
-        _mm512_store_ps(d, hsum16x16(acc));
         for (int r = 0; r < R; ++r)
-            for (int c = 0; c < 4 && j0 + c < nb; ++c) S[r * KB + j0 + c] = d[4 * r + c];
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; ++c) _mm512_storeu_ps(S + r * KB + 16 * c, acc[r][c]);
     }
-    for (int r = 0; r < R; ++r)
-        for (int j = nb; j < KB; ++j) S[r * KB + j] = 0.0f;
-}
 
-void attention_avx512(const AttnArgs& a, int g, int r0, int r1) {
-    thread_local std::vector<float> s_buf, ml_buf;
-    thread_local std::vector<const float*> qp_buf;
-    thread_local std::vector<float*> op_buf;
-    const int group = a.group(), hd = a.head_dim, vd = a.value_dim();
-    const int rows = r1 - r0;
-    if (rows <= 0) return;
-    const float ninf = -std::numeric_limits<float>::infinity();
-    if (s_buf.size() < (size_t)rows * KB) s_buf.resize((size_t)rows * KB);
-    if (ml_buf.size() < 3 * (size_t)rows) ml_buf.resize(3 * (size_t)rows);
-    if (qp_buf.size() < (size_t)rows) qp_buf.resize(rows);
-    if (op_buf.size() < (size_t)rows) op_buf.resize(rows);
-    float* S = s_buf.data();
-    float* m = ml_buf.data();
-    float* l = m + rows;
-    float* corr = l + rows;
-    const float** qp = qp_buf.data();
-    float** op = op_buf.data();
-    for (int r = 0; r < rows; ++r) {
-        const int i = (r0 + r) / group, h = g * group + (r0 + r) % group;
-        qp[r] = a.q + (int64_t)i * a.q_stride + (int64_t)h * hd;
-        op[r] = a.out + (int64_t)i * a.out_stride + (int64_t)h * hd;
-        std::memset(op[r], 0, sizeof(float) * hd);
-        m[r] = ninf;
-        l[r] = 0.0f;
-    }
-    auto pos_of = [&](int r) { return a.pos0 + (r0 + r) / group; };  // non-decreasing in r
-    const int jlo = a.key_lo(pos_of(0)), jhi = a.key_hi(pos_of(rows - 1));
-    const float* vbase = a.v + (int64_t)g * hd;
-    const __m512 ninf_v = _mm512_set1_ps(ninf);
-    // with soft-capping the scores are scaled and capped in a scalar pass first (below)
-    const bool capped = a.softcap > 0.0f;
-    const __m512 scale_v = _mm512_set1_ps(capped ? 1.0f : a.scale);
-
-    // A block where a row sees no key leaves that row untouched (it is outside
-    // [rs, re), or its P is all zero with corr 1), so each row's arithmetic is the same
-    // whatever other rows share the tile.
-    for (int jb = (jlo / KB) * KB; jb < jhi; jb += KB) {
-        const int nb = std::min(KB, jhi - jb);
-        int rs = 0, re = rows;  // rows that see some key in [jb, jb + nb)
-        while (rs < rows && pos_of(rs) < jb) ++rs;
-        while (re > rs && a.key_lo(pos_of(re - 1)) >= jb + nb) --re;
-        if (rs >= re) continue;
-        by_four(re - rs, [&](int q0, auto R_) {
-            constexpr int R = decltype(R_)::value;
-            if (a.keys_in_rows())
-                qk_rows<R>(qp + rs + q0, vbase + (int64_t)jb * a.v_stride, a.v_stride, nb, hd, S + (int64_t)(rs + q0) * KB);
-            else
-                qk_tile<R>(qp + rs + q0, a.panel(jb / KB, g), hd, S + (int64_t)(rs + q0) * KB);
-        });
-        // scale, mask, online softmax update
-        for (int r = rs; r < re; ++r) {
-            const int p = pos_of(r);
-            const int lo = std::max(a.key_lo(p) - jb, 0), hi = std::min(p + 1 - jb, nb);
-            float* s = S + (int64_t)r * KB;
-            if (capped)  // cap * tanh(scale * q.k / cap), as ops_generic.cpp
-                for (int j = 0; j < KB; ++j) s[j] = a.softcap * std::tanh(s[j] * a.scale / a.softcap);
-            const uint64_t vis = lo >= hi ? 0 : (hi >= 64 ? ~0ull : ((1ull << hi) - 1)) & ~((1ull << lo) - 1);
-            __m512 mx = ninf_v;
-            for (int c = 0; c < 4; ++c) {
-                const __mmask16 k = (__mmask16)(vis >> (16 * c));
-                const __m512 v = _mm512_mask_mov_ps(ninf_v, k, _mm512_mul_ps(_mm512_loadu_ps(s + 16 * c), scale_v));
-                _mm512_storeu_ps(s + 16 * c, v);
-                mx = _mm512_max_ps(mx, v);
+    // S[r][j] = q_r . key_j for the nb (<= 64) keys of a block stored as rows (key j at k + j*ks;
+    // AttnArgs with kt == nullptr: the keys are the value rows, MLA's single-copy cache); S[r][j]
+    // for j >= nb is 0. Tiles of R rows x 4 keys: per 16 dims, 4 key loads and R query loads feed
+    // 4R accumulators (lane e % 16 of each dot), folded into 16 sums at once by hsum16x16. A dot's
+    // arithmetic depends only on its row and key, not on R or the tile it shares.
+    template <int R>
+    static void qk_rows(const float* const* q, const float* k, int64_t ks, int nb, int hd, float* S /* R x KB */) {
+        for (int j0 = 0; j0 < nb; j0 += 4) {
+            const float* kr[4];
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; ++c) kr[c] = k + (int64_t)std::min(j0 + c, nb - 1) * ks;  // past nb: repeat the last key
+            __m512 acc[16];
+#pragma GCC unroll 16
+            for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
+            for (int e = 0; e < hd; e += 16) {
+                const __mmask16 mk = tail_mask(hd - e);
+                __m512 kv[4];
+#pragma GCC unroll 4
+                for (int c = 0; c < 4; ++c) kv[c] = _mm512_maskz_loadu_ps(mk, kr[c] + e);
+#pragma GCC unroll 4
+                for (int r = 0; r < R; ++r) {
+                    const __m512 qv = _mm512_maskz_loadu_ps(mk, q[r] + e);
+#pragma GCC unroll 4
+                    for (int c = 0; c < 4; ++c) acc[4 * r + c] = _mm512_fmadd_ps(qv, kv[c], acc[4 * r + c]);
+                }
             }
-            const float bm = _mm512_reduce_max_ps(mx);
-            if (bm == ninf) {  // nothing visible for this row in this block
-                std::memset(s, 0, sizeof(float) * KB);
-                corr[r] = 1.0f;
-                continue;
-            }
-            const float mnew = std::max(m[r], bm);
-            corr[r] = (m[r] == ninf) ? 0.0f : std::exp(m[r] - mnew);
-            const __m512 mv = _mm512_set1_ps(mnew);
-            __m512 sum = _mm512_setzero_ps();
-            for (int c = 0; c < 4; ++c) {
-                const __m512 pexp = exp_ps(_mm512_sub_ps(_mm512_loadu_ps(s + 16 * c), mv));
-                _mm512_storeu_ps(s + 16 * c, pexp);
-                sum = _mm512_add_ps(sum, pexp);
-            }
-            l[r] = l[r] * corr[r] + _mm512_reduce_add_ps(sum);
-            m[r] = mnew;
+            alignas(64) float d[16];
+            _mm512_store_ps(d, hsum16x16(acc));
+            for (int r = 0; r < R; ++r)
+                for (int c = 0; c < 4 && j0 + c < nb; ++c) S[r * KB + j0 + c] = d[4 * r + c];
         }
-        by_four(re - rs, [&](int q0, auto R_) {
-            constexpr int R = decltype(R_)::value;
-            pv<R>(op + rs + q0, corr + rs + q0, S + (int64_t)(rs + q0) * KB, KB,
-                  vbase + (int64_t)jb * a.v_stride, a.v_stride, nb, vd);
-        });
+        for (int r = 0; r < R; ++r)
+            for (int j = nb; j < KB; ++j) S[r * KB + j] = 0.0f;
     }
-    for (int r = 0; r < rows; ++r) {
-        const __m512 inv = _mm512_set1_ps(1.0f / l[r]);
+
+    // acc[r][0:hd] = pre[r] * acc[r] + sum_j p[r][j] v[j]   for R rows (p rows have stride ps)
+    // (pre == nullptr: start from zero). v rows at v + j*vs.
+    template <int R>
+    static void pv(float* const* acc, const float* pre, const float* p, int64_t ps, const float* v,
+                   int64_t vs, int nj, int hd) {
+        for (int e = 0; e < hd; e += 64) {
+            __mmask16 mk[4];
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; ++c) mk[c] = (e + 16 * c < hd) ? tail_mask(hd - e - 16 * c) : (__mmask16)0;
+            __m512 a[R][4];
+#pragma GCC unroll 4
+            for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+                for (int c = 0; c < 4; ++c) {
+                    if (pre) {
+                        a[r][c] = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk[c], acc[r] + e + 16 * c), _mm512_set1_ps(pre[r]));
+                    } else {
+                        a[r][c] = _mm512_setzero_ps();
+                    }
+                }
+            }
+            for (int j = 0; j < nj; ++j) {
+                const float* vr = v + (int64_t)j * vs + e;
+                __m512 vv[4];
+#pragma GCC unroll 4
+                for (int c = 0; c < 4; ++c) vv[c] = _mm512_maskz_loadu_ps(mk[c], vr + 16 * c);
+#pragma GCC unroll 4
+                for (int r = 0; r < R; ++r) {
+                    const __m512 pj = _mm512_set1_ps(p[r * ps + j]);
+#pragma GCC unroll 4
+                    for (int c = 0; c < 4; ++c) a[r][c] = _mm512_fmadd_ps(pj, vv[c], a[r][c]);
+                }
+            }
+#pragma GCC unroll 4
+            for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+                for (int c = 0; c < 4; ++c) _mm512_mask_storeu_ps(acc[r] + e + 16 * c, mk[c], a[r][c]);
+            }
+        }
+    }
+
+    static float mask_max(float* s, uint64_t vis, float scale) {
+        const __m512 ninf_v = _mm512_set1_ps(-std::numeric_limits<float>::infinity()), sv = _mm512_set1_ps(scale);
+        __m512 mx = ninf_v;
+        for (int c = 0; c < 4; ++c) {
+            const __mmask16 k = (__mmask16)(vis >> (16 * c));
+            const __m512 v = _mm512_mask_mov_ps(ninf_v, k, _mm512_mul_ps(_mm512_loadu_ps(s + 16 * c), sv));
+            _mm512_storeu_ps(s + 16 * c, v);
+            mx = _mm512_max_ps(mx, v);
+        }
+        return _mm512_reduce_max_ps(mx);
+    }
+    static float exp_sum(float* s, float m) {
+        const __m512 mv = _mm512_set1_ps(m);
+        __m512 sum = _mm512_setzero_ps();
+        for (int c = 0; c < 4; ++c) {
+            const __m512 pexp = exp_ps(_mm512_sub_ps(_mm512_loadu_ps(s + 16 * c), mv));
+            _mm512_storeu_ps(s + 16 * c, pexp);
+            sum = _mm512_add_ps(sum, pexp);
+        }
+        return _mm512_reduce_add_ps(sum);
+    }
+    static void scale_row(float* o, int vd, float s) {
+        const __m512 inv = _mm512_set1_ps(s);
         for (int e = 0; e < vd; e += 16) {
             const __mmask16 k = tail_mask(vd - e);
-            _mm512_mask_storeu_ps(op[r] + e, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, op[r] + e), inv));
+            _mm512_mask_storeu_ps(o + e, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, o + e), inv));
         }
     }
-}
+};
+
+void attention_avx512(const AttnArgs& a, int g, int r0, int r1) { attention_blocks<Avx512>(a, g, r0, r1); }
 
 void softcap(const float* x, float cap, float* out, int64_t count) {
     for (int64_t i = 0; i < count; ++i) out[i] = cap * std::tanh(x[i] / cap);

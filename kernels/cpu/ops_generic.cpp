@@ -3,8 +3,8 @@
 //   - as itself, with the baseline flags: the "generic" variant, runs on any CPU;
 //     its attention is attention_generic, its table ops_generic();
 //   - from ops_avx2.cpp (which defines PYENGINE_OPS_AVX2 and includes it) with
-//     AVX2/FMA flags: the "avx2" variant, attention_avx2 and ops_avx2().
-//   Both attentions run the same loops (attention_rows below); only the flags differ.
+//     AVX2/FMA flags: the "avx2" variant, ops_avx2(), whose attention is the hand-written
+//     attention_avx2 (attention_avx2.cpp) rather than attention_rows below.
 // exp() is a polynomial in plain float arithmetic (no libm call) so that loops over it
 // vectorise; the AVX-512 variant uses the same range reduction and coefficients.
 #include <algorithm>
@@ -16,9 +16,6 @@
 
 #include "ops.h"
 
-#if defined(PYENGINE_OPS_AVX2) && defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#endif
 
 // The namespace of this compilation's kernels (two copies must not share one).
 #ifdef PYENGINE_OPS_AVX2
@@ -143,48 +140,18 @@ void softcap(const float* x, float cap, float* out, int64_t count) {
     for (int64_t i = 0; i < count; ++i) out[i] = cap * std::tanh(x[i] / cap);
 }
 
-// s[c] = q . k_c over hd floats for NK keys (NK <= 4), each as 16 running lane sums (lane l:
-// dims e with e % 16 == l, in order), folded 8, 4, 2, 1 at the end, q read once for the NK
-// keys: the keys-in-rows scores. A key's sum is the same whatever NK is and whichever keys
-// share the call. The AVX2 build spells the 16 lanes as two ymm registers: written as loops,
-// the compiler kept the NK x 16 sums in memory and ran 1.6x slower than the panel scores.
-template <int NK>
-inline void dot_rows(const float* q, const float* const* k, int hd, float* s) {
-    alignas(32) float part[NK][16] = {};
+// q . k over hd floats as 16 running lane sums (lane l: dims e with e % 16 == l, in order),
+// folded 8, 4, 2, 1 at the end: a key's score when the keys are the value rows (kt == nullptr)
+inline float dot_rows(const float* q, const float* k, int hd) {
+    float part[16] = {};
     int e = 0;
-#if defined(PYENGINE_OPS_AVX2) && defined(__AVX2__) && defined(__FMA__)
-    __m256 lo[NK], hi[NK];
-    for (int c = 0; c < NK; ++c) lo[c] = hi[c] = _mm256_setzero_ps();
-    for (; e + 16 <= hd; e += 16) {
-        const __m256 q0 = _mm256_loadu_ps(q + e), q1 = _mm256_loadu_ps(q + e + 8);
-        for (int c = 0; c < NK; ++c) {
-            lo[c] = _mm256_fmadd_ps(q0, _mm256_loadu_ps(k[c] + e), lo[c]);
-            hi[c] = _mm256_fmadd_ps(q1, _mm256_loadu_ps(k[c] + e + 8), hi[c]);
-        }
-    }
-    for (int c = 0; c < NK; ++c) {
-        _mm256_store_ps(part[c], lo[c]);
-        _mm256_store_ps(part[c] + 8, hi[c]);
-    }
-#else
     for (; e + 16 <= hd; e += 16)
-        for (int c = 0; c < NK; ++c)
-            for (int l = 0; l < 16; ++l) part[c][l] += q[e + l] * k[c][e + l];
-#endif
-    for (int c = 0; c < NK; ++c) {
-        for (int l = 0; e + l < hd; ++l) part[c][l] += q[e + l] * k[c][e + l];
-        for (int w = 8; w > 0; w >>= 1)
-            for (int l = 0; l < w; ++l) part[c][l] += part[c][l + w];
-        s[c] = part[c][0];
-    }
+        for (int l = 0; l < 16; ++l) part[l] += q[e + l] * k[e + l];
+    for (int l = 0; e + l < hd; ++l) part[l] += q[e + l] * k[e + l];
+    for (int w = 8; w > 0; w >>= 1)
+        for (int l = 0; l < w; ++l) part[l] += part[l + w];
+    return part[0];
 }
-
-// keys per dot_rows call: 4 with the AVX2 registers; the plain loops run fastest one key at a time
-#if defined(PYENGINE_OPS_AVX2) && defined(__AVX2__) && defined(__FMA__)
-constexpr int kRowKeys = 4;
-#else
-constexpr int kRowKeys = 1;
-#endif
 
 // One row at a time: scores of the row's visible blocks (64 keys per step, a
 // contiguous inner loop over the panel), then max, exp and sum, then the weighted values.
@@ -206,18 +173,8 @@ inline void attention_rows(const AttnArgs& a, int g, int r0, int r1) {
         for (int b = b_lo; b < b_hi; ++b) {
             float s[KB] = {};
             if (a.keys_in_rows()) {  // keys = the value rows: one dot per key seen (j < hi)
-                const int nk = std::min(KB, hi - b * KB);
-                const float* kr[4];
-                int jj = 0;
-                for (; jj + kRowKeys <= nk; jj += kRowKeys) {
-                    for (int c = 0; c < kRowKeys; ++c)
-                        kr[c] = a.v + (int64_t)(b * KB + jj + c) * a.v_stride + (int64_t)g * hd;
-                    dot_rows<kRowKeys>(qr, kr, hd, s + jj);
-                }
-                for (; jj < nk; ++jj) {
-                    kr[0] = a.v + (int64_t)(b * KB + jj) * a.v_stride + (int64_t)g * hd;
-                    dot_rows<1>(qr, kr, hd, s + jj);
-                }
+                for (int jj = 0; jj < KB && b * KB + jj < hi; ++jj)
+                    s[jj] = dot_rows(qr, a.v + (int64_t)(b * KB + jj) * a.v_stride + (int64_t)g * hd, hd);
             } else {
                 const float* pan = a.panel(b, g);
                 for (int e = 0; e < hd; ++e) {
@@ -250,17 +207,15 @@ inline void attention_rows(const AttnArgs& a, int g, int r0, int r1) {
 }
 
 // Attention rows [r0, r1) of KV head g (AttentionFn in ops.h): the NumPy spec's attention
-// (numpy_backend.attention_reference) in float32, exp by the polynomial exp_f above;
-// attention_generic without AVX2 flags, attention_avx2 with.
-#ifdef PYENGINE_OPS_AVX2
-void attention_avx2(const AttnArgs& a, int g, int r0, int r1) { attention_rows(a, g, r0, r1); }
-#else
+// (numpy_backend.attention_reference) in float32, exp by the polynomial exp_f above. The
+// avx2 table uses the hand-written attention_avx2 (attention_avx2.cpp) instead.
+#ifndef PYENGINE_OPS_AVX2
 void attention_generic(const AttnArgs& a, int g, int r0, int r1) { attention_rows(a, g, r0, r1); }
 #endif
 
 const OpsTable kTable = {
 #ifdef PYENGINE_OPS_AVX2
-    "avx2", rmsnorm, rmsnorm_add, add_rmsnorm, rope, silu_mul, gelu_mul, add, scale, attention_avx2, softcap,
+    "avx2", rmsnorm, rmsnorm_add, add_rmsnorm, rope, silu_mul, gelu_mul, add, scale, pyengine::attention_avx2, softcap,
 #else
     "generic", rmsnorm, rmsnorm_add, add_rmsnorm, rope, silu_mul, gelu_mul, add, scale, attention_generic, softcap,
 #endif

@@ -1,0 +1,209 @@
+// attention_avx2: the "avx2" op table's attention (AttentionFn, see ops.h), with 256-bit
+// registers. The table's other ops are ops_generic.cpp's loops compiled with AVX2 flags;
+// attention as such a loop ran one query row at a time, its output row in memory, 3-3.5x
+// slower than attention_avx512 (16 heads x 576 at 2048 positions: 1.2-1.3 vs 0.36 ms). This
+// runs attention_avx512's loop (attention_blocks.h) at half the width: scores of up to 4
+// query rows at once from broadcasts of q against the key panels (16 keys a pass: 8
+// accumulators), an online-softmax update per row, and the weighted values of up to 4 rows
+// at once (16 dims a pass). Compiled with -mavx2 -mfma (CMake: *_avx2.cpp); called only when
+// CPUID says AVX2 + FMA (csrc/bind_ops.cpp).
+//
+// exp8 is attention_avx512's exp_ps (range reduction x = n ln2 + r, degree-7 polynomial)
+// with 2^n built in the exponent bits instead of scalef: exact 0 below x = -87.3, where 2^n
+// would leave the normal range (e^-87.3 ~ 1.2e-38: nothing a softmax over finite scores keeps).
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "attention_blocks.h"
+#include "ops.h"
+
+namespace pyengine {
+namespace {
+
+constexpr int KB = kAttnKeyBlock;
+
+inline __m256 exp8(__m256 x) {
+    // NaN stays NaN (min/max return the second operand, x, on NaN; the keep mask is true)
+    const __m256 keep = _mm256_cmp_ps(x, _mm256_set1_ps(-87.3f), _CMP_NLT_UQ);
+    x = _mm256_min_ps(_mm256_set1_ps(88.7f), x);
+    x = _mm256_max_ps(_mm256_set1_ps(-87.3f), x);
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), keep);
+}
+
+inline float hmax8(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+}
+
+inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+// lanes [0, remaining) of 8 (all when remaining >= 8), for maskload / maskstore
+inline __m256i tail8(int remaining) {
+    const int n = remaining < 0 ? 0 : (remaining > 8 ? 8 : remaining);
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+
+// s[c] = q . k_c over hd floats for NK (<= 4) keys stored as rows (AttnArgs with kt ==
+// nullptr), each as 16 running lane sums (two registers: dims e % 16 < 8, >= 8), folded
+// 8, 4, 2, 1 at the end; q read once for the NK keys. A key's sum is the same whatever NK is.
+template <int NK>
+inline void dot_rows(const float* q, const float* const* k, int hd, float* s) {
+    __m256 lo[NK], hi[NK];
+    for (int c = 0; c < NK; ++c) lo[c] = hi[c] = _mm256_setzero_ps();
+    int e = 0;
+    for (; e + 16 <= hd; e += 16) {
+        const __m256 q0 = _mm256_loadu_ps(q + e), q1 = _mm256_loadu_ps(q + e + 8);
+        for (int c = 0; c < NK; ++c) {
+            lo[c] = _mm256_fmadd_ps(q0, _mm256_loadu_ps(k[c] + e), lo[c]);
+            hi[c] = _mm256_fmadd_ps(q1, _mm256_loadu_ps(k[c] + e + 8), hi[c]);
+        }
+    }
+    for (int c = 0; c < NK; ++c) {
+        alignas(32) float part[16];
+        _mm256_store_ps(part, lo[c]);
+        _mm256_store_ps(part + 8, hi[c]);
+        for (int l = 0; e + l < hd; ++l) part[l] = std::fma(q[e + l], k[c][e + l], part[l]);
+        for (int w = 8; w > 0; w >>= 1)
+            for (int l = 0; l < w; ++l) part[l] += part[l + w];
+        s[c] = part[0];
+    }
+}
+
+// What attention_blocks (attention_blocks.h) needs from AVX2: 8 floats a register.
+struct Avx2 {
+    // S[r][0:64] = q_r . keys of one panel (hd, 64) for R rows: per pass 16 keys in 2R
+    // accumulators fed by broadcasts of q[r][e]. A score's sum runs over e in order, whatever R.
+    template <int R>
+    static void qk_tile(const float* const* q, const float* kt, int hd, float* S /* R x KB */) {
+        for (int kc = 0; kc < KB; kc += 16) {
+            __m256 acc[R][2];
+            for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+            for (int e = 0; e < hd; ++e) {
+                const float* kr = kt + (int64_t)e * KB + kc;
+                const __m256 k0 = _mm256_loadu_ps(kr), k1 = _mm256_loadu_ps(kr + 8);
+                for (int r = 0; r < R; ++r) {
+                    const __m256 b = _mm256_broadcast_ss(q[r] + e);
+                    acc[r][0] = _mm256_fmadd_ps(b, k0, acc[r][0]);
+                    acc[r][1] = _mm256_fmadd_ps(b, k1, acc[r][1]);
+                }
+            }
+            for (int r = 0; r < R; ++r) {
+                _mm256_storeu_ps(S + r * KB + kc, acc[r][0]);
+                _mm256_storeu_ps(S + r * KB + kc + 8, acc[r][1]);
+            }
+        }
+    }
+
+    // S[r][j] = q_r . key j for the nb keys of a block stored as rows (key j at k + j*ks); 0 past nb
+    template <int R>
+    static void qk_rows(const float* const* q, const float* k, int64_t ks, int nb, int hd, float* S /* R x KB */) {
+        for (int r = 0; r < R; ++r) {
+            float* s = S + r * KB;
+            const float* kr[4];
+            int j = 0;
+            for (; j + 4 <= nb; j += 4) {
+                for (int c = 0; c < 4; ++c) kr[c] = k + (int64_t)(j + c) * ks;
+                dot_rows<4>(q[r], kr, hd, s + j);
+            }
+            for (; j < nb; ++j) {
+                kr[0] = k + (int64_t)j * ks;
+                dot_rows<1>(q[r], kr, hd, s + j);
+            }
+            for (j = nb; j < KB; ++j) s[j] = 0.0f;
+        }
+    }
+
+    // acc[r][0:vd] = pre[r] * acc[r] + sum_j p[r][j] v[j] for R rows (p rows of stride ps; pre ==
+    // nullptr: start from zero), 16 dims a pass: 2R accumulators, each v row loaded once per pass.
+    template <int R>
+    static void pv(float* const* acc, const float* pre, const float* p, int64_t ps, const float* v, int64_t vs, int nj,
+                   int vd) {
+        for (int e = 0; e < vd; e += 16) {
+            const __m256i m0 = tail8(vd - e), m1 = tail8(vd - e - 8);
+            __m256 a[R][2];
+            for (int r = 0; r < R; ++r) {
+                if (pre) {
+                    const __m256 s = _mm256_set1_ps(pre[r]);
+                    a[r][0] = _mm256_mul_ps(_mm256_maskload_ps(acc[r] + e, m0), s);
+                    a[r][1] = _mm256_mul_ps(_mm256_maskload_ps(acc[r] + e + 8, m1), s);
+                } else {
+                    a[r][0] = a[r][1] = _mm256_setzero_ps();
+                }
+            }
+            for (int j = 0; j < nj; ++j) {
+                const float* vr = v + (int64_t)j * vs + e;
+                const __m256 v0 = _mm256_maskload_ps(vr, m0), v1 = _mm256_maskload_ps(vr + 8, m1);
+                for (int r = 0; r < R; ++r) {
+                    const __m256 pj = _mm256_broadcast_ss(p + r * ps + j);
+                    a[r][0] = _mm256_fmadd_ps(pj, v0, a[r][0]);
+                    a[r][1] = _mm256_fmadd_ps(pj, v1, a[r][1]);
+                }
+            }
+            for (int r = 0; r < R; ++r) {
+                _mm256_maskstore_ps(acc[r] + e, m0, a[r][0]);
+                _mm256_maskstore_ps(acc[r] + e + 8, m1, a[r][1]);
+            }
+        }
+    }
+
+    static float mask_max(float* s, uint64_t vis, float scale) {
+        const __m256 ninf_v = _mm256_set1_ps(-std::numeric_limits<float>::infinity()), sv = _mm256_set1_ps(scale);
+        const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+        __m256 mx = ninf_v;
+        for (int c = 0; c < KB / 8; ++c) {
+            const __m256i bits = _mm256_set1_epi32((int)((vis >> (8 * c)) & 0xFF));
+            const __m256 seen = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(bits, lane_bit), lane_bit));
+            const __m256 v = _mm256_blendv_ps(ninf_v, _mm256_mul_ps(_mm256_loadu_ps(s + 8 * c), sv), seen);
+            _mm256_storeu_ps(s + 8 * c, v);
+            mx = _mm256_max_ps(mx, v);
+        }
+        return hmax8(mx);
+    }
+    static float exp_sum(float* s, float m) {
+        const __m256 mv = _mm256_set1_ps(m);
+        __m256 sum = _mm256_setzero_ps();
+        for (int c = 0; c < KB / 8; ++c) {
+            const __m256 pexp = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + 8 * c), mv));
+            _mm256_storeu_ps(s + 8 * c, pexp);
+            sum = _mm256_add_ps(sum, pexp);
+        }
+        return hsum8(sum);
+    }
+    static void scale_row(float* o, int vd, float s) {
+        const __m256 inv = _mm256_set1_ps(s);
+        for (int e = 0; e < vd; e += 8) {
+            const __m256i mk = tail8(vd - e);
+            _mm256_maskstore_ps(o + e, mk, _mm256_mul_ps(_mm256_maskload_ps(o + e, mk), inv));
+        }
+    }
+};
+
+}  // namespace
+
+void attention_avx2(const AttnArgs& a, int g, int r0, int r1) { attention_blocks<Avx2>(a, g, r0, r1); }
+
+}  // namespace pyengine
