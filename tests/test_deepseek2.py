@@ -308,5 +308,8 @@ def test_cuda_kernels_emulated(files, variant, cuda_emu):  # noqa: F811
     from pyengine.backends.cuda_backend import CudaBackend
 
     _, ref = full_logits(files[(variant, "F32")], NumpyBackend())
-    _, got = full_logits(files[(variant, "F32")], CudaBackend(native=cuda_emu))
+    be = CudaBackend(native=cuda_emu)
+    arch, got = full_logits(files[(variant, "F32")], be)
     np.testing.assert_allclose(got, ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
+    cache = arch.kv_cache(be, 8)  # the latent row stored once on the device too
+    assert cache.keys_are_values and all(k is v for k, v in zip(cache.k, cache.v))

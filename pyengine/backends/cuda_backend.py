@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import BackendUnavailableError
 from ..ggml_types import ggml_type
 from ..tensor import QTensor
-from .base import Backend, KVCache
+from .base import Backend, KVCache, _check_same
 
 _F32 = np.dtype(np.float32)
 
@@ -517,23 +517,27 @@ class CudaBackend(Backend):
         return out
 
     def kv_cache(self, n_layers: int, n_ctx: int, kv_width: int, keys_are_values: bool = False) -> KVCache:
-        # keys_are_values (MLA) is not used here yet: the device cache keeps both copies
+        """Keys and values as ``(n_ctx, kv_width)`` device rows; one buffer per layer for both
+        when ``keys_are_values`` (MLA: the attention kernel reads the same rows as keys and values)."""
         nbytes = 4 * int(n_ctx) * int(kv_width)
         k, v = [], []
         try:
             for _ in range(int(n_layers)):
-                for lst in (k, v):
+                for lst in ((v,) if keys_are_values else (k, v)):
                     buf = self._cuda.Buffer(max(nbytes, 4))
                     buf.zero()
                     lst.append(DeviceArray(self, (n_ctx, kv_width), buf=buf))
         except self._cuda.CudaOutOfMemoryError as e:
             k.clear(), v.clear()
+            copies = 1 if keys_are_values else 2
             raise BackendUnavailableError(
-                f"the KV cache ({_gib(2 * n_layers * nbytes)} for {n_ctx} positions) does not fit in GPU memory; "
+                f"the KV cache ({_gib(copies * n_layers * nbytes)} for {n_ctx} positions) does not fit in GPU memory; "
                 f"use a shorter context: {e}") from None
-        return KVCache(k, v, int(n_ctx))
+        return KVCache(v if keys_are_values else k, v, int(n_ctx))
 
     def kv_write(self, cache: KVCache, layer: int, pos0: int, k, v) -> None:
+        if cache.keys_are_values:
+            _check_same(k, v)
         k, v = self._dev(k), self._dev(v)
         n = k.shape[0]
         kv_width = cache.k[layer].shape[1]
@@ -542,7 +546,8 @@ class CudaBackend(Backend):
         if pos0 < 0 or pos0 + n > cache.n_ctx:
             raise ValueError(f"kv_write: positions {pos0}..{pos0 + n - 1} outside the cache of {cache.n_ctx}")
         off, nbytes = 4 * pos0 * kv_width, 4 * n * kv_width
-        self._cuda.copy(cache.k[layer].buf, off, k.buf, 0, nbytes)
+        if not cache.keys_are_values:
+            self._cuda.copy(cache.k[layer].buf, off, k.buf, 0, nbytes)
         self._cuda.copy(cache.v[layer].buf, off, v.buf, 0, nbytes)
 
     def _splits(self, n: int, n_heads: int, n_keys: int, head_dim: int) -> int:
