@@ -299,6 +299,8 @@ def test_mla_bad_arguments_are_one_line_errors(files):
         _C.mla_attention(q, kv[:, 1:].copy(), out, cache.v[0], 0, **args)
     with pytest.raises(ValueError, match="wv"):
         _C.mla_attention(q, kv, out, cache.v[0], 0, **dict(args, wv=args["wv"][:-4]))
+    with pytest.raises(ValueError, match=r"\(n_ctx, kv_lora_rank \+ n_rot\) rows"):  # e.g. key panels
+        _C.mla_attention(q, kv, out, np.zeros((1, R + RR, 64), np.float32), 0, **args)
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))

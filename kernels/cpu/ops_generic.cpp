@@ -6,7 +6,7 @@
 //     AVX2/FMA flags: the "avx2" variant, ops_avx2(), whose attention is the hand-written
 //     attention_avx2 (attention_avx2.cpp) rather than attention_rows below.
 // exp() is a polynomial in plain float arithmetic (no libm call) so that loops over it
-// vectorise; the AVX-512 variant uses the same range reduction and coefficients.
+// vectorise; the AVX-512 and AVX2 attentions use the same range reduction and coefficients.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -15,7 +15,6 @@
 #include <vector>
 
 #include "ops.h"
-
 
 // The namespace of this compilation's kernels (two copies must not share one).
 #ifdef PYENGINE_OPS_AVX2
