@@ -176,6 +176,9 @@ def cmd_generate(args) -> int:
               f"backend {model.backend.description or model.backend.name} | ctx {model.n_ctx} | "
               f"loaded in {load_s:.2f} s", file=sys.stderr)
         print(f"weights: {model.weights_placement}", file=sys.stderr)
+        print(f"KV cache: up to {_fmt_bytes(model.kv_cache_bytes())} for {model.n_ctx} positions (float32, "
+              + ("one row per position serving as key and value)" if model.arch.keys_are_values
+                 else "keys and values)"), file=sys.stderr)
         print("prompt: " + ("a user turn in the model's chat template (--raw for plain text)" if chat
                             else "plain text to continue" + (" (no chat template in the file)"
                                                              if not has_template else "")), file=sys.stderr)

@@ -347,6 +347,10 @@ class Model:
                 total += t.n_bytes
         return total
 
+    def kv_cache_bytes(self) -> int:
+        """Bytes of one sequence's KV cache at full ``n_ctx`` (pages are touched as positions fill)."""
+        return self.arch.kv_cache_bytes(self.n_ctx)
+
     # -- forward passes -----------------------------------------------------------
     def _new_cache(self):
         return self.arch.kv_cache(self.backend, self.n_ctx)

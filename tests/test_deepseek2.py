@@ -159,7 +159,7 @@ def test_cache_stores_the_row_once(files, tier):
     arch, ref = full_logits(files[("lite", "F32")], be)
     cache = arch.kv_cache(be, 32)
     assert cache.keys_are_values and all(k is v for k, v in zip(cache.k, cache.v))
-    assert sum(v.nbytes for v in cache.v) == L * 32 * (R + RR) * 4
+    assert sum(v.nbytes for v in cache.v) == L * 32 * (R + RR) * 4 == arch.kv_cache_bytes(32)
     arch.forward(be, np.asarray(IDS[:3], np.int32), 0, cache, True)
     assert np.abs(cache.v[0][:3]).max() > 0 and not cache.v[0][3:].any()
 

@@ -289,6 +289,14 @@ def test_each_hook_matters_on_the_test_files(files, spec, field, value):
     assert np.abs(out - ref).max() > 1e-3
 
 
+def test_cache_size_counts_keys_and_values(files):
+    be = NumpyBackend()
+    arch, _ = full_logits(files[("llama", "F32")], be, IDS)
+    cache = arch.kv_cache(be, 32)
+    assert not cache.keys_are_values
+    assert sum(a.nbytes for a in cache.k + cache.v) == arch.kv_cache_bytes(32) == 2 * L * 32 * HKV * HD * 4
+
+
 @pytest.mark.parametrize("meta,want", [
     ({}, None),
     ({"rope.scaling.factor": 2.0}, dict(freq_scale=0.5, ext_factor=0.0)),  # no type: llama.cpp reads "linear"

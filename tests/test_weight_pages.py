@@ -133,6 +133,8 @@ def test_generate_verbose_says_where_the_weights_are():
         assert len(lines) == 1 and lines[0].startswith(expect), r.stderr
         if mode == "copy":
             assert "copied into memory" in lines[0], lines[0]
+        kv = [ln for ln in r.stderr.splitlines() if ln.startswith("KV cache: up to ")]
+        assert len(kv) == 1 and "(float32, keys and values)" in kv[0], r.stderr
 
 
 def test_kernel_bench_times_weights_in_the_engines_kind_of_memory():

@@ -409,6 +409,11 @@ class Transformer:
         """This model's KV cache of ``n_ctx`` positions on backend ``ops``."""
         return ops.kv_cache(self.cfg.n_layers, n_ctx, self.kv_width, keys_are_values=self.keys_are_values)
 
+    def kv_cache_bytes(self, n_ctx: int) -> int:
+        """Its size: float32, per layer ``n_ctx x kv_width`` for the keys and as much for the
+        values, or once when the keys are the values (MLA's compressed rows)."""
+        return (1 if self.keys_are_values else 2) * self.cfg.n_layers * n_ctx * self.kv_width * 4
+
     def rope_scaling(self, layer: int, cache: KVCache) -> tuple[float, RopeScaling | None]:
         return self.cfg.rope_for(layer)
 
