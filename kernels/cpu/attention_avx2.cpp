@@ -118,23 +118,22 @@ struct Avx2 {
         }
     }
 
-    // S[r][j] = q_r . key j for the nb keys of a block stored as rows (key j at k + j*ks); 0 past nb
+    // S[r][j] = q_r . key j for the nb keys of a block stored as rows (key j at k + j*ks); 0 past
+    // nb. Keys outer, rows inner: 4 keys (9 KB at MLA's 576 dims) stay in L1 for the R rows.
     template <int R>
     static void qk_rows(const float* const* q, const float* k, int64_t ks, int nb, int hd, float* S /* R x KB */) {
-        for (int r = 0; r < R; ++r) {
-            float* s = S + r * KB;
-            const float* kr[4];
-            int j = 0;
-            for (; j + 4 <= nb; j += 4) {
-                for (int c = 0; c < 4; ++c) kr[c] = k + (int64_t)(j + c) * ks;
-                dot_rows<4>(q[r], kr, hd, s + j);
-            }
-            for (; j < nb; ++j) {
-                kr[0] = k + (int64_t)j * ks;
-                dot_rows<1>(q[r], kr, hd, s + j);
-            }
-            for (j = nb; j < KB; ++j) s[j] = 0.0f;
+        const float* kr[4];
+        int j = 0;
+        for (; j + 4 <= nb; j += 4) {
+            for (int c = 0; c < 4; ++c) kr[c] = k + (int64_t)(j + c) * ks;
+            for (int r = 0; r < R; ++r) dot_rows<4>(q[r], kr, hd, S + r * KB + j);
         }
+        for (; j < nb; ++j) {
+            kr[0] = k + (int64_t)j * ks;
+            for (int r = 0; r < R; ++r) dot_rows<1>(q[r], kr, hd, S + r * KB + j);
+        }
+        for (int r = 0; r < R; ++r)
+            for (j = nb; j < KB; ++j) S[r * KB + j] = 0.0f;
     }
 
     // acc[r][0:vd] = pre[r] * acc[r] + sum_j p[r][j] v[j] for R rows (p rows of stride ps; pre ==
