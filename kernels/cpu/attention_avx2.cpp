@@ -95,27 +95,39 @@ inline void dot_rows(const float* q, const float* const* k, int hd, float* s) {
 
 // What attention_blocks (attention_blocks.h) needs from AVX2: 8 floats a register.
 struct Avx2 {
-    // S[r][0:64] = q_r . keys of one panel (hd, 64) for R rows: per pass 16 keys in 2R
-    // accumulators fed by broadcasts of q[r][e]. A score's sum runs over e in order, whatever R.
+    // 8-float registers per row in one pass of the score and value loops: 8 accumulators or
+    // more in flight (2 FMAs a cycle, 4 cycles each), whatever the tile's row count
     template <int R>
-    static void qk_tile(const float* const* q, const float* kt, int hd, float* S /* R x KB */) {
-        for (int kc = 0; kc < KB; kc += 16) {
-            __m256 acc[R][2];
-            for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-            for (int e = 0; e < hd; ++e) {
-                const float* kr = kt + (int64_t)e * KB + kc;
-                const __m256 k0 = _mm256_loadu_ps(kr), k1 = _mm256_loadu_ps(kr + 8);
-                for (int r = 0; r < R; ++r) {
-                    const __m256 b = _mm256_broadcast_ss(q[r] + e);
-                    acc[r][0] = _mm256_fmadd_ps(b, k0, acc[r][0]);
-                    acc[r][1] = _mm256_fmadd_ps(b, k1, acc[r][1]);
-                }
-            }
+    static constexpr int passes_wide() { return R == 1 ? 8 : R == 2 ? 4 : R == 3 ? 3 : 2; }
+
+    // S[r][0:8W] = q_r . 8W keys of a panel row set (kt: column 0 of them, row stride 64), for R
+    // rows: W accumulators per row fed by broadcasts of q[r][e]. A score's sum runs over e in
+    // order, whatever R and W.
+    template <int R, int W>
+    static void qk_pass(const float* const* q, const float* kt, int hd, float* S) {
+        __m256 acc[R][W];
+        for (int r = 0; r < R; ++r)
+            for (int c = 0; c < W; ++c) acc[r][c] = _mm256_setzero_ps();
+        for (int e = 0; e < hd; ++e) {
+            const float* kr = kt + (int64_t)e * KB;
+            __m256 kv[W];
+            for (int c = 0; c < W; ++c) kv[c] = _mm256_loadu_ps(kr + 8 * c);
             for (int r = 0; r < R; ++r) {
-                _mm256_storeu_ps(S + r * KB + kc, acc[r][0]);
-                _mm256_storeu_ps(S + r * KB + kc + 8, acc[r][1]);
+                const __m256 b = _mm256_broadcast_ss(q[r] + e);
+                for (int c = 0; c < W; ++c) acc[r][c] = _mm256_fmadd_ps(b, kv[c], acc[r][c]);
             }
         }
+        for (int r = 0; r < R; ++r)
+            for (int c = 0; c < W; ++c) _mm256_storeu_ps(S + r * KB + 8 * c, acc[r][c]);
+    }
+
+    // S[r][0:64] = q_r . keys of one panel (hd, 64) for R rows, in passes of passes_wide<R>()
+    // registers (the last pass narrower when 8 x that does not divide 64)
+    template <int R>
+    static void qk_tile(const float* const* q, const float* kt, int hd, float* S /* R x KB */) {
+        constexpr int W = passes_wide<R>(), full = KB / (8 * W) * (8 * W), rest = (KB - full) / 8;
+        for (int kc = 0; kc < full; kc += 8 * W) qk_pass<R, W>(q, kt + kc, hd, S + kc);
+        if constexpr (rest > 0) qk_pass<R, rest>(q, kt + full, hd, S + full);
     }
 
     // S[r][j] = q_r . key j for the nb keys of a block stored as rows (key j at k + j*ks); 0 past
@@ -137,35 +149,32 @@ struct Avx2 {
     }
 
     // acc[r][0:vd] = pre[r] * acc[r] + sum_j p[r][j] v[j] for R rows (p rows of stride ps; pre ==
-    // nullptr: start from zero), 16 dims a pass: 2R accumulators, each v row loaded once per pass.
+    // nullptr: start from zero), 8 x passes_wide<R>() dims a pass (masked past vd): each v row
+    // loaded once per pass for the R rows. A dim's sum runs over j in order, whatever R.
     template <int R>
     static void pv(float* const* acc, const float* pre, const float* p, int64_t ps, const float* v, int64_t vs, int nj,
                    int vd) {
-        for (int e = 0; e < vd; e += 16) {
-            const __m256i m0 = tail8(vd - e), m1 = tail8(vd - e - 8);
-            __m256 a[R][2];
+        constexpr int W = passes_wide<R>();
+        for (int e = 0; e < vd; e += 8 * W) {
+            __m256i mk[W];
+            for (int c = 0; c < W; ++c) mk[c] = tail8(vd - e - 8 * c);
+            __m256 a[R][W];
             for (int r = 0; r < R; ++r) {
-                if (pre) {
-                    const __m256 s = _mm256_set1_ps(pre[r]);
-                    a[r][0] = _mm256_mul_ps(_mm256_maskload_ps(acc[r] + e, m0), s);
-                    a[r][1] = _mm256_mul_ps(_mm256_maskload_ps(acc[r] + e + 8, m1), s);
-                } else {
-                    a[r][0] = a[r][1] = _mm256_setzero_ps();
-                }
+                const __m256 s = _mm256_set1_ps(pre ? pre[r] : 0.0f);
+                for (int c = 0; c < W; ++c)
+                    a[r][c] = pre ? _mm256_mul_ps(_mm256_maskload_ps(acc[r] + e + 8 * c, mk[c]), s) : _mm256_setzero_ps();
             }
             for (int j = 0; j < nj; ++j) {
                 const float* vr = v + (int64_t)j * vs + e;
-                const __m256 v0 = _mm256_maskload_ps(vr, m0), v1 = _mm256_maskload_ps(vr + 8, m1);
+                __m256 vv[W];
+                for (int c = 0; c < W; ++c) vv[c] = _mm256_maskload_ps(vr + 8 * c, mk[c]);
                 for (int r = 0; r < R; ++r) {
                     const __m256 pj = _mm256_broadcast_ss(p + r * ps + j);
-                    a[r][0] = _mm256_fmadd_ps(pj, v0, a[r][0]);
-                    a[r][1] = _mm256_fmadd_ps(pj, v1, a[r][1]);
+                    for (int c = 0; c < W; ++c) a[r][c] = _mm256_fmadd_ps(pj, vv[c], a[r][c]);
                 }
             }
-            for (int r = 0; r < R; ++r) {
-                _mm256_maskstore_ps(acc[r] + e, m0, a[r][0]);
-                _mm256_maskstore_ps(acc[r] + e + 8, m1, a[r][1]);
-            }
+            for (int r = 0; r < R; ++r)
+                for (int c = 0; c < W; ++c) _mm256_maskstore_ps(acc[r] + e + 8 * c, mk[c], a[r][c]);
         }
     }
 
