@@ -3,9 +3,9 @@
 // attention as such a loop ran one query row at a time, its output row in memory, 3-3.5x
 // slower than attention_avx512 (16 heads x 576 at 2048 positions: 1.2-1.3 vs 0.36 ms). This
 // runs attention_avx512's loop (attention_blocks.h) at half the width: scores of up to 4
-// query rows at once from broadcasts of q against the key panels (16 keys a pass: 8
-// accumulators), an online-softmax update per row, and the weighted values of up to 4 rows
-// at once (16 dims a pass). Compiled with -mavx2 -mfma (CMake: *_avx2.cpp); called only when
+// query rows at once from broadcasts of q against the key panels (64 / 32 / 24 / 16 keys a
+// pass for 1-4 rows: 8 or more accumulators), an online-softmax update per row, and the
+// weighted values of up to 4 rows at once (as many dims a pass). Compiled with -mavx2 -mfma (CMake: *_avx2.cpp); called only when
 // CPUID says AVX2 + FMA (csrc/bind_ops.cpp).
 //
 // exp8 is attention_avx512's exp_ps (range reduction x = n ln2 + r, degree-7 polynomial)
