@@ -990,14 +990,14 @@ def _silu_mul_kernel(gate, up, out):
 
 @njit(parallel=True, cache=True)
 def _gelu_mul_kernel(gate, up, out):
-    # GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), in float32
-    half = np.float32(0.5)
+    # GELU, tanh approximation, in float32 as the spec writes it (numpy_backend.gelu_tanh):
+    # 0.5 x (1 + tanh(y)) = x / (1 + exp(-2y)), y = sqrt(2/pi) (x + 0.044715 x^3)
     one = np.float32(1.0)
-    c = np.float32(0.7978845608028654)
+    c = np.float32(-2.0 * 0.7978845608028654)
     a = np.float32(0.044715)
     for i in prange(gate.size):
         x = gate[i]
-        out[i] = half * x * (one + np.tanh(c * (x + a * x * x * x))) * up[i]
+        out[i] = x / (one + np.exp(c * (x + a * x * x * x))) * up[i]
 
 
 def rmsnorm(x, g, eps: float) -> np.ndarray:

@@ -145,8 +145,9 @@ PYE_D float apply(float a, float b, float s) {
     if (OP == OP_SCALE) return a * s;
     if (OP == OP_SILU_MUL) return a / (1.0f + expf(-a)) * b;
     if (OP == OP_SOFTCAP) return s * tanhf(a / s);  // soft-capping, s = cap
-    // GELU, tanh approximation: 0.5 a (1 + tanh(sqrt(2/pi) (a + 0.044715 a^3)))
-    return 0.5f * a * (1.0f + tanhf(0.7978845608028654f * (a + 0.044715f * a * a * a))) * b;
+    // GELU, tanh approximation: 0.5 a (1 + tanh(y)) = a / (1 + exp(-2y)), y = sqrt(2/pi) (a +
+    // 0.044715 a^3); the quotient keeps the negative tail that 1 + tanh(y) cancels away
+    return a / (1.0f + expf(-2.0f * 0.7978845608028654f * (a + 0.044715f * a * a * a))) * b;
 }
 
 // out[i] = op(a[i], b[i % nb], s); b unused (may be null) for scale

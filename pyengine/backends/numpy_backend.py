@@ -29,8 +29,12 @@ def dequantized(w: QTensor) -> np.ndarray:
 
 
 def gelu_tanh(x: np.ndarray) -> np.ndarray:
-    # GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
-    return 0.5 * x * (1.0 + np.tanh(np.float32(0.7978845608028654) * (x + np.float32(0.044715) * x * x * x)))
+    # GELU, tanh approximation: 0.5 x (1 + tanh(y)), y = sqrt(2/pi) (x + 0.044715 x^3), computed
+    # as the equal x / (1 + exp(-2y)): in float32, 1 + tanh(y) cancels to a few ulps in the
+    # negative tail (x ~ -5: half the value lost), the quotient does not
+    with np.errstate(over="ignore"):  # x^3 or exp(-2y) = inf far out: the value is then x or -0
+        m2y = np.float32(-2.0 * 0.7978845608028654) * (x + np.float32(0.044715) * x * x * x)
+        return x / (np.float32(1.0) + np.exp(m2y))
 
 
 def silu(x: np.ndarray) -> np.ndarray:
