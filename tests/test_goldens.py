@@ -55,7 +55,17 @@ KL_KNOWN_MISSES: set[tuple[str, str]] = set()
 # computed in another batch split, whose float32 differences flip one near-tie activation
 # rounding; the cpu tier is batch-invariant and does not show it. Any other rate fails, so a
 # real change either way is still caught.
-TOP1_KNOWN_MISSES = {("smollm2-135m", "numba", "rest"): (0.949, 0.953)}
+# Gemma 3 270M on numpy, golden prompts 2-5: 0.949 (243 of 256) since 2026-12-07, when the
+# spec's GELU became x / (1 + exp(-2y)) instead of 0.5 x (1 + tanh(y)) (the same function; the
+# old form cancels in float32's negative tail, which made the CUDA kernel's test flaky and was
+# the one formula the cpu tiers never used). Teacher-forced on the same prompts, the old form
+# measured 0.969 (248); 13 positions changed their top token, 9 away from llama.cpp's and 4 to
+# it, every one a near-tie in our logits (top-two gap 0.005-0.14 with the new form): the
+# 18-layer model amplifies the last-bit GELU differences by up to ~0.4 in a logit. llama.cpp
+# itself takes GELU from an fp16 table (x rounded to fp16, values stored in fp16), so neither
+# float32 form is its computation. KL mean 0.0155, max 0.037 (asserted as before); numba and
+# cpu pass. One measured value, the same run alone or after the KL test.
+TOP1_KNOWN_MISSES = {("smollm2-135m", "numba", "rest"): (0.949, 0.953), ("gemma3-270m", "numpy", "rest"): (0.949,)}
 
 
 def _cases(known_misses=frozenset()):
