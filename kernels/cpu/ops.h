@@ -106,6 +106,18 @@ struct OpsTable {
     void (*softcap)(const float* x, float cap, float* out, int64_t count);
 };
 
+// Every tier's exp: e^x = 2^n e^r, x = n ln2 + r with ln2 split into a high part exact in float
+// and a low part, e^r = 1 + r + r^2 p(r) on [-ln2/2, ln2/2] with p of degree 5 (Cephes expf's
+// coefficients, about 1 ulp): p = c[0], then p = p r + c[k] for k = 1..5. The tiers differ only
+// in how they round n and apply 2^n (exp_f in ops_generic.cpp, exp_ps in ops_avx512.cpp, exp8
+// in attention_avx2.cpp).
+struct ExpConst {
+    static constexpr float log2e = 1.44269504088896341f;
+    static constexpr float ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
+    static constexpr float c[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+                                   4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+};
+
 const OpsTable& ops_generic();
 #if defined(PYENGINE_HAVE_X86_VARIANTS)
 const OpsTable& ops_avx2();    // ops_generic.cpp's loops built with AVX2/FMA (ops_avx2.cpp), and:

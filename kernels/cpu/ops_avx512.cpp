@@ -30,16 +30,12 @@ inline __m512 exp_ps(__m512 x) {
     // min/max with the constant first so a NaN input stays NaN
     x = _mm512_min_ps(_mm512_set1_ps(88.9f), x);
     x = _mm512_max_ps(_mm512_set1_ps(-104.0f), x);
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(ExpConst::log2e)),
                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(ExpConst::ln2_hi), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(ExpConst::ln2_lo), r);
+    __m512 p = _mm512_set1_ps(ExpConst::c[0]);
+    for (int k = 1; k < 6; ++k) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(ExpConst::c[k]));
     p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
     return _mm512_scalef_ps(p, n);
 }
@@ -197,9 +193,8 @@ void scale(const float* x, float s, float* out, int64_t count) {
 // Attention for a run of query rows of one KV head (see ops.h), in attention_blocks's loop
 // (attention_blocks.h): keys in 64-position blocks read from the transposed panels, a
 // 4-row x 64-key score tile in 16 register accumulators fed by broadcasts of q, then an
-// online-softmax update of each row, then the weighted values of 4 rows at once (pv above).
+// online-softmax update of each row, then the weighted values of 4 rows at once (Avx512::pv).
 constexpr int KB = kAttnKeyBlock;
-
 
 // The 16 lane sums of v[0..15], in that order, one zmm: pairs of vectors are folded by
 // unpack + add three times, then the four 128-bit quarters are summed. Every input goes

@@ -39,15 +39,11 @@ inline float bits_to_float(int32_t i) {
 inline float exp_f(float x) {
     x = std::min(x, 88.9f);  // (std::min/max return x when x is NaN)
     x = std::max(x, -104.0f);
-    const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
-    float r = x - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
+    const float n = (x * ExpConst::log2e + 12582912.0f) - 12582912.0f;  // round to nearest
+    float r = x - n * ExpConst::ln2_hi;
+    r = r - n * ExpConst::ln2_lo;
+    float p = ExpConst::c[0];
+    for (int k = 1; k < 6; ++k) p = p * r + ExpConst::c[k];
     p = p * (r * r) + (r + 1.0f);
     const int32_t ni = (int32_t)n;
     const int32_t n1 = ni >> 1, n2 = ni - n1;  // each in [-75, 64]

@@ -14,7 +14,7 @@ nope dims, ``dv`` value dims; ``wk_b (H, R, dn)``, ``wv_b (H, dv, R)``)::
 returns ``out (n, H*dv)`` (before ``Wo``). The cache is the backend's KV cache of width
 ``R + r``, made with ``keys_are_values=True``: the attention op's keys and values are the same
 cached rows (the values use their first R dims, the latent), so the backend may keep one copy
-(``cache.k is cache.v``; cpu, numpy and numba do) and ``kv_write`` gets the row as ``k`` and ``v``.
+(``cache.k is cache.v``; every backend does) and ``kv_write`` gets the row as ``k`` and ``v``.
 
 :func:`mla_attention_composed` is the spec written with a backend's own ops (numpy: the
 reference); the cpu backend runs it natively (``_C.mla_attention``, csrc/mla.cpp) and its
