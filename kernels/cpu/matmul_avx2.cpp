@@ -54,7 +54,8 @@ static AI_INLINE void transpose_g16(__m256i v[4]) { transpose4_inlane(v[0], v[1]
 static AI_INLINE __m256i lanes16() { return _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7); }
 static AI_INLINE __m128i lanes16_u8() { return _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, -1, -1, -1, -1, -1, -1, -1, -1); }
 
-// PRE (G = 32 only): v is already in panel order (lane l of every v[k] = group l).
+// PRE: v is already in panel order (G = 32: lane l of every v[k] = group l; G = 16: as
+// transpose_g16 leaves it).
 // LANES (G = 16): A and B are already in lanes16() order, no permutation left.
 // NAT (G = 16): the bytes stay in natural order (kActNatural), only A and B are permuted.
 template <int G, bool PRE = false, bool LANES = false, bool NAT = false>
@@ -62,7 +63,7 @@ static AI_INLINE void store_panel(uint8_t* dst, __m256i* v, __m256 A_nat, __m256
     if (G == 32) {
         if (!PRE) transpose_g32(v);
     } else {
-        if (!NAT) transpose_g16(v);
+        if (!NAT && !PRE) transpose_g16(v);
         if (!LANES) {
             A_nat = _mm256_permutevar8x32_ps(A_nat, lanes16());
             B_nat = _mm256_permutevar8x32_ps(B_nat, lanes16());
@@ -131,6 +132,19 @@ static AI_INLINE void pack_panel_q23k(const uint8_t* blk, int c, Sink& sink) {
     const __m256i hm = THREE ? _mm256_loadu_si256((const __m256i*)blk) : _mm256_setzero_si256();
     __m256i v[4];
     const __m256i four = _mm256_set1_epi8(4);
+    // Q2_K goes straight into transpose_g16's order (PRE): v[k] lane 4h + j = dword k of group
+    // 2j + h, i.e. bit pair j of qs dword 4h + k. vpshufd copies dword k of each 128-bit half (h)
+    // to all four of its lanes, vpsrlvd shifts lane j by 2j: 3 ops per k and no transpose; the
+    // one-token gemv then needs no horizontal adds either (5% faster, 2026-12-07). Q3_K, whose
+    // high bits would take as many ops again, measured 6% slower that way than as below.
+    constexpr bool PRE = !THREE;
+    if (PRE) {
+        const __m256i sh = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+        v[0] = _mm256_and_si256(_mm256_srlv_epi32(_mm256_shuffle_epi32(x, 0x00), sh), three);
+        v[1] = _mm256_and_si256(_mm256_srlv_epi32(_mm256_shuffle_epi32(x, 0x55), sh), three);
+        v[2] = _mm256_and_si256(_mm256_srlv_epi32(_mm256_shuffle_epi32(x, 0xAA), sh), three);
+        v[3] = _mm256_and_si256(_mm256_srlv_epi32(_mm256_shuffle_epi32(x, 0xFF), sh), three);
+    } else
     for (int j = 0; j < 4; ++j) {
         v[j] = _mm256_and_si256(_mm256_srl_epi16(x, _mm_cvtsi32_si128(2 * j)), three);
         if (THREE) {  // bit 4c + j of each hmask byte, moved to bit 2 (the value 4): one shift, one and
@@ -155,7 +169,7 @@ static AI_INLINE void pack_panel_q23k(const uint8_t* blk, int c, Sink& sink) {
         D = _mm256_mul_ps(_mm256_broadcastss_ps(dm), _mm256_cvtepi32_ps(_mm256_and_si256(s8, _mm256_set1_epi32(15))));
         E = _mm256_mul_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dm)), _mm256_cvtepi32_ps(_mm256_srli_epi32(s8, 4)));
     }
-    sink.template put<16, false, true, true>(v, D, E);  // D, E in lane order; values 0..7
+    sink.template put<16, PRE, true, true>(v, D, E);  // D, E in lane order; values 0..7
 }
 
 // IQ4_XS: one panel = one super-block (8 groups of 32, group j's nibbles at qs[16j ..]); signed, E = 0.
@@ -499,10 +513,10 @@ struct DotSink {
     template <int G, bool PRE = false, bool LANES = false, bool SMALL = false>
     AI_INLINE void put(__m256i* v, __m256 D, __m256 E) {
         constexpr int64_t PB = PG * (G + 8);
-        // one token of Q2_K / Q3_K: the activations come in value order (kActNatural, see
+        // one token of Q3_K: the activations come in value order (kActNatural, see
         // act_group), the weights stay as unpacked (v[j] = groups 2j | 2j+1 in the two 128-bit
         // halves), and horizontal adds sum each group's products (below): no 8-shuffle transpose
-        constexpr bool HADD = SMALL && !SIGNED && G == 16 && NT == 1;
+        constexpr bool HADD = SMALL && !SIGNED && G == 16 && NT == 1 && !PRE;
         if (pf) {
             for (int64_t o = 0; o < pf_step; o += 64) _mm_prefetch((const char*)(pf + o), _MM_HINT_T0);
             pf += pf_step;
@@ -511,7 +525,7 @@ struct DotSink {
         if (G == 32) {
             if (!PRE) transpose_g32(v);
         } else {
-            if (!HADD) transpose_g16(v);
+            if (!HADD && !PRE) transpose_g16(v);
             if (!LANES) {
                 D = _mm256_permutevar8x32_ps(D, lanes16());
                 if (MIN) E = _mm256_permutevar8x32_ps(E, lanes16());

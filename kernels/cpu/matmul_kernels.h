@@ -63,7 +63,7 @@ struct MatmulKernels {
     const char* name;
     int lanes;       // PG: groups per panel
     bool q8_signed;  // Q8_0 weights kept signed (offset 0) instead of int8 + 128
-    // The gemv of one token reads Q2_K / Q3_K activations in the kActNatural form (below).
+    // The gemv of one token reads Q3_K activations in the kActNatural form (below).
     bool gemv1_natural16;
 
     // Quantize one token x[0..cols) into panels of group size G (dst: n_panels * panel_bytes).
@@ -95,7 +95,7 @@ constexpr int kGemvMaxTokens = 4;
 
 // pack_act's G may carry this flag (G = 16 only): the panel's int8 values stay in natural
 // order (byte i = value i of the panel) while the DY and B floats keep the lane order. A
-// one-token gemv that sums each group's products with horizontal adds (AVX2 Q2_K / Q3_K)
+// one-token gemv that sums each group's products with horizontal adds (AVX2 Q3_K)
 // reads the weights as they unpack, without transposing them into lanes first.
 constexpr int kActNatural = 0x100;
 
@@ -110,7 +110,7 @@ constexpr int kActBlock256 = 0x200;
 // fails on any mismatch.
 static inline int act_group(const MatmulKernels& k, WType t, int G, int64_t n) {
     if (wtype_info(t).block_elems == 256) G |= kActBlock256;  // the spec's act_block
-    if (k.gemv1_natural16 && n == 1 && (t == WType::Q2_K || t == WType::Q3_K)) G |= kActNatural;
+    if (k.gemv1_natural16 && n == 1 && t == WType::Q3_K) G |= kActNatural;
     return G;
 }
 
