@@ -37,10 +37,19 @@ from pyengine.weight_pages import MODES as WEIGHT_MODES
 
 DEFAULT_LLAMA_BENCH = "/tmp/llama-build/bin/llama-bench"
 
-#: targets from the issues: (substring of the file name, tg ratio, pp ratio, tg share of bandwidth bound)
+#: targets from the issues: (substring of the file name, tg ratio, pp ratio, tg share of bandwidth bound);
+#: the first key found in the file name wins, so the quantization mixes come before "synthetic-1b"
 TARGETS = [
     ("gemma-3-270m", 1.3, 1.0, None),
     ("smollm2-135m", 1.3, 1.0, None),
+    # issue 12: each llama-quantize mix of the synthetic 1B model, tg only (no pp target)
+    ("synthetic-1b-q5_k_m", 1.3, None, None),
+    ("synthetic-1b-q3_k_m", 1.3, None, None),
+    ("synthetic-1b-q2_k", 1.3, None, None),
+    ("synthetic-1b-iq4_xs", 1.3, None, None),
+    # issue 13: the mixture-of-experts shapes
+    ("synthetic-ds2-lite", 1.3, None, None),
+    ("synthetic-qwen3-30b-a3b", 1.3, None, None),
     ("synthetic-1b", 1.1, 1.0, None),
     ("synthetic-7b", 1.1, 1.0, 0.80),
     ("qwen2.5-coder-0.5b", 1.3, 1.0, None),
