@@ -8,7 +8,7 @@ most expensive kinds. This is how benchmarks/README.md measured the latent atten
 the DeepSeek-V2-Lite-shaped file at long context. The cache holds noise: the step's work
 depends on the position, not on what the tokens were.
 
-    python benchmarks/profile_step.py MODEL [--positions 64,512,2048,4000] [-t 2] [--reps 6]
+    python benchmarks/profile_step.py MODEL [--positions 64,512,2048,4000] [-t 2] [--reps 6] [--weights copy]
 """
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ def main(argv=None) -> int:
     ap.add_argument("-t", "--threads", type=int, default=0, help="CPU threads (default: all cores)")
     ap.add_argument("--reps", type=int, default=6, help="profiled steps per position (default 6)")
     ap.add_argument("--top", type=int, default=4, help="op kinds to print per position (default 4)")
+    ap.add_argument("--weights", default="auto", choices=("auto", "map", "copy"),
+                    help="weight placement as pyengine.load's weights= (default auto)")
     args = ap.parse_args(argv)
     try:
         positions = [int(p) for p in args.positions.split(",") if p.strip()]
@@ -42,7 +44,7 @@ def main(argv=None) -> int:
     if args.threads:
         set_threads(args.threads)
     try:
-        m = pyengine.load(args.model, backend="cpu", n_ctx=max(positions) + 1)
+        m = pyengine.load(args.model, backend="cpu", n_ctx=max(positions) + 1, weights=args.weights)
     except pyengine.PyEngineError as e:
         print(f"profile_step: {e}", file=sys.stderr)
         return 2

@@ -338,8 +338,9 @@ def test_the_engine_does_not_import_the_testing_package(tmp_path):
 
 
 def test_profile_step_script(capsys):
-    """benchmarks/profile_step.py: one line per position naming the step and its op kinds;
-    bad positions and a missing file are one-line errors."""
+    """benchmarks/profile_step.py: one line per position naming the step and its op kinds (here
+    with the weights left mapped, --weights map); bad positions and a missing file are one-line
+    errors."""
     import importlib.util
     from pathlib import Path
 
@@ -351,7 +352,8 @@ def test_profile_step_script(capsys):
     spec = importlib.util.spec_from_file_location("profile_step", path)
     ps = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ps)
-    assert ps.main([str(real_model_path("gemma3-270m")), "--positions", "3,70", "--reps", "1", "--top", "2"]) == 0
+    assert ps.main([str(real_model_path("gemma3-270m")), "--positions", "3,70", "--reps", "1", "--top", "2",
+                    "--weights", "map"]) == 0
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("pos ")]
     assert [ln.split(":")[0] for ln in lines] == ["pos 3", "pos 70"]
     assert all("matmul" in ln and ln.count(",") == 1 for ln in lines)  # --top 2: two kinds
@@ -360,3 +362,47 @@ def test_profile_step_script(capsys):
     assert "--positions: not a comma list of integers" in capsys.readouterr().err
     assert ps.main(["/nonexistent/model.gguf", "--positions", "3"]) == 2
     assert capsys.readouterr().err.strip().startswith("profile_step: model file not found")
+
+
+def _bench_script(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_ab_kernels_script(capsys):
+    """benchmarks/ab_kernels.py: a build against itself gives bit-identical outputs and one line
+    per case; a bad case or a missing module file is a one-line error."""
+    from conftest import native_built
+
+    if not native_built():
+        pytest.skip("needs pyengine._C")
+    from pyengine import _C
+
+    ab = _bench_script("ab_kernels")
+    assert ab.main([_C.__file__, _C.__file__, "--variant", "generic", "-r", "2", "Q4_K:8x512", "q8_0:4x64:2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split(":")[0] for ln in lines] == ["Q4_K 8x512 n=1 generic", "Q8_0 4x64 n=2 generic"]
+    assert all(ln.endswith("outputs bit-identical") and "B/A" in ln for ln in lines)
+    assert ab.main(["/nonexistent/_C.so", _C.__file__, "Q4_K:8x512"]) == 2
+    assert "no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ab.main([_C.__file__, _C.__file__, "Q4K"])
+    assert "expected TYPE:ROWSxCOLS" in capsys.readouterr().err
+
+
+def test_compare_llamacpp_targets():
+    """Each file kind is held to its issue's target: the quantization mixes (issue 12) and the
+    MoE shapes (issue 13) to tg 1.3x with no pp target, the Q4_K_M synthetic file to 1.1x."""
+    cmp = _bench_script("compare_llamacpp")
+    for name in ("synthetic-1B-Q5_K_M.gguf", "synthetic-1B-Q3_K_M.gguf", "synthetic-1B-Q2_K.gguf",
+                 "synthetic-1B-IQ4_XS.gguf", "synthetic-ds2-lite-Q4_K_M.gguf", "synthetic-qwen3-30b-a3b-Q4_K_M.gguf"):
+        assert cmp.target_for(name) == {"tg": 1.3, "pp": None, "bw_share": None}, name
+    assert cmp.target_for("synthetic-1B-Q4_K_M.gguf")["tg"] == 1.1
+    assert cmp.target_for("qwen2.5-coder-1.5b-instruct-q4_k_m.gguf")["tg"] == 1.3
+    assert cmp.target_for("something-else.gguf") is None
