@@ -47,9 +47,10 @@ TARGETS = [
     ("synthetic-1b-q3_k_m", 1.3, None, None),
     ("synthetic-1b-q2_k", 1.3, None, None),
     ("synthetic-1b-iq4_xs", 1.3, None, None),
-    # issue 13: the mixture-of-experts shapes
+    # issue 13: its done-when sets tg 1.3x for the DeepSeek-V2-Lite-shaped file only; the
+    # Qwen3-30B-A3B-shaped one is measured without a target
     ("synthetic-ds2-lite", 1.3, None, None),
-    ("synthetic-qwen3-30b-a3b", 1.3, None, None),
+    ("synthetic-qwen3-30b-a3b", None, None, None),
     ("synthetic-1b", 1.1, 1.0, None),
     ("synthetic-7b", 1.1, 1.0, 0.80),
     ("qwen2.5-coder-0.5b", 1.3, 1.0, None),
