@@ -123,15 +123,14 @@ static AI_INLINE void pack_panel_q5k(const uint8_t* blk, Sink& sink) {
                                 _mm256_mul_ps(_mm256_set1_ps(half(blk + 2)), mnf));
 }
 
-// Q2_K / Q3_K: one panel = half a super-block (values 128c .. 128c+127, 8 groups of 16);
-// v[j] = groups 2j, 2j+1 = bit pair j of qs[32c ..] (+ Q3_K: bit 4c+j of hmask as the value 4).
+// Q2_K / Q3_K: one panel = half a super-block (values 128c .. 128c+127, 8 groups of 16).
+// Q3_K: v[j] = groups 2j, 2j+1 = bit pair j of qs[32c ..] plus bit 4c+j of hmask as the value 4.
 template <bool THREE, class Sink>
 static AI_INLINE void pack_panel_q23k(const uint8_t* blk, int c, Sink& sink) {
     const __m256i three = _mm256_set1_epi8(3);
     const __m256i x = _mm256_loadu_si256((const __m256i*)(blk + (THREE ? 32 : 16) + 32 * c));
     const __m256i hm = THREE ? _mm256_loadu_si256((const __m256i*)blk) : _mm256_setzero_si256();
     __m256i v[4];
-    const __m256i four = _mm256_set1_epi8(4);
     // Q2_K goes straight into transpose_g16's order (PRE): v[k] lane 4h + j = dword k of group
     // 2j + h, i.e. bit pair j of qs dword 4h + k. vpshufd copies dword k of each 128-bit half (h)
     // to all four of its lanes, vpsrlvd shifts lane j by 2j: 3 ops per k and no transpose; the
@@ -144,14 +143,16 @@ static AI_INLINE void pack_panel_q23k(const uint8_t* blk, int c, Sink& sink) {
         v[1] = _mm256_and_si256(_mm256_srlv_epi32(_mm256_shuffle_epi32(x, 0x55), sh), three);
         v[2] = _mm256_and_si256(_mm256_srlv_epi32(_mm256_shuffle_epi32(x, 0xAA), sh), three);
         v[3] = _mm256_and_si256(_mm256_srlv_epi32(_mm256_shuffle_epi32(x, 0xFF), sh), three);
-    } else
-    for (int j = 0; j < 4; ++j) {
-        v[j] = _mm256_and_si256(_mm256_srl_epi16(x, _mm_cvtsi32_si128(2 * j)), three);
-        if (THREE) {  // bit 4c + j of each hmask byte, moved to bit 2 (the value 4): one shift, one and
-            const int b = 4 * c + j;
-            const __m256i h = b <= 2 ? _mm256_sll_epi16(hm, _mm_cvtsi32_si128(2 - b))
-                                     : _mm256_srl_epi16(hm, _mm_cvtsi32_si128(b - 2));
-            v[j] = _mm256_or_si256(v[j], _mm256_and_si256(h, four));
+    } else {
+        const __m256i four = _mm256_set1_epi8(4);
+        for (int j = 0; j < 4; ++j) {
+            v[j] = _mm256_and_si256(_mm256_srl_epi16(x, _mm_cvtsi32_si128(2 * j)), three);
+            if (THREE) {  // bit 4c + j of each hmask byte, moved to bit 2 (the value 4): one shift, one and
+                const int b = 4 * c + j;
+                const __m256i h = b <= 2 ? _mm256_sll_epi16(hm, _mm_cvtsi32_si128(2 - b))
+                                         : _mm256_srl_epi16(hm, _mm_cvtsi32_si128(b - 2));
+                v[j] = _mm256_or_si256(v[j], _mm256_and_si256(h, four));
+            }
         }
     }
     // the half's 8 sub-block scales, taken straight into lanes16 order by one byte shuffle (no
