@@ -478,7 +478,7 @@ static AI_INLINE void iq4xs_values_t(const uint8_t* b0, const uint8_t* b1, __m51
 // expert ffn_down rows of 3) has its one super-block in lanes 0-7 (the low 256 bits of every
 // vector, perm32's order) and zeros in lanes 8-15, whose products add exactly nothing. The
 // gemv takes it at 256 bits (DotSink::put_half): the same bytes and arithmetic in lanes 0-7,
-// lanes 8-15 of the accumulators left as they are. Measured 13% faster on 2048 x 768 (3
+// lanes 8-15 of the accumulators left as they are. Measured 11-14% faster on 2048 x 768 (3
 // super-blocks a row, benchmarks/ab_kernels.py); the same for Q4_K / Q5_K was level to slower.
 static AI_INLINE void iq4xs_values_half(const uint8_t* b0, __m256i* v) {  // iq4xs_values_t's low 256 bits
     const __m256i lut = _mm512_castsi512_si256(iq4_levels_u8()), lo4 = _mm256_set1_epi8(15);
