@@ -67,8 +67,14 @@ SUPPORTED = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K
              "IQ4_NL", "IQ4_XS")
 
 
+# Forms the cpu backend makes from a GGUF type when it copies the weights at load (never in a
+# file, no GGUF id): the same elements and bytes per block, the bits in another order.
+# Q3_K_R: Q3_K for the SIMD tiers (quants.repack_q3_K).
+INTERNAL = {"Q3_K_R": GGMLType("Q3_K_R", -1, 256, 110)}
+
+
 def ggml_type(name: str) -> GGMLType:
     try:
-        return BY_NAME[name.upper()]
+        return BY_NAME.get(name.upper()) or INTERNAL[name.upper()]
     except KeyError:
         raise ValueError(f"unknown GGML type {name!r} (known: {', '.join(BY_NAME)})") from None

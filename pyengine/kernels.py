@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .ggml_types import SUPPORTED, ggml_type
+from .ggml_types import INTERNAL, SUPPORTED, ggml_type
 
 __all__ = [
     "matmul", "get_rows", "available_backends", "native_available", "numba_available",
@@ -149,7 +149,7 @@ def _pick(backend: str, type_name: str) -> str:
         if not native_available():
             raise RuntimeError("backend 'cpu' needs the native extension pyengine._C, which is not importable "
                                "(installed with PYENGINE_NO_NATIVE=1?)")
-        if type_name not in NATIVE_TYPES:
+        if type_name not in NATIVE_TYPES and type_name not in INTERNAL:  # INTERNAL: load-time forms (Q3_K_R)
             raise ValueError(f"backend 'cpu' has no kernel for {type_name} (it has: {', '.join(NATIVE_TYPES)})")
     if backend == "numba" and not numba_available():
         raise RuntimeError("backend 'numba' is not available (numba not installed?)")

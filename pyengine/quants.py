@@ -36,7 +36,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import PyEngineError
-from .ggml_types import BY_NAME, SUPPORTED, GGMLType
+from .ggml_types import BY_NAME, INTERNAL, SUPPORTED, GGMLType
 
 QK = 32  # values per block of the classic formats (Q4_0 .. Q8_1)
 QK_K = 256  # values per super-block of the K-quants
@@ -502,6 +502,81 @@ def dequantize_q3_K(blocks, out=None) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------
+# Q3_K_R: Q3_K with its bits in the SIMD tiers' lane order (made at load, never in a file)
+# ---------------------------------------------------------------------------------
+def _q3kr_tables() -> tuple[np.ndarray, np.ndarray]:
+    """(value, hbit): for half ``c``, byte ``p`` (0..31) and bit pair ``k`` (0..3) of a
+    Q3_K_R block, the index of the value it holds and the bit of ``hb[p]`` with its 3rd bit."""
+    c, p, k = np.meshgrid(np.arange(2), np.arange(32), np.arange(4), indexing="ij")  # each (2, 32, 4)
+    lane = p // 4
+    value = 128 * c + 16 * (2 * (lane % 4) + lane // 4) + 4 * k + p % 4
+    hbit = (k & 1) + 4 * (k >> 1) + 2 * (1 - c)
+    return value, hbit.astype(np.uint8)
+
+
+_Q3KR_VALUE, _Q3KR_HBIT = _q3kr_tables()
+
+
+def repack_q3_K(raw) -> np.ndarray:
+    """Q3_K blocks -> Q3_K_R blocks (uint8, same size): the same values, the bits reordered.
+
+    Q3_K keeps value ``128c + 32j + l`` in bit pair ``j`` of ``qs[32c + l]`` and bit ``4c + j``
+    of ``hmask[l]`` (:func:`dequantize_q3_K`): a SIMD tier that holds one 16-value group per
+    32-bit lane has to shuffle those bytes into lanes first. Q3_K_R stores them in that order.
+    Each half ``c`` of the super-block (8 groups of 16) is 32 bytes; byte ``p`` stands for
+    elements ``4k + p % 4`` (``k = 0..3``) of group ``2 (L % 4) + L // 4``, ``L = p // 4``
+    (the AVX2 tier's lane order; the AVX-512 tier permutes whole dwords):
+
+    ======= ====== =====================================================
+    bytes   field  meaning
+    ======= ====== =====================================================
+    0-31    hb     3rd bits: byte ``p``, half 0: bits 2, 3, 6, 7 for ``k`` = 0, 1,
+                   2, 3; half 1: bits 0, 1, 4, 5 (``hb & 0x44``, resp.
+                   ``(hb << 2) & 0x44``, puts ``k`` = 0, 2 next to ``ql``'s pairs 0, 2)
+    32-95   ql     low 2 bits: byte ``32c + p``, bit pair ``k``
+    96-109         scales and d, as Q3_K
+    ======= ====== =====================================================
+    """
+    b = _as_blocks("Q3_K", raw)
+    n = len(b)
+    low = _crumbs_k(b["qs"]).reshape(n, 256)  # (n, 256) low 2 bits of every value
+    shifts = np.arange(8, dtype=np.uint8)[None, :, None]
+    high = ((b["hmask"][:, None, :] >> shifts) & 1).reshape(n, 256)  # (n, 256), value 32b + l
+    low, high = low[:, _Q3KR_VALUE], high[:, _Q3KR_VALUE]  # each (n, 2, 32, 4)
+    out = np.empty((n, 110), dtype=np.uint8)
+    pair = (2 * np.arange(4)).astype(np.uint8)
+    out[:, 32:96] = np.bitwise_or.reduce(low << pair, axis=3).reshape(n, 64)
+    out[:, :32] = np.bitwise_or.reduce(high << _Q3KR_HBIT, axis=(1, 3))
+    out[:, 96:] = b.view(np.uint8).reshape(n, 110)[:, 96:]
+    return out.reshape(-1)
+
+
+def unrepack_q3_K(raw) -> np.ndarray:
+    """Q3_K_R blocks -> the Q3_K blocks they were made from (the inverse of :func:`repack_q3_K`)."""
+    r = _raw_u8(raw).reshape(-1, 110)
+    n = len(r)
+    pair = (2 * np.arange(4)).astype(np.uint8)
+    low = (r[:, 32:96].reshape(n, 2, 32, 1) >> pair) & 3  # (n, 2, 32, 4)
+    high = (r[:, None, :32, None] >> _Q3KR_HBIT) & 1  # (n, 2, 32, 4)
+    lv = np.empty((n, 256), dtype=np.uint8)
+    hv = np.empty((n, 256), dtype=np.uint8)
+    lv[:, _Q3KR_VALUE] = low
+    hv[:, _Q3KR_VALUE] = high
+    out = np.empty((n, 110), dtype=np.uint8)
+    lv = lv.reshape(n, 2, 4, 32)  # (n, c, j, l): value 128c + 32j + l
+    out[:, 32:96] = np.bitwise_or.reduce(lv << pair[None, None, :, None], axis=2).reshape(n, 64)
+    hv = hv.reshape(n, 8, 32)  # (n, b, l): value 32b + l
+    out[:, :32] = np.bitwise_or.reduce(hv << np.arange(8, dtype=np.uint8)[None, :, None], axis=1)
+    out[:, 96:] = r[:, 96:]
+    return out.reshape(-1)
+
+
+def dequantize_q3_K_R(blocks, out=None) -> np.ndarray:
+    """Q3_K_R: the values of the Q3_K blocks it was made from (:func:`repack_q3_K`)."""
+    return dequantize_q3_K(unrepack_q3_K(blocks), out=out)
+
+
+# ---------------------------------------------------------------------------------
 # Non-linear 4-bit ("IQ4"): a nibble indexes a fixed table of 16 int8 levels
 # ---------------------------------------------------------------------------------
 #: the 16 levels of IQ4_NL / IQ4_XS (ggml's ``kvalues_iq4nl``): denser near zero
@@ -613,6 +688,8 @@ _CHUNK_VALUES = 1 << 18
 
 def _check(type_name: str) -> tuple[str, GGMLType]:
     name = str(type_name).upper()
+    if name in INTERNAL:  # a load-time form of a GGUF type (Q3_K_R)
+        return name, INTERNAL[name]
     if name not in DEQUANT_TYPES:
         what = "unsupported" if name in BY_NAME else "unknown"
         raise QuantError(f"{what} type {type_name!r} for dequantize (supported: {', '.join(DEQUANT_TYPES)})")
@@ -638,6 +715,8 @@ def dequantize(type_name: str, raw, n_elements: int) -> np.ndarray:
         raise QuantError(f"{name}: {n_elements} elements need {want} bytes, got {u8.size}")
     if name in _FLOAT_DEQUANTIZERS:
         return _FLOAT_DEQUANTIZERS[name](u8)
+    if name == "Q3_K_R":  # a load-time form (ggml_types.INTERNAL): the Q3_K blocks it was made from
+        return dequantize("Q3_K", unrepack_q3_K(u8), n_elements)
     f = BLOCK_DEQUANTIZERS[name]
     blocks = u8.view(BLOCK_DTYPES[name])
     out = np.empty((len(blocks), t.block_size), dtype=np.float32)

@@ -258,6 +258,77 @@ def test_few_tokens_give_the_same_bits_as_many(t, variant):
             np.testing.assert_array_equal(few, many[:n], err_msg=f"{t} {variant} cols={cols} n={n}")
 
 
+# ---- Q3_K_R: Q3_K rearranged when the cpu backend copies the weights (cpu_backend.repack_copied) ----
+def _repacked(raw: np.ndarray) -> np.ndarray:
+    out = np.empty_like(raw)
+    _native().repack_q3_K(raw, out)
+    return out
+
+
+@pytest.mark.parametrize("variant", ["generic", "avx2", "avx512"])
+@SETTINGS
+@given(data=st.data(), mode=st.sampled_from(MODES), seed=st.integers(0, 2**32 - 1))
+def test_q3_K_R_gives_the_bits_of_q3_K(variant, data, mode, seed):
+    """Same values, same lanes, same arithmetic: a tier's Q3_K_R matmul returns what its Q3_K
+    matmul returns for the blocks it was made from, bit for bit (any token count: the gemv and
+    the packed-panel path)."""
+    _skip_unavailable("cpu", variant)
+    rows, cols, n = data.draw(shapes("Q3_K", min_rows=1, max_rows=70))
+    raw, x = make_case("Q3_K", rows, cols, n, mode, seed)
+    C = _native()
+    a = np.empty((n, rows), np.float32)
+    b = np.empty((n, rows), np.float32)
+    C.matmul("Q3_K", raw, rows, cols, x, a, variant)
+    C.matmul("Q3_K_R", _repacked(raw), rows, cols, x, b, variant)
+    np.testing.assert_array_equal(b, a, err_msg=f"{variant} {rows}x{cols} n={n} {mode}")
+
+
+@pytest.mark.parametrize("variant", ["generic", "avx2", "avx512"])
+def test_q3_K_R_every_token_count_and_width(variant):
+    """The same, over the widths and token counts of test_few_tokens_give_the_same_bits_as_many."""
+    _skip_unavailable("cpu", variant)
+    C = _native()
+    for nblk in (1, 2, 3, 8, 9, 17):
+        rows, cols = 67, 256 * nblk
+        raw, x = make_case("Q3_K", rows, cols, 9, "normal", nblk)
+        rp = _repacked(raw)
+        for n in (1, 2, 3, 4, 5, 9):
+            a = np.empty((n, rows), np.float32)
+            b = np.empty((n, rows), np.float32)
+            C.matmul("Q3_K", raw, rows, cols, x[:n], a, variant)
+            C.matmul("Q3_K_R", rp, rows, cols, x[:n], b, variant)
+            np.testing.assert_array_equal(b, a, err_msg=f"{variant} cols={cols} n={n}")
+
+
+def test_q3_K_R_repack_is_the_spec_and_rows_decode_alike():
+    """_C.repack_q3_K writes what quants.repack_q3_K (the spec) writes, in place or not; rows
+    gathered from the repacked form are the Q3_K rows."""
+    if not kernels.native_available():
+        pytest.skip("pyengine._C not importable")
+    C = _native()
+    rng = np.random.default_rng(11)
+    for mode in MODES:
+        raw = random_raw("Q3_K", 256 * 40, rng, scales=mode)
+        rp = _repacked(raw)
+        np.testing.assert_array_equal(rp, quants.repack_q3_K(raw), err_msg=mode)
+        same = raw.copy()
+        C.repack_q3_K(same, same)
+        np.testing.assert_array_equal(same, rp, err_msg=mode)
+        ids = np.array([0, 7, 3, 9], np.int32)
+        a = np.empty((4, 1024), np.float32)
+        b = np.empty((4, 1024), np.float32)
+        C.get_rows("Q3_K", raw, 10, 1024, ids, a)
+        C.get_rows("Q3_K_R", rp, 10, 1024, ids, b)
+        np.testing.assert_array_equal(b, a, err_msg=mode)
+    with pytest.raises(ValueError, match="whole Q3_K blocks"):
+        C.repack_q3_K(np.zeros(111, np.uint8), np.zeros(111, np.uint8))
+    with pytest.raises(ValueError, match="as many bytes"):
+        C.repack_q3_K(np.zeros(110, np.uint8), np.zeros(220, np.uint8))
+    buf = np.zeros(330, np.uint8)
+    with pytest.raises(ValueError, match="not overlap"):
+        C.repack_q3_K(buf[:220], buf[110:])
+
+
 # ---- determinism and threads -------------------------------------------------------------------
 @pytest.mark.parametrize("variant", ["generic", "avx2", "avx512"])
 def test_thread_count_does_not_change_results(variant):

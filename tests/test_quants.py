@@ -655,3 +655,40 @@ def test_matmul_spec_keeps_non_finite_tokens_non_finite(bad):
     got = Q.matmul("Q4_K", raw, (4, 256), x)
     assert np.isnan(got[1]).all()
     np.testing.assert_array_equal(got[0], good[0])
+
+
+# --------------------------------------------------------------------------- Q3_K_R (a load-time form)
+def _q3k_with_one_value(v: int, low: int, high: int) -> np.ndarray:
+    """A Q3_K block whose value v has low 2 bits ``low`` and 3rd bit ``high``, every other value 0."""
+    raw = np.zeros(110, np.uint8)
+    c, j, l = v // 128, (v % 128) // 32, v % 32
+    raw[32 + 32 * c + l] = low << (2 * j)
+    raw[l] = high << (4 * c + j)
+    return raw
+
+
+@pytest.mark.parametrize("v,p,k", [(0, 0, 0), (16, 16, 0), (5, 1, 1), (36, 4, 1), (100, 12, 1), (200, 8, 2), (255, 31, 3)])
+def test_q3_K_R_puts_each_value_where_the_layout_says(v, p, k):
+    """Hand-worked cases of repack_q3_K's table: value v = 128c + 16g + 4k + b sits in byte p of
+    half c with p % 4 = b and group g = 2 (L % 4) + L // 4, L = p // 4; its low bits in bit pair
+    k of ql[32c + p], its 3rd bit in hb[p], bit 2, 3, 6, 7 (half 0) or 0, 1, 4, 5 (half 1) for
+    k = 0..3."""
+    c = v // 128
+    r = Q.repack_q3_K(_q3k_with_one_value(v, 2, 0))
+    want = np.zeros(110, np.uint8)
+    want[32 + 32 * c + p] = 2 << (2 * k)
+    np.testing.assert_array_equal(r, want)
+    r = Q.repack_q3_K(_q3k_with_one_value(v, 0, 1))
+    want = np.zeros(110, np.uint8)
+    want[p] = 1 << ([2, 3, 6, 7] if c == 0 else [0, 1, 4, 5])[k]
+    np.testing.assert_array_equal(r, want)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_q3_K_R_round_trip_and_values(mode):
+    raw = random_raw("Q3_K", 256 * 30, np.random.default_rng(4), scales=mode)
+    r = Q.repack_q3_K(raw)
+    assert r.dtype == np.uint8 and r.shape == raw.shape
+    np.testing.assert_array_equal(Q.unrepack_q3_K(r), raw)
+    np.testing.assert_array_equal(r[96:110], raw[96:110])  # scales and d stay
+    assert_bit_equal(Q.dequantize("Q3_K_R", r, raw.size // 110 * 256), Q.dequantize("Q3_K", raw, raw.size // 110 * 256))

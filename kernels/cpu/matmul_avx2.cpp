@@ -12,7 +12,7 @@
 // matmul_kernels_avx2.by_type:
 //   matmul_q4_0_avx2 matmul_q4_1_avx2 matmul_q5_0_avx2 matmul_q5_1_avx2 matmul_q8_0_avx2
 //   matmul_q2_K_avx2 matmul_q3_K_avx2 matmul_q4_K_avx2 matmul_q5_K_avx2 matmul_q6_K_avx2
-//   matmul_iq4_nl_avx2 matmul_iq4_xs_avx2 matmul_bf16_avx2 matmul_f16_avx2 matmul_f32_avx2
+//   matmul_iq4_nl_avx2 matmul_iq4_xs_avx2 matmul_q3_K_R_avx2 matmul_bf16_avx2 matmul_f16_avx2 matmul_f32_avx2
 // Each computes y (n, rows) = x (n, cols) @ W.T for W of its type: the same arithmetic
 // as quants.matmul_<type>, the spec (activations quantized to int8 per 32 values as
 // described in matmul_kernels.h; float types in float).
@@ -173,6 +173,34 @@ static AI_INLINE void pack_panel_q23k(const uint8_t* blk, int c, Sink& sink) {
     sink.template put<16, PRE, true, true>(v, D, E);  // D, E in lane order; values 0..7
 }
 
+// Q3_K_R (block_q3_K_R in quants.h): half c of a super-block straight into the panel order
+// transpose_g16 makes (PRE), 16 ops for 128 values and no transpose: with X = its 32 ql bytes
+// and H1, H2 = its high bits at bits 2 and 6 (see there),
+//   t0 = (X & 0x33) | H1 holds k = 0 in bits 0-2 and k = 2 in bits 4-6,
+//   t1 = ((X >> 2) & 0x33) | H2 holds k = 1 and k = 3 the same way,
+// and v[k] is one of them (shifted by 4 for k >= 2) & 7. Same values, scales and lanes as
+// pack_panel_q23k<true> makes from the Q3_K block, so the same results bit for bit.
+template <class Sink>
+static AI_INLINE void pack_panel_q3kr(const uint8_t* blk, int c, Sink& sink) {
+    const __m256i m33 = _mm256_set1_epi8(0x33), m44 = _mm256_set1_epi8(0x44), seven = _mm256_set1_epi8(7);
+    const __m256i x = _mm256_loadu_si256((const __m256i*)(blk + 32 + 32 * c));
+    const __m256i hb = _mm256_loadu_si256((const __m256i*)blk);
+    // 16-bit shifts: a bit that crosses into the neighbouring byte lands outside the 0x44 / 0x33 masks
+    const __m256i h1 = _mm256_and_si256(c ? _mm256_slli_epi16(hb, 2) : hb, m44);
+    const __m256i h2 = _mm256_and_si256(c ? _mm256_slli_epi16(hb, 1) : _mm256_srli_epi16(hb, 1), m44);
+    const __m256i t0 = _mm256_or_si256(_mm256_and_si256(x, m33), h1);
+    const __m256i t1 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(x, 2), m33), h2);
+    __m256i v[4];
+    v[0] = _mm256_and_si256(t0, seven);
+    v[1] = _mm256_and_si256(t1, seven);
+    v[2] = _mm256_and_si256(_mm256_srli_epi16(t0, 4), seven);
+    v[3] = _mm256_and_si256(_mm256_srli_epi16(t1, 4), seven);
+    const __m128i sc = q3k_scales_x16(blk + 96);
+    const __m256 D = _mm256_mul_ps(_mm256_set1_ps(half(blk + 108)),
+                                   _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_shuffle_epi8(c ? _mm_unpackhi_epi64(sc, sc) : sc, lanes16_u8()))));
+    sink.template put<16, true, true, true>(v, D, _mm256_mul_ps(_mm256_set1_ps(4.0f), D));  // values 0..7
+}
+
 // IQ4_XS: one panel = one super-block (8 groups of 32, group j's nibbles at qs[16j ..]); signed, E = 0.
 template <class Sink>
 static AI_INLINE void pack_panel_iq4xs(const uint8_t* blk, Sink& sink) {
@@ -261,6 +289,12 @@ static AI_INLINE void for_each_panel(WType t, const uint8_t* row, int64_t nb, Si
             for (int64_t b = 0; b < nb; ++b) {
                 pack_panel_q23k<true>(row + b * BB, 0, sink);
                 pack_panel_q23k<true>(row + b * BB, 1, sink);
+            }
+            return;
+        case WType::Q3_K_R:
+            for (int64_t b = 0; b < nb; ++b) {
+                pack_panel_q3kr(row + b * BB, 0, sink);
+                pack_panel_q3kr(row + b * BB, 1, sink);
             }
             return;
         case WType::Q6_K:
@@ -479,7 +513,7 @@ struct TileTable {
 constexpr TileTable<32, false, true> kTiles32m;   // Q4_1, Q5_1, Q4_K, Q5_K
 constexpr TileTable<32, false, false> kTiles32z;  // Q4_0, Q5_0
 constexpr TileTable<32, true, false> kTiles32s;   // Q8_0, IQ4_NL, IQ4_XS (signed, C = 0)
-constexpr TileTable<16, false, false> kTiles16z;  // Q3_K, Q6_K
+constexpr TileTable<16, false, false> kTiles16z;  // Q3_K, Q3_K_R, Q6_K
 constexpr TileTable<16, false, true> kTiles16m;   // Q2_K
 
 void gemm_avx2(WType t, int G, int64_t np, const uint8_t* wp, int nr, const uint8_t* ap, int nt, float* out,
@@ -703,6 +737,9 @@ void matmul_iq4_nl_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wb
 }
 void matmul_iq4_xs_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
     matmul_rows_quant(matmul_kernels_avx2, WType::IQ4_XS, c, r0, r1, wbuf);
+}
+void matmul_q3_K_R_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx2, WType::Q3_K_R, c, r0, r1, wbuf);
 }
 
 }  // namespace

@@ -10,7 +10,7 @@
 // matmul_kernels_avx512.by_type:
 //   matmul_q4_0_avx512 matmul_q4_1_avx512 matmul_q5_0_avx512 matmul_q5_1_avx512 matmul_q8_0_avx512
 //   matmul_q2_K_avx512 matmul_q3_K_avx512 matmul_q4_K_avx512 matmul_q5_K_avx512 matmul_q6_K_avx512
-//   matmul_iq4_nl_avx512 matmul_iq4_xs_avx512 matmul_bf16_avx512 matmul_f16_avx512
+//   matmul_iq4_nl_avx512 matmul_iq4_xs_avx512 matmul_q3_K_R_avx512 matmul_bf16_avx512 matmul_f16_avx512
 //   matmul_f32_avx512
 // Each computes y (n, rows) = x (n, cols) @ W.T for W of its type: the same arithmetic
 // as quants.matmul_<type>, the spec (activations quantized to int8 per 32 values as
@@ -444,6 +444,35 @@ static AI_INLINE void pack_panel_q23k(const uint8_t* blk, Sink& sink) {
     sink.template put<16, PRE, true>(v, D, E);
 }
 
+// Q3_K_R (block_q3_K_R in quants.h): one super-block straight into the panel order (PRE). Its
+// ql bytes hold the groups in the AVX2 tier's lane order, half by half; one vpermd per vector
+// puts lane L of this tier's order (group g = 4(L%4) + L/4, perm16) where it needs to be, from
+// dword 8c + 4(g%2) + (g%8)/2 (c = g/8). Then as the AVX2 unpacker, at 512 bits: the high
+// bits of half 1 are shifted by 2 (per-lane shift), a bitwise select (vpternlogd) joins
+// them to the low bits, and v[k] is one of the two results (shifted by 4 for k >= 2) & 7:
+// 14 ops for 256 values where the Q3_K block takes 24. Same values, scales and lanes as
+// pack_panel_q23k<true>, so the same results bit for bit.
+template <class Sink>
+static AI_INLINE void pack_panel_q3kr(const uint8_t* blk, Sink& sink) {
+    const __m512i idx = _mm512_setr_epi32(0, 2, 8, 10, 4, 6, 12, 14, 1, 3, 9, 11, 5, 7, 13, 15);
+    const __m512i hshift = _mm512_setr_epi32(0, 0, 2, 2, 0, 0, 2, 2, 0, 0, 2, 2, 0, 0, 2, 2);  // 2 in half 1
+    const __m512i m33 = _mm512_set1_epi8(0x33), seven = _mm512_set1_epi8(7);
+    const __m512i x = _mm512_permutexvar_epi32(idx, _mm512_loadu_si512((const void*)(blk + 32)));
+    const __m512i h = _mm512_sllv_epi32(
+        _mm512_permutexvar_epi32(idx, _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)blk))), hshift);
+    // 0xE4: m33 ? first : second, bit by bit. Bits 3 and 7 come from h and are masked off below.
+    const __m512i t0 = _mm512_ternarylogic_epi32(x, h, m33, 0xE4);
+    const __m512i t1 = _mm512_ternarylogic_epi32(_mm512_srli_epi32(x, 2), _mm512_srli_epi32(h, 1), m33, 0xE4);
+    __m512i v[4];
+    v[0] = _mm512_and_si512(t0, seven);
+    v[1] = _mm512_and_si512(t1, seven);
+    v[2] = _mm512_and_si512(_mm512_srli_epi32(t0, 4), seven);
+    v[3] = _mm512_and_si512(_mm512_srli_epi32(t1, 4), seven);
+    const __m512 D = _mm512_mul_ps(_mm512_set1_ps(half(blk + 108)),
+                                   _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_shuffle_epi8(q3k_scales_x16(blk + 96), perm16_u8()))));
+    sink.template put<16, true, true>(v, D, _mm512_mul_ps(_mm512_set1_ps(4.0f), D));
+}
+
 // IQ4_XS: one panel = two super-blocks (8 groups of 32 each); group j's nibbles are qs[16j ..].
 static AI_INLINE void iq4xs_half(const uint8_t* blk, __m512i* v) {
     const __m512i lut = iq4_levels_u8();
@@ -549,6 +578,9 @@ static AI_INLINE void for_each_panel(WType t, const uint8_t* row, int64_t nb, Si
             return;
         case WType::Q3_K:
             for (int64_t b = 0; b < nb; ++b) pack_panel_q23k<true>(row + b * BB, sink);
+            return;
+        case WType::Q3_K_R:
+            for (int64_t b = 0; b < nb; ++b) pack_panel_q3kr(row + b * BB, sink);
             return;
         default:
             break;  // below
@@ -1062,6 +1094,9 @@ void matmul_iq4_nl_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* 
 }
 void matmul_iq4_xs_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
     matmul_rows_quant(matmul_kernels_avx512, WType::IQ4_XS, c, r0, r1, wbuf);
+}
+void matmul_q3_K_R_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx512, WType::Q3_K_R, c, r0, r1, wbuf);
 }
 
 }  // namespace

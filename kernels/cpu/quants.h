@@ -10,7 +10,9 @@
 namespace pyengine {
 
 // --- the weight types the CPU kernels run ------------------------------------
-enum class WType : int { F32 = 0, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K, BF16, Q5_1, Q5_K, Q2_K, Q3_K, IQ4_NL, IQ4_XS, COUNT };
+// Q3_K_R is not a GGUF type: Q3_K with its bits rearranged at load for the SIMD tiers
+// (repack_q3_K below); the same 110 bytes, the same values.
+enum class WType : int { F32 = 0, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K, BF16, Q5_1, Q5_K, Q2_K, Q3_K, IQ4_NL, IQ4_XS, Q3_K_R, COUNT };
 
 struct WTypeInfo {
     const char* name;
@@ -24,7 +26,7 @@ static inline const WTypeInfo& wtype_info(WType t) {
         {"F32", 1, 4, 0},     {"F16", 1, 2, 0},     {"Q4_0", 32, 18, 32},  {"Q4_1", 32, 20, 32},
         {"Q5_0", 32, 22, 32}, {"Q8_0", 32, 34, 32}, {"Q4_K", 256, 144, 32}, {"Q6_K", 256, 210, 16},
         {"BF16", 1, 2, 0},    {"Q5_1", 32, 24, 32}, {"Q5_K", 256, 176, 32}, {"Q2_K", 256, 84, 16},
-        {"Q3_K", 256, 110, 16}, {"IQ4_NL", 32, 18, 32}, {"IQ4_XS", 256, 136, 32},
+        {"Q3_K", 256, 110, 16}, {"IQ4_NL", 32, 18, 32}, {"IQ4_XS", 256, 136, 32}, {"Q3_K_R", 256, 110, 16},
     };
     static_assert(sizeof(table) / sizeof(table[0]) == (size_t)WType::COUNT, "one row per WType");
     return table[(int)t];
@@ -33,7 +35,7 @@ static inline const WTypeInfo& wtype_info(WType t) {
 // Bytes per block as a compile-time constant (the SIMD unpackers' template arguments).
 constexpr int wtype_block_bytes(WType t) {
     return t == WType::Q4_0 ? 18 : t == WType::Q4_1 ? 20 : t == WType::Q5_0 ? 22 : t == WType::Q5_1 ? 24
-         : t == WType::Q8_0 ? 34 : t == WType::IQ4_NL ? 18 : t == WType::Q2_K ? 84 : t == WType::Q3_K ? 110
+         : t == WType::Q8_0 ? 34 : t == WType::IQ4_NL ? 18 : t == WType::Q2_K ? 84 : t == WType::Q3_K || t == WType::Q3_K_R ? 110
          : t == WType::Q4_K ? 144 : t == WType::Q5_K ? 176 : t == WType::Q6_K ? 210 : t == WType::IQ4_XS ? 136
          : t == WType::F32 ? 4 : 2;
 }
@@ -108,6 +110,21 @@ struct block_q3_K {  // 16 sub-blocks of 16: x = d*sc[k]*(q - 4); q = 2 bits of 
     uint8_t scales[12];  // 16 six-bit scales, offset by 32 (see q3k_scales)
     uint16_t d;
 };
+// Q3_K_R: a Q3_K block with its 96 bytes of quants reordered for the SIMD tiers (repack_q3_K).
+// Half c (values 128c ..) is 8 groups of 16; byte p (0..31) of a half stands for elements
+// 4k + p%4 (k = 0..3) of group 2(L%4) + L/4, L = p/4: the order in which the AVX2 tier's 8
+// lanes hold the groups (lane L = dword L), so 32 bytes load straight into a panel.
+//   ql[32c + p], bits 2k..2k+1: low 2 bits of element 4k + p%4 of that group of half c;
+//   hb[p], bit q3kr_hbit(c, k): its 3rd bit (the value 4). Half 0 uses bits 2,3,6,7, half 1
+//   bits 0,1,4,5: hb & 0x44 (half 0) or (hb << 2) & 0x44 (half 1) puts the bits of k = 0, 2 at
+//   bits 2 and 6, next to ql's bit pairs 0 and 2, and one shift by 1 more does k = 1, 3.
+struct block_q3_K_R {
+    uint8_t hb[32];
+    uint8_t ql[64];
+    uint8_t scales[12];  // as Q3_K
+    uint16_t d;
+};
+static_assert(sizeof(block_q3_K_R) == 110, "Q3_K_R block is 110 bytes");
 struct block_iq4_nl {  // x = d * kIQ4Values[nibble]; nibbles as Q4_0
     uint16_t d;
     uint8_t qs[16];
@@ -207,6 +224,41 @@ static inline void q3k_scales(const uint8_t* b, int8_t sc[16]) {
         const int hi = (b[8 + (k & 3)] >> (2 * (k >> 2))) & 3;
         sc[k] = (int8_t)((lo | hi << 4) - 32);
     }
+}
+
+// Q3_K_R (see block_q3_K_R): the hb bit of element 4k + p%4 in half c, and that element's
+// index in the super-block (p: byte 0..31 of the half).
+static inline int q3kr_hbit(int c, int k) { return (k & 1) + 4 * (k >> 1) + 2 * (1 - c); }
+static inline int q3kr_value(int c, int p, int k) {
+    const int L = p / 4;
+    return 128 * c + 16 * (2 * (L % 4) + L / 4) + 4 * k + p % 4;
+}
+// One Q3_K block -> Q3_K_R (src != dst), and back. Scales and d are copied as they are.
+static inline void repack_q3_K(const uint8_t* src, uint8_t* dst) {
+    const uint8_t* hm = src;
+    const uint8_t* qs = src + 32;
+    std::memset(dst, 0, 96);
+    for (int c = 0; c < 2; ++c)
+        for (int p = 0; p < 32; ++p)
+            for (int k = 0; k < 4; ++k) {
+                const int v = q3kr_value(c, p, k) - 128 * c;  // value 128c + 32j + l of Q3_K
+                const int j = v / 32, l = v % 32;
+                dst[32 + 32 * c + p] |= (uint8_t)(((qs[32 * c + l] >> (2 * j)) & 3) << (2 * k));
+                dst[p] |= (uint8_t)(((hm[l] >> (4 * c + j)) & 1) << q3kr_hbit(c, k));
+            }
+    std::memcpy(dst + 96, src + 96, 14);
+}
+static inline void unrepack_q3_K(const uint8_t* src, uint8_t* dst) {
+    std::memset(dst, 0, 96);
+    for (int c = 0; c < 2; ++c)
+        for (int p = 0; p < 32; ++p)
+            for (int k = 0; k < 4; ++k) {
+                const int v = q3kr_value(c, p, k) - 128 * c;
+                const int j = v / 32, l = v % 32;
+                dst[32 + 32 * c + l] |= (uint8_t)(((src[32 + 32 * c + p] >> (2 * k)) & 3) << (2 * j));
+                dst[l] |= (uint8_t)(((src[p] >> q3kr_hbit(c, k)) & 1) << (4 * c + j));
+            }
+    std::memcpy(dst + 96, src + 96, 14);
 }
 
 // IQ4_XS's scales_h / scales_l -> 8 signed scales (6-bit value - 32).
@@ -349,6 +401,11 @@ static inline int unpack_block(WType t, const uint8_t* blk, uint8_t* q, float* D
                 }
             }
             return 16;
+        }
+        case WType::Q3_K_R: {  // the Q3_K block it was made from, unpacked
+            uint8_t b[110];
+            unrepack_q3_K(blk, b);
+            return unpack_block(WType::Q3_K, b, q, D, E);
         }
         case WType::IQ4_XS: {
             const float d = fp16_to_fp32(load_u16(blk));
