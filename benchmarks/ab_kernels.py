@@ -14,7 +14,10 @@ not the memory system.
     cp build/<tag>/_C*.so /tmp/new.so        # after building the change
     python benchmarks/ab_kernels.py /tmp/old.so /tmp/new.so --variant avx2 Q2_K:1024x2048 Q3_K:1024x2048:2
 
-A case is TYPE:ROWSxCOLS[:TOKENS] (tokens default 1). Times are ns per 256 weights and token.
+A case is TYPE[/TYPE_B]:ROWSxCOLS[:TOKENS] (tokens default 1); with TYPE_B, build B runs that
+type on the same weights in another form, e.g. `Q3_K/Q3_K_R:4096x4096` times the Q3_K kernel
+against the form the cpu backend gives Q3_K when it copies the weights (give one build twice).
+Times are ns per 256 weights and token.
 """
 from __future__ import annotations
 
@@ -27,6 +30,9 @@ import tempfile
 from pathlib import Path
 
 MODULE_FILE = "_C" + (".pyd" if sys.platform == "win32" else ".so")
+# Weight forms that are not GGUF types but made from one at load: form -> (GGUF type, the
+# worker's function of _C's that converts its bytes)
+FORMS = {"Q3_K_R": ("Q3_K", "repack_q3_K")}
 
 
 def worker(module_dir: str, threads: int) -> int:
@@ -47,7 +53,12 @@ def worker(module_dir: str, threads: int) -> int:
         cmd, tn, r, c, n, *rest = line.split()
         r, c, n = int(r), int(c), int(n)
         if (tn, r, c, n) not in cases:  # the same seeds in both workers: the same bytes
-            raw = random_raw(tn, r * c, np.random.default_rng(1)).reshape(r, -1)
+            form = FORMS.get(tn)  # a load-time form: random blocks of its GGUF type, converted
+            raw = random_raw(form[0] if form else tn, r * c, np.random.default_rng(1)).reshape(r, -1)
+            if form:
+                conv = np.empty_like(raw)
+                getattr(_C, form[1])(raw, conv)
+                raw = conv
             x = np.random.default_rng(2).standard_normal((n, c)).astype(np.float32)
             cases[(tn, r, c, n)] = (raw, x)
         raw, x = cases[(tn, r, c, n)]
@@ -70,9 +81,10 @@ def worker(module_dir: str, threads: int) -> int:
 def parse_case(s: str) -> tuple[str, int, int, int]:
     parts = s.split(":")
     if len(parts) not in (2, 3) or "x" not in parts[1]:
-        raise argparse.ArgumentTypeError(f"case {s!r}: expected TYPE:ROWSxCOLS[:TOKENS], e.g. Q4_K:1024x2048")
+        raise argparse.ArgumentTypeError(f"case {s!r}: expected TYPE[/TYPE_B]:ROWSxCOLS[:TOKENS], e.g. Q4_K:1024x2048")
     rows, cols = (int(v) for v in parts[1].split("x"))
-    return parts[0].upper(), rows, cols, int(parts[2]) if len(parts) == 3 else 1
+    ta, _, tb = parts[0].upper().partition("/")
+    return ta, tb or ta, rows, cols, int(parts[2]) if len(parts) == 3 else 1
 
 
 def main(argv=None) -> int:
@@ -82,7 +94,9 @@ def main(argv=None) -> int:
                                  epilog="See the module text (python benchmarks/ab_kernels.py's source) for why.")
     ap.add_argument("a", help="build A: a compiled pyengine._C module file (the baseline)")
     ap.add_argument("b", help="build B: the changed one")
-    ap.add_argument("cases", nargs="+", type=parse_case, help="TYPE:ROWSxCOLS[:TOKENS], e.g. Q4_K:1024x2048")
+    ap.add_argument("cases", nargs="+", type=parse_case,
+                    help="TYPE[/TYPE_B]:ROWSxCOLS[:TOKENS], e.g. Q4_K:1024x2048; TYPE_B: what build B runs "
+                         "(default TYPE), e.g. Q3_K/Q3_K_R: the same weights in the form made at load")
     ap.add_argument("--variant", default="avx2", help="kernel tier both builds run (default avx2)")
     ap.add_argument("-t", "--threads", type=int, default=1, help="threads of each worker (default 1)")
     ap.add_argument("-r", "--rounds", type=int, default=12, help="timed rounds per case, alternating (default 12)")
@@ -109,15 +123,16 @@ def main(argv=None) -> int:
             return got.strip()
 
         try:
-            for tn, r, c, n in args.cases:
-                req = f"{tn} {r} {c} {n} {args.variant}"
-                same = ask(workers[0], "check " + req) == ask(workers[1], "check " + req)
+            for ta, tb, r, c, n in args.cases:
+                req = [f"{tt} {r} {c} {n} {args.variant}" for tt in (ta, tb)]
+                same = ask(workers[0], "check " + req[0]) == ask(workers[1], "check " + req[1])
                 t = {0: [], 1: []}
                 for k in range(args.rounds):
                     for i in ((0, 1) if k % 2 == 0 else (1, 0)):
-                        t[i].append(float(ask(workers[i], "time " + req)))
+                        t[i].append(float(ask(workers[i], "time " + req[i])))
                 ratio = statistics.median(b / a for a, b in zip(t[0], t[1]))
-                print(f"{tn} {r}x{c} n={n} {args.variant}: A best {min(t[0]):.2f} median {statistics.median(t[0]):.2f} | "
+                name = ta if ta == tb else f"{ta}/{tb}"
+                print(f"{name} {r}x{c} n={n} {args.variant}: A best {min(t[0]):.2f} median {statistics.median(t[0]):.2f} | "
                       f"B best {min(t[1]):.2f} median {statistics.median(t[1]):.2f} ns/256 weights | "
                       f"B/A {ratio:.3f} (median of {args.rounds} rounds) | outputs "
                       f"{'bit-identical' if same else 'DIFFER'}", flush=True)

@@ -161,7 +161,13 @@ def place_weights(gf, mode: str = "auto", backend_name: str = "cpu", progress: b
     _copy_into(gf, names, arena, progress)
     got = huge_bytes(arena.ctypes.data, arena.nbytes) if todo else 0
     share = f", {got / max(todo, 1):.0%} of it in 2 MiB pages" if got is not None else ""
-    return f"{_fmt(todo)} copied into memory{share}{tail}"
+    forms = ""
+    if backend_name == "cpu":  # a copy can take the form the kernels read faster (same bytes)
+        from .backends.cpu_backend import repack_copied
+
+        done = repack_copied(gf.tensors, names)
+        forms = "".join(f"; {n} matrices rearranged as {f}" for f, n in done.items())
+    return f"{_fmt(todo)} copied into memory{share}{forms}{tail}"
 
 
 def anonymous_buffer(nbytes: int, huge: bool) -> np.ndarray:

@@ -385,15 +385,19 @@ def test_ab_kernels_script(capsys):
     from pyengine import _C
 
     ab = _bench_script("ab_kernels")
-    assert ab.main([_C.__file__, _C.__file__, "--variant", "generic", "-r", "2", "Q4_K:8x512", "q8_0:4x64:2"]) == 0
+    assert ab.main([_C.__file__, _C.__file__, "--variant", "generic", "-r", "2", "Q4_K:8x512", "q8_0:4x64:2",
+                    "Q3_K/Q3_K_R:4x512"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [ln.split(":")[0] for ln in lines] == ["Q4_K 8x512 n=1 generic", "Q8_0 4x64 n=2 generic"]
+    assert [ln.split(":")[0] for ln in lines] == ["Q4_K 8x512 n=1 generic", "Q8_0 4x64 n=2 generic",
+                                                  "Q3_K/Q3_K_R 4x512 n=1 generic"]
     assert all(ln.endswith("outputs bit-identical") and "B/A" in ln for ln in lines)
+    assert ab.main([_C.__file__, _C.__file__, "--variant", "generic", "-r", "1", "Q3_K/Q2_K:4x512"]) == 0
+    assert capsys.readouterr().out.strip().endswith("outputs DIFFER")  # not the same weights: it says so
     assert ab.main(["/nonexistent/_C.so", _C.__file__, "Q4_K:8x512"]) == 2
     assert "no such file" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         ab.main([_C.__file__, _C.__file__, "Q4K"])
-    assert "expected TYPE:ROWSxCOLS" in capsys.readouterr().err
+    assert "expected TYPE[/TYPE_B]:ROWSxCOLS" in capsys.readouterr().err
 
 
 def test_compare_llamacpp_targets():

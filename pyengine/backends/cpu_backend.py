@@ -67,6 +67,40 @@ def _isa_label() -> str:
     return str(_C.ops_variant())
 
 
+def matmul_tier() -> str:
+    """The matmul kernel tier ``variant="auto"`` runs here: ``$PYENGINE_CPU_VARIANT`` when set,
+    else the widest this CPU and build have ("generic", "avx2" or "avx512")."""
+    forced = os.environ.get("PYENGINE_CPU_VARIANT", "").strip().lower()
+    if forced and forced != "auto":
+        return forced
+    return str(_C.kernel_variants()[-1])
+
+
+#: GGUF type -> (the form the SIMD tiers read faster, the _C function that makes it). Same
+#: bytes per block, same values, bit-identical matmul results; see kernels/cpu/quants.h
+#: (block_q3_K_R) and the spec quants.repack_q3_K.
+LOAD_FORMS = {"Q3_K": ("Q3_K_R", "repack_q3_K")}
+
+
+def repack_copied(tensors: dict[str, QTensor], names) -> dict[str, int]:
+    """Rewrite, in place, the copied matrices of a type in :data:`LOAD_FORMS` into its faster
+    form, when a SIMD tier runs (the generic tier would only undo it). Only copies: a mapped
+    file is read-only and stays as it is. Returns {form: matrices rewritten}."""
+    done: dict[str, int] = {}
+    if matmul_tier() == "generic" or not hasattr(_C, "repack_q3_K"):
+        return done
+    for name in names:
+        t = tensors[name]
+        form = LOAD_FORMS.get(t.type_name.upper())
+        if form is None or len(t.shape) != 2 or not t.raw.flags.writeable:
+            continue
+        getattr(_C, form[1])(t.raw, t.raw)
+        t.type_name = form[0]
+        t.cache.clear()
+        done[form[0]] = done.get(form[0], 0) + 1
+    return done
+
+
 _NATIVE_TYPES: dict[str, bool] = {}
 
 

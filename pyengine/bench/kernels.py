@@ -42,7 +42,11 @@ MODEL_CASES: list[tuple[str, int, int, str]] = [
 ]
 GENERIC_SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008)]
 #: the Q4_K_M mix's types, then the other common quantizations (Q5_K_M, Q3_K_M, Q2_K, IQ4_XS, ...)
-DEFAULT_TYPES = ["Q4_K", "Q6_K", "Q8_0", "Q5_0", "Q5_K", "Q3_K", "Q2_K", "IQ4_XS", "IQ4_NL", "Q5_1", "BF16"]
+DEFAULT_TYPES = ["Q4_K", "Q6_K", "Q8_0", "Q5_0", "Q5_K", "Q3_K", "Q3_K_R", "Q2_K", "IQ4_XS", "IQ4_NL", "Q5_1", "BF16"]
+# Forms the cpu backend gives a GGUF type when it copies the weights at load (cpu_backend.LOAD_FORMS):
+# form -> (GGUF type, the _C function that makes it). Benchmarked as what a copied model runs:
+# random blocks of the GGUF type, converted; the NumPy reference and numba have no kernel for them.
+LOAD_FORMS = {"Q3_K_R": ("Q3_K", "repack_q3_K")}
 DEFAULT_BATCH = [1, 64]
 #: weights are copied until the rotation spans this many bytes, so each timed call
 #: reads its weights from DRAM, not from a cache warmed by the previous call
@@ -117,10 +121,12 @@ def collect_kernels(type_name: str, backends: Sequence[str] | None = None,
         raise PyEngineError(f"kernel backend {missing[0]!r} is not available here (available: {', '.join(avail)})")
     out: list[Kernel] = []
     for b in want:
+        if type_name in LOAD_FORMS and b != "cpu":
+            continue  # a form only the cpu backend makes and runs
         if b == "numpy":
             out.append(Kernel("numpy", "numpy", None, _bind(type_name, "numpy", None)))
         elif b == "cpu":
-            if type_name not in kernels.native_types():
+            if type_name not in kernels.native_types() and not (type_name in LOAD_FORMS and kernels.native_available()):
                 continue  # no native kernel for this type: nothing to time
             vs = kernels.kernel_variants() or ["auto"]
             if variants:
@@ -201,7 +207,14 @@ def bench_case(type_name: str, rows: int, cols: int, n: int, kernels: Sequence[K
         raise PyEngineError(f"{type_name} {rows}x{cols}: cols must be a multiple of the block size {t.block_size}")
     from ..testing.blocks import random_raw  # here, not at the top: `pyengine` builds its parser from this package
 
-    raw = random_raw(type_name, rows * cols, rng)
+    form = LOAD_FORMS.get(type_name)
+    raw = random_raw(form[0] if form else type_name, rows * cols, rng)
+    if form:  # the form a copied model runs, made from random blocks of its GGUF type
+        from .. import _C
+
+        conv = np.empty_like(raw)
+        getattr(_C, form[1])(raw, conv)
+        raw = conv
     x = rng.standard_normal((n, cols)).astype(np.float32)
     ref = reference_matmul(type_name, raw, (rows, cols), x)
     nbytes = raw.nbytes
@@ -450,4 +463,4 @@ def check_kernel_results(res: dict) -> int:
 def _known_types() -> list[str]:
     from ..ggml_types import SUPPORTED
 
-    return list(SUPPORTED)
+    return list(SUPPORTED) + list(LOAD_FORMS)
