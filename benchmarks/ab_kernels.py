@@ -30,9 +30,7 @@ import tempfile
 from pathlib import Path
 
 MODULE_FILE = "_C" + (".pyd" if sys.platform == "win32" else ".so")
-# Weight forms that are not GGUF types but made from one at load: form -> (GGUF type, the
-# worker's function of _C's that converts its bytes)
-FORMS = {"Q3_K_R": ("Q3_K", "repack_q3_K")}
+
 
 
 def worker(module_dir: str, threads: int) -> int:
@@ -45,6 +43,7 @@ def worker(module_dir: str, threads: int) -> int:
     sys.path.insert(0, module_dir)
     import _C  # noqa: E402  this worker's own build
 
+    from pyengine.ggml_types import BY_NAME, LOAD_FORMS
     from pyengine.testing.blocks import random_raw
 
     _C.set_num_threads(threads)
@@ -53,11 +52,11 @@ def worker(module_dir: str, threads: int) -> int:
         cmd, tn, r, c, n, *rest = line.split()
         r, c, n = int(r), int(c), int(n)
         if (tn, r, c, n) not in cases:  # the same seeds in both workers: the same bytes
-            form = FORMS.get(tn)  # a load-time form: random blocks of its GGUF type, converted
-            raw = random_raw(form[0] if form else tn, r * c, np.random.default_rng(1)).reshape(r, -1)
-            if form:
+            src = LOAD_FORMS.get(tn)  # a load-time form (Q3_K_R): random blocks of its GGUF type, converted
+            raw = random_raw(src or tn, r * c, np.random.default_rng(1)).reshape(r, -1)
+            if src:
                 conv = np.empty_like(raw)
-                getattr(_C, form[1])(raw, conv)
+                getattr(_C, "repack_" + BY_NAME[src].ident)(raw, conv)
                 raw = conv
             x = np.random.default_rng(2).standard_normal((n, c)).astype(np.float32)
             cases[(tn, r, c, n)] = (raw, x)

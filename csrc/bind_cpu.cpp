@@ -110,21 +110,25 @@ void py_get_rows(const std::string& type_name, const py::array& w, int64_t rows,
     pyengine::get_rows(t, wp, rows, cols, ip, n, op);
 }
 
-// dst = the Q3_K blocks of src rearranged into Q3_K_R (quants.h: block_q3_K_R). dst may be src.
-void py_repack_q3_K(const py::array& src, py::array& dst) {
+// dst = the blocks of src (GGUF type `from`, block_bytes each) rearranged by repack (one block,
+// src != dst). dst may be src.
+void repack_blocks(const py::array& src, py::array& dst, const char* from, int block_bytes,
+                   void (*repack)(const uint8_t*, uint8_t*)) {
     check_array<uint8_t>(src, "src", "uint8", false);
     check_array<uint8_t>(dst, "dst", "uint8", true);
-    if (src.nbytes() % 110 != 0) throw py::value_error("src must be whole Q3_K blocks of 110 bytes, got " + std::to_string(src.nbytes()) + " bytes");
+    if (src.nbytes() % block_bytes != 0)
+        throw py::value_error(std::string("src must be whole ") + from + " blocks of " + std::to_string(block_bytes) +
+                              " bytes, got " + std::to_string(src.nbytes()) + " bytes");
     if (dst.nbytes() != src.nbytes()) throw py::value_error("dst must have as many bytes as src");
     if (overlap(src, dst) && src.data() != dst.data()) throw py::value_error("dst must be src or not overlap it");
     const uint8_t* s = (const uint8_t*)src.data();
     uint8_t* d = (uint8_t*)dst.mutable_data();
-    const int64_t nb = (int64_t)src.nbytes() / 110;
+    const int64_t nb = (int64_t)src.nbytes() / block_bytes;
     py::gil_scoped_release nogil;
+    uint8_t tmp[256];
     for (int64_t b = 0; b < nb; ++b) {
-        uint8_t tmp[110];
-        pyengine::repack_q3_K(s + 110 * b, tmp);
-        std::memcpy(d + 110 * b, tmp, 110);
+        repack(s + block_bytes * b, tmp);
+        std::memcpy(d + block_bytes * b, tmp, (size_t)block_bytes);
     }
 }
 
@@ -135,16 +139,23 @@ void bind_cpu(py::module_& m) {
           py::arg("out"), py::arg("variant") = "auto",
           R"doc(out[:] = x @ W.T for a GGUF weight W of shape (rows, cols).
 
-type_name: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS\nor Q3_K_R (Q3_K repacked at load by repack_q3_K).
+type_name: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS\nor Q3_K_R / Q2_K_R (Q3_K / Q2_K repacked at load by repack_q3_K / repack_q2_K).
 w: the weight's raw GGUF bytes, uint8, C-contiguous, rows * row_bytes long.
 x: float32 (n, cols) C-contiguous; out: float32 (n, rows) C-contiguous, writeable.
 variant: "generic", "avx2", "avx512" or "auto" (best this CPU runs); the call runs
 matmul_<type>_<variant> (kernels/cpu/matmul_<variant>.cpp).
 For quantized types x is quantized to int8 per 32 values inside the call; the GIL is released and the
 work is split over the thread pool.)doc");
-    m.def("repack_q3_K", &py_repack_q3_K, py::arg("src"), py::arg("dst"),
-          "dst[:] = the Q3_K blocks of src (uint8) as Q3_K_R, the form the SIMD tiers unpack faster "
-          "(kernels/cpu/quants.h, block_q3_K_R; spec: pyengine.quants.repack_q3_K). dst may be src.");
+    m.def(
+        "repack_q3_K", [](const py::array& s, py::array& d) { repack_blocks(s, d, "Q3_K", 110, pyengine::repack_q3_K); },
+        py::arg("src"), py::arg("dst"),
+        "dst[:] = the Q3_K blocks of src (uint8) as Q3_K_R, the form the SIMD tiers unpack faster "
+        "(kernels/cpu/quants.h, block_q3_K_R; spec: pyengine.quants.repack_q3_K). dst may be src.");
+    m.def(
+        "repack_q2_K", [](const py::array& s, py::array& d) { repack_blocks(s, d, "Q2_K", 84, pyengine::repack_q2_K); },
+        py::arg("src"), py::arg("dst"),
+        "dst[:] = the Q2_K blocks of src (uint8) as Q2_K_R (kernels/cpu/quants.h, block_q2_K_R; spec: "
+        "pyengine.quants.repack_q2_K). dst may be src.");
     m.def("get_rows", &py_get_rows, py::arg("type_name"), py::arg("w"), py::arg("rows"), py::arg("cols"),
           py::arg("ids"), py::arg("out"),
           "out[i] = dequantized row ids[i] of W (rows, cols): ids int32 (n,), out float32 (n, cols).");

@@ -68,9 +68,11 @@ SUPPORTED = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K
 
 
 # Forms the cpu backend makes from a GGUF type when it copies the weights at load (never in a
-# file, no GGUF id): the same elements and bytes per block, the bits in another order.
-# Q3_K_R: Q3_K for the SIMD tiers (quants.repack_q3_K).
-INTERNAL = {"Q3_K_R": GGMLType("Q3_K_R", -1, 256, 110)}
+# file, no GGUF id): the same elements and bytes per block, the bits in the order the SIMD
+# tiers' lanes want them. form -> the GGUF type it is made from, by _C.repack_<type> (the spec:
+# quants.repack_<type>, undone by quants.unrepack_<type>; <type> as GGMLType.ident spells it).
+LOAD_FORMS = {"Q3_K_R": "Q3_K", "Q2_K_R": "Q2_K"}
+INTERNAL = {f: GGMLType(f, -1, BY_NAME[t].block_size, BY_NAME[t].type_size) for f, t in LOAD_FORMS.items()}
 
 
 def ggml_type(name: str) -> GGMLType:

@@ -36,7 +36,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import PyEngineError
-from .ggml_types import BY_NAME, INTERNAL, SUPPORTED, GGMLType
+from .ggml_types import BY_NAME, INTERNAL, LOAD_FORMS, SUPPORTED, GGMLType
 
 QK = 32  # values per block of the classic formats (Q4_0 .. Q8_1)
 QK_K = 256  # values per super-block of the K-quants
@@ -515,6 +515,22 @@ def _q3kr_tables() -> tuple[np.ndarray, np.ndarray]:
 
 
 _Q3KR_VALUE, _Q3KR_HBIT = _q3kr_tables()
+_PAIRS = (2 * np.arange(4)).astype(np.uint8)  # the shifts of the four 2-bit fields of a byte
+
+
+def _ql_of_qs(qs: np.ndarray) -> np.ndarray:
+    """Q2_K / Q3_K ``qs`` (n, 64) -> the Q2_K_R / Q3_K_R ``ql`` (n, 64) of the same values."""
+    low = _crumbs_k(qs).reshape(len(qs), 256)[:, _Q3KR_VALUE]  # (n, 2, 32, 4)
+    return np.bitwise_or.reduce(low << _PAIRS, axis=3).reshape(len(qs), 64)
+
+
+def _qs_of_ql(ql: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`_ql_of_qs`."""
+    n = len(ql)
+    lv = np.empty((n, 256), dtype=np.uint8)
+    lv[:, _Q3KR_VALUE] = (ql.reshape(n, 2, 32, 1) >> _PAIRS) & 3
+    lv = lv.reshape(n, 2, 4, 32)  # (n, c, j, l): value 128c + 32j + l
+    return np.bitwise_or.reduce(lv << _PAIRS[None, None, :, None], axis=2).reshape(n, 64)
 
 
 def repack_q3_K(raw) -> np.ndarray:
@@ -539,14 +555,11 @@ def repack_q3_K(raw) -> np.ndarray:
     """
     b = _as_blocks("Q3_K", raw)
     n = len(b)
-    low = _crumbs_k(b["qs"]).reshape(n, 256)  # (n, 256) low 2 bits of every value
     shifts = np.arange(8, dtype=np.uint8)[None, :, None]
-    high = ((b["hmask"][:, None, :] >> shifts) & 1).reshape(n, 256)  # (n, 256), value 32b + l
-    low, high = low[:, _Q3KR_VALUE], high[:, _Q3KR_VALUE]  # each (n, 2, 32, 4)
+    high = ((b["hmask"][:, None, :] >> shifts) & 1).reshape(n, 256)[:, _Q3KR_VALUE]  # (n, 2, 32, 4)
     out = np.empty((n, 110), dtype=np.uint8)
-    pair = (2 * np.arange(4)).astype(np.uint8)
-    out[:, 32:96] = np.bitwise_or.reduce(low << pair, axis=3).reshape(n, 64)
     out[:, :32] = np.bitwise_or.reduce(high << _Q3KR_HBIT, axis=(1, 3))
+    out[:, 32:96] = _ql_of_qs(b["qs"])
     out[:, 96:] = b.view(np.uint8).reshape(n, 110)[:, 96:]
     return out.reshape(-1)
 
@@ -555,18 +568,12 @@ def unrepack_q3_K(raw) -> np.ndarray:
     """Q3_K_R blocks -> the Q3_K blocks they were made from (the inverse of :func:`repack_q3_K`)."""
     r = _raw_u8(raw).reshape(-1, 110)
     n = len(r)
-    pair = (2 * np.arange(4)).astype(np.uint8)
-    low = (r[:, 32:96].reshape(n, 2, 32, 1) >> pair) & 3  # (n, 2, 32, 4)
-    high = (r[:, None, :32, None] >> _Q3KR_HBIT) & 1  # (n, 2, 32, 4)
-    lv = np.empty((n, 256), dtype=np.uint8)
     hv = np.empty((n, 256), dtype=np.uint8)
-    lv[:, _Q3KR_VALUE] = low
-    hv[:, _Q3KR_VALUE] = high
+    hv[:, _Q3KR_VALUE] = (r[:, None, :32, None] >> _Q3KR_HBIT) & 1
     out = np.empty((n, 110), dtype=np.uint8)
-    lv = lv.reshape(n, 2, 4, 32)  # (n, c, j, l): value 128c + 32j + l
-    out[:, 32:96] = np.bitwise_or.reduce(lv << pair[None, None, :, None], axis=2).reshape(n, 64)
     hv = hv.reshape(n, 8, 32)  # (n, b, l): value 32b + l
     out[:, :32] = np.bitwise_or.reduce(hv << np.arange(8, dtype=np.uint8)[None, :, None], axis=1)
+    out[:, 32:96] = _qs_of_ql(r[:, 32:96])
     out[:, 96:] = r[:, 96:]
     return out.reshape(-1)
 
@@ -574,6 +581,41 @@ def unrepack_q3_K(raw) -> np.ndarray:
 def dequantize_q3_K_R(blocks, out=None) -> np.ndarray:
     """Q3_K_R: the values of the Q3_K blocks it was made from (:func:`repack_q3_K`)."""
     return dequantize_q3_K(unrepack_q3_K(blocks), out=out)
+
+
+#: half c's sub-block scale byte in Q2_K_R order: byte 8c + L of Q2_K_R is byte _Q2KR_SCALES[8c + L] of Q2_K
+_Q2KR_SCALES = np.array([8 * c + 2 * (L % 4) + L // 4 for c in range(2) for L in range(8)])
+
+
+def repack_q2_K(raw) -> np.ndarray:
+    """Q2_K blocks -> Q2_K_R blocks (uint8, same size): the same values, bytes reordered.
+
+    ======= ====== =====================================================
+    bytes   field  meaning
+    ======= ====== =====================================================
+    0-15    scales Q2_K's scale bytes (scale | min << 4), half ``c``'s eight at
+                   ``8c + L`` for group ``2 (L % 4) + L // 4`` (the lane order)
+    16-79   ql     low 2 bits as Q3_K_R's ``ql`` (:func:`repack_q3_K`)
+    80-83          d, dmin as Q2_K
+    ======= ====== =====================================================
+    """
+    b = _as_blocks("Q2_K", raw)
+    n = len(b)
+    out = np.empty((n, 84), dtype=np.uint8)
+    out[:, :16] = b["scales"][:, _Q2KR_SCALES]
+    out[:, 16:80] = _ql_of_qs(b["qs"])
+    out[:, 80:] = b.view(np.uint8).reshape(n, 84)[:, 80:]
+    return out.reshape(-1)
+
+
+def unrepack_q2_K(raw) -> np.ndarray:
+    """Q2_K_R blocks -> the Q2_K blocks they were made from (the inverse of :func:`repack_q2_K`)."""
+    r = _raw_u8(raw).reshape(-1, 84)
+    out = np.empty((len(r), 84), dtype=np.uint8)
+    out[:, _Q2KR_SCALES] = r[:, :16]
+    out[:, 16:80] = _qs_of_ql(r[:, 16:80])
+    out[:, 80:] = r[:, 80:]
+    return out.reshape(-1)
 
 
 # ---------------------------------------------------------------------------------
@@ -688,7 +730,7 @@ _CHUNK_VALUES = 1 << 18
 
 def _check(type_name: str) -> tuple[str, GGMLType]:
     name = str(type_name).upper()
-    if name in INTERNAL:  # a load-time form of a GGUF type (Q3_K_R)
+    if name in INTERNAL:  # a load-time form of a GGUF type (Q3_K_R, Q2_K_R)
         return name, INTERNAL[name]
     if name not in DEQUANT_TYPES:
         what = "unsupported" if name in BY_NAME else "unknown"
@@ -715,8 +757,9 @@ def dequantize(type_name: str, raw, n_elements: int) -> np.ndarray:
         raise QuantError(f"{name}: {n_elements} elements need {want} bytes, got {u8.size}")
     if name in _FLOAT_DEQUANTIZERS:
         return _FLOAT_DEQUANTIZERS[name](u8)
-    if name == "Q3_K_R":  # a load-time form (ggml_types.INTERNAL): the Q3_K blocks it was made from
-        return dequantize("Q3_K", unrepack_q3_K(u8), n_elements)
+    if name in LOAD_FORMS:  # a load-time form (ggml_types.LOAD_FORMS): the blocks it was made from
+        src = LOAD_FORMS[name]
+        return dequantize(src, globals()["unrepack_" + BY_NAME[src].ident](u8), n_elements)
     f = BLOCK_DEQUANTIZERS[name]
     blocks = u8.view(BLOCK_DTYPES[name])
     out = np.empty((len(blocks), t.block_size), dtype=np.float32)

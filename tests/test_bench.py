@@ -386,10 +386,10 @@ def test_ab_kernels_script(capsys):
 
     ab = _bench_script("ab_kernels")
     assert ab.main([_C.__file__, _C.__file__, "--variant", "generic", "-r", "2", "Q4_K:8x512", "q8_0:4x64:2",
-                    "Q3_K/Q3_K_R:4x512"]) == 0
+                    "Q3_K/Q3_K_R:4x512", "Q2_K/Q2_K_R:4x512"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [ln.split(":")[0] for ln in lines] == ["Q4_K 8x512 n=1 generic", "Q8_0 4x64 n=2 generic",
-                                                  "Q3_K/Q3_K_R 4x512 n=1 generic"]
+                                                  "Q3_K/Q3_K_R 4x512 n=1 generic", "Q2_K/Q2_K_R 4x512 n=1 generic"]
     assert all(ln.endswith("outputs bit-identical") and "B/A" in ln for ln in lines)
     assert ab.main([_C.__file__, _C.__file__, "--variant", "generic", "-r", "1", "Q3_K/Q2_K:4x512"]) == 0
     assert capsys.readouterr().out.strip().endswith("outputs DIFFER")  # not the same weights: it says so

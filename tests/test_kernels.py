@@ -258,75 +258,85 @@ def test_few_tokens_give_the_same_bits_as_many(t, variant):
             np.testing.assert_array_equal(few, many[:n], err_msg=f"{t} {variant} cols={cols} n={n}")
 
 
-# ---- Q3_K_R: Q3_K rearranged when the cpu backend copies the weights (cpu_backend.repack_copied) ----
-def _repacked(raw: np.ndarray) -> np.ndarray:
+# ---- Q3_K_R, Q2_K_R: Q3_K, Q2_K rearranged when the cpu backend copies the weights ----------------
+# (cpu_backend.repack_copied; ggml_types.LOAD_FORMS)
+FORMS = [("Q3_K", "Q3_K_R"), ("Q2_K", "Q2_K_R")]
+
+
+def _repacked(t: str, raw: np.ndarray) -> np.ndarray:
     out = np.empty_like(raw)
-    _native().repack_q3_K(raw, out)
+    getattr(_native(), "repack_" + ggml_type(t).ident)(raw, out)
     return out
 
 
 @pytest.mark.parametrize("variant", ["generic", "avx2", "avx512"])
+@pytest.mark.parametrize("t,form", FORMS)
 @SETTINGS
 @given(data=st.data(), mode=st.sampled_from(MODES), seed=st.integers(0, 2**32 - 1))
-def test_q3_K_R_gives_the_bits_of_q3_K(variant, data, mode, seed):
-    """Same values, same lanes, same arithmetic: a tier's Q3_K_R matmul returns what its Q3_K
-    matmul returns for the blocks it was made from, bit for bit (any token count: the gemv and
+def test_load_form_gives_the_bits_of_its_type(t, form, variant, data, mode, seed):
+    """Same values, same lanes, same arithmetic: a tier's matmul of the form returns what its
+    matmul of the blocks it was made from returns, bit for bit (any token count: the gemv and
     the packed-panel path)."""
     _skip_unavailable("cpu", variant)
-    rows, cols, n = data.draw(shapes("Q3_K", min_rows=1, max_rows=70))
-    raw, x = make_case("Q3_K", rows, cols, n, mode, seed)
+    rows, cols, n = data.draw(shapes(t, min_rows=1, max_rows=70))
+    raw, x = make_case(t, rows, cols, n, mode, seed)
     C = _native()
     a = np.empty((n, rows), np.float32)
     b = np.empty((n, rows), np.float32)
-    C.matmul("Q3_K", raw, rows, cols, x, a, variant)
-    C.matmul("Q3_K_R", _repacked(raw), rows, cols, x, b, variant)
-    np.testing.assert_array_equal(b, a, err_msg=f"{variant} {rows}x{cols} n={n} {mode}")
+    C.matmul(t, raw, rows, cols, x, a, variant)
+    C.matmul(form, _repacked(t, raw), rows, cols, x, b, variant)
+    np.testing.assert_array_equal(b, a, err_msg=f"{form} {variant} {rows}x{cols} n={n} {mode}")
 
 
 @pytest.mark.parametrize("variant", ["generic", "avx2", "avx512"])
-def test_q3_K_R_every_token_count_and_width(variant):
+@pytest.mark.parametrize("t,form", FORMS)
+def test_load_form_every_token_count_and_width(t, form, variant):
     """The same, over the widths and token counts of test_few_tokens_give_the_same_bits_as_many."""
     _skip_unavailable("cpu", variant)
     C = _native()
     for nblk in (1, 2, 3, 8, 9, 17):
         rows, cols = 67, 256 * nblk
-        raw, x = make_case("Q3_K", rows, cols, 9, "normal", nblk)
-        rp = _repacked(raw)
+        raw, x = make_case(t, rows, cols, 9, "normal", nblk)
+        rp = _repacked(t, raw)
         for n in (1, 2, 3, 4, 5, 9):
             a = np.empty((n, rows), np.float32)
             b = np.empty((n, rows), np.float32)
-            C.matmul("Q3_K", raw, rows, cols, x[:n], a, variant)
-            C.matmul("Q3_K_R", rp, rows, cols, x[:n], b, variant)
-            np.testing.assert_array_equal(b, a, err_msg=f"{variant} cols={cols} n={n}")
+            C.matmul(t, raw, rows, cols, x[:n], a, variant)
+            C.matmul(form, rp, rows, cols, x[:n], b, variant)
+            np.testing.assert_array_equal(b, a, err_msg=f"{form} {variant} cols={cols} n={n}")
 
 
-def test_q3_K_R_repack_is_the_spec_and_rows_decode_alike():
-    """_C.repack_q3_K writes what quants.repack_q3_K (the spec) writes, in place or not; rows
-    gathered from the repacked form are the Q3_K rows."""
+@pytest.mark.parametrize("t,form", FORMS)
+def test_load_form_repack_is_the_spec_and_rows_decode_alike(t, form):
+    """_C.repack_<type> writes what quants.repack_<type> (the spec) writes, in place or not;
+    rows gathered from the form are the rows of its type."""
     if not kernels.native_available():
         pytest.skip("pyengine._C not importable")
     C = _native()
+    ident = ggml_type(t).ident
+    bb = ggml_type(t).type_size
     rng = np.random.default_rng(11)
     for mode in MODES:
-        raw = random_raw("Q3_K", 256 * 40, rng, scales=mode)
-        rp = _repacked(raw)
-        np.testing.assert_array_equal(rp, quants.repack_q3_K(raw), err_msg=mode)
+        raw = random_raw(t, 256 * 40, rng, scales=mode)
+        rp = _repacked(t, raw)
+        np.testing.assert_array_equal(rp, getattr(quants, "repack_" + ident)(raw), err_msg=mode)
         same = raw.copy()
-        C.repack_q3_K(same, same)
+        getattr(C, "repack_" + ident)(same, same)
         np.testing.assert_array_equal(same, rp, err_msg=mode)
         ids = np.array([0, 7, 3, 9], np.int32)
         a = np.empty((4, 1024), np.float32)
         b = np.empty((4, 1024), np.float32)
-        C.get_rows("Q3_K", raw, 10, 1024, ids, a)
-        C.get_rows("Q3_K_R", rp, 10, 1024, ids, b)
+        C.get_rows(t, raw, 10, 1024, ids, a)
+        C.get_rows(form, rp, 10, 1024, ids, b)
         np.testing.assert_array_equal(b, a, err_msg=mode)
-    with pytest.raises(ValueError, match="whole Q3_K blocks"):
-        C.repack_q3_K(np.zeros(111, np.uint8), np.zeros(111, np.uint8))
+    repack = getattr(C, "repack_" + ident)
+    with pytest.raises(ValueError, match=f"whole {t} blocks of {bb} bytes"):
+        repack(np.zeros(bb + 1, np.uint8), np.zeros(bb + 1, np.uint8))
     with pytest.raises(ValueError, match="as many bytes"):
-        C.repack_q3_K(np.zeros(110, np.uint8), np.zeros(220, np.uint8))
-    buf = np.zeros(330, np.uint8)
+        repack(np.zeros(bb, np.uint8), np.zeros(2 * bb, np.uint8))
+    buf = np.zeros(3 * bb, np.uint8)
     with pytest.raises(ValueError, match="not overlap"):
-        C.repack_q3_K(buf[:220], buf[110:])
+        repack(buf[:2 * bb], buf[bb:])
 
 
 # ---- determinism and threads -------------------------------------------------------------------

@@ -684,11 +684,32 @@ def test_q3_K_R_puts_each_value_where_the_layout_says(v, p, k):
     np.testing.assert_array_equal(r, want)
 
 
+@pytest.mark.parametrize("v,p,k", [(0, 0, 0), (16, 16, 0), (36, 4, 1), (200, 8, 2), (255, 31, 3)])
+def test_q2_K_R_puts_each_value_where_the_layout_says(v, p, k):
+    """Q2_K_R's ql is Q3_K_R's (the same hand-worked cases); its scale bytes of half c sit at
+    8c + L for group 2 (L % 4) + L // 4: Q2_K scale byte 8c + g at 8c + 4 (g % 2) + g // 2."""
+    c, j, l = v // 128, (v % 128) // 32, v % 32
+    raw = np.zeros(84, np.uint8)
+    raw[16 + 32 * c + l] = 3 << (2 * j)
+    want = np.zeros(84, np.uint8)
+    want[16 + 32 * c + p] = 3 << (2 * k)
+    np.testing.assert_array_equal(Q.repack_q2_K(raw), want)
+    for g, at in [(0, 0), (1, 4), (2, 1), (5, 6), (7, 7), (8, 8), (11, 13), (14, 11)]:
+        raw = np.zeros(84, np.uint8)
+        raw[g] = 0xA7
+        assert np.flatnonzero(Q.repack_q2_K(raw)).tolist() == [at], g
+
+
+@pytest.mark.parametrize("t,form", [("Q3_K", "Q3_K_R"), ("Q2_K", "Q2_K_R")])
 @pytest.mark.parametrize("mode", MODES)
-def test_q3_K_R_round_trip_and_values(mode):
-    raw = random_raw("Q3_K", 256 * 30, np.random.default_rng(4), scales=mode)
-    r = Q.repack_q3_K(raw)
+def test_load_form_round_trip_and_values(t, form, mode):
+    ident = BY_NAME[t].ident
+    bb = BY_NAME[t].type_size
+    raw = random_raw(t, 256 * 30, np.random.default_rng(4), scales=mode)
+    r = getattr(Q, "repack_" + ident)(raw)
     assert r.dtype == np.uint8 and r.shape == raw.shape
-    np.testing.assert_array_equal(Q.unrepack_q3_K(r), raw)
-    np.testing.assert_array_equal(r[96:110], raw[96:110])  # scales and d stay
-    assert_bit_equal(Q.dequantize("Q3_K_R", r, raw.size // 110 * 256), Q.dequantize("Q3_K", raw, raw.size // 110 * 256))
+    np.testing.assert_array_equal(getattr(Q, "unrepack_" + ident)(r), raw)
+    tail = {"Q3_K": 96, "Q2_K": 80}[t]  # scales and d (Q3_K), d and dmin (Q2_K) stay
+    np.testing.assert_array_equal(r.reshape(-1, bb)[:, tail:], raw.reshape(-1, bb)[:, tail:])
+    n = raw.size // bb * 256
+    assert_bit_equal(Q.dequantize(form, r, n), Q.dequantize(t, raw, n))

@@ -157,28 +157,30 @@ def test_doctor_says_where_the_cpu_backend_keeps_weights():
     assert want in lines[0] and f"transparent huge pages: {wp.thp_mode() or 'not available'}" in lines[0], lines[0]
 
 
-@pytest.mark.skipif(not native_built(), reason="the cpu backend's Q3_K_R needs pyengine._C")
-def test_a_cpu_copy_rearranges_q3_K_and_decodes_the_same_bits(tmp_path, monkeypatch):
-    """Copied for the cpu backend, Q3_K matrices take the form the SIMD tiers read faster
-    (Q3_K_R, cpu_backend.repack_copied): the one-line description says so, and the logits of a
-    prompt and of the single-call decode steps are those of the mapped Q3_K file, bit for bit
-    (the kernels of the two forms compute the same sums in the same lanes). On the generic
-    tier, or for another backend, the copy stays Q3_K."""
+@pytest.mark.skipif(not native_built(), reason="the cpu backend's load-time forms need pyengine._C")
+@pytest.mark.parametrize("qt", ["Q3_K", "Q2_K"])
+def test_a_cpu_copy_rearranges_q3_K_q2_K_and_decodes_the_same_bits(qt, tmp_path):
+    """Copied for the cpu backend, Q3_K / Q2_K matrices take the form the SIMD tiers read faster
+    (Q3_K_R / Q2_K_R, cpu_backend.repack_copied): the one-line description says so, and the
+    logits of a prompt and of the single-call decode steps are those of the mapped file, bit for
+    bit (the kernels of the two forms compute the same sums in the same lanes). On the generic
+    tier, or for another backend, the copy keeps the file's type."""
     import pyengine
     from pyengine.backends.cpu_backend import matmul_tier
     from test_memory import SHAPE, write_model
 
-    path = tmp_path / "small-Q3_K.gguf"
-    write_model(path, "Q3_K", dict(SHAPE, dim=256, n_layers=2, ffn=768, n_heads=4, n_kv_heads=2, n_vocab=512), seed=5)
+    form = qt + "_R"
+    path = tmp_path / f"small-{qt}.gguf"
+    write_model(path, qt, dict(SHAPE, dim=256, n_layers=2, ffn=768, n_heads=4, n_kv_heads=2, n_vocab=512), seed=5)
     gf = open_gguf(path)
-    n_q3 = sum(t.type_name == "Q3_K" and len(t.shape) == 2 for t in gf.tensors.values())
-    assert n_q3 >= 14  # 7 matrices a layer, the embedding and the output
+    n_q = sum(t.type_name == qt and len(t.shape) == 2 for t in gf.tensors.values())
+    assert n_q >= 14  # 7 matrices a layer, the embedding and the output
     line = wp.place_weights(gf, "copy", "cpu")
     if matmul_tier() == "generic":
-        assert "rearranged" not in line and all(t.type_name != "Q3_K_R" for t in gf.tensors.values())
+        assert "rearranged" not in line and all(t.type_name != form for t in gf.tensors.values())
     else:
-        assert f"; {n_q3} matrices rearranged as Q3_K_R" in line, line
-        assert sum(t.type_name == "Q3_K_R" for t in gf.tensors.values()) == n_q3
+        assert f"; {n_q} matrices rearranged as {form}" in line, line
+        assert sum(t.type_name == form for t in gf.tensors.values()) == n_q
     line = wp.place_weights(open_gguf(path), "copy", "numpy")
     assert "rearranged" not in line, line
 
@@ -187,6 +189,6 @@ def test_a_cpu_copy_rearranges_q3_K_and_decodes_the_same_bits(tmp_path, monkeypa
         m = pyengine.load(path, backend="cpu", n_ctx=64, progress=False, weights=weights)
         runs[weights] = [m.prefill([5, 70, 80])] + [m.decode(t) for t in (90, 100, 7)]
         assert m._step is not None
-        assert ("rearranged as Q3_K_R" in m.weights_placement) == (weights == "copy" and matmul_tier() != "generic")
+        assert (f"rearranged as {form}" in m.weights_placement) == (weights == "copy" and matmul_tier() != "generic")
     for i, (a, b) in enumerate(zip(runs["map"], runs["copy"])):
         np.testing.assert_array_equal(b, a, err_msg=f"step {i}")

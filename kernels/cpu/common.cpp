@@ -163,6 +163,12 @@ void dequantize_row(WType t, const uint8_t* row, int64_t cols, float* out) {
                 dequantize_row(WType::Q3_K, q3, 256, out);
                 break;
             }
+            case WType::Q2_K_R: {  // the Q2_K block it was made from
+                uint8_t q2[84];
+                unrepack_q2_K(blk, q2);
+                dequantize_row(WType::Q2_K, q2, 256, out);
+                break;
+            }
             case WType::IQ4_NL: {  // x = d * level[nibble]
                 const float d = fp16_to_fp32(load_u16(blk));
                 for (int i = 0; i < 16; ++i) {

@@ -12,7 +12,7 @@
 // matmul_kernels_avx2.by_type:
 //   matmul_q4_0_avx2 matmul_q4_1_avx2 matmul_q5_0_avx2 matmul_q5_1_avx2 matmul_q8_0_avx2
 //   matmul_q2_K_avx2 matmul_q3_K_avx2 matmul_q4_K_avx2 matmul_q5_K_avx2 matmul_q6_K_avx2
-//   matmul_iq4_nl_avx2 matmul_iq4_xs_avx2 matmul_q3_K_R_avx2 matmul_bf16_avx2 matmul_f16_avx2 matmul_f32_avx2
+//   matmul_iq4_nl_avx2 matmul_iq4_xs_avx2 matmul_q3_K_R_avx2 matmul_q2_K_R_avx2 matmul_bf16_avx2 matmul_f16_avx2 matmul_f32_avx2
 // Each computes y (n, rows) = x (n, cols) @ W.T for W of its type: the same arithmetic
 // as quants.matmul_<type>, the spec (activations quantized to int8 per 32 values as
 // described in matmul_kernels.h; float types in float).
@@ -201,6 +201,25 @@ static AI_INLINE void pack_panel_q3kr(const uint8_t* blk, int c, Sink& sink) {
     sink.template put<16, true, true, true>(v, D, _mm256_mul_ps(_mm256_set1_ps(4.0f), D));  // values 0..7
 }
 
+// Q2_K_R (block_q2_K_R in quants.h): half c straight into panel order, v[k] = (ql >> 2k) & 3
+// (7 ops where Q2_K takes 12), and the half's scale bytes already in lane order (no shuffle).
+// Same values, scales and lanes as pack_panel_q23k<false>: the same results bit for bit.
+template <class Sink>
+static AI_INLINE void pack_panel_q2kr(const uint8_t* blk, int c, Sink& sink) {
+    const __m256i three = _mm256_set1_epi8(3);
+    const __m256i x = _mm256_loadu_si256((const __m256i*)(blk + 16 + 32 * c));
+    __m256i v[4];  // 16-bit shifts: what crosses from the next byte lands above bit 1, masked off
+    v[0] = _mm256_and_si256(x, three);
+    v[1] = _mm256_and_si256(_mm256_srli_epi16(x, 2), three);
+    v[2] = _mm256_and_si256(_mm256_srli_epi16(x, 4), three);
+    v[3] = _mm256_and_si256(_mm256_srli_epi16(x, 6), three);
+    const __m256i s8 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(blk + 8 * c)));
+    const __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)load_u32(blk + 80)));  // d, dmin
+    const __m256 D = _mm256_mul_ps(_mm256_broadcastss_ps(dm), _mm256_cvtepi32_ps(_mm256_and_si256(s8, _mm256_set1_epi32(15))));
+    const __m256 E = _mm256_mul_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dm)), _mm256_cvtepi32_ps(_mm256_srli_epi32(s8, 4)));
+    sink.template put<16, true, true, true>(v, D, E);  // values 0..3
+}
+
 // IQ4_XS: one panel = one super-block (8 groups of 32, group j's nibbles at qs[16j ..]); signed, E = 0.
 template <class Sink>
 static AI_INLINE void pack_panel_iq4xs(const uint8_t* blk, Sink& sink) {
@@ -295,6 +314,12 @@ static AI_INLINE void for_each_panel(WType t, const uint8_t* row, int64_t nb, Si
             for (int64_t b = 0; b < nb; ++b) {
                 pack_panel_q3kr(row + b * BB, 0, sink);
                 pack_panel_q3kr(row + b * BB, 1, sink);
+            }
+            return;
+        case WType::Q2_K_R:
+            for (int64_t b = 0; b < nb; ++b) {
+                pack_panel_q2kr(row + b * BB, 0, sink);
+                pack_panel_q2kr(row + b * BB, 1, sink);
             }
             return;
         case WType::Q6_K:
@@ -514,7 +539,7 @@ constexpr TileTable<32, false, true> kTiles32m;   // Q4_1, Q5_1, Q4_K, Q5_K
 constexpr TileTable<32, false, false> kTiles32z;  // Q4_0, Q5_0
 constexpr TileTable<32, true, false> kTiles32s;   // Q8_0, IQ4_NL, IQ4_XS (signed, C = 0)
 constexpr TileTable<16, false, false> kTiles16z;  // Q3_K, Q3_K_R, Q6_K
-constexpr TileTable<16, false, true> kTiles16m;   // Q2_K
+constexpr TileTable<16, false, true> kTiles16m;   // Q2_K, Q2_K_R
 
 void gemm_avx2(WType t, int G, int64_t np, const uint8_t* wp, int nr, const uint8_t* ap, int nt, float* out,
                int64_t ldo) {
@@ -740,6 +765,9 @@ void matmul_iq4_xs_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wb
 }
 void matmul_q3_K_R_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
     matmul_rows_quant(matmul_kernels_avx2, WType::Q3_K_R, c, r0, r1, wbuf);
+}
+void matmul_q2_K_R_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx2, WType::Q2_K_R, c, r0, r1, wbuf);
 }
 
 }  // namespace

@@ -10,7 +10,7 @@
 // matmul_kernels_avx512.by_type:
 //   matmul_q4_0_avx512 matmul_q4_1_avx512 matmul_q5_0_avx512 matmul_q5_1_avx512 matmul_q8_0_avx512
 //   matmul_q2_K_avx512 matmul_q3_K_avx512 matmul_q4_K_avx512 matmul_q5_K_avx512 matmul_q6_K_avx512
-//   matmul_iq4_nl_avx512 matmul_iq4_xs_avx512 matmul_q3_K_R_avx512 matmul_bf16_avx512 matmul_f16_avx512
+//   matmul_iq4_nl_avx512 matmul_iq4_xs_avx512 matmul_q3_K_R_avx512 matmul_q2_K_R_avx512 matmul_bf16_avx512 matmul_f16_avx512
 //   matmul_f32_avx512
 // Each computes y (n, rows) = x (n, cols) @ W.T for W of its type: the same arithmetic
 // as quants.matmul_<type>, the spec (activations quantized to int8 per 32 values as
@@ -452,9 +452,13 @@ static AI_INLINE void pack_panel_q23k(const uint8_t* blk, Sink& sink) {
 // them to the low bits, and v[k] is one of the two results (shifted by 4 for k >= 2) & 7:
 // 14 ops for 256 values where the Q3_K block takes 24. Same values, scales and lanes as
 // pack_panel_q23k<true>, so the same results bit for bit.
+// Lane L of this tier's G = 16 panel (group 4(L%4) + L/4) <- dword (or scale byte) 8c + 4(g%2) +
+// (g%8)/2 of the Q2_K_R / Q3_K_R order (c = g/8).
+static AI_INLINE __m512i q23kr_lanes() { return _mm512_setr_epi32(0, 2, 8, 10, 4, 6, 12, 14, 1, 3, 9, 11, 5, 7, 13, 15); }
+
 template <class Sink>
 static AI_INLINE void pack_panel_q3kr(const uint8_t* blk, Sink& sink) {
-    const __m512i idx = _mm512_setr_epi32(0, 2, 8, 10, 4, 6, 12, 14, 1, 3, 9, 11, 5, 7, 13, 15);
+    const __m512i idx = q23kr_lanes();
     const __m512i hshift = _mm512_setr_epi32(0, 0, 2, 2, 0, 0, 2, 2, 0, 0, 2, 2, 0, 0, 2, 2);  // 2 in half 1
     const __m512i m33 = _mm512_set1_epi8(0x33), seven = _mm512_set1_epi8(7);
     const __m512i x = _mm512_permutexvar_epi32(idx, _mm512_loadu_si512((const void*)(blk + 32)));
@@ -471,6 +475,26 @@ static AI_INLINE void pack_panel_q3kr(const uint8_t* blk, Sink& sink) {
     const __m512 D = _mm512_mul_ps(_mm512_set1_ps(half(blk + 108)),
                                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_shuffle_epi8(q3k_scales_x16(blk + 96), perm16_u8()))));
     sink.template put<16, true, true>(v, D, _mm512_mul_ps(_mm512_set1_ps(4.0f), D));
+}
+
+// Q2_K_R (block_q2_K_R in quants.h): one super-block, its ql dwords permuted into this tier's
+// lanes (one vpermd), then v[k] = (ql >> 2k) & 3: 8 ops where Q2_K takes 12; the scale bytes
+// go through the same permutation as one byte shuffle. Bit-identical to pack_panel_q23k<false>.
+template <class Sink>
+static AI_INLINE void pack_panel_q2kr(const uint8_t* blk, Sink& sink) {
+    const __m512i three = _mm512_set1_epi8(3);
+    const __m512i x = _mm512_permutexvar_epi32(q23kr_lanes(), _mm512_loadu_si512((const void*)(blk + 16)));
+    __m512i v[4];
+    v[0] = _mm512_and_si512(x, three);
+    v[1] = _mm512_and_si512(_mm512_srli_epi32(x, 2), three);
+    v[2] = _mm512_and_si512(_mm512_srli_epi32(x, 4), three);
+    v[3] = _mm512_and_si512(_mm512_srli_epi32(x, 6), three);
+    const __m128i lanes = _mm_setr_epi8(0, 2, 8, 10, 4, 6, 12, 14, 1, 3, 9, 11, 5, 7, 13, 15);  // q23kr_lanes
+    const __m512i s8 = _mm512_cvtepu8_epi32(_mm_shuffle_epi8(_mm_loadu_si128((const __m128i*)blk), lanes));
+    const __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)load_u32(blk + 80)));  // d, dmin
+    const __m512 D = _mm512_mul_ps(_mm512_broadcastss_ps(dm), _mm512_cvtepi32_ps(_mm512_and_si512(s8, _mm512_set1_epi32(15))));
+    const __m512 E = _mm512_mul_ps(_mm512_broadcastss_ps(_mm_movehdup_ps(dm)), _mm512_cvtepi32_ps(_mm512_srli_epi32(s8, 4)));
+    sink.template put<16, true, true>(v, D, E);
 }
 
 // IQ4_XS: one panel = two super-blocks (8 groups of 32 each); group j's nibbles are qs[16j ..].
@@ -581,6 +605,9 @@ static AI_INLINE void for_each_panel(WType t, const uint8_t* row, int64_t nb, Si
             return;
         case WType::Q3_K_R:
             for (int64_t b = 0; b < nb; ++b) pack_panel_q3kr(row + b * BB, sink);
+            return;
+        case WType::Q2_K_R:
+            for (int64_t b = 0; b < nb; ++b) pack_panel_q2kr(row + b * BB, sink);
             return;
         default:
             break;  // below
@@ -1097,6 +1124,9 @@ void matmul_iq4_xs_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* 
 }
 void matmul_q3_K_R_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
     matmul_rows_quant(matmul_kernels_avx512, WType::Q3_K_R, c, r0, r1, wbuf);
+}
+void matmul_q2_K_R_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx512, WType::Q2_K_R, c, r0, r1, wbuf);
 }
 
 }  // namespace

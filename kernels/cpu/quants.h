@@ -10,9 +10,9 @@
 namespace pyengine {
 
 // --- the weight types the CPU kernels run ------------------------------------
-// Q3_K_R is not a GGUF type: Q3_K with its bits rearranged at load for the SIMD tiers
-// (repack_q3_K below); the same 110 bytes, the same values.
-enum class WType : int { F32 = 0, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K, BF16, Q5_1, Q5_K, Q2_K, Q3_K, IQ4_NL, IQ4_XS, Q3_K_R, COUNT };
+// Q3_K_R and Q2_K_R are not GGUF types: Q3_K and Q2_K with their bits rearranged at load for
+// the SIMD tiers (repack_q3_K, repack_q2_K below); the same bytes, the same values.
+enum class WType : int { F32 = 0, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K, BF16, Q5_1, Q5_K, Q2_K, Q3_K, IQ4_NL, IQ4_XS, Q3_K_R, Q2_K_R, COUNT };
 
 struct WTypeInfo {
     const char* name;
@@ -27,6 +27,7 @@ static inline const WTypeInfo& wtype_info(WType t) {
         {"Q5_0", 32, 22, 32}, {"Q8_0", 32, 34, 32}, {"Q4_K", 256, 144, 32}, {"Q6_K", 256, 210, 16},
         {"BF16", 1, 2, 0},    {"Q5_1", 32, 24, 32}, {"Q5_K", 256, 176, 32}, {"Q2_K", 256, 84, 16},
         {"Q3_K", 256, 110, 16}, {"IQ4_NL", 32, 18, 32}, {"IQ4_XS", 256, 136, 32}, {"Q3_K_R", 256, 110, 16},
+        {"Q2_K_R", 256, 84, 16},
     };
     static_assert(sizeof(table) / sizeof(table[0]) == (size_t)WType::COUNT, "one row per WType");
     return table[(int)t];
@@ -35,7 +36,7 @@ static inline const WTypeInfo& wtype_info(WType t) {
 // Bytes per block as a compile-time constant (the SIMD unpackers' template arguments).
 constexpr int wtype_block_bytes(WType t) {
     return t == WType::Q4_0 ? 18 : t == WType::Q4_1 ? 20 : t == WType::Q5_0 ? 22 : t == WType::Q5_1 ? 24
-         : t == WType::Q8_0 ? 34 : t == WType::IQ4_NL ? 18 : t == WType::Q2_K ? 84 : t == WType::Q3_K || t == WType::Q3_K_R ? 110
+         : t == WType::Q8_0 ? 34 : t == WType::IQ4_NL ? 18 : t == WType::Q2_K || t == WType::Q2_K_R ? 84 : t == WType::Q3_K || t == WType::Q3_K_R ? 110
          : t == WType::Q4_K ? 144 : t == WType::Q5_K ? 176 : t == WType::Q6_K ? 210 : t == WType::IQ4_XS ? 136
          : t == WType::F32 ? 4 : 2;
 }
@@ -125,6 +126,14 @@ struct block_q3_K_R {
     uint16_t d;
 };
 static_assert(sizeof(block_q3_K_R) == 110, "Q3_K_R block is 110 bytes");
+// Q2_K_R: a Q2_K block in the same order (repack_q2_K): ql as Q3_K_R's, and the sub-block
+// scale bytes of half c at 8c + L for the group lane L holds (2(L%4) + L/4): no shuffle either.
+struct block_q2_K_R {
+    uint8_t scales[16];
+    uint8_t ql[64];
+    uint16_t d, dmin;
+};
+static_assert(sizeof(block_q2_K_R) == 84, "Q2_K_R block is 84 bytes");
 struct block_iq4_nl {  // x = d * kIQ4Values[nibble]; nibbles as Q4_0
     uint16_t d;
     uint8_t qs[16];
@@ -233,31 +242,62 @@ static inline int q3kr_value(int c, int p, int k) {
     const int L = p / 4;
     return 128 * c + 16 * (2 * (L % 4) + L / 4) + 4 * k + p % 4;
 }
+// The 64 bytes of 2-bit fields of Q2_K / Q3_K (value 128c + 32j + l in bit pair j of
+// qs[32c + l]) into the lane order of Q2_K_R / Q3_K_R's ql (dst zeroed first), and back.
+static inline void repack_crumbs(const uint8_t* qs, uint8_t* ql) {
+    std::memset(ql, 0, 64);
+    for (int c = 0; c < 2; ++c)
+        for (int p = 0; p < 32; ++p)
+            for (int k = 0; k < 4; ++k) {
+                const int v = q3kr_value(c, p, k) - 128 * c, j = v / 32, l = v % 32;
+                ql[32 * c + p] |= (uint8_t)(((qs[32 * c + l] >> (2 * j)) & 3) << (2 * k));
+            }
+}
+static inline void unrepack_crumbs(const uint8_t* ql, uint8_t* qs) {
+    std::memset(qs, 0, 64);
+    for (int c = 0; c < 2; ++c)
+        for (int p = 0; p < 32; ++p)
+            for (int k = 0; k < 4; ++k) {
+                const int v = q3kr_value(c, p, k) - 128 * c, j = v / 32, l = v % 32;
+                qs[32 * c + l] |= (uint8_t)(((ql[32 * c + p] >> (2 * k)) & 3) << (2 * j));
+            }
+}
+// One Q2_K block -> Q2_K_R (src != dst), and back: scale byte 8c + L <-> 8c + 2(L%4) + L/4.
+static inline void repack_q2_K(const uint8_t* src, uint8_t* dst) {
+    for (int c = 0; c < 2; ++c)
+        for (int L = 0; L < 8; ++L) dst[8 * c + L] = src[8 * c + 2 * (L % 4) + L / 4];
+    repack_crumbs(src + 16, dst + 16);
+    std::memcpy(dst + 80, src + 80, 4);
+}
+static inline void unrepack_q2_K(const uint8_t* src, uint8_t* dst) {
+    for (int c = 0; c < 2; ++c)
+        for (int L = 0; L < 8; ++L) dst[8 * c + 2 * (L % 4) + L / 4] = src[8 * c + L];
+    unrepack_crumbs(src + 16, dst + 16);
+    std::memcpy(dst + 80, src + 80, 4);
+}
+
 // One Q3_K block -> Q3_K_R (src != dst), and back. Scales and d are copied as they are.
 static inline void repack_q3_K(const uint8_t* src, uint8_t* dst) {
     const uint8_t* hm = src;
-    const uint8_t* qs = src + 32;
-    std::memset(dst, 0, 96);
+    std::memset(dst, 0, 32);
     for (int c = 0; c < 2; ++c)
         for (int p = 0; p < 32; ++p)
             for (int k = 0; k < 4; ++k) {
-                const int v = q3kr_value(c, p, k) - 128 * c;  // value 128c + 32j + l of Q3_K
-                const int j = v / 32, l = v % 32;
-                dst[32 + 32 * c + p] |= (uint8_t)(((qs[32 * c + l] >> (2 * j)) & 3) << (2 * k));
+                const int v = q3kr_value(c, p, k) - 128 * c, j = v / 32, l = v % 32;  // value 128c + 32j + l
                 dst[p] |= (uint8_t)(((hm[l] >> (4 * c + j)) & 1) << q3kr_hbit(c, k));
             }
+    repack_crumbs(src + 32, dst + 32);
     std::memcpy(dst + 96, src + 96, 14);
 }
 static inline void unrepack_q3_K(const uint8_t* src, uint8_t* dst) {
-    std::memset(dst, 0, 96);
+    std::memset(dst, 0, 32);
     for (int c = 0; c < 2; ++c)
         for (int p = 0; p < 32; ++p)
             for (int k = 0; k < 4; ++k) {
-                const int v = q3kr_value(c, p, k) - 128 * c;
-                const int j = v / 32, l = v % 32;
-                dst[32 + 32 * c + l] |= (uint8_t)(((src[32 + 32 * c + p] >> (2 * k)) & 3) << (2 * j));
+                const int v = q3kr_value(c, p, k) - 128 * c, j = v / 32, l = v % 32;
                 dst[l] |= (uint8_t)(((src[p] >> q3kr_hbit(c, k)) & 1) << (4 * c + j));
             }
+    unrepack_crumbs(src + 32, dst + 32);
     std::memcpy(dst + 96, src + 96, 14);
 }
 
@@ -406,6 +446,11 @@ static inline int unpack_block(WType t, const uint8_t* blk, uint8_t* q, float* D
             uint8_t b[110];
             unrepack_q3_K(blk, b);
             return unpack_block(WType::Q3_K, b, q, D, E);
+        }
+        case WType::Q2_K_R: {  // the Q2_K block it was made from, unpacked
+            uint8_t b[84];
+            unrepack_q2_K(blk, b);
+            return unpack_block(WType::Q2_K, b, q, D, E);
         }
         case WType::IQ4_XS: {
             const float d = fp16_to_fp32(load_u16(blk));

@@ -76,28 +76,27 @@ def matmul_tier() -> str:
     return str(_C.kernel_variants()[-1])
 
 
-#: GGUF type -> (the form the SIMD tiers read faster, the _C function that makes it). Same
-#: bytes per block, same values, bit-identical matmul results; see kernels/cpu/quants.h
-#: (block_q3_K_R) and the spec quants.repack_q3_K.
-LOAD_FORMS = {"Q3_K": ("Q3_K_R", "repack_q3_K")}
-
-
 def repack_copied(tensors: dict[str, QTensor], names) -> dict[str, int]:
-    """Rewrite, in place, the copied matrices of a type in :data:`LOAD_FORMS` into its faster
-    form, when a SIMD tier runs (the generic tier would only undo it). Only copies: a mapped
-    file is read-only and stays as it is. Returns {form: matrices rewritten}."""
+    """Rewrite, in place, the copied matrices of a type that has a load-time form
+    (``ggml_types.LOAD_FORMS``: Q3_K -> Q3_K_R, Q2_K -> Q2_K_R; same bytes per block, same
+    values, bit-identical matmul results, see kernels/cpu/quants.h) into that form, when a SIMD
+    tier runs (the generic tier would only undo it). Only copies: a mapped file is read-only
+    and stays as it is. Returns {form: matrices rewritten}."""
+    from ..ggml_types import BY_NAME, LOAD_FORMS
+
+    form_of = {t: f for f, t in LOAD_FORMS.items()}
     done: dict[str, int] = {}
-    if matmul_tier() == "generic" or not hasattr(_C, "repack_q3_K"):
+    if matmul_tier() == "generic" or not all(hasattr(_C, "repack_" + BY_NAME[t].ident) for t in form_of):
         return done
     for name in names:
         t = tensors[name]
-        form = LOAD_FORMS.get(t.type_name.upper())
+        form = form_of.get(t.type_name.upper())
         if form is None or len(t.shape) != 2 or not t.raw.flags.writeable:
             continue
-        getattr(_C, form[1])(t.raw, t.raw)
-        t.type_name = form[0]
+        getattr(_C, "repack_" + BY_NAME[t.type_name.upper()].ident)(t.raw, t.raw)
+        t.type_name = form
         t.cache.clear()
-        done[form[0]] = done.get(form[0], 0) + 1
+        done[form] = done.get(form, 0) + 1
     return done
 
 

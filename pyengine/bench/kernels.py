@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import kernels, quants
 from ..errors import PyEngineError
-from ..ggml_types import ggml_type
+from ..ggml_types import LOAD_FORMS, ggml_type
 from .bandwidth import bandwidth_at, format_bandwidth, measure_bandwidth, probe_buffer
 from .machine import loadavg, machine_info, n_cores, set_threads
 
@@ -42,11 +42,11 @@ MODEL_CASES: list[tuple[str, int, int, str]] = [
 ]
 GENERIC_SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008)]
 #: the Q4_K_M mix's types, then the other common quantizations (Q5_K_M, Q3_K_M, Q2_K, IQ4_XS, ...)
-DEFAULT_TYPES = ["Q4_K", "Q6_K", "Q8_0", "Q5_0", "Q5_K", "Q3_K", "Q3_K_R", "Q2_K", "IQ4_XS", "IQ4_NL", "Q5_1", "BF16"]
-# Forms the cpu backend gives a GGUF type when it copies the weights at load (cpu_backend.LOAD_FORMS):
-# form -> (GGUF type, the _C function that makes it). Benchmarked as what a copied model runs:
-# random blocks of the GGUF type, converted; the NumPy reference and numba have no kernel for them.
-LOAD_FORMS = {"Q3_K_R": ("Q3_K", "repack_q3_K")}
+DEFAULT_TYPES = ["Q4_K", "Q6_K", "Q8_0", "Q5_0", "Q5_K", "Q3_K", "Q3_K_R", "Q2_K", "Q2_K_R", "IQ4_XS", "IQ4_NL", "Q5_1",
+                 "BF16"]
+# Q3_K_R, Q2_K_R: the forms the cpu backend gives Q3_K, Q2_K when it copies the weights at load
+# (ggml_types.LOAD_FORMS), benchmarked as what a copied model runs: random blocks of the GGUF
+# type, converted by _C.repack_<type>; the NumPy reference and numba have no kernel for them.
 DEFAULT_BATCH = [1, 64]
 #: weights are copied until the rotation spans this many bytes, so each timed call
 #: reads its weights from DRAM, not from a cache warmed by the previous call
@@ -207,13 +207,13 @@ def bench_case(type_name: str, rows: int, cols: int, n: int, kernels: Sequence[K
         raise PyEngineError(f"{type_name} {rows}x{cols}: cols must be a multiple of the block size {t.block_size}")
     from ..testing.blocks import random_raw  # here, not at the top: `pyengine` builds its parser from this package
 
-    form = LOAD_FORMS.get(type_name)
-    raw = random_raw(form[0] if form else type_name, rows * cols, rng)
-    if form:  # the form a copied model runs, made from random blocks of its GGUF type
+    src = LOAD_FORMS.get(type_name)
+    raw = random_raw(src or type_name, rows * cols, rng)
+    if src:  # the form a copied model runs, made from random blocks of its GGUF type
         from .. import _C
 
         conv = np.empty_like(raw)
-        getattr(_C, form[1])(raw, conv)
+        getattr(_C, "repack_" + ggml_type(src).ident)(raw, conv)
         raw = conv
     x = rng.standard_normal((n, cols)).astype(np.float32)
     ref = reference_matmul(type_name, raw, (rows, cols), x)
