@@ -618,6 +618,48 @@ def unrepack_q2_K(raw) -> np.ndarray:
     return out.reshape(-1)
 
 
+#: Q4_K_R's nibble order: byte p of chunk m holds (low nibble) value _Q4KR_LO[m, p] and (high)
+#: _Q4KR_HI[m, p] of the super-block; group l = p // 4 is values 32 l .. 32 l + 31
+_Q4KR_LO = np.array([[32 * (p // 4) + 4 * m + p % 4 for p in range(32)] for m in range(4)])
+_Q4KR_HI = _Q4KR_LO + 16
+
+
+def repack_q4_K(raw) -> np.ndarray:
+    """Q4_K blocks -> Q4_K_R blocks (uint8, same size): the same values, nibbles reordered.
+
+    Q4_K's group ``j = 2c + s`` (32 values) is nibble ``s`` of ``qs[32c .. 32c + 31]``
+    (:func:`dequantize_q4_K`); a SIMD tier holding one group per 32-bit lane transposes those
+    bytes first. Q4_K_R stores them transposed: chunk ``m`` (bytes ``16 + 32m ..``, 32 bytes),
+    byte ``p``, lane ``l = p // 4``, holds element ``4m + p % 4`` of group ``l`` in its low
+    nibble and element ``4(m + 4) + p % 4`` in its high nibble. Bytes 0-15 (d, dmin, scales)
+    are Q4_K's.
+    """
+    b = _as_blocks("Q4_K", raw)
+    n = len(b)
+    q = np.empty((n, 256), dtype=np.uint8)  # the 4-bit values, in value order
+    qs = b["qs"].reshape(n, 4, 1, 32)
+    q.reshape(n, 4, 2, 32)[:] = (qs >> np.array([0, 4], dtype=np.uint8)[None, None, :, None]) & 15
+    out = np.empty((n, 144), dtype=np.uint8)
+    out[:, :16] = b.view(np.uint8).reshape(n, 144)[:, :16]
+    out[:, 16:] = (q[:, _Q4KR_LO] | (q[:, _Q4KR_HI] << 4)).reshape(n, 128)
+    return out.reshape(-1)
+
+
+def unrepack_q4_K(raw) -> np.ndarray:
+    """Q4_K_R blocks -> the Q4_K blocks they were made from (the inverse of :func:`repack_q4_K`)."""
+    r = _raw_u8(raw).reshape(-1, 144)
+    n = len(r)
+    ch = r[:, 16:].reshape(n, 4, 32)
+    q = np.empty((n, 256), dtype=np.uint8)
+    q[:, _Q4KR_LO] = ch & 15
+    q[:, _Q4KR_HI] = ch >> 4
+    q = q.reshape(n, 4, 2, 32)  # (n, c, s, e): group 2c + s
+    out = np.empty((n, 144), dtype=np.uint8)
+    out[:, :16] = r[:, :16]
+    out[:, 16:] = (q[:, :, 0] | (q[:, :, 1] << 4)).reshape(n, 128)
+    return out.reshape(-1)
+
+
 # ---------------------------------------------------------------------------------
 # Non-linear 4-bit ("IQ4"): a nibble indexes a fixed table of 16 int8 levels
 # ---------------------------------------------------------------------------------

@@ -700,7 +700,7 @@ def test_q2_K_R_puts_each_value_where_the_layout_says(v, p, k):
         assert np.flatnonzero(Q.repack_q2_K(raw)).tolist() == [at], g
 
 
-@pytest.mark.parametrize("t,form", [("Q3_K", "Q3_K_R"), ("Q2_K", "Q2_K_R")])
+@pytest.mark.parametrize("t,form", [("Q3_K", "Q3_K_R"), ("Q2_K", "Q2_K_R"), ("Q4_K", "Q4_K_R")])
 @pytest.mark.parametrize("mode", MODES)
 def test_load_form_round_trip_and_values(t, form, mode):
     ident = BY_NAME[t].ident
@@ -709,7 +709,20 @@ def test_load_form_round_trip_and_values(t, form, mode):
     r = getattr(Q, "repack_" + ident)(raw)
     assert r.dtype == np.uint8 and r.shape == raw.shape
     np.testing.assert_array_equal(getattr(Q, "unrepack_" + ident)(r), raw)
-    tail = {"Q3_K": 96, "Q2_K": 80}[t]  # scales and d (Q3_K), d and dmin (Q2_K) stay
-    np.testing.assert_array_equal(r.reshape(-1, bb)[:, tail:], raw.reshape(-1, bb)[:, tail:])
+    keep = {"Q3_K": slice(96, 110), "Q2_K": slice(80, 84), "Q4_K": slice(0, 16)}[t]  # scales, d, dmin stay
+    np.testing.assert_array_equal(r.reshape(-1, bb)[:, keep], raw.reshape(-1, bb)[:, keep])
     n = raw.size // bb * 256
     assert_bit_equal(Q.dequantize(form, r, n), Q.dequantize(t, raw, n))
+
+
+@pytest.mark.parametrize("v,m,p,nib", [(0, 0, 0, 0), (1, 0, 1, 0), (4, 1, 0, 0), (16, 0, 0, 1), (31, 3, 3, 1),
+                                       (32, 0, 4, 0), (100, 1, 12, 0), (255, 3, 31, 1)])
+def test_q4_K_R_puts_each_value_where_the_layout_says(v, m, p, nib):
+    """Hand-worked cases: value v of Q4_K (group l = v // 32, element e = v % 32) goes to chunk
+    m = (e // 4) % 4, byte p = 4 l + e % 4, nibble e // 16 of Q4_K_R."""
+    c, s, e = v // 64, (v // 32) % 2, v % 32
+    raw = np.zeros(144, np.uint8)
+    raw[16 + 32 * c + e] = 9 << (4 * s)
+    want = np.zeros(144, np.uint8)
+    want[16 + 32 * m + p] = 9 << (4 * nib)
+    np.testing.assert_array_equal(Q.repack_q4_K(raw), want)

@@ -158,10 +158,10 @@ def test_doctor_says_where_the_cpu_backend_keeps_weights():
 
 
 @pytest.mark.skipif(not native_built(), reason="the cpu backend's load-time forms need pyengine._C")
-@pytest.mark.parametrize("qt", ["Q3_K", "Q2_K"])
-def test_a_cpu_copy_rearranges_q3_K_q2_K_and_decodes_the_same_bits(qt, tmp_path):
-    """Copied for the cpu backend, Q3_K / Q2_K matrices take the form the SIMD tiers read faster
-    (Q3_K_R / Q2_K_R, cpu_backend.repack_copied): the one-line description says so, and the
+@pytest.mark.parametrize("qt", ["Q3_K", "Q2_K", "Q4_K"])
+def test_a_cpu_copy_rearranges_k_quants_and_decodes_the_same_bits(qt, tmp_path):
+    """Copied for the cpu backend, Q3_K / Q2_K / Q4_K matrices take the form the SIMD tiers read
+    faster (Q3_K_R / Q2_K_R / Q4_K_R, cpu_backend.repack_copied): the one-line description says so, and the
     logits of a prompt and of the single-call decode steps are those of the mapped file, bit for
     bit (the kernels of the two forms compute the same sums in the same lanes). On the generic
     tier, or for another backend, the copy keeps the file's type."""

@@ -169,6 +169,12 @@ void dequantize_row(WType t, const uint8_t* row, int64_t cols, float* out) {
                 dequantize_row(WType::Q2_K, q2, 256, out);
                 break;
             }
+            case WType::Q4_K_R: {  // the Q4_K block it was made from
+                uint8_t q4[144];
+                unrepack_q4_K(blk, q4);
+                dequantize_row(WType::Q4_K, q4, 256, out);
+                break;
+            }
             case WType::IQ4_NL: {  // x = d * level[nibble]
                 const float d = fp16_to_fp32(load_u16(blk));
                 for (int i = 0; i < 16; ++i) {

@@ -10,7 +10,7 @@
 // matmul_kernels_avx512.by_type:
 //   matmul_q4_0_avx512 matmul_q4_1_avx512 matmul_q5_0_avx512 matmul_q5_1_avx512 matmul_q8_0_avx512
 //   matmul_q2_K_avx512 matmul_q3_K_avx512 matmul_q4_K_avx512 matmul_q5_K_avx512 matmul_q6_K_avx512
-//   matmul_iq4_nl_avx512 matmul_iq4_xs_avx512 matmul_q3_K_R_avx512 matmul_q2_K_R_avx512 matmul_bf16_avx512 matmul_f16_avx512
+//   matmul_iq4_nl_avx512 matmul_iq4_xs_avx512 matmul_q3_K_R_avx512 matmul_q2_K_R_avx512 matmul_q4_K_R_avx512 matmul_bf16_avx512 matmul_f16_avx512
 //   matmul_f32_avx512
 // Each computes y (n, rows) = x (n, cols) @ W.T for W of its type: the same arithmetic
 // as quants.matmul_<type>, the spec (activations quantized to int8 per 32 values as
@@ -307,13 +307,30 @@ static AI_INLINE void q5k_high_t(const uint8_t* b0, const uint8_t* b1, __m512i* 
 // Q4_K / Q5_K for a sink that takes pre-transposed panels (Sink::kPre: the gemv's DotSink) go
 // through q4k_values_t (+ q5k_high_t); the packing StoreSink keeps q4k_nibbles (q5k_values) +
 // transpose_g32 (measured faster there). Same bytes in the same order either way.
-template <bool FIVE, class Sink>
+// Q4_K_R (block_q4_K_R in quants.h; R = true below): chunk k of each super-block holds, in
+// the AVX2 lanes' order (lane = group), the nibbles of dwords k and k + 4 of every group; the
+// panel's lane order of two super-blocks is perm32 of their 16 groups, so one vpermd per chunk
+// pair and two nibble masks give v[k] and v[k + 4]. Any sink, no transpose.
+static AI_INLINE void q4kr_values(const uint8_t* b0, const uint8_t* b1, __m512i* v) {
+    const __m512i lo4 = _mm512_set1_epi8(15);
+    for (int k = 0; k < 4; ++k) {
+        const __m256i hi = b1 ? _mm256_loadu_si256((const __m256i*)(b1 + 16 + 32 * k)) : _mm256_setzero_si256();
+        const __m512i x = _mm512_permutexvar_epi32(
+            perm32(), _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(b0 + 16 + 32 * k))), hi, 1));
+        v[k] = _mm512_and_si512(x, lo4);
+        v[k + 4] = _mm512_and_si512(_mm512_srli_epi16(x, 4), lo4);
+    }
+}
+
+template <bool FIVE, class Sink, bool R = false>
 static AI_INLINE void pack_panel_q4k(const uint8_t* b0, const uint8_t* b1, Sink& sink) {
-    constexpr bool PRE = Sink::kPre;
+    constexpr bool PRE = Sink::kPre || R;
     __m512i v[8];
     uint64_t sc0, mn0, sc1 = 0, mn1 = 0;
     float d1 = 0.0f, m1 = 0.0f;
-    if (PRE) {  // all 8 vectors, already transposed (Q5_K: its nibbles start 32 bytes later)
+    if (R) {
+        q4kr_values(b0, b1, v);
+    } else if (PRE) {  // all 8 vectors, already transposed (Q5_K: its nibbles start 32 bytes later)
         q4k_values_t(FIVE ? b0 + 32 : b0, FIVE && b1 ? b1 + 32 : b1, v);
         if (FIVE) q5k_high_t(b0, b1, v);
     } else if (FIVE)
@@ -584,6 +601,7 @@ static AI_INLINE void for_each_panel(WType t, const uint8_t* row, int64_t nb, Si
     const int BB = wtype_info(t).block_bytes;
     switch (t) {
         case WType::Q4_K:
+        case WType::Q4_K_R:
         case WType::Q5_K:
         case WType::IQ4_XS:
             for (int64_t b = 0; b < nb; b += 2) {
@@ -591,6 +609,8 @@ static AI_INLINE void for_each_panel(WType t, const uint8_t* row, int64_t nb, Si
                 const uint8_t* b1 = b + 1 < nb ? b0 + BB : nullptr;
                 if (t == WType::Q4_K)
                     pack_panel_q4k<false>(b0, b1, sink);
+                else if (t == WType::Q4_K_R)
+                    pack_panel_q4k<false, Sink, true>(b0, b1, sink);
                 else if (t == WType::Q5_K)
                     pack_panel_q4k<true>(b0, b1, sink);
                 else
@@ -1127,6 +1147,9 @@ void matmul_q3_K_R_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* 
 }
 void matmul_q2_K_R_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
     matmul_rows_quant(matmul_kernels_avx512, WType::Q2_K_R, c, r0, r1, wbuf);
+}
+void matmul_q4_K_R_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx512, WType::Q4_K_R, c, r0, r1, wbuf);
 }
 
 }  // namespace

@@ -10,9 +10,11 @@
 namespace pyengine {
 
 // --- the weight types the CPU kernels run ------------------------------------
-// Q3_K_R and Q2_K_R are not GGUF types: Q3_K and Q2_K with their bits rearranged at load for
-// the SIMD tiers (repack_q3_K, repack_q2_K below); the same bytes, the same values.
-enum class WType : int { F32 = 0, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K, BF16, Q5_1, Q5_K, Q2_K, Q3_K, IQ4_NL, IQ4_XS, Q3_K_R, Q2_K_R, COUNT };
+// Q3_K_R, Q2_K_R and Q4_K_R are not GGUF types: Q3_K, Q2_K and Q4_K with their bits rearranged
+// at load for the SIMD tiers (repack_q3_K, repack_q2_K, repack_q4_K below); the same bytes, the
+// same values.
+enum class WType : int { F32 = 0, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K, BF16, Q5_1, Q5_K, Q2_K, Q3_K, IQ4_NL, IQ4_XS,
+                         Q3_K_R, Q2_K_R, Q4_K_R, COUNT };
 
 struct WTypeInfo {
     const char* name;
@@ -27,7 +29,7 @@ static inline const WTypeInfo& wtype_info(WType t) {
         {"Q5_0", 32, 22, 32}, {"Q8_0", 32, 34, 32}, {"Q4_K", 256, 144, 32}, {"Q6_K", 256, 210, 16},
         {"BF16", 1, 2, 0},    {"Q5_1", 32, 24, 32}, {"Q5_K", 256, 176, 32}, {"Q2_K", 256, 84, 16},
         {"Q3_K", 256, 110, 16}, {"IQ4_NL", 32, 18, 32}, {"IQ4_XS", 256, 136, 32}, {"Q3_K_R", 256, 110, 16},
-        {"Q2_K_R", 256, 84, 16},
+        {"Q2_K_R", 256, 84, 16},  {"Q4_K_R", 256, 144, 32},
     };
     static_assert(sizeof(table) / sizeof(table[0]) == (size_t)WType::COUNT, "one row per WType");
     return table[(int)t];
@@ -37,7 +39,7 @@ static inline const WTypeInfo& wtype_info(WType t) {
 constexpr int wtype_block_bytes(WType t) {
     return t == WType::Q4_0 ? 18 : t == WType::Q4_1 ? 20 : t == WType::Q5_0 ? 22 : t == WType::Q5_1 ? 24
          : t == WType::Q8_0 ? 34 : t == WType::IQ4_NL ? 18 : t == WType::Q2_K || t == WType::Q2_K_R ? 84 : t == WType::Q3_K || t == WType::Q3_K_R ? 110
-         : t == WType::Q4_K ? 144 : t == WType::Q5_K ? 176 : t == WType::Q6_K ? 210 : t == WType::IQ4_XS ? 136
+         : t == WType::Q4_K || t == WType::Q4_K_R ? 144 : t == WType::Q5_K ? 176 : t == WType::Q6_K ? 210 : t == WType::IQ4_XS ? 136
          : t == WType::F32 ? 4 : 2;
 }
 
@@ -134,6 +136,11 @@ struct block_q2_K_R {
     uint16_t d, dmin;
 };
 static_assert(sizeof(block_q2_K_R) == 84, "Q2_K_R block is 84 bytes");
+// Q4_K_R: a Q4_K block with its 128 nibble bytes in the AVX2 tier's lane order (repack_q4_K):
+// byte p (lane l = p/4, p%4 = b) of chunk m (qs[32m ..], m = 0..3) holds, in its low nibble,
+// element 4m + b of group l and, in its high nibble, element 4(m + 4) + b of group l. So
+// chunk m & 15 and (chunk m >> 4) & 15 are the panel's vectors m and m + 4, no transpose.
+// d, dmin and the 12 scale bytes are Q4_K's.
 struct block_iq4_nl {  // x = d * kIQ4Values[nibble]; nibbles as Q4_0
     uint16_t d;
     uint8_t qs[16];
@@ -274,6 +281,29 @@ static inline void unrepack_q2_K(const uint8_t* src, uint8_t* dst) {
         for (int L = 0; L < 8; ++L) dst[8 * c + 2 * (L % 4) + L / 4] = src[8 * c + L];
     unrepack_crumbs(src + 16, dst + 16);
     std::memcpy(dst + 80, src + 80, 4);
+}
+
+// One Q4_K block -> Q4_K_R (src != dst), and back. Group j = 2c + s of Q4_K is nibble s of
+// qs[32c .. 32c + 31] (element e in byte 32c + e).
+static inline void repack_q4_K(const uint8_t* src, uint8_t* dst) {
+    std::memcpy(dst, src, 16);
+    for (int m = 0; m < 4; ++m)
+        for (int p = 0; p < 32; ++p) {
+            const int l = p / 4, b = p % 4, c = l / 2, s = l % 2;
+            const int lo = (src[16 + 32 * c + 4 * m + b] >> (4 * s)) & 15;
+            const int hi = (src[16 + 32 * c + 4 * (m + 4) + b] >> (4 * s)) & 15;
+            dst[16 + 32 * m + p] = (uint8_t)(lo | hi << 4);
+        }
+}
+static inline void unrepack_q4_K(const uint8_t* src, uint8_t* dst) {
+    std::memcpy(dst, src, 16);
+    std::memset(dst + 16, 0, 128);
+    for (int m = 0; m < 4; ++m)
+        for (int p = 0; p < 32; ++p) {
+            const int l = p / 4, b = p % 4, c = l / 2, s = l % 2;
+            dst[16 + 32 * c + 4 * m + b] |= (uint8_t)((src[16 + 32 * m + p] & 15) << (4 * s));
+            dst[16 + 32 * c + 4 * (m + 4) + b] |= (uint8_t)((src[16 + 32 * m + p] >> 4) << (4 * s));
+        }
 }
 
 // One Q3_K block -> Q3_K_R (src != dst), and back. Scales and d are copied as they are.
@@ -451,6 +481,11 @@ static inline int unpack_block(WType t, const uint8_t* blk, uint8_t* q, float* D
             uint8_t b[84];
             unrepack_q2_K(blk, b);
             return unpack_block(WType::Q2_K, b, q, D, E);
+        }
+        case WType::Q4_K_R: {  // the Q4_K block it was made from, unpacked
+            uint8_t b[144];
+            unrepack_q4_K(blk, b);
+            return unpack_block(WType::Q4_K, b, q, D, E);
         }
         case WType::IQ4_XS: {
             const float d = fp16_to_fp32(load_u16(blk));
