@@ -139,7 +139,7 @@ void bind_cpu(py::module_& m) {
           py::arg("out"), py::arg("variant") = "auto",
           R"doc(out[:] = x @ W.T for a GGUF weight W of shape (rows, cols).
 
-type_name: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS\nor Q3_K_R / Q2_K_R / Q4_K_R (Q3_K / Q2_K / Q4_K repacked at load by repack_<type>).
+type_name: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS\nor Q2_K_R / Q3_K_R / Q4_K_R / Q6_K_R (those K-quants repacked at load by repack_<type>).
 w: the weight's raw GGUF bytes, uint8, C-contiguous, rows * row_bytes long.
 x: float32 (n, cols) C-contiguous; out: float32 (n, rows) C-contiguous, writeable.
 variant: "generic", "avx2", "avx512" or "auto" (best this CPU runs); the call runs
@@ -156,6 +156,11 @@ work is split over the thread pool.)doc");
         py::arg("src"), py::arg("dst"),
         "dst[:] = the Q4_K blocks of src (uint8) as Q4_K_R (kernels/cpu/quants.h, block_q4_K_R; spec: "
         "pyengine.quants.repack_q4_K). dst may be src.");
+    m.def(
+        "repack_q6_K", [](const py::array& s, py::array& d) { repack_blocks(s, d, "Q6_K", 210, pyengine::repack_q6_K); },
+        py::arg("src"), py::arg("dst"),
+        "dst[:] = the Q6_K blocks of src (uint8) as Q6_K_R (kernels/cpu/quants.h, block_q6_K_R; spec: "
+        "pyengine.quants.repack_q6_K). dst may be src.");
     m.def(
         "repack_q2_K", [](const py::array& s, py::array& d) { repack_blocks(s, d, "Q2_K", 84, pyengine::repack_q2_K); },
         py::arg("src"), py::arg("dst"),

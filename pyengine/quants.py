@@ -660,6 +660,55 @@ def unrepack_q4_K(raw) -> np.ndarray:
     return out.reshape(-1)
 
 
+def _q6k_fields(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Q6_K blocks -> (low 4 bits, top 2 bits) of every value, each (n, 256) uint8 in value order."""
+    n = len(b)
+    ql = b["ql"].reshape(n, 2, 1, 2, 32)  # (n, half, nibble, chunk, l)
+    low = ((ql >> np.array([0, 4], dtype=np.uint8)[None, None, :, None, None]) & 15).reshape(n, 256)
+    high = ((b["qh"].reshape(n, 2, 1, 32) >> _PAIRS[None, None, :, None]) & 3).reshape(n, 256)
+    return low, high  # value 128h + 32j + l: j = 2 nibble + chunk
+
+
+def repack_q6_K(raw) -> np.ndarray:
+    """Q6_K blocks -> Q6_K_R blocks (uint8, same size): the same values in Q3_K_R's lane order.
+
+    With ``(h, p, k)`` standing for element ``4k + p % 4`` of group ``2 (L % 4) + L // 4`` of
+    half ``h`` (``L = p // 4``, as in :func:`repack_q3_K`): ``ql[64h + p]`` holds the low 4 bits
+    of ``k = 0`` (low nibble) and ``k = 2`` (high), ``ql[64h + 32 + p]`` those of ``k = 1, 3``,
+    ``qh[32h + p]`` bits ``2k, 2k+1`` the top 2 bits of ``k``; the scales of half ``h`` at
+    ``192 + 8h + L`` in that group order (as Q2_K_R's); ``d`` as Q6_K.
+    """
+    b = _as_blocks("Q6_K", raw)
+    n = len(b)
+    low, high = _q6k_fields(b)
+    low, high = low[:, _Q3KR_VALUE], high[:, _Q3KR_VALUE]  # each (n, 2, 32, 4): half, byte p, k
+    out = np.empty((n, 210), dtype=np.uint8)
+    ql = out[:, :128].reshape(n, 2, 2, 32)  # (n, half, chunk k % 2, p)
+    ql[:] = np.moveaxis(low[..., 0:2] | (low[..., 2:4] << 4), 3, 2)
+    out[:, 128:192] = np.bitwise_or.reduce(high << _PAIRS, axis=3).reshape(n, 64)
+    out[:, 192:208] = b.view(np.uint8).reshape(n, 210)[:, 192:208][:, _Q2KR_SCALES]
+    out[:, 208:] = b.view(np.uint8).reshape(n, 210)[:, 208:]
+    return out.reshape(-1)
+
+
+def unrepack_q6_K(raw) -> np.ndarray:
+    """Q6_K_R blocks -> the Q6_K blocks they were made from (the inverse of :func:`repack_q6_K`)."""
+    r = _raw_u8(raw).reshape(-1, 210)
+    n = len(r)
+    ql = np.moveaxis(r[:, :128].reshape(n, 2, 2, 32), 2, 3)  # (n, half, p, k % 2)
+    low = np.empty((n, 256), dtype=np.uint8)
+    high = np.empty((n, 256), dtype=np.uint8)
+    low[:, _Q3KR_VALUE] = np.concatenate([ql & 15, ql >> 4], axis=3)
+    high[:, _Q3KR_VALUE] = (r[:, 128:192].reshape(n, 2, 32, 1) >> _PAIRS) & 3
+    low = low.reshape(n, 2, 2, 2, 32)  # (n, half, nibble j // 2, chunk j % 2, l)
+    out = np.empty((n, 210), dtype=np.uint8)
+    out[:, :128] = (low[:, :, 0] | (low[:, :, 1] << 4)).reshape(n, 128)
+    out[:, 128:192] = np.bitwise_or.reduce(high.reshape(n, 2, 4, 32) << _PAIRS[None, None, :, None], axis=2).reshape(n, 64)
+    out[:, 192 + _Q2KR_SCALES] = r[:, 192:208]
+    out[:, 208:] = r[:, 208:]
+    return out.reshape(-1)
+
+
 # ---------------------------------------------------------------------------------
 # Non-linear 4-bit ("IQ4"): a nibble indexes a fixed table of 16 int8 levels
 # ---------------------------------------------------------------------------------

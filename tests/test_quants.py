@@ -700,7 +700,7 @@ def test_q2_K_R_puts_each_value_where_the_layout_says(v, p, k):
         assert np.flatnonzero(Q.repack_q2_K(raw)).tolist() == [at], g
 
 
-@pytest.mark.parametrize("t,form", [("Q3_K", "Q3_K_R"), ("Q2_K", "Q2_K_R"), ("Q4_K", "Q4_K_R")])
+@pytest.mark.parametrize("t,form", [("Q2_K", "Q2_K_R"), ("Q3_K", "Q3_K_R"), ("Q4_K", "Q4_K_R"), ("Q6_K", "Q6_K_R")])
 @pytest.mark.parametrize("mode", MODES)
 def test_load_form_round_trip_and_values(t, form, mode):
     ident = BY_NAME[t].ident
@@ -709,7 +709,7 @@ def test_load_form_round_trip_and_values(t, form, mode):
     r = getattr(Q, "repack_" + ident)(raw)
     assert r.dtype == np.uint8 and r.shape == raw.shape
     np.testing.assert_array_equal(getattr(Q, "unrepack_" + ident)(r), raw)
-    keep = {"Q3_K": slice(96, 110), "Q2_K": slice(80, 84), "Q4_K": slice(0, 16)}[t]  # scales, d, dmin stay
+    keep = {"Q3_K": slice(96, 110), "Q2_K": slice(80, 84), "Q4_K": slice(0, 16), "Q6_K": slice(208, 210)}[t]  # d etc.
     np.testing.assert_array_equal(r.reshape(-1, bb)[:, keep], raw.reshape(-1, bb)[:, keep])
     n = raw.size // bb * 256
     assert_bit_equal(Q.dequantize(form, r, n), Q.dequantize(t, raw, n))
@@ -726,3 +726,21 @@ def test_q4_K_R_puts_each_value_where_the_layout_says(v, m, p, nib):
     want = np.zeros(144, np.uint8)
     want[16 + 32 * m + p] = 9 << (4 * nib)
     np.testing.assert_array_equal(Q.repack_q4_K(raw), want)
+
+
+@pytest.mark.parametrize("v,p,k", [(0, 0, 0), (16, 16, 0), (36, 4, 1), (100, 12, 1), (200, 8, 2), (255, 31, 3)])
+def test_q6_K_R_puts_each_value_where_the_layout_says(v, p, k):
+    """Q6_K_R's value order is Q3_K_R's (the same hand-worked (v, p, k)): low 4 bits in nibble
+    k // 2 of ql[64h + 32 (k % 2) + p], top 2 bits in bit pair k of qh[32h + p]; Q6_K keeps value
+    128h + 32j + l in nibble j // 2 of ql[64h + 32 (j % 2) + l] and bit pair j of qh[32h + l]."""
+    h, j, l = v // 128, (v % 128) // 32, v % 32
+    raw = np.zeros(210, np.uint8)
+    raw[64 * h + 32 * (j % 2) + l] = 0xB << (4 * (j // 2))
+    raw[128 + 32 * h + l] = 2 << (2 * j)
+    want = np.zeros(210, np.uint8)
+    want[64 * h + 32 * (k % 2) + p] = 0xB << (4 * (k // 2))
+    want[128 + 32 * h + p] = 2 << (2 * k)
+    np.testing.assert_array_equal(Q.repack_q6_K(raw), want)
+    raw = np.zeros(210, np.uint8)
+    raw[192 + 13] = 77  # scale of group 13 = half 1, group 5 of it: lane 4 (5 % 2) + 5 // 2 = 6
+    assert np.flatnonzero(Q.repack_q6_K(raw)).tolist() == [192 + 8 + 6]

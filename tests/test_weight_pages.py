@@ -158,25 +158,27 @@ def test_doctor_says_where_the_cpu_backend_keeps_weights():
 
 
 @pytest.mark.skipif(not native_built(), reason="the cpu backend's load-time forms need pyengine._C")
-@pytest.mark.parametrize("qt", ["Q3_K", "Q2_K", "Q4_K"])
+@pytest.mark.parametrize("qt", ["Q2_K", "Q3_K", "Q4_K", "Q6_K"])
 def test_a_cpu_copy_rearranges_k_quants_and_decodes_the_same_bits(qt, tmp_path):
-    """Copied for the cpu backend, Q3_K / Q2_K / Q4_K matrices take the form the SIMD tiers read
-    faster (Q3_K_R / Q2_K_R / Q4_K_R, cpu_backend.repack_copied): the one-line description says so, and the
+    """Copied for the cpu backend, Q2_K / Q3_K / Q4_K / Q6_K matrices take the form the SIMD tiers
+    read faster (Q2_K_R ..., cpu_backend.repack_copied): the one-line description says so, and the
     logits of a prompt and of the single-call decode steps are those of the mapped file, bit for
-    bit (the kernels of the two forms compute the same sums in the same lanes). On the generic
-    tier, or for another backend, the copy keeps the file's type."""
+    bit (the kernels of the two forms compute the same sums in the same lanes). On a tier where
+    the form was not measured faster (the generic tier; Q6_K_R on AVX-512), or for another
+    backend, the copy keeps the file's type."""
     import pyengine
-    from pyengine.backends.cpu_backend import matmul_tier
+    from pyengine.backends.cpu_backend import form_pays_off, matmul_tier
     from test_memory import SHAPE, write_model
 
     form = qt + "_R"
+    repacks = form_pays_off(form, matmul_tier())
     path = tmp_path / f"small-{qt}.gguf"
     write_model(path, qt, dict(SHAPE, dim=256, n_layers=2, ffn=768, n_heads=4, n_kv_heads=2, n_vocab=512), seed=5)
     gf = open_gguf(path)
     n_q = sum(t.type_name == qt and len(t.shape) == 2 for t in gf.tensors.values())
     assert n_q >= 14  # 7 matrices a layer, the embedding and the output
     line = wp.place_weights(gf, "copy", "cpu")
-    if matmul_tier() == "generic":
+    if not repacks:
         assert "rearranged" not in line and all(t.type_name != form for t in gf.tensors.values())
     else:
         assert f"; {n_q} matrices rearranged as {form}" in line, line
@@ -189,6 +191,16 @@ def test_a_cpu_copy_rearranges_k_quants_and_decodes_the_same_bits(qt, tmp_path):
         m = pyengine.load(path, backend="cpu", n_ctx=64, progress=False, weights=weights)
         runs[weights] = [m.prefill([5, 70, 80])] + [m.decode(t) for t in (90, 100, 7)]
         assert m._step is not None
-        assert (f"rearranged as {form}" in m.weights_placement) == (weights == "copy" and matmul_tier() != "generic")
+        assert (f"rearranged as {form}" in m.weights_placement) == (weights == "copy" and repacks)
     for i, (a, b) in enumerate(zip(runs["map"], runs["copy"])):
         np.testing.assert_array_equal(b, a, err_msg=f"step {i}")
+
+
+def test_which_tiers_rewrite_which_forms():
+    from pyengine.backends.cpu_backend import form_pays_off
+    from pyengine.ggml_types import LOAD_FORMS
+
+    for form in LOAD_FORMS:
+        assert not form_pays_off(form, "generic"), form
+        assert form_pays_off(form, "avx2"), form
+    assert [f for f in LOAD_FORMS if form_pays_off(f, "avx512")] == ["Q2_K_R", "Q3_K_R", "Q4_K_R"]

@@ -175,6 +175,12 @@ void dequantize_row(WType t, const uint8_t* row, int64_t cols, float* out) {
                 dequantize_row(WType::Q4_K, q4, 256, out);
                 break;
             }
+            case WType::Q6_K_R: {  // the Q6_K block it was made from
+                uint8_t q6[210];
+                unrepack_q6_K(blk, q6);
+                dequantize_row(WType::Q6_K, q6, 256, out);
+                break;
+            }
             case WType::IQ4_NL: {  // x = d * level[nibble]
                 const float d = fp16_to_fp32(load_u16(blk));
                 for (int i = 0; i < 16; ++i) {

@@ -12,7 +12,7 @@
 // matmul_kernels_avx2.by_type:
 //   matmul_q4_0_avx2 matmul_q4_1_avx2 matmul_q5_0_avx2 matmul_q5_1_avx2 matmul_q8_0_avx2
 //   matmul_q2_K_avx2 matmul_q3_K_avx2 matmul_q4_K_avx2 matmul_q5_K_avx2 matmul_q6_K_avx2
-//   matmul_iq4_nl_avx2 matmul_iq4_xs_avx2 matmul_q3_K_R_avx2 matmul_q2_K_R_avx2 matmul_q4_K_R_avx2 matmul_bf16_avx2 matmul_f16_avx2 matmul_f32_avx2
+//   matmul_iq4_nl_avx2 matmul_iq4_xs_avx2 matmul_q3_K_R_avx2 matmul_q2_K_R_avx2 matmul_q4_K_R_avx2 matmul_q6_K_R_avx2 matmul_bf16_avx2 matmul_f16_avx2 matmul_f32_avx2
 // Each computes y (n, rows) = x (n, cols) @ W.T for W of its type: the same arithmetic
 // as quants.matmul_<type>, the spec (activations quantized to int8 per 32 values as
 // described in matmul_kernels.h; float types in float).
@@ -305,6 +305,25 @@ static AI_INLINE void pack_panel_q6k(const uint8_t* blk, int h, Sink& sink) {
     sink.template put<16, false, true>(v, D, _mm256_mul_ps(_mm256_set1_ps(32.0f), D));
 }
 
+// Q6_K_R (block_q6_K_R in quants.h): half h as pack_panel_q6k computes it, but from bytes
+// already in panel order (no 8-shuffle transpose) and scales already in lane order.
+template <class Sink>
+static AI_INLINE void pack_panel_q6kr(const uint8_t* blk, int h, Sink& sink) {
+    const __m256i lo4 = _mm256_set1_epi8(15), hi2 = _mm256_set1_epi8(0x30);
+    const __m256i qa = _mm256_loadu_si256((const __m256i*)(blk + 64 * h));       // k = 0 | 2
+    const __m256i qb = _mm256_loadu_si256((const __m256i*)(blk + 64 * h + 32));  // k = 1 | 3
+    const __m256i qh = _mm256_loadu_si256((const __m256i*)(blk + 128 + 32 * h));
+    __m256i v[4];  // bit pair k of qh to bits 4-5 (16-bit shifts: what crosses bytes is masked off)
+    v[0] = _mm256_or_si256(_mm256_and_si256(qa, lo4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), hi2));
+    v[1] = _mm256_or_si256(_mm256_and_si256(qb, lo4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), hi2));
+    v[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qa, 4), lo4), _mm256_and_si256(qh, hi2));
+    v[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qb, 4), lo4),
+                           _mm256_and_si256(_mm256_srli_epi16(qh, 2), hi2));
+    const __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(blk + 192 + 8 * h))));
+    const __m256 D = _mm256_mul_ps(_mm256_set1_ps(half(blk + 208)), sc);
+    sink.template put<16, true, true>(v, D, _mm256_mul_ps(_mm256_set1_ps(32.0f), D));
+}
+
 // Walk one GGUF row panel by panel, handing each unpacked panel to sink.put<G>().
 template <class Sink>
 static AI_INLINE void for_each_panel(WType t, const uint8_t* row, int64_t nb, Sink& sink, int64_t overread = 0) {
@@ -351,6 +370,12 @@ static AI_INLINE void for_each_panel(WType t, const uint8_t* row, int64_t nb, Si
             for (int64_t b = 0; b < nb; ++b) {
                 pack_panel_q6k(row + b * BB, 0, sink);
                 pack_panel_q6k(row + b * BB, 1, sink);
+            }
+            return;
+        case WType::Q6_K_R:
+            for (int64_t b = 0; b < nb; ++b) {
+                pack_panel_q6kr(row + b * BB, 0, sink);
+                pack_panel_q6kr(row + b * BB, 1, sink);
             }
             return;
         default:
@@ -563,7 +588,7 @@ struct TileTable {
 constexpr TileTable<32, false, true> kTiles32m;   // Q4_1, Q5_1, Q4_K, Q4_K_R, Q5_K
 constexpr TileTable<32, false, false> kTiles32z;  // Q4_0, Q5_0
 constexpr TileTable<32, true, false> kTiles32s;   // Q8_0, IQ4_NL, IQ4_XS (signed, C = 0)
-constexpr TileTable<16, false, false> kTiles16z;  // Q3_K, Q3_K_R, Q6_K
+constexpr TileTable<16, false, false> kTiles16z;  // Q3_K, Q3_K_R, Q6_K, Q6_K_R
 constexpr TileTable<16, false, true> kTiles16m;   // Q2_K, Q2_K_R
 
 void gemm_avx2(WType t, int G, int64_t np, const uint8_t* wp, int nr, const uint8_t* ap, int nt, float* out,
@@ -796,6 +821,9 @@ void matmul_q2_K_R_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wb
 }
 void matmul_q4_K_R_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
     matmul_rows_quant(matmul_kernels_avx2, WType::Q4_K_R, c, r0, r1, wbuf);
+}
+void matmul_q6_K_R_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx2, WType::Q6_K_R, c, r0, r1, wbuf);
 }
 
 }  // namespace

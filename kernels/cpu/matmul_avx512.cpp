@@ -10,7 +10,7 @@
 // matmul_kernels_avx512.by_type:
 //   matmul_q4_0_avx512 matmul_q4_1_avx512 matmul_q5_0_avx512 matmul_q5_1_avx512 matmul_q8_0_avx512
 //   matmul_q2_K_avx512 matmul_q3_K_avx512 matmul_q4_K_avx512 matmul_q5_K_avx512 matmul_q6_K_avx512
-//   matmul_iq4_nl_avx512 matmul_iq4_xs_avx512 matmul_q3_K_R_avx512 matmul_q2_K_R_avx512 matmul_q4_K_R_avx512 matmul_bf16_avx512 matmul_f16_avx512
+//   matmul_iq4_nl_avx512 matmul_iq4_xs_avx512 matmul_q3_K_R_avx512 matmul_q2_K_R_avx512 matmul_q4_K_R_avx512 matmul_q6_K_R_avx512 matmul_bf16_avx512 matmul_f16_avx512
 //   matmul_f32_avx512
 // Each computes y (n, rows) = x (n, cols) @ W.T for W of its type: the same arithmetic
 // as quants.matmul_<type>, the spec (activations quantized to int8 per 32 values as
@@ -57,6 +57,9 @@ static AI_INLINE void transpose_g16(__m512i v[4]) { transpose4_inlane(v[0], v[1]
 static AI_INLINE __m512i perm16() { return _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15); }
 // perm16 as a byte shuffle: 16 per-group bytes (sub-block scales) into lane order before widening.
 static AI_INLINE __m128i perm16_u8() { return _mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15); }
+// Lane L of a G = 16 panel (group g = 4(L%4) + L/4) <- dword (or scale byte) 8c + 4(g%2) + (g%8)/2
+// of the Q2_K_R / Q3_K_R / Q6_K_R order, which is the AVX2 tier's lanes16 order per half c = g/8.
+static AI_INLINE __m512i q23kr_lanes() { return _mm512_setr_epi32(0, 2, 8, 10, 4, 6, 12, 14, 1, 3, 9, 11, 5, 7, 13, 15); }
 
 // Store one finished panel: the G/4 step vectors, then the per-lane A and B floats.
 // PRE: v is already in panel order (only D/E still need the lane permutation).
@@ -384,6 +387,29 @@ static AI_INLINE void pack_panel_q6k(const uint8_t* blk, Sink& sink) {
     sink.template put<16, false, true>(v, D, E);
 }
 
+// Q6_K_R (block_q6_K_R in quants.h): both halves' chunks side by side, their dwords permuted
+// into this tier's lanes (q23kr_lanes, three vpermd), then Q6_K's nibble and bit-pair masks,
+// no transpose; the scale bytes through the same permutation. Bit-identical to pack_panel_q6k.
+template <class Sink>
+static AI_INLINE void pack_panel_q6kr(const uint8_t* blk, Sink& sink) {
+    const __m512i lo4 = _mm512_set1_epi8(15), hi2 = _mm512_set1_epi8(0x30), idx = q23kr_lanes();
+    auto halves = [&](int o) {  // bytes o .. o+31 of half 0 | of half 1 (64 bytes later), in lane order
+        return _mm512_permutexvar_epi32(idx, _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(blk + o))),
+                                                                _mm256_loadu_si256((const __m256i*)(blk + o + 64)), 1));
+    };
+    const __m512i qa = halves(0), qb = halves(32);
+    const __m512i qh = _mm512_permutexvar_epi32(idx, _mm512_loadu_si512((const void*)(blk + 128)));
+    __m512i v[4];
+    v[0] = _mm512_or_si512(_mm512_and_si512(qa, lo4), _mm512_and_si512(_mm512_slli_epi32(qh, 4), hi2));
+    v[1] = _mm512_or_si512(_mm512_and_si512(qb, lo4), _mm512_and_si512(_mm512_slli_epi32(qh, 2), hi2));
+    v[2] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(qa, 4), lo4), _mm512_and_si512(qh, hi2));
+    v[3] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(qb, 4), lo4), _mm512_and_si512(_mm512_srli_epi32(qh, 2), hi2));
+    const __m128i lanes = _mm_setr_epi8(0, 2, 8, 10, 4, 6, 12, 14, 1, 3, 9, 11, 5, 7, 13, 15);  // q23kr_lanes
+    const __m512 sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_shuffle_epi8(_mm_loadu_si128((const __m128i*)(blk + 192)), lanes)));
+    const __m512 D = _mm512_mul_ps(_mm512_set1_ps(half(blk + 208)), sc);
+    sink.template put<16, true, true>(v, D, _mm512_mul_ps(_mm512_set1_ps(32.0f), D));
+}
+
 // Q2_K / Q3_K: one panel = one super-block = 16 groups of 16. v[m] holds values 64m .. 64m+63,
 // i.e. bit pairs j = 2(m%2) (low 256 bits) and j+1 (high) of the 32 bytes qs[32c ..], c = m/2;
 // Q3_K adds bit 4c+j of hmask[l] as the value 4.
@@ -469,9 +495,6 @@ static AI_INLINE void pack_panel_q23k(const uint8_t* blk, Sink& sink) {
 // them to the low bits, and v[k] is one of the two results (shifted by 4 for k >= 2) & 7:
 // 14 ops for 256 values where the Q3_K block takes 24. Same values, scales and lanes as
 // pack_panel_q23k<true>, so the same results bit for bit.
-// Lane L of this tier's G = 16 panel (group 4(L%4) + L/4) <- dword (or scale byte) 8c + 4(g%2) +
-// (g%8)/2 of the Q2_K_R / Q3_K_R order (c = g/8).
-static AI_INLINE __m512i q23kr_lanes() { return _mm512_setr_epi32(0, 2, 8, 10, 4, 6, 12, 14, 1, 3, 9, 11, 5, 7, 13, 15); }
 
 template <class Sink>
 static AI_INLINE void pack_panel_q3kr(const uint8_t* blk, Sink& sink) {
@@ -634,6 +657,10 @@ static AI_INLINE void for_each_panel(WType t, const uint8_t* row, int64_t nb, Si
     }
     if (t == WType::Q6_K) {
         for (int64_t b = 0; b < nb; ++b) pack_panel_q6k(row + b * 210, sink);
+        return;
+    }
+    if (t == WType::Q6_K_R) {
+        for (int64_t b = 0; b < nb; ++b) pack_panel_q6kr(row + b * 210, sink);
         return;
     }
     switch (t) {
@@ -1150,6 +1177,9 @@ void matmul_q2_K_R_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* 
 }
 void matmul_q4_K_R_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
     matmul_rows_quant(matmul_kernels_avx512, WType::Q4_K_R, c, r0, r1, wbuf);
+}
+void matmul_q6_K_R_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx512, WType::Q6_K_R, c, r0, r1, wbuf);
 }
 
 }  // namespace

@@ -125,7 +125,8 @@ static inline int weight_offset(WType t, bool q8_signed) {
         case WType::IQ4_XS: return q8_signed ? 0 : 128;
         case WType::Q3_K:
         case WType::Q3_K_R: return 4;
-        case WType::Q6_K: return 32;
+        case WType::Q6_K:
+        case WType::Q6_K_R: return 32;
         default: return -1;  // Q4_1, Q5_1, Q2_K, Q4_K, Q5_K
     }
 }

@@ -10,11 +10,10 @@
 namespace pyengine {
 
 // --- the weight types the CPU kernels run ------------------------------------
-// Q3_K_R, Q2_K_R and Q4_K_R are not GGUF types: Q3_K, Q2_K and Q4_K with their bits rearranged
-// at load for the SIMD tiers (repack_q3_K, repack_q2_K, repack_q4_K below); the same bytes, the
-// same values.
+// Q3_K_R, Q2_K_R, Q4_K_R and Q6_K_R are not GGUF types: those K-quants with their bits
+// rearranged at load for the SIMD tiers (repack_q3_K, ... below); the same bytes, the same values.
 enum class WType : int { F32 = 0, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K, BF16, Q5_1, Q5_K, Q2_K, Q3_K, IQ4_NL, IQ4_XS,
-                         Q3_K_R, Q2_K_R, Q4_K_R, COUNT };
+                         Q3_K_R, Q2_K_R, Q4_K_R, Q6_K_R, COUNT };
 
 struct WTypeInfo {
     const char* name;
@@ -29,7 +28,7 @@ static inline const WTypeInfo& wtype_info(WType t) {
         {"Q5_0", 32, 22, 32}, {"Q8_0", 32, 34, 32}, {"Q4_K", 256, 144, 32}, {"Q6_K", 256, 210, 16},
         {"BF16", 1, 2, 0},    {"Q5_1", 32, 24, 32}, {"Q5_K", 256, 176, 32}, {"Q2_K", 256, 84, 16},
         {"Q3_K", 256, 110, 16}, {"IQ4_NL", 32, 18, 32}, {"IQ4_XS", 256, 136, 32}, {"Q3_K_R", 256, 110, 16},
-        {"Q2_K_R", 256, 84, 16},  {"Q4_K_R", 256, 144, 32},
+        {"Q2_K_R", 256, 84, 16},  {"Q4_K_R", 256, 144, 32}, {"Q6_K_R", 256, 210, 16},
     };
     static_assert(sizeof(table) / sizeof(table[0]) == (size_t)WType::COUNT, "one row per WType");
     return table[(int)t];
@@ -39,7 +38,7 @@ static inline const WTypeInfo& wtype_info(WType t) {
 constexpr int wtype_block_bytes(WType t) {
     return t == WType::Q4_0 ? 18 : t == WType::Q4_1 ? 20 : t == WType::Q5_0 ? 22 : t == WType::Q5_1 ? 24
          : t == WType::Q8_0 ? 34 : t == WType::IQ4_NL ? 18 : t == WType::Q2_K || t == WType::Q2_K_R ? 84 : t == WType::Q3_K || t == WType::Q3_K_R ? 110
-         : t == WType::Q4_K || t == WType::Q4_K_R ? 144 : t == WType::Q5_K ? 176 : t == WType::Q6_K ? 210 : t == WType::IQ4_XS ? 136
+         : t == WType::Q4_K || t == WType::Q4_K_R ? 144 : t == WType::Q5_K ? 176 : t == WType::Q6_K || t == WType::Q6_K_R ? 210 : t == WType::IQ4_XS ? 136
          : t == WType::F32 ? 4 : 2;
 }
 
@@ -141,6 +140,10 @@ static_assert(sizeof(block_q2_K_R) == 84, "Q2_K_R block is 84 bytes");
 // element 4m + b of group l and, in its high nibble, element 4(m + 4) + b of group l. So
 // chunk m & 15 and (chunk m >> 4) & 15 are the panel's vectors m and m + 4, no transpose.
 // d, dmin and the 12 scale bytes are Q4_K's.
+// Q6_K_R: a Q6_K block in the lane order of Q3_K_R (repack_q6_K): per half h, with element
+// 4k + p%4 of group 2(L%4) + L/4 (L = p/4) for byte p: ql[64h + p] holds the low 4 bits of k = 0
+// (low nibble) and k = 2 (high), ql[64h + 32 + p] those of k = 1 and 3, qh[32h + p] bits 2k, 2k+1
+// the top 2 bits of k; the scales of half h at 8h + L for that group. d as Q6_K.
 struct block_iq4_nl {  // x = d * kIQ4Values[nibble]; nibbles as Q4_0
     uint16_t d;
     uint8_t qs[16];
@@ -304,6 +307,37 @@ static inline void unrepack_q4_K(const uint8_t* src, uint8_t* dst) {
             dst[16 + 32 * c + 4 * m + b] |= (uint8_t)((src[16 + 32 * m + p] & 15) << (4 * s));
             dst[16 + 32 * c + 4 * (m + 4) + b] |= (uint8_t)((src[16 + 32 * m + p] >> 4) << (4 * s));
         }
+}
+
+// One Q6_K block -> Q6_K_R (src != dst), and back. Q6_K's value 128h + 32j + l: low 4 bits in
+// nibble j/2 of ql[64h + 32(j%2) + l], top 2 bits in bits 2j of qh[32h + l].
+static inline void repack_q6_K(const uint8_t* src, uint8_t* dst) {
+    std::memset(dst, 0, 192);
+    for (int h = 0; h < 2; ++h)
+        for (int p = 0; p < 32; ++p)
+            for (int k = 0; k < 4; ++k) {
+                const int v = q3kr_value(h, p, k) - 128 * h, j = v / 32, l = v % 32;
+                const int lo = (src[64 * h + 32 * (j % 2) + l] >> (4 * (j / 2))) & 15, hi = (src[128 + 32 * h + l] >> (2 * j)) & 3;
+                dst[64 * h + 32 * (k % 2) + p] |= (uint8_t)(lo << (4 * (k / 2)));
+                dst[128 + 32 * h + p] |= (uint8_t)(hi << (2 * k));
+            }
+    for (int h = 0; h < 2; ++h)
+        for (int L = 0; L < 8; ++L) dst[192 + 8 * h + L] = src[192 + 8 * h + 2 * (L % 4) + L / 4];
+    std::memcpy(dst + 208, src + 208, 2);
+}
+static inline void unrepack_q6_K(const uint8_t* src, uint8_t* dst) {
+    std::memset(dst, 0, 192);
+    for (int h = 0; h < 2; ++h)
+        for (int p = 0; p < 32; ++p)
+            for (int k = 0; k < 4; ++k) {
+                const int v = q3kr_value(h, p, k) - 128 * h, j = v / 32, l = v % 32;
+                const int lo = (src[64 * h + 32 * (k % 2) + p] >> (4 * (k / 2))) & 15, hi = (src[128 + 32 * h + p] >> (2 * k)) & 3;
+                dst[64 * h + 32 * (j % 2) + l] |= (uint8_t)(lo << (4 * (j / 2)));
+                dst[128 + 32 * h + l] |= (uint8_t)(hi << (2 * j));
+            }
+    for (int h = 0; h < 2; ++h)
+        for (int L = 0; L < 8; ++L) dst[192 + 8 * h + 2 * (L % 4) + L / 4] = src[192 + 8 * h + L];
+    std::memcpy(dst + 208, src + 208, 2);
 }
 
 // One Q3_K block -> Q3_K_R (src != dst), and back. Scales and d are copied as they are.
@@ -486,6 +520,11 @@ static inline int unpack_block(WType t, const uint8_t* blk, uint8_t* q, float* D
             uint8_t b[144];
             unrepack_q4_K(blk, b);
             return unpack_block(WType::Q4_K, b, q, D, E);
+        }
+        case WType::Q6_K_R: {  // the Q6_K block it was made from, unpacked
+            uint8_t b[210];
+            unrepack_q6_K(blk, b);
+            return unpack_block(WType::Q6_K, b, q, D, E);
         }
         case WType::IQ4_XS: {
             const float d = fp16_to_fp32(load_u16(blk));

@@ -76,17 +76,30 @@ def matmul_tier() -> str:
     return str(_C.kernel_variants()[-1])
 
 
+#: the tiers on which a load-time form was measured faster than its GGUF type (benchmarks/ab_kernels.py
+#: TYPE/FORM); any other form: both SIMD tiers. Q6_K_R: AVX2 0.74-0.78 of Q6_K's time, AVX-512
+#: 1.06-1.18 (its three vpermd cost more there than the transpose they replace).
+FORM_TIERS = {"Q6_K_R": ("avx2",)}
+
+
+def form_pays_off(form: str, tier: str) -> bool:
+    """Whether matrices are rewritten into ``form`` when ``tier`` runs the kernels."""
+    return tier in FORM_TIERS.get(form, ("avx2", "avx512"))
+
+
 def repack_copied(tensors: dict[str, QTensor], names) -> dict[str, int]:
     """Rewrite, in place, the copied matrices of a type that has a load-time form
     (``ggml_types.LOAD_FORMS``: Q3_K -> Q3_K_R, Q2_K -> Q2_K_R; same bytes per block, same
-    values, bit-identical matmul results, see kernels/cpu/quants.h) into that form, when a SIMD
-    tier runs (the generic tier would only undo it). Only copies: a mapped file is read-only
-    and stays as it is. Returns {form: matrices rewritten}."""
+    values, bit-identical matmul results, see kernels/cpu/quants.h) into that form, when the
+    tier that runs was measured faster with it (:func:`form_pays_off`; never the generic tier,
+    which only undoes it). Only copies: a mapped file is read-only and stays as it is. Returns
+    {form: matrices rewritten}."""
     from ..ggml_types import BY_NAME, LOAD_FORMS
 
-    form_of = {t: f for f, t in LOAD_FORMS.items()}
+    tier = matmul_tier()
+    form_of = {t: f for f, t in LOAD_FORMS.items() if form_pays_off(f, tier)}
     done: dict[str, int] = {}
-    if matmul_tier() == "generic" or not all(hasattr(_C, "repack_" + BY_NAME[t].ident) for t in form_of):
+    if not all(hasattr(_C, "repack_" + BY_NAME[t].ident) for t in form_of):
         return done
     for name in names:
         t = tensors[name]
