@@ -22,7 +22,9 @@ a token reads 6 of 64 of them, and RSS should follow what is touched. (Copied in
 on a machine whose memory the page cache fills, which a short generation never earns back;
 copying each expert on first use was measured and reverted, and the file mapped in 2 MiB
 page-cache folios was no faster, see benchmarks/README.md. ``copy`` is there for long
-sessions.) Whatever it does,
+sessions.) For the ``cpu`` backend a copy also takes the K-quants' load-time forms
+(``cpu_backend.repack_copied``: Q4_K -> Q4_K_R and the like, rewritten in place, same size),
+which its SIMD kernels unpack without shuffles. Whatever it does,
 it says so in one line (``Model.weights_placement``, printed by ``generate -v``).
 """
 from __future__ import annotations
