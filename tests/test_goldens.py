@@ -64,7 +64,10 @@ KL_KNOWN_MISSES: set[tuple[str, str]] = set()
 # 18-layer model amplifies the last-bit GELU differences by up to ~0.4 in a logit. llama.cpp
 # itself takes GELU from an fp16 table (x rounded to fp16, values stored in fp16), so neither
 # float32 form is its computation. KL mean 0.0155, max 0.037 (asserted as before); numba and
-# cpu pass. One measured value, the same run alone or after the KL test.
+# cpu pass. One measured value, the same run alone or after the KL test. On another machine of
+# the same kind (2026-12-07, seventh session) the same code measured 0.969 with numpy 2.3.5 and
+# 0.977 with numpy 2.4.6 (its exp / tanh and BLAS differ in the last bits): passes of the bound.
+# So a recorded miss only excuses that exact rate below the bound; a rate at or above it passes.
 TOP1_KNOWN_MISSES = {("smollm2-135m", "numba", "rest"): (0.949, 0.953), ("gemma3-270m", "numpy", "rest"): (0.949,)}
 
 
@@ -123,10 +126,9 @@ def test_teacher_forced_top1_against_llamacpp(name, backend, part):
     rate = agree / total
     print(f"{name} [{backend}, {part}] teacher-forced top-1 {rate:.3f} over {total} positions")
     known = TOP1_KNOWN_MISSES.get((name, backend, part))
-    if known is not None:
+    if known is not None and rate < TOP1_MIN:  # a miss must be one measured and explained above
         assert round(rate, 3) in known, f"top-1 {rate:.3f}, recorded {known}: update TOP1_KNOWN_MISSES"
-        if rate < TOP1_MIN:
-            pytest.xfail(f"known near-tie miss: top-1 {rate:.3f} < {TOP1_MIN}")
+        pytest.xfail(f"known near-tie miss: top-1 {rate:.3f} < {TOP1_MIN}")
     assert rate >= TOP1_MIN
 
 
