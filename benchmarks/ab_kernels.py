@@ -43,7 +43,6 @@ def worker(module_dir: str, threads: int) -> int:
     sys.path.insert(0, module_dir)
     import _C  # noqa: E402  this worker's own build
 
-    from pyengine.ggml_types import BY_NAME, LOAD_FORMS
     from pyengine.testing.blocks import random_raw
 
     _C.set_num_threads(threads)
@@ -52,12 +51,7 @@ def worker(module_dir: str, threads: int) -> int:
         cmd, tn, r, c, n, *rest = line.split()
         r, c, n = int(r), int(c), int(n)
         if (tn, r, c, n) not in cases:  # the same seeds in both workers: the same bytes
-            src = LOAD_FORMS.get(tn)  # a load-time form (Q3_K_R): random blocks of its GGUF type, converted
-            raw = random_raw(src or tn, r * c, np.random.default_rng(1)).reshape(r, -1)
-            if src:
-                conv = np.empty_like(raw)
-                getattr(_C, "repack_" + BY_NAME[src].ident)(raw, conv)
-                raw = conv
+            raw = random_raw(tn, r * c, np.random.default_rng(1)).reshape(r, -1)  # forms (Q3_K_R) too
             x = np.random.default_rng(2).standard_normal((n, c)).astype(np.float32)
             cases[(tn, r, c, n)] = (raw, x)
         raw, x = cases[(tn, r, c, n)]

@@ -110,25 +110,25 @@ void py_get_rows(const std::string& type_name, const py::array& w, int64_t rows,
     pyengine::get_rows(t, wp, rows, cols, ip, n, op);
 }
 
-// dst = the blocks of src (GGUF type `from`, block_bytes each) rearranged by repack (one block,
-// src != dst). dst may be src.
-void repack_blocks(const py::array& src, py::array& dst, const char* from, int block_bytes,
-                   void (*repack)(const uint8_t*, uint8_t*)) {
+// dst = the blocks of src (the GGUF type `form` is made from) rewritten into `form`. dst may be src.
+void repack_blocks(const py::array& src, py::array& dst, pyengine::WType form) {
+    const pyengine::WTypeInfo& ti = pyengine::wtype_info(form);
+    const char* from = pyengine::wtype_info(pyengine::load_form_source(form)).name;
     check_array<uint8_t>(src, "src", "uint8", false);
     check_array<uint8_t>(dst, "dst", "uint8", true);
-    if (src.nbytes() % block_bytes != 0)
-        throw py::value_error(std::string("src must be whole ") + from + " blocks of " + std::to_string(block_bytes) +
+    if (src.nbytes() % ti.block_bytes != 0)
+        throw py::value_error(std::string("src must be whole ") + from + " blocks of " + std::to_string(ti.block_bytes) +
                               " bytes, got " + std::to_string(src.nbytes()) + " bytes");
     if (dst.nbytes() != src.nbytes()) throw py::value_error("dst must have as many bytes as src");
     if (overlap(src, dst) && src.data() != dst.data()) throw py::value_error("dst must be src or not overlap it");
     const uint8_t* s = (const uint8_t*)src.data();
     uint8_t* d = (uint8_t*)dst.mutable_data();
-    const int64_t nb = (int64_t)src.nbytes() / block_bytes;
+    const int64_t nb = (int64_t)src.nbytes() / ti.block_bytes;
     py::gil_scoped_release nogil;
     uint8_t tmp[256];
     for (int64_t b = 0; b < nb; ++b) {
-        repack(s + block_bytes * b, tmp);
-        std::memcpy(d + block_bytes * b, tmp, (size_t)block_bytes);
+        pyengine::convert_load_form(form, s + ti.block_bytes * b, tmp, false);
+        std::memcpy(d + ti.block_bytes * b, tmp, (size_t)ti.block_bytes);
     }
 }
 
@@ -146,26 +146,19 @@ variant: "generic", "avx2", "avx512" or "auto" (best this CPU runs); the call ru
 matmul_<type>_<variant> (kernels/cpu/matmul_<variant>.cpp).
 For quantized types x is quantized to int8 per 32 values inside the call; the GIL is released and the
 work is split over the thread pool.)doc");
-    m.def(
-        "repack_q3_K", [](const py::array& s, py::array& d) { repack_blocks(s, d, "Q3_K", 110, pyengine::repack_q3_K); },
-        py::arg("src"), py::arg("dst"),
-        "dst[:] = the Q3_K blocks of src (uint8) as Q3_K_R, the form the SIMD tiers unpack faster "
-        "(kernels/cpu/quants.h, block_q3_K_R; spec: pyengine.quants.repack_q3_K). dst may be src.");
-    m.def(
-        "repack_q4_K", [](const py::array& s, py::array& d) { repack_blocks(s, d, "Q4_K", 144, pyengine::repack_q4_K); },
-        py::arg("src"), py::arg("dst"),
-        "dst[:] = the Q4_K blocks of src (uint8) as Q4_K_R (kernels/cpu/quants.h, block_q4_K_R; spec: "
-        "pyengine.quants.repack_q4_K). dst may be src.");
-    m.def(
-        "repack_q6_K", [](const py::array& s, py::array& d) { repack_blocks(s, d, "Q6_K", 210, pyengine::repack_q6_K); },
-        py::arg("src"), py::arg("dst"),
-        "dst[:] = the Q6_K blocks of src (uint8) as Q6_K_R (kernels/cpu/quants.h, block_q6_K_R; spec: "
-        "pyengine.quants.repack_q6_K). dst may be src.");
-    m.def(
-        "repack_q2_K", [](const py::array& s, py::array& d) { repack_blocks(s, d, "Q2_K", 84, pyengine::repack_q2_K); },
-        py::arg("src"), py::arg("dst"),
-        "dst[:] = the Q2_K blocks of src (uint8) as Q2_K_R (kernels/cpu/quants.h, block_q2_K_R; spec: "
-        "pyengine.quants.repack_q2_K). dst may be src.");
+    // repack_q2_K, repack_q3_K, repack_q4_K, repack_q6_K: one per load-time form
+    for (pyengine::WType form : {pyengine::WType::Q2_K_R, pyengine::WType::Q3_K_R, pyengine::WType::Q4_K_R,
+                                 pyengine::WType::Q6_K_R}) {
+        std::string gguf = pyengine::wtype_info(pyengine::load_form_source(form)).name;  // "Q4_K"
+        std::string ident = gguf;                                                          // "q4_K"
+        ident[0] = 'q';
+        m.def(("repack_" + ident).c_str(), [form](const py::array& s, py::array& d) { repack_blocks(s, d, form); },
+              py::arg("src"), py::arg("dst"),
+              ("dst[:] = the " + gguf + " blocks of src (uint8) as " + pyengine::wtype_info(form).name +
+               ", the form the SIMD tiers unpack without shuffles (kernels/cpu/quants.h, convert_load_form; "
+               "spec: pyengine.quants.repack_" + ident + "). dst may be src.")
+                  .c_str());
+    }
     m.def("get_rows", &py_get_rows, py::arg("type_name"), py::arg("w"), py::arg("rows"), py::arg("cols"),
           py::arg("ids"), py::arg("out"),
           "out[i] = dequantized row ids[i] of W (rows, cols): ids int32 (n,), out float32 (n, cols).");

@@ -578,11 +578,6 @@ def unrepack_q3_K(raw) -> np.ndarray:
     return out.reshape(-1)
 
 
-def dequantize_q3_K_R(blocks, out=None) -> np.ndarray:
-    """Q3_K_R: the values of the Q3_K blocks it was made from (:func:`repack_q3_K`)."""
-    return dequantize_q3_K(unrepack_q3_K(blocks), out=out)
-
-
 #: half c's sub-block scale byte in Q2_K_R order: byte 8c + L of Q2_K_R is byte _Q2KR_SCALES[8c + L] of Q2_K
 _Q2KR_SCALES = np.array([8 * c + 2 * (L % 4) + L // 4 for c in range(2) for L in range(8)])
 

@@ -157,28 +157,13 @@ void dequantize_row(WType t, const uint8_t* row, int64_t cols, float* out) {
                         }
                 break;
             }
-            case WType::Q3_K_R: {  // the Q3_K block it was made from
-                uint8_t q3[110];
-                unrepack_q3_K(blk, q3);
-                dequantize_row(WType::Q3_K, q3, 256, out);
-                break;
-            }
-            case WType::Q2_K_R: {  // the Q2_K block it was made from
-                uint8_t q2[84];
-                unrepack_q2_K(blk, q2);
-                dequantize_row(WType::Q2_K, q2, 256, out);
-                break;
-            }
-            case WType::Q4_K_R: {  // the Q4_K block it was made from
-                uint8_t q4[144];
-                unrepack_q4_K(blk, q4);
-                dequantize_row(WType::Q4_K, q4, 256, out);
-                break;
-            }
-            case WType::Q6_K_R: {  // the Q6_K block it was made from
-                uint8_t q6[210];
-                unrepack_q6_K(blk, q6);
-                dequantize_row(WType::Q6_K, q6, 256, out);
+            case WType::Q2_K_R:
+            case WType::Q3_K_R:
+            case WType::Q4_K_R:
+            case WType::Q6_K_R: {  // the GGUF block it was made from
+                uint8_t b[256];
+                convert_load_form(t, blk, b, true);
+                dequantize_row(load_form_source(t), b, 256, out);
                 break;
             }
             case WType::IQ4_NL: {  // x = d * level[nibble]

@@ -60,6 +60,7 @@ static AI_INLINE __m128i perm16_u8() { return _mm_setr_epi8(0, 4, 8, 12, 1, 5, 9
 // Lane L of a G = 16 panel (group g = 4(L%4) + L/4) <- dword (or scale byte) 8c + 4(g%2) + (g%8)/2
 // of the Q2_K_R / Q3_K_R / Q6_K_R order, which is the AVX2 tier's lanes16 order per half c = g/8.
 static AI_INLINE __m512i q23kr_lanes() { return _mm512_setr_epi32(0, 2, 8, 10, 4, 6, 12, 14, 1, 3, 9, 11, 5, 7, 13, 15); }
+static AI_INLINE __m128i q23kr_lanes_u8() { return _mm_setr_epi8(0, 2, 8, 10, 4, 6, 12, 14, 1, 3, 9, 11, 5, 7, 13, 15); }
 
 // Store one finished panel: the G/4 step vectors, then the per-lane A and B floats.
 // PRE: v is already in panel order (only D/E still need the lane permutation).
@@ -404,8 +405,8 @@ static AI_INLINE void pack_panel_q6kr(const uint8_t* blk, Sink& sink) {
     v[1] = _mm512_or_si512(_mm512_and_si512(qb, lo4), _mm512_and_si512(_mm512_slli_epi32(qh, 2), hi2));
     v[2] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(qa, 4), lo4), _mm512_and_si512(qh, hi2));
     v[3] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(qb, 4), lo4), _mm512_and_si512(_mm512_srli_epi32(qh, 2), hi2));
-    const __m128i lanes = _mm_setr_epi8(0, 2, 8, 10, 4, 6, 12, 14, 1, 3, 9, 11, 5, 7, 13, 15);  // q23kr_lanes
-    const __m512 sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_shuffle_epi8(_mm_loadu_si128((const __m128i*)(blk + 192)), lanes)));
+    const __m512 sc = _mm512_cvtepi32_ps(
+        _mm512_cvtepi8_epi32(_mm_shuffle_epi8(_mm_loadu_si128((const __m128i*)(blk + 192)), q23kr_lanes_u8())));
     const __m512 D = _mm512_mul_ps(_mm512_set1_ps(half(blk + 208)), sc);
     sink.template put<16, true, true>(v, D, _mm512_mul_ps(_mm512_set1_ps(32.0f), D));
 }
@@ -529,8 +530,7 @@ static AI_INLINE void pack_panel_q2kr(const uint8_t* blk, Sink& sink) {
     v[1] = _mm512_and_si512(_mm512_srli_epi32(x, 2), three);
     v[2] = _mm512_and_si512(_mm512_srli_epi32(x, 4), three);
     v[3] = _mm512_and_si512(_mm512_srli_epi32(x, 6), three);
-    const __m128i lanes = _mm_setr_epi8(0, 2, 8, 10, 4, 6, 12, 14, 1, 3, 9, 11, 5, 7, 13, 15);  // q23kr_lanes
-    const __m512i s8 = _mm512_cvtepu8_epi32(_mm_shuffle_epi8(_mm_loadu_si128((const __m128i*)blk), lanes));
+    const __m512i s8 = _mm512_cvtepu8_epi32(_mm_shuffle_epi8(_mm_loadu_si128((const __m128i*)blk), q23kr_lanes_u8()));
     const __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)load_u32(blk + 80)));  // d, dmin
     const __m512 D = _mm512_mul_ps(_mm512_broadcastss_ps(dm), _mm512_cvtepi32_ps(_mm512_and_si512(s8, _mm512_set1_epi32(15))));
     const __m512 E = _mm512_mul_ps(_mm512_broadcastss_ps(_mm_movehdup_ps(dm)), _mm512_cvtepi32_ps(_mm512_srli_epi32(s8, 4)));

@@ -11,7 +11,7 @@ namespace pyengine {
 
 // --- the weight types the CPU kernels run ------------------------------------
 // Q3_K_R, Q2_K_R, Q4_K_R and Q6_K_R are not GGUF types: those K-quants with their bits
-// rearranged at load for the SIMD tiers (repack_q3_K, ... below); the same bytes, the same values.
+// rearranged at load for the SIMD tiers (convert_load_form below); the same bytes, the same values.
 enum class WType : int { F32 = 0, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K, BF16, Q5_1, Q5_K, Q2_K, Q3_K, IQ4_NL, IQ4_XS,
                          Q3_K_R, Q2_K_R, Q4_K_R, Q6_K_R, COUNT };
 
@@ -112,7 +112,7 @@ struct block_q3_K {  // 16 sub-blocks of 16: x = d*sc[k]*(q - 4); q = 2 bits of 
     uint8_t scales[12];  // 16 six-bit scales, offset by 32 (see q3k_scales)
     uint16_t d;
 };
-// Q3_K_R: a Q3_K block with its 96 bytes of quants reordered for the SIMD tiers (repack_q3_K).
+// Q3_K_R: a Q3_K block with its 96 bytes of quants reordered for the SIMD tiers (convert_load_form).
 // Half c (values 128c ..) is 8 groups of 16; byte p (0..31) of a half stands for elements
 // 4k + p%4 (k = 0..3) of group 2(L%4) + L/4, L = p/4: the order in which the AVX2 tier's 8
 // lanes hold the groups (lane L = dword L), so 32 bytes load straight into a panel.
@@ -127,7 +127,7 @@ struct block_q3_K_R {
     uint16_t d;
 };
 static_assert(sizeof(block_q3_K_R) == 110, "Q3_K_R block is 110 bytes");
-// Q2_K_R: a Q2_K block in the same order (repack_q2_K): ql as Q3_K_R's, and the sub-block
+// Q2_K_R: a Q2_K block in the same order (convert_load_form): ql as Q3_K_R's, and the sub-block
 // scale bytes of half c at 8c + L for the group lane L holds (2(L%4) + L/4): no shuffle either.
 struct block_q2_K_R {
     uint8_t scales[16];
@@ -135,12 +135,12 @@ struct block_q2_K_R {
     uint16_t d, dmin;
 };
 static_assert(sizeof(block_q2_K_R) == 84, "Q2_K_R block is 84 bytes");
-// Q4_K_R: a Q4_K block with its 128 nibble bytes in the AVX2 tier's lane order (repack_q4_K):
+// Q4_K_R: a Q4_K block with its 128 nibble bytes in the AVX2 tier's lane order (convert_load_form):
 // byte p (lane l = p/4, p%4 = b) of chunk m (qs[32m ..], m = 0..3) holds, in its low nibble,
 // element 4m + b of group l and, in its high nibble, element 4(m + 4) + b of group l. So
 // chunk m & 15 and (chunk m >> 4) & 15 are the panel's vectors m and m + 4, no transpose.
 // d, dmin and the 12 scale bytes are Q4_K's.
-// Q6_K_R: a Q6_K block in the lane order of Q3_K_R (repack_q6_K): per half h, with element
+// Q6_K_R: a Q6_K block in the lane order of Q3_K_R (convert_load_form): per half h, with element
 // 4k + p%4 of group 2(L%4) + L/4 (L = p/4) for byte p: ql[64h + p] holds the low 4 bits of k = 0
 // (low nibble) and k = 2 (high), ql[64h + 32 + p] those of k = 1 and 3, qh[32h + p] bits 2k, 2k+1
 // the top 2 bits of k; the scales of half h at 8h + L for that group. d as Q6_K.
@@ -245,124 +245,93 @@ static inline void q3k_scales(const uint8_t* b, int8_t sc[16]) {
     }
 }
 
-// Q3_K_R (see block_q3_K_R): the hb bit of element 4k + p%4 in half c, and that element's
-// index in the super-block (p: byte 0..31 of the half).
-static inline int q3kr_hbit(int c, int k) { return (k & 1) + 4 * (k >> 1) + 2 * (1 - c); }
-static inline int q3kr_value(int c, int p, int k) {
-    const int L = p / 4;
-    return 128 * c + 16 * (2 * (L % 4) + L / 4) + 4 * k + p % 4;
-}
-// The 64 bytes of 2-bit fields of Q2_K / Q3_K (value 128c + 32j + l in bit pair j of
-// qs[32c + l]) into the lane order of Q2_K_R / Q3_K_R's ql (dst zeroed first), and back.
-static inline void repack_crumbs(const uint8_t* qs, uint8_t* ql) {
-    std::memset(ql, 0, 64);
-    for (int c = 0; c < 2; ++c)
-        for (int p = 0; p < 32; ++p)
-            for (int k = 0; k < 4; ++k) {
-                const int v = q3kr_value(c, p, k) - 128 * c, j = v / 32, l = v % 32;
-                ql[32 * c + p] |= (uint8_t)(((qs[32 * c + l] >> (2 * j)) & 3) << (2 * k));
-            }
-}
-static inline void unrepack_crumbs(const uint8_t* ql, uint8_t* qs) {
-    std::memset(qs, 0, 64);
-    for (int c = 0; c < 2; ++c)
-        for (int p = 0; p < 32; ++p)
-            for (int k = 0; k < 4; ++k) {
-                const int v = q3kr_value(c, p, k) - 128 * c, j = v / 32, l = v % 32;
-                qs[32 * c + l] |= (uint8_t)(((ql[32 * c + p] >> (2 * k)) & 3) << (2 * j));
-            }
-}
-// One Q2_K block -> Q2_K_R (src != dst), and back: scale byte 8c + L <-> 8c + 2(L%4) + L/4.
-static inline void repack_q2_K(const uint8_t* src, uint8_t* dst) {
-    for (int c = 0; c < 2; ++c)
-        for (int L = 0; L < 8; ++L) dst[8 * c + L] = src[8 * c + 2 * (L % 4) + L / 4];
-    repack_crumbs(src + 16, dst + 16);
-    std::memcpy(dst + 80, src + 80, 4);
-}
-static inline void unrepack_q2_K(const uint8_t* src, uint8_t* dst) {
-    for (int c = 0; c < 2; ++c)
-        for (int L = 0; L < 8; ++L) dst[8 * c + 2 * (L % 4) + L / 4] = src[8 * c + L];
-    unrepack_crumbs(src + 16, dst + 16);
-    std::memcpy(dst + 80, src + 80, 4);
+// ---- Load-time forms (Q2_K_R, Q3_K_R, Q4_K_R, Q6_K_R) --------------------------------------
+// A form moves its GGUF type's bit fields to other places and changes nothing else. Each group
+// of bytes holding one kind of field (a "plane": Q3_K's hmask, its 2-bit qs, Q4_K's nibbles, the
+// scale bytes of Q2_K, ...) is described in both layouts by a PlaneMap: the value (or sub-block)
+// whose W-bit field sits in slot f (bits W f ..) of byte i. Converting a plane = reading its
+// fields out into value order with one map and writing them back with the other; undoing it =
+// the same with the maps swapped, so a form and its inverse cannot disagree.
+template <int N, int W>  // N bytes, W-bit fields, 8 / W to a byte
+struct PlaneMap {
+    uint8_t v[N][8 / W];
+    template <class F>
+    constexpr explicit PlaneMap(F value_of) : v{} {
+        for (int i = 0; i < N; ++i)
+            for (int f = 0; f < 8 / W; ++f) v[i][f] = (uint8_t)value_of(i, f);
+    }
+};
+// dst plane (layout `to`) = src plane (layout `from`); fields of up to 256 values
+template <int N, int W>
+static inline void move_plane(const uint8_t* src, const PlaneMap<N, W>& from, uint8_t* dst, const PlaneMap<N, W>& to) {
+    uint8_t val[256];  // the fields in value order
+    for (int i = 0; i < N; ++i)
+        for (int f = 0; f < 8 / W; ++f) val[from.v[i][f]] = (uint8_t)((src[i] >> (W * f)) & ((1 << W) - 1));
+    for (int i = 0; i < N; ++i) {
+        unsigned b = 0;
+        for (int f = 0; f < 8 / W; ++f) b |= (unsigned)val[to.v[i][f]] << (W * f);
+        dst[i] = (uint8_t)b;
+    }
 }
 
-// One Q4_K block -> Q4_K_R (src != dst), and back. Group j = 2c + s of Q4_K is nibble s of
-// qs[32c .. 32c + 31] (element e in byte 32c + e).
-static inline void repack_q4_K(const uint8_t* src, uint8_t* dst) {
-    std::memcpy(dst, src, 16);
-    for (int m = 0; m < 4; ++m)
-        for (int p = 0; p < 32; ++p) {
-            const int l = p / 4, b = p % 4, c = l / 2, s = l % 2;
-            const int lo = (src[16 + 32 * c + 4 * m + b] >> (4 * s)) & 15;
-            const int hi = (src[16 + 32 * c + 4 * (m + 4) + b] >> (4 * s)) & 15;
-            dst[16 + 32 * m + p] = (uint8_t)(lo | hi << 4);
-        }
-}
-static inline void unrepack_q4_K(const uint8_t* src, uint8_t* dst) {
-    std::memcpy(dst, src, 16);
-    std::memset(dst + 16, 0, 128);
-    for (int m = 0; m < 4; ++m)
-        for (int p = 0; p < 32; ++p) {
-            const int l = p / 4, b = p % 4, c = l / 2, s = l % 2;
-            dst[16 + 32 * c + 4 * m + b] |= (uint8_t)((src[16 + 32 * m + p] & 15) << (4 * s));
-            dst[16 + 32 * c + 4 * (m + 4) + b] |= (uint8_t)((src[16 + 32 * m + p] >> 4) << (4 * s));
-        }
-}
+// The lane order of Q2_K_R / Q3_K_R / Q6_K_R (block_q3_K_R): byte p (0..31) of half c, bit pair
+// or slot k, holds element 4k + p%4 of group 2(L%4) + L/4, L = p/4; its index in the super-block:
+constexpr int q3kr_value(int c, int p, int k) { return 128 * c + 16 * (2 * (p / 4 % 4) + p / 16) + 4 * k + p % 4; }
+// Q3_K_R's hb bit of slot k in half c (half 0: bits 2, 3, 6, 7; half 1: bits 0, 1, 4, 5)
+constexpr int q3kr_hbit(int c, int k) { return (k & 1) + 4 * (k >> 1) + 2 * (1 - c); }
 
-// One Q6_K block -> Q6_K_R (src != dst), and back. Q6_K's value 128h + 32j + l: low 4 bits in
-// nibble j/2 of ql[64h + 32(j%2) + l], top 2 bits in bits 2j of qh[32h + l].
-static inline void repack_q6_K(const uint8_t* src, uint8_t* dst) {
-    std::memset(dst, 0, 192);
-    for (int h = 0; h < 2; ++h)
-        for (int p = 0; p < 32; ++p)
-            for (int k = 0; k < 4; ++k) {
-                const int v = q3kr_value(h, p, k) - 128 * h, j = v / 32, l = v % 32;
-                const int lo = (src[64 * h + 32 * (j % 2) + l] >> (4 * (j / 2))) & 15, hi = (src[128 + 32 * h + l] >> (2 * j)) & 3;
-                dst[64 * h + 32 * (k % 2) + p] |= (uint8_t)(lo << (4 * (k / 2)));
-                dst[128 + 32 * h + p] |= (uint8_t)(hi << (2 * k));
-            }
-    for (int h = 0; h < 2; ++h)
-        for (int L = 0; L < 8; ++L) dst[192 + 8 * h + L] = src[192 + 8 * h + 2 * (L % 4) + L / 4];
-    std::memcpy(dst + 208, src + 208, 2);
-}
-static inline void unrepack_q6_K(const uint8_t* src, uint8_t* dst) {
-    std::memset(dst, 0, 192);
-    for (int h = 0; h < 2; ++h)
-        for (int p = 0; p < 32; ++p)
-            for (int k = 0; k < 4; ++k) {
-                const int v = q3kr_value(h, p, k) - 128 * h, j = v / 32, l = v % 32;
-                const int lo = (src[64 * h + 32 * (k % 2) + p] >> (4 * (k / 2))) & 15, hi = (src[128 + 32 * h + p] >> (2 * k)) & 3;
-                dst[64 * h + 32 * (j % 2) + l] |= (uint8_t)(lo << (4 * (j / 2)));
-                dst[128 + 32 * h + l] |= (uint8_t)(hi << (2 * j));
-            }
-    for (int h = 0; h < 2; ++h)
-        for (int L = 0; L < 8; ++L) dst[192 + 8 * h + 2 * (L % 4) + L / 4] = src[192 + 8 * h + L];
-    std::memcpy(dst + 208, src + 208, 2);
-}
+namespace forms {
+// 2-bit fields, 64 bytes: Q2_K / Q3_K qs (value 128c + 32j + l in pair j of byte 32c + l) and
+// the lane order's ql (byte 32c + p, pair k)
+constexpr PlaneMap<64, 2> kQs([](int i, int j) { return 128 * (i / 32) + 32 * j + i % 32; });
+constexpr PlaneMap<64, 2> kQl([](int i, int k) { return q3kr_value(i / 32, i % 32, k); });
+// Q3_K's hmask (value 32b + l in bit b of byte l) and Q3_K_R's hb
+constexpr PlaneMap<32, 1> kHmask([](int l, int b) { return 32 * b + l; });
+constexpr PlaneMap<32, 1> kHb([](int p, int b) {  // the (c, k) whose q3kr_hbit is b
+    const int c = (b & 2) ? 0 : 1, k = (b & 1) + 2 * (b >> 2);
+    return q3kr_value(c, p, k);
+});
+// 16 sub-block scale bytes: natural, and each half's eight in lane order (Q2_K_R, Q6_K_R)
+constexpr PlaneMap<16, 8> kScales([](int i, int) { return i; });
+constexpr PlaneMap<16, 8> kScalesLanes([](int i, int) { return 8 * (i / 8) + 2 * (i % 4) + i % 8 / 4; });
+// Q4_K's nibbles (group 2c + s = nibble s of bytes 32c ..) and Q4_K_R's (chunk m, byte p: element
+// 4m + p%4 of group p/4 in the low nibble, 4(m + 4) + p%4 in the high one)
+constexpr PlaneMap<128, 4> kQ4([](int i, int s) { return 64 * (i / 32) + 32 * s + i % 32; });
+constexpr PlaneMap<128, 4> kQ4r([](int i, int s) { return 32 * (i % 32 / 4) + 4 * (i / 32 + 4 * s) + i % 4; });
+// Q6_K's low 4 bits (value 128h + 32j + l in nibble j/2 of ql[64h + 32(j%2) + l]) and its top 2
+// bits (pair j of qh[32h + l]); Q6_K_R: nibble k/2 of ql[64h + 32(k%2) + p], pair k of qh[32h + p]
+constexpr PlaneMap<128, 4> kQ6l([](int i, int s) { return 128 * (i / 64) + 32 * (2 * s + i % 64 / 32) + i % 32; });
+constexpr PlaneMap<128, 4> kQ6lr([](int i, int s) { return q3kr_value(i / 64, i % 32, 2 * s + i % 64 / 32); });
+constexpr PlaneMap<64, 2> kQ6h([](int i, int j) { return 128 * (i / 32) + 32 * j + i % 32; });
+}  // namespace forms
 
-// One Q3_K block -> Q3_K_R (src != dst), and back. Scales and d are copied as they are.
-static inline void repack_q3_K(const uint8_t* src, uint8_t* dst) {
-    const uint8_t* hm = src;
-    std::memset(dst, 0, 32);
-    for (int c = 0; c < 2; ++c)
-        for (int p = 0; p < 32; ++p)
-            for (int k = 0; k < 4; ++k) {
-                const int v = q3kr_value(c, p, k) - 128 * c, j = v / 32, l = v % 32;  // value 128c + 32j + l
-                dst[p] |= (uint8_t)(((hm[l] >> (4 * c + j)) & 1) << q3kr_hbit(c, k));
-            }
-    repack_crumbs(src + 32, dst + 32);
-    std::memcpy(dst + 96, src + 96, 14);
+// The GGUF type a load-time form is made from (t itself for any other type).
+static inline WType load_form_source(WType t) {
+    switch (t) {
+        case WType::Q2_K_R: return WType::Q2_K;
+        case WType::Q3_K_R: return WType::Q3_K;
+        case WType::Q4_K_R: return WType::Q4_K;
+        case WType::Q6_K_R: return WType::Q6_K;
+        default: return t;
+    }
 }
-static inline void unrepack_q3_K(const uint8_t* src, uint8_t* dst) {
-    std::memset(dst, 0, 32);
-    for (int c = 0; c < 2; ++c)
-        for (int p = 0; p < 32; ++p)
-            for (int k = 0; k < 4; ++k) {
-                const int v = q3kr_value(c, p, k) - 128 * c, j = v / 32, l = v % 32;
-                dst[l] |= (uint8_t)(((src[p] >> q3kr_hbit(c, k)) & 1) << (4 * c + j));
-            }
-    unrepack_crumbs(src + 32, dst + 32);
-    std::memcpy(dst + 96, src + 96, 14);
+// One block of `form`: back = false rewrites its GGUF block src into the form at dst, back = true
+// the form's block src into the GGUF block at dst (src != dst; the bytes no plane covers are
+// copied). Layouts: block_q2_K_R, block_q3_K_R, block_q4_K_R, block_q6_K_R above.
+static inline void convert_load_form(WType form, const uint8_t* src, uint8_t* dst, bool back) {
+    using namespace forms;
+    const int bb = wtype_info(form).block_bytes;
+    std::memcpy(dst, src, (size_t)bb);
+    auto move = [&](int off, const auto& gguf, const auto& lanes) {
+        move_plane(src + off, back ? lanes : gguf, dst + off, back ? gguf : lanes);
+    };
+    switch (form) {
+        case WType::Q2_K_R: move(0, kScales, kScalesLanes); move(16, kQs, kQl); break;
+        case WType::Q3_K_R: move(0, kHmask, kHb); move(32, kQs, kQl); break;
+        case WType::Q4_K_R: move(16, kQ4, kQ4r); break;
+        case WType::Q6_K_R: move(0, kQ6l, kQ6lr); move(128, kQ6h, kQl); move(192, kScales, kScalesLanes); break;
+        default: break;
+    }
 }
 
 // IQ4_XS's scales_h / scales_l -> 8 signed scales (6-bit value - 32).
@@ -506,26 +475,6 @@ static inline int unpack_block(WType t, const uint8_t* blk, uint8_t* q, float* D
             }
             return 16;
         }
-        case WType::Q3_K_R: {  // the Q3_K block it was made from, unpacked
-            uint8_t b[110];
-            unrepack_q3_K(blk, b);
-            return unpack_block(WType::Q3_K, b, q, D, E);
-        }
-        case WType::Q2_K_R: {  // the Q2_K block it was made from, unpacked
-            uint8_t b[84];
-            unrepack_q2_K(blk, b);
-            return unpack_block(WType::Q2_K, b, q, D, E);
-        }
-        case WType::Q4_K_R: {  // the Q4_K block it was made from, unpacked
-            uint8_t b[144];
-            unrepack_q4_K(blk, b);
-            return unpack_block(WType::Q4_K, b, q, D, E);
-        }
-        case WType::Q6_K_R: {  // the Q6_K block it was made from, unpacked
-            uint8_t b[210];
-            unrepack_q6_K(blk, b);
-            return unpack_block(WType::Q6_K, b, q, D, E);
-        }
         case WType::IQ4_XS: {
             const float d = fp16_to_fp32(load_u16(blk));
             int8_t sc[8];
@@ -540,6 +489,14 @@ static inline int unpack_block(WType t, const uint8_t* blk, uint8_t* q, float* D
                 E[j] = 128.0f * D[j];
             }
             return 8;
+        }
+        case WType::Q2_K_R:
+        case WType::Q3_K_R:
+        case WType::Q4_K_R:
+        case WType::Q6_K_R: {  // the GGUF block it was made from, unpacked
+            uint8_t b[256];
+            convert_load_form(t, blk, b, true);
+            return unpack_block(load_form_source(t), b, q, D, E);
         }
         default:
             return 0;

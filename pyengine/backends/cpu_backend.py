@@ -43,12 +43,18 @@ def _contig(x) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+def _forced_tier() -> str:
+    """The tier ``$PYENGINE_CPU_VARIANT`` forces ("" when unset or "auto")."""
+    forced = os.environ.get("PYENGINE_CPU_VARIANT", "").strip().lower()
+    return "" if forced == "auto" else forced
+
+
 def _isa_label() -> str:
     """A short name for the instruction set the kernels use here (e.g. "avx512-vnni"): the
     widest the CPU has, or the tier forced with ``$PYENGINE_CPU_VARIANT`` (benchmarks force
     avx2 on an AVX-512 machine, and their rows must say so)."""
-    forced = os.environ.get("PYENGINE_CPU_VARIANT", "").strip().lower()
-    if forced and forced != "auto":
+    forced = _forced_tier()
+    if forced:
         return forced
     feats = {}
     try:
@@ -70,10 +76,7 @@ def _isa_label() -> str:
 def matmul_tier() -> str:
     """The matmul kernel tier ``variant="auto"`` runs here: ``$PYENGINE_CPU_VARIANT`` when set,
     else the widest this CPU and build have ("generic", "avx2" or "avx512")."""
-    forced = os.environ.get("PYENGINE_CPU_VARIANT", "").strip().lower()
-    if forced and forced != "auto":
-        return forced
-    return str(_C.kernel_variants()[-1])
+    return _forced_tier() or str(_C.kernel_variants()[-1])
 
 
 #: the tiers on which a load-time form was measured faster than its GGUF type (benchmarks/ab_kernels.py
@@ -89,7 +92,7 @@ def form_pays_off(form: str, tier: str) -> bool:
 
 def repack_copied(tensors: dict[str, QTensor], names) -> dict[str, int]:
     """Rewrite, in place, the copied matrices of a type that has a load-time form
-    (``ggml_types.LOAD_FORMS``: Q3_K -> Q3_K_R, Q2_K -> Q2_K_R; same bytes per block, same
+    (``ggml_types.LOAD_FORMS``: Q3_K -> Q3_K_R, Q4_K -> Q4_K_R, ...; same bytes per block, same
     values, bit-identical matmul results, see kernels/cpu/quants.h) into that form, when the
     tier that runs was measured faster with it (:func:`form_pays_off`; never the generic tier,
     which only undoes it). Only copies: a mapped file is read-only and stays as it is. Returns
@@ -101,15 +104,24 @@ def repack_copied(tensors: dict[str, QTensor], names) -> dict[str, int]:
     done: dict[str, int] = {}
     if not all(hasattr(_C, "repack_" + BY_NAME[t].ident) for t in form_of):
         return done
+    jobs = []  # (repack function, a whole number of blocks of one tensor): ~16 MiB each
     for name in names:
         t = tensors[name]
         form = form_of.get(t.type_name.upper())
         if form is None or len(t.shape) != 2 or not t.raw.flags.writeable:
             continue
-        getattr(_C, "repack_" + BY_NAME[t.type_name.upper()].ident)(t.raw, t.raw)
+        gguf = BY_NAME[t.type_name.upper()]
+        step = (16 << 20) // gguf.type_size * gguf.type_size
+        fn = getattr(_C, "repack_" + gguf.ident)
+        jobs += [(fn, t.raw[o:o + step]) for o in range(0, t.raw.nbytes, step)]
         t.type_name = form
         t.cache.clear()
         done[form] = done.get(form, 0) + 1
+    if jobs:  # the conversion releases the GIL: one worker per core (0.4-1.3 GB/s each)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
+            list(pool.map(lambda job: job[0](job[1], job[1]), jobs))
     return done
 
 

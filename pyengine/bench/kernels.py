@@ -208,14 +208,7 @@ def bench_case(type_name: str, rows: int, cols: int, n: int, kernels: Sequence[K
         raise PyEngineError(f"{type_name} {rows}x{cols}: cols must be a multiple of the block size {t.block_size}")
     from ..testing.blocks import random_raw  # here, not at the top: `pyengine` builds its parser from this package
 
-    src = LOAD_FORMS.get(type_name)
-    raw = random_raw(src or type_name, rows * cols, rng)
-    if src:  # the form a copied model runs, made from random blocks of its GGUF type
-        from .. import _C
-
-        conv = np.empty_like(raw)
-        getattr(_C, "repack_" + ggml_type(src).ident)(raw, conv)
-        raw = conv
+    raw = random_raw(type_name, rows * cols, rng)  # a load-time form: random blocks of its type, rewritten
     x = rng.standard_normal((n, cols)).astype(np.float32)
     ref = reference_matmul(type_name, raw, (rows, cols), x)
     nbytes = raw.nbytes

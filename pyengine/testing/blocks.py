@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import quants
-from ..ggml_types import BY_NAME
+from ..ggml_types import BY_NAME, LOAD_FORMS
 
 SCALE_MODES = ("normal", "zero", "extreme")
 
@@ -65,6 +65,9 @@ def random_raw(type_name: str, n_elements: int, rng: np.random.Generator, scales
     (float types: N(0, rms^2)). Not for the activation formats Q8_1 / Q8_K.
     """
     name = str(type_name).upper()
+    if name in LOAD_FORMS:  # a load-time form (Q4_K_R, ...): random blocks of its GGUF type, rewritten by the spec
+        src = LOAD_FORMS[name]
+        return getattr(quants, "repack_" + BY_NAME[src].ident)(random_raw(src, n_elements, rng, scales, rms))
     if name not in _FLOAT_KINDS and name not in SCALE_FIELDS:
         what = "unsupported" if name in BY_NAME else "unknown"
         raise quants.QuantError(f"random_raw: {what} type {type_name!r} "
