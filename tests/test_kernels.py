@@ -127,6 +127,27 @@ def test_matmul_matches_reference(t, backend, variant, data, mode, seed):
     assert err <= NMSE_BOUND[t], f"{t} {backend}/{variant} {rows}x{cols} n={n} {mode}: NMSE {err:.3g}"
 
 
+# The float weight types at any column count: the SIMD tiers run 8 (AVX2) or 16 (AVX-512)
+# columns a step and finish a row with a scalar or masked tail, which the shapes above (whole
+# 32-value blocks) never reach; rows 4 at a time and then one by one. Each output within a few
+# float32 roundings of its terms' magnitude of the exact product.
+@pytest.mark.parametrize("t", FLOAT_TYPES)
+@pytest.mark.parametrize("variant", ["generic", "avx2", "avx512"])
+@pytest.mark.parametrize("cols", [1, 5, 15, 17, 33, 100, 1029])
+def test_float_matmul_any_cols(t, variant, cols):
+    _skip_unavailable("cpu", variant)
+    rng = np.random.default_rng(cols)
+    rows = 9
+    raw = random_raw(t, rows * cols, rng)
+    w = quants.dequantize(t, raw, rows * cols).reshape(rows, cols).astype(np.float64)
+    for n in (1, 3, 7):
+        x = rng.standard_normal((n, cols)).astype(np.float32)
+        y = kernels.matmul(t, raw, (rows, cols), x, backend="cpu", variant=variant)
+        ref = x.astype(np.float64) @ w.T
+        scale = np.abs(x).astype(np.float64) @ np.abs(w).T
+        assert np.all(np.abs(y - ref) <= 1e-5 * scale + 1e-30), f"{t} {variant} {rows}x{cols} n={n}"
+
+
 # ---- the scalar native tier and the numba tier against the spec --------------------------------------
 # |tier - quants.matmul| <= SPEC_TOL * sum_i |w_i| |xq_i| per output, xq the spec's decoded activations.
 # Both sides round only their float32 sums (the spec's BLAS product, the tier's group epilogue),

@@ -1099,9 +1099,8 @@ struct FloatTile {
         __m512 acc[R][T];
         for (int r = 0; r < R; ++r)
             for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
-        for (int64_t i = 0; i < cols; i += 16) {
-            const int left = (int)(cols - i);
-            const __mmask16 mk = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+        // 16 columns a step, unmasked; the last cols % 16 with masked loads (zeros past the end)
+        const auto step16 = [&](int64_t i, __mmask16 mk) __attribute__((always_inline)) {
             __m512 wv[R];
             for (int r = 0; r < R; ++r) {
                 if (K == 1)
@@ -1116,7 +1115,16 @@ struct FloatTile {
                 const __m512 xv = _mm512_maskz_loadu_ps(mk, x + t * ldx + i);
                 for (int r = 0; r < R; ++r) acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
             }
+        };
+        constexpr int EB = K == 0 ? 4 : 2;  // bytes per weight
+        int64_t i = 0;
+        for (; i + 16 <= cols; i += 16) {
+            if ((i * EB) % 64 == 0)  // one prefetch per cache line of each row (see kFloatPrefetchBytes)
+                for (int r = 0; r < R; ++r)
+                    _mm_prefetch((const char*)(w + r * rb + EB * i + kFloatPrefetchBytes), _MM_HINT_T0);
+            step16(i, (__mmask16)0xFFFF);
         }
+        if (i < cols) step16(i, (__mmask16)((1u << (cols - i)) - 1));
         for (int r = 0; r < R; ++r)
             for (int t = 0; t < T; ++t) out[t * ldo + r] = _mm512_reduce_add_ps(acc[r][t]);
     }

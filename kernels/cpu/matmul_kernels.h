@@ -93,6 +93,12 @@ struct MatmulKernels {
 
 constexpr int kGemvMaxTokens = 4;
 
+// How far ahead of its reads a float weight tile (F32/F16/BF16, 4 rows at a time) prefetches
+// each row: one prefetch per cache line, 1 KB ahead, 4 KB in flight per thread. Measured on a
+// 4096x4096 BF16 matrix from memory (AVX-512, 2 threads): 28-30 GB/s without, 39 with 1 KB,
+// 32-33 with 512 B or 2 KB.
+constexpr int64_t kFloatPrefetchBytes = 1024;
+
 // pack_act's G may carry this flag (G = 16 only): the panel's int8 values stay in natural
 // order (byte i = value i of the panel) while the DY and B floats keep the lane order. A
 // one-token gemv that sums each group's products with horizontal adds (AVX2 Q3_K)
