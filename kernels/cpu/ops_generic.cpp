@@ -16,6 +16,10 @@
 
 #include "ops.h"
 
+#ifdef PYENGINE_OPS_AVX2
+#include <immintrin.h>
+#endif
+
 // The namespace of this compilation's kernels (two copies must not share one).
 #ifdef PYENGINE_OPS_AVX2
 #define PYENGINE_OPS_VARIANT avx2
@@ -110,13 +114,55 @@ void rope(const float* x, int64_t x_stride, float* out, const float* cos_t, cons
                });
 }
 
+#ifdef PYENGINE_OPS_AVX2
+// exp_f on 8 floats (GCC leaves the scalar loops below unvectorised: "control flow in loop",
+// the clamps; they ran 12x slower than the AVX-512 tier's, 24 vs 2 us for 8960 values):
+// the same clamps, rounding of n, reduction, polynomial and 2^n as two exponent factors.
+inline __m256 exp_f8(__m256 x) {
+    x = _mm256_min_ps(x, _mm256_set1_ps(88.9f));  // min/max return the first operand, x, on NaN
+    x = _mm256_max_ps(x, _mm256_set1_ps(-104.0f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(ExpConst::log2e)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(ExpConst::ln2_hi), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(ExpConst::ln2_lo), r);
+    __m256 p = _mm256_set1_ps(ExpConst::c[0]);
+    for (int k = 1; k < 6; ++k) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(ExpConst::c[k]));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    const __m256i ni = _mm256_cvtps_epi32(n);
+    const __m256i n1 = _mm256_srai_epi32(ni, 1), n2 = _mm256_sub_epi32(ni, n1);  // each in [-75, 64]
+    const __m256i bias = _mm256_set1_epi32(127);
+    const __m256 f1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, bias), 23));
+    const __m256 f2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, bias), 23));
+    return _mm256_mul_ps(_mm256_mul_ps(p, f1), f2);
+}
+#endif
+
 void silu_mul(const float* g, const float* u, float* out, int64_t count) {
-    for (int64_t i = 0; i < count; ++i) out[i] = g[i] / (1.0f + exp_f(-g[i])) * u[i];
+    int64_t i = 0;
+#ifdef PYENGINE_OPS_AVX2
+    for (; i + 8 <= count; i += 8) {
+        const __m256 x = _mm256_loadu_ps(g + i);
+        const __m256 d = _mm256_add_ps(_mm256_set1_ps(1.0f), exp_f8(_mm256_sub_ps(_mm256_setzero_ps(), x)));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_div_ps(x, d), _mm256_loadu_ps(u + i)));
+    }
+#endif
+    for (; i < count; ++i) out[i] = g[i] / (1.0f + exp_f(-g[i])) * u[i];
 }
 
 void gelu_mul(const float* g, const float* u, float* out, int64_t count) {
     // 0.5 x (1 + tanh(y)) == x / (1 + exp(-2y)), y = sqrt(2/pi) (x + 0.044715 x^3)
-    for (int64_t i = 0; i < count; ++i) {
+    int64_t i = 0;
+#ifdef PYENGINE_OPS_AVX2
+    for (; i + 8 <= count; i += 8) {
+        const __m256 x = _mm256_loadu_ps(g + i);
+        const __m256 x3 = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
+        const __m256 m2y = _mm256_mul_ps(_mm256_set1_ps(-2.0f * 0.7978845608028654f),
+                                         _mm256_add_ps(x, _mm256_mul_ps(_mm256_set1_ps(0.044715f), x3)));
+        const __m256 d = _mm256_add_ps(_mm256_set1_ps(1.0f), exp_f8(m2y));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_div_ps(x, d), _mm256_loadu_ps(u + i)));
+    }
+#endif
+    for (; i < count; ++i) {
         const float x = g[i];
         const float m2y = -2.0f * 0.7978845608028654f * (x + 0.044715f * (x * x * x));
         out[i] = x / (1.0f + exp_f(m2y)) * u[i];
