@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "attention_blocks.h"
+#include "exp_avx2.h"
 #include "ops.h"
 
 namespace pyengine {
@@ -33,13 +34,8 @@ inline __m256 exp8(__m256 x) {
     const __m256 keep = _mm256_cmp_ps(x, _mm256_set1_ps(-87.3f), _CMP_NLT_UQ);
     x = _mm256_min_ps(_mm256_set1_ps(88.7f), x);
     x = _mm256_max_ps(_mm256_set1_ps(-87.3f), x);
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(ExpConst::log2e)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(ExpConst::ln2_hi), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(ExpConst::ln2_lo), r);
-    __m256 p = _mm256_set1_ps(ExpConst::c[0]);
-    for (int k = 1; k < 6; ++k) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(ExpConst::c[k]));
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256 n;
+    const __m256 p = exp_reduced8(x, n);
     const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), keep);
 }

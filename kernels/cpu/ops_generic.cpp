@@ -17,7 +17,7 @@
 #include "ops.h"
 
 #ifdef PYENGINE_OPS_AVX2
-#include <immintrin.h>
+#include "exp_avx2.h"
 #endif
 
 // The namespace of this compilation's kernels (two copies must not share one).
@@ -121,13 +121,8 @@ void rope(const float* x, int64_t x_stride, float* out, const float* cos_t, cons
 inline __m256 exp_f8(__m256 x) {
     x = _mm256_min_ps(x, _mm256_set1_ps(88.9f));  // min/max return the first operand, x, on NaN
     x = _mm256_max_ps(x, _mm256_set1_ps(-104.0f));
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(ExpConst::log2e)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(ExpConst::ln2_hi), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(ExpConst::ln2_lo), r);
-    __m256 p = _mm256_set1_ps(ExpConst::c[0]);
-    for (int k = 1; k < 6; ++k) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(ExpConst::c[k]));
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256 n;
+    const __m256 p = exp_reduced8(x, n);
     const __m256i ni = _mm256_cvtps_epi32(n);
     const __m256i n1 = _mm256_srai_epi32(ni, 1), n2 = _mm256_sub_epi32(ni, n1);  // each in [-75, 64]
     const __m256i bias = _mm256_set1_epi32(127);
