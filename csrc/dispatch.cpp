@@ -99,6 +99,7 @@ struct ActForm {  // activations x (n, cols) packed by pack_act(G, off) (G as ac
 };
 std::vector<ActForm> g_group_forms;
 std::vector<int64_t> g_group_start;
+std::vector<int64_t> g_group_row0;
 std::vector<std::unique_ptr<Scratch>> g_wbuf;  // one per pool thread
 
 static inline void prefetch_bytes(const uint8_t* p, int64_t n) {
@@ -111,6 +112,12 @@ static inline void prefetch_bytes(const uint8_t* p, int64_t n) {
 
 constexpr int64_t kL2Budget = 256 * 1024;  // bytes of packed weight rows a thread keeps hot
 constexpr int64_t kGemvPrefetchBytes = 6144;  // how far ahead of its reads a gemv prefetches weights
+
+// Rows a one-token matmul hands out at a time (ThreadPool::parallel_shares): ~64 KB of weights,
+// a few microseconds of work, so the ~0.1 us of a batch's call costs little while a thread that
+// finishes its share early can take over all but a batch of another's.
+constexpr int64_t kGemvGrainBytes = 65536;
+int64_t gemv_grain(int64_t rb) { return std::max<int64_t>(4, kGemvGrainBytes / std::max<int64_t>(rb, 1)); }
 
 // F32 / F16 / BF16 weights: no packing, rows split over the pool in small chunks.
 void matmul_float(WType t, const uint8_t* w, int64_t rows, int64_t cols, const float* x, int64_t n, float* out,
@@ -274,6 +281,13 @@ void matmul_impl(WType t, const uint8_t* w, int64_t rows, int64_t cols, const fl
     c.pf_rows = c.rb >= 6144 ? 1 : 6144 / (c.rb > 0 ? c.rb : 1);
     // 3. Each thread runs matmul_<type>_<tier> (kernels/cpu/matmul_<tier>.cpp) on its rows.
     const MatmulRowsFn fn = k.by_type[(int)t];
+    if (per_thread == 1 && nth > 1 && rows < ((int64_t)1 << 31)) {  // the gemv: a share per thread, stolen back by halves
+        int64_t bounds[257];
+        for (int s = 0; s <= nth; ++s) bounds[s] = std::min<int64_t>(rows, s * sched);
+        pool.parallel_shares(bounds, nth, gemv_grain(c.rb),
+                             [&](int64_t r0, int64_t r1, int tid) { fn(c, r0, r1, g_wbuf[tid]->p); });
+        return;
+    }
     pool.parallel_for(rows, sched, [&](int64_t r0, int64_t r1, int tid) { fn(c, r0, r1, g_wbuf[tid]->p); }, nth);
 }
 
@@ -333,16 +347,26 @@ void matmul_group(const MatmulPart* parts, int n_parts, const MatmulKernels& k) 
             const int64_t r = (rel + c[i].rb - 1) / c[i].rb;
             return r < c[i].rows ? r : c[i].rows;
         };
-        pool.parallel_for(nth, 1, [&](int64_t s0, int64_t s1, int tid) {
-            for (int64_t s = s0; s < s1; ++s) {
-                const int64_t lo = total / nth * s + std::min<int64_t>(s, total % nth);
-                const int64_t hi = total / nth * (s + 1) + std::min<int64_t>(s + 1, total % nth);
-                for (int i = 0; i < n_parts; ++i) {
-                    const int64_t r0 = first_row(i, lo), r1 = first_row(i, hi);
-                    if (r1 > r0) k.by_type[(int)parts[i].t](c[i], r0, r1, g_wbuf[tid]->p);
-                }
+        // As global rows (part 0's, then part 1's, ...): share s starts at the first row at or after
+        // its first byte; parallel_shares lets a thread that is done take over half of another's.
+        std::vector<int64_t>& row0 = g_group_row0;  // global index of each part's first row
+        row0.assign(n_parts + 1, 0);
+        int64_t rb_max = 1;
+        for (int i = 0; i < n_parts; ++i) row0[i + 1] = row0[i] + c[i].rows, rb_max = std::max(rb_max, c[i].rb);
+        int64_t bounds[257];
+        for (int s = 0; s <= nth; ++s) {
+            const int64_t byte = total / nth * s + std::min<int64_t>(s, total % nth);
+            int64_t g = 0;
+            for (int i = 0; i < n_parts; ++i) g += first_row(i, byte);
+            bounds[s] = g;
+        }
+        pool.parallel_shares(bounds, nth, gemv_grain(rb_max), [&](int64_t g0, int64_t g1, int tid) {
+            for (int i = 0; i < n_parts; ++i) {
+                const int64_t r0 = std::max<int64_t>(g0, row0[i]) - row0[i];
+                const int64_t r1 = std::min<int64_t>(g1, row0[i + 1]) - row0[i];
+                if (r1 > r0) k.by_type[(int)parts[i].t](c[i], r0, r1, g_wbuf[tid]->p);
             }
-        }, nth);
+        });
     }
     for (int i = 0; i < n_parts; ++i) nan_where_nonfinite(parts[i].x, parts[i].n, parts[i].cols, parts[i].out, parts[i].rows);
 }

@@ -144,4 +144,54 @@ void ThreadPool::parallel_for(int64_t n, int64_t chunk, const std::function<void
         dispatch(body, want, false);
 }
 
+void ThreadPool::parallel_shares(const int64_t* bounds, int nth, int64_t grain,
+                                 const std::function<void(int64_t, int64_t, int)>& fn) {
+    if (nth <= 0 || bounds[nth] <= bounds[0]) return;
+    if (nth > 256) nth = 256;  // (set_num_threads caps the pool at 256)
+    if (grain < 1) grain = 1;
+    std::lock_guard<std::mutex> lk(run_mutex_);
+    int want = nth;
+    if (want > (int)workers_.size() + 1) want = (int)workers_.size() + 1;
+    auto pack = [](int64_t a, int64_t b) { return (uint64_t)a << 32 | (uint64_t)b; };
+    for (int s = 0; s < nth; ++s) shares_[s].range.store(pack(bounds[s], bounds[s + 1]), std::memory_order_relaxed);
+    const int n_shares = nth;
+    const std::function<void(int, int)> body = [&](int tid, int) {
+        int mine = tid;
+        for (;;) {
+            // batches from the front of my share (a thief may have shortened it: CAS)
+            std::atomic<uint64_t>& slot = shares_[mine].range;
+            uint64_t v = slot.load(std::memory_order_acquire);
+            for (;;) {
+                const int64_t a = (int64_t)(v >> 32), b = (int64_t)(v & 0xffffffffu);
+                if (a >= b) break;
+                const int64_t e = b - a > grain ? a + grain : b;
+                if (slot.compare_exchange_weak(v, pack(e, b), std::memory_order_acq_rel)) {
+                    fn(a, e, tid);
+                    v = slot.load(std::memory_order_acquire);
+                }
+            }
+            // mine is done: the upper half of the largest share left becomes mine
+            int victim = -1;
+            int64_t most = 0;
+            for (int s = 0; s < n_shares; ++s) {
+                const uint64_t w = shares_[s].range.load(std::memory_order_acquire);
+                const int64_t left = (int64_t)(w & 0xffffffffu) - (int64_t)(w >> 32);
+                if (left > most) most = left, victim = s;
+            }
+            if (victim < 0) return;
+            uint64_t w = shares_[victim].range.load(std::memory_order_acquire);
+            const int64_t a = (int64_t)(w >> 32), b = (int64_t)(w & 0xffffffffu);
+            if (a >= b) continue;
+            const int64_t mid = b - a >= 2 * grain ? a + (b - a) / 2 : a;
+            if (!shares_[victim].range.compare_exchange_strong(w, pack(a, mid), std::memory_order_acq_rel)) continue;
+            // my own share is empty, and nobody takes from an empty share: a plain store
+            shares_[mine].range.store(pack(mid, b), std::memory_order_release);
+        }
+    };
+    if (want <= 1)
+        body(0, 1);
+    else
+        dispatch(body, want, false);
+}
+
 }  // namespace pyengine

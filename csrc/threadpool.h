@@ -39,6 +39,16 @@ public:
     void parallel_for(int64_t n, int64_t chunk, const std::function<void(int64_t, int64_t, int)>& fn,
                       int nth = 0);
 
+    // [0, n) in nth contiguous shares, share s = [bounds[s], bounds[s + 1]), each run front to back
+    // by thread s in batches of `grain` (fn(begin, end, tid) per batch). A thread whose share is
+    // done takes the upper half of the largest share left (all of it when under two batches)
+    // and goes on with that, so a slower, busier or late thread holds up the call by about one
+    // batch instead of the rest of its share, while every thread still reads one long run of
+    // memory (what the one-token matmuls need for their prefetch streams). Shares beyond the
+    // pool's threads are taken the same way. n < 2^31.
+    void parallel_shares(const int64_t* bounds, int nth, int64_t grain,
+                         const std::function<void(int64_t, int64_t, int)>& fn);
+
     ~ThreadPool();
 
 private:
@@ -63,6 +73,10 @@ private:
     std::atomic<bool> stop_{false};
     std::atomic<int> spin_us_{200};
     const std::function<void(int, int)>* job_ = nullptr;
+    struct alignas(64) Share {
+        std::atomic<uint64_t> range{0};  // next << 32 | end
+    };
+    Share shares_[256];  // parallel_shares' state (one call at a time, under run_mutex_)
     std::mutex sleep_mutex_;
     std::condition_variable sleep_cv_;
 };

@@ -384,6 +384,33 @@ def test_thread_count_does_not_change_results(variant):
         np.testing.assert_array_equal(o, outs[0])  # each output is computed by one thread
 
 
+# One to four tokens run as gemv shares that a thread which is done takes over by halves
+# (ThreadPool::parallel_shares): more threads than cores here, so shares are taken while
+# their owner is descheduled. Every row must still be computed exactly once, by the same
+# kernel: the outputs equal the one-thread ones bit for bit, including rows on both sides of
+# every batch boundary (several hundred rows of 288 bytes: batches of 227 rows).
+@pytest.mark.parametrize("variant", ["generic", "avx2", "avx512"])
+def test_gemv_shares_do_not_change_results(variant):
+    _skip_unavailable("cpu", variant)
+    C = _native()
+    rng = np.random.default_rng(12)
+    old = C.get_num_threads()
+    try:
+        for rows, cols, n in ((1, 512, 1), (7, 512, 2), (203, 512, 1), (4099, 512, 1), (1000, 512, 4)):
+            raw = random_raw("Q4_K", rows * cols, rng)
+            x = rng.standard_normal((n, cols)).astype(np.float32)
+            outs = []
+            for nt in (1, 2, 3, 8):
+                C.set_num_threads(nt)
+                o = np.full((n, rows), np.nan, np.float32)
+                C.matmul("Q4_K", raw, rows, cols, x, o, variant)
+                outs.append(o)
+            for nt, o in zip((2, 3, 8), outs[1:]):
+                np.testing.assert_array_equal(o, outs[0], err_msg=f"{rows}x{cols} n={n}, {nt} threads")
+    finally:
+        C.set_num_threads(old)
+
+
 # ---- get_rows ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("t", TYPES)
 @pytest.mark.parametrize("backend", ["numpy", "numba", "cpu"])

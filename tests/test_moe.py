@@ -327,6 +327,37 @@ def test_native_moe_rejects_bad_arguments():
         _C.moe_ffn(x, np.empty_like(x), **dict(args, ffn=2**60, gate=nothing, up=nothing, down=nothing))
 
 
+@pytest.mark.skipif(not native_built(), reason="needs pyengine._C")
+def test_native_moe_same_result_for_any_thread_count():
+    """The experts' gate/up and down run as one matmul_group each, whose rows are shared out
+    (and taken over by halves, ThreadPool::parallel_shares) across threads: more threads than
+    cores must give the one-thread result bit for bit."""
+    from pyengine import _C
+    from pyengine.backends.cpu_backend import native_type
+    from pyengine.backends.moe import native_args
+
+    rng = np.random.default_rng(5)
+    e, f, d = 8, 96, 128
+    qt = {k: _qtensor(k, rng.standard_normal(s) * 0.1, "Q8_0" if k != "router" else "F32") for k, s in
+          dict(router=(e, d), gate=(e, f, d), up=(e, f, d), down=(e, d, f)).items()}
+    args = native_args(qt["router"], qt["gate"], qt["up"], qt["down"], MoERouting(top_k=3), native_type)
+    old = _C.get_num_threads()
+    try:
+        for n in (1, 3, 9):
+            x = rng.standard_normal((n, d)).astype(np.float32)
+            outs = []
+            for nt in (1, 2, 5):
+                _C.set_num_threads(nt)
+                out = np.full_like(x, np.nan)
+                _C.moe_ffn(x, out, **args)
+                outs.append(out)
+            assert np.isfinite(outs[0]).all()
+            for o in outs[1:]:
+                np.testing.assert_array_equal(o, outs[0])
+    finally:
+        _C.set_num_threads(old)
+
+
 # -- the benchmark generator (pyengine/testing/synthetic.py) at test scale ---------------------
 
 @pytest.mark.skipif(not native_built(), reason="needs pyengine._C")
