@@ -67,6 +67,50 @@ def test_auto_leaves_routed_experts_mapped(moe_file):
     assert np.array_equal(got, want)
 
 
+def test_resident_runs_by_hand():
+    assert wp.resident_runs(np.array([], np.uint8)) == []
+    assert wp.resident_runs(np.array([0, 0, 0], np.uint8)) == []
+    assert wp.resident_runs(np.array([1, 1, 1], np.uint8)) == [(0, 3)]
+    # mincore's byte: bit 0 is residency, the other bits are undefined (here 0x80 and 0x02)
+    vec = np.array([1, 0x81, 0, 0x80, 1, 0x02, 1, 1], np.uint8)
+    assert wp.resident_runs(vec) == [(0, 2), (4, 5), (6, 8)]
+
+
+def _rss_of_mapping(arr) -> int:
+    """Resident bytes of the one mapping that holds ``arr`` (/proc/self/smaps)."""
+    addr, cur, total = arr.ctypes.data, False, 0
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if head and "-" in head[0] and not head[0].endswith(":"):
+                lo, hi = (int(x, 16) for x in head[0].split("-"))
+                cur = lo <= addr < hi
+            elif cur and line.startswith("Rss:"):
+                total += int(head[1]) * 1024
+    return total
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="mincore / MADV_POPULATE_READ: Linux only")
+def test_map_ahead_maps_the_cached_pages_of_the_mapped_tensors(moe_file):
+    """The routed experts left mapped by ``auto`` come into the process's page tables at load
+    when the page cache holds them (the file was just written: it does); the placement line
+    says how much. (Reading the header already maps the pages around it, the kernel's
+    fault-around: so this bounds the mapping's resident bytes from below only.)"""
+    gf = open_gguf(moe_file)
+    exps = [t.raw for n, t in gf.tensors.items() if "_exps." in n]
+    want = sum(a.nbytes for a in exps)
+    if _rss_of_mapping(gf._mmap) >= want:  # then the check below could not tell
+        pytest.skip("fault-around mapped the experts while the header was read")
+    got = wp.map_ahead(exps)
+    if got is None:
+        pytest.skip("this kernel has no MADV_POPULATE_READ (Linux < 5.14)")
+    assert want <= got <= want + 2 * wp.PAGE * len(exps)  # whole pages around each tensor
+    assert _rss_of_mapping(gf._mmap) >= want
+    if wp.huge_pages_usable():
+        line = wp.place_weights(open_gguf(moe_file), "auto", "cpu")
+        assert "of them mapped ahead from the page cache" in line, line
+
+
 def test_auto_copies_for_the_cpu_backend_only(moe_file):
     for name in ("numpy", "numba", "cuda"):
         gf = open_gguf(moe_file)
