@@ -150,7 +150,8 @@ void ThreadPool::parallel_shares(const int64_t* bounds, int nth, int64_t grain,
     if (nth > 256) nth = 256;  // (set_num_threads caps the pool at 256)
     if (grain < 1) grain = 1;
     std::lock_guard<std::mutex> lk(run_mutex_);
-    int want = nth;
+    int want = 0;  // threads: no more than the shares that hold rows (as parallel_for's chunks)
+    for (int s = 0; s < nth; ++s) want += bounds[s + 1] > bounds[s];
     if (want > (int)workers_.size() + 1) want = (int)workers_.size() + 1;
     auto pack = [](int64_t a, int64_t b) { return (uint64_t)a << 32 | (uint64_t)b; };
     for (int s = 0; s < nth; ++s) shares_[s].range.store(pack(bounds[s], bounds[s + 1]), std::memory_order_relaxed);
