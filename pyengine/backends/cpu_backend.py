@@ -80,9 +80,10 @@ def matmul_tier() -> str:
 
 
 #: the tiers on which a load-time form was measured faster than its GGUF type (benchmarks/ab_kernels.py
-#: TYPE/FORM); any other form: both SIMD tiers. Q6_K_R: AVX2 0.74-0.78 of Q6_K's time, AVX-512
-#: 1.06-1.18 (its three vpermd cost more there than the transpose they replace).
-FORM_TIERS = {"Q6_K_R": ("avx2",)}
+#: TYPE/FORM), for a form not on both SIMD tiers; none now. (Q6_K_R was AVX2-only, at 1.06-1.18 of
+#: Q6_K's time on AVX-512 when measured before the forms' unpackers were reviewed; re-measured
+#: 2026-12-07 at 0.89-0.95 for one token, 1.02-1.03 for 4-64: rewritten on both tiers since.)
+FORM_TIERS: dict[str, tuple[str, ...]] = {}
 
 
 def form_pays_off(form: str, tier: str) -> bool:
