@@ -281,7 +281,7 @@ void matmul_impl(WType t, const uint8_t* w, int64_t rows, int64_t cols, const fl
     c.pf_rows = c.rb >= 6144 ? 1 : 6144 / (c.rb > 0 ? c.rb : 1);
     // 3. Each thread runs matmul_<type>_<tier> (kernels/cpu/matmul_<tier>.cpp) on its rows.
     const MatmulRowsFn fn = k.by_type[(int)t];
-    if (per_thread == 1 && nth > 1 && rows < ((int64_t)1 << 31)) {  // the gemv: a share per thread, stolen back by halves
+    if (per_thread == 1 && nth > 1) {  // the gemv: a share per thread, taken over by halves when one is done
         int64_t bounds[257];
         for (int s = 0; s <= nth; ++s) bounds[s] = std::min<int64_t>(rows, s * sched);
         pool.parallel_shares(bounds, nth, gemv_grain(c.rb),

@@ -1,5 +1,6 @@
 #include "threadpool.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 
@@ -147,7 +148,14 @@ void ThreadPool::parallel_for(int64_t n, int64_t chunk, const std::function<void
 void ThreadPool::parallel_shares(const int64_t* bounds, int nth, int64_t grain,
                                  const std::function<void(int64_t, int64_t, int)>& fn) {
     if (nth <= 0 || bounds[nth] <= bounds[0]) return;
-    if (nth > 256) nth = 256;  // (set_num_threads caps the pool at 256)
+    if (nth > 256 || bounds[0] < 0 || bounds[nth] >= ((int64_t)1 << 31)) {
+        // beyond what a share's packed (next, end) holds: each share whole, no taking over
+        parallel_for(nth, 1, [&](int64_t s0, int64_t s1, int tid) {
+            for (int64_t s = s0; s < s1; ++s)
+                if (bounds[s + 1] > bounds[s]) fn(bounds[s], bounds[s + 1], tid);
+        }, std::min(nth, 256));
+        return;
+    }
     if (grain < 1) grain = 1;
     std::lock_guard<std::mutex> lk(run_mutex_);
     int want = 0;  // threads: no more than the shares that hold rows (as parallel_for's chunks)

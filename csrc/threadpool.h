@@ -45,7 +45,8 @@ public:
     // and goes on with that, so a slower, busier or late thread holds up the call by about one
     // batch instead of the rest of its share, while every thread still reads one long run of
     // memory (what the one-token matmuls need for their prefetch streams). Shares beyond the
-    // pool's threads are taken the same way. n < 2^31.
+    // pool's threads are taken the same way. Bounds at 2^31 or more (or over 256 shares): each
+    // share runs whole, as parallel_for's chunks.
     void parallel_shares(const int64_t* bounds, int nth, int64_t grain,
                          const std::function<void(int64_t, int64_t, int)>& fn);
 

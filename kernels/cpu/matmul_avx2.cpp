@@ -731,12 +731,9 @@ struct FloatTile {
         __m256 acc[R][T];
         for (int r = 0; r < R; ++r)
             for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
-        constexpr int EB = K == 0 ? 4 : 2;  // bytes per weight
         int64_t i = 0;
         for (; i + 8 <= cols; i += 8) {
-            if ((i * EB) % 64 == 0)  // one prefetch per cache line of each row (see kFloatPrefetchBytes)
-                for (int r = 0; r < R; ++r)
-                    _mm_prefetch((const char*)(w + r * rb + EB * i + kFloatPrefetchBytes), _MM_HINT_T0);
+            float_tile_prefetch<K, R>(w, rb, i);
             __m256 wv[R];
             for (int r = 0; r < R; ++r) {
                 if (K == 1)

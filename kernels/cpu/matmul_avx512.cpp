@@ -496,7 +496,6 @@ static AI_INLINE void pack_panel_q23k(const uint8_t* blk, Sink& sink) {
 // them to the low bits, and v[k] is one of the two results (shifted by 4 for k >= 2) & 7:
 // 14 ops for 256 values where the Q3_K block takes 24. Same values, scales and lanes as
 // pack_panel_q23k<true>, so the same results bit for bit.
-
 template <class Sink>
 static AI_INLINE void pack_panel_q3kr(const uint8_t* blk, Sink& sink) {
     const __m512i idx = q23kr_lanes();
@@ -1116,12 +1115,9 @@ struct FloatTile {
                 for (int r = 0; r < R; ++r) acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
             }
         };
-        constexpr int EB = K == 0 ? 4 : 2;  // bytes per weight
         int64_t i = 0;
         for (; i + 16 <= cols; i += 16) {
-            if ((i * EB) % 64 == 0)  // one prefetch per cache line of each row (see kFloatPrefetchBytes)
-                for (int r = 0; r < R; ++r)
-                    _mm_prefetch((const char*)(w + r * rb + EB * i + kFloatPrefetchBytes), _MM_HINT_T0);
+            float_tile_prefetch<K, R>(w, rb, i);
             step16(i, (__mmask16)0xFFFF);
         }
         if (i < cols) step16(i, (__mmask16)((1u << (cols - i)) - 1));

@@ -57,6 +57,17 @@ static inline __m128i iq4xs_scales_x8(const uint8_t* blk) {
 // Tile::run<K, R, T>(w, rb, cols, x, ldx, out, ldo) sets out[t*ldo + r] = sum_i w[r][i] * x[t*ldx + i]
 // for R rows (row stride rb bytes) and T tokens; K: 0 = F32, 1 = F16, 2 = BF16.
 // float_tile_upto runs the tile of tt <= T tokens (T, T-1, ..., 1 fixed at compile time).
+
+#if defined(__AVX2__)
+// A SIMD tile's prefetch at column i (called at every step of its main loop): when i starts a
+// cache line of the rows, that line kFloatPrefetchBytes further on, for each of the R rows.
+template <int K, int R>
+inline void float_tile_prefetch(const uint8_t* w, int64_t rb, int64_t i) {
+    constexpr int EB = K == 0 ? 4 : 2;  // bytes per weight
+    if ((i * EB) % 64 != 0) return;
+    for (int r = 0; r < R; ++r) _mm_prefetch((const char*)(w + r * rb + EB * i + kFloatPrefetchBytes), _MM_HINT_T0);
+}
+#endif
 template <class Tile, int K, int R, int T>
 inline void float_tile_upto(int tt, const uint8_t* w, int64_t rb, int64_t cols, const float* x, int64_t ldx,
                             float* out, int64_t ldo) {
