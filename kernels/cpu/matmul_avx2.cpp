@@ -830,7 +830,7 @@ void matmul_q6_K_R_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wb
 }  // namespace
 
 const MatmulKernels matmul_kernels_avx2 = {
-    "avx2", PG, true, true, pack_act_avx2, pack_w_avx2, gemm_avx2, gemm_float_tiles<FloatTile, 2>, gemv_avx2,
+    "avx2", PG, true, true, false, pack_act_avx2, pack_w_avx2, gemm_avx2, gemm_float_tiles<FloatTile, 2>, gemv_avx2,
     PYENGINE_MATMUL_BY_TYPE(avx2),
 };
 

@@ -62,6 +62,21 @@ static AI_INLINE __m128i perm16_u8() { return _mm_setr_epi8(0, 4, 8, 12, 1, 5, 9
 static AI_INLINE __m512i q23kr_lanes() { return _mm512_setr_epi32(0, 2, 8, 10, 4, 6, 12, 14, 1, 3, 9, 11, 5, 7, 13, 15); }
 static AI_INLINE __m128i q23kr_lanes_u8() { return _mm_setr_epi8(0, 2, 8, 10, 4, 6, 12, 14, 1, 3, 9, 11, 5, 7, 13, 15); }
 
+// The gemv of a load-time form reads activations in the form's own lane order (kActFormLanes in
+// matmul_kernels.h): lane j of a vector then meets dword j of the form's bytes as loaded, with no
+// vpermd per weight vector. form_lanes(t) is the permutation the other sinks apply to the form's
+// dwords (panel lane L <- form dword idx[L]: perm32 for Q4_K_R, q23kr_lanes for the G = 16 forms),
+// so the gemv's lane sums come back into the usual order by the same permutation before they are
+// added up (bit for bit the results of pack_w + gemm), and pack_act moves each lane L of its
+// usual panel to lane idx[L].
+static AI_INLINE bool is_form(WType t) {
+    return t == WType::Q4_K_R || t == WType::Q6_K_R || t == WType::Q3_K_R || t == WType::Q2_K_R;
+}
+static AI_INLINE __m512i form_lanes(WType t) { return t == WType::Q4_K_R ? perm32() : q23kr_lanes(); }
+// The 16 Q3_K scales (natural group order) in the form's lane order: group 2(L%4) + L/4 of half c
+// in lane 8c + L, L < 8 (the AVX2 tier's lanes16, per half)
+static AI_INLINE __m128i q3kr_form_u8() { return _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15); }
+
 // Store one finished panel: the G/4 step vectors, then the per-lane A and B floats.
 // PRE: v is already in panel order (only D/E still need the lane permutation).
 // LANES: A and B are already in lane order too (perm16 / perm32), no permutation left.
@@ -315,12 +330,15 @@ static AI_INLINE void q5k_high_t(const uint8_t* b0, const uint8_t* b1, __m512i* 
 // the AVX2 lanes' order (lane = group), the nibbles of dwords k and k + 4 of every group; the
 // panel's lane order of two super-blocks is perm32 of their 16 groups, so one vpermd per chunk
 // pair and two nibble masks give v[k] and v[k + 4]. Any sink, no transpose.
+// FL (a sink with kFormLanes): lanes left in the form's order, group 8s + l of super-block s in
+// lane 8s + l (the activations are in that order too).
+template <bool FL>
 static AI_INLINE void q4kr_values(const uint8_t* b0, const uint8_t* b1, __m512i* v) {
     const __m512i lo4 = _mm512_set1_epi8(15);
     for (int k = 0; k < 4; ++k) {
         const __m256i hi = b1 ? _mm256_loadu_si256((const __m256i*)(b1 + 16 + 32 * k)) : _mm256_setzero_si256();
-        const __m512i x = _mm512_permutexvar_epi32(
-            perm32(), _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(b0 + 16 + 32 * k))), hi, 1));
+        __m512i x = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(b0 + 16 + 32 * k))), hi, 1);
+        if (!FL) x = _mm512_permutexvar_epi32(perm32(), x);
         v[k] = _mm512_and_si512(x, lo4);
         v[k + 4] = _mm512_and_si512(_mm512_srli_epi16(x, 4), lo4);
     }
@@ -333,7 +351,7 @@ static AI_INLINE void pack_panel_q4k(const uint8_t* b0, const uint8_t* b1, Sink&
     uint64_t sc0, mn0, sc1 = 0, mn1 = 0;
     float d1 = 0.0f, m1 = 0.0f;
     if (R) {
-        q4kr_values(b0, b1, v);
+        q4kr_values<Sink::kFormLanes>(b0, b1, v);
     } else if (PRE) {  // all 8 vectors, already transposed (Q5_K: its nibbles start 32 bytes later)
         q4k_values_t(FIVE ? b0 + 32 : b0, FIVE && b1 ? b1 + 32 : b1, v);
         if (FIVE) q5k_high_t(b0, b1, v);
@@ -359,7 +377,11 @@ static AI_INLINE void pack_panel_q4k(const uint8_t* b0, const uint8_t* b1, Sink&
     const __m512 mv = _mm512_insertf32x8(_mm512_set1_ps(half(b0 + 2)), _mm256_set1_ps(m1), 1);
     const __m512 scf = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_set_epi64x((long long)sc1, (long long)sc0)));
     const __m512 mnf = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_set_epi64x((long long)mn1, (long long)mn0)));
-    sink.template put<32, PRE>(v, _mm512_mul_ps(dv, scf), _mm512_mul_ps(mv, mnf));
+    // the form's lanes are the groups' natural order: D and E as they are (LANES)
+    if (R && Sink::kFormLanes)
+        sink.template put<32, true, true>(v, _mm512_mul_ps(dv, scf), _mm512_mul_ps(mv, mnf));
+    else
+        sink.template put<32, PRE>(v, _mm512_mul_ps(dv, scf), _mm512_mul_ps(mv, mnf));
 }
 
 // Q6_K: one panel = one super-block = 16 groups of 16.
@@ -391,22 +413,25 @@ static AI_INLINE void pack_panel_q6k(const uint8_t* blk, Sink& sink) {
 // Q6_K_R (block_q6_K_R in quants.h): both halves' chunks side by side, their dwords permuted
 // into this tier's lanes (q23kr_lanes, three vpermd), then Q6_K's nibble and bit-pair masks,
 // no transpose; the scale bytes through the same permutation. Bit-identical to pack_panel_q6k.
+// A sink with kFormLanes (the gemv) skips both permutations: its activations are in the form's order.
 template <class Sink>
 static AI_INLINE void pack_panel_q6kr(const uint8_t* blk, Sink& sink) {
+    constexpr bool FL = Sink::kFormLanes;
     const __m512i lo4 = _mm512_set1_epi8(15), hi2 = _mm512_set1_epi8(0x30), idx = q23kr_lanes();
+    auto lanes = [&](__m512i x) { return FL ? x : _mm512_permutexvar_epi32(idx, x); };
     auto halves = [&](int o) {  // bytes o .. o+31 of half 0 | of half 1 (64 bytes later), in lane order
-        return _mm512_permutexvar_epi32(idx, _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(blk + o))),
-                                                                _mm256_loadu_si256((const __m256i*)(blk + o + 64)), 1));
+        return lanes(_mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(blk + o))),
+                                        _mm256_loadu_si256((const __m256i*)(blk + o + 64)), 1));
     };
     const __m512i qa = halves(0), qb = halves(32);
-    const __m512i qh = _mm512_permutexvar_epi32(idx, _mm512_loadu_si512((const void*)(blk + 128)));
+    const __m512i qh = lanes(_mm512_loadu_si512((const void*)(blk + 128)));
     __m512i v[4];
     v[0] = _mm512_or_si512(_mm512_and_si512(qa, lo4), _mm512_and_si512(_mm512_slli_epi32(qh, 4), hi2));
     v[1] = _mm512_or_si512(_mm512_and_si512(qb, lo4), _mm512_and_si512(_mm512_slli_epi32(qh, 2), hi2));
     v[2] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(qa, 4), lo4), _mm512_and_si512(qh, hi2));
     v[3] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(qb, 4), lo4), _mm512_and_si512(_mm512_srli_epi32(qh, 2), hi2));
-    const __m512 sc = _mm512_cvtepi32_ps(
-        _mm512_cvtepi8_epi32(_mm_shuffle_epi8(_mm_loadu_si128((const __m128i*)(blk + 192)), q23kr_lanes_u8())));
+    const __m128i sc8 = _mm_loadu_si128((const __m128i*)(blk + 192));
+    const __m512 sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(FL ? sc8 : _mm_shuffle_epi8(sc8, q23kr_lanes_u8())));
     const __m512 D = _mm512_mul_ps(_mm512_set1_ps(half(blk + 208)), sc);
     sink.template put<16, true, true>(v, D, _mm512_mul_ps(_mm512_set1_ps(32.0f), D));
 }
@@ -496,14 +521,18 @@ static AI_INLINE void pack_panel_q23k(const uint8_t* blk, Sink& sink) {
 // them to the low bits, and v[k] is one of the two results (shifted by 4 for k >= 2) & 7:
 // 14 ops for 256 values where the Q3_K block takes 24. Same values, scales and lanes as
 // pack_panel_q23k<true>, so the same results bit for bit.
+// A sink with kFormLanes (the gemv) leaves the dwords in the form's order (half c in lanes 8c ..),
+// as its activations are.
 template <class Sink>
 static AI_INLINE void pack_panel_q3kr(const uint8_t* blk, Sink& sink) {
+    constexpr bool FL = Sink::kFormLanes;
     const __m512i idx = q23kr_lanes();
-    const __m512i hshift = _mm512_setr_epi32(0, 0, 2, 2, 0, 0, 2, 2, 0, 0, 2, 2, 0, 0, 2, 2);  // 2 in half 1
+    const __m512i hshift = FL ? _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi32(2), 1)  // 2 in half 1
+                              : _mm512_setr_epi32(0, 0, 2, 2, 0, 0, 2, 2, 0, 0, 2, 2, 0, 0, 2, 2);
     const __m512i m33 = _mm512_set1_epi8(0x33), seven = _mm512_set1_epi8(7);
-    const __m512i x = _mm512_permutexvar_epi32(idx, _mm512_loadu_si512((const void*)(blk + 32)));
-    const __m512i h = _mm512_sllv_epi32(
-        _mm512_permutexvar_epi32(idx, _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)blk))), hshift);
+    auto lanes = [&](__m512i x) { return FL ? x : _mm512_permutexvar_epi32(idx, x); };
+    const __m512i x = lanes(_mm512_loadu_si512((const void*)(blk + 32)));
+    const __m512i h = _mm512_sllv_epi32(lanes(_mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)blk))), hshift);
     // 0xE4: m33 ? first : second, bit by bit. Bits 3 and 7 come from h and are masked off below.
     const __m512i t0 = _mm512_ternarylogic_epi32(x, h, m33, 0xE4);
     const __m512i t1 = _mm512_ternarylogic_epi32(_mm512_srli_epi32(x, 2), _mm512_srli_epi32(h, 1), m33, 0xE4);
@@ -512,8 +541,9 @@ static AI_INLINE void pack_panel_q3kr(const uint8_t* blk, Sink& sink) {
     v[1] = _mm512_and_si512(t1, seven);
     v[2] = _mm512_and_si512(_mm512_srli_epi32(t0, 4), seven);
     v[3] = _mm512_and_si512(_mm512_srli_epi32(t1, 4), seven);
+    const __m128i order = FL ? q3kr_form_u8() : perm16_u8();
     const __m512 D = _mm512_mul_ps(_mm512_set1_ps(half(blk + 108)),
-                                   _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_shuffle_epi8(q3k_scales_x16(blk + 96), perm16_u8()))));
+                                   _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_shuffle_epi8(q3k_scales_x16(blk + 96), order))));
     sink.template put<16, true, true>(v, D, _mm512_mul_ps(_mm512_set1_ps(4.0f), D));
 }
 
@@ -522,14 +552,17 @@ static AI_INLINE void pack_panel_q3kr(const uint8_t* blk, Sink& sink) {
 // go through the same permutation as one byte shuffle. Bit-identical to pack_panel_q23k<false>.
 template <class Sink>
 static AI_INLINE void pack_panel_q2kr(const uint8_t* blk, Sink& sink) {
+    constexpr bool FL = Sink::kFormLanes;  // the gemv: the form's order, as its activations
     const __m512i three = _mm512_set1_epi8(3);
-    const __m512i x = _mm512_permutexvar_epi32(q23kr_lanes(), _mm512_loadu_si512((const void*)(blk + 16)));
+    const __m512i ql = _mm512_loadu_si512((const void*)(blk + 16));
+    const __m512i x = FL ? ql : _mm512_permutexvar_epi32(q23kr_lanes(), ql);
     __m512i v[4];
     v[0] = _mm512_and_si512(x, three);
     v[1] = _mm512_and_si512(_mm512_srli_epi32(x, 2), three);
     v[2] = _mm512_and_si512(_mm512_srli_epi32(x, 4), three);
     v[3] = _mm512_and_si512(_mm512_srli_epi32(x, 6), three);
-    const __m512i s8 = _mm512_cvtepu8_epi32(_mm_shuffle_epi8(_mm_loadu_si128((const __m128i*)blk), q23kr_lanes_u8()));
+    const __m128i sb = _mm_loadu_si128((const __m128i*)blk);
+    const __m512i s8 = _mm512_cvtepu8_epi32(FL ? sb : _mm_shuffle_epi8(sb, q23kr_lanes_u8()));
     const __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)load_u32(blk + 80)));  // d, dmin
     const __m512 D = _mm512_mul_ps(_mm512_broadcastss_ps(dm), _mm512_cvtepi32_ps(_mm512_and_si512(s8, _mm512_set1_epi32(15))));
     const __m512 E = _mm512_mul_ps(_mm512_broadcastss_ps(_mm_movehdup_ps(dm)), _mm512_cvtepi32_ps(_mm512_srli_epi32(s8, 4)));
@@ -675,6 +708,7 @@ static AI_INLINE void for_each_panel(WType t, const uint8_t* row, int64_t nb, Si
 // Sink that stores panels (the matmul's packed weight rows).
 struct StoreSink {
     static constexpr bool kPre = false;  // panels unpacked in natural order, then transposed
+    static constexpr bool kFormLanes = false;  // forms in the usual lane order (the gemm's activations)
     uint8_t* dst;
     template <int G, bool PRE = false, bool LANES = false>
     void put(__m512i* v, __m512 A, __m512 B) {
@@ -713,7 +747,13 @@ static AI_INLINE void quantize32(const float* x, float amax, __m512i& q0, __m512
 
 void pack_act_avx512(const float* x, int64_t cols, int G, int off, uint8_t* dst) {
     const int bps = (G & kActBlock256) ? 8 : 1;  // 32-blocks per int8 scale
-    G &= ~(kActNatural | kActBlock256);
+    const bool form = (G & kActFormLanes) != 0;     // lanes in a load-time form's order (form_lanes)
+    G &= ~(kActNatural | kActBlock256 | kActFormLanes);
+    // lane L of the usual panel moves to lane idx[L] (idx = form_lanes of the G's forms)
+    alignas(64) int32_t idx[16], inv[16];
+    _mm512_store_si512((void*)idx, form_lanes(G == 32 ? WType::Q4_K_R : WType::Q6_K_R));
+    for (int l = 0; l < 16; ++l) inv[idx[l]] = l;
+    const __m512i to_form = _mm512_load_si512((const void*)inv);
     float amax = 0.0f;
     const int64_t pb = (int64_t)PG * (G + 8);
     const int64_t nblk = cols / 32;
@@ -755,6 +795,9 @@ void pack_act_avx512(const float* x, int64_t cols, int G, int off, uint8_t* dst)
             store_panel<32>(dst, v, dyv, B);
         else
             store_panel<16>(dst, v, dyv, B);
+        if (form)  // every vector of the panel, the DY and B floats included: whole lanes move
+            for (int64_t o = 0; o < pb; o += 64)
+                _mm512_store_si512((void*)(dst + o), _mm512_permutexvar_epi32(to_form, _mm512_load_si512((const void*)(dst + o))));
     }
 }
 
@@ -850,6 +893,7 @@ void gemm_avx512(WType t, int G, int64_t np, const uint8_t* wp, int nr, const ui
 template <bool MIN, int NT>
 struct DotSink {
     static constexpr bool kPre = true;  // types that can, unpacked straight into panel order (not Q6_K, Q5_0/Q5_1, Q8_0)
+    static constexpr bool kFormLanes = true;  // load-time forms in their own lane order (kActFormLanes)
     const uint8_t* a;  // current panel of token 0
     int64_t astride;
     __m512 acc[NT];    // NT = 1..kGemvMaxTokens, fixed at compile time: the accumulators stay in registers
@@ -1036,6 +1080,8 @@ static void gemv_nt(WType t, const uint8_t* w, int64_t nrows, int64_t rb, int64_
     const int64_t nb_full = has_half ? nb / PG * PG : nb;  // blocks in whole panels
     const int half_valid = (int)(nb - nb_full);
     const int BB = ti.block_bytes;
+    const bool form = is_form(t);  // activations in kActFormLanes
+    const __m512i back = form_lanes(t);
     for (int64_t r = 0; r < nrows; ++r) {
         const uint8_t* row = w + r * rb;
         const int64_t overread = (nrows - 1 - r) * rb;
@@ -1051,6 +1097,8 @@ static void gemv_nt(WType t, const uint8_t* w, int64_t nrows, int64_t rb, int64_
             for (int k = 0; k < NT; ++k) sink.acc[k] = a.a[k];
             sink.prefetch_panel();
         }
+        if (form)  // lane sums back into the usual order: the same additions as pack_w + gemm
+            for (int k = 0; k < NT; ++k) sink.acc[k] = _mm512_permutexvar_ps(back, sink.acc[k]);
         for (int k = 0; k < NT; ++k) out[k * ldo + r] = _mm512_reduce_add_ps(sink.acc[k]);
     }
 }
@@ -1189,7 +1237,7 @@ void matmul_q6_K_R_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* 
 }  // namespace
 
 const MatmulKernels matmul_kernels_avx512 = {
-    "avx512", PG, false, false, pack_act_avx512, pack_w_avx512, gemm_avx512, gemm_float_tiles<FloatTile, 4>, gemv_avx512,
+    "avx512", PG, false, false, true, pack_act_avx512, pack_w_avx512, gemm_avx512, gemm_float_tiles<FloatTile, 4>, gemv_avx512,
     PYENGINE_MATMUL_BY_TYPE(avx512),
 };
 

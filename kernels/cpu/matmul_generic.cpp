@@ -219,7 +219,7 @@ void matmul_q6_K_R_generic(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t*
 }  // namespace
 
 const MatmulKernels matmul_kernels_generic = {
-    "generic", PG, false, false, pack_act_generic, pack_w_generic, gemm_generic, gemm_float_generic,
+    "generic", PG, false, false, false, pack_act_generic, pack_w_generic, gemm_generic, gemm_float_generic,
     nullptr,  // gemv: none, pack_w + gemm for every n
     PYENGINE_MATMUL_BY_TYPE(generic),
 };

@@ -65,6 +65,8 @@ struct MatmulKernels {
     bool q8_signed;  // Q8_0 weights kept signed (offset 0) instead of int8 + 128
     // The gemv of one token reads Q3_K activations in the kActNatural form (below).
     bool gemv1_natural16;
+    // The gemv (n <= kGemvMaxTokens) reads the load-time forms' activations in kActFormLanes (below).
+    bool gemv_form_lanes;
 
     // Quantize one token x[0..cols) into panels of group size G (dst: n_panels * panel_bytes).
     // off >= 0: the B field gets int32 C = -off * sum(y); off < 0: float SY = dy * sum(y).
@@ -110,6 +112,13 @@ constexpr int kActNatural = 0x100;
 // the same DY, so the kernels need not know.
 constexpr int kActBlock256 = 0x200;
 
+// pack_act's G may carry this flag (set by act_group for a tier's gemv of a load-time form,
+// Q2_K_R / Q3_K_R / Q4_K_R / Q6_K_R): the panel's lanes are moved (whole dwords, DY and B with
+// them) into the order in which the form's bytes hold the groups, so that the gemv loads the
+// weights straight into lanes, without a permute per vector. The tier's gemv moves its lane
+// sums back into the usual order before adding them up: the same results bit for bit.
+constexpr int kActFormLanes = 0x400;
+
 // The G that pack_act gets for a matmul of n tokens of type t on tier k. The types listed here
 // must be exactly those whose one-token gemv sums with horizontal adds (matmul_avx2.cpp:
 // DotSink's HADD, the types unpacked with SMALL); test_few_tokens_give_the_same_bits_as_many
@@ -117,6 +126,7 @@ constexpr int kActBlock256 = 0x200;
 static inline int act_group(const MatmulKernels& k, WType t, int G, int64_t n) {
     if (wtype_info(t).block_elems == 256) G |= kActBlock256;  // the spec's act_block
     if (k.gemv1_natural16 && n == 1 && t == WType::Q3_K) G |= kActNatural;
+    if (k.gemv_form_lanes && k.gemv != nullptr && n <= kGemvMaxTokens && load_form_source(t) != t) G |= kActFormLanes;
     return G;
 }
 
