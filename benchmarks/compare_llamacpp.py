@@ -27,6 +27,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -84,9 +85,9 @@ def resolve_model(name: str) -> str:
     return str(resolve(name, pull_if_missing=True, progress=True))
 
 
-def _run(cmd: list[str], timeout: float, env: dict | None = None) -> str:
+def _run(cmd: list[str], timeout: float, env: dict | None = None, cwd: str | None = None) -> str:
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
     except subprocess.TimeoutExpired:
         raise PyEngineError(f"timed out after {timeout:.0f} s: {' '.join(cmd)}") from None
     if p.returncode != 0:
@@ -111,8 +112,10 @@ def run_pyengine(path: str, p: int, n: int, t: int, backend: str, timeout: float
                  weights: str = "auto") -> dict:
     cmd = [sys.executable, "-m", "pyengine.bench", path, "-p", str(p), "-n", str(n), "-r", "1", "-t", str(t),
            "--backend", backend, "--bw-size", "0", "--python-steps", "0", "--weights", weights, "--json"]
-    # PYENGINE_CPU_VARIANT forces the tier (e.g. the AVX2 kernels on an AVX-512 CPU)
-    out = json.loads(_run(cmd, timeout, env={**os.environ, "PYENGINE_CPU_VARIANT": isa}))
+    # PYENGINE_CPU_VARIANT forces the tier (e.g. the AVX2 kernels on an AVX-512 CPU). Run from
+    # the temporary directory: `python -m` puts the working directory first on sys.path, and
+    # from a source checkout that is the tree without the compiled pyengine._C.
+    out = json.loads(_run(cmd, timeout, env={**os.environ, "PYENGINE_CPU_VARIANT": isa}, cwd=tempfile.gettempdir()))
     res = {"raw": out}
     for test in out["tests"]:
         res["pp" if test["n_prompt"] else "tg"] = test["avg_ts"]
@@ -293,7 +296,9 @@ def main(argv=None) -> int:
     ap.add_argument("-r", "--repetitions", type=int, default=3, help="alternating rounds (default 3)")
     ap.add_argument("-p", "--n-prompt", type=int, default=512, help="prompt tokens for pp (default 512)")
     ap.add_argument("-n", "--n-gen", type=int, default=128, help="generated tokens for tg (default 128)")
-    ap.add_argument("--backend", default="auto", help="pyengine backend (default auto)")
+    ap.add_argument("--backend", default="cpu",
+                    help="pyengine backend (default cpu, the native kernels: an error, not a silent numba "
+                         "run, where pyengine._C is missing)")
     ap.add_argument("--isa", default="auto", choices=["auto", "generic", "avx2", "avx512"],
                     help="pyengine's native kernel tier (default: the best this CPU runs); avx2 on an AVX-512 "
                          "CPU measures the AVX2 tier there")
