@@ -655,6 +655,56 @@ def unrepack_q4_K(raw) -> np.ndarray:
     return out.reshape(-1)
 
 
+#: Q5_K_R's 5th bits: bit 2m + s of hb byte p is the 5th bit of value _Q5KR_HB[p, 2m + s] of the
+#: super-block, the value whose nibble is in byte p of chunk m of Q4_K_R's order (low nibble s = 0)
+_Q5KR_HB = np.stack([_Q4KR_LO, _Q4KR_HI], axis=2).transpose(1, 0, 2).reshape(32, 8)
+
+
+def repack_q5_K(raw) -> np.ndarray:
+    """Q5_K blocks -> Q5_K_R blocks (uint8, same size): the same values, bits reordered.
+
+    ======= ====== =====================================================
+    bytes   field  meaning
+    ======= ====== =====================================================
+    0-15           d, dmin, scales as Q5_K
+    16-47   hb     byte ``p``, bit ``2m + s``: the 5th bit of the value whose
+                   low 4 bits are nibble ``s`` of byte ``p`` of chunk ``m`` below
+                   (element ``4(m + 4s) + p % 4`` of group ``p // 4``)
+    48-175  qs     the low 4 bits in Q4_K_R's order (:func:`repack_q4_K`)
+    ======= ====== =====================================================
+
+    A SIMD tier then tops each vector of nibbles with one shift of ``hb`` and one mask.
+    """
+    b = _as_blocks("Q5_K", raw)
+    n = len(b)
+    q = np.empty((n, 256), dtype=np.uint8)  # the 5-bit values, in value order (group j: 32j ..)
+    q.reshape(n, 8, 32)[:] = _nibbles_k(b["qs"]) | (((b["qh"][:, None, :] >> np.arange(8, dtype=np.uint8)[None, :, None]) & 1) << 4)
+    out = np.empty((n, 176), dtype=np.uint8)
+    out[:, :16] = b.view(np.uint8).reshape(n, 176)[:, :16]
+    bits = (q[:, _Q5KR_HB] >> 4) << np.arange(8, dtype=np.uint8)  # (n, 32, 8)
+    out[:, 16:48] = np.bitwise_or.reduce(bits, axis=2)
+    out[:, 48:] = ((q[:, _Q4KR_LO] & 15) | ((q[:, _Q4KR_HI] & 15) << 4)).reshape(n, 128)
+    return out.reshape(-1)
+
+
+def unrepack_q5_K(raw) -> np.ndarray:
+    """Q5_K_R blocks -> the Q5_K blocks they were made from (the inverse of :func:`repack_q5_K`)."""
+    r = _raw_u8(raw).reshape(-1, 176)
+    n = len(r)
+    q = np.empty((n, 256), dtype=np.uint8)
+    ch = r[:, 48:].reshape(n, 4, 32)
+    q[:, _Q4KR_LO] = ch & 15
+    q[:, _Q4KR_HI] = ch >> 4
+    q[:, _Q5KR_HB] |= ((r[:, 16:48, None] >> np.arange(8, dtype=np.uint8)) & 1) << 4
+    g = q.reshape(n, 8, 32)  # group j = 2c + s
+    out = np.empty((n, 176), dtype=np.uint8)
+    out[:, :16] = r[:, :16]
+    out[:, 16:48] = np.bitwise_or.reduce((g >> 4) << np.arange(8, dtype=np.uint8)[None, :, None], axis=1)
+    lo = (g & 15).reshape(n, 4, 2, 32)
+    out[:, 48:] = (lo[:, :, 0] | (lo[:, :, 1] << 4)).reshape(n, 128)
+    return out.reshape(-1)
+
+
 def _q6k_fields(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Q6_K blocks -> (low 4 bits, top 2 bits) of every value, each (n, 256) uint8 in value order."""
     n = len(b)

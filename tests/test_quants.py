@@ -700,7 +700,8 @@ def test_q2_K_R_puts_each_value_where_the_layout_says(v, p, k):
         assert np.flatnonzero(Q.repack_q2_K(raw)).tolist() == [at], g
 
 
-@pytest.mark.parametrize("t,form", [("Q2_K", "Q2_K_R"), ("Q3_K", "Q3_K_R"), ("Q4_K", "Q4_K_R"), ("Q6_K", "Q6_K_R")])
+@pytest.mark.parametrize("t,form", [("Q2_K", "Q2_K_R"), ("Q3_K", "Q3_K_R"), ("Q4_K", "Q4_K_R"), ("Q5_K", "Q5_K_R"),
+                                    ("Q6_K", "Q6_K_R")])
 @pytest.mark.parametrize("mode", MODES)
 def test_load_form_round_trip_and_values(t, form, mode):
     ident = BY_NAME[t].ident
@@ -709,7 +710,8 @@ def test_load_form_round_trip_and_values(t, form, mode):
     r = getattr(Q, "repack_" + ident)(raw)
     assert r.dtype == np.uint8 and r.shape == raw.shape
     np.testing.assert_array_equal(getattr(Q, "unrepack_" + ident)(r), raw)
-    keep = {"Q3_K": slice(96, 110), "Q2_K": slice(80, 84), "Q4_K": slice(0, 16), "Q6_K": slice(208, 210)}[t]  # d etc.
+    keep = {"Q3_K": slice(96, 110), "Q2_K": slice(80, 84), "Q4_K": slice(0, 16), "Q5_K": slice(0, 16),
+            "Q6_K": slice(208, 210)}[t]  # d etc.
     np.testing.assert_array_equal(r.reshape(-1, bb)[:, keep], raw.reshape(-1, bb)[:, keep])
     n = raw.size // bb * 256
     assert_bit_equal(Q.dequantize(form, r, n), Q.dequantize(t, raw, n))
@@ -726,6 +728,21 @@ def test_q4_K_R_puts_each_value_where_the_layout_says(v, m, p, nib):
     want = np.zeros(144, np.uint8)
     want[16 + 32 * m + p] = 9 << (4 * nib)
     np.testing.assert_array_equal(Q.repack_q4_K(raw), want)
+
+
+@pytest.mark.parametrize("v,m,p,nib", [(0, 0, 0, 0), (1, 0, 1, 0), (4, 1, 0, 0), (16, 0, 0, 1), (31, 3, 3, 1),
+                                       (32, 0, 4, 0), (100, 1, 12, 0), (255, 3, 31, 1)])
+def test_q5_K_R_puts_each_value_where_the_layout_says(v, m, p, nib):
+    """Q5_K_R's nibbles go where Q4_K_R's do (the same hand-worked cases, 48 bytes in), and the
+    5th bit of value v (bit v // 32 of Q5_K's qh[v % 32]) to bit 2m + nib of hb[p] (byte 16 + p)."""
+    c, s, e = v // 64, (v // 32) % 2, v % 32
+    raw = np.zeros(176, np.uint8)
+    raw[48 + 32 * c + e] = 9 << (4 * s)
+    raw[16 + e] = 1 << (v // 32)
+    want = np.zeros(176, np.uint8)
+    want[48 + 32 * m + p] = 9 << (4 * nib)
+    want[16 + p] = 1 << (2 * m + nib)
+    np.testing.assert_array_equal(Q.repack_q5_K(raw), want)
 
 
 @pytest.mark.parametrize("v,p,k", [(0, 0, 0), (16, 16, 0), (36, 4, 1), (100, 12, 1), (200, 8, 2), (255, 31, 3)])

@@ -160,6 +160,7 @@ void dequantize_row(WType t, const uint8_t* row, int64_t cols, float* out) {
             case WType::Q2_K_R:
             case WType::Q3_K_R:
             case WType::Q4_K_R:
+            case WType::Q5_K_R:
             case WType::Q6_K_R: {  // the GGUF block it was made from
                 uint8_t b[256];
                 convert_load_form(t, blk, b, true);

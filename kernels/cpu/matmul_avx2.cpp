@@ -12,7 +12,7 @@
 // matmul_kernels_avx2.by_type:
 //   matmul_q4_0_avx2 matmul_q4_1_avx2 matmul_q5_0_avx2 matmul_q5_1_avx2 matmul_q8_0_avx2
 //   matmul_q2_K_avx2 matmul_q3_K_avx2 matmul_q4_K_avx2 matmul_q5_K_avx2 matmul_q6_K_avx2
-//   matmul_iq4_nl_avx2 matmul_iq4_xs_avx2 matmul_q3_K_R_avx2 matmul_q2_K_R_avx2 matmul_q4_K_R_avx2 matmul_q6_K_R_avx2 matmul_bf16_avx2 matmul_f16_avx2 matmul_f32_avx2
+//   matmul_iq4_nl_avx2 matmul_iq4_xs_avx2 matmul_q3_K_R_avx2 matmul_q2_K_R_avx2 matmul_q4_K_R_avx2 matmul_q6_K_R_avx2 matmul_q5_K_R_avx2 matmul_bf16_avx2 matmul_f16_avx2 matmul_f32_avx2
 // Each computes y (n, rows) = x (n, cols) @ W.T for W of its type: the same arithmetic
 // as quants.matmul_<type>, the spec (activations quantized to int8 per 32 values as
 // described in matmul_kernels.h; float types in float).
@@ -284,6 +284,39 @@ static AI_INLINE void pack_panel_q4kr(const uint8_t* blk, Sink& sink) {
     q4k_put_scales(blk, v, sink);
 }
 
+// Q5_K_R (block_q5_K_R in quants.h): Q4_K_R's nibbles at byte 48, and the 5th bit of the value
+// in byte p of v[m + 4s] at bit 2m + s of hb[p]: a 16-bit shift by 4 - (2m + s) brings it to bit 4
+// of the same byte (the shifts stay inside each byte's bits 0-7 where bit 4 is taken), one mask
+// keeps it, one or tops the nibble. 4 loads and 36 ops per panel; Q5_K takes the transposes and a
+// shuffle and compare per vector for its 5th bits. Scales as Q5_K (Q4_K's): the same results bit for bit.
+template <int S>
+static AI_INLINE __m256i bit_to_4(__m256i h) {  // bit S of every byte of h at bit 4 (other bits: garbage)
+    if constexpr (S <= 4)
+        return _mm256_slli_epi16(h, 4 - S);
+    else
+        return _mm256_srli_epi16(h, S - 4);
+}
+template <class Sink>
+static AI_INLINE void pack_panel_q5kr(const uint8_t* blk, Sink& sink) {
+    const __m256i lo4 = _mm256_set1_epi8(15), b4 = _mm256_set1_epi8(0x10);
+    const __m256i h = _mm256_loadu_si256((const __m256i*)(blk + 16));
+    __m256i v[8];
+    for (int m = 0; m < 4; ++m) {
+        const __m256i x = _mm256_loadu_si256((const __m256i*)(blk + 48 + 32 * m));
+        v[m] = _mm256_and_si256(x, lo4);
+        v[m + 4] = _mm256_and_si256(_mm256_srli_epi16(x, 4), lo4);
+    }
+    v[0] = _mm256_or_si256(v[0], _mm256_and_si256(bit_to_4<0>(h), b4));
+    v[4] = _mm256_or_si256(v[4], _mm256_and_si256(bit_to_4<1>(h), b4));
+    v[1] = _mm256_or_si256(v[1], _mm256_and_si256(bit_to_4<2>(h), b4));
+    v[5] = _mm256_or_si256(v[5], _mm256_and_si256(bit_to_4<3>(h), b4));
+    v[2] = _mm256_or_si256(v[2], _mm256_and_si256(h, b4));
+    v[6] = _mm256_or_si256(v[6], _mm256_and_si256(bit_to_4<5>(h), b4));
+    v[3] = _mm256_or_si256(v[3], _mm256_and_si256(bit_to_4<6>(h), b4));
+    v[7] = _mm256_or_si256(v[7], _mm256_and_si256(bit_to_4<7>(h), b4));
+    q4k_put_scales(blk, v, sink);
+}
+
 // Q6_K: one panel = half a super-block (8 groups of 16).
 template <class Sink>
 static AI_INLINE void pack_panel_q6k(const uint8_t* blk, int h, Sink& sink) {
@@ -338,6 +371,9 @@ static AI_INLINE void for_each_panel(WType t, const uint8_t* row, int64_t nb, Si
             return;
         case WType::Q5_K:
             for (int64_t b = 0; b < nb; ++b) pack_panel_q5k(row + b * BB, sink);
+            return;
+        case WType::Q5_K_R:
+            for (int64_t b = 0; b < nb; ++b) pack_panel_q5kr(row + b * BB, sink);
             return;
         case WType::IQ4_XS:
             for (int64_t b = 0; b < nb; ++b) pack_panel_iq4xs(row + b * BB, sink);
@@ -585,7 +621,7 @@ struct TileTable {
         f[1][1] = tile<2, 2, G, SIGNED, MIN>;
     }
 };
-constexpr TileTable<32, false, true> kTiles32m;   // Q4_1, Q5_1, Q4_K, Q4_K_R, Q5_K
+constexpr TileTable<32, false, true> kTiles32m;   // Q4_1, Q5_1, Q4_K, Q4_K_R, Q5_K, Q5_K_R
 constexpr TileTable<32, false, false> kTiles32z;  // Q4_0, Q5_0
 constexpr TileTable<32, true, false> kTiles32s;   // Q8_0, IQ4_NL, IQ4_XS (signed, C = 0)
 constexpr TileTable<16, false, false> kTiles16z;  // Q3_K, Q3_K_R, Q6_K, Q6_K_R
@@ -825,6 +861,9 @@ void matmul_q4_K_R_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wb
 }
 void matmul_q6_K_R_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
     matmul_rows_quant(matmul_kernels_avx2, WType::Q6_K_R, c, r0, r1, wbuf);
+}
+void matmul_q5_K_R_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx2, WType::Q5_K_R, c, r0, r1, wbuf);
 }
 
 }  // namespace

@@ -10,7 +10,7 @@
 // matmul_kernels_avx512.by_type:
 //   matmul_q4_0_avx512 matmul_q4_1_avx512 matmul_q5_0_avx512 matmul_q5_1_avx512 matmul_q8_0_avx512
 //   matmul_q2_K_avx512 matmul_q3_K_avx512 matmul_q4_K_avx512 matmul_q5_K_avx512 matmul_q6_K_avx512
-//   matmul_iq4_nl_avx512 matmul_iq4_xs_avx512 matmul_q3_K_R_avx512 matmul_q2_K_R_avx512 matmul_q4_K_R_avx512 matmul_q6_K_R_avx512 matmul_bf16_avx512 matmul_f16_avx512
+//   matmul_iq4_nl_avx512 matmul_iq4_xs_avx512 matmul_q3_K_R_avx512 matmul_q2_K_R_avx512 matmul_q4_K_R_avx512 matmul_q6_K_R_avx512 matmul_q5_K_R_avx512 matmul_bf16_avx512 matmul_f16_avx512
 //   matmul_f32_avx512
 // Each computes y (n, rows) = x (n, cols) @ W.T for W of its type: the same arithmetic
 // as quants.matmul_<type>, the spec (activations quantized to int8 per 32 values as
@@ -65,14 +65,14 @@ static AI_INLINE __m128i q23kr_lanes_u8() { return _mm_setr_epi8(0, 2, 8, 10, 4,
 // The gemv of a load-time form reads activations in the form's own lane order (kActFormLanes in
 // matmul_kernels.h): lane j of a vector then meets dword j of the form's bytes as loaded, with no
 // vpermd per weight vector. form_lanes(t) is the permutation the other sinks apply to the form's
-// dwords (panel lane L <- form dword idx[L]: perm32 for Q4_K_R, q23kr_lanes for the G = 16 forms),
+// dwords (panel lane L <- form dword idx[L]: perm32 for Q4_K_R and Q5_K_R, q23kr_lanes for the G = 16 forms),
 // so the gemv's lane sums come back into the usual order by the same permutation before they are
 // added up (bit for bit the results of pack_w + gemm), and pack_act moves each lane L of its
 // usual panel to lane idx[L].
 static AI_INLINE bool is_form(WType t) {
-    return t == WType::Q4_K_R || t == WType::Q6_K_R || t == WType::Q3_K_R || t == WType::Q2_K_R;
+    return t == WType::Q4_K_R || t == WType::Q5_K_R || t == WType::Q6_K_R || t == WType::Q3_K_R || t == WType::Q2_K_R;
 }
-static AI_INLINE __m512i form_lanes(WType t) { return t == WType::Q4_K_R ? perm32() : q23kr_lanes(); }
+static AI_INLINE __m512i form_lanes(WType t) { return wtype_info(t).group == 32 ? perm32() : q23kr_lanes(); }
 // The 16 Q3_K scales (natural group order) in the form's lane order: group 2(L%4) + L/4 of half c
 // in lane 8c + L, L < 8 (the AVX2 tier's lanes16, per half)
 static AI_INLINE __m128i q3kr_form_u8() { return _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15); }
@@ -344,6 +344,28 @@ static AI_INLINE void q4kr_values(const uint8_t* b0, const uint8_t* b1, __m512i*
     }
 }
 
+// Q5_K_R (block_q5_K_R in quants.h): Q4_K_R's nibbles 32 bytes later, and the two super-blocks'
+// hb side by side in the same lanes (perm32 unless FL): the 5th bit of the value in byte p of v[m + 4s]
+// is bit 2m + s of that lane's hb byte, brought to bit 4 by one 16-bit shift (it stays inside its
+// byte) and or-ed in under the 0x10 mask by one vpternlogd.
+template <bool FL>
+static AI_INLINE void q5kr_values(const uint8_t* b0, const uint8_t* b1, __m512i* v) {
+    q4kr_values<FL>(b0 + 32, b1 ? b1 + 32 : nullptr, v);
+    const __m256i h1 = b1 ? _mm256_loadu_si256((const __m256i*)(b1 + 16)) : _mm256_setzero_si256();
+    __m512i h = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(b0 + 16))), h1, 1);
+    if (!FL) h = _mm512_permutexvar_epi32(perm32(), h);
+    const __m512i b4 = _mm512_set1_epi8(0x10);
+    auto top = [&](__m512i& x, __m512i hs) { x = _mm512_ternarylogic_epi32(x, hs, b4, 0xF8); };  // x | (hs & 0x10)
+    top(v[0], _mm512_slli_epi16(h, 4));  // bit 0
+    top(v[4], _mm512_slli_epi16(h, 3));  // bit 1
+    top(v[1], _mm512_slli_epi16(h, 2));  // bit 2
+    top(v[5], _mm512_slli_epi16(h, 1));  // bit 3
+    top(v[2], h);                        // bit 4
+    top(v[6], _mm512_srli_epi16(h, 1));  // bit 5
+    top(v[3], _mm512_srli_epi16(h, 2));  // bit 6
+    top(v[7], _mm512_srli_epi16(h, 3));  // bit 7
+}
+
 template <bool FIVE, class Sink, bool R = false>
 static AI_INLINE void pack_panel_q4k(const uint8_t* b0, const uint8_t* b1, Sink& sink) {
     constexpr bool PRE = Sink::kPre || R;
@@ -351,7 +373,10 @@ static AI_INLINE void pack_panel_q4k(const uint8_t* b0, const uint8_t* b1, Sink&
     uint64_t sc0, mn0, sc1 = 0, mn1 = 0;
     float d1 = 0.0f, m1 = 0.0f;
     if (R) {
-        q4kr_values<Sink::kFormLanes>(b0, b1, v);
+        if (FIVE)
+            q5kr_values<Sink::kFormLanes>(b0, b1, v);
+        else
+            q4kr_values<Sink::kFormLanes>(b0, b1, v);
     } else if (PRE) {  // all 8 vectors, already transposed (Q5_K: its nibbles start 32 bytes later)
         q4k_values_t(FIVE ? b0 + 32 : b0, FIVE && b1 ? b1 + 32 : b1, v);
         if (FIVE) q5k_high_t(b0, b1, v);
@@ -658,6 +683,7 @@ static AI_INLINE void for_each_panel(WType t, const uint8_t* row, int64_t nb, Si
         case WType::Q4_K:
         case WType::Q4_K_R:
         case WType::Q5_K:
+        case WType::Q5_K_R:
         case WType::IQ4_XS:
             for (int64_t b = 0; b < nb; b += 2) {
                 const uint8_t* b0 = row + b * BB;
@@ -668,6 +694,8 @@ static AI_INLINE void for_each_panel(WType t, const uint8_t* row, int64_t nb, Si
                     pack_panel_q4k<false, Sink, true>(b0, b1, sink);
                 else if (t == WType::Q5_K)
                     pack_panel_q4k<true>(b0, b1, sink);
+                else if (t == WType::Q5_K_R)
+                    pack_panel_q4k<true, Sink, true>(b0, b1, sink);
                 else
                     pack_panel_iq4xs(b0, b1, sink);
             }
@@ -1232,6 +1260,9 @@ void matmul_q4_K_R_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* 
 }
 void matmul_q6_K_R_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
     matmul_rows_quant(matmul_kernels_avx512, WType::Q6_K_R, c, r0, r1, wbuf);
+}
+void matmul_q5_K_R_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx512, WType::Q5_K_R, c, r0, r1, wbuf);
 }
 
 }  // namespace

@@ -113,7 +113,7 @@ constexpr int kActNatural = 0x100;
 constexpr int kActBlock256 = 0x200;
 
 // pack_act's G may carry this flag (set by act_group for a tier's gemv of a load-time form,
-// Q2_K_R / Q3_K_R / Q4_K_R / Q6_K_R): the panel's lanes are moved (whole dwords, DY and B with
+// Q2_K_R / Q3_K_R / Q4_K_R / Q5_K_R / Q6_K_R): the panel's lanes are moved (whole dwords, DY and B with
 // them) into the order in which the form's bytes hold the groups, so that the gemv loads the
 // weights straight into lanes, without a permute per vector. The tier's gemv moves its lane
 // sums back into the usual order before adding them up: the same results bit for bit.

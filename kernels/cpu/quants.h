@@ -10,10 +10,10 @@
 namespace pyengine {
 
 // --- the weight types the CPU kernels run ------------------------------------
-// Q3_K_R, Q2_K_R, Q4_K_R and Q6_K_R are not GGUF types: those K-quants with their bits
+// Q3_K_R, Q2_K_R, Q4_K_R, Q6_K_R and Q5_K_R are not GGUF types: those K-quants with their bits
 // rearranged at load for the SIMD tiers (convert_load_form below); the same bytes, the same values.
 enum class WType : int { F32 = 0, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K, BF16, Q5_1, Q5_K, Q2_K, Q3_K, IQ4_NL, IQ4_XS,
-                         Q3_K_R, Q2_K_R, Q4_K_R, Q6_K_R, COUNT };
+                         Q3_K_R, Q2_K_R, Q4_K_R, Q6_K_R, Q5_K_R, COUNT };
 
 struct WTypeInfo {
     const char* name;
@@ -28,7 +28,7 @@ static inline const WTypeInfo& wtype_info(WType t) {
         {"Q5_0", 32, 22, 32}, {"Q8_0", 32, 34, 32}, {"Q4_K", 256, 144, 32}, {"Q6_K", 256, 210, 16},
         {"BF16", 1, 2, 0},    {"Q5_1", 32, 24, 32}, {"Q5_K", 256, 176, 32}, {"Q2_K", 256, 84, 16},
         {"Q3_K", 256, 110, 16}, {"IQ4_NL", 32, 18, 32}, {"IQ4_XS", 256, 136, 32}, {"Q3_K_R", 256, 110, 16},
-        {"Q2_K_R", 256, 84, 16},  {"Q4_K_R", 256, 144, 32}, {"Q6_K_R", 256, 210, 16},
+        {"Q2_K_R", 256, 84, 16},  {"Q4_K_R", 256, 144, 32}, {"Q6_K_R", 256, 210, 16}, {"Q5_K_R", 256, 176, 32},
     };
     static_assert(sizeof(table) / sizeof(table[0]) == (size_t)WType::COUNT, "one row per WType");
     return table[(int)t];
@@ -38,7 +38,7 @@ static inline const WTypeInfo& wtype_info(WType t) {
 constexpr int wtype_block_bytes(WType t) {
     return t == WType::Q4_0 ? 18 : t == WType::Q4_1 ? 20 : t == WType::Q5_0 ? 22 : t == WType::Q5_1 ? 24
          : t == WType::Q8_0 ? 34 : t == WType::IQ4_NL ? 18 : t == WType::Q2_K || t == WType::Q2_K_R ? 84 : t == WType::Q3_K || t == WType::Q3_K_R ? 110
-         : t == WType::Q4_K || t == WType::Q4_K_R ? 144 : t == WType::Q5_K ? 176 : t == WType::Q6_K || t == WType::Q6_K_R ? 210 : t == WType::IQ4_XS ? 136
+         : t == WType::Q4_K || t == WType::Q4_K_R ? 144 : t == WType::Q5_K || t == WType::Q5_K_R ? 176 : t == WType::Q6_K || t == WType::Q6_K_R ? 210 : t == WType::IQ4_XS ? 136
          : t == WType::F32 ? 4 : 2;
 }
 
@@ -140,6 +140,11 @@ static_assert(sizeof(block_q2_K_R) == 84, "Q2_K_R block is 84 bytes");
 // element 4m + b of group l and, in its high nibble, element 4(m + 4) + b of group l. So
 // chunk m & 15 and (chunk m >> 4) & 15 are the panel's vectors m and m + 4, no transpose.
 // d, dmin and the 12 scale bytes are Q4_K's.
+// Q5_K_R: a Q5_K block with its nibbles as Q4_K_R's (qs[128] at byte 48, convert_load_form) and
+// its 5th bits beside them: byte p (lane l = p/4, b = p%4) of hb (bytes 16-47), bit 2m + s, is the
+// 5th bit of element 4(m + 4s) + b of group l, the element whose nibble is in chunk m of qs (low
+// nibble for s = 0, high for s = 1). So (hb shifted by 4 - (2m + s)) & 0x10 tops that vector:
+// one shift and one mask, no transpose. d, dmin and the 12 scale bytes are Q5_K's.
 // Q6_K_R: a Q6_K block in the lane order of Q3_K_R (convert_load_form): per half h, with element
 // 4k + p%4 of group 2(L%4) + L/4 (L = p/4) for byte p: ql[64h + p] holds the low 4 bits of k = 0
 // (low nibble) and k = 2 (high), ql[64h + 32 + p] those of k = 1 and 3, qh[32h + p] bits 2k, 2k+1
@@ -245,7 +250,7 @@ static inline void q3k_scales(const uint8_t* b, int8_t sc[16]) {
     }
 }
 
-// ---- Load-time forms (Q2_K_R, Q3_K_R, Q4_K_R, Q6_K_R) --------------------------------------
+// ---- Load-time forms (Q2_K_R, Q3_K_R, Q4_K_R, Q5_K_R, Q6_K_R) --------------------------------------
 // A form moves its GGUF type's bit fields to other places and changes nothing else. Each group
 // of bytes holding one kind of field (a "plane": Q3_K's hmask, its 2-bit qs, Q4_K's nibbles, the
 // scale bytes of Q2_K, ...) is described in both layouts by a PlaneMap: the value (or sub-block)
@@ -298,6 +303,9 @@ constexpr PlaneMap<16, 8> kScalesLanes([](int i, int) { return 8 * (i / 8) + 2 *
 // 4m + p%4 of group p/4 in the low nibble, 4(m + 4) + p%4 in the high one)
 constexpr PlaneMap<128, 4> kQ4([](int i, int s) { return 64 * (i / 32) + 32 * s + i % 32; });
 constexpr PlaneMap<128, 4> kQ4r([](int i, int s) { return 32 * (i % 32 / 4) + 4 * (i / 32 + 4 * s) + i % 4; });
+// Q5_K's 5th bits (value 32j + l in bit j of qh[l]: kHmask's order) and Q5_K_R's hb (byte p, bit
+// 2m + s: element 4(m + 4s) + p%4 of group p/4)
+constexpr PlaneMap<32, 1> kQ5hr([](int p, int f) { return 32 * (p / 4) + 4 * (f / 2 + 4 * (f % 2)) + p % 4; });
 // Q6_K's low 4 bits (value 128h + 32j + l in nibble j/2 of ql[64h + 32(j%2) + l]) and its top 2
 // bits (pair j of qh[32h + l]); Q6_K_R: nibble k/2 of ql[64h + 32(k%2) + p], pair k of qh[32h + p]
 constexpr PlaneMap<128, 4> kQ6l([](int i, int s) { return 128 * (i / 64) + 32 * (2 * s + i % 64 / 32) + i % 32; });
@@ -312,12 +320,13 @@ static inline WType load_form_source(WType t) {
         case WType::Q3_K_R: return WType::Q3_K;
         case WType::Q4_K_R: return WType::Q4_K;
         case WType::Q6_K_R: return WType::Q6_K;
+        case WType::Q5_K_R: return WType::Q5_K;
         default: return t;
     }
 }
 // One block of `form`: back = false rewrites its GGUF block src into the form at dst, back = true
 // the form's block src into the GGUF block at dst (src != dst; the bytes no plane covers are
-// copied). Layouts: block_q2_K_R, block_q3_K_R, block_q4_K_R, block_q6_K_R above.
+// copied). Layouts: block_q2_K_R, block_q3_K_R, block_q4_K_R, block_q5_K_R, block_q6_K_R above.
 static inline void convert_load_form(WType form, const uint8_t* src, uint8_t* dst, bool back) {
     using namespace forms;
     const int bb = wtype_info(form).block_bytes;
@@ -329,6 +338,7 @@ static inline void convert_load_form(WType form, const uint8_t* src, uint8_t* ds
         case WType::Q2_K_R: move(0, kScales, kScalesLanes); move(16, kQs, kQl); break;
         case WType::Q3_K_R: move(0, kHmask, kHb); move(32, kQs, kQl); break;
         case WType::Q4_K_R: move(16, kQ4, kQ4r); break;
+        case WType::Q5_K_R: move(16, kHmask, kQ5hr); move(48, kQ4, kQ4r); break;
         case WType::Q6_K_R: move(0, kQ6l, kQ6lr); move(128, kQ6h, kQl); move(192, kScales, kScalesLanes); break;
         default: break;
     }
@@ -493,6 +503,7 @@ static inline int unpack_block(WType t, const uint8_t* blk, uint8_t* q, float* D
         case WType::Q2_K_R:
         case WType::Q3_K_R:
         case WType::Q4_K_R:
+        case WType::Q5_K_R:
         case WType::Q6_K_R: {  // the GGUF block it was made from, unpacked
             uint8_t b[256];
             convert_load_form(t, blk, b, true);
