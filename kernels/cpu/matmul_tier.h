@@ -81,7 +81,9 @@ inline void float_tile_upto(int tt, const uint8_t* w, int64_t rb, int64_t cols, 
 }
 
 // out (nt tokens, stride ldo) [:, 0:nr) = x (nt, cols; stride ldx) @ w (nr, cols; stride rb bytes).T:
-// tokens TMAX at a time, rows 4 at a time (the last nr % 4 one by one).
+// tokens TMAX at a time, rows 4 at a time (the last nr % 4 one by one). A Tile with
+// kOneRowGemv16 takes one token of F16 / BF16 a row at a time: one stream of weights per thread
+// instead of four (each row's sum is the same chain either way: the same bits).
 template <class Tile, int K, int TMAX>
 void gemm_float_k(const uint8_t* w, int64_t rb, int64_t cols, int nr, const float* x, int64_t ldx, int nt,
                   float* out, int64_t ldo) {
@@ -91,7 +93,7 @@ void gemm_float_k(const uint8_t* w, int64_t rb, int64_t cols, int nr, const floa
             const uint8_t* wr = w + r0 * rb;
             const float* xt = x + t0 * ldx;
             float* o = out + t0 * ldo + r0;
-            if (nr - r0 >= 4) {
+            if (nr - r0 >= 4 && !(Tile::kOneRowGemv16 && K != 0 && tt == 1)) {
                 float_tile_upto<Tile, K, 4, TMAX>(tt, wr, rb, cols, xt, ldx, o, ldo);
                 r0 += 4;
             } else {
