@@ -71,7 +71,8 @@ SUPPORTED = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K
 # file, no GGUF id): the same elements and bytes per block, the bits in the order the SIMD
 # tiers' lanes want them. form -> the GGUF type it is made from, by _C.repack_<type> (the spec:
 # quants.repack_<type>, undone by quants.unrepack_<type>; <type> as GGMLType.ident spells it).
-LOAD_FORMS = {"Q2_K_R": "Q2_K", "Q3_K_R": "Q3_K", "Q4_K_R": "Q4_K", "Q5_K_R": "Q5_K", "Q6_K_R": "Q6_K"}
+LOAD_FORMS = {"Q2_K_R": "Q2_K", "Q3_K_R": "Q3_K", "Q4_K_R": "Q4_K", "Q5_K_R": "Q5_K", "Q6_K_R": "Q6_K",
+              "Q5_0_R": "Q5_0", "Q5_1_R": "Q5_1"}
 INTERNAL = {f: GGMLType(f, -1, BY_NAME[t].block_size, BY_NAME[t].type_size) for f, t in LOAD_FORMS.items()}
 
 

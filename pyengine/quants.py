@@ -705,6 +705,55 @@ def unrepack_q5_K(raw) -> np.ndarray:
     return out.reshape(-1)
 
 
+#: Q5_0_R / Q5_1_R's 5th bits: bit 8b + k of qh' is bit _Q5R_QH[8b + k] = 4k + b of the GGUF qh
+#: (the 5th bit of element 4k + b); bits 8b + 4 .. 8b + 7 hold k = 4 .. 7
+_Q5R_QH = np.array([4 * k + b for b in range(4) for k in range(8)], dtype=np.uint32)
+
+
+def _permute_bits32(words: np.ndarray, src_bit: np.ndarray) -> np.ndarray:
+    """Bit i of each result = bit src_bit[i] of the matching uint32 word."""
+    w = words.astype(np.uint32)[:, None]
+    return np.bitwise_or.reduce(((w >> src_bit) & 1) << np.arange(32, dtype=np.uint32), axis=1).astype(np.uint32)
+
+
+def _repack_q5(t: str, raw, back: bool) -> np.ndarray:
+    bb = BY_NAME[t].type_size
+    b = _as_blocks(t, _raw_u8(raw).reshape(-1, bb)).copy()
+    if back:
+        inv = np.empty(32, dtype=np.uint32)
+        inv[_Q5R_QH] = np.arange(32, dtype=np.uint32)
+        b["qh"] = _permute_bits32(b["qh"], inv)
+    else:
+        b["qh"] = _permute_bits32(b["qh"], _Q5R_QH)
+    return b.view(np.uint8).reshape(-1)
+
+
+def repack_q5_0(raw) -> np.ndarray:
+    """Q5_0 blocks -> Q5_0_R blocks (uint8, same size): only the 32 fifth bits move.
+
+    Q5_0's ``qh`` holds the 5th bit of element ``e`` at bit ``e``; a SIMD tier holding one block
+    per 32-bit lane reads elements ``4k .. 4k + 3`` in vector ``k``. Q5_0_R's ``qh`` holds at bit
+    ``8b + k`` the 5th bit of element ``4k + b`` (``b`` = 0..3, ``k`` = 0..7): one 32-bit shift by
+    ``4 - k`` moves the four bits of vector ``k`` to bit 4 of their bytes. ``d`` and ``qs`` as Q5_0.
+    """
+    return _repack_q5("Q5_0", raw, back=False)
+
+
+def unrepack_q5_0(raw) -> np.ndarray:
+    """Q5_0_R blocks -> the Q5_0 blocks they were made from (the inverse of :func:`repack_q5_0`)."""
+    return _repack_q5("Q5_0", raw, back=True)
+
+
+def repack_q5_1(raw) -> np.ndarray:
+    """Q5_1 blocks -> Q5_1_R blocks: ``qh`` reordered as :func:`repack_q5_0`'s; ``d``, ``m``, ``qs`` as Q5_1."""
+    return _repack_q5("Q5_1", raw, back=False)
+
+
+def unrepack_q5_1(raw) -> np.ndarray:
+    """Q5_1_R blocks -> the Q5_1 blocks they were made from (the inverse of :func:`repack_q5_1`)."""
+    return _repack_q5("Q5_1", raw, back=True)
+
+
 def _q6k_fields(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Q6_K blocks -> (low 4 bits, top 2 bits) of every value, each (n, 256) uint8 in value order."""
     n = len(b)

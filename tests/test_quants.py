@@ -701,7 +701,7 @@ def test_q2_K_R_puts_each_value_where_the_layout_says(v, p, k):
 
 
 @pytest.mark.parametrize("t,form", [("Q2_K", "Q2_K_R"), ("Q3_K", "Q3_K_R"), ("Q4_K", "Q4_K_R"), ("Q5_K", "Q5_K_R"),
-                                    ("Q6_K", "Q6_K_R")])
+                                    ("Q6_K", "Q6_K_R"), ("Q5_0", "Q5_0_R"), ("Q5_1", "Q5_1_R")])
 @pytest.mark.parametrize("mode", MODES)
 def test_load_form_round_trip_and_values(t, form, mode):
     ident = BY_NAME[t].ident
@@ -711,9 +711,9 @@ def test_load_form_round_trip_and_values(t, form, mode):
     assert r.dtype == np.uint8 and r.shape == raw.shape
     np.testing.assert_array_equal(getattr(Q, "unrepack_" + ident)(r), raw)
     keep = {"Q3_K": slice(96, 110), "Q2_K": slice(80, 84), "Q4_K": slice(0, 16), "Q5_K": slice(0, 16),
-            "Q6_K": slice(208, 210)}[t]  # d etc.
+            "Q6_K": slice(208, 210), "Q5_0": slice(0, 2), "Q5_1": slice(0, 4)}[t]  # d etc.
     np.testing.assert_array_equal(r.reshape(-1, bb)[:, keep], raw.reshape(-1, bb)[:, keep])
-    n = raw.size // bb * 256
+    n = raw.size // bb * BY_NAME[t].block_size
     assert_bit_equal(Q.dequantize(form, r, n), Q.dequantize(t, raw, n))
 
 
@@ -743,6 +743,21 @@ def test_q5_K_R_puts_each_value_where_the_layout_says(v, m, p, nib):
     want[48 + 32 * m + p] = 9 << (4 * nib)
     want[16 + p] = 1 << (2 * m + nib)
     np.testing.assert_array_equal(Q.repack_q5_K(raw), want)
+
+
+@pytest.mark.parametrize("t,o", [("Q5_0", 2), ("Q5_1", 4)])
+@pytest.mark.parametrize("e,bit", [(0, 0), (1, 8), (3, 24), (4, 1), (5, 9), (16, 4), (17, 12), (31, 31), (28, 7)])
+def test_q5_0_R_and_q5_1_R_put_each_fifth_bit_where_the_layout_says(t, o, e, bit):
+    """The 5th bit of element e (bit e of the GGUF qh) goes to bit 8 (e % 4) + e // 4 of qh'; the
+    rest of the block stays."""
+    bb = BY_NAME[t].type_size
+    raw = np.zeros(bb, np.uint8)
+    raw[o:o + 4] = np.frombuffer(np.uint32(1 << e).tobytes(), np.uint8)
+    raw[o + 4:] = 0x5A
+    raw[0] = 7
+    want = raw.copy()
+    want[o:o + 4] = np.frombuffer(np.uint32(1 << bit).tobytes(), np.uint8)
+    np.testing.assert_array_equal(getattr(Q, "repack_" + BY_NAME[t].ident)(raw), want)
 
 
 @pytest.mark.parametrize("v,p,k", [(0, 0, 0), (16, 16, 0), (36, 4, 1), (100, 12, 1), (200, 8, 2), (255, 31, 3)])

@@ -247,4 +247,5 @@ def test_which_tiers_rewrite_which_forms():
     for form in LOAD_FORMS:
         assert not form_pays_off(form, "generic"), form
         assert form_pays_off(form, "avx2"), form
-    assert [f for f in LOAD_FORMS if form_pays_off(f, "avx512")] == ["Q2_K_R", "Q3_K_R", "Q4_K_R", "Q5_K_R", "Q6_K_R"]
+    assert [f for f in LOAD_FORMS if form_pays_off(f, "avx512")] == ["Q2_K_R", "Q3_K_R", "Q4_K_R", "Q5_K_R", "Q6_K_R",
+                                                                     "Q5_0_R", "Q5_1_R"]

@@ -161,10 +161,12 @@ void dequantize_row(WType t, const uint8_t* row, int64_t cols, float* out) {
             case WType::Q3_K_R:
             case WType::Q4_K_R:
             case WType::Q5_K_R:
+            case WType::Q5_0_R:
+            case WType::Q5_1_R:
             case WType::Q6_K_R: {  // the GGUF block it was made from
                 uint8_t b[256];
                 convert_load_form(t, blk, b, true);
-                dequantize_row(load_form_source(t), b, 256, out);
+                dequantize_row(load_form_source(t), b, ti.block_elems, out);
                 break;
             }
             case WType::IQ4_NL: {  // x = d * level[nibble]

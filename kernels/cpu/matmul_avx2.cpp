@@ -12,7 +12,7 @@
 // matmul_kernels_avx2.by_type:
 //   matmul_q4_0_avx2 matmul_q4_1_avx2 matmul_q5_0_avx2 matmul_q5_1_avx2 matmul_q8_0_avx2
 //   matmul_q2_K_avx2 matmul_q3_K_avx2 matmul_q4_K_avx2 matmul_q5_K_avx2 matmul_q6_K_avx2
-//   matmul_iq4_nl_avx2 matmul_iq4_xs_avx2 matmul_q3_K_R_avx2 matmul_q2_K_R_avx2 matmul_q4_K_R_avx2 matmul_q6_K_R_avx2 matmul_q5_K_R_avx2 matmul_bf16_avx2 matmul_f16_avx2 matmul_f32_avx2
+//   matmul_iq4_nl_avx2 matmul_iq4_xs_avx2 matmul_q3_K_R_avx2 matmul_q2_K_R_avx2 matmul_q4_K_R_avx2 matmul_q6_K_R_avx2 matmul_q5_K_R_avx2 matmul_q5_0_R_avx2 matmul_q5_1_R_avx2 matmul_bf16_avx2 matmul_f16_avx2 matmul_f32_avx2
 // Each computes y (n, rows) = x (n, cols) @ W.T for W of its type: the same arithmetic
 // as quants.matmul_<type>, the spec (activations quantized to int8 per 32 values as
 // described in matmul_kernels.h; float types in float).
@@ -432,6 +432,8 @@ static AI_INLINE void for_each_panel(WType t, const uint8_t* row, int64_t nb, Si
             case WType::Q4_1: pack_panel_32<(int)WType::Q4_1>(src, sink, valid); break;
             case WType::Q5_0: pack_panel_32<(int)WType::Q5_0>(src, sink, valid); break;
             case WType::Q5_1: pack_panel_32<(int)WType::Q5_1>(src, sink, valid); break;
+            case WType::Q5_0_R: pack_panel_32<(int)WType::Q5_0_R>(src, sink, valid); break;
+            case WType::Q5_1_R: pack_panel_32<(int)WType::Q5_1_R>(src, sink, valid); break;
             case WType::IQ4_NL: pack_panel_32<(int)WType::IQ4_NL>(src, sink, valid); break;
             default: pack_panel_32<(int)WType::Q8_0>(src, sink, valid); break;
         }
@@ -621,8 +623,8 @@ struct TileTable {
         f[1][1] = tile<2, 2, G, SIGNED, MIN>;
     }
 };
-constexpr TileTable<32, false, true> kTiles32m;   // Q4_1, Q5_1, Q4_K, Q4_K_R, Q5_K, Q5_K_R
-constexpr TileTable<32, false, false> kTiles32z;  // Q4_0, Q5_0
+constexpr TileTable<32, false, true> kTiles32m;   // Q4_1, Q5_1, Q5_1_R, Q4_K, Q4_K_R, Q5_K, Q5_K_R
+constexpr TileTable<32, false, false> kTiles32z;  // Q4_0, Q5_0, Q5_0_R
 constexpr TileTable<32, true, false> kTiles32s;   // Q8_0, IQ4_NL, IQ4_XS (signed, C = 0)
 constexpr TileTable<16, false, false> kTiles16z;  // Q3_K, Q3_K_R, Q6_K, Q6_K_R
 constexpr TileTable<16, false, true> kTiles16m;   // Q2_K, Q2_K_R
@@ -865,6 +867,12 @@ void matmul_q6_K_R_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wb
 }
 void matmul_q5_K_R_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
     matmul_rows_quant(matmul_kernels_avx2, WType::Q5_K_R, c, r0, r1, wbuf);
+}
+void matmul_q5_0_R_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx2, WType::Q5_0_R, c, r0, r1, wbuf);
+}
+void matmul_q5_1_R_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx2, WType::Q5_1_R, c, r0, r1, wbuf);
 }
 
 }  // namespace

@@ -10,7 +10,7 @@
 // matmul_kernels_avx512.by_type:
 //   matmul_q4_0_avx512 matmul_q4_1_avx512 matmul_q5_0_avx512 matmul_q5_1_avx512 matmul_q8_0_avx512
 //   matmul_q2_K_avx512 matmul_q3_K_avx512 matmul_q4_K_avx512 matmul_q5_K_avx512 matmul_q6_K_avx512
-//   matmul_iq4_nl_avx512 matmul_iq4_xs_avx512 matmul_q3_K_R_avx512 matmul_q2_K_R_avx512 matmul_q4_K_R_avx512 matmul_q6_K_R_avx512 matmul_q5_K_R_avx512 matmul_bf16_avx512 matmul_f16_avx512
+//   matmul_iq4_nl_avx512 matmul_iq4_xs_avx512 matmul_q3_K_R_avx512 matmul_q2_K_R_avx512 matmul_q4_K_R_avx512 matmul_q6_K_R_avx512 matmul_q5_K_R_avx512 matmul_q5_0_R_avx512 matmul_q5_1_R_avx512 matmul_bf16_avx512 matmul_f16_avx512
 //   matmul_f32_avx512
 // Each computes y (n, rows) = x (n, cols) @ W.T for W of its type: the same arithmetic
 // as quants.matmul_<type>, the spec (activations quantized to int8 per 32 values as
@@ -165,6 +165,28 @@ static AI_INLINE void nibbles_t16(const At& at, __m512i* v) {
     }
 }
 
+// Q5_0_R / Q5_1_R high bits (quants.h) for nibbles_t16's lanes (lane l = block perm32[l]): bit
+// 8b + k of a block's qh' is the 5th bit of byte b of v[k]; one 32-bit shift by 4 - k and one
+// vpternlogd (v | (shifted & 0x10)) per vector.
+template <int O, class At>
+static AI_INLINE void q5r_high_t16(const At& at, __m512i* v) {
+    const __m512i qh = _mm512_setr_epi32(
+        (int)load_u32(at(0) + O), (int)load_u32(at(2) + O), (int)load_u32(at(4) + O), (int)load_u32(at(6) + O),
+        (int)load_u32(at(1) + O), (int)load_u32(at(3) + O), (int)load_u32(at(5) + O), (int)load_u32(at(7) + O),
+        (int)load_u32(at(8) + O), (int)load_u32(at(10) + O), (int)load_u32(at(12) + O), (int)load_u32(at(14) + O),
+        (int)load_u32(at(9) + O), (int)load_u32(at(11) + O), (int)load_u32(at(13) + O), (int)load_u32(at(15) + O));
+    const __m512i b4 = _mm512_set1_epi8(16);
+    auto top = [&](__m512i& x, __m512i hs) { x = _mm512_ternarylogic_epi32(x, hs, b4, 0xF8); };  // x | (hs & 0x10)
+    top(v[0], _mm512_slli_epi32(qh, 4));
+    top(v[1], _mm512_slli_epi32(qh, 3));
+    top(v[2], _mm512_slli_epi32(qh, 2));
+    top(v[3], _mm512_slli_epi32(qh, 1));
+    top(v[4], qh);
+    top(v[5], _mm512_srli_epi32(qh, 1));
+    top(v[6], _mm512_srli_epi32(qh, 2));
+    top(v[7], _mm512_srli_epi32(qh, 3));
+}
+
 // One panel = 16 blocks of a 32-element type, block j at at(j).
 // valid < 16: only blocks 0..valid-1 belong to the row (the rest were read past its end, or
 // are zero blocks): their D and E are zeroed, so they add nothing whatever their bytes are
@@ -172,10 +194,14 @@ static AI_INLINE void nibbles_t16(const At& at, __m512i* v) {
 template <int T_, class At, class Sink>
 static AI_INLINE void pack_panel_32(const At& at, Sink& sink, int valid = 16) {
     constexpr WType t = (WType)T_;
-    constexpr bool PRE = Sink::kPre && (t == WType::Q4_0 || t == WType::Q4_1 || t == WType::IQ4_NL);
+    constexpr bool FORM = t == WType::Q5_0_R || t == WType::Q5_1_R;  // always in panel order (any sink)
+    constexpr bool PRE = FORM || (Sink::kPre && (t == WType::Q4_0 || t == WType::Q4_1 || t == WType::IQ4_NL));
     __m512i v[8];
     __m512 D, E;
-    if (PRE) {
+    if (FORM) {
+        nibbles_t16<t == WType::Q5_0_R ? 6 : 8>(at, v);
+        q5r_high_t16<t == WType::Q5_0_R ? 2 : 4>(at, v);
+    } else if (PRE) {
         nibbles_t16<t == WType::Q4_1 ? 4 : 2>(at, v);
         if (t == WType::IQ4_NL)
             for (int k = 0; k < 8; ++k) v[k] = _mm512_shuffle_epi8(iq4_levels_u8(), v[k]);  // level + 128
@@ -210,9 +236,9 @@ static AI_INLINE void pack_panel_32(const At& at, Sink& sink, int valid = 16) {
         E = _mm512_mul_ps(_mm512_set1_ps(8.0f), D);
     } else if (t == WType::Q4_1) {
         E = _mm512_sub_ps(_mm512_setzero_ps(), load_f16x16(at, 2));
-    } else if (t == WType::Q5_0) {
+    } else if (t == WType::Q5_0 || t == WType::Q5_0_R) {
         E = _mm512_mul_ps(_mm512_set1_ps(16.0f), D);
-    } else if (t == WType::Q5_1) {
+    } else if (t == WType::Q5_1 || t == WType::Q5_1_R) {
         E = _mm512_sub_ps(_mm512_setzero_ps(), load_f16x16(at, 2));
     } else {  // Q8_0, IQ4_NL
         E = _mm512_mul_ps(_mm512_set1_ps(128.0f), D);
@@ -728,6 +754,8 @@ static AI_INLINE void for_each_panel(WType t, const uint8_t* row, int64_t nb, Si
         case WType::Q4_1: panels_32<(int)WType::Q4_1>(row, nb, sink, overread); break;
         case WType::Q5_0: panels_32<(int)WType::Q5_0>(row, nb, sink, overread); break;
         case WType::Q5_1: panels_32<(int)WType::Q5_1>(row, nb, sink, overread); break;
+        case WType::Q5_0_R: panels_32<(int)WType::Q5_0_R>(row, nb, sink, overread); break;
+        case WType::Q5_1_R: panels_32<(int)WType::Q5_1_R>(row, nb, sink, overread); break;
         case WType::IQ4_NL: panels_32<(int)WType::IQ4_NL>(row, nb, sink, overread); break;
         default: panels_32<(int)WType::Q8_0>(row, nb, sink, overread); break;
     }
@@ -1036,6 +1064,8 @@ __attribute__((noinline)) static AccN<NT> half_panel_dot_t(WType t, const uint8_
         case WType::Q4_1: half_panel_dot<(int)WType::Q4_1, MIN, NT>(blk, valid, y, astride, acc.a); break;
         case WType::Q5_0: half_panel_dot<(int)WType::Q5_0, MIN, NT>(blk, valid, y, astride, acc.a); break;
         case WType::Q5_1: half_panel_dot<(int)WType::Q5_1, MIN, NT>(blk, valid, y, astride, acc.a); break;
+        case WType::Q5_0_R: half_panel_dot<(int)WType::Q5_0_R, MIN, NT>(blk, valid, y, astride, acc.a); break;
+        case WType::Q5_1_R: half_panel_dot<(int)WType::Q5_1_R, MIN, NT>(blk, valid, y, astride, acc.a); break;
         case WType::IQ4_NL: half_panel_dot<(int)WType::IQ4_NL, MIN, NT>(blk, valid, y, astride, acc.a); break;
         default: half_panel_dot<(int)WType::Q8_0, MIN, NT>(blk, valid, y, astride, acc.a); break;
     }
@@ -1266,6 +1296,12 @@ void matmul_q6_K_R_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* 
 }
 void matmul_q5_K_R_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
     matmul_rows_quant(matmul_kernels_avx512, WType::Q5_K_R, c, r0, r1, wbuf);
+}
+void matmul_q5_0_R_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx512, WType::Q5_0_R, c, r0, r1, wbuf);
+}
+void matmul_q5_1_R_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx512, WType::Q5_1_R, c, r0, r1, wbuf);
 }
 
 }  // namespace

@@ -112,8 +112,8 @@ constexpr int kActNatural = 0x100;
 // the same DY, so the kernels need not know.
 constexpr int kActBlock256 = 0x200;
 
-// pack_act's G may carry this flag (set by act_group for a tier's gemv of a load-time form,
-// Q2_K_R / Q3_K_R / Q4_K_R / Q5_K_R / Q6_K_R): the panel's lanes are moved (whole dwords, DY and B with
+// pack_act's G may carry this flag (set by act_group for a tier's gemv of a load-time K-quant
+// form, Q2_K_R / Q3_K_R / Q4_K_R / Q5_K_R / Q6_K_R): the panel's lanes are moved (whole dwords, DY and B with
 // them) into the order in which the form's bytes hold the groups, so that the gemv loads the
 // weights straight into lanes, without a permute per vector. The tier's gemv moves its lane
 // sums back into the usual order before adding them up: the same results bit for bit.
@@ -126,7 +126,9 @@ constexpr int kActFormLanes = 0x400;
 static inline int act_group(const MatmulKernels& k, WType t, int G, int64_t n) {
     if (wtype_info(t).block_elems == 256) G |= kActBlock256;  // the spec's act_block
     if (k.gemv1_natural16 && n == 1 && t == WType::Q3_K) G |= kActNatural;
-    if (k.gemv_form_lanes && k.gemv != nullptr && n <= kGemvMaxTokens && load_form_source(t) != t) G |= kActFormLanes;
+    if (k.gemv_form_lanes && k.gemv != nullptr && n <= kGemvMaxTokens && load_form_source(t) != t &&
+        wtype_info(t).block_elems == 256)  // the K-quant forms (Q5_0_R / Q5_1_R: the usual lanes)
+        G |= kActFormLanes;
     return G;
 }
 
@@ -135,7 +137,8 @@ static inline int act_group(const MatmulKernels& k, WType t, int G, int64_t n) {
 static inline int weight_offset(WType t, bool q8_signed) {
     switch (t) {
         case WType::Q4_0: return 8;
-        case WType::Q5_0: return 16;
+        case WType::Q5_0:
+        case WType::Q5_0_R: return 16;
         case WType::Q8_0:
         case WType::IQ4_NL:
         case WType::IQ4_XS: return q8_signed ? 0 : 128;
@@ -143,7 +146,7 @@ static inline int weight_offset(WType t, bool q8_signed) {
         case WType::Q3_K_R: return 4;
         case WType::Q6_K:
         case WType::Q6_K_R: return 32;
-        default: return -1;  // Q4_1, Q5_1, Q2_K, Q4_K, Q5_K
+        default: return -1;  // Q4_1, Q5_1, Q2_K, Q4_K, Q5_K and their forms
     }
 }
 

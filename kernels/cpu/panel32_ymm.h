@@ -1,5 +1,5 @@
 // The AVX2 tier's unpacking of a panel of 8 blocks of a 32-element type (Q4_0, Q4_1, Q5_0,
-// Q5_1, Q8_0, IQ4_NL) into 256-bit vectors in panel order. Included by matmul_avx2.cpp, and by
+// Q5_1, Q8_0, IQ4_NL, and the forms Q5_0_R / Q5_1_R) into 256-bit vectors in panel order. Included by matmul_avx2.cpp, and by
 // matmul_avx512.cpp for a row's last half panel (8 groups or fewer), which it runs at 256 bits.
 // Everything is in an anonymous namespace (each ISA's translation unit gets its own copy; see
 // the note at the top of matmul_avx512.cpp), inside `ymm` so it cannot clash with a tier's own
@@ -66,14 +66,20 @@ static AI_INLINE void nibbles_transposed(const uint8_t* blk, __m256i v[8]) {
     }
 }
 
+// The 32-bit word at offset O of blocks 0..7 (BB bytes apart) in lanes 0..7: Q5_0 / Q5_1's qh.
+template <int BB, int O>
+static AI_INLINE __m256i qh_lanes(const uint8_t* blk) {
+    return _mm256_setr_epi32((int)load_u32(blk + O), (int)load_u32(blk + BB + O), (int)load_u32(blk + 2 * BB + O),
+                             (int)load_u32(blk + 3 * BB + O), (int)load_u32(blk + 4 * BB + O),
+                             (int)load_u32(blk + 5 * BB + O), (int)load_u32(blk + 6 * BB + O),
+                             (int)load_u32(blk + 7 * BB + O));
+}
+
 // Q5_0 / Q5_1 high bits in the transposed layout: qh (32 bits at offset O) of block l in lane l;
 // byte b of dword k is element 4k+b, so v[k] |= 16 where bit 4k+b of qh is set.
 template <int BB, int O>
 static AI_INLINE void q5_high_transposed(const uint8_t* blk, __m256i v[8]) {
-    const __m256i qh = _mm256_setr_epi32((int)load_u32(blk + O), (int)load_u32(blk + BB + O),
-                                         (int)load_u32(blk + 2 * BB + O), (int)load_u32(blk + 3 * BB + O),
-                                         (int)load_u32(blk + 4 * BB + O), (int)load_u32(blk + 5 * BB + O),
-                                         (int)load_u32(blk + 6 * BB + O), (int)load_u32(blk + 7 * BB + O));
+    const __m256i qh = qh_lanes<BB, O>(blk);
     const __m256i sixteen = _mm256_set1_epi8(16);
     const __m256i bit_lo = _mm256_set1_epi32(0x08040201), bit_hi = _mm256_set1_epi32((int)0x80402010u);
     for (int k = 0; k < 8; ++k) {
@@ -86,6 +92,23 @@ static AI_INLINE void q5_high_transposed(const uint8_t* blk, __m256i v[8]) {
         const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(qh, rep), bit), bit);
         v[k] = _mm256_or_si256(v[k], _mm256_and_si256(set, sixteen));
     }
+}
+
+// Q5_0_R / Q5_1_R high bits (quants.h): qh' (32 bits at offset O) of block l in lane l, bit 8b + k
+// the 5th bit of element 4k + b, i.e. of byte b of v[k]: one 32-bit shift by 4 - k puts all four
+// at bit 4 of their bytes, one mask and one or: 3 ops per vector where q5_high_transposed takes 4.5.
+template <int BB, int O>
+static AI_INLINE void q5r_high_transposed(const uint8_t* blk, __m256i v[8]) {
+    const __m256i qh = qh_lanes<BB, O>(blk);
+    const __m256i b4 = _mm256_set1_epi8(16);
+    v[0] = _mm256_or_si256(v[0], _mm256_and_si256(_mm256_slli_epi32(qh, 4), b4));
+    v[1] = _mm256_or_si256(v[1], _mm256_and_si256(_mm256_slli_epi32(qh, 3), b4));
+    v[2] = _mm256_or_si256(v[2], _mm256_and_si256(_mm256_slli_epi32(qh, 2), b4));
+    v[3] = _mm256_or_si256(v[3], _mm256_and_si256(_mm256_slli_epi32(qh, 1), b4));
+    v[4] = _mm256_or_si256(v[4], _mm256_and_si256(qh, b4));
+    v[5] = _mm256_or_si256(v[5], _mm256_and_si256(_mm256_srli_epi32(qh, 1), b4));
+    v[6] = _mm256_or_si256(v[6], _mm256_and_si256(_mm256_srli_epi32(qh, 2), b4));
+    v[7] = _mm256_or_si256(v[7], _mm256_and_si256(_mm256_srli_epi32(qh, 3), b4));
 }
 
 // One panel of 8 blocks of a 32-element type (`blk` points at block 0) -> v[8] in panel order
@@ -107,6 +130,12 @@ static AI_INLINE void unpack_panel_32(const uint8_t* blk, __m256i v[8], __m256& 
     } else if (t == WType::Q5_1) {
         nibbles_transposed<BB, 8>(blk, v);
         q5_high_transposed<BB, 4>(blk, v);
+    } else if (t == WType::Q5_0_R) {
+        nibbles_transposed<BB, 6>(blk, v);
+        q5r_high_transposed<BB, 2>(blk, v);
+    } else if (t == WType::Q5_1_R) {
+        nibbles_transposed<BB, 8>(blk, v);
+        q5r_high_transposed<BB, 4>(blk, v);
     } else if (t == WType::IQ4_NL) {
         nibbles_transposed<BB, 2>(blk, v);
         const __m256i lut = iq4_levels_s8();
@@ -129,9 +158,9 @@ static AI_INLINE void unpack_panel_32(const uint8_t* blk, __m256i v[8], __m256& 
         E = _mm256_mul_ps(_mm256_set1_ps(8.0f), D);
     } else if (t == WType::Q4_1) {
         E = _mm256_sub_ps(_mm256_setzero_ps(), load_f16x8(blk + 2, BB));
-    } else if (t == WType::Q5_0) {
+    } else if (t == WType::Q5_0 || t == WType::Q5_0_R) {
         E = _mm256_mul_ps(_mm256_set1_ps(16.0f), D);
-    } else if (t == WType::Q5_1) {
+    } else if (t == WType::Q5_1 || t == WType::Q5_1_R) {
         E = _mm256_sub_ps(_mm256_setzero_ps(), load_f16x8(blk + 2, BB));
     } else {  // Q8_0, IQ4_NL: signed
         E = _mm256_setzero_ps();

@@ -10,10 +10,11 @@
 namespace pyengine {
 
 // --- the weight types the CPU kernels run ------------------------------------
-// Q3_K_R, Q2_K_R, Q4_K_R, Q6_K_R and Q5_K_R are not GGUF types: those K-quants with their bits
-// rearranged at load for the SIMD tiers (convert_load_form below); the same bytes, the same values.
+// Q3_K_R, Q2_K_R, Q4_K_R, Q6_K_R, Q5_K_R, Q5_0_R and Q5_1_R are not GGUF types: those types with
+// their bits rearranged at load for the SIMD tiers (convert_load_form below); the same bytes, the
+// same values.
 enum class WType : int { F32 = 0, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K, BF16, Q5_1, Q5_K, Q2_K, Q3_K, IQ4_NL, IQ4_XS,
-                         Q3_K_R, Q2_K_R, Q4_K_R, Q6_K_R, Q5_K_R, COUNT };
+                         Q3_K_R, Q2_K_R, Q4_K_R, Q6_K_R, Q5_K_R, Q5_0_R, Q5_1_R, COUNT };
 
 struct WTypeInfo {
     const char* name;
@@ -29,6 +30,7 @@ static inline const WTypeInfo& wtype_info(WType t) {
         {"BF16", 1, 2, 0},    {"Q5_1", 32, 24, 32}, {"Q5_K", 256, 176, 32}, {"Q2_K", 256, 84, 16},
         {"Q3_K", 256, 110, 16}, {"IQ4_NL", 32, 18, 32}, {"IQ4_XS", 256, 136, 32}, {"Q3_K_R", 256, 110, 16},
         {"Q2_K_R", 256, 84, 16},  {"Q4_K_R", 256, 144, 32}, {"Q6_K_R", 256, 210, 16}, {"Q5_K_R", 256, 176, 32},
+        {"Q5_0_R", 32, 22, 32},   {"Q5_1_R", 32, 24, 32},
     };
     static_assert(sizeof(table) / sizeof(table[0]) == (size_t)WType::COUNT, "one row per WType");
     return table[(int)t];
@@ -36,7 +38,8 @@ static inline const WTypeInfo& wtype_info(WType t) {
 
 // Bytes per block as a compile-time constant (the SIMD unpackers' template arguments).
 constexpr int wtype_block_bytes(WType t) {
-    return t == WType::Q4_0 ? 18 : t == WType::Q4_1 ? 20 : t == WType::Q5_0 ? 22 : t == WType::Q5_1 ? 24
+    return t == WType::Q4_0 ? 18 : t == WType::Q4_1 ? 20 : t == WType::Q5_0 || t == WType::Q5_0_R ? 22
+         : t == WType::Q5_1 || t == WType::Q5_1_R ? 24
          : t == WType::Q8_0 ? 34 : t == WType::IQ4_NL ? 18 : t == WType::Q2_K || t == WType::Q2_K_R ? 84 : t == WType::Q3_K || t == WType::Q3_K_R ? 110
          : t == WType::Q4_K || t == WType::Q4_K_R ? 144 : t == WType::Q5_K || t == WType::Q5_K_R ? 176 : t == WType::Q6_K || t == WType::Q6_K_R ? 210 : t == WType::IQ4_XS ? 136
          : t == WType::F32 ? 4 : 2;
@@ -145,6 +148,10 @@ static_assert(sizeof(block_q2_K_R) == 84, "Q2_K_R block is 84 bytes");
 // 5th bit of element 4(m + 4s) + b of group l, the element whose nibble is in chunk m of qs (low
 // nibble for s = 0, high for s = 1). So (hb shifted by 4 - (2m + s)) & 0x10 tops that vector:
 // one shift and one mask, no transpose. d, dmin and the 12 scale bytes are Q5_K's.
+// Q5_0_R / Q5_1_R: a Q5_0 / Q5_1 block whose 32 fifth bits (qh, bytes 2-5 / 4-7) are reordered
+// for the SIMD tiers' transposed panels, where 32-bit lane l of vector k holds elements 4k .. 4k+3
+// of block l: bit 8b + k of qh' is the 5th bit of element 4k + b (b = 0..3, k = 0..7), so one
+// 32-bit shift by 4 - k puts all four at bit 4 of their bytes. d (, m) and qs as the GGUF type.
 // Q6_K_R: a Q6_K block in the lane order of Q3_K_R (convert_load_form): per half h, with element
 // 4k + p%4 of group 2(L%4) + L/4 (L = p/4) for byte p: ql[64h + p] holds the low 4 bits of k = 0
 // (low nibble) and k = 2 (high), ql[64h + 32 + p] those of k = 1 and 3, qh[32h + p] bits 2k, 2k+1
@@ -305,6 +312,9 @@ constexpr PlaneMap<128, 4> kQ4([](int i, int s) { return 64 * (i / 32) + 32 * s 
 constexpr PlaneMap<128, 4> kQ4r([](int i, int s) { return 32 * (i % 32 / 4) + 4 * (i / 32 + 4 * s) + i % 4; });
 // Q5_K's 5th bits (value 32j + l in bit j of qh[l]: kHmask's order) and Q5_K_R's hb (byte p, bit
 // 2m + s: element 4(m + 4s) + p%4 of group p/4)
+// Q5_0 / Q5_1 qh (bit e of the 32-bit word: element e) and Q5_0_R / Q5_1_R's (bit 8b + k: element 4k + b)
+constexpr PlaneMap<4, 1> kQh32([](int i, int f) { return 8 * i + f; });
+constexpr PlaneMap<4, 1> kQh32r([](int b, int k) { return 4 * k + b; });
 constexpr PlaneMap<32, 1> kQ5hr([](int p, int f) { return 32 * (p / 4) + 4 * (f / 2 + 4 * (f % 2)) + p % 4; });
 // Q6_K's low 4 bits (value 128h + 32j + l in nibble j/2 of ql[64h + 32(j%2) + l]) and its top 2
 // bits (pair j of qh[32h + l]); Q6_K_R: nibble k/2 of ql[64h + 32(k%2) + p], pair k of qh[32h + p]
@@ -321,6 +331,8 @@ static inline WType load_form_source(WType t) {
         case WType::Q4_K_R: return WType::Q4_K;
         case WType::Q6_K_R: return WType::Q6_K;
         case WType::Q5_K_R: return WType::Q5_K;
+        case WType::Q5_0_R: return WType::Q5_0;
+        case WType::Q5_1_R: return WType::Q5_1;
         default: return t;
     }
 }
@@ -339,6 +351,8 @@ static inline void convert_load_form(WType form, const uint8_t* src, uint8_t* ds
         case WType::Q3_K_R: move(0, kHmask, kHb); move(32, kQs, kQl); break;
         case WType::Q4_K_R: move(16, kQ4, kQ4r); break;
         case WType::Q5_K_R: move(16, kHmask, kQ5hr); move(48, kQ4, kQ4r); break;
+        case WType::Q5_0_R: move(2, kQh32, kQh32r); break;
+        case WType::Q5_1_R: move(4, kQh32, kQh32r); break;
         case WType::Q6_K_R: move(0, kQ6l, kQ6lr); move(128, kQ6h, kQl); move(192, kScales, kScalesLanes); break;
         default: break;
     }
@@ -504,6 +518,8 @@ static inline int unpack_block(WType t, const uint8_t* blk, uint8_t* q, float* D
         case WType::Q3_K_R:
         case WType::Q4_K_R:
         case WType::Q5_K_R:
+        case WType::Q5_0_R:
+        case WType::Q5_1_R:
         case WType::Q6_K_R: {  // the GGUF block it was made from, unpacked
             uint8_t b[256];
             convert_load_form(t, blk, b, true);
