@@ -397,7 +397,6 @@ static AI_INLINE void pack_panel_q4k(const uint8_t* b0, const uint8_t* b1, Sink&
     constexpr bool PRE = Sink::kPre || R;
     __m512i v[8];
     uint64_t sc0, mn0, sc1 = 0, mn1 = 0;
-    float d1 = 0.0f, m1 = 0.0f;
     if (R) {
         if (FIVE)
             q5kr_values<Sink::kFormLanes>(b0, b1, v);
@@ -419,13 +418,14 @@ static AI_INLINE void pack_panel_q4k(const uint8_t* b0, const uint8_t* b1, Sink&
                 q4k_nibbles(b1, v + 4);
         }
         q4k_scales_mins_u64(b1 + 4, sc1, mn1);
-        d1 = half(b1);
-        m1 = half(b1 + 2);
     } else if (!PRE) {
         for (int c = 4; c < 8; ++c) v[c] = _mm512_setzero_si512();
     }
-    const __m512 dv = _mm512_insertf32x8(_mm512_set1_ps(half(b0)), _mm256_set1_ps(d1), 1);
-    const __m512 mv = _mm512_insertf32x8(_mm512_set1_ps(half(b0 + 2)), _mm256_set1_ps(m1), 1);
+    // d, dmin of both super-blocks (fp16 words 0, 1 of each) converted at once: [d0 m0 d1 m1],
+    // then d0 / m0 to lanes 0-7 and d1 / m1 to lanes 8-15 (one vpermps each)
+    const __m128 dm = _mm_cvtph_ps(_mm_set_epi32(0, 0, b1 ? (int)load_u32(b1) : 0, (int)load_u32(b0)));
+    const __m512 dv = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2), _mm512_castps128_ps512(dm));
+    const __m512 mv = _mm512_permutexvar_ps(_mm512_setr_epi32(1, 1, 1, 1, 1, 1, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3), _mm512_castps128_ps512(dm));
     const __m512 scf = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_set_epi64x((long long)sc1, (long long)sc0)));
     const __m512 mnf = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_set_epi64x((long long)mn1, (long long)mn0)));
     // the form's lanes are the groups' natural order: D and E as they are (LANES)
