@@ -257,7 +257,7 @@ static inline void q3k_scales(const uint8_t* b, int8_t sc[16]) {
     }
 }
 
-// ---- Load-time forms (Q2_K_R, Q3_K_R, Q4_K_R, Q5_K_R, Q6_K_R) --------------------------------------
+// ---- Load-time forms (Q2_K_R, Q3_K_R, Q4_K_R, Q5_K_R, Q6_K_R, Q5_0_R, Q5_1_R) ----------------------
 // A form moves its GGUF type's bit fields to other places and changes nothing else. Each group
 // of bytes holding one kind of field (a "plane": Q3_K's hmask, its 2-bit qs, Q4_K's nibbles, the
 // scale bytes of Q2_K, ...) is described in both layouts by a PlaneMap: the value (or sub-block)
@@ -312,10 +312,10 @@ constexpr PlaneMap<128, 4> kQ4([](int i, int s) { return 64 * (i / 32) + 32 * s 
 constexpr PlaneMap<128, 4> kQ4r([](int i, int s) { return 32 * (i % 32 / 4) + 4 * (i / 32 + 4 * s) + i % 4; });
 // Q5_K's 5th bits (value 32j + l in bit j of qh[l]: kHmask's order) and Q5_K_R's hb (byte p, bit
 // 2m + s: element 4(m + 4s) + p%4 of group p/4)
+constexpr PlaneMap<32, 1> kQ5hr([](int p, int f) { return 32 * (p / 4) + 4 * (f / 2 + 4 * (f % 2)) + p % 4; });
 // Q5_0 / Q5_1 qh (bit e of the 32-bit word: element e) and Q5_0_R / Q5_1_R's (bit 8b + k: element 4k + b)
 constexpr PlaneMap<4, 1> kQh32([](int i, int f) { return 8 * i + f; });
 constexpr PlaneMap<4, 1> kQh32r([](int b, int k) { return 4 * k + b; });
-constexpr PlaneMap<32, 1> kQ5hr([](int p, int f) { return 32 * (p / 4) + 4 * (f / 2 + 4 * (f % 2)) + p % 4; });
 // Q6_K's low 4 bits (value 128h + 32j + l in nibble j/2 of ql[64h + 32(j%2) + l]) and its top 2
 // bits (pair j of qh[32h + l]); Q6_K_R: nibble k/2 of ql[64h + 32(k%2) + p], pair k of qh[32h + p]
 constexpr PlaneMap<128, 4> kQ6l([](int i, int s) { return 128 * (i / 64) + 32 * (2 * s + i % 64 / 32) + i % 32; });
@@ -338,7 +338,8 @@ static inline WType load_form_source(WType t) {
 }
 // One block of `form`: back = false rewrites its GGUF block src into the form at dst, back = true
 // the form's block src into the GGUF block at dst (src != dst; the bytes no plane covers are
-// copied). Layouts: block_q2_K_R, block_q3_K_R, block_q4_K_R, block_q5_K_R, block_q6_K_R above.
+// copied). Layouts: block_q2_K_R, block_q3_K_R and the comments on Q4_K_R, Q5_K_R, Q5_0_R / Q5_1_R
+// and Q6_K_R above.
 static inline void convert_load_form(WType form, const uint8_t* src, uint8_t* dst, bool back) {
     using namespace forms;
     const int bb = wtype_info(form).block_bytes;
