@@ -241,8 +241,9 @@ static AI_INLINE void q4k_put_scales(const uint8_t* blk, __m256i* v, Sink& sink)
     const uint64_t mn = (uint64_t)(w1 & lo6) | (uint64_t)(((w2 >> 4) & l4) | (((w1 >> 6) & lo2) << 4)) << 32;
     const __m256 scf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)sc)));
     const __m256 mnf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)mn)));
-    sink.template put<32, true>(v, _mm256_mul_ps(_mm256_set1_ps(half(blk)), scf),
-                                _mm256_mul_ps(_mm256_set1_ps(half(blk + 2)), mnf));
+    const __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)load_u32(blk)));  // d, dmin in one conversion
+    sink.template put<32, true>(v, _mm256_mul_ps(_mm256_broadcastss_ps(dm), scf),
+                                _mm256_mul_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dm)), mnf));
 }
 
 // Q4_K: one panel = one super-block (8 groups of 32).

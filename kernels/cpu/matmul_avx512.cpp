@@ -806,10 +806,13 @@ void pack_act_avx512(const float* x, int64_t cols, int G, int off, uint8_t* dst)
     const bool form = (G & kActFormLanes) != 0;     // lanes in a load-time form's order (form_lanes)
     G &= ~(kActNatural | kActBlock256 | kActFormLanes);
     // lane L of the usual panel moves to lane idx[L] (idx = form_lanes of the G's forms)
-    alignas(64) int32_t idx[16], inv[16];
-    _mm512_store_si512((void*)idx, form_lanes(G == 32 ? WType::Q4_K_R : WType::Q6_K_R));
-    for (int l = 0; l < 16; ++l) inv[idx[l]] = l;
-    const __m512i to_form = _mm512_load_si512((const void*)inv);
+    __m512i to_form = _mm512_setzero_si512();
+    if (form) {
+        alignas(64) int32_t idx[16], inv[16];
+        _mm512_store_si512((void*)idx, form_lanes(G == 32 ? WType::Q4_K_R : WType::Q6_K_R));
+        for (int l = 0; l < 16; ++l) inv[idx[l]] = l;
+        to_form = _mm512_load_si512((const void*)inv);
+    }
     float amax = 0.0f;
     const int64_t pb = (int64_t)PG * (G + 8);
     const int64_t nblk = cols / 32;
