@@ -282,7 +282,7 @@ void matmul_impl(WType t, const uint8_t* w, int64_t rows, int64_t cols, const fl
     // 3. Each thread runs matmul_<type>_<tier> (kernels/cpu/matmul_<tier>.cpp) on its rows.
     const MatmulRowsFn fn = k.by_type[(int)t];
     if (per_thread == 1 && nth > 1) {  // the gemv: a share per thread, taken over by halves when one is done
-        int64_t bounds[257];
+        int64_t bounds[ThreadPool::kMaxThreads + 1];  // nth <= kMaxThreads
         for (int s = 0; s <= nth; ++s) bounds[s] = std::min<int64_t>(rows, s * sched);
         pool.parallel_shares(bounds, nth, gemv_grain(c.rb),
                              [&](int64_t r0, int64_t r1, int tid) { fn(c, r0, r1, g_wbuf[tid]->p); });
@@ -353,7 +353,7 @@ void matmul_group(const MatmulPart* parts, int n_parts, const MatmulKernels& k) 
         row0.assign(n_parts + 1, 0);
         int64_t rb_max = 1;
         for (int i = 0; i < n_parts; ++i) row0[i + 1] = row0[i] + c[i].rows, rb_max = std::max(rb_max, c[i].rb);
-        int64_t bounds[257];
+        int64_t bounds[ThreadPool::kMaxThreads + 1];  // nth <= kMaxThreads
         for (int s = 0; s <= nth; ++s) {
             const int64_t byte = total / nth * s + std::min<int64_t>(s, total % nth);
             int64_t g = 0;

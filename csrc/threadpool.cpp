@@ -35,7 +35,7 @@ void ThreadPool::set_num_threads(int n) {
         unsigned hc = std::thread::hardware_concurrency();
         n = hc ? (int)hc : 1;
     }
-    if (n > 256) n = 256;
+    if (n > kMaxThreads) n = kMaxThreads;
     std::lock_guard<std::mutex> lk(run_mutex_);
     if (n - 1 != (int)workers_.size()) resize(n - 1);
     n_threads_ = n;
@@ -148,12 +148,12 @@ void ThreadPool::parallel_for(int64_t n, int64_t chunk, const std::function<void
 void ThreadPool::parallel_shares(const int64_t* bounds, int nth, int64_t grain,
                                  const std::function<void(int64_t, int64_t, int)>& fn) {
     if (nth <= 0 || bounds[nth] <= bounds[0]) return;
-    if (nth > 256 || bounds[0] < 0 || bounds[nth] >= ((int64_t)1 << 31)) {
+    if (nth > kMaxThreads || bounds[0] < 0 || bounds[nth] >= ((int64_t)1 << 31)) {
         // beyond what a share's packed (next, end) holds: each share whole, no taking over
         parallel_for(nth, 1, [&](int64_t s0, int64_t s1, int tid) {
             for (int64_t s = s0; s < s1; ++s)
                 if (bounds[s + 1] > bounds[s]) fn(bounds[s], bounds[s + 1], tid);
-        }, std::min(nth, 256));
+        }, std::min(nth, kMaxThreads));
         return;
     }
     if (grain < 1) grain = 1;

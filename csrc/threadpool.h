@@ -25,7 +25,9 @@ class ThreadPool {
 public:
     static ThreadPool& instance();
 
-    // Number of threads a job uses by default (including the caller). n <= 0: all cores.
+    static constexpr int kMaxThreads = 256;  // set_num_threads caps here; parallel_shares' share slots
+
+    // Number of threads a job uses by default (including the caller). n <= 0: all cores (at most kMaxThreads).
     void set_num_threads(int n);
     int num_threads() const { return n_threads_; }
 
@@ -45,7 +47,7 @@ public:
     // and goes on with that, so a slower, busier or late thread holds up the call by about one
     // batch instead of the rest of its share, while every thread still reads one long run of
     // memory (what the one-token matmuls need for their prefetch streams). Shares beyond the
-    // pool's threads are taken the same way. Bounds at 2^31 or more (or over 256 shares): each
+    // pool's threads are taken the same way. Bounds at 2^31 or more (or over kMaxThreads shares): each
     // share runs whole, as parallel_for's chunks.
     void parallel_shares(const int64_t* bounds, int nth, int64_t grain,
                          const std::function<void(int64_t, int64_t, int)>& fn);
@@ -77,7 +79,7 @@ private:
     struct alignas(64) Share {
         std::atomic<uint64_t> range{0};  // next << 32 | end
     };
-    Share shares_[256];  // parallel_shares' state (one call at a time, under run_mutex_)
+    Share shares_[kMaxThreads];  // parallel_shares' state (one call at a time, under run_mutex_)
     std::mutex sleep_mutex_;
     std::condition_variable sleep_cv_;
 };

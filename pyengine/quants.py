@@ -733,7 +733,7 @@ def repack_q5_0(raw) -> np.ndarray:
 
     Q5_0's ``qh`` holds the 5th bit of element ``e`` at bit ``e``; a SIMD tier holding one block
     per 32-bit lane reads elements ``4k .. 4k + 3`` in vector ``k``. Q5_0_R's ``qh`` holds at bit
-    ``8b + k`` the 5th bit of element ``4k + b`` (``b`` = 0..3, ``k`` = 0..7): one 32-bit shift by
+    ``8b + k`` the 5th bit of element ``4k + b`` (``b`` = 0..3, ``k`` = 0..7): one shift by
     ``4 - k`` moves the four bits of vector ``k`` to bit 4 of their bytes. ``d`` and ``qs`` as Q5_0.
     """
     return _repack_q5("Q5_0", raw, back=False)

@@ -290,16 +290,9 @@ static AI_INLINE void pack_panel_q4kr(const uint8_t* blk, Sink& sink) {
 // of the same byte (the shifts stay inside each byte's bits 0-7 where bit 4 is taken), one mask
 // keeps it, one or tops the nibble. 4 loads and 36 ops per panel; Q5_K takes the transposes and a
 // shuffle and compare per vector for its 5th bits. Scales as Q5_K (Q4_K's): the same results bit for bit.
-template <int S>
-static AI_INLINE __m256i bit_to_4(__m256i h) {  // bit S of every byte of h at bit 4 (other bits: garbage)
-    if constexpr (S <= 4)
-        return _mm256_slli_epi16(h, 4 - S);
-    else
-        return _mm256_srli_epi16(h, S - 4);
-}
 template <class Sink>
 static AI_INLINE void pack_panel_q5kr(const uint8_t* blk, Sink& sink) {
-    const __m256i lo4 = _mm256_set1_epi8(15), b4 = _mm256_set1_epi8(0x10);
+    const __m256i lo4 = _mm256_set1_epi8(15);
     const __m256i h = _mm256_loadu_si256((const __m256i*)(blk + 16));
     __m256i v[8];
     for (int m = 0; m < 4; ++m) {
@@ -307,14 +300,14 @@ static AI_INLINE void pack_panel_q5kr(const uint8_t* blk, Sink& sink) {
         v[m] = _mm256_and_si256(x, lo4);
         v[m + 4] = _mm256_and_si256(_mm256_srli_epi16(x, 4), lo4);
     }
-    v[0] = _mm256_or_si256(v[0], _mm256_and_si256(bit_to_4<0>(h), b4));
-    v[4] = _mm256_or_si256(v[4], _mm256_and_si256(bit_to_4<1>(h), b4));
-    v[1] = _mm256_or_si256(v[1], _mm256_and_si256(bit_to_4<2>(h), b4));
-    v[5] = _mm256_or_si256(v[5], _mm256_and_si256(bit_to_4<3>(h), b4));
-    v[2] = _mm256_or_si256(v[2], _mm256_and_si256(h, b4));
-    v[6] = _mm256_or_si256(v[6], _mm256_and_si256(bit_to_4<5>(h), b4));
-    v[3] = _mm256_or_si256(v[3], _mm256_and_si256(bit_to_4<6>(h), b4));
-    v[7] = _mm256_or_si256(v[7], _mm256_and_si256(bit_to_4<7>(h), b4));
+    ymm::or_bit_as_16<0>(v[0], h);
+    ymm::or_bit_as_16<1>(v[4], h);
+    ymm::or_bit_as_16<2>(v[1], h);
+    ymm::or_bit_as_16<3>(v[5], h);
+    ymm::or_bit_as_16<4>(v[2], h);
+    ymm::or_bit_as_16<5>(v[6], h);
+    ymm::or_bit_as_16<6>(v[3], h);
+    ymm::or_bit_as_16<7>(v[7], h);
     q4k_put_scales(blk, v, sink);
 }
 

@@ -64,15 +64,13 @@ static AI_INLINE __m128i q23kr_lanes_u8() { return _mm_setr_epi8(0, 2, 8, 10, 4,
 
 // The gemv of a load-time form reads activations in the form's own lane order (kActFormLanes in
 // matmul_kernels.h): lane j of a vector then meets dword j of the form's bytes as loaded, with no
-// vpermd per weight vector. form_lanes(t) is the permutation the other sinks apply to the form's
-// dwords (panel lane L <- form dword idx[L]: perm32 for Q4_K_R and Q5_K_R, q23kr_lanes for the G = 16 forms),
+// vpermd per weight vector (the forms of form_in_own_lanes, matmul_kernels.h). form_lanes(G) is the
+// permutation the other sinks apply to those forms' dwords (panel lane L <- form dword idx[L]:
+// perm32 for Q4_K_R and Q5_K_R, G = 32; q23kr_lanes for the G = 16 forms),
 // so the gemv's lane sums come back into the usual order by the same permutation before they are
 // added up (bit for bit the results of pack_w + gemm), and pack_act moves each lane L of its
 // usual panel to lane idx[L].
-static AI_INLINE bool is_form(WType t) {
-    return t == WType::Q4_K_R || t == WType::Q5_K_R || t == WType::Q6_K_R || t == WType::Q3_K_R || t == WType::Q2_K_R;
-}
-static AI_INLINE __m512i form_lanes(WType t) { return wtype_info(t).group == 32 ? perm32() : q23kr_lanes(); }
+static AI_INLINE __m512i form_lanes(int G) { return G == 32 ? perm32() : q23kr_lanes(); }
 // The 16 Q3_K scales (natural group order) in the form's lane order: group 2(L%4) + L/4 of half c
 // in lane 8c + L, L < 8 (the AVX2 tier's lanes16, per half)
 static AI_INLINE __m128i q3kr_form_u8() { return _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15); }
@@ -165,9 +163,18 @@ static AI_INLINE void nibbles_t16(const At& at, __m512i* v) {
     }
 }
 
+// ymm::or_bit_as_16 at 512 bits: v |= 16 in every byte whose bit S is set in h; one shift by
+// 4 - S and one vpternlogd (v | (shifted & 0x10)).
+template <int S>
+static AI_INLINE void or_bit_as_16z(__m512i& v, __m512i h) {
+    __m512i x = h;
+    if constexpr (S < 4) x = _mm512_slli_epi16(h, 4 - S);
+    if constexpr (S > 4) x = _mm512_srli_epi16(h, S - 4);
+    v = _mm512_ternarylogic_epi32(v, x, _mm512_set1_epi8(16), 0xF8);
+}
+
 // Q5_0_R / Q5_1_R high bits (quants.h) for nibbles_t16's lanes (lane l = block perm32[l]): bit
-// 8b + k of a block's qh' is the 5th bit of byte b of v[k]; one 32-bit shift by 4 - k and one
-// vpternlogd (v | (shifted & 0x10)) per vector.
+// 8b + k of a block's qh' is the 5th bit of byte b of v[k].
 template <int O, class At>
 static AI_INLINE void q5r_high_t16(const At& at, __m512i* v) {
     const __m512i qh = _mm512_setr_epi32(
@@ -175,16 +182,14 @@ static AI_INLINE void q5r_high_t16(const At& at, __m512i* v) {
         (int)load_u32(at(1) + O), (int)load_u32(at(3) + O), (int)load_u32(at(5) + O), (int)load_u32(at(7) + O),
         (int)load_u32(at(8) + O), (int)load_u32(at(10) + O), (int)load_u32(at(12) + O), (int)load_u32(at(14) + O),
         (int)load_u32(at(9) + O), (int)load_u32(at(11) + O), (int)load_u32(at(13) + O), (int)load_u32(at(15) + O));
-    const __m512i b4 = _mm512_set1_epi8(16);
-    auto top = [&](__m512i& x, __m512i hs) { x = _mm512_ternarylogic_epi32(x, hs, b4, 0xF8); };  // x | (hs & 0x10)
-    top(v[0], _mm512_slli_epi32(qh, 4));
-    top(v[1], _mm512_slli_epi32(qh, 3));
-    top(v[2], _mm512_slli_epi32(qh, 2));
-    top(v[3], _mm512_slli_epi32(qh, 1));
-    top(v[4], qh);
-    top(v[5], _mm512_srli_epi32(qh, 1));
-    top(v[6], _mm512_srli_epi32(qh, 2));
-    top(v[7], _mm512_srli_epi32(qh, 3));
+    or_bit_as_16z<0>(v[0], qh);
+    or_bit_as_16z<1>(v[1], qh);
+    or_bit_as_16z<2>(v[2], qh);
+    or_bit_as_16z<3>(v[3], qh);
+    or_bit_as_16z<4>(v[4], qh);
+    or_bit_as_16z<5>(v[5], qh);
+    or_bit_as_16z<6>(v[6], qh);
+    or_bit_as_16z<7>(v[7], qh);
 }
 
 // One panel = 16 blocks of a 32-element type, block j at at(j).
@@ -380,16 +385,14 @@ static AI_INLINE void q5kr_values(const uint8_t* b0, const uint8_t* b1, __m512i*
     const __m256i h1 = b1 ? _mm256_loadu_si256((const __m256i*)(b1 + 16)) : _mm256_setzero_si256();
     __m512i h = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(b0 + 16))), h1, 1);
     if (!FL) h = _mm512_permutexvar_epi32(perm32(), h);
-    const __m512i b4 = _mm512_set1_epi8(0x10);
-    auto top = [&](__m512i& x, __m512i hs) { x = _mm512_ternarylogic_epi32(x, hs, b4, 0xF8); };  // x | (hs & 0x10)
-    top(v[0], _mm512_slli_epi16(h, 4));  // bit 0
-    top(v[4], _mm512_slli_epi16(h, 3));  // bit 1
-    top(v[1], _mm512_slli_epi16(h, 2));  // bit 2
-    top(v[5], _mm512_slli_epi16(h, 1));  // bit 3
-    top(v[2], h);                        // bit 4
-    top(v[6], _mm512_srli_epi16(h, 1));  // bit 5
-    top(v[3], _mm512_srli_epi16(h, 2));  // bit 6
-    top(v[7], _mm512_srli_epi16(h, 3));  // bit 7
+    or_bit_as_16z<0>(v[0], h);  // bit 2m + s of hb tops v[m + 4s]
+    or_bit_as_16z<1>(v[4], h);
+    or_bit_as_16z<2>(v[1], h);
+    or_bit_as_16z<3>(v[5], h);
+    or_bit_as_16z<4>(v[2], h);
+    or_bit_as_16z<5>(v[6], h);
+    or_bit_as_16z<6>(v[3], h);
+    or_bit_as_16z<7>(v[7], h);
 }
 
 template <bool FIVE, class Sink, bool R = false>
@@ -809,7 +812,7 @@ void pack_act_avx512(const float* x, int64_t cols, int G, int off, uint8_t* dst)
     __m512i to_form = _mm512_setzero_si512();
     if (form) {
         alignas(64) int32_t idx[16], inv[16];
-        _mm512_store_si512((void*)idx, form_lanes(G == 32 ? WType::Q4_K_R : WType::Q6_K_R));
+        _mm512_store_si512((void*)idx, form_lanes(G));
         for (int l = 0; l < 16; ++l) inv[idx[l]] = l;
         to_form = _mm512_load_si512((const void*)inv);
     }
@@ -1141,8 +1144,8 @@ static void gemv_nt(WType t, const uint8_t* w, int64_t nrows, int64_t rb, int64_
     const int64_t nb_full = has_half ? nb / PG * PG : nb;  // blocks in whole panels
     const int half_valid = (int)(nb - nb_full);
     const int BB = ti.block_bytes;
-    const bool form = is_form(t);  // activations in kActFormLanes
-    const __m512i back = form_lanes(t);
+    const bool form = form_in_own_lanes(t);  // activations in kActFormLanes
+    const __m512i back = form_lanes(ti.group);
     for (int64_t r = 0; r < nrows; ++r) {
         const uint8_t* row = w + r * rb;
         const int64_t overread = (nrows - 1 - r) * rb;

@@ -123,12 +123,14 @@ constexpr int kActFormLanes = 0x400;
 // must be exactly those whose one-token gemv sums with horizontal adds (matmul_avx2.cpp:
 // DotSink's HADD, the types unpacked with SMALL); test_few_tokens_give_the_same_bits_as_many
 // fails on any mismatch.
+// The load-time forms whose gemv reads kActFormLanes on a tier with gemv_form_lanes: the K-quant
+// ones (a super-block's groups in the AVX2 lanes' order). Q5_0_R / Q5_1_R keep the usual lanes.
+static inline bool form_in_own_lanes(WType t) { return load_form_source(t) != t && wtype_info(t).block_elems == 256; }
+
 static inline int act_group(const MatmulKernels& k, WType t, int G, int64_t n) {
     if (wtype_info(t).block_elems == 256) G |= kActBlock256;  // the spec's act_block
     if (k.gemv1_natural16 && n == 1 && t == WType::Q3_K) G |= kActNatural;
-    if (k.gemv_form_lanes && k.gemv != nullptr && n <= kGemvMaxTokens && load_form_source(t) != t &&
-        wtype_info(t).block_elems == 256)  // the K-quant forms (Q5_0_R / Q5_1_R: the usual lanes)
-        G |= kActFormLanes;
+    if (k.gemv_form_lanes && k.gemv != nullptr && n <= kGemvMaxTokens && form_in_own_lanes(t)) G |= kActFormLanes;
     return G;
 }
 

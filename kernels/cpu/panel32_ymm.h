@@ -94,21 +94,31 @@ static AI_INLINE void q5_high_transposed(const uint8_t* blk, __m256i v[8]) {
     }
 }
 
+// v |= 16 in every byte whose bit S is set in h: one shift by 4 - S (16-bit lanes; bit S of a
+// byte lands on bit 4 of the same byte, whatever the neighbours), one mask, one or. The 5th bits
+// of the forms Q5_0_R, Q5_1_R and Q5_K_R are laid out for this (quants.h).
+template <int S>
+static AI_INLINE void or_bit_as_16(__m256i& v, __m256i h) {
+    __m256i x = h;
+    if constexpr (S < 4) x = _mm256_slli_epi16(h, 4 - S);
+    if constexpr (S > 4) x = _mm256_srli_epi16(h, S - 4);
+    v = _mm256_or_si256(v, _mm256_and_si256(x, _mm256_set1_epi8(16)));
+}
+
 // Q5_0_R / Q5_1_R high bits (quants.h): qh' (32 bits at offset O) of block l in lane l, bit 8b + k
-// the 5th bit of element 4k + b, i.e. of byte b of v[k]: one 32-bit shift by 4 - k puts all four
-// at bit 4 of their bytes, one mask and one or: 3 ops per vector where q5_high_transposed takes 4.5.
+// the 5th bit of element 4k + b, i.e. of byte b of v[k]: 3 ops per vector where
+// q5_high_transposed takes 4.5.
 template <int BB, int O>
 static AI_INLINE void q5r_high_transposed(const uint8_t* blk, __m256i v[8]) {
     const __m256i qh = qh_lanes<BB, O>(blk);
-    const __m256i b4 = _mm256_set1_epi8(16);
-    v[0] = _mm256_or_si256(v[0], _mm256_and_si256(_mm256_slli_epi32(qh, 4), b4));
-    v[1] = _mm256_or_si256(v[1], _mm256_and_si256(_mm256_slli_epi32(qh, 3), b4));
-    v[2] = _mm256_or_si256(v[2], _mm256_and_si256(_mm256_slli_epi32(qh, 2), b4));
-    v[3] = _mm256_or_si256(v[3], _mm256_and_si256(_mm256_slli_epi32(qh, 1), b4));
-    v[4] = _mm256_or_si256(v[4], _mm256_and_si256(qh, b4));
-    v[5] = _mm256_or_si256(v[5], _mm256_and_si256(_mm256_srli_epi32(qh, 1), b4));
-    v[6] = _mm256_or_si256(v[6], _mm256_and_si256(_mm256_srli_epi32(qh, 2), b4));
-    v[7] = _mm256_or_si256(v[7], _mm256_and_si256(_mm256_srli_epi32(qh, 3), b4));
+    or_bit_as_16<0>(v[0], qh);
+    or_bit_as_16<1>(v[1], qh);
+    or_bit_as_16<2>(v[2], qh);
+    or_bit_as_16<3>(v[3], qh);
+    or_bit_as_16<4>(v[4], qh);
+    or_bit_as_16<5>(v[5], qh);
+    or_bit_as_16<6>(v[6], qh);
+    or_bit_as_16<7>(v[7], qh);
 }
 
 // One panel of 8 blocks of a 32-element type (`blk` points at block 0) -> v[8] in panel order

@@ -151,7 +151,7 @@ static_assert(sizeof(block_q2_K_R) == 84, "Q2_K_R block is 84 bytes");
 // Q5_0_R / Q5_1_R: a Q5_0 / Q5_1 block whose 32 fifth bits (qh, bytes 2-5 / 4-7) are reordered
 // for the SIMD tiers' transposed panels, where 32-bit lane l of vector k holds elements 4k .. 4k+3
 // of block l: bit 8b + k of qh' is the 5th bit of element 4k + b (b = 0..3, k = 0..7), so one
-// 32-bit shift by 4 - k puts all four at bit 4 of their bytes. d (, m) and qs as the GGUF type.
+// shift by 4 - k puts all four at bit 4 of their bytes. d (, m) and qs as the GGUF type.
 // Q6_K_R: a Q6_K block in the lane order of Q3_K_R (convert_load_form): per half h, with element
 // 4k + p%4 of group 2(L%4) + L/4 (L = p/4) for byte p: ql[64h + p] holds the low 4 bits of k = 0
 // (low nibble) and k = 2 (high), ql[64h + 32 + p] those of k = 1 and 3, qh[32h + p] bits 2k, 2k+1
