@@ -262,14 +262,15 @@ def cmd_pull(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from .registry import cache_dir, list_models
+    from .registry import DEFAULT_MODEL, cache_dir, list_models
 
     rows = list_models()
     print(f"models (cache: {cache_dir() / 'models'}):")
     for r in rows:
         state = "downloaded" if r.get("local") else f"not downloaded: pyengine pull {r['name']}"
         size = f", {_fmt_bytes(r['size'])}" if r.get("size") else ""
-        print(f"  {r['name']:16s} {r.get('description', '')}")
+        default = " [default]" if r["name"] == DEFAULT_MODEL else ""
+        print(f"  {r['name']:16s} {r.get('description', '')}{default}")
         print(f"  {'':16s} [{state}{size}] {r.get('local') or ''}")
     return 0
 

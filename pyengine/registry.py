@@ -170,7 +170,7 @@ register(
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         size=253_113_024,
         parts=tuple(_gemma_part(n) for n in range(1, 5)),
-        description="Google Gemma 3 270M, Q4_K_M (default; tiny multilingual base model)",
+        description="Google Gemma 3 270M, Q4_K_M (tiny multilingual base model)",
         architecture="gemma3",
         license="Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
         notices=tuple(

@@ -178,6 +178,17 @@ def test_list_and_doctor_help_describe_the_command():
     assert "native extension" in text and "backends" in text and "GPU" in text
 
 
+def test_list_marks_the_one_default_model():
+    """The model `generate` loads without -m is the one `list` marks, and no other (a
+    description once called another model the default)."""
+    from pyengine.registry import DEFAULT_MODEL
+
+    out = run_cli("list")
+    assert out.returncode == 0
+    marked = [line.split()[0] for line in out.stdout.splitlines() if "default" in line.lower()]
+    assert marked == [DEFAULT_MODEL]
+
+
 def test_generate_help_documents_the_limits():
     out = " ".join(run_cli("generate", "--help").stdout.split())  # argparse wraps lines
     for text in ("-1 = until the model ends", "--raw", "--no-echo", "in (0, 1]", "in [0, 1]", "exit status 2",
