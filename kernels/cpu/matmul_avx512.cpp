@@ -1203,39 +1203,78 @@ void gemv_avx512(WType t, const uint8_t* w, int64_t nrows, int64_t rb, int64_t c
 // ---- F32 / F16 weights: plain FMA dot products, 4 rows x up to 4 tokens -------------------
 // K: 0 = F32, 1 = F16, 2 = BF16 (the top half of a float32: widen, shift left 16).
 // FloatTile::run<K, R, T>: the tile of R rows x T tokens that gemm_float_tiles (matmul_tier.h) loops over.
+//
+// F16 / BF16 sum each (row, token) in kChains16 = 2 chains of FMAs: 16-column step s goes to chain
+// s % 2 (the masked last cols % 16 columns are step cols / 16), and out = the lanes of c_0 + c_1
+// added up. One token of F16 / BF16 goes one row at a time (one weight stream per thread: from
+// memory 0.81-0.86 of the time of 4-row tiles); with one chain that tile waited on each FMA's
+// latency (4 cycles a step: 17 ns per 256 weights in cache, 12 / 9.6 ns (BF16 / F16) with two).
+// Tiles whose chains fit in 16 registers run them side by side, larger ones one chain after the
+// other (passes over the same rows, in cache after the first; 0.43-0.64 of the time of the single
+// chain 4 x 4 tile in cache): every shape sums in the same order, so a token's outputs are the
+// same bits whatever the token count (test_few_tokens_give_the_same_bits_as_many). F32 keeps one
+// chain: its 4-row tiles serve one token too.
 struct FloatTile {
-    // one token of F16 / BF16 one row at a time (gemm_float_k): from memory, 2 threads, 8192 x 4096,
-    // 0.81 (F16) and 0.88 (BF16) of the time of 4-row tiles; F32 was 1.04-1.05 and keeps them
     static constexpr bool kOneRowGemv16 = true;
+    static constexpr int kChains16 = 2;  // 4 measured level with 2 in cache, for more registers
     template <int K, int R, int T>
     static void run(const uint8_t* w, int64_t rb, int64_t cols, const float* x, int64_t ldx, float* out,
                     int64_t ldo) {
-        __m512 acc[R][T];
-        for (int r = 0; r < R; ++r)
-            for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
-        // 16 columns a step, unmasked; the last cols % 16 with masked loads (zeros past the end)
-        const auto step16 = [&](int64_t i, __mmask16 mk) __attribute__((always_inline)) {
+        constexpr int C = K == 0 ? 1 : kChains16;
+        constexpr bool SIDE = C == 1 || R * T * C <= 16;  // the chains side by side
+        // step i: columns 16i .. 16i + 15 of the R rows and T tokens into a (mk: the columns that exist)
+        const auto step16 = [&](int64_t i, __mmask16 mk, __m512(&a)[R][T]) __attribute__((always_inline)) {
             __m512 wv[R];
             for (int r = 0; r < R; ++r) {
+                const uint8_t* p = w + r * rb + (K == 0 ? 4 : 2) * 16 * i;
                 if (K == 1)
-                    wv[r] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, (const void*)(w + r * rb + 2 * i)));
+                    wv[r] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, (const void*)p));
                 else if (K == 2)
-                    wv[r] = _mm512_castsi512_ps(_mm512_slli_epi32(
-                        _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, (const void*)(w + r * rb + 2 * i))), 16));
+                    wv[r] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, (const void*)p)), 16));
                 else
-                    wv[r] = _mm512_maskz_loadu_ps(mk, (const void*)(w + r * rb + 4 * i));
+                    wv[r] = _mm512_maskz_loadu_ps(mk, (const void*)p);
             }
             for (int t = 0; t < T; ++t) {
-                const __m512 xv = _mm512_maskz_loadu_ps(mk, x + t * ldx + i);
-                for (int r = 0; r < R; ++r) acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
+                const __m512 xv = _mm512_maskz_loadu_ps(mk, x + t * ldx + 16 * i);
+                for (int r = 0; r < R; ++r) a[r][t] = _mm512_fmadd_ps(wv[r], xv, a[r][t]);
             }
         };
-        int64_t i = 0;
-        for (; i + 16 <= cols; i += 16) {
-            float_tile_prefetch<K, R>(w, rb, i);
-            step16(i, (__mmask16)0xFFFF);
+        const int64_t nfull = cols / 16;
+        const __mmask16 tail = (__mmask16)((1u << (cols % 16)) - 1);  // 0: no partial step
+        __m512 acc[R][T];
+        if constexpr (SIDE) {
+            // one named array per chain, indexed by constants only: they stay in registers
+            static_assert(C == 1 || C == 2, "kChains16: 1 or 2");
+            __m512 a0[R][T], a1[R][T];
+            for (int r = 0; r < R; ++r)
+                for (int t = 0; t < T; ++t) a0[r][t] = a1[r][t] = _mm512_setzero_ps();
+            int64_t i = 0;
+            for (; i + C <= nfull; i += C) {
+                float_tile_prefetch<K, R>(w, rb, 16 * i);
+                step16(i, (__mmask16)0xFFFF, a0);
+                if constexpr (C == 2) step16(i + 1, (__mmask16)0xFFFF, a1);  // F16 / BF16: the same cache line
+            }
+            if (i < nfull) step16(i, (__mmask16)0xFFFF, a0);  // an odd step left (C = 2)
+            if (tail) {  // the masked step, on its chain
+                if (nfull % C == 0) step16(nfull, tail, a0);
+                else step16(nfull, tail, a1);
+            }
+            for (int r = 0; r < R; ++r)
+                for (int t = 0; t < T; ++t) acc[r][t] = C == 2 ? _mm512_add_ps(a0[r][t], a1[r][t]) : a0[r][t];
+        } else {
+            for (int c = 0; c < C; ++c) {
+                __m512 a[R][T];
+                for (int r = 0; r < R; ++r)
+                    for (int t = 0; t < T; ++t) a[r][t] = _mm512_setzero_ps();
+                for (int64_t i = c; i < nfull; i += C) {
+                    float_tile_prefetch<K, R>(w, rb, 16 * i);
+                    step16(i, (__mmask16)0xFFFF, a);
+                }
+                if (tail && nfull % C == c) step16(nfull, tail, a);
+                for (int r = 0; r < R; ++r)
+                    for (int t = 0; t < T; ++t) acc[r][t] = c == 0 ? a[r][t] : _mm512_add_ps(acc[r][t], a[r][t]);
+            }
         }
-        if (i < cols) step16(i, (__mmask16)((1u << (cols - i)) - 1));
         for (int r = 0; r < R; ++r)
             for (int t = 0; t < T; ++t) out[t * ldo + r] = _mm512_reduce_add_ps(acc[r][t]);
     }
