@@ -83,7 +83,8 @@ inline void float_tile_upto(int tt, const uint8_t* w, int64_t rb, int64_t cols, 
 // out (nt tokens, stride ldo) [:, 0:nr) = x (nt, cols; stride ldx) @ w (nr, cols; stride rb bytes).T:
 // tokens TMAX at a time, rows 4 at a time (the last nr % 4 one by one). A Tile with
 // kOneRowGemv16 takes one token of F16 / BF16 a row at a time: one stream of weights per thread
-// instead of four (each row's sum is the same chain either way: the same bits).
+// instead of four (each row's sum is added in the same order either way, see the tier's
+// FloatTile: the same bits).
 template <class Tile, int K, int TMAX>
 void gemm_float_k(const uint8_t* w, int64_t rb, int64_t cols, int nr, const float* x, int64_t ldx, int nt,
                   float* out, int64_t ldo) {
