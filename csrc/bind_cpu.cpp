@@ -147,8 +147,9 @@ matmul_<type>_<variant> (kernels/cpu/matmul_<variant>.cpp).
 For quantized types x is quantized to int8 per 32 values inside the call; the GIL is released and the
 work is split over the thread pool.)doc");
     // repack_q2_K, repack_q3_K, repack_q4_K, repack_q5_K, repack_q6_K, repack_q5_0, repack_q5_1: one per load-time form
-    for (pyengine::WType form : {pyengine::WType::Q2_K_R, pyengine::WType::Q3_K_R, pyengine::WType::Q4_K_R, pyengine::WType::Q5_K_R,
-                                 pyengine::WType::Q6_K_R, pyengine::WType::Q5_0_R, pyengine::WType::Q5_1_R}) {
+    for (int i = 0; i < (int)pyengine::WType::COUNT; ++i) {
+        const pyengine::WType form = (pyengine::WType)i;
+        if (pyengine::load_form_source(form) == form) continue;  // not a form
         std::string gguf = pyengine::wtype_info(pyengine::load_form_source(form)).name;  // "Q4_K"
         std::string ident = gguf;                                                          // "q4_K"
         ident[0] = 'q';

@@ -27,6 +27,12 @@ void dequantize_row(WType t, const uint8_t* row, int64_t cols, float* out) {
     const int64_t nb = cols / ti.block_elems;
     for (int64_t b = 0; b < nb; ++b, out += ti.block_elems) {
         const uint8_t* blk = row + b * ti.block_bytes;
+        if (load_form_source(t) != t) {  // a load-time form: the GGUF block it was made from
+            uint8_t gb[256];
+            convert_load_form(t, blk, gb, true);
+            dequantize_row(load_form_source(t), gb, ti.block_elems, out);
+            continue;
+        }
         switch (t) {
             case WType::Q4_0: {
                 const float d = fp16_to_fp32(load_u16(blk));
@@ -155,18 +161,6 @@ void dequantize_row(WType t, const uint8_t* row, int64_t cols, float* out) {
                             const int q = ((qs[32 * c + l] >> (2 * j)) & 3) | ((blk[l] >> (4 * c + j)) & 1) << 2;
                             out[v] = (d * (float)sc[v / 16]) * (float)(q - 4);
                         }
-                break;
-            }
-            case WType::Q2_K_R:
-            case WType::Q3_K_R:
-            case WType::Q4_K_R:
-            case WType::Q5_K_R:
-            case WType::Q5_0_R:
-            case WType::Q5_1_R:
-            case WType::Q6_K_R: {  // the GGUF block it was made from
-                uint8_t b[256];
-                convert_load_form(t, blk, b, true);
-                dequantize_row(load_form_source(t), b, ti.block_elems, out);
                 break;
             }
             case WType::IQ4_NL: {  // x = d * level[nibble]

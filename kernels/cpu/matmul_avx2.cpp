@@ -300,14 +300,7 @@ static AI_INLINE void pack_panel_q5kr(const uint8_t* blk, Sink& sink) {
         v[m] = _mm256_and_si256(x, lo4);
         v[m + 4] = _mm256_and_si256(_mm256_srli_epi16(x, 4), lo4);
     }
-    ymm::or_bit_as_16<0>(v[0], h);
-    ymm::or_bit_as_16<1>(v[4], h);
-    ymm::or_bit_as_16<2>(v[1], h);
-    ymm::or_bit_as_16<3>(v[5], h);
-    ymm::or_bit_as_16<4>(v[2], h);
-    ymm::or_bit_as_16<5>(v[6], h);
-    ymm::or_bit_as_16<6>(v[3], h);
-    ymm::or_bit_as_16<7>(v[7], h);
+    ymm::or_bits_as_16<true>(v, h);  // bit 2m + s of hb tops v[m + 4s]
     q4k_put_scales(blk, v, sink);
 }
 

@@ -172,6 +172,12 @@ static AI_INLINE void or_bit_as_16z(__m512i& v, __m512i h) {
     if constexpr (S > 4) x = _mm512_srli_epi16(h, S - 4);
     v = _mm512_ternarylogic_epi32(v, x, _mm512_set1_epi8(16), 0xF8);
 }
+// or_bit_as_16z for the bits S = 0..7 of h: bit S tops v[S] (PAIRED: v[S / 2 + 4 (S % 2)], Q5_K_R's order).
+template <bool PAIRED = false, int S = 0>
+static AI_INLINE void or_bits_as_16z(__m512i* v, __m512i h) {
+    or_bit_as_16z<S>(v[PAIRED ? S / 2 + 4 * (S % 2) : S], h);
+    if constexpr (S < 7) or_bits_as_16z<PAIRED, S + 1>(v, h);
+}
 
 // Q5_0_R / Q5_1_R high bits (quants.h) for nibbles_t16's lanes (lane l = block perm32[l]): bit
 // 8b + k of a block's qh' is the 5th bit of byte b of v[k].
@@ -182,14 +188,7 @@ static AI_INLINE void q5r_high_t16(const At& at, __m512i* v) {
         (int)load_u32(at(1) + O), (int)load_u32(at(3) + O), (int)load_u32(at(5) + O), (int)load_u32(at(7) + O),
         (int)load_u32(at(8) + O), (int)load_u32(at(10) + O), (int)load_u32(at(12) + O), (int)load_u32(at(14) + O),
         (int)load_u32(at(9) + O), (int)load_u32(at(11) + O), (int)load_u32(at(13) + O), (int)load_u32(at(15) + O));
-    or_bit_as_16z<0>(v[0], qh);
-    or_bit_as_16z<1>(v[1], qh);
-    or_bit_as_16z<2>(v[2], qh);
-    or_bit_as_16z<3>(v[3], qh);
-    or_bit_as_16z<4>(v[4], qh);
-    or_bit_as_16z<5>(v[5], qh);
-    or_bit_as_16z<6>(v[6], qh);
-    or_bit_as_16z<7>(v[7], qh);
+    or_bits_as_16z(v, qh);
 }
 
 // One panel = 16 blocks of a 32-element type, block j at at(j).
@@ -198,14 +197,14 @@ static AI_INLINE void q5r_high_t16(const At& at, __m512i* v) {
 // (the activations past the row's end are zero, so their integer dots are 0 as well).
 template <int T_, class At, class Sink>
 static AI_INLINE void pack_panel_32(const At& at, Sink& sink, int valid = 16) {
-    constexpr WType t = (WType)T_;
-    constexpr bool FORM = t == WType::Q5_0_R || t == WType::Q5_1_R;  // always in panel order (any sink)
+    constexpr WType t = load_form_source((WType)T_);  // Q5_0_R / Q5_1_R: as Q5_0 / Q5_1 but for the 5th bits
+    constexpr bool FORM = t != (WType)T_;             // always in panel order (any sink)
     constexpr bool PRE = FORM || (Sink::kPre && (t == WType::Q4_0 || t == WType::Q4_1 || t == WType::IQ4_NL));
     __m512i v[8];
     __m512 D, E;
     if (FORM) {
-        nibbles_t16<t == WType::Q5_0_R ? 6 : 8>(at, v);
-        q5r_high_t16<t == WType::Q5_0_R ? 2 : 4>(at, v);
+        nibbles_t16<t == WType::Q5_0 ? 6 : 8>(at, v);
+        q5r_high_t16<t == WType::Q5_0 ? 2 : 4>(at, v);
     } else if (PRE) {
         nibbles_t16<t == WType::Q4_1 ? 4 : 2>(at, v);
         if (t == WType::IQ4_NL)
@@ -241,9 +240,9 @@ static AI_INLINE void pack_panel_32(const At& at, Sink& sink, int valid = 16) {
         E = _mm512_mul_ps(_mm512_set1_ps(8.0f), D);
     } else if (t == WType::Q4_1) {
         E = _mm512_sub_ps(_mm512_setzero_ps(), load_f16x16(at, 2));
-    } else if (t == WType::Q5_0 || t == WType::Q5_0_R) {
+    } else if (t == WType::Q5_0) {
         E = _mm512_mul_ps(_mm512_set1_ps(16.0f), D);
-    } else if (t == WType::Q5_1 || t == WType::Q5_1_R) {
+    } else if (t == WType::Q5_1) {
         E = _mm512_sub_ps(_mm512_setzero_ps(), load_f16x16(at, 2));
     } else {  // Q8_0, IQ4_NL
         E = _mm512_mul_ps(_mm512_set1_ps(128.0f), D);
@@ -385,14 +384,7 @@ static AI_INLINE void q5kr_values(const uint8_t* b0, const uint8_t* b1, __m512i*
     const __m256i h1 = b1 ? _mm256_loadu_si256((const __m256i*)(b1 + 16)) : _mm256_setzero_si256();
     __m512i h = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(b0 + 16))), h1, 1);
     if (!FL) h = _mm512_permutexvar_epi32(perm32(), h);
-    or_bit_as_16z<0>(v[0], h);  // bit 2m + s of hb tops v[m + 4s]
-    or_bit_as_16z<1>(v[4], h);
-    or_bit_as_16z<2>(v[1], h);
-    or_bit_as_16z<3>(v[5], h);
-    or_bit_as_16z<4>(v[2], h);
-    or_bit_as_16z<5>(v[6], h);
-    or_bit_as_16z<6>(v[3], h);
-    or_bit_as_16z<7>(v[7], h);
+    or_bits_as_16z<true>(v, h);  // bit 2m + s of hb tops v[m + 4s]
 }
 
 template <bool FIVE, class Sink, bool R = false>

@@ -137,18 +137,15 @@ static inline int act_group(const MatmulKernels& k, WType t, int G, int64_t n) {
 // The zero point a type's unpacked bytes carry (q = w/D + off), or -1 for types with a
 // float min, whose correction stays in float (E * SY).
 static inline int weight_offset(WType t, bool q8_signed) {
-    switch (t) {
+    switch (load_form_source(t)) {  // a load-time form's: its GGUF type's
         case WType::Q4_0: return 8;
-        case WType::Q5_0:
-        case WType::Q5_0_R: return 16;
+        case WType::Q5_0: return 16;
         case WType::Q8_0:
         case WType::IQ4_NL:
         case WType::IQ4_XS: return q8_signed ? 0 : 128;
-        case WType::Q3_K:
-        case WType::Q3_K_R: return 4;
-        case WType::Q6_K:
-        case WType::Q6_K_R: return 32;
-        default: return -1;  // Q4_1, Q5_1, Q2_K, Q4_K, Q5_K and their forms
+        case WType::Q3_K: return 4;
+        case WType::Q6_K: return 32;
+        default: return -1;  // Q4_1, Q5_1, Q2_K, Q4_K, Q5_K
     }
 }
 

@@ -104,21 +104,19 @@ static AI_INLINE void or_bit_as_16(__m256i& v, __m256i h) {
     if constexpr (S > 4) x = _mm256_srli_epi16(h, S - 4);
     v = _mm256_or_si256(v, _mm256_and_si256(x, _mm256_set1_epi8(16)));
 }
+// or_bit_as_16 for the bits S = 0..7 of h: bit S tops v[S] (PAIRED: v[S / 2 + 4 (S % 2)], Q5_K_R's order).
+template <bool PAIRED = false, int S = 0>
+static AI_INLINE void or_bits_as_16(__m256i* v, __m256i h) {
+    or_bit_as_16<S>(v[PAIRED ? S / 2 + 4 * (S % 2) : S], h);
+    if constexpr (S < 7) or_bits_as_16<PAIRED, S + 1>(v, h);
+}
 
 // Q5_0_R / Q5_1_R high bits (quants.h): qh' (32 bits at offset O) of block l in lane l, bit 8b + k
 // the 5th bit of element 4k + b, i.e. of byte b of v[k]: 3 ops per vector where
 // q5_high_transposed takes 4.5.
 template <int BB, int O>
 static AI_INLINE void q5r_high_transposed(const uint8_t* blk, __m256i v[8]) {
-    const __m256i qh = qh_lanes<BB, O>(blk);
-    or_bit_as_16<0>(v[0], qh);
-    or_bit_as_16<1>(v[1], qh);
-    or_bit_as_16<2>(v[2], qh);
-    or_bit_as_16<3>(v[3], qh);
-    or_bit_as_16<4>(v[4], qh);
-    or_bit_as_16<5>(v[5], qh);
-    or_bit_as_16<6>(v[6], qh);
-    or_bit_as_16<7>(v[7], qh);
+    or_bits_as_16(v, qh_lanes<BB, O>(blk));
 }
 
 // One panel of 8 blocks of a 32-element type (`blk` points at block 0) -> v[8] in panel order
@@ -128,24 +126,21 @@ static AI_INLINE void q5r_high_transposed(const uint8_t* blk, __m256i v[8]) {
 // activations past the row's end are zero, so their integer dots are 0 as well).
 template <int T_>
 static AI_INLINE void unpack_panel_32(const uint8_t* blk, __m256i v[8], __m256& D, __m256& E, int valid = 8) {
-    constexpr WType t = (WType)T_;
+    constexpr WType t0 = (WType)T_;
+    constexpr WType t = load_form_source(t0);  // Q5_0_R / Q5_1_R: as Q5_0 / Q5_1 but for the 5th bits
+    constexpr bool FORM = t != t0;
     constexpr int BB = wtype_block_bytes(t);
     if (t == WType::Q4_0) {
         nibbles_transposed<BB, 2>(blk, v);
     } else if (t == WType::Q4_1) {
         nibbles_transposed<BB, 4>(blk, v);
-    } else if (t == WType::Q5_0) {
-        nibbles_transposed<BB, 6>(blk, v);
-        q5_high_transposed<BB, 2>(blk, v);
-    } else if (t == WType::Q5_1) {
-        nibbles_transposed<BB, 8>(blk, v);
-        q5_high_transposed<BB, 4>(blk, v);
-    } else if (t == WType::Q5_0_R) {
-        nibbles_transposed<BB, 6>(blk, v);
-        q5r_high_transposed<BB, 2>(blk, v);
-    } else if (t == WType::Q5_1_R) {
-        nibbles_transposed<BB, 8>(blk, v);
-        q5r_high_transposed<BB, 4>(blk, v);
+    } else if (t == WType::Q5_0 || t == WType::Q5_1) {  // qh at byte 2 / 4, the nibbles 4 bytes later
+        constexpr int O = t == WType::Q5_0 ? 2 : 4;
+        nibbles_transposed<BB, O + 4>(blk, v);
+        if (FORM)
+            q5r_high_transposed<BB, O>(blk, v);
+        else
+            q5_high_transposed<BB, O>(blk, v);
     } else if (t == WType::IQ4_NL) {
         nibbles_transposed<BB, 2>(blk, v);
         const __m256i lut = iq4_levels_s8();
@@ -168,9 +163,9 @@ static AI_INLINE void unpack_panel_32(const uint8_t* blk, __m256i v[8], __m256& 
         E = _mm256_mul_ps(_mm256_set1_ps(8.0f), D);
     } else if (t == WType::Q4_1) {
         E = _mm256_sub_ps(_mm256_setzero_ps(), load_f16x8(blk + 2, BB));
-    } else if (t == WType::Q5_0 || t == WType::Q5_0_R) {
+    } else if (t == WType::Q5_0) {
         E = _mm256_mul_ps(_mm256_set1_ps(16.0f), D);
-    } else if (t == WType::Q5_1 || t == WType::Q5_1_R) {
+    } else if (t == WType::Q5_1) {
         E = _mm256_sub_ps(_mm256_setzero_ps(), load_f16x8(blk + 2, BB));
     } else {  // Q8_0, IQ4_NL: signed
         E = _mm256_setzero_ps();

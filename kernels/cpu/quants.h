@@ -36,12 +36,27 @@ static inline const WTypeInfo& wtype_info(WType t) {
     return table[(int)t];
 }
 
-// Bytes per block as a compile-time constant (the SIMD unpackers' template arguments).
+// The GGUF type a load-time form is made from (t itself for any other type).
+constexpr WType load_form_source(WType t) {
+    switch (t) {
+        case WType::Q2_K_R: return WType::Q2_K;
+        case WType::Q3_K_R: return WType::Q3_K;
+        case WType::Q4_K_R: return WType::Q4_K;
+        case WType::Q6_K_R: return WType::Q6_K;
+        case WType::Q5_K_R: return WType::Q5_K;
+        case WType::Q5_0_R: return WType::Q5_0;
+        case WType::Q5_1_R: return WType::Q5_1;
+        default: return t;
+    }
+}
+
+// Bytes per block as a compile-time constant (the SIMD unpackers' template arguments); a load-time
+// form's are its GGUF type's.
 constexpr int wtype_block_bytes(WType t) {
-    return t == WType::Q4_0 ? 18 : t == WType::Q4_1 ? 20 : t == WType::Q5_0 || t == WType::Q5_0_R ? 22
-         : t == WType::Q5_1 || t == WType::Q5_1_R ? 24
-         : t == WType::Q8_0 ? 34 : t == WType::IQ4_NL ? 18 : t == WType::Q2_K || t == WType::Q2_K_R ? 84 : t == WType::Q3_K || t == WType::Q3_K_R ? 110
-         : t == WType::Q4_K || t == WType::Q4_K_R ? 144 : t == WType::Q5_K || t == WType::Q5_K_R ? 176 : t == WType::Q6_K || t == WType::Q6_K_R ? 210 : t == WType::IQ4_XS ? 136
+    t = load_form_source(t);
+    return t == WType::Q4_0 ? 18 : t == WType::Q4_1 ? 20 : t == WType::Q5_0 ? 22 : t == WType::Q5_1 ? 24
+         : t == WType::Q8_0 ? 34 : t == WType::IQ4_NL ? 18 : t == WType::Q2_K ? 84 : t == WType::Q3_K ? 110
+         : t == WType::Q4_K ? 144 : t == WType::Q5_K ? 176 : t == WType::Q6_K ? 210 : t == WType::IQ4_XS ? 136
          : t == WType::F32 ? 4 : 2;
 }
 
@@ -323,19 +338,6 @@ constexpr PlaneMap<128, 4> kQ6lr([](int i, int s) { return q3kr_value(i / 64, i 
 constexpr PlaneMap<64, 2> kQ6h([](int i, int j) { return 128 * (i / 32) + 32 * j + i % 32; });
 }  // namespace forms
 
-// The GGUF type a load-time form is made from (t itself for any other type).
-static inline WType load_form_source(WType t) {
-    switch (t) {
-        case WType::Q2_K_R: return WType::Q2_K;
-        case WType::Q3_K_R: return WType::Q3_K;
-        case WType::Q4_K_R: return WType::Q4_K;
-        case WType::Q6_K_R: return WType::Q6_K;
-        case WType::Q5_K_R: return WType::Q5_K;
-        case WType::Q5_0_R: return WType::Q5_0;
-        case WType::Q5_1_R: return WType::Q5_1;
-        default: return t;
-    }
-}
 // One block of `form`: back = false rewrites its GGUF block src into the form at dst, back = true
 // the form's block src into the GGUF block at dst (src != dst; the bytes no plane covers are
 // copied). Layouts: block_q2_K_R, block_q3_K_R and the comments on Q4_K_R, Q5_K_R, Q5_0_R / Q5_1_R
@@ -373,6 +375,11 @@ static inline void iq4xs_scales(const uint8_t* blk, int8_t sc[8]) {
 // unsigned bytes in element order; returns the number of groups. The scalar tier packs
 // from this; each SIMD tier has a vectorised unpacker per type that must agree with it.
 static inline int unpack_block(WType t, const uint8_t* blk, uint8_t* q, float* D, float* E) {
+    if (load_form_source(t) != t) {  // a load-time form: the GGUF block it was made from, unpacked
+        uint8_t b[256];
+        convert_load_form(t, blk, b, true);
+        return unpack_block(load_form_source(t), b, q, D, E);
+    }
     switch (t) {
         case WType::Q4_0: {
             const float d = fp16_to_fp32(load_u16(blk));
@@ -514,17 +521,6 @@ static inline int unpack_block(WType t, const uint8_t* blk, uint8_t* q, float* D
                 E[j] = 128.0f * D[j];
             }
             return 8;
-        }
-        case WType::Q2_K_R:
-        case WType::Q3_K_R:
-        case WType::Q4_K_R:
-        case WType::Q5_K_R:
-        case WType::Q5_0_R:
-        case WType::Q5_1_R:
-        case WType::Q6_K_R: {  // the GGUF block it was made from, unpacked
-            uint8_t b[256];
-            convert_load_form(t, blk, b, true);
-            return unpack_block(load_form_source(t), b, q, D, E);
         }
         default:
             return 0;
