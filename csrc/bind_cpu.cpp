@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cctype>
 #include <cstdint>
 #include <string>
 
@@ -139,20 +140,21 @@ void bind_cpu(py::module_& m) {
           py::arg("out"), py::arg("variant") = "auto",
           R"doc(out[:] = x @ W.T for a GGUF weight W of shape (rows, cols).
 
-type_name: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS\nor Q2_K_R / Q3_K_R / Q4_K_R / Q5_K_R / Q6_K_R / Q5_0_R / Q5_1_R (those types repacked at load by repack_<type>).
+type_name: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS\nor Q2_K_R / Q3_K_R / Q4_K_R / Q5_K_R / Q6_K_R / Q5_0_R / Q5_1_R / IQ4_XS_R (those types repacked at load by repack_<type>).
 w: the weight's raw GGUF bytes, uint8, C-contiguous, rows * row_bytes long.
 x: float32 (n, cols) C-contiguous; out: float32 (n, rows) C-contiguous, writeable.
 variant: "generic", "avx2", "avx512" or "auto" (best this CPU runs); the call runs
 matmul_<type>_<variant> (kernels/cpu/matmul_<variant>.cpp).
 For quantized types x is quantized to int8 per 32 values inside the call; the GIL is released and the
 work is split over the thread pool.)doc");
-    // repack_q2_K, repack_q3_K, repack_q4_K, repack_q5_K, repack_q6_K, repack_q5_0, repack_q5_1: one per load-time form
+    // repack_q2_K, repack_q3_K, repack_q4_K, repack_q5_K, repack_q6_K, repack_q5_0, repack_q5_1, repack_iq4_xs: one per load-time form
     for (int i = 0; i < (int)pyengine::WType::COUNT; ++i) {
         const pyengine::WType form = (pyengine::WType)i;
         if (pyengine::load_form_source(form) == form) continue;  // not a form
         std::string gguf = pyengine::wtype_info(pyengine::load_form_source(form)).name;  // "Q4_K"
-        std::string ident = gguf;                                                          // "q4_K"
-        ident[0] = 'q';
+        std::string ident = gguf;  // as GGMLType.ident spells it: "q4_K", "iq4_xs"
+        for (char& ch : ident) ch = (char)std::tolower((unsigned char)ch);
+        if (ident.size() > 2 && ident.compare(ident.size() - 2, 2, "_k") == 0) ident.back() = 'K';
         m.def(("repack_" + ident).c_str(), [form](const py::array& s, py::array& d) { repack_blocks(s, d, form); },
               py::arg("src"), py::arg("dst"),
               ("dst[:] = the " + gguf + " blocks of src (uint8) as " + pyengine::wtype_info(form).name +

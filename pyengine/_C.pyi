@@ -24,8 +24,8 @@ def matmul(
     """out[:] = x @ W.T for the GGUF weight W (rows, cols) of type_name.
 
     type_name: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K or IQ4_XS
-    (pyengine.kernels.NATIVE_TYPES), or Q2_K_R / Q3_K_R / Q4_K_R / Q5_K_R / Q6_K_R / Q5_0_R / Q5_1_R (those types after
-    repack_<type>).
+    (pyengine.kernels.NATIVE_TYPES), or Q2_K_R / Q3_K_R / Q4_K_R / Q5_K_R / Q6_K_R / Q5_0_R / Q5_1_R / IQ4_XS_R (those types
+    after repack_<type>).
     w: raw GGUF bytes, C-contiguous, exactly rows * row_bytes(cols) long.
     x: float32 (n, cols) C-contiguous; out: float32 (n, rows) C-contiguous, writeable.
     variant: "generic", "avx2", "avx512" or "auto" (best available; $PYENGINE_CPU_VARIANT
@@ -52,6 +52,10 @@ def repack_q5_0(src: npt.NDArray[np.uint8], dst: npt.NDArray[np.uint8]) -> None:
 def repack_q5_1(src: npt.NDArray[np.uint8], dst: npt.NDArray[np.uint8]) -> None:
     """dst[:] = the Q5_1 blocks of src rearranged as Q5_1_R (kernels/cpu/quants.h;
     spec: pyengine.quants.repack_q5_1). Same size; dst may be src."""
+
+def repack_iq4_xs(src: npt.NDArray[np.uint8], dst: npt.NDArray[np.uint8]) -> None:
+    """dst[:] = the IQ4_XS blocks of src rearranged as IQ4_XS_R (kernels/cpu/quants.h, IQ4_XS_R;
+    spec: pyengine.quants.repack_iq4_xs). Same size; dst may be src."""
 
 def repack_q6_K(src: npt.NDArray[np.uint8], dst: npt.NDArray[np.uint8]) -> None:
     """dst[:] = the Q6_K blocks of src rearranged as Q6_K_R (kernels/cpu/quants.h, block_q6_K_R;

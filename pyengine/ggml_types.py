@@ -72,7 +72,7 @@ SUPPORTED = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K
 # tiers' lanes want them. form -> the GGUF type it is made from, by _C.repack_<type> (the spec:
 # quants.repack_<type>, undone by quants.unrepack_<type>; <type> as GGMLType.ident spells it).
 LOAD_FORMS = {"Q2_K_R": "Q2_K", "Q3_K_R": "Q3_K", "Q4_K_R": "Q4_K", "Q5_K_R": "Q5_K", "Q6_K_R": "Q6_K",
-              "Q5_0_R": "Q5_0", "Q5_1_R": "Q5_1"}
+              "Q5_0_R": "Q5_0", "Q5_1_R": "Q5_1", "IQ4_XS_R": "IQ4_XS"}
 INTERNAL = {f: GGMLType(f, -1, BY_NAME[t].block_size, BY_NAME[t].type_size) for f, t in LOAD_FORMS.items()}
 
 

@@ -619,6 +619,33 @@ _Q4KR_LO = np.array([[32 * (p // 4) + 4 * m + p % 4 for p in range(32)] for m in
 _Q4KR_HI = _Q4KR_LO + 16
 
 
+def _nibble_values(qs: np.ndarray, run: int) -> np.ndarray:
+    """(n, 128) nibble bytes in runs of ``run`` bytes, each run holding ``run`` values in its low
+    nibbles and the next ``run`` in its high ones (Q4_K: 32, IQ4_XS: 16) -> (n, 256) values in order."""
+    n = len(qs)
+    halves = (qs.reshape(n, 128 // run, 1, run) >> np.array([0, 4], dtype=np.uint8)[None, None, :, None]) & 15
+    return halves.reshape(n, 256)
+
+
+def _nibble_bytes(q: np.ndarray, run: int) -> np.ndarray:
+    """The inverse of :func:`_nibble_values`: (n, 256) values -> (n, 128) bytes."""
+    g = q.reshape(len(q), 128 // run, 2, run)
+    return (g[:, :, 0] | (g[:, :, 1] << 4)).reshape(len(q), 128)
+
+
+def _q4kr_bytes(q: np.ndarray) -> np.ndarray:
+    """(n, 256) 4-bit values -> their 128 bytes in Q4_K_R's order (:func:`repack_q4_K`)."""
+    return (q[:, _Q4KR_LO] | (q[:, _Q4KR_HI] << 4)).reshape(len(q), 128)
+
+
+def _q4kr_values(ch: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`_q4kr_bytes`: (n, 128) bytes in Q4_K_R's order -> (n, 256) values."""
+    q = np.empty((len(ch), 256), dtype=np.uint8)
+    q[:, _Q4KR_LO] = ch.reshape(len(ch), 4, 32) & 15
+    q[:, _Q4KR_HI] = ch.reshape(len(ch), 4, 32) >> 4
+    return q
+
+
 def repack_q4_K(raw) -> np.ndarray:
     """Q4_K blocks -> Q4_K_R blocks (uint8, same size): the same values, nibbles reordered.
 
@@ -631,27 +658,44 @@ def repack_q4_K(raw) -> np.ndarray:
     """
     b = _as_blocks("Q4_K", raw)
     n = len(b)
-    q = np.empty((n, 256), dtype=np.uint8)  # the 4-bit values, in value order
-    qs = b["qs"].reshape(n, 4, 1, 32)
-    q.reshape(n, 4, 2, 32)[:] = (qs >> np.array([0, 4], dtype=np.uint8)[None, None, :, None]) & 15
     out = np.empty((n, 144), dtype=np.uint8)
     out[:, :16] = b.view(np.uint8).reshape(n, 144)[:, :16]
-    out[:, 16:] = (q[:, _Q4KR_LO] | (q[:, _Q4KR_HI] << 4)).reshape(n, 128)
+    out[:, 16:] = _q4kr_bytes(_nibble_values(b["qs"], 32))
     return out.reshape(-1)
 
 
 def unrepack_q4_K(raw) -> np.ndarray:
     """Q4_K_R blocks -> the Q4_K blocks they were made from (the inverse of :func:`repack_q4_K`)."""
     r = _raw_u8(raw).reshape(-1, 144)
-    n = len(r)
-    ch = r[:, 16:].reshape(n, 4, 32)
-    q = np.empty((n, 256), dtype=np.uint8)
-    q[:, _Q4KR_LO] = ch & 15
-    q[:, _Q4KR_HI] = ch >> 4
-    q = q.reshape(n, 4, 2, 32)  # (n, c, s, e): group 2c + s
-    out = np.empty((n, 144), dtype=np.uint8)
+    out = np.empty_like(r)
     out[:, :16] = r[:, :16]
-    out[:, 16:] = (q[:, :, 0] | (q[:, :, 1] << 4)).reshape(n, 128)
+    out[:, 16:] = _nibble_bytes(_q4kr_values(r[:, 16:]), 32)
+    return out.reshape(-1)
+
+
+def repack_iq4_xs(raw) -> np.ndarray:
+    """IQ4_XS blocks -> IQ4_XS_R blocks (uint8, same size): the same values, nibbles reordered.
+
+    IQ4_XS's group ``j`` (32 values) is ``qs[16j .. 16j + 15]``, element ``l`` in the low nibble of
+    byte ``l`` and element ``16 + l`` in the high one (:func:`dequantize_iq4_xs`). IQ4_XS_R keeps
+    bytes 0-7 (``d``, ``scales_h``, ``scales_l``) and stores the 128 nibble bytes in Q4_K_R's
+    order (:func:`repack_q4_K`): chunk ``m`` (bytes ``8 + 32m ..``), byte ``p``, holds element
+    ``4m + p % 4`` of group ``p // 4`` in its low nibble and ``4(m + 4) + p % 4`` in its high one.
+    """
+    b = _as_blocks("IQ4_XS", raw)
+    n = len(b)
+    out = np.empty((n, 136), dtype=np.uint8)
+    out[:, :8] = b.view(np.uint8).reshape(n, 136)[:, :8]
+    out[:, 8:] = _q4kr_bytes(_nibble_values(b["qs"], 16))
+    return out.reshape(-1)
+
+
+def unrepack_iq4_xs(raw) -> np.ndarray:
+    """IQ4_XS_R blocks -> the IQ4_XS blocks they were made from (the inverse of :func:`repack_iq4_xs`)."""
+    r = _raw_u8(raw).reshape(-1, 136)
+    out = np.empty_like(r)
+    out[:, :8] = r[:, :8]
+    out[:, 8:] = _nibble_bytes(_q4kr_values(r[:, 8:]), 16)
     return out.reshape(-1)
 
 
@@ -683,7 +727,7 @@ def repack_q5_K(raw) -> np.ndarray:
     out[:, :16] = b.view(np.uint8).reshape(n, 176)[:, :16]
     bits = (q[:, _Q5KR_HB] >> 4) << np.arange(8, dtype=np.uint8)  # (n, 32, 8)
     out[:, 16:48] = np.bitwise_or.reduce(bits, axis=2)
-    out[:, 48:] = ((q[:, _Q4KR_LO] & 15) | ((q[:, _Q4KR_HI] & 15) << 4)).reshape(n, 128)
+    out[:, 48:] = _q4kr_bytes(q & 15)
     return out.reshape(-1)
 
 
@@ -691,17 +735,13 @@ def unrepack_q5_K(raw) -> np.ndarray:
     """Q5_K_R blocks -> the Q5_K blocks they were made from (the inverse of :func:`repack_q5_K`)."""
     r = _raw_u8(raw).reshape(-1, 176)
     n = len(r)
-    q = np.empty((n, 256), dtype=np.uint8)
-    ch = r[:, 48:].reshape(n, 4, 32)
-    q[:, _Q4KR_LO] = ch & 15
-    q[:, _Q4KR_HI] = ch >> 4
+    q = _q4kr_values(r[:, 48:])
     q[:, _Q5KR_HB] |= ((r[:, 16:48, None] >> np.arange(8, dtype=np.uint8)) & 1) << 4
     g = q.reshape(n, 8, 32)  # group j = 2c + s
     out = np.empty((n, 176), dtype=np.uint8)
     out[:, :16] = r[:, :16]
     out[:, 16:48] = np.bitwise_or.reduce((g >> 4) << np.arange(8, dtype=np.uint8)[None, :, None], axis=1)
-    lo = (g & 15).reshape(n, 4, 2, 32)
-    out[:, 48:] = (lo[:, :, 0] | (lo[:, :, 1] << 4)).reshape(n, 128)
+    out[:, 48:] = _nibble_bytes(g.reshape(n, 256) & 15, 32)
     return out.reshape(-1)
 
 

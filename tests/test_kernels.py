@@ -281,10 +281,10 @@ def test_few_tokens_give_the_same_bits_as_many(t, variant):
             np.testing.assert_array_equal(few, many[:n], err_msg=f"{t} {variant} cols={cols} n={n}")
 
 
-# ---- Q2_K_R, Q3_K_R, Q4_K_R, Q6_K_R: rearranged when the cpu backend copies the weights -------------
+# ---- Q2_K_R, Q3_K_R, Q4_K_R, ... (ggml_types.LOAD_FORMS): rearranged when the cpu backend copies the weights -------------
 # (cpu_backend.repack_copied; ggml_types.LOAD_FORMS)
 FORMS = [("Q2_K", "Q2_K_R"), ("Q3_K", "Q3_K_R"), ("Q4_K", "Q4_K_R"), ("Q5_K", "Q5_K_R"), ("Q6_K", "Q6_K_R"),
-         ("Q5_0", "Q5_0_R"), ("Q5_1", "Q5_1_R")]
+         ("Q5_0", "Q5_0_R"), ("Q5_1", "Q5_1_R"), ("IQ4_XS", "IQ4_XS_R")]
 
 
 def _repacked(t: str, raw: np.ndarray) -> np.ndarray:

@@ -701,7 +701,8 @@ def test_q2_K_R_puts_each_value_where_the_layout_says(v, p, k):
 
 
 @pytest.mark.parametrize("t,form", [("Q2_K", "Q2_K_R"), ("Q3_K", "Q3_K_R"), ("Q4_K", "Q4_K_R"), ("Q5_K", "Q5_K_R"),
-                                    ("Q6_K", "Q6_K_R"), ("Q5_0", "Q5_0_R"), ("Q5_1", "Q5_1_R")])
+                                    ("Q6_K", "Q6_K_R"), ("Q5_0", "Q5_0_R"), ("Q5_1", "Q5_1_R"),
+                                    ("IQ4_XS", "IQ4_XS_R")])
 @pytest.mark.parametrize("mode", MODES)
 def test_load_form_round_trip_and_values(t, form, mode):
     ident = BY_NAME[t].ident
@@ -711,7 +712,7 @@ def test_load_form_round_trip_and_values(t, form, mode):
     assert r.dtype == np.uint8 and r.shape == raw.shape
     np.testing.assert_array_equal(getattr(Q, "unrepack_" + ident)(r), raw)
     keep = {"Q3_K": slice(96, 110), "Q2_K": slice(80, 84), "Q4_K": slice(0, 16), "Q5_K": slice(0, 16),
-            "Q6_K": slice(208, 210), "Q5_0": slice(0, 2), "Q5_1": slice(0, 4)}[t]  # d etc.
+            "Q6_K": slice(208, 210), "Q5_0": slice(0, 2), "Q5_1": slice(0, 4), "IQ4_XS": slice(0, 8)}[t]  # d etc.
     np.testing.assert_array_equal(r.reshape(-1, bb)[:, keep], raw.reshape(-1, bb)[:, keep])
     n = raw.size // bb * BY_NAME[t].block_size
     assert_bit_equal(Q.dequantize(form, r, n), Q.dequantize(t, raw, n))
@@ -743,6 +744,20 @@ def test_q5_K_R_puts_each_value_where_the_layout_says(v, m, p, nib):
     want[48 + 32 * m + p] = 9 << (4 * nib)
     want[16 + p] = 1 << (2 * m + nib)
     np.testing.assert_array_equal(Q.repack_q5_K(raw), want)
+
+
+@pytest.mark.parametrize("v,m,p,nib", [(0, 0, 0, 0), (1, 0, 1, 0), (4, 1, 0, 0), (16, 0, 0, 1), (31, 3, 3, 1),
+                                       (32, 0, 4, 0), (100, 1, 12, 0), (255, 3, 31, 1)])
+def test_iq4_xs_R_puts_each_value_where_the_layout_says(v, m, p, nib):
+    """IQ4_XS_R's nibbles go where Q4_K_R's do (the same hand-worked cases, 8 bytes in) from
+    IQ4_XS's places: value v (group j = v // 32, element e = v % 32) is nibble e // 16 of
+    qs[16 j + e % 16] (byte 8 + 16 j + e % 16)."""
+    j, e = v // 32, v % 32
+    raw = np.zeros(136, np.uint8)
+    raw[8 + 16 * j + e % 16] = 9 << (4 * (e // 16))
+    want = np.zeros(136, np.uint8)
+    want[8 + 32 * m + p] = 9 << (4 * nib)
+    np.testing.assert_array_equal(Q.repack_iq4_xs(raw), want)
 
 
 @pytest.mark.parametrize("t,o", [("Q5_0", 2), ("Q5_1", 4)])

@@ -248,4 +248,4 @@ def test_which_tiers_rewrite_which_forms():
         assert not form_pays_off(form, "generic"), form
         assert form_pays_off(form, "avx2"), form
     assert [f for f in LOAD_FORMS if form_pays_off(f, "avx512")] == ["Q2_K_R", "Q3_K_R", "Q4_K_R", "Q5_K_R", "Q6_K_R",
-                                                                     "Q5_0_R", "Q5_1_R"]
+                                                                     "Q5_0_R", "Q5_1_R", "IQ4_XS_R"]

@@ -10,7 +10,7 @@
 // matmul_kernels_avx512.by_type:
 //   matmul_q4_0_avx512 matmul_q4_1_avx512 matmul_q5_0_avx512 matmul_q5_1_avx512 matmul_q8_0_avx512
 //   matmul_q2_K_avx512 matmul_q3_K_avx512 matmul_q4_K_avx512 matmul_q5_K_avx512 matmul_q6_K_avx512
-//   matmul_iq4_nl_avx512 matmul_iq4_xs_avx512 matmul_q3_K_R_avx512 matmul_q2_K_R_avx512 matmul_q4_K_R_avx512 matmul_q6_K_R_avx512 matmul_q5_K_R_avx512 matmul_q5_0_R_avx512 matmul_q5_1_R_avx512 matmul_bf16_avx512 matmul_f16_avx512
+//   matmul_iq4_nl_avx512 matmul_iq4_xs_avx512 matmul_q3_K_R_avx512 matmul_q2_K_R_avx512 matmul_q4_K_R_avx512 matmul_q6_K_R_avx512 matmul_q5_K_R_avx512 matmul_q5_0_R_avx512 matmul_q5_1_R_avx512 matmul_iq4_xs_R_avx512 matmul_bf16_avx512 matmul_f16_avx512
 //   matmul_f32_avx512
 // Each computes y (n, rows) = x (n, cols) @ W.T for W of its type: the same arithmetic
 // as quants.matmul_<type>, the spec (activations quantized to int8 per 32 values as
@@ -362,12 +362,13 @@ static AI_INLINE void q5k_high_t(const uint8_t* b0, const uint8_t* b1, __m512i* 
 // pair and two nibble masks give v[k] and v[k + 4]. Any sink, no transpose.
 // FL (a sink with kFormLanes): lanes left in the form's order, group 8s + l of super-block s in
 // lane 8s + l (the activations are in that order too).
-template <bool FL>
+// O: where the nibbles start (IQ4_XS_R's at byte 8).
+template <bool FL, int O = 16>
 static AI_INLINE void q4kr_values(const uint8_t* b0, const uint8_t* b1, __m512i* v) {
     const __m512i lo4 = _mm512_set1_epi8(15);
     for (int k = 0; k < 4; ++k) {
-        const __m256i hi = b1 ? _mm256_loadu_si256((const __m256i*)(b1 + 16 + 32 * k)) : _mm256_setzero_si256();
-        __m512i x = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(b0 + 16 + 32 * k))), hi, 1);
+        const __m256i hi = b1 ? _mm256_loadu_si256((const __m256i*)(b1 + O + 32 * k)) : _mm256_setzero_si256();
+        __m512i x = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(b0 + O + 32 * k))), hi, 1);
         if (!FL) x = _mm512_permutexvar_epi32(perm32(), x);
         v[k] = _mm512_and_si512(x, lo4);
         v[k + 4] = _mm512_and_si512(_mm512_srli_epi16(x, 4), lo4);
@@ -695,6 +696,36 @@ static AI_INLINE void pack_panel_iq4xs(const uint8_t* b0, const uint8_t* b1, Sin
     sink.template put<32, PRE>(v, Dv, _mm512_mul_ps(_mm512_set1_ps(128.0f), Dv));
 }
 
+// IQ4_XS_R (quants.h): IQ4_XS's header, its nibbles in Q4_K_R's order at byte 8: q4kr_values
+// gives them in panel order (FL: the form's lanes, group 8s + l of super-block s in lane 8s + l,
+// as the gemv's activations), one vpshufb per vector the levels (+ 128). No transpose; scales as
+// IQ4_XS, in natural order for FL and through store_panel's perm32 otherwise: the same results
+// bit for bit. A lone last super-block leaves lanes 8-15 at level kIQ4Values[0] + 128 with
+// D = E = 0, against activations that are zero past the row's end: they add nothing.
+template <class Sink>
+static AI_INLINE void pack_panel_iq4xsr(const uint8_t* b0, const uint8_t* b1, Sink& sink) {
+    constexpr bool FL = Sink::kFormLanes;
+    const __m512i lut = iq4_levels_u8();
+    __m512i v[8];
+    q4kr_values<FL, 8>(b0, b1, v);
+    for (int k = 0; k < 8; ++k) v[k] = _mm512_shuffle_epi8(lut, v[k]);  // level + 128
+    __m128i sc = iq4xs_scales_x8(b0);
+    float d1 = 0.0f;
+    if (b1) {
+        sc = _mm_unpacklo_epi64(sc, iq4xs_scales_x8(b1));
+        d1 = half(b1);
+    } else {
+        sc = _mm_move_epi64(sc);  // groups 8-15: scale 0
+    }
+    const __m512 dv = _mm512_insertf32x8(_mm512_set1_ps(half(b0)), _mm256_set1_ps(d1), 1);
+    const __m512 D = _mm512_mul_ps(dv, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(sc)));
+    const __m512 E = _mm512_mul_ps(_mm512_set1_ps(128.0f), D);
+    if (FL)
+        sink.template put<32, true, true>(v, D, E);
+    else
+        sink.template put<32, true>(v, D, E);
+}
+
 // Walk one GGUF row panel by panel, handing each unpacked panel to sink.put<G>().
 template <class Sink>
 static AI_INLINE void for_each_panel(WType t, const uint8_t* row, int64_t nb, Sink& sink, int64_t overread = 0) {
@@ -706,6 +737,7 @@ static AI_INLINE void for_each_panel(WType t, const uint8_t* row, int64_t nb, Si
         case WType::Q5_K:
         case WType::Q5_K_R:
         case WType::IQ4_XS:
+        case WType::IQ4_XS_R:
             for (int64_t b = 0; b < nb; b += 2) {
                 const uint8_t* b0 = row + b * BB;
                 const uint8_t* b1 = b + 1 < nb ? b0 + BB : nullptr;
@@ -717,6 +749,8 @@ static AI_INLINE void for_each_panel(WType t, const uint8_t* row, int64_t nb, Si
                     pack_panel_q4k<true>(b0, b1, sink);
                 else if (t == WType::Q5_K_R)
                     pack_panel_q4k<true, Sink, true>(b0, b1, sink);
+                else if (t == WType::IQ4_XS_R)
+                    pack_panel_iq4xsr(b0, b1, sink);
                 else
                     pack_panel_iq4xs(b0, b1, sink);
             }
@@ -1339,6 +1373,9 @@ void matmul_q5_0_R_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* 
 }
 void matmul_q5_1_R_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
     matmul_rows_quant(matmul_kernels_avx512, WType::Q5_1_R, c, r0, r1, wbuf);
+}
+void matmul_iq4_xs_R_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx512, WType::IQ4_XS_R, c, r0, r1, wbuf);
 }
 
 }  // namespace

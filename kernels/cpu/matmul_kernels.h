@@ -112,8 +112,8 @@ constexpr int kActNatural = 0x100;
 // the same DY, so the kernels need not know.
 constexpr int kActBlock256 = 0x200;
 
-// pack_act's G may carry this flag (set by act_group for a tier's gemv of a load-time K-quant
-// form, Q2_K_R / Q3_K_R / Q4_K_R / Q5_K_R / Q6_K_R): the panel's lanes are moved (whole dwords, DY and B with
+// pack_act's G may carry this flag (set by act_group for a tier's gemv of a load-time form of a
+// 256-element type, Q2_K_R / Q3_K_R / Q4_K_R / Q5_K_R / Q6_K_R / IQ4_XS_R): the panel's lanes are moved (whole dwords, DY and B with
 // them) into the order in which the form's bytes hold the groups, so that the gemv loads the
 // weights straight into lanes, without a permute per vector. The tier's gemv moves its lane
 // sums back into the usual order before adding them up: the same results bit for bit.
@@ -123,8 +123,8 @@ constexpr int kActFormLanes = 0x400;
 // must be exactly those whose one-token gemv sums with horizontal adds (matmul_avx2.cpp:
 // DotSink's HADD, the types unpacked with SMALL); test_few_tokens_give_the_same_bits_as_many
 // fails on any mismatch.
-// The load-time forms whose gemv reads kActFormLanes on a tier with gemv_form_lanes: the K-quant
-// ones (a super-block's groups in the AVX2 lanes' order). Q5_0_R / Q5_1_R keep the usual lanes.
+// The load-time forms whose gemv reads kActFormLanes on a tier with gemv_form_lanes: those of the
+// 256-element types (a super-block's groups in the AVX2 lanes' order). Q5_0_R / Q5_1_R keep the usual lanes.
 static inline bool form_in_own_lanes(WType t) { return load_form_source(t) != t && wtype_info(t).block_elems == 256; }
 
 static inline int act_group(const MatmulKernels& k, WType t, int G, int64_t n) {

@@ -10,11 +10,11 @@
 namespace pyengine {
 
 // --- the weight types the CPU kernels run ------------------------------------
-// Q3_K_R, Q2_K_R, Q4_K_R, Q6_K_R, Q5_K_R, Q5_0_R and Q5_1_R are not GGUF types: those types with
+// Q3_K_R, Q2_K_R, Q4_K_R, Q6_K_R, Q5_K_R, Q5_0_R, Q5_1_R and IQ4_XS_R are not GGUF types: those types with
 // their bits rearranged at load for the SIMD tiers (convert_load_form below); the same bytes, the
 // same values.
 enum class WType : int { F32 = 0, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K, BF16, Q5_1, Q5_K, Q2_K, Q3_K, IQ4_NL, IQ4_XS,
-                         Q3_K_R, Q2_K_R, Q4_K_R, Q6_K_R, Q5_K_R, Q5_0_R, Q5_1_R, COUNT };
+                         Q3_K_R, Q2_K_R, Q4_K_R, Q6_K_R, Q5_K_R, Q5_0_R, Q5_1_R, IQ4_XS_R, COUNT };
 
 struct WTypeInfo {
     const char* name;
@@ -30,7 +30,7 @@ static inline const WTypeInfo& wtype_info(WType t) {
         {"BF16", 1, 2, 0},    {"Q5_1", 32, 24, 32}, {"Q5_K", 256, 176, 32}, {"Q2_K", 256, 84, 16},
         {"Q3_K", 256, 110, 16}, {"IQ4_NL", 32, 18, 32}, {"IQ4_XS", 256, 136, 32}, {"Q3_K_R", 256, 110, 16},
         {"Q2_K_R", 256, 84, 16},  {"Q4_K_R", 256, 144, 32}, {"Q6_K_R", 256, 210, 16}, {"Q5_K_R", 256, 176, 32},
-        {"Q5_0_R", 32, 22, 32},   {"Q5_1_R", 32, 24, 32},
+        {"Q5_0_R", 32, 22, 32},   {"Q5_1_R", 32, 24, 32},   {"IQ4_XS_R", 256, 136, 32},
     };
     static_assert(sizeof(table) / sizeof(table[0]) == (size_t)WType::COUNT, "one row per WType");
     return table[(int)t];
@@ -46,6 +46,7 @@ constexpr WType load_form_source(WType t) {
         case WType::Q5_K_R: return WType::Q5_K;
         case WType::Q5_0_R: return WType::Q5_0;
         case WType::Q5_1_R: return WType::Q5_1;
+        case WType::IQ4_XS_R: return WType::IQ4_XS;
         default: return t;
     }
 }
@@ -171,6 +172,10 @@ static_assert(sizeof(block_q2_K_R) == 84, "Q2_K_R block is 84 bytes");
 // 4k + p%4 of group 2(L%4) + L/4 (L = p/4) for byte p: ql[64h + p] holds the low 4 bits of k = 0
 // (low nibble) and k = 2 (high), ql[64h + 32 + p] those of k = 1 and 3, qh[32h + p] bits 2k, 2k+1
 // the top 2 bits of k; the scales of half h at 8h + L for that group. d as Q6_K.
+// IQ4_XS_R: an IQ4_XS block with its 128 nibble bytes (at byte 8) in Q4_K_R's order: byte p of
+// chunk m holds element 4m + p%4 of group p/4 (low nibble) and 4(m + 4) + p%4 (high nibble), so
+// chunk m & 15 and (chunk m >> 4) & 15 index the levels of the panel's vectors m and m + 4 with
+// no transpose. d, scales_h and scales_l are IQ4_XS's.
 struct block_iq4_nl {  // x = d * kIQ4Values[nibble]; nibbles as Q4_0
     uint16_t d;
     uint8_t qs[16];
@@ -272,7 +277,7 @@ static inline void q3k_scales(const uint8_t* b, int8_t sc[16]) {
     }
 }
 
-// ---- Load-time forms (Q2_K_R, Q3_K_R, Q4_K_R, Q5_K_R, Q6_K_R, Q5_0_R, Q5_1_R) ----------------------
+// ---- Load-time forms (Q2_K_R, Q3_K_R, Q4_K_R, Q5_K_R, Q6_K_R, Q5_0_R, Q5_1_R, IQ4_XS_R) -------------
 // A form moves its GGUF type's bit fields to other places and changes nothing else. Each group
 // of bytes holding one kind of field (a "plane": Q3_K's hmask, its 2-bit qs, Q4_K's nibbles, the
 // scale bytes of Q2_K, ...) is described in both layouts by a PlaneMap: the value (or sub-block)
@@ -325,6 +330,8 @@ constexpr PlaneMap<16, 8> kScalesLanes([](int i, int) { return 8 * (i / 8) + 2 *
 // 4m + p%4 of group p/4 in the low nibble, 4(m + 4) + p%4 in the high one)
 constexpr PlaneMap<128, 4> kQ4([](int i, int s) { return 64 * (i / 32) + 32 * s + i % 32; });
 constexpr PlaneMap<128, 4> kQ4r([](int i, int s) { return 32 * (i % 32 / 4) + 4 * (i / 32 + 4 * s) + i % 4; });
+// IQ4_XS's nibbles (group j's 16 bytes at 16j: element l in the low nibble of byte l, 16 + l in the high)
+constexpr PlaneMap<128, 4> kIq4xs([](int i, int s) { return 32 * (i / 16) + 16 * s + i % 16; });
 // Q5_K's 5th bits (value 32j + l in bit j of qh[l]: kHmask's order) and Q5_K_R's hb (byte p, bit
 // 2m + s: element 4(m + 4s) + p%4 of group p/4)
 constexpr PlaneMap<32, 1> kQ5hr([](int p, int f) { return 32 * (p / 4) + 4 * (f / 2 + 4 * (f % 2)) + p % 4; });
@@ -340,8 +347,8 @@ constexpr PlaneMap<64, 2> kQ6h([](int i, int j) { return 128 * (i / 32) + 32 * j
 
 // One block of `form`: back = false rewrites its GGUF block src into the form at dst, back = true
 // the form's block src into the GGUF block at dst (src != dst; the bytes no plane covers are
-// copied). Layouts: block_q2_K_R, block_q3_K_R and the comments on Q4_K_R, Q5_K_R, Q5_0_R / Q5_1_R
-// and Q6_K_R above.
+// copied). Layouts: block_q2_K_R, block_q3_K_R and the comments on Q4_K_R, Q5_K_R, Q5_0_R / Q5_1_R,
+// Q6_K_R and IQ4_XS_R above.
 static inline void convert_load_form(WType form, const uint8_t* src, uint8_t* dst, bool back) {
     using namespace forms;
     const int bb = wtype_info(form).block_bytes;
@@ -357,6 +364,7 @@ static inline void convert_load_form(WType form, const uint8_t* src, uint8_t* ds
         case WType::Q5_0_R: move(2, kQh32, kQh32r); break;
         case WType::Q5_1_R: move(4, kQh32, kQh32r); break;
         case WType::Q6_K_R: move(0, kQ6l, kQ6lr); move(128, kQ6h, kQl); move(192, kScales, kScalesLanes); break;
+        case WType::IQ4_XS_R: move(8, kIq4xs, kQ4r); break;
         default: break;
     }
 }

@@ -43,8 +43,8 @@ MODEL_CASES: list[tuple[str, int, int, str]] = [
 GENERIC_SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008)]
 #: the Q4_K_M mix's types, then the other common quantizations (Q5_K_M, Q3_K_M, Q2_K, IQ4_XS, ...)
 DEFAULT_TYPES = ["Q4_K", "Q4_K_R", "Q6_K", "Q6_K_R", "Q8_0", "Q5_0", "Q5_0_R", "Q5_K", "Q5_K_R", "Q3_K", "Q3_K_R", "Q2_K",
-                 "Q2_K_R", "IQ4_XS", "IQ4_NL", "Q5_1", "Q5_1_R", "BF16"]
-# Q4_K_R, Q5_K_R, Q6_K_R, Q3_K_R, Q2_K_R, Q5_0_R, Q5_1_R: the forms the cpu backend gives those types when it copies the
+                 "Q2_K_R", "IQ4_XS", "IQ4_XS_R", "IQ4_NL", "Q5_1", "Q5_1_R", "BF16"]
+# Q4_K_R, Q5_K_R, Q6_K_R, Q3_K_R, Q2_K_R, Q5_0_R, Q5_1_R, IQ4_XS_R: the forms the cpu backend gives those types when it copies the
 # weights at load (ggml_types.LOAD_FORMS; which tiers: cpu_backend.form_pays_off), benchmarked as
 # what a copied model runs: random blocks of the GGUF type, converted by _C.repack_<type>; the
 # NumPy reference and numba have no kernel for them.
