@@ -51,7 +51,7 @@ def worker(module_dir: str, threads: int) -> int:
         cmd, tn, r, c, n, *rest = line.split()
         r, c, n = int(r), int(c), int(n)
         if (tn, r, c, n) not in cases:  # the same seeds in both workers: the same bytes
-            raw = random_raw(tn, r * c, np.random.default_rng(1)).reshape(r, -1)  # forms (Q3_K_R) too
+            raw = random_raw(tn, r * c, np.random.default_rng(1), cols=c).reshape(r, -1)  # forms (Q3_K_R) too
             x = np.random.default_rng(2).standard_normal((n, c)).astype(np.float32)
             cases[(tn, r, c, n)] = (raw, x)
         raw, x = cases[(tn, r, c, n)]

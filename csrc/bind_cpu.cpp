@@ -4,7 +4,6 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <cctype>
 #include <cstdint>
 #include <string>
 
@@ -111,25 +110,44 @@ void py_get_rows(const std::string& type_name, const py::array& w, int64_t rows,
     pyengine::get_rows(t, wp, rows, cols, ip, n, op);
 }
 
-// dst = the blocks of src (the GGUF type `form` is made from) rewritten into `form`. dst may be src.
-void repack_blocks(const py::array& src, py::array& dst, pyengine::WType form) {
+// dst = the rows of src (cols elements each, of the GGUF type `form` is made from) rewritten into
+// `form`, or (back) the form's rows into that type. dst may be src.
+void py_repack(const std::string& form_name, const py::array& src, py::array& dst, int64_t cols, bool back) {
+    const pyengine::WType form = parse_type(form_name);
+    const pyengine::WType gguf = pyengine::load_form_source(form);
+    if (gguf == form) {
+        std::string forms;
+        for (int i = 0; i < (int)pyengine::WType::COUNT; ++i)
+            if (pyengine::load_form_source((pyengine::WType)i) != (pyengine::WType)i)
+                forms += (forms.empty() ? "" : ", ") + std::string(pyengine::wtype_info((pyengine::WType)i).name);
+        throw py::value_error(form_name + " is not a load-time form (those are: " + forms + ")");
+    }
     const pyengine::WTypeInfo& ti = pyengine::wtype_info(form);
-    const char* from = pyengine::wtype_info(pyengine::load_form_source(form)).name;
     check_array<uint8_t>(src, "src", "uint8", false);
     check_array<uint8_t>(dst, "dst", "uint8", true);
-    if (src.nbytes() % ti.block_bytes != 0)
-        throw py::value_error(std::string("src must be whole ") + from + " blocks of " + std::to_string(ti.block_bytes) +
-                              " bytes, got " + std::to_string(src.nbytes()) + " bytes");
+    const int64_t rb = pyengine::row_bytes(form, cols);
+    if (cols <= 0 || rb < 0)
+        throw py::value_error(std::string(ti.name) + ": cols=" + std::to_string(cols) +
+                              " is not a positive multiple of the block size " + std::to_string(ti.block_elems));
+    if (src.nbytes() % rb != 0)
+        throw py::value_error("src must be whole rows of " + std::to_string(cols) + " " + (back ? ti.name : pyengine::wtype_info(gguf).name) +
+                              " values (" + std::to_string(rb) + " bytes), got " + std::to_string(src.nbytes()) + " bytes");
     if (dst.nbytes() != src.nbytes()) throw py::value_error("dst must have as many bytes as src");
     if (overlap(src, dst) && src.data() != dst.data()) throw py::value_error("dst must be src or not overlap it");
     const uint8_t* s = (const uint8_t*)src.data();
     uint8_t* d = (uint8_t*)dst.mutable_data();
-    const int64_t nb = (int64_t)src.nbytes() / ti.block_bytes;
+    const int64_t nb = cols / ti.block_elems, rows = (int64_t)src.nbytes() / rb;
     py::gil_scoped_release nogil;
     uint8_t tmp[256];
-    for (int64_t b = 0; b < nb; ++b) {
-        pyengine::convert_load_form(form, s + ti.block_bytes * b, tmp, false);
-        std::memcpy(d + ti.block_bytes * b, tmp, (size_t)ti.block_bytes);
+    for (int64_t r = 0; r < rows; ++r) {
+        if (pyengine::is_panel_form(form)) {
+            pyengine::convert_panel_row(form, s + r * rb, d + r * rb, nb, back);
+            continue;
+        }
+        for (int64_t b = r * nb; b < (r + 1) * nb; ++b) {
+            pyengine::convert_load_form(form, s + ti.block_bytes * b, tmp, back);
+            std::memcpy(d + ti.block_bytes * b, tmp, (size_t)ti.block_bytes);
+        }
     }
 }
 
@@ -140,28 +158,18 @@ void bind_cpu(py::module_& m) {
           py::arg("out"), py::arg("variant") = "auto",
           R"doc(out[:] = x @ W.T for a GGUF weight W of shape (rows, cols).
 
-type_name: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS\nor Q2_K_R / Q3_K_R / Q4_K_R / Q5_K_R / Q6_K_R / Q5_0_R / Q5_1_R / IQ4_XS_R (those types repacked at load by repack_<type>).
+type_name: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS\nor a load-time form of one of them (Q4_K_R, Q5_0_P, ...: ggml_types.LOAD_FORMS), made by repack().
 w: the weight's raw GGUF bytes, uint8, C-contiguous, rows * row_bytes long.
 x: float32 (n, cols) C-contiguous; out: float32 (n, rows) C-contiguous, writeable.
 variant: "generic", "avx2", "avx512" or "auto" (best this CPU runs); the call runs
 matmul_<type>_<variant> (kernels/cpu/matmul_<variant>.cpp).
 For quantized types x is quantized to int8 per 32 values inside the call; the GIL is released and the
 work is split over the thread pool.)doc");
-    // repack_q2_K, repack_q3_K, repack_q4_K, repack_q5_K, repack_q6_K, repack_q5_0, repack_q5_1, repack_iq4_xs: one per load-time form
-    for (int i = 0; i < (int)pyengine::WType::COUNT; ++i) {
-        const pyengine::WType form = (pyengine::WType)i;
-        if (pyengine::load_form_source(form) == form) continue;  // not a form
-        std::string gguf = pyengine::wtype_info(pyengine::load_form_source(form)).name;  // "Q4_K"
-        std::string ident = gguf;  // as GGMLType.ident spells it: "q4_K", "iq4_xs"
-        for (char& ch : ident) ch = (char)std::tolower((unsigned char)ch);
-        if (ident.size() > 2 && ident.compare(ident.size() - 2, 2, "_k") == 0) ident.back() = 'K';
-        m.def(("repack_" + ident).c_str(), [form](const py::array& s, py::array& d) { repack_blocks(s, d, form); },
-              py::arg("src"), py::arg("dst"),
-              ("dst[:] = the " + gguf + " blocks of src (uint8) as " + pyengine::wtype_info(form).name +
-               ", the form the SIMD tiers unpack without shuffles (kernels/cpu/quants.h, convert_load_form; "
-               "spec: pyengine.quants.repack_" + ident + "). dst may be src.")
-                  .c_str());
-    }
+    m.def("repack", &py_repack, py::arg("form"), py::arg("src"), py::arg("dst"), py::arg("cols"), py::arg("back") = false,
+          "dst[:] = the rows (cols values each) of src, uint8 blocks of the GGUF type the load-time form `form` "
+          "is made from (Q4_K for Q4_K_R, ...), rewritten into that form; back=True: the form's rows back into "
+          "that type. kernels/cpu/quants.h (convert_load_form, convert_panel_row); spec: pyengine.quants.repack. "
+          "dst may be src.");
     m.def("get_rows", &py_get_rows, py::arg("type_name"), py::arg("w"), py::arg("rows"), py::arg("cols"),
           py::arg("ids"), py::arg("out"),
           "out[i] = dequantized row ids[i] of W (rows, cols): ids int32 (n,), out float32 (n, cols).");

@@ -10,6 +10,7 @@
 #include <memory>
 #include <mutex>
 #include <stdexcept>
+#include <vector>
 
 #include "common.h"
 #include "cpu_features.h"
@@ -190,15 +191,15 @@ void nan_where_nonfinite(const float* x, int64_t n, int64_t cols, float* out, in
 #define PYENGINE_NOIPA
 #endif
 
-PYENGINE_NOIPA void matmul_rows_quant(const MatmulKernels& k, WType t, const MatmulCall& shared, int64_t r0,
-                                      int64_t r1, uint8_t* wbuf) {
-    const MatmulCall c = shared;  // this thread's copy, on its own stack
+// Weight rows [r0, r1) of c into out (row stride ldo): the body of matmul_rows_quant.
+static inline void quant_rows(const MatmulKernels& k, WType t, const MatmulCall& c, int64_t r0, int64_t r1, int64_t ldo,
+                              uint8_t* wbuf) {
     if (k.gemv != nullptr && c.n <= kGemvMaxTokens) {  // few tokens: no packed copy of the rows
         // The gemv prefetches kGemvPrefetchBytes ahead of each panel it reads, a few lines at a
         // time. (Prefetching whole rows ahead in one burst, as below, was 2.5x slower on long
         // rows: a 5 KB ffn_down row of Qwen2.5-1.5B issued 79 prefetches at once; decode of that
         // model measured 20-22 -> 25-26 tok/s, 2 threads; 3, 12 and 24 KB were slower than 6 KB.)
-        k.gemv(t, c.w + r0 * c.rb, r1 - r0, c.rb, c.cols, c.act, (int)c.n, c.stride, c.out + r0, c.rows,
+        k.gemv(t, c.w + r0 * c.rb, r1 - r0, c.rb, c.cols, c.act, (int)c.n, c.stride, c.out + r0, ldo,
                kGemvPrefetchBytes);
         return;
     }
@@ -211,8 +212,32 @@ PYENGINE_NOIPA void matmul_rows_quant(const MatmulKernels& k, WType t, const Mat
             if (a + i + c.pf_rows < c.rows) prefetch_bytes(c.w + (a + i + c.pf_rows) * c.rb, c.rb);
             k.pack_w(t, c.w + (a + i) * c.rb, c.cols, wbuf + i * c.stride);
         }
-        k.gemm(t, c.G, c.np, wbuf, nr, c.act, (int)c.n, c.out + a, c.rows);
+        k.gemm(t, c.G, c.np, wbuf, nr, c.act, (int)c.n, c.out + a, ldo);
     }
+}
+
+PYENGINE_NOIPA void matmul_rows_quant(const MatmulKernels& k, WType t, const MatmulCall& shared, int64_t r0,
+                                      int64_t r1, uint8_t* wbuf) {
+    const MatmulCall c = shared;  // this thread's copy, on its own stack
+    if (is_panel_form(t) && !k.panel_forms) {
+        // A tier that reads only the GGUF layout: the rows back into it, ~64 KB at a time, each
+        // chunk then run as that type (same values, same arithmetic: the same results).
+        static thread_local std::vector<uint8_t> gguf;
+        const int64_t nb = c.cols / wtype_info(t).block_elems;
+        const int64_t chunk = std::max<int64_t>(1, (64 << 10) / c.rb);
+        gguf.resize((size_t)(chunk * c.rb));
+        MatmulCall cg = c;
+        cg.w = gguf.data();
+        for (int64_t a = r0; a < r1; a += chunk) {
+            const int64_t nr = std::min(chunk, r1 - a);
+            for (int64_t i = 0; i < nr; ++i) convert_panel_row(t, c.w + (a + i) * c.rb, gguf.data() + i * c.rb, nb, true);
+            cg.rows = nr;        // the rows in the buffer (what the packing path prefetches)
+            cg.out = c.out + a;  // out keeps its row stride, c.rows
+            quant_rows(k, load_form_source(t), cg, 0, nr, c.rows, wbuf);
+        }
+        return;
+    }
+    quant_rows(k, t, c, r0, r1, c.rows, wbuf);
 }
 
 PYENGINE_NOIPA void matmul_rows_float(const MatmulKernels& k, WType t, const MatmulCall& shared, int64_t r0,

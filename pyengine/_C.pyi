@@ -24,46 +24,27 @@ def matmul(
     """out[:] = x @ W.T for the GGUF weight W (rows, cols) of type_name.
 
     type_name: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K or IQ4_XS
-    (pyengine.kernels.NATIVE_TYPES), or Q2_K_R / Q3_K_R / Q4_K_R / Q5_K_R / Q6_K_R / Q5_0_R / Q5_1_R / IQ4_XS_R (those types
-    after repack_<type>).
+    (pyengine.kernels.NATIVE_TYPES), or a load-time form of one of them (Q4_K_R, Q5_0_P, ...:
+    pyengine.ggml_types.LOAD_FORMS) as repack() writes it.
     w: raw GGUF bytes, C-contiguous, exactly rows * row_bytes(cols) long.
     x: float32 (n, cols) C-contiguous; out: float32 (n, rows) C-contiguous, writeable.
     variant: "generic", "avx2", "avx512" or "auto" (best available; $PYENGINE_CPU_VARIANT
     overrides "auto"). Releases the GIL; runs on the thread pool.
     """
 
-def repack_q3_K(src: npt.NDArray[np.uint8], dst: npt.NDArray[np.uint8]) -> None:
-    """dst[:] = the Q3_K blocks of src rearranged as Q3_K_R (kernels/cpu/quants.h, block_q3_K_R;
-    spec: pyengine.quants.repack_q3_K): the same values in the order the SIMD tiers unpack
-    without shuffling. Same size; dst may be src (in place)."""
-
-def repack_q4_K(src: npt.NDArray[np.uint8], dst: npt.NDArray[np.uint8]) -> None:
-    """dst[:] = the Q4_K blocks of src rearranged as Q4_K_R (kernels/cpu/quants.h, block_q4_K_R;
-    spec: pyengine.quants.repack_q4_K). Same size; dst may be src."""
-
-def repack_q5_K(src: npt.NDArray[np.uint8], dst: npt.NDArray[np.uint8]) -> None:
-    """dst[:] = the Q5_K blocks of src rearranged as Q5_K_R (kernels/cpu/quants.h, Q5_K_R;
-    spec: pyengine.quants.repack_q5_K). Same size; dst may be src."""
-
-def repack_q5_0(src: npt.NDArray[np.uint8], dst: npt.NDArray[np.uint8]) -> None:
-    """dst[:] = the Q5_0 blocks of src rearranged as Q5_0_R (kernels/cpu/quants.h;
-    spec: pyengine.quants.repack_q5_0). Same size; dst may be src."""
-
-def repack_q5_1(src: npt.NDArray[np.uint8], dst: npt.NDArray[np.uint8]) -> None:
-    """dst[:] = the Q5_1 blocks of src rearranged as Q5_1_R (kernels/cpu/quants.h;
-    spec: pyengine.quants.repack_q5_1). Same size; dst may be src."""
-
-def repack_iq4_xs(src: npt.NDArray[np.uint8], dst: npt.NDArray[np.uint8]) -> None:
-    """dst[:] = the IQ4_XS blocks of src rearranged as IQ4_XS_R (kernels/cpu/quants.h, IQ4_XS_R;
-    spec: pyengine.quants.repack_iq4_xs). Same size; dst may be src."""
-
-def repack_q6_K(src: npt.NDArray[np.uint8], dst: npt.NDArray[np.uint8]) -> None:
-    """dst[:] = the Q6_K blocks of src rearranged as Q6_K_R (kernels/cpu/quants.h, block_q6_K_R;
-    spec: pyengine.quants.repack_q6_K). Same size; dst may be src."""
-
-def repack_q2_K(src: npt.NDArray[np.uint8], dst: npt.NDArray[np.uint8]) -> None:
-    """dst[:] = the Q2_K blocks of src rearranged as Q2_K_R (kernels/cpu/quants.h, block_q2_K_R;
-    spec: pyengine.quants.repack_q2_K). Same size; dst may be src."""
+def repack(
+    form: str,
+    src: npt.NDArray[np.uint8],
+    dst: npt.NDArray[np.uint8],
+    cols: int,
+    back: bool = False,
+) -> None:
+    """dst[:] = the rows (cols values each) of src, blocks of the GGUF type the load-time form
+    ``form`` is made from (pyengine.ggml_types.LOAD_FORMS: Q4_K for Q4_K_R, Q5_0 for Q5_0_R and
+    Q5_0_P, ...), rewritten into that form: the same values in the order a SIMD tier's lanes
+    read them (kernels/cpu/quants.h: convert_load_form per block, convert_panel_row for the
+    panel forms, 8 blocks at a time; spec: pyengine.quants.repack). back=True: the form's rows
+    back into that type. Same size; dst may be src (in place). Releases the GIL."""
 
 def get_rows(
     type_name: str,

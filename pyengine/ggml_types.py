@@ -69,10 +69,13 @@ SUPPORTED = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K
 
 # Forms the cpu backend makes from a GGUF type when it copies the weights at load (never in a
 # file, no GGUF id): the same elements and bytes per block, the bits in the order the SIMD
-# tiers' lanes want them. form -> the GGUF type it is made from, by _C.repack_<type> (the spec:
-# quants.repack_<type>, undone by quants.unrepack_<type>; <type> as GGMLType.ident spells it).
+# tiers' lanes want them. form -> the GGUF type it is made from, by _C.repack (the spec:
+# quants.repack, undone by quants.unrepack).
+# The panel forms rewrite a 32-element type's rows 8 blocks at a time (a row's last nb % 8 blocks
+# stay blocks), so they are made and undone a row at a time: quants.repack(form, raw, cols).
+PANEL_FORMS = ("Q4_0_P", "Q4_1_P", "Q5_0_P", "Q5_1_P", "IQ4_NL_P")
 LOAD_FORMS = {"Q2_K_R": "Q2_K", "Q3_K_R": "Q3_K", "Q4_K_R": "Q4_K", "Q5_K_R": "Q5_K", "Q6_K_R": "Q6_K",
-              "Q5_0_R": "Q5_0", "Q5_1_R": "Q5_1", "IQ4_XS_R": "IQ4_XS"}
+              "Q5_0_R": "Q5_0", "Q5_1_R": "Q5_1", "IQ4_XS_R": "IQ4_XS", **{f: f[:-2] for f in PANEL_FORMS}}
 INTERNAL = {f: GGMLType(f, -1, BY_NAME[t].block_size, BY_NAME[t].type_size) for f, t in LOAD_FORMS.items()}
 
 

@@ -36,7 +36,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import PyEngineError
-from .ggml_types import BY_NAME, INTERNAL, LOAD_FORMS, SUPPORTED, GGMLType
+from .ggml_types import BY_NAME, INTERNAL, LOAD_FORMS, PANEL_FORMS, SUPPORTED, GGMLType
 
 QK = 32  # values per block of the classic formats (Q4_0 .. Q8_1)
 QK_K = 256  # values per super-block of the K-quants
@@ -794,6 +794,72 @@ def unrepack_q5_1(raw) -> np.ndarray:
     return _repack_q5("Q5_1", raw, back=True)
 
 
+def _panel_rows(form: str, raw, cols: int, back: bool) -> np.ndarray:
+    """The panel forms (Q4_0_P, Q4_1_P, Q5_0_P, Q5_1_P, IQ4_NL_P), a row of ``cols // 32`` blocks
+    at a time: its first ``8 * (nb // 8)`` blocks as panels of 8, the rest left as blocks.
+
+    A panel is the bytes of its 8 blocks with each field of the block (``d``; ``m``; ``qh``;
+    ``qs``, in block order) stored for the 8 side by side, in units of ``u = min(field bytes, 4)``:
+    unit ``k`` of block ``l``'s field at ``8 u k + u l`` from the field's start, which is 8 times
+    the field's offset in the block. Q4_0_P, 8 blocks of 18 bytes:
+
+    ======== =====================================================
+    bytes    in the panel
+    ======== =====================================================
+    0-15     ``d`` of blocks 0..7 (fp16 each)
+    16-143   ``qs`` dword ``k`` of blocks 0..7 at ``16 + 32k + 4l``
+    ======== =====================================================
+
+    (Q4_1_P: ``d``, then the 8 ``m`` at 16-31, ``qs`` from 32; Q5_0_P: ``d``, the 8 ``qh`` at
+    16-47, ``qs`` from 48; Q5_1_P: ``d``, ``m``, ``qh``, ``qs`` from 64.) A SIMD tier with one block
+    per 32-bit lane loads each field as one vector. Q5_0_P / Q5_1_P's blocks, panels and the rest,
+    are Q5_0_R / Q5_1_R's (:func:`repack_q5_0`): their 5th bits in that order.
+    """
+    src = LOAD_FORMS[form]
+    dt = BLOCK_DTYPES[src]
+    bb, nb = dt.itemsize, cols // 32
+    r = _raw_u8(raw).reshape(-1, nb, bb)
+    n, full = len(r), nb // 8 * 8
+    five = {"Q5_0": repack_q5_0, "Q5_1": repack_q5_1}.get(src)  # blocks in Q5_0_R / Q5_1_R order first
+    out = five(r).reshape(r.shape) if five is not None and not back else r.copy()
+    blocks = out[:, :full].reshape(n, full // 8, 8, bb)  # (row, panel, block l, byte); back: panel bytes
+    panels = np.empty_like(blocks)
+    o = 0
+    for name in dt.names:  # field bytes o .. o + f of block l <-> panel bytes 8o .. 8o + 8f as (k, l, u)
+        f = dt.fields[name][0].itemsize
+        u = min(f, 4)
+        if back:
+            field = blocks.reshape(n, -1, 8 * bb)[:, :, 8 * o:8 * (o + f)].reshape(n, -1, f // u, 8, u)
+            panels[:, :, :, o:o + f] = field.transpose(0, 1, 3, 2, 4).reshape(n, -1, 8, f)
+        else:
+            field = blocks[:, :, :, o:o + f].reshape(n, -1, 8, f // u, u)
+            panels.reshape(n, -1, 8 * bb)[:, :, 8 * o:8 * (o + f)] = field.transpose(0, 1, 3, 2, 4).reshape(n, -1, 8 * f)
+        o += f
+    out[:, :full] = panels.reshape(n, full, bb)
+    if five is not None and back:
+        out = _repack_q5(src, out, back=True)
+    return out.reshape(-1)
+
+
+def repack(form: str, raw, cols: int) -> np.ndarray:
+    """Rows of ``cols`` values of the GGUF type a load-time form is made from
+    (``ggml_types.LOAD_FORMS``) -> the same rows in ``form`` (uint8, same size): the spec of
+    ``_C.repack``. The per-block forms' layouts: :func:`repack_q4_K` and its neighbours; the panel
+    forms': :func:`_panel_rows`."""
+    form = form.upper()
+    if form in PANEL_FORMS:
+        return _panel_rows(form, raw, cols, back=False)
+    return globals()["repack_" + BY_NAME[LOAD_FORMS[form]].ident](raw)
+
+
+def unrepack(form: str, raw, cols: int) -> np.ndarray:
+    """The inverse of :func:`repack`: rows of ``form`` -> the GGUF rows they were made from."""
+    form = form.upper()
+    if form in PANEL_FORMS:
+        return _panel_rows(form, raw, cols, back=True)
+    return globals()["unrepack_" + BY_NAME[LOAD_FORMS[form]].ident](raw)
+
+
 def _q6k_fields(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Q6_K blocks -> (low 4 bits, top 2 bits) of every value, each (n, 256) uint8 in value order."""
     n = len(b)
@@ -963,14 +1029,15 @@ def _check(type_name: str) -> tuple[str, GGMLType]:
     return name, BY_NAME[name]
 
 
-def dequantize(type_name: str, raw, n_elements: int) -> np.ndarray:
+def dequantize(type_name: str, raw, n_elements: int, cols: int | None = None) -> np.ndarray:
     """Decode ``n_elements`` values of GGML type ``type_name`` from ``raw`` -> float32 ``(n_elements,)``.
 
     ``raw`` is bytes, a memoryview or a uint8 ndarray (typically a slice of a
     memory-mapped file); it is read in place, not copied. For F32 the result is a
-    view of ``raw`` itself. Raises :class:`QuantError` (a ValueError) for an
-    unknown or unsupported type, an element count that is not a whole number of
-    blocks, or a byte count that does not match.
+    view of ``raw`` itself. ``cols``: the row length, needed by the panel forms only
+    (``ggml_types.PANEL_FORMS``, rewritten a row at a time). Raises :class:`QuantError` (a
+    ValueError) for an unknown or unsupported type, an element count that is not a whole
+    number of blocks, or a byte count that does not match.
     """
     name, t = _check(type_name)
     n_elements = int(n_elements)
@@ -983,8 +1050,10 @@ def dequantize(type_name: str, raw, n_elements: int) -> np.ndarray:
     if name in _FLOAT_DEQUANTIZERS:
         return _FLOAT_DEQUANTIZERS[name](u8)
     if name in LOAD_FORMS:  # a load-time form (ggml_types.LOAD_FORMS): the blocks it was made from
-        src = LOAD_FORMS[name]
-        return dequantize(src, globals()["unrepack_" + BY_NAME[src].ident](u8), n_elements)
+        if name in PANEL_FORMS and (cols is None or cols <= 0 or cols % 32 or n_elements % cols):
+            raise QuantError(f"{name}: a panel form needs the row length cols (a multiple of 32 dividing "
+                             f"{n_elements}), got {cols}")
+        return dequantize(LOAD_FORMS[name], unrepack(name, u8, cols or 0), n_elements)
     f = BLOCK_DEQUANTIZERS[name]
     blocks = u8.view(BLOCK_DTYPES[name])
     out = np.empty((len(blocks), t.block_size), dtype=np.float32)

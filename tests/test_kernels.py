@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pyengine import kernels, quants
-from pyengine.ggml_types import ggml_type
+from pyengine.ggml_types import LOAD_FORMS, ggml_type
 from pyengine.testing.blocks import random_raw
 
 from conftest import nmse
@@ -281,16 +281,25 @@ def test_few_tokens_give_the_same_bits_as_many(t, variant):
             np.testing.assert_array_equal(few, many[:n], err_msg=f"{t} {variant} cols={cols} n={n}")
 
 
-# ---- Q2_K_R, Q3_K_R, Q4_K_R, ... (ggml_types.LOAD_FORMS): rearranged when the cpu backend copies the weights -------------
+# ---- Q2_K_R, Q3_K_R, Q4_K_R, ..., Q5_0_P, ...: rearranged when the cpu backend copies the weights ----
 # (cpu_backend.repack_copied; ggml_types.LOAD_FORMS)
-FORMS = [("Q2_K", "Q2_K_R"), ("Q3_K", "Q3_K_R"), ("Q4_K", "Q4_K_R"), ("Q5_K", "Q5_K_R"), ("Q6_K", "Q6_K_R"),
-         ("Q5_0", "Q5_0_R"), ("Q5_1", "Q5_1_R"), ("IQ4_XS", "IQ4_XS_R")]
+FORMS = [(src, form) for form, src in LOAD_FORMS.items()]
 
 
-def _repacked(t: str, raw: np.ndarray) -> np.ndarray:
+def _repacked(form: str, raw: np.ndarray, cols: int) -> np.ndarray:
     out = np.empty_like(raw)
-    getattr(_native(), "repack_" + ggml_type(t).ident)(raw, out)
+    _native().repack(form, raw, out, cols)
     return out
+
+
+def _form_widths(t: str) -> tuple[int, ...]:
+    """Row lengths that cover a type's panels: for the 32-element types rows of 1, 7, 8, 9, 15,
+    16, 17, 25, 28 (Qwen2.5-0.5B's 896) and 40 blocks, i.e. panel forms with no whole panel,
+    whole panels only, and whole panels plus tails of 1-7 blocks; else 1, 2, 3, 8, 9, 17
+    super-blocks."""
+    if block_of(t) == 32:
+        return tuple(32 * nb for nb in (1, 7, 8, 9, 15, 16, 17, 25, 28, 40))
+    return tuple(256 * nb for nb in (1, 2, 3, 8, 9, 17))
 
 
 @pytest.mark.parametrize("variant", ["generic", "avx2", "avx512"])
@@ -300,7 +309,7 @@ def _repacked(t: str, raw: np.ndarray) -> np.ndarray:
 def test_load_form_gives_the_bits_of_its_type(t, form, variant, data, mode, seed):
     """Same values, same lanes, same arithmetic: a tier's matmul of the form returns what its
     matmul of the blocks it was made from returns, bit for bit (any token count: the gemv and
-    the packed-panel path)."""
+    the packed-panel path; a tier that does not read a panel form rewrites its rows back)."""
     _skip_unavailable("cpu", variant)
     rows, cols, n = data.draw(shapes(t, min_rows=1, max_rows=70))
     raw, x = make_case(t, rows, cols, n, mode, seed)
@@ -308,20 +317,21 @@ def test_load_form_gives_the_bits_of_its_type(t, form, variant, data, mode, seed
     a = np.empty((n, rows), np.float32)
     b = np.empty((n, rows), np.float32)
     C.matmul(t, raw, rows, cols, x, a, variant)
-    C.matmul(form, _repacked(t, raw), rows, cols, x, b, variant)
+    C.matmul(form, _repacked(form, raw, cols), rows, cols, x, b, variant)
     np.testing.assert_array_equal(b, a, err_msg=f"{form} {variant} {rows}x{cols} n={n} {mode}")
 
 
 @pytest.mark.parametrize("variant", ["generic", "avx2", "avx512"])
 @pytest.mark.parametrize("t,form", FORMS)
 def test_load_form_every_token_count_and_width(t, form, variant):
-    """The same, over the widths and token counts of test_few_tokens_give_the_same_bits_as_many."""
+    """The same, over the token counts of test_few_tokens_give_the_same_bits_as_many and the
+    widths of _form_widths."""
     _skip_unavailable("cpu", variant)
     C = _native()
-    for nblk in (1, 2, 3, 8, 9, 17):
-        rows, cols = 67, 256 * nblk
-        raw, x = make_case(t, rows, cols, 9, "normal", nblk)
-        rp = _repacked(t, raw)
+    for cols in _form_widths(t):
+        rows = 67
+        raw, x = make_case(t, rows, cols, 9, "normal", cols)
+        rp = _repacked(form, raw, cols)
         for n in (1, 2, 3, 4, 5, 9):
             a = np.empty((n, rows), np.float32)
             b = np.empty((n, rows), np.float32)
@@ -332,35 +342,45 @@ def test_load_form_every_token_count_and_width(t, form, variant):
 
 @pytest.mark.parametrize("t,form", FORMS)
 def test_load_form_repack_is_the_spec_and_rows_decode_alike(t, form):
-    """_C.repack_<type> writes what quants.repack_<type> (the spec) writes, in place or not;
-    rows gathered from the form are the rows of its type."""
+    """_C.repack writes what quants.repack (the spec) writes, in place or not, and undoes it
+    (back=True); rows gathered from the form are the rows of its type; bad arguments are one
+    clear error each."""
     if not kernels.native_available():
         pytest.skip("pyengine._C not importable")
     C = _native()
-    ident = ggml_type(t).ident
     bb = ggml_type(t).type_size
+    cols = 1024 + 96 if block_of(t) == 32 else 1024  # 35 blocks of 32: 4 panels and a tail of 3
+    rb = cols // block_of(t) * bb
     rng = np.random.default_rng(11)
     for mode in MODES:
-        raw = random_raw(t, 256 * 40, rng, scales=mode)
-        rp = _repacked(t, raw)
-        np.testing.assert_array_equal(rp, getattr(quants, "repack_" + ident)(raw), err_msg=mode)
+        raw = random_raw(t, 10 * cols, rng, scales=mode)
+        rp = _repacked(form, raw, cols)
+        np.testing.assert_array_equal(rp, quants.repack(form, raw, cols), err_msg=mode)
+        np.testing.assert_array_equal(quants.unrepack(form, rp, cols), raw, err_msg=mode)
         same = raw.copy()
-        getattr(C, "repack_" + ident)(same, same)
+        C.repack(form, same, same, cols)
         np.testing.assert_array_equal(same, rp, err_msg=mode)
+        C.repack(form, same, same, cols, True)
+        np.testing.assert_array_equal(same, raw, err_msg=mode)
         ids = np.array([0, 7, 3, 9], np.int32)
-        a = np.empty((4, 1024), np.float32)
-        b = np.empty((4, 1024), np.float32)
-        C.get_rows(t, raw, 10, 1024, ids, a)
-        C.get_rows(form, rp, 10, 1024, ids, b)
+        a = np.empty((4, cols), np.float32)
+        b = np.empty((4, cols), np.float32)
+        C.get_rows(t, raw, 10, cols, ids, a)
+        C.get_rows(form, rp, 10, cols, ids, b)
         np.testing.assert_array_equal(b, a, err_msg=mode)
-    repack = getattr(C, "repack_" + ident)
-    with pytest.raises(ValueError, match=f"whole {t} blocks of {bb} bytes"):
-        repack(np.zeros(bb + 1, np.uint8), np.zeros(bb + 1, np.uint8))
+        np.testing.assert_array_equal(quants.dequantize(form, rp, 10 * cols, cols=cols).view(np.uint32),
+                                      quants.dequantize(t, raw, 10 * cols).view(np.uint32), err_msg=mode)
+    with pytest.raises(ValueError, match=f"whole rows of {cols} {t} values"):
+        C.repack(form, np.zeros(rb + bb, np.uint8), np.zeros(rb + bb, np.uint8), cols)
+    with pytest.raises(ValueError, match="not a positive multiple of the block size"):
+        C.repack(form, np.zeros(rb, np.uint8), np.zeros(rb, np.uint8), cols + 1)
     with pytest.raises(ValueError, match="as many bytes"):
-        repack(np.zeros(bb, np.uint8), np.zeros(2 * bb, np.uint8))
-    buf = np.zeros(3 * bb, np.uint8)
+        C.repack(form, np.zeros(rb, np.uint8), np.zeros(2 * rb, np.uint8), cols)
+    buf = np.zeros(3 * rb, np.uint8)
     with pytest.raises(ValueError, match="not overlap"):
-        repack(buf[:2 * bb], buf[bb:])
+        C.repack(form, buf[:2 * rb], buf[rb:], cols)
+    with pytest.raises(ValueError, match=f"{t} is not a load-time form"):
+        C.repack(t, np.zeros(rb, np.uint8), np.zeros(rb, np.uint8), cols)
 
 
 # ---- determinism and threads -------------------------------------------------------------------

@@ -760,6 +760,37 @@ def test_iq4_xs_R_puts_each_value_where_the_layout_says(v, m, p, nib):
     np.testing.assert_array_equal(Q.repack_iq4_xs(raw), want)
 
 
+@pytest.mark.parametrize("t", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL"])
+def test_panel_form_puts_each_field_where_the_layout_says(t):
+    """A row of 9 blocks in the panel form: blocks 0-7 as one panel, field by field (offset o,
+    f bytes, unit u = min(f, 4)): byte j of unit k of block l's field at 8o + 8uk + ul; block 8
+    (the tail) left as it is. Q5_0 / Q5_1 blocks are first Q5_0_R / Q5_1_R's. Written out with
+    loops here against the spec's reshapes; and the form decodes to the row it came from."""
+    raw = random_raw(t, 9 * 32, np.random.default_rng(3))
+    form = t + "_P"
+    blocks = raw.reshape(9, -1)
+    if t in ("Q5_0", "Q5_1"):
+        blocks = getattr(Q, "repack_" + BY_NAME[t].ident)(raw).reshape(9, -1)
+    bb = blocks.shape[1]
+    fields = {"Q4_0": (2, 16), "Q4_1": (2, 2, 16), "Q5_0": (2, 4, 16), "Q5_1": (2, 2, 4, 16), "IQ4_NL": (2, 16)}[t]
+    want = np.zeros(9 * bb, np.uint8)
+    o = 0
+    for f in fields:
+        u = min(f, 4)
+        for l in range(8):
+            for k in range(f // u):
+                for j in range(u):
+                    want[8 * o + 8 * u * k + u * l + j] = blocks[l, o + u * k + j]
+        o += f
+    want[8 * bb:] = blocks[8]
+    got = Q.repack(form, raw, 9 * 32)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(Q.unrepack(form, got, 9 * 32), raw)
+    assert_bit_equal(Q.dequantize(form, got, 9 * 32, cols=9 * 32), Q.dequantize(t, raw, 9 * 32))
+    with pytest.raises(Q.QuantError, match="needs the row length"):
+        Q.dequantize(form, got, 9 * 32)
+
+
 @pytest.mark.parametrize("t,o", [("Q5_0", 2), ("Q5_1", 4)])
 @pytest.mark.parametrize("e,bit", [(0, 0), (1, 8), (3, 24), (4, 1), (5, 9), (16, 4), (17, 12), (31, 31), (28, 7)])
 def test_q5_0_R_and_q5_1_R_put_each_fifth_bit_where_the_layout_says(t, o, e, bit):

@@ -18,6 +18,7 @@ import pytest
 from pyengine import weight_pages as wp
 from pyengine.errors import ModelFileError, PyEngineError
 from pyengine.gguf_file import open_gguf
+from pyengine.ggml_types import BY_NAME
 from pyengine.models import build
 
 from conftest import TINY_IDS, backend, full_logits, native_built, real_model_path
@@ -202,22 +203,26 @@ def test_doctor_says_where_the_cpu_backend_keeps_weights():
 
 
 @pytest.mark.skipif(not native_built(), reason="the cpu backend's load-time forms need pyengine._C")
-@pytest.mark.parametrize("qt", ["Q2_K", "Q3_K", "Q4_K", "Q6_K"])
+@pytest.mark.parametrize("qt", ["Q2_K", "Q3_K", "Q4_K", "Q6_K", "IQ4_XS", "Q5_0", "Q4_1"])
 def test_a_cpu_copy_rearranges_k_quants_and_decodes_the_same_bits(qt, tmp_path):
-    """Copied for the cpu backend, Q2_K / Q3_K / Q4_K / Q6_K matrices take the form the SIMD tiers
-    read faster (Q2_K_R ..., cpu_backend.repack_copied): the one-line description says so, and the
-    logits of a prompt and of the single-call decode steps are those of the mapped file, bit for
-    bit (the kernels of the two forms compute the same sums in the same lanes). On a tier where
-    the form was not measured faster (the generic tier; Q6_K_R on AVX-512), or for another
-    backend, the copy keeps the file's type."""
+    """Copied for the cpu backend, Q2_K / Q3_K / Q4_K / Q6_K / IQ4_XS matrices take the form the
+    SIMD tiers read faster (Q2_K_R ..., cpu_backend.repack_copied), as do Q5_0 / Q4_1 (Q5_0_R on
+    AVX-512, the panel forms Q5_0_P / Q4_1_P on AVX2, rows of 800 values ending in a partial
+    panel): the one-line description says so, and the logits of a prompt and of the single-call
+    decode steps are those of the mapped file, bit for bit (the kernels of the two forms compute
+    the same sums in the same lanes). On a tier with no form for the type (the generic tier;
+    Q4_1 on AVX-512), or for another backend, the copy keeps the file's type."""
     import pyengine
     from pyengine.backends.cpu_backend import form_pays_off, matmul_tier
+    from pyengine.ggml_types import LOAD_FORMS
     from test_memory import SHAPE, write_model
 
-    form = qt + "_R"
-    repacks = form_pays_off(form, matmul_tier())
+    forms = [f for f, src in LOAD_FORMS.items() if src == qt and form_pays_off(f, matmul_tier())]
+    form = forms[0] if forms else qt + "_R"
+    repacks = bool(forms)
     path = tmp_path / f"small-{qt}.gguf"
-    write_model(path, qt, dict(SHAPE, dim=256, n_layers=2, ffn=768, n_heads=4, n_kv_heads=2, n_vocab=512), seed=5)
+    ffn = 800 if BY_NAME[qt].block_size == 32 else 768
+    write_model(path, qt, dict(SHAPE, dim=256, n_layers=2, ffn=ffn, n_heads=4, n_kv_heads=2, n_vocab=512), seed=5)
     gf = open_gguf(path)
     n_q = sum(t.type_name == qt and len(t.shape) == 2 for t in gf.tensors.values())
     assert n_q >= 14  # 7 matrices a layer, the embedding and the output
@@ -241,11 +246,16 @@ def test_a_cpu_copy_rearranges_k_quants_and_decodes_the_same_bits(qt, tmp_path):
 
 
 def test_which_tiers_rewrite_which_forms():
+    """None on the generic tier; on a SIMD tier at most one form per GGUF type (repack_copied
+    picks by type); the panel forms on AVX2 only, whose kernels read them (matmul_kernels.h
+    panel_forms), and the per-block Q5_0_R / Q5_1_R where they are not."""
     from pyengine.backends.cpu_backend import form_pays_off
-    from pyengine.ggml_types import LOAD_FORMS
+    from pyengine.ggml_types import LOAD_FORMS, PANEL_FORMS
 
-    for form in LOAD_FORMS:
-        assert not form_pays_off(form, "generic"), form
-        assert form_pays_off(form, "avx2"), form
-    assert [f for f in LOAD_FORMS if form_pays_off(f, "avx512")] == ["Q2_K_R", "Q3_K_R", "Q4_K_R", "Q5_K_R", "Q6_K_R",
-                                                                     "Q5_0_R", "Q5_1_R", "IQ4_XS_R"]
+    on = {tier: [f for f in LOAD_FORMS if form_pays_off(f, tier)] for tier in ("generic", "avx2", "avx512")}
+    assert on["generic"] == []
+    for tier in ("avx2", "avx512"):
+        assert len({LOAD_FORMS[f] for f in on[tier]}) == len(on[tier]), on[tier]
+    k_forms = ["Q2_K_R", "Q3_K_R", "Q4_K_R", "Q5_K_R", "Q6_K_R", "IQ4_XS_R"]
+    assert on["avx2"] == k_forms + list(PANEL_FORMS)
+    assert on["avx512"] == k_forms[:5] + ["Q5_0_R", "Q5_1_R", "IQ4_XS_R"]

@@ -1,6 +1,8 @@
 // Scalar dequantization of whole rows (used by get_rows / embedding lookups).
 #include "common.h"
 
+#include <vector>
+
 namespace pyengine {
 
 int64_t row_bytes(WType t, int64_t cols) {
@@ -25,6 +27,12 @@ void dequantize_row(WType t, const uint8_t* row, int64_t cols, float* out) {
     }
     const WTypeInfo& ti = wtype_info(t);
     const int64_t nb = cols / ti.block_elems;
+    if (is_panel_form(t)) {  // the whole row back into its GGUF type first
+        std::vector<uint8_t> gguf((size_t)(nb * ti.block_bytes));
+        convert_panel_row(t, row, gguf.data(), nb, true);
+        dequantize_row(load_form_source(t), gguf.data(), cols, out);
+        return;
+    }
     for (int64_t b = 0; b < nb; ++b, out += ti.block_elems) {
         const uint8_t* blk = row + b * ti.block_bytes;
         if (load_form_source(t) != t) {  // a load-time form: the GGUF block it was made from

@@ -12,7 +12,7 @@
 // matmul_kernels_avx2.by_type:
 //   matmul_q4_0_avx2 matmul_q4_1_avx2 matmul_q5_0_avx2 matmul_q5_1_avx2 matmul_q8_0_avx2
 //   matmul_q2_K_avx2 matmul_q3_K_avx2 matmul_q4_K_avx2 matmul_q5_K_avx2 matmul_q6_K_avx2
-//   matmul_iq4_nl_avx2 matmul_iq4_xs_avx2 matmul_q3_K_R_avx2 matmul_q2_K_R_avx2 matmul_q4_K_R_avx2 matmul_q6_K_R_avx2 matmul_q5_K_R_avx2 matmul_q5_0_R_avx2 matmul_q5_1_R_avx2 matmul_iq4_xs_R_avx2 matmul_bf16_avx2 matmul_f16_avx2 matmul_f32_avx2
+//   matmul_iq4_nl_avx2 matmul_iq4_xs_avx2 matmul_q3_K_R_avx2 matmul_q2_K_R_avx2 matmul_q4_K_R_avx2 matmul_q6_K_R_avx2 matmul_q5_K_R_avx2 matmul_q5_0_R_avx2 matmul_q5_1_R_avx2 matmul_iq4_xs_R_avx2 matmul_q4_0_P_avx2 matmul_q4_1_P_avx2 matmul_q5_0_P_avx2 matmul_q5_1_P_avx2 matmul_iq4_nl_P_avx2 matmul_bf16_avx2 matmul_f16_avx2 matmul_f32_avx2
 // Each computes y (n, rows) = x (n, cols) @ W.T for W of its type: the same arithmetic
 // as quants.matmul_<type>, the spec (activations quantized to int8 per 32 values as
 // described in matmul_kernels.h; float types in float).
@@ -424,8 +424,25 @@ static AI_INLINE void for_each_panel(WType t, const uint8_t* row, int64_t nb, Si
         default:
             break;  // below: 8 blocks of 32 per panel
     }
+    int64_t b = 0;
+    if (is_panel_form(t)) {  // whole panels first, then the tail's blocks in panel_block_form (below)
+        for (; b + 8 <= nb; b += 8) {
+            __m256i v[8];
+            __m256 D, E;
+            const uint8_t* p = row + b * BB;
+            switch (t) {
+                case WType::Q4_0_P: ymm::unpack_panel_32p<(int)WType::Q4_0_P>(p, v, D, E); break;
+                case WType::Q4_1_P: ymm::unpack_panel_32p<(int)WType::Q4_1_P>(p, v, D, E); break;
+                case WType::Q5_0_P: ymm::unpack_panel_32p<(int)WType::Q5_0_P>(p, v, D, E); break;
+                case WType::Q5_1_P: ymm::unpack_panel_32p<(int)WType::Q5_1_P>(p, v, D, E); break;
+                default: ymm::unpack_panel_32p<(int)WType::IQ4_NL_P>(p, v, D, E); break;
+            }
+            sink.template put<32, true>(v, D, E);
+        }
+        t = panel_block_form(t);
+    }
     alignas(32) uint8_t tail[8 * 34];
-    for (int64_t b = 0; b < nb; b += 8) {
+    for (; b < nb; b += 8) {
         const uint8_t* src = row + b * BB;
         const int valid = nb - b < 8 ? (int)(nb - b) : 8;
         if (valid < 8 && (8 - valid) * BB > overread) {  // partial last panel: zero blocks (d = 0) fill it
@@ -884,11 +901,26 @@ void matmul_q5_1_R_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wb
 void matmul_iq4_xs_R_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
     matmul_rows_quant(matmul_kernels_avx2, WType::IQ4_XS_R, c, r0, r1, wbuf);
 }
+void matmul_q4_0_P_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx2, WType::Q4_0_P, c, r0, r1, wbuf);
+}
+void matmul_q4_1_P_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx2, WType::Q4_1_P, c, r0, r1, wbuf);
+}
+void matmul_q5_0_P_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx2, WType::Q5_0_P, c, r0, r1, wbuf);
+}
+void matmul_q5_1_P_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx2, WType::Q5_1_P, c, r0, r1, wbuf);
+}
+void matmul_iq4_nl_P_avx2(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx2, WType::IQ4_NL_P, c, r0, r1, wbuf);
+}
 
 }  // namespace
 
 const MatmulKernels matmul_kernels_avx2 = {
-    "avx2", PG, true, true, false, pack_act_avx2, pack_w_avx2, gemm_avx2, gemm_float_tiles<FloatTile, 2>, gemv_avx2,
+    "avx2", PG, true, true, false, true, pack_act_avx2, pack_w_avx2, gemm_avx2, gemm_float_tiles<FloatTile, 2>, gemv_avx2,
     PYENGINE_MATMUL_BY_TYPE(avx2),
 };
 

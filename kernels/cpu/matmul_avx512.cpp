@@ -10,7 +10,7 @@
 // matmul_kernels_avx512.by_type:
 //   matmul_q4_0_avx512 matmul_q4_1_avx512 matmul_q5_0_avx512 matmul_q5_1_avx512 matmul_q8_0_avx512
 //   matmul_q2_K_avx512 matmul_q3_K_avx512 matmul_q4_K_avx512 matmul_q5_K_avx512 matmul_q6_K_avx512
-//   matmul_iq4_nl_avx512 matmul_iq4_xs_avx512 matmul_q3_K_R_avx512 matmul_q2_K_R_avx512 matmul_q4_K_R_avx512 matmul_q6_K_R_avx512 matmul_q5_K_R_avx512 matmul_q5_0_R_avx512 matmul_q5_1_R_avx512 matmul_iq4_xs_R_avx512 matmul_bf16_avx512 matmul_f16_avx512
+//   matmul_iq4_nl_avx512 matmul_iq4_xs_avx512 matmul_q3_K_R_avx512 matmul_q2_K_R_avx512 matmul_q4_K_R_avx512 matmul_q6_K_R_avx512 matmul_q5_K_R_avx512 matmul_q5_0_R_avx512 matmul_q5_1_R_avx512 matmul_iq4_xs_R_avx512 matmul_q4_0_P_avx512 matmul_q4_1_P_avx512 matmul_q5_0_P_avx512 matmul_q5_1_P_avx512 matmul_iq4_nl_P_avx512 matmul_bf16_avx512 matmul_f16_avx512
 //   matmul_f32_avx512
 // Each computes y (n, rows) = x (n, cols) @ W.T for W of its type: the same arithmetic
 // as quants.matmul_<type>, the spec (activations quantized to int8 per 32 values as
@@ -1377,11 +1377,26 @@ void matmul_q5_1_R_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* 
 void matmul_iq4_xs_R_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
     matmul_rows_quant(matmul_kernels_avx512, WType::IQ4_XS_R, c, r0, r1, wbuf);
 }
+void matmul_q4_0_P_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx512, WType::Q4_0_P, c, r0, r1, wbuf);
+}
+void matmul_q4_1_P_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx512, WType::Q4_1_P, c, r0, r1, wbuf);
+}
+void matmul_q5_0_P_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx512, WType::Q5_0_P, c, r0, r1, wbuf);
+}
+void matmul_q5_1_P_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx512, WType::Q5_1_P, c, r0, r1, wbuf);
+}
+void matmul_iq4_nl_P_avx512(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_avx512, WType::IQ4_NL_P, c, r0, r1, wbuf);
+}
 
 }  // namespace
 
 const MatmulKernels matmul_kernels_avx512 = {
-    "avx512", PG, false, false, true, pack_act_avx512, pack_w_avx512, gemm_avx512, gemm_float_tiles<FloatTile, 4>, gemv_avx512,
+    "avx512", PG, false, false, true, false, pack_act_avx512, pack_w_avx512, gemm_avx512, gemm_float_tiles<FloatTile, 4>, gemv_avx512,
     PYENGINE_MATMUL_BY_TYPE(avx512),
 };
 

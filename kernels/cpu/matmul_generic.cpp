@@ -7,7 +7,7 @@
 // matmul_kernels_generic.by_type:
 //   matmul_q4_0_generic matmul_q4_1_generic matmul_q5_0_generic matmul_q5_1_generic
 //   matmul_q8_0_generic matmul_q2_K_generic matmul_q3_K_generic matmul_q4_K_generic
-//   matmul_q5_K_generic matmul_q6_K_generic matmul_iq4_nl_generic matmul_iq4_xs_generic matmul_q3_K_R_generic matmul_q2_K_R_generic matmul_q4_K_R_generic matmul_q6_K_R_generic matmul_q5_K_R_generic matmul_q5_0_R_generic matmul_q5_1_R_generic matmul_iq4_xs_R_generic
+//   matmul_q5_K_generic matmul_q6_K_generic matmul_iq4_nl_generic matmul_iq4_xs_generic matmul_q3_K_R_generic matmul_q2_K_R_generic matmul_q4_K_R_generic matmul_q6_K_R_generic matmul_q5_K_R_generic matmul_q5_0_R_generic matmul_q5_1_R_generic matmul_iq4_xs_R_generic matmul_q4_0_P_generic matmul_q4_1_P_generic matmul_q5_0_P_generic matmul_q5_1_P_generic matmul_iq4_nl_P_generic
 //   matmul_bf16_generic matmul_f16_generic matmul_f32_generic
 // Each computes y (n, rows) = x (n, cols) @ W.T for W of its type: the same arithmetic
 // as quants.matmul_<type>, the spec (activations quantized to int8 per 32 values as
@@ -227,11 +227,26 @@ void matmul_q5_1_R_generic(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t*
 void matmul_iq4_xs_R_generic(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
     matmul_rows_quant(matmul_kernels_generic, WType::IQ4_XS_R, c, r0, r1, wbuf);
 }
+void matmul_q4_0_P_generic(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_generic, WType::Q4_0_P, c, r0, r1, wbuf);
+}
+void matmul_q4_1_P_generic(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_generic, WType::Q4_1_P, c, r0, r1, wbuf);
+}
+void matmul_q5_0_P_generic(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_generic, WType::Q5_0_P, c, r0, r1, wbuf);
+}
+void matmul_q5_1_P_generic(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_generic, WType::Q5_1_P, c, r0, r1, wbuf);
+}
+void matmul_iq4_nl_P_generic(const MatmulCall& c, int64_t r0, int64_t r1, uint8_t* wbuf) {
+    matmul_rows_quant(matmul_kernels_generic, WType::IQ4_NL_P, c, r0, r1, wbuf);
+}
 
 }  // namespace
 
 const MatmulKernels matmul_kernels_generic = {
-    "generic", PG, false, false, false, pack_act_generic, pack_w_generic, gemm_generic, gemm_float_generic,
+    "generic", PG, false, false, false, false, pack_act_generic, pack_w_generic, gemm_generic, gemm_float_generic,
     nullptr,  // gemv: none, pack_w + gemm for every n
     PYENGINE_MATMUL_BY_TYPE(generic),
 };

@@ -67,6 +67,9 @@ struct MatmulKernels {
     bool gemv1_natural16;
     // The gemv (n <= kGemvMaxTokens) reads the load-time forms' activations in kActFormLanes (below).
     bool gemv_form_lanes;
+    // pack_w and gemv read the panel forms (Q4_0_P, ..., quants.h); for a tier that does not,
+    // matmul_rows_quant rewrites their rows back into the GGUF type, a few at a time, first.
+    bool panel_forms;
 
     // Quantize one token x[0..cols) into panels of group size G (dst: n_panels * panel_bytes).
     // off >= 0: the B field gets int32 C = -off * sum(y); off < 0: float SY = dy * sum(y).

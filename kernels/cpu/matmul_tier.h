@@ -127,7 +127,7 @@ void gemm_float_tiles(WType t, const uint8_t* w, int64_t rb, int64_t cols, int n
 // with the tier's kernels matmul_kernels_<tier>. They are written out in each file, one line of
 // body each, so that a reader's grep for one name lands on its definition;
 // PYENGINE_MATMUL_BY_TYPE(tier) lists them in WType order for the tier's by_type table.
-static_assert((int)pyengine::WType::COUNT == 23, "one entry per WType in each tier file and PYENGINE_MATMUL_BY_TYPE");
+static_assert((int)pyengine::WType::COUNT == 28, "one entry per WType in each tier file and PYENGINE_MATMUL_BY_TYPE");
 #define PYENGINE_MATMUL_BY_TYPE(tier)                                                                 \
     {                                                                                                 \
         matmul_f32_##tier, matmul_f16_##tier, matmul_q4_0_##tier, matmul_q4_1_##tier,                 \
@@ -135,5 +135,6 @@ static_assert((int)pyengine::WType::COUNT == 23, "one entry per WType in each ti
             matmul_bf16_##tier, matmul_q5_1_##tier, matmul_q5_K_##tier, matmul_q2_K_##tier,           \
             matmul_q3_K_##tier, matmul_iq4_nl_##tier, matmul_iq4_xs_##tier, matmul_q3_K_R_##tier,      \
             matmul_q2_K_R_##tier, matmul_q4_K_R_##tier, matmul_q6_K_R_##tier, matmul_q5_K_R_##tier,   \
-            matmul_q5_0_R_##tier, matmul_q5_1_R_##tier, matmul_iq4_xs_R_##tier,                       \
+            matmul_q5_0_R_##tier, matmul_q5_1_R_##tier, matmul_iq4_xs_R_##tier, matmul_q4_0_P_##tier,   \
+            matmul_q4_1_P_##tier, matmul_q5_0_P_##tier, matmul_q5_1_P_##tier, matmul_iq4_nl_P_##tier,  \
     }

@@ -1,5 +1,6 @@
 // The AVX2 tier's unpacking of a panel of 8 blocks of a 32-element type (Q4_0, Q4_1, Q5_0,
-// Q5_1, Q8_0, IQ4_NL, and the forms Q5_0_R / Q5_1_R) into 256-bit vectors in panel order. Included by matmul_avx2.cpp, and by
+// Q5_1, Q8_0, IQ4_NL, the forms Q5_0_R / Q5_1_R, and the panel forms Q4_0_P ...) into 256-bit
+// vectors in panel order. Included by matmul_avx2.cpp, and by
 // matmul_avx512.cpp for a row's last half panel (8 groups or fewer), which it runs at 256 bits.
 // Everything is in an anonymous namespace (each ISA's translation unit gets its own copy; see
 // the note at the top of matmul_avx512.cpp), inside `ymm` so it cannot clash with a tier's own
@@ -119,6 +120,15 @@ static AI_INLINE void q5r_high_transposed(const uint8_t* blk, __m256i v[8]) {
     or_bits_as_16(v, qh_lanes<BB, O>(blk));
 }
 
+// A panel's E (w = D q - E) from its D, and its 8 mins M() for the types that have them.
+template <WType t, class Mins>
+static AI_INLINE __m256 panel32_E(__m256 D, Mins M) {
+    if (t == WType::Q4_0) return _mm256_mul_ps(_mm256_set1_ps(8.0f), D);
+    if (t == WType::Q5_0) return _mm256_mul_ps(_mm256_set1_ps(16.0f), D);
+    if (t == WType::Q4_1 || t == WType::Q5_1) return _mm256_sub_ps(_mm256_setzero_ps(), M());
+    return _mm256_setzero_ps();  // Q8_0, IQ4_NL: signed
+}
+
 // One panel of 8 blocks of a 32-element type (`blk` points at block 0) -> v[8] in panel order
 // (lane l of every v[k] = group l; Q8_0 and IQ4_NL signed, E = 0) and D, E per lane.
 // valid < 8: only blocks 0..valid-1 belong to the row (the rest were read past its end, or are
@@ -159,22 +169,37 @@ static AI_INLINE void unpack_panel_32(const uint8_t* blk, __m256i v[8], __m256& 
         }
     }
     D = load_f16x8(blk, BB);
-    if (t == WType::Q4_0) {
-        E = _mm256_mul_ps(_mm256_set1_ps(8.0f), D);
-    } else if (t == WType::Q4_1) {
-        E = _mm256_sub_ps(_mm256_setzero_ps(), load_f16x8(blk + 2, BB));
-    } else if (t == WType::Q5_0) {
-        E = _mm256_mul_ps(_mm256_set1_ps(16.0f), D);
-    } else if (t == WType::Q5_1) {
-        E = _mm256_sub_ps(_mm256_setzero_ps(), load_f16x8(blk + 2, BB));
-    } else {  // Q8_0, IQ4_NL: signed
-        E = _mm256_setzero_ps();
-    }
+    E = panel32_E<t>(D, [&] { return load_f16x8(blk + 2, BB); });
     if (valid < 8) {
         const __m256 keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(valid), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
         D = _mm256_and_ps(D, keep);
         E = _mm256_and_ps(E, keep);
     }
+}
+
+// One panel of a panel form (Q4_0_P, Q4_1_P, Q5_0_P, Q5_1_P, IQ4_NL_P: quants.h), `p` its first
+// byte -> what unpack_panel_32 makes of the 8 blocks it was made from: every field is already
+// one vector with block l in lane l (8 fp16 d's, 8 m's, 8 qh's, qs dwords k = 0..3), so 2-3
+// loads of 128 / 256 bits and 4 of qs replace unpack_panel_32's 16-24 scalar loads, 4 inserts and
+// 8 shuffles. Same values, same lanes: the same results bit for bit.
+template <int T_>
+static AI_INLINE void unpack_panel_32p(const uint8_t* p, __m256i v[8], __m256& D, __m256& E) {
+    constexpr WType t = load_form_source((WType)T_);
+    constexpr bool MIN = t == WType::Q4_1 || t == WType::Q5_1, FIVE = t == WType::Q5_0 || t == WType::Q5_1;
+    constexpr int QS = 16 * (1 + MIN) + 32 * FIVE;  // 8 x the offset of qs in the block
+    const __m256i lo4 = _mm256_set1_epi8(15);
+    for (int k = 0; k < 4; ++k) {
+        const __m256i x = _mm256_loadu_si256((const __m256i*)(p + QS + 32 * k));
+        v[k] = _mm256_and_si256(x, lo4);
+        v[4 + k] = _mm256_and_si256(_mm256_srli_epi16(x, 4), lo4);
+    }
+    if (FIVE) or_bits_as_16(v, _mm256_loadu_si256((const __m256i*)(p + QS - 32)));  // qh' just before qs
+    if (t == WType::IQ4_NL) {
+        const __m256i lut = iq4_levels_s8();
+        for (int k = 0; k < 8; ++k) v[k] = _mm256_shuffle_epi8(lut, v[k]);
+    }
+    D = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p));
+    E = panel32_E<t>(D, [&] { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(p + 16))); });
 }
 
 }  // namespace ymm

@@ -12,9 +12,11 @@ namespace pyengine {
 // --- the weight types the CPU kernels run ------------------------------------
 // Q3_K_R, Q2_K_R, Q4_K_R, Q6_K_R, Q5_K_R, Q5_0_R, Q5_1_R and IQ4_XS_R are not GGUF types: those types with
 // their bits rearranged at load for the SIMD tiers (convert_load_form below); the same bytes, the
-// same values.
+// same values. The panel forms Q4_0_P, Q4_1_P, Q5_0_P, Q5_1_P and IQ4_NL_P rearrange whole rows
+// of a 32-element type, 8 blocks at a time (convert_panel_row below).
 enum class WType : int { F32 = 0, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K, BF16, Q5_1, Q5_K, Q2_K, Q3_K, IQ4_NL, IQ4_XS,
-                         Q3_K_R, Q2_K_R, Q4_K_R, Q6_K_R, Q5_K_R, Q5_0_R, Q5_1_R, IQ4_XS_R, COUNT };
+                         Q3_K_R, Q2_K_R, Q4_K_R, Q6_K_R, Q5_K_R, Q5_0_R, Q5_1_R, IQ4_XS_R,
+                         Q4_0_P, Q4_1_P, Q5_0_P, Q5_1_P, IQ4_NL_P, COUNT };
 
 struct WTypeInfo {
     const char* name;
@@ -31,6 +33,8 @@ static inline const WTypeInfo& wtype_info(WType t) {
         {"Q3_K", 256, 110, 16}, {"IQ4_NL", 32, 18, 32}, {"IQ4_XS", 256, 136, 32}, {"Q3_K_R", 256, 110, 16},
         {"Q2_K_R", 256, 84, 16},  {"Q4_K_R", 256, 144, 32}, {"Q6_K_R", 256, 210, 16}, {"Q5_K_R", 256, 176, 32},
         {"Q5_0_R", 32, 22, 32},   {"Q5_1_R", 32, 24, 32},   {"IQ4_XS_R", 256, 136, 32},
+        {"Q4_0_P", 32, 18, 32},   {"Q4_1_P", 32, 20, 32},   {"Q5_0_P", 32, 22, 32},     {"Q5_1_P", 32, 24, 32},
+        {"IQ4_NL_P", 32, 18, 32},
     };
     static_assert(sizeof(table) / sizeof(table[0]) == (size_t)WType::COUNT, "one row per WType");
     return table[(int)t];
@@ -47,6 +51,11 @@ constexpr WType load_form_source(WType t) {
         case WType::Q5_0_R: return WType::Q5_0;
         case WType::Q5_1_R: return WType::Q5_1;
         case WType::IQ4_XS_R: return WType::IQ4_XS;
+        case WType::Q4_0_P: return WType::Q4_0;
+        case WType::Q4_1_P: return WType::Q4_1;
+        case WType::Q5_0_P: return WType::Q5_0;
+        case WType::Q5_1_P: return WType::Q5_1;
+        case WType::IQ4_NL_P: return WType::IQ4_NL;
         default: return t;
     }
 }
@@ -345,7 +354,7 @@ constexpr PlaneMap<128, 4> kQ6lr([](int i, int s) { return q3kr_value(i / 64, i 
 constexpr PlaneMap<64, 2> kQ6h([](int i, int j) { return 128 * (i / 32) + 32 * j + i % 32; });
 }  // namespace forms
 
-// One block of `form`: back = false rewrites its GGUF block src into the form at dst, back = true
+// One block of a per-block `form` (not a panel form: convert_panel_row): back = false rewrites its GGUF block src into the form at dst, back = true
 // the form's block src into the GGUF block at dst (src != dst; the bytes no plane covers are
 // copied). Layouts: block_q2_K_R, block_q3_K_R and the comments on Q4_K_R, Q5_K_R, Q5_0_R / Q5_1_R,
 // Q6_K_R and IQ4_XS_R above.
@@ -369,6 +378,70 @@ static inline void convert_load_form(WType form, const uint8_t* src, uint8_t* ds
     }
 }
 
+// ---- Panel forms (Q4_0_P, Q4_1_P, Q5_0_P, Q5_1_P, IQ4_NL_P) ---------------------------------------
+// A row of nb blocks of a 32-element type: its first nb / 8 * 8 blocks as panels of 8 (8 BB bytes
+// each, the bytes of those 8 blocks), its last nb % 8 blocks (the tail) as blocks of
+// panel_block_form. A panel holds each field of the block (d; m; qh; qs, in block order) for its 8
+// blocks side by side, in units of u = min(field bytes, 4): unit k of block l's field at
+// 8 u k + u l from the field's start, which is 8 times the field's offset in the block. So the 8
+// d's (and m's) are one vector of fp16, the 8 qh's one of 32-bit words, and qs dword k of the 8
+// blocks is one vector, block l in 32-bit lane l: the AVX2 tier's panel order, read with no
+// gathering and no transposing. Each block is first put in panel_block_form: the 5th bits of
+// Q5_0 / Q5_1 in Q5_0_R / Q5_1_R's order (one shift per vector).
+constexpr bool is_panel_form(WType t) { return t >= WType::Q4_0_P && t <= WType::IQ4_NL_P; }
+constexpr WType panel_block_form(WType t) {
+    return t == WType::Q5_0_P ? WType::Q5_0_R : t == WType::Q5_1_P ? WType::Q5_1_R : load_form_source(t);
+}
+// A 32-element type's fields, bytes each, in block order (0-terminated).
+static inline const int8_t* block_fields(WType t) {
+    static const int8_t q4_0[] = {2, 16, 0}, q4_1[] = {2, 2, 16, 0}, q5_0[] = {2, 4, 16, 0}, q5_1[] = {2, 2, 4, 16, 0};
+    switch (load_form_source(t)) {
+        case WType::Q4_1: return q4_1;
+        case WType::Q5_0: return q5_0;
+        case WType::Q5_1: return q5_1;
+        default: return q4_0;  // Q4_0, IQ4_NL
+    }
+}
+// One block of a per-block form (or of a GGUF type: a copy) to or from its GGUF type.
+static inline void convert_block(WType t, const uint8_t* src, uint8_t* dst, bool back) {
+    if (load_form_source(t) != t)
+        convert_load_form(t, src, dst, back);
+    else
+        std::memcpy(dst, src, (size_t)wtype_info(t).block_bytes);
+}
+// One row of nb blocks: back = false rewrites the GGUF row src into the panel form at dst, back =
+// true the form's row src into the GGUF row at dst. dst may be src.
+static inline void convert_panel_row(WType form, const uint8_t* src, uint8_t* dst, int64_t nb, bool back) {
+    const WType bf = panel_block_form(form);
+    const int bb = wtype_info(form).block_bytes;
+    const int8_t* fields = block_fields(form);
+    uint8_t blk[8][32];  // the 8 blocks of a panel, in panel_block_form
+    const int64_t full = nb / 8 * 8;
+    for (int64_t p = 0; p < full; p += 8) {
+        const uint8_t* s = src + p * bb;
+        uint8_t* d = dst + p * bb;
+        if (!back)
+            for (int l = 0; l < 8; ++l) convert_block(bf, s + l * bb, blk[l], false);
+        for (int o = 0, f = 0; fields[f]; o += fields[f++]) {
+            const int u = fields[f] < 4 ? fields[f] : 4;
+            for (int l = 0; l < 8; ++l)
+                for (int k = 0; k < fields[f] / u; ++k) {
+                    const int at = 8 * o + 8 * u * k + u * l;  // in the panel
+                    if (back)
+                        std::memcpy(blk[l] + o + u * k, s + at, (size_t)u);
+                    else
+                        std::memcpy(d + at, blk[l] + o + u * k, (size_t)u);
+                }
+        }
+        if (back)
+            for (int l = 0; l < 8; ++l) convert_block(bf, blk[l], d + l * bb, true);
+    }
+    for (int64_t b = full; b < nb; ++b) {
+        convert_block(bf, src + b * bb, blk[0], back);
+        std::memcpy(dst + b * bb, blk[0], (size_t)bb);
+    }
+}
+
 // IQ4_XS's scales_h / scales_l -> 8 signed scales (6-bit value - 32).
 static inline void iq4xs_scales(const uint8_t* blk, int8_t sc[8]) {
     const uint16_t h = load_u16(blk + 2);
@@ -383,7 +456,9 @@ static inline void iq4xs_scales(const uint8_t* blk, int8_t sc[8]) {
 // unsigned bytes in element order; returns the number of groups. The scalar tier packs
 // from this; each SIMD tier has a vectorised unpacker per type that must agree with it.
 static inline int unpack_block(WType t, const uint8_t* blk, uint8_t* q, float* D, float* E) {
-    if (load_form_source(t) != t) {  // a load-time form: the GGUF block it was made from, unpacked
+    // a load-time form: the GGUF block it was made from, unpacked (a panel form's rows are
+    // rewritten back whole before this: matmul_rows_quant, dequantize_row)
+    if (load_form_source(t) != t) {
         uint8_t b[256];
         convert_load_form(t, blk, b, true);
         return unpack_block(load_form_source(t), b, q, D, E);

@@ -23,6 +23,7 @@ import numpy as np
 
 from .. import _C
 from ..errors import BackendUnavailableError, ModelFileError
+from ..ggml_types import PANEL_FORMS
 from ..tensor import QTensor
 from .base import Backend, KVCache, _check_same
 
@@ -80,10 +81,15 @@ def matmul_tier() -> str:
 
 
 #: the tiers on which a load-time form was measured faster than its GGUF type (benchmarks/ab_kernels.py
-#: TYPE/FORM), for a form not on both SIMD tiers; none now. (Q6_K_R was AVX2-only, at 1.06-1.18 of
-#: Q6_K's time on AVX-512 when measured before the forms' unpackers were reviewed; re-measured
-#: 2026-12-07 at 0.89-0.95 for one token, 1.02-1.03 for 4-64: rewritten on both tiers since.)
-FORM_TIERS: dict[str, tuple[str, ...]] = {}
+#: TYPE/FORM), for a form not on both SIMD tiers; at most one form per GGUF type and tier. The panel
+#: forms are the AVX2 tier's (which reads them itself: 0.58-0.80 of the per-block time for one token,
+#: 2026-12-08); the AVX-512 tier, whose 16-block panels are already 86-88% of a fast bus, would only
+#: rewrite them back (kernels/cpu/matmul_kernels.h, panel_forms), so it keeps Q5_0_R / Q5_1_R.
+#: (Q6_K_R was AVX2-only, at 1.06-1.18 of Q6_K's time on AVX-512 when measured before the forms'
+#: unpackers were reviewed; re-measured 2026-12-07 at 0.89-0.95 for one token, 1.02-1.03 for 4-64:
+#: rewritten on both tiers since.)
+FORM_TIERS: dict[str, tuple[str, ...]] = {"Q5_0_R": ("avx512",), "Q5_1_R": ("avx512",),
+                                          **{f: ("avx2",) for f in PANEL_FORMS}}
 
 
 def form_pays_off(form: str, tier: str) -> bool:
@@ -103,18 +109,18 @@ def repack_copied(tensors: dict[str, QTensor], names) -> dict[str, int]:
     tier = matmul_tier()
     form_of = {t: f for f, t in LOAD_FORMS.items() if form_pays_off(f, tier)}
     done: dict[str, int] = {}
-    if not all(hasattr(_C, "repack_" + BY_NAME[t].ident) for t in form_of):
+    if not hasattr(_C, "repack"):
         return done
-    jobs = []  # (repack function, a whole number of blocks of one tensor): ~16 MiB each
+    jobs = []  # (form, whole rows of one tensor: ~16 MiB, cols)
     for name in names:
         t = tensors[name]
         form = form_of.get(t.type_name.upper())
         if form is None or len(t.shape) != 2 or not t.raw.flags.writeable:
             continue
-        gguf = BY_NAME[t.type_name.upper()]
-        step = (16 << 20) // gguf.type_size * gguf.type_size
-        fn = getattr(_C, "repack_" + gguf.ident)
-        jobs += [(fn, t.raw[o:o + step]) for o in range(0, t.raw.nbytes, step)]
+        cols = int(t.shape[1])  # QTensor.shape is (rows, cols)
+        rb = BY_NAME[t.type_name.upper()].n_bytes(cols)
+        step = max(1, (16 << 20) // rb) * rb
+        jobs += [(form, t.raw[o:o + step], cols) for o in range(0, t.raw.nbytes, step)]
         t.type_name = form
         t.cache.clear()
         done[form] = done.get(form, 0) + 1
@@ -122,7 +128,7 @@ def repack_copied(tensors: dict[str, QTensor], names) -> dict[str, int]:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
-            list(pool.map(lambda job: job[0](job[1], job[1]), jobs))
+            list(pool.map(lambda job: _C.repack(job[0], job[1], job[1], job[2]), jobs))
     return done
 
 

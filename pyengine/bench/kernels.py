@@ -42,11 +42,12 @@ MODEL_CASES: list[tuple[str, int, int, str]] = [
 ]
 GENERIC_SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008)]
 #: the Q4_K_M mix's types, then the other common quantizations (Q5_K_M, Q3_K_M, Q2_K, IQ4_XS, ...)
-DEFAULT_TYPES = ["Q4_K", "Q4_K_R", "Q6_K", "Q6_K_R", "Q8_0", "Q5_0", "Q5_0_R", "Q5_K", "Q5_K_R", "Q3_K", "Q3_K_R", "Q2_K",
-                 "Q2_K_R", "IQ4_XS", "IQ4_XS_R", "IQ4_NL", "Q5_1", "Q5_1_R", "BF16"]
-# Q4_K_R, Q5_K_R, Q6_K_R, Q3_K_R, Q2_K_R, Q5_0_R, Q5_1_R, IQ4_XS_R: the forms the cpu backend gives those types when it copies the
+DEFAULT_TYPES = ["Q4_K", "Q4_K_R", "Q6_K", "Q6_K_R", "Q8_0", "Q5_0", "Q5_0_R", "Q5_0_P", "Q5_K", "Q5_K_R", "Q3_K",
+                 "Q3_K_R", "Q2_K", "Q2_K_R", "IQ4_XS", "IQ4_XS_R", "IQ4_NL", "IQ4_NL_P", "Q4_0", "Q4_0_P", "Q4_1",
+                 "Q4_1_P", "Q5_1", "Q5_1_R", "Q5_1_P", "BF16"]
+# Q4_K_R, ..., Q5_0_P, ... (the _R and _P names): the forms the cpu backend gives those types when it copies the
 # weights at load (ggml_types.LOAD_FORMS; which tiers: cpu_backend.form_pays_off), benchmarked as
-# what a copied model runs: random blocks of the GGUF type, converted by _C.repack_<type>; the
+# what a copied model runs: random blocks of the GGUF type, converted by quants.repack; the
 # NumPy reference and numba have no kernel for them.
 DEFAULT_BATCH = [1, 64]
 #: weights are copied until the rotation spans this many bytes, so each timed call
@@ -208,7 +209,7 @@ def bench_case(type_name: str, rows: int, cols: int, n: int, kernels: Sequence[K
         raise PyEngineError(f"{type_name} {rows}x{cols}: cols must be a multiple of the block size {t.block_size}")
     from ..testing.blocks import random_raw  # here, not at the top: `pyengine` builds its parser from this package
 
-    raw = random_raw(type_name, rows * cols, rng)  # a load-time form: random blocks of its type, rewritten
+    raw = random_raw(type_name, rows * cols, rng, cols=cols)  # a load-time form: random blocks of its type, rewritten
     x = rng.standard_normal((n, cols)).astype(np.float32)
     ref = reference_matmul(type_name, raw, (rows, cols), x)
     nbytes = raw.nbytes

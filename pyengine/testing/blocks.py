@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import quants
-from ..ggml_types import BY_NAME, LOAD_FORMS
+from ..ggml_types import BY_NAME, LOAD_FORMS, PANEL_FORMS
 
 SCALE_MODES = ("normal", "zero", "extreme")
 
@@ -42,7 +42,7 @@ _UNIT_RMS: dict[str, float] = {}
 
 
 def random_raw(type_name: str, n_elements: int, rng: np.random.Generator, scales: str = "normal",
-               rms: float | None = None) -> np.ndarray:
+               rms: float | None = None, cols: int | None = None) -> np.ndarray:
     """Random but valid bytes of ``n_elements`` values of type ``type_name`` (uint8, 1-D).
 
     Quant bits are uniformly random; scale fields are finite and drawn by ``scales``:
@@ -63,11 +63,16 @@ def random_raw(type_name: str, n_elements: int, rng: np.random.Generator, scales
     block is ``c * U(0.5, 1.5)``, the offset field (if any) centres the values on zero,
     and ``c`` is calibrated once per type so the decoded values' RMS is about ``rms``
     (float types: N(0, rms^2)). Not for the activation formats Q8_1 / Q8_K.
+
+    ``cols``: the row length, which a panel form (``ggml_types.PANEL_FORMS``) needs: it is
+    rewritten a row at a time.
     """
     name = str(type_name).upper()
     if name in LOAD_FORMS:  # a load-time form (Q4_K_R, ...): random blocks of its GGUF type, rewritten by the spec
         src = LOAD_FORMS[name]
-        return getattr(quants, "repack_" + BY_NAME[src].ident)(random_raw(src, n_elements, rng, scales, rms))
+        if name in PANEL_FORMS and not cols:
+            raise quants.QuantError(f"random_raw: {name} is made a row at a time: give cols")
+        return quants.repack(name, random_raw(src, n_elements, rng, scales, rms), cols or BY_NAME[src].block_size)
     if name not in _FLOAT_KINDS and name not in SCALE_FIELDS:
         what = "unsupported" if name in BY_NAME else "unknown"
         raise quants.QuantError(f"random_raw: {what} type {type_name!r} "
