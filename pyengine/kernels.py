@@ -209,5 +209,5 @@ def get_rows(type_name: str, raw_bytes, shape, ids, backend: str = "auto") -> np
     row_bytes = n_bytes // rows if rows else 0
     out = np.empty((ids.size, cols), dtype=np.float32)
     for i, r in enumerate(ids):
-        out[i] = quants.dequantize(name, raw[int(r) * row_bytes:(int(r) + 1) * row_bytes], cols)
+        out[i] = quants.dequantize(name, raw[int(r) * row_bytes:(int(r) + 1) * row_bytes], cols, cols=cols)
     return out

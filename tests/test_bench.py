@@ -128,6 +128,24 @@ def test_kernel_bench_on_available_backends():
     assert not bad, bad
 
 
+def test_kernel_bench_times_a_form_on_the_tiers_that_make_it():
+    """A load-time form is timed as a copied model runs it: on the tiers the cpu backend gives it to
+    (a panel form on AVX2 only, Q5_0_R on AVX-512 only), and validated there against the spec."""
+    from pyengine import kernels
+    from pyengine.backends.cpu_backend import form_pays_off
+
+    if not kernels.native_available():
+        pytest.skip("pyengine._C not importable")
+    for form in ("Q5_0_P", "Q5_0_R", "Q4_K_R"):
+        got = [k.variant for k in kernel_bench.collect_kernels(form)]
+        assert got == [v for v in kernels.kernel_variants() if form_pays_off(form, v)], form
+    res = kernel_bench.run_kernel_bench(types=["Q5_0_P", "IQ4_NL_P"], shapes=[(64, 288)], batch=[1, 4],
+                                        bw={"gbps": {"1": 10.0}}, threads=2, min_time=0.0, cold=False, log=None,
+                                        reprobe=False)
+    bad = [r for r in res["results"] if r["status"] in ("invalid", "error")]
+    assert not bad, bad
+
+
 def test_parse_errors_are_one_line():
     assert bench.parse_shapes("4096x4096, 11008x4096") == [(4096, 4096), (11008, 4096)]
     for text in ("4096", "4096xabc", "0x32"):

@@ -46,7 +46,7 @@ DEFAULT_TYPES = ["Q4_K", "Q4_K_R", "Q6_K", "Q6_K_R", "Q8_0", "Q5_0", "Q5_0_R", "
                  "Q3_K_R", "Q2_K", "Q2_K_R", "IQ4_XS", "IQ4_XS_R", "IQ4_NL", "IQ4_NL_P", "Q4_0", "Q4_0_P", "Q4_1",
                  "Q4_1_P", "Q5_1", "Q5_1_R", "Q5_1_P", "BF16"]
 # Q4_K_R, ..., Q5_0_P, ... (the _R and _P names): the forms the cpu backend gives those types when it copies the
-# weights at load (ggml_types.LOAD_FORMS; which tiers: cpu_backend.form_pays_off), benchmarked as
+# weights at load (ggml_types.LOAD_FORMS), on the tiers it gives them to (cpu_backend.form_pays_off), benchmarked as
 # what a copied model runs: random blocks of the GGUF type, converted by quants.repack; the
 # NumPy reference and numba have no kernel for them.
 DEFAULT_BATCH = [1, 64]
@@ -98,7 +98,7 @@ class KernelResult:
 def reference_matmul(type_name: str, raw: np.ndarray, shape: tuple[int, int], x: np.ndarray) -> np.ndarray:
     """The ground truth: dequantize with the NumPy reference, multiply in float64."""
     rows, cols = shape
-    w = quants.dequantize(type_name, raw, rows * cols).reshape(rows, cols)
+    w = quants.dequantize(type_name, raw, rows * cols, cols=cols).reshape(rows, cols)
     out = np.empty((x.shape[0], rows), dtype=np.float64)
     step = max(1, (1 << 26) // max(cols, 1))  # bound the float64 temporary to ~512 MiB
     xd = x.astype(np.float64)
@@ -137,6 +137,10 @@ def collect_kernels(type_name: str, backends: Sequence[str] | None = None,
                     raise PyEngineError(f"native variant {bad[0]!r} is not available on this CPU "
                                         f"(available: {', '.join(vs)})")
                 vs = [v for v in vs if v in variants]
+            if type_name in LOAD_FORMS:  # only the tiers the cpu backend gives it to (form_pays_off)
+                from ..backends.cpu_backend import form_pays_off
+
+                vs = [v for v in vs if form_pays_off(type_name, v)]
             for v in vs:
                 out.append(Kernel(f"cpu/{v}", "cpu", v, _bind(type_name, "cpu", v)))
         else:
