@@ -98,11 +98,14 @@ struct MatmulKernels {
 
 constexpr int kGemvMaxTokens = 4;
 
-// How far ahead of its reads a float weight tile (F32/F16/BF16, 4 rows at a time) prefetches
-// each row: one prefetch per cache line, 1 KB ahead, 4 KB in flight per thread. Measured on a
-// 4096x4096 BF16 matrix from memory (AVX-512, 2 threads): 28-30 GB/s without, 39 with 1 KB,
-// 32-33 with 512 B or 2 KB.
-constexpr int64_t kFloatPrefetchBytes = 1024;
+// How far ahead of its reads a float weight tile (F32/F16/BF16, 4 rows or 1 at a time) prefetches
+// each row: one prefetch per cache line, 2 KB ahead. First tuned on a 4096x4096 BF16 matrix from
+// memory (AVX-512, 2 threads, one FMA chain then): 28-30 GB/s without, 39 with 1 KB, 32-33 with
+// 512 B or 2 KB. Since the tiles sum in two chains (9a51037) they consume faster: on a machine
+// whose bus gives 45-84 GB/s, tg32 of a synthetic 1B, 2 threads, alternating, 2 KB / 1 KB:
+// AVX-512 BF16 1.02-1.12 (6 rounds), F16 1.03-1.17 (3), AVX2 BF16 0.96-1.07 (6, 5 faster); 4 KB
+// level with 2 KB on AVX-512 and slower on AVX2, 512 B slower (2026-12-08).
+constexpr int64_t kFloatPrefetchBytes = 2048;
 
 // pack_act's G may carry this flag (G = 16 only): the panel's int8 values stay in natural
 // order (byte i = value i of the panel) while the DY and B floats keep the lane order. A
