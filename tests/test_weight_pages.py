@@ -203,19 +203,27 @@ def test_doctor_says_where_the_cpu_backend_keeps_weights():
 
 
 @pytest.mark.skipif(not native_built(), reason="the cpu backend's load-time forms need pyengine._C")
+@pytest.mark.parametrize("tier", ["auto", "avx2"])
 @pytest.mark.parametrize("qt", ["Q2_K", "Q3_K", "Q4_K", "Q6_K", "IQ4_XS", "Q5_0", "Q4_1"])
-def test_a_cpu_copy_rearranges_k_quants_and_decodes_the_same_bits(qt, tmp_path):
+def test_a_cpu_copy_rearranges_k_quants_and_decodes_the_same_bits(qt, tier, tmp_path, monkeypatch):
     """Copied for the cpu backend, Q2_K / Q3_K / Q4_K / Q6_K / IQ4_XS matrices take the form the
     SIMD tiers read faster (Q2_K_R ..., cpu_backend.repack_copied), as do Q5_0 / Q4_1 (Q5_0_R on
     AVX-512, the panel forms Q5_0_P / Q4_1_P on AVX2, rows of 800 values ending in a partial
     panel): the one-line description says so, and the logits of a prompt and of the single-call
     decode steps are those of the mapped file, bit for bit (the kernels of the two forms compute
     the same sums in the same lanes). On a tier with no form for the type (the generic tier;
-    Q4_1 on AVX-512), or for another backend, the copy keeps the file's type."""
+    Q4_1 on AVX-512), or for another backend, the copy keeps the file's type. Run on the widest
+    tier and again with the AVX2 tier forced ($PYENGINE_CPU_VARIANT), whose forms differ."""
     import pyengine
+    from pyengine import _C
     from pyengine.backends.cpu_backend import form_pays_off, matmul_tier
     from pyengine.ggml_types import LOAD_FORMS
     from test_memory import SHAPE, write_model
+
+    if tier != "auto":
+        if tier not in _C.kernel_variants():
+            pytest.skip(f"no {tier} tier on this CPU")
+        monkeypatch.setenv("PYENGINE_CPU_VARIANT", tier)
 
     forms = [f for f, src in LOAD_FORMS.items() if src == qt and form_pays_off(f, matmul_tier())]
     form = forms[0] if forms else qt + "_R"
