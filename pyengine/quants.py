@@ -846,7 +846,7 @@ def repack(form: str, raw, cols: int) -> np.ndarray:
     (``ggml_types.LOAD_FORMS``) -> the same rows in ``form`` (uint8, same size): the spec of
     ``_C.repack``. The per-block forms' layouts: :func:`repack_q4_K` and its neighbours; the panel
     forms': :func:`_panel_rows`."""
-    form = form.upper()
+    form = _check_form(form, raw, cols)
     if form in PANEL_FORMS:
         return _panel_rows(form, raw, cols, back=False)
     return globals()["repack_" + BY_NAME[LOAD_FORMS[form]].ident](raw)
@@ -854,10 +854,26 @@ def repack(form: str, raw, cols: int) -> np.ndarray:
 
 def unrepack(form: str, raw, cols: int) -> np.ndarray:
     """The inverse of :func:`repack`: rows of ``form`` -> the GGUF rows they were made from."""
-    form = form.upper()
+    form = _check_form(form, raw, cols)
     if form in PANEL_FORMS:
         return _panel_rows(form, raw, cols, back=True)
     return globals()["unrepack_" + BY_NAME[LOAD_FORMS[form]].ident](raw)
+
+
+def _check_form(form: str, raw, cols: int) -> str:
+    """``form`` upper-cased, after checking that it is a load-time form and that ``raw`` is whole
+    rows of ``cols`` values of it (one :class:`QuantError` line otherwise)."""
+    name = str(form).upper()
+    if name not in LOAD_FORMS:
+        raise QuantError(f"{form!r} is not a load-time form (those are: {', '.join(LOAD_FORMS)})")
+    t = BY_NAME[LOAD_FORMS[name]]
+    cols = int(cols)
+    if cols <= 0 or cols % t.block_size:
+        raise QuantError(f"{name}: cols={cols} is not a positive multiple of the block size {t.block_size}")
+    n = _raw_u8(raw).size
+    if n % t.n_bytes(cols):
+        raise QuantError(f"{name}: {n} bytes are not whole rows of {cols} values ({t.n_bytes(cols)} bytes each)")
+    return name
 
 
 def _q6k_fields(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -1053,7 +1069,8 @@ def dequantize(type_name: str, raw, n_elements: int, cols: int | None = None) ->
         if name in PANEL_FORMS and (cols is None or cols <= 0 or cols % 32 or n_elements % cols):
             raise QuantError(f"{name}: a panel form needs the row length cols (a multiple of 32 dividing "
                              f"{n_elements}), got {cols}")
-        return dequantize(LOAD_FORMS[name], unrepack(name, u8, cols or 0), n_elements)
+        rows_of = cols if name in PANEL_FORMS else (n_elements or t.block_size)  # a per-block form: any whole rows
+        return dequantize(LOAD_FORMS[name], unrepack(name, u8, rows_of), n_elements)
     f = BLOCK_DEQUANTIZERS[name]
     blocks = u8.view(BLOCK_DTYPES[name])
     out = np.empty((len(blocks), t.block_size), dtype=np.float32)

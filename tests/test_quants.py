@@ -789,6 +789,12 @@ def test_panel_form_puts_each_field_where_the_layout_says(t):
     assert_bit_equal(Q.dequantize(form, got, 9 * 32, cols=9 * 32), Q.dequantize(t, raw, 9 * 32))
     with pytest.raises(Q.QuantError, match="needs the row length"):
         Q.dequantize(form, got, 9 * 32)
+    with pytest.raises(Q.QuantError, match="not whole rows of 192 values"):
+        Q.repack(form, raw, 192)  # 9 blocks are not whole rows of 6
+    with pytest.raises(Q.QuantError, match="not a positive multiple"):
+        Q.unrepack(form, got, 40)
+    with pytest.raises(Q.QuantError, match="not a load-time form"):
+        Q.repack(t, raw, 9 * 32)
 
 
 @pytest.mark.parametrize("t,o", [("Q5_0", 2), ("Q5_1", 4)])
