@@ -138,17 +138,7 @@ void py_repack(const std::string& form_name, const py::array& src, py::array& ds
     uint8_t* d = (uint8_t*)dst.mutable_data();
     const int64_t nb = cols / ti.block_elems, rows = (int64_t)src.nbytes() / rb;
     py::gil_scoped_release nogil;
-    uint8_t tmp[256];
-    for (int64_t r = 0; r < rows; ++r) {
-        if (pyengine::is_panel_form(form)) {
-            pyengine::convert_panel_row(form, s + r * rb, d + r * rb, nb, back);
-            continue;
-        }
-        for (int64_t b = r * nb; b < (r + 1) * nb; ++b) {
-            pyengine::convert_load_form(form, s + ti.block_bytes * b, tmp, back);
-            std::memcpy(d + ti.block_bytes * b, tmp, (size_t)ti.block_bytes);
-        }
-    }
+    for (int64_t r = 0; r < rows; ++r) pyengine::convert_form_row(form, s + r * rb, d + r * rb, nb, back);
 }
 
 }  // namespace
@@ -168,7 +158,7 @@ work is split over the thread pool.)doc");
     m.def("repack", &py_repack, py::arg("form"), py::arg("src"), py::arg("dst"), py::arg("cols"), py::arg("back") = false,
           "dst[:] = the rows (cols values each) of src, uint8 blocks of the GGUF type the load-time form `form` "
           "is made from (Q4_K for Q4_K_R, ...), rewritten into that form; back=True: the form's rows back into "
-          "that type. kernels/cpu/quants.h (convert_load_form, convert_panel_row); spec: pyengine.quants.repack. "
+          "that type. kernels/cpu/quants.h (convert_form_row); spec: pyengine.quants.repack. "
           "dst may be src.");
     m.def("get_rows", &py_get_rows, py::arg("type_name"), py::arg("w"), py::arg("rows"), py::arg("cols"),
           py::arg("ids"), py::arg("out"),

@@ -230,7 +230,7 @@ PYENGINE_NOIPA void matmul_rows_quant(const MatmulKernels& k, WType t, const Mat
         cg.w = gguf.data();
         for (int64_t a = r0; a < r1; a += chunk) {
             const int64_t nr = std::min(chunk, r1 - a);
-            for (int64_t i = 0; i < nr; ++i) convert_panel_row(t, c.w + (a + i) * c.rb, gguf.data() + i * c.rb, nb, true);
+            for (int64_t i = 0; i < nr; ++i) convert_form_row(t, c.w + (a + i) * c.rb, gguf.data() + i * c.rb, nb, true);
             cg.rows = nr;        // the rows in the buffer (what the packing path prefetches)
             cg.out = c.out + a;  // out keeps its row stride, c.rows
             quant_rows(k, load_form_source(t), cg, 0, nr, c.rows, wbuf);

@@ -42,8 +42,8 @@ def repack(
     """dst[:] = the rows (cols values each) of src, blocks of the GGUF type the load-time form
     ``form`` is made from (pyengine.ggml_types.LOAD_FORMS: Q4_K for Q4_K_R, Q5_0 for Q5_0_R and
     Q5_0_P, ...), rewritten into that form: the same values in the order a SIMD tier's lanes
-    read them (kernels/cpu/quants.h: convert_load_form per block, convert_panel_row for the
-    panel forms, 8 blocks at a time; spec: pyengine.quants.repack). back=True: the form's rows
+    read them (kernels/cpu/quants.h: convert_form_row; a panel form 8 blocks at a time; spec:
+    pyengine.quants.repack). back=True: the form's rows
     back into that type. Same size; dst may be src (in place). Releases the GIL."""
 
 def get_rows(

@@ -656,20 +656,23 @@ def repack_q4_K(raw) -> np.ndarray:
     nibble and element ``4(m + 4) + p % 4`` in its high nibble. Bytes 0-15 (d, dmin, scales)
     are Q4_K's.
     """
-    b = _as_blocks("Q4_K", raw)
-    n = len(b)
-    out = np.empty((n, 144), dtype=np.uint8)
-    out[:, :16] = b.view(np.uint8).reshape(n, 144)[:, :16]
-    out[:, 16:] = _q4kr_bytes(_nibble_values(b["qs"], 32))
-    return out.reshape(-1)
+    return _q4kr_nibbles("Q4_K", raw, 16, 32, back=False)
 
 
 def unrepack_q4_K(raw) -> np.ndarray:
     """Q4_K_R blocks -> the Q4_K blocks they were made from (the inverse of :func:`repack_q4_K`)."""
-    r = _raw_u8(raw).reshape(-1, 144)
-    out = np.empty_like(r)
-    out[:, :16] = r[:, :16]
-    out[:, 16:] = _nibble_bytes(_q4kr_values(r[:, 16:]), 32)
+    return _q4kr_nibbles("Q4_K", raw, 16, 32, back=True)
+
+
+def _q4kr_nibbles(t: str, raw, at: int, run: int, back: bool) -> np.ndarray:
+    """Blocks of ``t`` whose 128 nibble bytes start at byte ``at`` (in runs of ``run`` bytes, as
+    :func:`_nibble_values` reads them) with those bytes put in Q4_K_R's order (``back``: out of
+    it); the other bytes as they are."""
+    bb = BY_NAME[t].type_size
+    r = _as_blocks(t, raw).view(np.uint8).reshape(-1, bb)
+    out = r.copy()
+    qs = r[:, at:at + 128]
+    out[:, at:at + 128] = _nibble_bytes(_q4kr_values(qs), run) if back else _q4kr_bytes(_nibble_values(qs, run))
     return out.reshape(-1)
 
 
@@ -682,21 +685,12 @@ def repack_iq4_xs(raw) -> np.ndarray:
     order (:func:`repack_q4_K`): chunk ``m`` (bytes ``8 + 32m ..``), byte ``p``, holds element
     ``4m + p % 4`` of group ``p // 4`` in its low nibble and ``4(m + 4) + p % 4`` in its high one.
     """
-    b = _as_blocks("IQ4_XS", raw)
-    n = len(b)
-    out = np.empty((n, 136), dtype=np.uint8)
-    out[:, :8] = b.view(np.uint8).reshape(n, 136)[:, :8]
-    out[:, 8:] = _q4kr_bytes(_nibble_values(b["qs"], 16))
-    return out.reshape(-1)
+    return _q4kr_nibbles("IQ4_XS", raw, 8, 16, back=False)
 
 
 def unrepack_iq4_xs(raw) -> np.ndarray:
     """IQ4_XS_R blocks -> the IQ4_XS blocks they were made from (the inverse of :func:`repack_iq4_xs`)."""
-    r = _raw_u8(raw).reshape(-1, 136)
-    out = np.empty_like(r)
-    out[:, :8] = r[:, :8]
-    out[:, 8:] = _nibble_bytes(_q4kr_values(r[:, 8:]), 16)
-    return out.reshape(-1)
+    return _q4kr_nibbles("IQ4_XS", raw, 8, 16, back=True)
 
 
 #: Q5_K_R's 5th bits: bit 2m + s of hb byte p is the 5th bit of value _Q5KR_HB[p, 2m + s] of the

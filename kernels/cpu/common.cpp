@@ -29,7 +29,7 @@ void dequantize_row(WType t, const uint8_t* row, int64_t cols, float* out) {
     const int64_t nb = cols / ti.block_elems;
     if (is_panel_form(t)) {  // the whole row back into its GGUF type first
         std::vector<uint8_t> gguf((size_t)(nb * ti.block_bytes));
-        convert_panel_row(t, row, gguf.data(), nb, true);
+        convert_form_row(t, row, gguf.data(), nb, true);
         dequantize_row(load_form_source(t), gguf.data(), cols, out);
         return;
     }

@@ -31,7 +31,6 @@ constexpr int PG = 8;  // groups (lanes) per panel
 // forced inline so the unpacked vectors never leave registers.
 #define AI_INLINE inline __attribute__((always_inline))
 
-using ymm::iq4_levels_s8;
 using ymm::load_f16x8;
 using ymm::nibbles_transposed;
 using ymm::transpose4_inlane;
@@ -223,10 +222,9 @@ static AI_INLINE void pack_panel_q2kr(const uint8_t* blk, int c, Sink& sink) {
 // IQ4_XS: one panel = one super-block (8 groups of 32, group j's nibbles at qs[16j ..]); signed, E = 0.
 template <class Sink>
 static AI_INLINE void pack_panel_iq4xs(const uint8_t* blk, Sink& sink) {
-    const __m256i lut = iq4_levels_s8();
     __m256i v[8];
     nibbles_transposed<16, 8>(blk, v);  // group j's 16 nibble bytes at qs[16 j]
-    for (int k = 0; k < 8; ++k) v[k] = _mm256_shuffle_epi8(lut, v[k]);
+    ymm::iq4_lookup(v);
     const __m256 D = _mm256_mul_ps(_mm256_set1_ps(half(blk)), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(iq4xs_scales_x8(blk))));
     sink.template put<32, true>(v, D, _mm256_setzero_ps());
 }
@@ -237,13 +235,9 @@ static AI_INLINE void pack_panel_iq4xs(const uint8_t* blk, Sink& sink) {
 // IQ4_XS: the same results bit for bit.
 template <class Sink>
 static AI_INLINE void pack_panel_iq4xsr(const uint8_t* blk, Sink& sink) {
-    const __m256i lut = iq4_levels_s8(), lo4 = _mm256_set1_epi8(15);
     __m256i v[8];
-    for (int m = 0; m < 4; ++m) {
-        const __m256i x = _mm256_loadu_si256((const __m256i*)(blk + 8 + 32 * m));
-        v[m] = _mm256_shuffle_epi8(lut, _mm256_and_si256(x, lo4));
-        v[m + 4] = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(x, 4), lo4));
-    }
+    ymm::nibble_chunks(blk + 8, v);
+    ymm::iq4_lookup(v);
     const __m256 D = _mm256_mul_ps(_mm256_set1_ps(half(blk)), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(iq4xs_scales_x8(blk))));
     sink.template put<32, true>(v, D, _mm256_setzero_ps());
 }
@@ -292,13 +286,8 @@ static AI_INLINE void pack_panel_q4k(const uint8_t* blk, Sink& sink) {
 // transposes. Scales as Q4_K: the same results bit for bit.
 template <class Sink>
 static AI_INLINE void pack_panel_q4kr(const uint8_t* blk, Sink& sink) {
-    const __m256i lo4 = _mm256_set1_epi8(15);
     __m256i v[8];
-    for (int m = 0; m < 4; ++m) {
-        const __m256i x = _mm256_loadu_si256((const __m256i*)(blk + 16 + 32 * m));
-        v[m] = _mm256_and_si256(x, lo4);
-        v[m + 4] = _mm256_and_si256(_mm256_srli_epi16(x, 4), lo4);
-    }
+    ymm::nibble_chunks(blk + 16, v);
     q4k_put_scales(blk, v, sink);
 }
 
@@ -309,15 +298,9 @@ static AI_INLINE void pack_panel_q4kr(const uint8_t* blk, Sink& sink) {
 // shuffle and compare per vector for its 5th bits. Scales as Q5_K (Q4_K's): the same results bit for bit.
 template <class Sink>
 static AI_INLINE void pack_panel_q5kr(const uint8_t* blk, Sink& sink) {
-    const __m256i lo4 = _mm256_set1_epi8(15);
-    const __m256i h = _mm256_loadu_si256((const __m256i*)(blk + 16));
     __m256i v[8];
-    for (int m = 0; m < 4; ++m) {
-        const __m256i x = _mm256_loadu_si256((const __m256i*)(blk + 48 + 32 * m));
-        v[m] = _mm256_and_si256(x, lo4);
-        v[m + 4] = _mm256_and_si256(_mm256_srli_epi16(x, 4), lo4);
-    }
-    ymm::or_bits_as_16<true>(v, h);  // bit 2m + s of hb tops v[m + 4s]
+    ymm::nibble_chunks(blk + 48, v);
+    ymm::or_bits_as_16<true>(v, _mm256_loadu_si256((const __m256i*)(blk + 16)));  // bit 2m + s of hb tops v[m + 4s]
     q4k_put_scales(blk, v, sink);
 }
 
@@ -425,7 +408,7 @@ static AI_INLINE void for_each_panel(WType t, const uint8_t* row, int64_t nb, Si
             break;  // below: 8 blocks of 32 per panel
     }
     int64_t b = 0;
-    if (is_panel_form(t)) {  // whole panels first, then the tail's blocks in panel_block_form (below)
+    if (is_panel_form(t)) {  // whole panels first, then the tail's blocks in block_form (below)
         for (; b + 8 <= nb; b += 8) {
             __m256i v[8];
             __m256 D, E;
@@ -439,7 +422,7 @@ static AI_INLINE void for_each_panel(WType t, const uint8_t* row, int64_t nb, Si
             }
             sink.template put<32, true>(v, D, E);
         }
-        t = panel_block_form(t);
+        t = block_form(t);
     }
     alignas(32) uint8_t tail[8 * 34];
     for (; b < nb; b += 8) {

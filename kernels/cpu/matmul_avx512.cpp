@@ -663,6 +663,21 @@ static AI_INLINE void iq4xs_values_half(const uint8_t* b0, __m256i* v) {  // iq4
     }
 }
 
+// An IQ4_XS (or IQ4_XS_R) panel's D = d sc_j for its two super-blocks' 16 groups in natural order
+// (groups 8-15 get scale 0 past the row's end, b1 = nullptr, as D = 0 there).
+static AI_INLINE __m512 iq4xs_D(const uint8_t* b0, const uint8_t* b1) {
+    __m128i sc = iq4xs_scales_x8(b0);
+    float d1 = 0.0f;
+    if (b1) {
+        sc = _mm_unpacklo_epi64(sc, iq4xs_scales_x8(b1));
+        d1 = half(b1);
+    } else {
+        sc = _mm_move_epi64(sc);
+    }
+    const __m512 dv = _mm512_insertf32x8(_mm512_set1_ps(half(b0)), _mm256_set1_ps(d1), 1);
+    return _mm512_mul_ps(dv, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(sc)));
+}
+
 template <class Sink>
 static AI_INLINE void pack_panel_iq4xs(const uint8_t* b0, const uint8_t* b1, Sink& sink) {
     constexpr bool PRE = Sink::kPre;  // the gemv: already in panel order
@@ -678,22 +693,17 @@ static AI_INLINE void pack_panel_iq4xs(const uint8_t* b0, const uint8_t* b1, Sin
         }
     }
     __m512i v[8];
-    if (PRE) iq4xs_values_t(b0, b1, v);
-    else iq4xs_half(b0, v);
-    __m128i sc = iq4xs_scales_x8(b0);  // groups 0-7 | 8-15 (second super-block; 0 past the row)
-    float d1 = 0.0f;
-    if (b1) {
-        if (!PRE) iq4xs_half(b1, v + 4);
-        sc = _mm_unpacklo_epi64(sc, iq4xs_scales_x8(b1));
-        d1 = half(b1);
+    if (PRE) {
+        iq4xs_values_t(b0, b1, v);
     } else {
-        sc = _mm_move_epi64(sc);  // groups 8-15: scale 0, as D = 0 there
-        if (!PRE)
+        iq4xs_half(b0, v);
+        if (b1)
+            iq4xs_half(b1, v + 4);
+        else
             for (int m = 4; m < 8; ++m) v[m] = _mm512_setzero_si512();
     }
-    const __m512 dv = _mm512_insertf32x8(_mm512_set1_ps(half(b0)), _mm256_set1_ps(d1), 1);
-    const __m512 Dv = _mm512_mul_ps(dv, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(sc)));
-    sink.template put<32, PRE>(v, Dv, _mm512_mul_ps(_mm512_set1_ps(128.0f), Dv));
+    const __m512 D = iq4xs_D(b0, b1);
+    sink.template put<32, PRE>(v, D, _mm512_mul_ps(_mm512_set1_ps(128.0f), D));
 }
 
 // IQ4_XS_R (quants.h): IQ4_XS's header, its nibbles in Q4_K_R's order at byte 8: q4kr_values
@@ -709,16 +719,7 @@ static AI_INLINE void pack_panel_iq4xsr(const uint8_t* b0, const uint8_t* b1, Si
     __m512i v[8];
     q4kr_values<FL, 8>(b0, b1, v);
     for (int k = 0; k < 8; ++k) v[k] = _mm512_shuffle_epi8(lut, v[k]);  // level + 128
-    __m128i sc = iq4xs_scales_x8(b0);
-    float d1 = 0.0f;
-    if (b1) {
-        sc = _mm_unpacklo_epi64(sc, iq4xs_scales_x8(b1));
-        d1 = half(b1);
-    } else {
-        sc = _mm_move_epi64(sc);  // groups 8-15: scale 0
-    }
-    const __m512 dv = _mm512_insertf32x8(_mm512_set1_ps(half(b0)), _mm256_set1_ps(d1), 1);
-    const __m512 D = _mm512_mul_ps(dv, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(sc)));
+    const __m512 D = iq4xs_D(b0, b1);
     const __m512 E = _mm512_mul_ps(_mm512_set1_ps(128.0f), D);
     if (FL)
         sink.template put<32, true, true>(v, D, E);

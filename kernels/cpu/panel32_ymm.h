@@ -48,6 +48,23 @@ static AI_INLINE __m256i iq4_levels_s8() {
     return _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)kIQ4Values));
 }
 
+// Level lookup of 8 vectors of IQ4 nibble indices (signed levels).
+static AI_INLINE void iq4_lookup(__m256i v[8]) {
+    const __m256i lut = iq4_levels_s8();
+    for (int k = 0; k < 8; ++k) v[k] = _mm256_shuffle_epi8(lut, v[k]);
+}
+
+// Four 32-byte chunks of nibbles already in lane order (p: chunk 0): v[m] = chunk m & 15 and
+// v[m + 4] = (chunk m >> 4) & 15. The forms Q4_K_R, Q5_K_R, IQ4_XS_R and the panel forms' quants.
+static AI_INLINE void nibble_chunks(const uint8_t* p, __m256i v[8]) {
+    const __m256i lo4 = _mm256_set1_epi8(15);
+    for (int m = 0; m < 4; ++m) {
+        const __m256i x = _mm256_loadu_si256((const __m256i*)(p + 32 * m));
+        v[m] = _mm256_and_si256(x, lo4);
+        v[m + 4] = _mm256_and_si256(_mm256_srli_epi16(x, 4), lo4);
+    }
+}
+
 // The 16 packed nibble bytes (at offset O) of 8 blocks m = 0..7, transposed *before* unpacking:
 // P[k] lane l = packed dword k of block l, i.e. the bytes of elements 4k..4k+3 (low nibbles)
 // and 16+4k..16+4k+3 (high nibbles). So dword k and dword 4+k of the unpacked groups are
@@ -153,8 +170,7 @@ static AI_INLINE void unpack_panel_32(const uint8_t* blk, __m256i v[8], __m256& 
             q5_high_transposed<BB, O>(blk, v);
     } else if (t == WType::IQ4_NL) {
         nibbles_transposed<BB, 2>(blk, v);
-        const __m256i lut = iq4_levels_s8();
-        for (int k = 0; k < 8; ++k) v[k] = _mm256_shuffle_epi8(lut, v[k]);  // signed level, E = 0
+        iq4_lookup(v);  // signed level, E = 0
     } else {
         // Q8_0: signed int8 (the AVX2 tier's form; see the top of matmul_avx2.cpp). Each 128-bit half of a group goes into one lane,
         // group m next to group m + 4, so the 4 x 4 in-lane transposes finish the job without
@@ -187,17 +203,9 @@ static AI_INLINE void unpack_panel_32p(const uint8_t* p, __m256i v[8], __m256& D
     constexpr WType t = load_form_source((WType)T_);
     constexpr bool MIN = t == WType::Q4_1 || t == WType::Q5_1, FIVE = t == WType::Q5_0 || t == WType::Q5_1;
     constexpr int QS = 16 * (1 + MIN) + 32 * FIVE;  // 8 x the offset of qs in the block
-    const __m256i lo4 = _mm256_set1_epi8(15);
-    for (int k = 0; k < 4; ++k) {
-        const __m256i x = _mm256_loadu_si256((const __m256i*)(p + QS + 32 * k));
-        v[k] = _mm256_and_si256(x, lo4);
-        v[4 + k] = _mm256_and_si256(_mm256_srli_epi16(x, 4), lo4);
-    }
+    nibble_chunks(p + QS, v);
     if (FIVE) or_bits_as_16(v, _mm256_loadu_si256((const __m256i*)(p + QS - 32)));  // qh' just before qs
-    if (t == WType::IQ4_NL) {
-        const __m256i lut = iq4_levels_s8();
-        for (int k = 0; k < 8; ++k) v[k] = _mm256_shuffle_epi8(lut, v[k]);
-    }
+    if (t == WType::IQ4_NL) iq4_lookup(v);
     D = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p));
     E = panel32_E<t>(D, [&] { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(p + 16))); });
 }

@@ -13,7 +13,7 @@ namespace pyengine {
 // Q3_K_R, Q2_K_R, Q4_K_R, Q6_K_R, Q5_K_R, Q5_0_R, Q5_1_R and IQ4_XS_R are not GGUF types: those types with
 // their bits rearranged at load for the SIMD tiers (convert_load_form below); the same bytes, the
 // same values. The panel forms Q4_0_P, Q4_1_P, Q5_0_P, Q5_1_P and IQ4_NL_P rearrange whole rows
-// of a 32-element type, 8 blocks at a time (convert_panel_row below).
+// of a 32-element type, 8 blocks at a time (convert_form_row below).
 enum class WType : int { F32 = 0, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K, BF16, Q5_1, Q5_K, Q2_K, Q3_K, IQ4_NL, IQ4_XS,
                          Q3_K_R, Q2_K_R, Q4_K_R, Q6_K_R, Q5_K_R, Q5_0_R, Q5_1_R, IQ4_XS_R,
                          Q4_0_P, Q4_1_P, Q5_0_P, Q5_1_P, IQ4_NL_P, COUNT };
@@ -354,7 +354,7 @@ constexpr PlaneMap<128, 4> kQ6lr([](int i, int s) { return q3kr_value(i / 64, i 
 constexpr PlaneMap<64, 2> kQ6h([](int i, int j) { return 128 * (i / 32) + 32 * j + i % 32; });
 }  // namespace forms
 
-// One block of a per-block `form` (not a panel form: convert_panel_row): back = false rewrites its GGUF block src into the form at dst, back = true
+// One block of a per-block `form` (not a panel form: convert_form_row): back = false rewrites its GGUF block src into the form at dst, back = true
 // the form's block src into the GGUF block at dst (src != dst; the bytes no plane covers are
 // copied). Layouts: block_q2_K_R, block_q3_K_R and the comments on Q4_K_R, Q5_K_R, Q5_0_R / Q5_1_R,
 // Q6_K_R and IQ4_XS_R above.
@@ -381,16 +381,18 @@ static inline void convert_load_form(WType form, const uint8_t* src, uint8_t* ds
 // ---- Panel forms (Q4_0_P, Q4_1_P, Q5_0_P, Q5_1_P, IQ4_NL_P) ---------------------------------------
 // A row of nb blocks of a 32-element type: its first nb / 8 * 8 blocks as panels of 8 (8 BB bytes
 // each, the bytes of those 8 blocks), its last nb % 8 blocks (the tail) as blocks of
-// panel_block_form. A panel holds each field of the block (d; m; qh; qs, in block order) for its 8
+// block_form. A panel holds each field of the block (d; m; qh; qs, in block order) for its 8
 // blocks side by side, in units of u = min(field bytes, 4): unit k of block l's field at
 // 8 u k + u l from the field's start, which is 8 times the field's offset in the block. So the 8
 // d's (and m's) are one vector of fp16, the 8 qh's one of 32-bit words, and qs dword k of the 8
 // blocks is one vector, block l in 32-bit lane l: the AVX2 tier's panel order, read with no
-// gathering and no transposing. Each block is first put in panel_block_form: the 5th bits of
+// gathering and no transposing. Each block is first put in block_form: the 5th bits of
 // Q5_0 / Q5_1 in Q5_0_R / Q5_1_R's order (one shift per vector).
 constexpr bool is_panel_form(WType t) { return t >= WType::Q4_0_P && t <= WType::IQ4_NL_P; }
-constexpr WType panel_block_form(WType t) {
-    return t == WType::Q5_0_P ? WType::Q5_0_R : t == WType::Q5_1_P ? WType::Q5_1_R : load_form_source(t);
+// The layout of a form's single blocks: a per-block form's own; a panel form's tail (and its
+// panels' blocks before they are interleaved): Q5_0_R / Q5_1_R for Q5_0_P / Q5_1_P, else the GGUF type.
+constexpr WType block_form(WType t) {
+    return !is_panel_form(t) ? t : t == WType::Q5_0_P ? WType::Q5_0_R : t == WType::Q5_1_P ? WType::Q5_1_R : load_form_source(t);
 }
 // A 32-element type's fields, bytes each, in block order (0-terminated).
 static inline const int8_t* block_fields(WType t) {
@@ -402,21 +404,22 @@ static inline const int8_t* block_fields(WType t) {
         default: return q4_0;  // Q4_0, IQ4_NL
     }
 }
-// One block of a per-block form (or of a GGUF type: a copy) to or from its GGUF type.
+// One block of a per-block form (or of a GGUF type: a copy) to or from its GGUF type. src != dst.
 static inline void convert_block(WType t, const uint8_t* src, uint8_t* dst, bool back) {
     if (load_form_source(t) != t)
         convert_load_form(t, src, dst, back);
     else
         std::memcpy(dst, src, (size_t)wtype_info(t).block_bytes);
 }
-// One row of nb blocks: back = false rewrites the GGUF row src into the panel form at dst, back =
-// true the form's row src into the GGUF row at dst. dst may be src.
-static inline void convert_panel_row(WType form, const uint8_t* src, uint8_t* dst, int64_t nb, bool back) {
-    const WType bf = panel_block_form(form);
+// One row of nb blocks of any load-time form: back = false rewrites the GGUF row src into the form
+// at dst, back = true the form's row src into the GGUF row at dst. dst may be src. A per-block
+// form is all tail.
+static inline void convert_form_row(WType form, const uint8_t* src, uint8_t* dst, int64_t nb, bool back) {
+    const WType bf = block_form(form);
     const int bb = wtype_info(form).block_bytes;
     const int8_t* fields = block_fields(form);
-    uint8_t blk[8][32];  // the 8 blocks of a panel, in panel_block_form
-    const int64_t full = nb / 8 * 8;
+    uint8_t blk[8][32];  // the 8 blocks of a panel, in block_form
+    const int64_t full = is_panel_form(form) ? nb / 8 * 8 : 0;
     for (int64_t p = 0; p < full; p += 8) {
         const uint8_t* s = src + p * bb;
         uint8_t* d = dst + p * bb;
@@ -436,9 +439,10 @@ static inline void convert_panel_row(WType form, const uint8_t* src, uint8_t* ds
         if (back)
             for (int l = 0; l < 8; ++l) convert_block(bf, blk[l], d + l * bb, true);
     }
+    uint8_t tmp[256];
     for (int64_t b = full; b < nb; ++b) {
-        convert_block(bf, src + b * bb, blk[0], back);
-        std::memcpy(dst + b * bb, blk[0], (size_t)bb);
+        convert_block(bf, src + b * bb, tmp, back);
+        std::memcpy(dst + b * bb, tmp, (size_t)bb);
     }
 }
 
